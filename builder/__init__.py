@@ -1,0 +1,1 @@
+"""The image builder, the trainings service and the ``dreambuild`` command line."""

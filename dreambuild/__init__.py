@@ -1,0 +1,2 @@
+"""Shared core of dreambuild: typed errors, safe archive handling, diffusers layout checks,
+the Cog runtime helpers and the tiny-model fixture generator."""

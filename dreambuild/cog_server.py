@@ -1,0 +1,128 @@
+"""Runs a model in the real Cog HTTP server (coglet) as a subprocess, as a Cog image would.
+
+Used by the tests, by the service's ``local`` runner and by ``dreambuild predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dreambuild.errors import DreambuildError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CogServerError(DreambuildError):
+    """The Cog server did not start or its setup failed."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_schema(project: Path, *, predict: str | None = None, train: str | None = None, python: str = sys.executable) -> Path:
+    """Write ``project/.cog/openapi_schema.json`` for references relative to the repo root."""
+    cmd = [python, "-m", "dreambuild.cog_schema", "--out", str(project)]
+    cmd += ["--predict", predict] if predict else []
+    cmd += ["--train", train] if train else []
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise CogServerError(f"could not build the Cog schema: {done.stderr.strip().splitlines()[-1:]}")
+    return project / ".cog" / "openapi_schema.json"
+
+
+@dataclass
+class CogServer:
+    """A running Cog HTTP server; use as a context manager or call :meth:`stop`."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    setup: dict = field(default_factory=dict)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> "CogServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_cog_server(
+    ref: str,
+    project: Path,
+    *,
+    train: bool = False,
+    env: dict[str, str] | None = None,
+    upload_url: str | None = None,
+    python: str = sys.executable,
+    timeout: float = 600.0,
+    schema: bool = True,
+) -> CogServer:
+    """Start ``python -m cog.server.http`` for ``ref`` (``path/to/file.py:Name`` under the repo
+    root) with ``project`` as its working directory, and wait until setup has finished.
+
+    With ``schema`` the OpenAPI schema is written first, so that coglet validates inputs.
+    """
+    project.mkdir(parents=True, exist_ok=True)
+    if schema:
+        write_schema(project, **({"train": ref} if train else {"predict": ref}), python=python)
+    port = free_port()
+    path, _, name = ref.partition(":")
+    full_env = {
+        **os.environ,
+        **(env or {}),
+        "PORT": str(port),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        # coglet's worker runs `python` from PATH: make it this interpreter.
+        "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
+        "COG_TRAIN_TYPE_STUB" if train else "COG_PREDICT_TYPE_STUB": f"{REPO_ROOT / path}:{name}",
+    }
+    cmd = [python, "-m", "cog.server.http", "--host", "127.0.0.1"]
+    cmd += ["--x-mode", "train"] if train else []
+    cmd += ["--upload-url", upload_url] if upload_url else []
+    log_path = project / f"cog-server-{port}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(cmd, cwd=project, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    server = CogServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise CogServerError(f"Cog server exited with code {process.returncode}:\n{server.logs()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health-check", timeout=5) as resp:
+                health = json.load(resp)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            time.sleep(0.3)
+            continue
+        if health.get("status") == "READY":
+            server.setup = health.get("setup", {})
+            return server
+        if health.get("status") in ("SETUP_FAILED", "DEFUNCT"):
+            server.stop()
+            raise CogServerError(f"Cog setup failed: {health.get('setup', {}).get('logs', '')[-3000:]}")
+        time.sleep(0.3)
+    server.stop()
+    raise CogServerError(f"Cog server not ready after {timeout:.0f}s:\n{server.logs()[-3000:]}")

@@ -1,0 +1,21 @@
+"""Typed errors. Each carries a message meant for the user: it names the problem."""
+
+
+class DreambuildError(Exception):
+    """Base class; ``str(error)`` is the user-facing message."""
+
+
+class InputError(DreambuildError):
+    """A request or training input is invalid."""
+
+
+class ArchiveError(InputError):
+    """An uploaded archive is not a zip, is corrupt, or is hostile (zip slip, bomb, symlink)."""
+
+
+class ModelLayoutError(InputError):
+    """A directory or archive is not a diffusers pipeline."""
+
+
+class ImageDataError(InputError):
+    """Training images are missing or unreadable."""

@@ -1,0 +1,57 @@
+"""Checks that a directory holds a diffusers pipeline saved with ``save_pretrained``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dreambuild.errors import ModelLayoutError
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def locate_pipeline_root(extracted: Path) -> Path:
+    """Return the directory holding ``model_index.json``: the root or its only sub-folder.
+
+    People zip either a pipeline's contents or the pipeline folder itself; both are accepted.
+    """
+    if (extracted / "model_index.json").is_file():
+        return extracted
+    subdirs = [p for p in extracted.iterdir() if p.is_dir() and p.name != "__MACOSX" and not p.name.startswith(".")]
+    if len(subdirs) == 1 and (subdirs[0] / "model_index.json").is_file():
+        return subdirs[0]
+    return extracted
+
+
+def check_diffusers_layout(root: Path, label: str) -> dict:
+    """Validate ``root`` as a diffusers pipeline and return its parsed ``model_index.json``.
+
+    Every component named in the index must have its folder, a config, and (for models)
+    weights. Raises :class:`ModelLayoutError` naming what is missing.
+    """
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        raise ModelLayoutError(f"{label} is not a diffusers pipeline: model_index.json is missing")
+    try:
+        index = json.loads(index_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLayoutError(f"{label} is not a diffusers pipeline: model_index.json is not valid JSON ({exc})") from None
+    if not isinstance(index, dict) or "_class_name" not in index:
+        raise ModelLayoutError(f"{label} is not a diffusers pipeline: model_index.json has no _class_name")
+    components = {
+        name: spec
+        for name, spec in index.items()
+        if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and None not in spec
+    }
+    if not components:
+        raise ModelLayoutError(f"{label} is not a diffusers pipeline: model_index.json names no components")
+    for name in sorted(components):
+        folder = root / name
+        if not folder.is_dir():
+            raise ModelLayoutError(f"{label}: component folder {name!r} named in model_index.json is missing")
+        files = [p for p in folder.iterdir() if p.is_file()]
+        if not any(p.suffix == ".json" or p.name == "merges.txt" for p in files):
+            raise ModelLayoutError(f"{label}: component {name!r} has no configuration file")
+        if (folder / "config.json").is_file() and not any(p.name.endswith(_WEIGHT_SUFFIXES) for p in files):
+            raise ModelLayoutError(f"{label}: component {name!r} has a config.json but no weights (.safetensors/.bin)")
+    return index

@@ -1,0 +1,129 @@
+"""Training arguments, their defaults and their invariants.
+
+The Cog ``Input`` declarations in ``predict.py`` repeat these ranges literally (Cog builds its
+schema by parsing that file); ``tests/test_trainer_inputs.py`` keeps both in step. Validation
+here still runs on every request, because the Cog server only validates when the image's
+OpenAPI schema is present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from dreambuild.errors import InputError
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+# Inclusive (min, max) bounds; None means unbounded on that side.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "num_class_images": (0, 10_000),
+    "prior_loss_weight": (0.0, None),
+    "resolution": (64, 2048),
+    "train_batch_size": (1, 64),
+    "sample_batch_size": (1, 64),
+    "max_train_steps": (1, 100_000),
+    "gradient_accumulation_steps": (1, 1024),
+    "learning_rate": (0.0, 1.0),
+    "lr_warmup_steps": (0, 100_000),
+    "adam_beta1": (0.0, 1.0),
+    "adam_beta2": (0.0, 1.0),
+    "adam_weight_decay": (0.0, 1.0),
+    "adam_epsilon": (0.0, 1.0),
+    "max_grad_norm": (0.0, None),
+    "n_save_sample": (1, 64),
+    "save_guidance_scale": (0.0, 50.0),
+    "save_infer_steps": (1, 500),
+}
+CHOICES: dict[str, tuple[str, ...]] = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": MIXED_PRECISION}
+
+
+@dataclass
+class TrainingArgs:
+    """Every hyper-parameter of one DreamBooth run; saved to ``args.json`` in the archive."""
+
+    instance_prompt: str
+    class_prompt: str
+    num_class_images: int = 50
+    with_prior_preservation: bool = True
+    prior_loss_weight: float = 1.0
+    seed: int | None = 1337
+    resolution: int = 512
+    center_crop: bool = False
+    train_text_encoder: bool = True
+    train_batch_size: int = 1
+    sample_batch_size: int = 4
+    max_train_steps: int = 2000
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    learning_rate: float = 1e-6
+    scale_lr: bool = False
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    use_8bit_adam: bool = True
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "fp16"
+    save_sample_prompt: str | None = None
+    save_sample_negative_prompt: str | None = None
+    n_save_sample: int = 1
+    save_guidance_scale: float = 7.5
+    save_infer_steps: int = 50
+
+    @classmethod
+    def from_inputs(cls, values: dict[str, Any]) -> "TrainingArgs":
+        """Build from raw request values, checking types, ranges, choices and invariants."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise InputError(f"unknown training input(s): {', '.join(unknown)}")
+        kwargs = {name: _coerce(name, fields[name].type, value) for name, value in values.items() if value is not None}
+        for required in ("instance_prompt", "class_prompt"):
+            if not str(kwargs.get(required, "")).strip():
+                raise InputError(f"{required} is required and must not be empty")
+        args = cls(**kwargs)
+        args.validate()
+        return args
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the first invalid argument."""
+        for name, (lo, hi) in RANGES.items():
+            value = getattr(self, name)
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+                raise InputError(f"{name} must be {bounds}, got {value}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.resolution % 8:
+            raise InputError(f"resolution must be a multiple of 8, got {self.resolution}")
+        if self.learning_rate <= 0:
+            raise InputError(f"learning_rate must be greater than 0, got {self.learning_rate}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    """Check one value against its annotation; ints widen to floats, nothing else is guessed."""
+    kind = annotation.split(" | ")[0]
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a new field type must be handled above
+        raise TypeError(f"unhandled annotation {annotation!r} for {name}")
+    raise InputError(f"{name} must be of type {kind}, got {type(value).__name__} {value!r}")

@@ -1,0 +1,40 @@
+"""Fetch the trainer's base model (Stable Diffusion 1.5, diffusers layout, safetensors) into
+``./base-model`` before ``cog build``, so the trainer image never downloads at run time.
+
+    python -m trainer.fetch_base_model [--repo stable-diffusion-v1-5/stable-diffusion-v1-5] [--dest base-model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dreambuild.layout import check_diffusers_layout
+
+DEFAULT_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# The trainer needs no safety checker (templates bring their own) and no legacy checkpoints.
+ALLOW = ["model_index.json", "*/*.json", "tokenizer/*", "*/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"]
+IGNORE = ["safety_checker/*"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", default=DEFAULT_REPO, help="Hugging Face repository of a diffusers SD 1.x/2.x pipeline")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--dest", type=Path, default=Path("base-model"))
+    ns = parser.parse_args(argv)
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(ns.repo, revision=ns.revision, local_dir=ns.dest, allow_patterns=ALLOW, ignore_patterns=IGNORE)
+    index_path = ns.dest / "model_index.json"
+    index = json.loads(index_path.read_text())
+    if "safety_checker" in index:
+        index.update(safety_checker=[None, None], requires_safety_checker=False)
+        index_path.write_text(json.dumps(index, indent=2))
+    check_diffusers_layout(ns.dest, f"{ns.repo} in {ns.dest}")
+    print(f"base model ready in {ns.dest}")
+
+
+if __name__ == "__main__":
+    main()

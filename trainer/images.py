@@ -1,0 +1,75 @@
+"""Training photos: find them in extracted archives and load them as RGB images.
+
+Layout rules (Tiyaro's and replicate/dreambooth's): images at any depth are used, flattened;
+images under a top-level ``dataset_class/`` folder are class images; ``__MACOSX``, hidden
+files and non-image files are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dreambuild.errors import ImageDataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+CLASS_FOLDER = "dataset_class"
+
+
+@dataclass
+class ImageSet:
+    """Image files found in one archive, each with the name it had in the archive."""
+
+    instance: list[tuple[Path, str]] = field(default_factory=list)
+    klass: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def find_images(root: Path, *, all_class: bool = False) -> ImageSet:
+    """Sort the files under ``root`` into instance and class images.
+
+    With ``all_class`` (the ``class_data`` archive) every image is a class image.
+    """
+    found = ImageSet()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        parts = path.relative_to(root).parts
+        name = "/".join(parts)
+        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            found.skipped.append(name)
+            continue
+        if all_class or (len(parts) > 1 and parts[0] == CLASS_FOLDER):
+            found.klass.append((path, name))
+        else:
+            found.instance.append((path, name))
+    return found
+
+
+def load_rgb(path: Path, name: str) -> Image.Image:
+    """Open one image, apply its EXIF orientation and convert it to RGB.
+
+    Transparent images are composited on white, as photos of objects usually are.
+    Raises :class:`ImageDataError` naming the file when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDataError(f"image {name!r} cannot be read: {exc}") from None
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_all(files: list[tuple[Path, str]]) -> list[Image.Image]:
+    """Load every image up front, so a bad file fails the run before training starts."""
+    return [load_rgb(path, name) for path, name in files]

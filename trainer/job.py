@@ -1,0 +1,183 @@
+"""One training job, from raw inputs to ``output.zip``.
+
+inputs -> work directory -> photos (instance, class) -> base pipeline -> class images ->
+training -> ``save_pretrained`` + ``args.json`` + samples -> ``output.zip``.
+Everything is written inside one work directory per job; only the archive survives the job,
+and the previous job's directory is removed when the next one starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dreambuild.archives import ArchiveLimits, extract_zip
+from dreambuild.errors import ImageDataError, ModelLayoutError
+from dreambuild.layout import check_diffusers_layout, locate_pipeline_root
+from trainer.archive import write_weights_zip
+from trainer.args import TrainingArgs
+from trainer.class_images import generate_class_images
+from trainer.device import plan_device
+from trainer.images import IMAGE_SUFFIXES, find_images, load_all
+from trainer.loop import train_dreambooth
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_MODEL = "/src/base-model"
+PHOTO_LIMITS = ArchiveLimits(max_files=2_000, max_total_bytes=2 * 2**30)
+CHECKPOINT_LIMITS = ArchiveLimits(max_files=500, max_total_bytes=24 * 2**30)
+
+_previous_workdir: Path | None = None
+
+
+@dataclass
+class JobResult:
+    archive: Path
+    training_seconds: float
+    total_seconds: float
+    steps: int
+    final_loss: float
+    instance_images: int
+    class_images: int
+    generated_class_images: int
+
+
+def base_model_dir() -> Path:
+    """The built-in base pipeline: ``$DREAMBUILD_BASE_MODEL`` or the path the trainer image bakes."""
+    return Path(os.environ.get("DREAMBUILD_BASE_MODEL", DEFAULT_BASE_MODEL))
+
+
+def new_workdir() -> Path:
+    """A fresh work directory; the previous job's is removed (its archive was delivered)."""
+    global _previous_workdir
+    if _previous_workdir is not None:
+        shutil.rmtree(_previous_workdir, ignore_errors=True)
+    root = os.environ.get("DREAMBUILD_WORKDIR")
+    if root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    _previous_workdir = Path(tempfile.mkdtemp(prefix="dreambuild-train-", dir=root))
+    return _previous_workdir
+
+
+def run_job(
+    inputs: dict[str, Any], instance_data: Path, class_data: Path | None = None, ckpt_base: Path | None = None
+) -> JobResult:
+    """Validate, train and package. Raises a :class:`~dreambuild.errors.DreambuildError` on bad input."""
+    started = time.monotonic()
+    args = TrainingArgs.from_inputs(inputs)
+    work = new_workdir()
+    try:
+        result = _run(args, work, Path(instance_data), class_data and Path(class_data), ckpt_base and Path(ckpt_base))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    for child in work.iterdir():
+        if child != result.archive:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    result.total_seconds = time.monotonic() - started
+    return result
+
+
+def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path | None, ckpt_base: Path | None) -> JobResult:
+    extract_zip(instance_data, work / "instance_data", label="instance_data", limits=PHOTO_LIMITS)
+    photos = find_images(work / "instance_data")
+    if photos.skipped:
+        log.info("instance_data: skipped %d non-image file(s): %s", len(photos.skipped), ", ".join(photos.skipped[:10]))
+    if not photos.instance:
+        raise ImageDataError("instance_data contains no images (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+    class_files = list(photos.klass)
+    if class_data is not None:
+        extract_zip(class_data, work / "class_data", label="class_data", limits=PHOTO_LIMITS)
+        supplied = find_images(work / "class_data", all_class=True)
+        if not supplied.klass:
+            raise ImageDataError("class_data contains no images")
+        class_files += supplied.klass
+    instance_images = load_all(photos.instance)
+    class_images = load_all(class_files)
+    log.info("Loaded %d instance image(s) and %d supplied class image(s).", len(instance_images), len(class_images))
+
+    base = _resolve_base(work, ckpt_base)
+    plan = plan_device(args.mixed_precision, args.use_8bit_adam)
+    generated = 0
+    if args.with_prior_preservation:
+        missing = args.num_class_images - len(class_images)
+        if missing > 0:
+            log.info("Prior preservation: generating %d class image(s) for %r.", missing, args.class_prompt)
+            class_images += generate_class_images(
+                base, args.class_prompt, missing, args.sample_batch_size, work / "generated_class", plan, args.seed
+            )
+            generated = missing
+        if not class_images:
+            raise ImageDataError("with_prior_preservation needs class images: set num_class_images > 0 or supply class_data")
+    elif class_images:
+        log.info("with_prior_preservation is off: ignoring %d supplied class image(s).", len(class_images))
+
+    result = train_dreambooth(args, base, instance_images, class_images, plan)
+    weights = work / "weights"
+    if plan.mixed_precision != "no":  # stored in fp16, the precision templates run in on GPUs
+        result.pipeline.to(dtype=torch.float16)
+    result.pipeline.save_pretrained(weights, safe_serialization=True)
+    (weights / "args.json").write_text(json.dumps({**args.to_json(), "base_model": "ckpt_base" if ckpt_base else str(base)}, indent=2))
+    if args.save_sample_prompt:
+        _save_samples(result.pipeline, args, plan, weights / "samples")
+    archive = write_weights_zip(weights, work / "output.zip")
+    log.info("Wrote %s (%.1f MB) after %d steps in %.1fs.", archive.name, archive.stat().st_size / 1e6, result.steps, result.seconds)
+    return JobResult(
+        archive=archive,
+        training_seconds=result.seconds,
+        total_seconds=0.0,
+        steps=result.steps,
+        final_loss=result.final_loss,
+        instance_images=len(instance_images),
+        class_images=len(class_images) if args.with_prior_preservation else 0,
+        generated_class_images=generated,
+    )
+
+
+def _resolve_base(work: Path, ckpt_base: Path | None) -> Path:
+    if ckpt_base is not None:
+        extract_zip(ckpt_base, work / "ckpt_base", label="ckpt_base", limits=CHECKPOINT_LIMITS)
+        base = locate_pipeline_root(work / "ckpt_base")
+        check_diffusers_layout(base, "ckpt_base")
+        log.info("Starting from ckpt_base.")
+        return base
+    base = base_model_dir()
+    if not base.is_dir():
+        raise ModelLayoutError(
+            f"base model not found at {base}: bake it into the image (python -m trainer.fetch_base_model) "
+            "or set DREAMBUILD_BASE_MODEL, or pass ckpt_base"
+        )
+    check_diffusers_layout(base, f"base model {base}")
+    log.info("Starting from base model %s.", base)
+    return base
+
+
+def _save_samples(pipeline, args: TrainingArgs, plan, out: Path) -> None:
+    out.mkdir()
+    pipeline.to(plan.device)
+    if plan.inference_dtype != torch.float32:
+        pipeline.to(dtype=plan.inference_dtype)
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed if args.seed is not None else 0)
+    with torch.inference_mode():
+        images = pipeline(
+            args.save_sample_prompt,
+            negative_prompt=args.save_sample_negative_prompt,
+            num_images_per_prompt=args.n_save_sample,
+            guidance_scale=args.save_guidance_scale,
+            num_inference_steps=args.save_infer_steps,
+            generator=generator,
+        ).images
+    for i, image in enumerate(images):
+        image.save(out / f"sample-{i}.png")
+    log.info("Saved %d sample image(s) for %r.", len(images), args.save_sample_prompt)
+

@@ -1,0 +1,242 @@
+"""The DreamBooth optimisation: fine-tune the UNet (and optionally the text encoder) on
+instance photos, with optional prior preservation on class images.
+
+Same objective as diffusers' ``examples/dreambooth/train_dreambooth.py``. Two exact
+shortcuts: with ``center_crop`` the images never change, so their VAE latent distributions
+are encoded once and sampled every step; with a frozen text encoder the two prompts are
+encoded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from PIL import Image
+from torchvision import transforms
+from transformers import AutoTokenizer, CLIPTextModel
+
+from trainer.args import TrainingArgs
+from trainer.device import DevicePlan
+from trainer.progress import StepLogger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    pipeline: StableDiffusionPipeline
+    steps: int
+    seconds: float
+    final_loss: float
+
+
+class PhotoDataset(torch.utils.data.Dataset):
+    """Instance photos paired (when prior preservation is on) with class photos, as tensors."""
+
+    def __init__(self, instance: list[Image.Image], klass: list[Image.Image], resolution: int, center_crop: bool) -> None:
+        self.instance, self.klass = instance, klass
+        crop = transforms.CenterCrop(resolution) if center_crop else transforms.RandomCrop(resolution)
+        self.transform = transforms.Compose(
+            [
+                transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+                crop,
+                transforms.ToTensor(),
+                transforms.Normalize([0.5], [0.5]),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return max(len(self.instance), len(self.klass))
+
+    def __getitem__(self, index: int) -> dict:
+        i = index % len(self.instance)
+        item = {"instance": self.transform(self.instance[i]), "instance_index": i}
+        if self.klass:
+            c = index % len(self.klass)
+            item.update({"class": self.transform(self.klass[c]), "class_index": c})
+        return item
+
+
+def _collate(examples: list[dict]) -> dict:
+    batch = {
+        "pixels": [e["instance"] for e in examples],
+        "keys": [("instance", e["instance_index"]) for e in examples],
+    }
+    if "class" in examples[0]:
+        batch["pixels"] += [e["class"] for e in examples]
+        batch["keys"] += [("class", e["class_index"]) for e in examples]
+    batch["pixels"] = torch.stack(batch["pixels"]).contiguous(memory_format=torch.contiguous_format).float()
+    return batch
+
+
+def train_dreambooth(
+    args: TrainingArgs,
+    base: Path,
+    instance: list[Image.Image],
+    klass: list[Image.Image],
+    plan: DevicePlan,
+    log_interval: float = 10.0,
+) -> TrainResult:
+    """Run ``args.max_train_steps`` optimizer steps and return the fine-tuned pipeline."""
+    prior = args.with_prior_preservation
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=plan.mixed_precision,
+        cpu=plan.device.type == "cpu",
+    )
+    if args.seed is not None:
+        set_seed(args.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=True)
+    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", local_files_only=True)
+
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(args.train_text_encoder)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if args.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+
+    lr = args.learning_rate
+    if args.scale_lr:
+        lr *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    trainable = list(unet.parameters()) + (list(text_encoder.parameters()) if args.train_text_encoder else [])
+    optimizer_cls = torch.optim.AdamW
+    if plan.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        optimizer_cls = bnb.optim.AdamW8bit
+    optimizer = optimizer_cls(
+        trainable, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay, eps=args.adam_epsilon
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    dataset = PhotoDataset(instance, klass if prior else [], args.resolution, args.center_crop)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, collate_fn=_collate)
+
+    if args.train_text_encoder:
+        unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, loader, lr_scheduler)
+    else:
+        unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    vae.to(accelerator.device)
+    if not args.train_text_encoder:
+        text_encoder.to(accelerator.device)
+    if plan.weight_dtype != torch.float32:
+        vae.to(dtype=plan.weight_dtype)
+        if not args.train_text_encoder:
+            text_encoder.to(dtype=plan.weight_dtype)
+
+    def token_ids(prompt: str) -> torch.Tensor:
+        return tokenizer(
+            prompt, truncation=True, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+        ).input_ids.to(accelerator.device)
+
+    prompt_ids = {"instance": token_ids(args.instance_prompt), "class": token_ids(args.class_prompt)}
+    frozen_embeddings: dict[str, torch.Tensor] = {}
+    if not args.train_text_encoder:
+        with torch.no_grad():
+            frozen_embeddings = {k: text_encoder(ids)[0] for k, ids in prompt_ids.items()}
+    latent_cache: dict[tuple[str, int], torch.Tensor] | None = {} if args.center_crop else None
+
+    def latent_params(pixels: torch.Tensor, keys: list[tuple[str, int]]) -> torch.Tensor:
+        """Mean and log-variance of the VAE posterior for each image (cached when exact)."""
+        if latent_cache is not None and all(k in latent_cache for k in keys):
+            return torch.stack([latent_cache[k] for k in keys])
+        with torch.no_grad():
+            params = vae.encode(pixels.to(accelerator.device, dtype=plan.weight_dtype)).latent_dist.parameters
+        if latent_cache is not None:
+            for key, p in zip(keys, params):
+                latent_cache[key] = p
+        return params
+
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    log.info(
+        "Training %d steps: %d instance image(s), %d class image(s), batch %d, %d step(s) per epoch, lr %.3g%s.",
+        args.max_train_steps, len(instance), len(dataset.klass), args.train_batch_size, steps_per_epoch, lr,
+        ", prior preservation" if prior else "",
+    )
+    progress = StepLogger(args.max_train_steps, interval=log_interval)
+    prediction_type = noise_scheduler.config.prediction_type
+    step, loss_value, started = 0, float("nan"), time.monotonic()
+    unet.train()
+    if args.train_text_encoder:
+        text_encoder.train()
+    while step < args.max_train_steps:
+        for batch in loader:
+            with accelerator.accumulate(unet, text_encoder) if args.train_text_encoder else accelerator.accumulate(unet):
+                posterior = latent_params(batch["pixels"], batch["keys"])
+                mean, logvar = posterior.chunk(2, dim=1)
+                std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+                latents = (mean + std * torch.randn_like(mean)) * vae.config.scaling_factor
+                latents = latents.float()
+                noise = torch.randn_like(latents)
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+                ).long()
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                kinds = [k for k, _ in batch["keys"]]
+                if args.train_text_encoder:
+                    ids = torch.cat([prompt_ids[k] for k in kinds])
+                    hidden = text_encoder(ids)[0]
+                else:
+                    hidden = torch.cat([frozen_embeddings[k] for k in kinds])
+                model_pred = unet(noisy, timesteps, hidden).sample
+                if prediction_type == "epsilon":
+                    target = noise
+                elif prediction_type == "v_prediction":
+                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                else:
+                    raise ValueError(f"unsupported prediction type {prediction_type}")
+                if prior:
+                    model_pred, prior_pred = model_pred.chunk(2)
+                    target, prior_target = target.chunk(2)
+                    loss = F.mse_loss(model_pred.float(), target.float())
+                    loss = loss + args.prior_loss_weight * F.mse_loss(prior_pred.float(), prior_target.float())
+                else:
+                    loss = F.mse_loss(model_pred.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                step += 1
+                loss_value = loss.detach().item()
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"training diverged at step {step} (loss {loss_value}); lower learning_rate")
+                progress.update(step, loss=loss_value, lr=float(lr_scheduler.get_last_lr()[0]))
+                if step >= args.max_train_steps:
+                    break
+    seconds = time.monotonic() - started
+    accelerator.wait_for_everyone()
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        base,
+        unet=accelerator.unwrap_model(unet),
+        text_encoder=accelerator.unwrap_model(text_encoder),
+        vae=vae,
+        tokenizer=tokenizer,
+        safety_checker=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+    )
+    accelerator.free_memory()
+    return TrainResult(pipeline=pipeline, steps=step, seconds=seconds, final_loss=loss_value)
+

@@ -1,0 +1,144 @@
+"""Cog entry points of the trainer (root cog.yaml).
+
+``Predictor`` serves ``/predictions`` (the Dreambooth API runs the trainer as an ordinary
+prediction) and ``train`` serves ``/trainings`` and ``cog train``. Both hand the same inputs
+to :func:`trainer.job.run_job` and return the same ``output.zip``. Their signatures are
+spelled out twice because Cog reads them from this file's source to build the model's
+schema; ``tests/test_trainer_inputs.py`` checks that they agree.
+"""
+
+import logging
+import os
+import sys
+from typing import Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network while training
+
+from cog import BaseModel, BaseRunner, Input, Path, current_scope  # noqa: E402
+
+from trainer.job import JobResult, run_job  # noqa: E402
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_dreambuild", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._dreambuild = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        for noisy in ("httpx", "urllib3", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Library progress bars would flood the training logs the service shows; ours report instead.
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def _record(result: JobResult) -> None:
+    scope = current_scope()
+    scope.record_metric("training_time", round(result.training_seconds, 3))
+    scope.record_metric("total_time", round(result.total_seconds, 3))
+    scope.record_metric("train_steps", result.steps)
+    scope.record_metric("final_loss", result.final_loss)
+    scope.record_metric("instance_images", result.instance_images)
+    scope.record_metric("class_images", result.class_images)
+
+
+class TrainingOutput(BaseModel):
+    weights: Path
+
+
+class Predictor(BaseRunner):
+    def setup(self) -> None:
+        _configure_logging()
+
+    def run(
+        self,
+        instance_prompt: str = Input(description="Prompt with an identifier naming the subject, e.g. 'a photo of a cjw person'."),
+        class_prompt: str = Input(description="Prompt naming the subject's class without the identifier, e.g. 'a photo of a person'."),
+        instance_data: Path = Input(description="Zip of 5-30 subject photos (any depth). Images under a top-level dataset_class/ folder are class images."),
+        class_data: Optional[Path] = Input(description="Optional zip of class images for prior preservation.", default=None),
+        num_class_images: int = Input(description="Class images used for prior preservation; missing ones are generated from class_prompt.", default=50, ge=0, le=10000),
+        with_prior_preservation: bool = Input(description="Add the prior-preservation loss on class images.", default=True),
+        prior_loss_weight: float = Input(description="Weight of the prior-preservation loss.", default=1.0, ge=0.0),
+        seed: Optional[int] = Input(description="Random seed for reproducible training; random when empty.", default=1337),
+        resolution: int = Input(description="Training resolution in pixels (multiple of 8); photos are resized and cropped to it.", default=512, ge=64, le=2048),
+        center_crop: bool = Input(description="Center-crop photos instead of random crops.", default=False),
+        train_text_encoder: bool = Input(description="Also fine-tune the text encoder.", default=True),
+        train_batch_size: int = Input(description="Photos per training step.", default=1, ge=1, le=64),
+        sample_batch_size: int = Input(description="Batch size when generating class images.", default=4, ge=1, le=64),
+        max_train_steps: int = Input(description="Number of optimizer steps.", default=2000, ge=1, le=100000),
+        gradient_accumulation_steps: int = Input(description="Batches accumulated per optimizer step.", default=1, ge=1, le=1024),
+        gradient_checkpointing: bool = Input(description="Trade compute for memory with gradient checkpointing.", default=False),
+        learning_rate: float = Input(description="Initial learning rate (after warmup).", default=1e-6, ge=0.0, le=1.0),
+        scale_lr: bool = Input(description="Scale the learning rate by GPUs, accumulation steps and batch size.", default=False),
+        lr_scheduler: str = Input(description="Learning-rate schedule.", default="constant", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]),
+        lr_warmup_steps: int = Input(description="Warmup steps of the learning-rate schedule.", default=0, ge=0, le=100000),
+        use_8bit_adam: bool = Input(description="Use bitsandbytes' 8-bit AdamW (CUDA only; AdamW on the CPU).", default=True),
+        adam_beta1: float = Input(description="Adam beta1.", default=0.9, ge=0.0, le=1.0),
+        adam_beta2: float = Input(description="Adam beta2.", default=0.999, ge=0.0, le=1.0),
+        adam_weight_decay: float = Input(description="AdamW weight decay.", default=1e-2, ge=0.0, le=1.0),
+        adam_epsilon: float = Input(description="Adam epsilon.", default=1e-8, ge=0.0, le=1.0),
+        max_grad_norm: float = Input(description="Gradient clipping norm.", default=1.0, ge=0.0),
+        mixed_precision: str = Input(description="Mixed precision on CUDA (full precision on the CPU).", default="fp16", choices=["no", "fp16", "bf16"]),
+        ckpt_base: Optional[Path] = Input(description="Optional zip of a diffusers pipeline to start from instead of the built-in base.", default=None),
+        save_sample_prompt: Optional[str] = Input(description="If set, sample images of this prompt are generated after training and stored under samples/.", default=None),
+        save_sample_negative_prompt: Optional[str] = Input(description="Negative prompt for the sample images.", default=None),
+        n_save_sample: int = Input(description="Number of sample images.", default=1, ge=1, le=64),
+        save_guidance_scale: float = Input(description="Guidance scale of the sample images.", default=7.5, ge=0.0, le=50.0),
+        save_infer_steps: int = Input(description="Denoising steps of the sample images.", default=50, ge=1, le=500),
+    ) -> Path:
+        """Train DreamBooth and return output.zip (the fine-tuned diffusers pipeline and args.json)."""
+        inputs = dict(locals())
+        del inputs["self"]
+        files = {name: inputs.pop(name) for name in ("instance_data", "class_data", "ckpt_base")}
+        result = run_job(inputs, **files)
+        _record(result)
+        return Path(result.archive)
+
+
+def train(
+    instance_prompt: str = Input(description="Prompt with an identifier naming the subject, e.g. 'a photo of a cjw person'."),
+    class_prompt: str = Input(description="Prompt naming the subject's class without the identifier, e.g. 'a photo of a person'."),
+    instance_data: Path = Input(description="Zip of 5-30 subject photos (any depth). Images under a top-level dataset_class/ folder are class images."),
+    class_data: Optional[Path] = Input(description="Optional zip of class images for prior preservation.", default=None),
+    num_class_images: int = Input(description="Class images used for prior preservation; missing ones are generated from class_prompt.", default=50, ge=0, le=10000),
+    with_prior_preservation: bool = Input(description="Add the prior-preservation loss on class images.", default=True),
+    prior_loss_weight: float = Input(description="Weight of the prior-preservation loss.", default=1.0, ge=0.0),
+    seed: Optional[int] = Input(description="Random seed for reproducible training; random when empty.", default=1337),
+    resolution: int = Input(description="Training resolution in pixels (multiple of 8); photos are resized and cropped to it.", default=512, ge=64, le=2048),
+    center_crop: bool = Input(description="Center-crop photos instead of random crops.", default=False),
+    train_text_encoder: bool = Input(description="Also fine-tune the text encoder.", default=True),
+    train_batch_size: int = Input(description="Photos per training step.", default=1, ge=1, le=64),
+    sample_batch_size: int = Input(description="Batch size when generating class images.", default=4, ge=1, le=64),
+    max_train_steps: int = Input(description="Number of optimizer steps.", default=2000, ge=1, le=100000),
+    gradient_accumulation_steps: int = Input(description="Batches accumulated per optimizer step.", default=1, ge=1, le=1024),
+    gradient_checkpointing: bool = Input(description="Trade compute for memory with gradient checkpointing.", default=False),
+    learning_rate: float = Input(description="Initial learning rate (after warmup).", default=1e-6, ge=0.0, le=1.0),
+    scale_lr: bool = Input(description="Scale the learning rate by GPUs, accumulation steps and batch size.", default=False),
+    lr_scheduler: str = Input(description="Learning-rate schedule.", default="constant", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]),
+    lr_warmup_steps: int = Input(description="Warmup steps of the learning-rate schedule.", default=0, ge=0, le=100000),
+    use_8bit_adam: bool = Input(description="Use bitsandbytes' 8-bit AdamW (CUDA only; AdamW on the CPU).", default=True),
+    adam_beta1: float = Input(description="Adam beta1.", default=0.9, ge=0.0, le=1.0),
+    adam_beta2: float = Input(description="Adam beta2.", default=0.999, ge=0.0, le=1.0),
+    adam_weight_decay: float = Input(description="AdamW weight decay.", default=1e-2, ge=0.0, le=1.0),
+    adam_epsilon: float = Input(description="Adam epsilon.", default=1e-8, ge=0.0, le=1.0),
+    max_grad_norm: float = Input(description="Gradient clipping norm.", default=1.0, ge=0.0),
+    mixed_precision: str = Input(description="Mixed precision on CUDA (full precision on the CPU).", default="fp16", choices=["no", "fp16", "bf16"]),
+    ckpt_base: Optional[Path] = Input(description="Optional zip of a diffusers pipeline to start from instead of the built-in base.", default=None),
+    save_sample_prompt: Optional[str] = Input(description="If set, sample images of this prompt are generated after training and stored under samples/.", default=None),
+    save_sample_negative_prompt: Optional[str] = Input(description="Negative prompt for the sample images.", default=None),
+    n_save_sample: int = Input(description="Number of sample images.", default=1, ge=1, le=64),
+    save_guidance_scale: float = Input(description="Guidance scale of the sample images.", default=7.5, ge=0.0, le=50.0),
+    save_infer_steps: int = Input(description="Denoising steps of the sample images.", default=50, ge=1, le=500),
+) -> TrainingOutput:
+    """Train DreamBooth; ``weights`` is output.zip, the same archive the prediction returns."""
+    _configure_logging()
+    inputs = dict(locals())
+    files = {name: inputs.pop(name) for name in ("instance_data", "class_data", "ckpt_base")}
+    result = run_job(inputs, **files)
+    _record(result)
+    return TrainingOutput(weights=Path(result.archive))

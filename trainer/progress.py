@@ -1,0 +1,34 @@
+"""Progress lines at a steady rate: step, loss, learning rate and ETA."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class StepLogger:
+    """Logs the first and last step and then one line every ``interval`` seconds."""
+
+    def __init__(self, total: int, interval: float = 10.0, label: str = "step") -> None:
+        self.total, self.interval, self.label = total, interval, label
+        self.start = time.monotonic()
+        self.last = float("-inf")
+
+    def update(self, step: int, **values: float) -> None:
+        now = time.monotonic()
+        if step not in (1, self.total) and now - self.last < self.interval:
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = elapsed / step * (self.total - step)
+        fields = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        log.info("%s %d/%d %s elapsed %s eta %s", self.label, step, self.total, fields, format_seconds(elapsed), format_seconds(eta))
