@@ -55,6 +55,9 @@ def extract_zip(archive: Path, dest: Path, *, label: str, limits: ArchiveLimits 
     if not archive.is_file():
         raise ArchiveError(f"{label}: file not found")
     if not zipfile.is_zipfile(archive):
+        with open(archive, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                raise ArchiveError(f"{label} is a corrupt zip archive: its central directory is missing (truncated upload?)")
         raise ArchiveError(f"{label} is not a zip archive")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=False)

@@ -82,7 +82,12 @@ class TrainingArgs:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise InputError(f"unknown training input(s): {', '.join(unknown)}")
-        kwargs = {name: _coerce(name, fields[name].type, value) for name, value in values.items() if value is not None}
+        # None keeps the default, except for optional fields where it is meaningful (seed: random).
+        kwargs = {
+            name: None if value is None else _coerce(name, fields[name].type, value)
+            for name, value in values.items()
+            if value is not None or "None" in fields[name].type
+        }
         for required in ("instance_prompt", "class_prompt"):
             if not str(kwargs.get(required, "")).strip():
                 raise InputError(f"{required} is required and must not be empty")

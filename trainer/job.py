@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -74,6 +75,9 @@ def run_job(
     """Validate, train and package. Raises a :class:`~dreambuild.errors.DreambuildError` on bad input."""
     started = time.monotonic()
     args = TrainingArgs.from_inputs(inputs)
+    if args.seed is None:
+        args.seed = random.randrange(2**31)
+        log.info("seed: %d (random)", args.seed)
     work = new_workdir()
     try:
         result = _run(args, work, Path(instance_data), class_data and Path(class_data), ckpt_base and Path(ckpt_base))

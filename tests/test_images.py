@@ -1,0 +1,63 @@
+"""trainer.images: which files are photos, and how they are decoded."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from dreambuild.errors import ImageDataError
+from trainer.images import find_images, load_rgb
+from tests.helpers import image_bytes
+
+
+def _tree(root, files):
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def test_layout_rules(tmp_path):
+    _tree(tmp_path, {
+        "a.jpg": image_bytes(fmt="JPEG"),
+        "deep/er/b.PNG": image_bytes(),
+        "dataset_class/c1.png": image_bytes(),
+        "dataset_class/sub/c2.webp": image_bytes(fmt="WEBP"),
+        "other/dataset_class/d.png": image_bytes(),  # not top-level: an instance image
+        "__MACOSX/._a.jpg": b"junk",
+        ".hidden/e.png": image_bytes(),
+        ".f.png": image_bytes(),
+        "notes.txt": b"hello",
+    })
+    found = find_images(tmp_path)
+    assert [n for _, n in found.instance] == ["a.jpg", "deep/er/b.PNG", "other/dataset_class/d.png"]
+    assert [n for _, n in found.klass] == ["dataset_class/c1.png", "dataset_class/sub/c2.webp"]
+    assert found.skipped == ["notes.txt"]
+    assert [n for _, n in find_images(tmp_path, all_class=True).klass][:2] == ["a.jpg", "dataset_class/c1.png"]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(image_bytes(size=(80, 40), fmt="JPEG", exif=exif.tobytes()))
+    assert load_rgb(path, "rotated.jpg").size == (40, 80)
+
+
+@pytest.mark.parametrize("mode, color", [("RGBA", (255, 0, 0, 0)), ("LA", (0, 0)), ("L", 128), ("CMYK", (0, 255, 0, 0)), ("I;16", 300)])
+def test_every_mode_becomes_rgb(tmp_path, mode, color):
+    path = tmp_path / "x.png" if mode != "CMYK" else tmp_path / "x.jpg"
+    buf = io.BytesIO()
+    Image.new(mode, (8, 8), color).save(buf, "JPEG" if mode == "CMYK" else "PNG")
+    path.write_bytes(buf.getvalue())
+    image = load_rgb(path, path.name)
+    assert image.mode == "RGB"
+    if mode in ("RGBA", "LA"):  # fully transparent pixels become white, not black
+        assert image.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_unreadable_image_is_named(tmp_path):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(ImageDataError, match="'photos/broken.jpg' cannot be read"):
+        load_rgb(path, "photos/broken.jpg")

@@ -1,0 +1,73 @@
+"""The trainer's two Cog entry points declare the same inputs, and they agree with
+trainer/args.py, which enforces them even where no Cog schema is present."""
+
+import dataclasses
+
+import pytest
+from cog import _inspector
+
+from dreambuild.errors import InputError
+from trainer.args import CHOICES, RANGES, TrainingArgs
+
+FILE_INPUTS = {"instance_data", "class_data", "ckpt_base"}
+
+
+@pytest.fixture(scope="module")
+def infos():
+    return _inspector.create_predictor("trainer.predict", "Predictor"), _inspector.create_predictor("trainer.predict", "train")
+
+
+def _describe(field):
+    return (field.order, field.type.python_type_name(), field.default, field.description, field.ge, field.le, field.choices)
+
+
+def test_predict_and_train_share_every_input(infos):
+    predict, train = infos
+    assert list(predict.inputs) == list(train.inputs)
+    assert {n: _describe(f) for n, f in predict.inputs.items()} == {n: _describe(f) for n, f in train.inputs.items()}
+    assert all(f.description for f in predict.inputs.values())
+
+
+def test_inputs_match_training_args(infos):
+    inputs = infos[0].inputs
+    fields = {f.name: f for f in dataclasses.fields(TrainingArgs)}
+    assert set(inputs) - FILE_INPUTS == set(fields)
+    for name, field in fields.items():
+        if field.default is not dataclasses.MISSING:
+            assert inputs[name].default == field.default, name
+        lo, hi = RANGES.get(name, (None, None))
+        assert (inputs[name].ge, inputs[name].le) == (lo, hi), name
+        assert inputs[name].choices == (list(CHOICES[name]) if name in CHOICES else None), name
+
+
+BASE = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy"}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"resolution": 100}, "resolution must be a multiple of 8, got 100"),
+        ({"resolution": 32}, "resolution must be between 64 and 2048"),
+        ({"max_train_steps": 0}, "max_train_steps must be between 1 and 100000, got 0"),
+        ({"max_train_steps": "abc"}, "max_train_steps must be of type int"),
+        ({"max_train_steps": True}, "max_train_steps must be of type int"),
+        ({"learning_rate": 0}, "learning_rate must be greater than 0"),
+        ({"with_prior_preservation": "yes"}, "with_prior_preservation must be of type bool"),
+        ({"lr_scheduler": "exponential"}, "lr_scheduler must be one of linear, cosine"),
+        ({"mixed_precision": "fp8"}, "mixed_precision must be one of no, fp16, bf16"),
+        ({"instance_prompt": "  "}, "instance_prompt is required"),
+        ({"bogus": 1}, "unknown training input"),
+    ],
+)
+def test_invalid_arguments_are_named(override, message):
+    with pytest.raises(InputError, match=message):
+        TrainingArgs.from_inputs({**BASE, **override})
+
+
+def test_valid_arguments_keep_types():
+    args = TrainingArgs.from_inputs({**BASE, "learning_rate": 1, "seed": None, "resolution": None})
+    assert args.learning_rate == 1.0 and isinstance(args.learning_rate, float)
+    assert args.seed is None  # explicit null: a random seed, drawn and logged by the job
+    assert args.resolution == 512  # null on a required-typed input keeps the default
+    assert TrainingArgs.from_inputs(BASE).seed == 1337
+    assert args.to_json()["instance_prompt"] == BASE["instance_prompt"]

@@ -1,0 +1,191 @@
+"""The trainer end to end in the real Cog HTTP server (coglet) on CPU with the tiny base."""
+
+import json
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreambuild.archives import extract_zip
+from tests.helpers import data_url, decode_data_url, image_bytes, make_zip, photos_zip, post
+
+QUICK = {
+    "instance_prompt": "a photo of a cjw toy",
+    "class_prompt": "a photo of a toy",
+    "resolution": 64,
+    "max_train_steps": 6,
+    "learning_rate": 1e-3,  # large, so a few steps visibly move the weights
+    "with_prior_preservation": False,
+    "seed": 0,
+}
+
+
+def predict(server, tmp_path, **inputs):
+    status, body = post(f"{server.url}/predictions", {"input": {**QUICK, **inputs}})
+    assert status == 200, (status, body)
+    return body
+
+
+def output_dir(body, tmp_path, key=None):
+    value = body["output"][key] if key else body["output"]
+    archive = decode_data_url(value, tmp_path / "output.zip")
+    extract_zip(archive, tmp_path / "weights", label="output.zip")
+    return archive, tmp_path / "weights"
+
+
+def tensors(root, component):
+    name = "model.safetensors" if component == "text_encoder" else "diffusion_pytorch_model.safetensors"
+    return load_file(root / component / name)
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return data_url(photos_zip(tmp_path_factory.mktemp("photos") / "photos.zip"))
+
+
+def test_prediction_trains_and_returns_a_loadable_pipeline(trainer_predict_server, tiny_base, photos, tmp_path):
+    body = predict(
+        trainer_predict_server, tmp_path, instance_data=photos, train_text_encoder=True,
+        save_sample_prompt="a photo of a cjw toy", n_save_sample=2, save_infer_steps=3,
+    )
+    assert body["status"] == "succeeded", body.get("error")
+    archive, weights = output_dir(body, tmp_path)
+
+    with zipfile.ZipFile(archive) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+    assert "model_index.json" in infos and "args.json" in infos
+    assert {"samples/sample-0.png", "samples/sample-1.png"} <= set(infos)
+    assert not any(n.startswith("safety_checker") for n in infos)
+    stored = [i for n, i in infos.items() if n.endswith(".safetensors")]
+    assert len(stored) == 3 and all(i.compress_type == zipfile.ZIP_STORED for i in stored)
+
+    args = json.loads((weights / "args.json").read_text())
+    assert args["instance_prompt"] == QUICK["instance_prompt"] and args["class_prompt"] == QUICK["class_prompt"]
+    assert args["max_train_steps"] == 6 and args["resolution"] == 64
+
+    assert not same(tensors(weights, "unet"), tensors(tiny_base, "unet"))
+    assert not same(tensors(weights, "text_encoder"), tensors(tiny_base, "text_encoder"))
+    assert same(tensors(weights, "vae"), tensors(tiny_base, "vae"))  # frozen
+
+    logs = body["logs"]
+    assert "step 1/6 loss" in logs and "step 6/6 loss" in logs and " eta " in logs and " lr " in logs
+    assert "falls back to full precision" in logs and "falls back to torch.optim.AdamW" in logs
+    assert body["metrics"]["training_time"] > 0 and body["metrics"]["train_steps"] == 6
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(weights, local_files_only=True)
+    image = pipe(args["instance_prompt"], num_inference_steps=2, output_type="pil").images[0]
+    assert image.size == (64, 64)
+
+
+def test_frozen_text_encoder_stays_unchanged(trainer_predict_server, tiny_base, photos, tmp_path):
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, train_text_encoder=False, center_crop=True)
+    assert body["status"] == "succeeded", body.get("error")
+    _, weights = output_dir(body, tmp_path)
+    assert same(tensors(weights, "text_encoder"), tensors(tiny_base, "text_encoder"))
+    assert not same(tensors(weights, "unet"), tensors(tiny_base, "unet"))
+
+
+def test_prior_preservation_uses_supplied_class_images_and_generates_the_rest(trainer_predict_server, tmp_path):
+    instance = photos_zip(tmp_path / "photos.zip", extra={
+        "dataset_class/c1.png": image_bytes((10, 200, 10)),
+        "dataset_class/c2.png": image_bytes((10, 10, 200)),
+    })
+    klass = make_zip(tmp_path / "class.zip", {"more/c3.jpg": image_bytes((90, 90, 90), fmt="JPEG")})
+    body = predict(
+        trainer_predict_server, tmp_path, instance_data=data_url(instance), class_data=data_url(klass),
+        with_prior_preservation=True, num_class_images=5, sample_batch_size=2,
+    )
+    assert body["status"] == "succeeded", body.get("error")
+    assert "Loaded 6 instance image(s) and 3 supplied class image(s)." in body["logs"]
+    assert "generating 2 class image(s)" in body["logs"]
+    assert "class images batch 1/1" in body["logs"]
+    assert body["metrics"]["class_images"] == 5 and body["metrics"]["instance_images"] == 6
+
+
+def test_ckpt_base_is_honoured(trainer_predict_server, tiny_base, other_base, photos, tmp_path):
+    entries = {f"my-model/{p.relative_to(other_base).as_posix()}": p.read_bytes() for p in other_base.rglob("*") if p.is_file()}
+    ckpt = make_zip(tmp_path / "ckpt.zip", entries)  # zipped as a folder, as people do
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, ckpt_base=data_url(ckpt))
+    assert body["status"] == "succeeded", body.get("error")
+    assert "Starting from ckpt_base." in body["logs"]
+    _, weights = output_dir(body, tmp_path)
+    assert same(tensors(weights, "vae"), tensors(other_base, "vae"))
+    assert not same(tensors(weights, "vae"), tensors(tiny_base, "vae"))
+
+
+def test_training_endpoint_returns_the_same_archive(trainer_train_server, tiny_base, photos, tmp_path):
+    status, body = post(f"{trainer_train_server.url}/trainings", {"input": {**QUICK, "instance_data": photos}})
+    assert status == 200 and body["status"] == "succeeded", body.get("error")
+    _, weights = output_dir(body, tmp_path, key="weights")
+    assert json.loads((weights / "args.json").read_text())["instance_prompt"] == QUICK["instance_prompt"]
+    assert not same(tensors(weights, "unet"), tensors(tiny_base, "unet"))
+    assert body["metrics"]["training_time"] > 0
+
+
+# --- bad input: a failed prediction whose error names the problem --------------------------
+
+
+def _declared_bomb(directory):
+    """A small zip whose headers claim 3 GiB: rejected before anything is extracted."""
+    path = directory / "x.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("photo.png", image_bytes())
+    raw = bytearray(path.read_bytes())
+    central = raw.find(b"PK\x01\x02")
+    raw[central + 24 : central + 28] = (3 << 30).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: (d / "x.zip").write_bytes(b"GIF89a not a zip") and d / "x.zip", "instance_data is not a zip archive"),
+        (lambda d: (d / "x.zip").write_bytes(photos_zip(d / "p.zip").read_bytes()[:-200]) and d / "x.zip", "corrupt zip"),
+        (lambda d: make_zip(d / "x.zip", {"readme.txt": b"hi", "__MACOSX/._a.jpg": b"x"}), "instance_data contains no images"),
+        (lambda d: photos_zip(d / "x.zip", extra={"photos/bad.jpg": b"\xff\xd8 not a jpeg"}), "image 'photos/bad.jpg' cannot be read"),
+        (lambda d: photos_zip(d / "x.zip", extra={"../../escape.png": image_bytes()}), "points outside the archive"),
+        (lambda d: photos_zip(d / "x.zip", extra={"/tmp/escape.png": image_bytes()}), "absolute path"),
+        (lambda d: make_zip(d / "x.zip", {"a.png": image_bytes()}, symlinks={"b.png": "/etc/passwd"}), "symbolic link"),
+        (lambda d: make_zip(d / "x.zip", {f"f{i}.txt": b"" for i in range(2001)}), "more than the limit of 2000"),
+        (_declared_bomb, "expands to 3221225472 bytes, more than the limit"),
+    ],
+    ids=["not-zip", "corrupt", "no-images", "unreadable-image", "zip-slip", "absolute", "symlink", "file-count", "size-bomb"],
+)
+def test_bad_instance_data_fails_with_a_clear_error(trainer_predict_server, trainer_workdir, tmp_path, make, message):
+    archive = make(tmp_path)
+    body = predict(trainer_predict_server, tmp_path, instance_data=data_url(archive))
+    assert body["status"] == "failed"
+    assert message in body["error"]
+    assert not list(trainer_workdir.parent.rglob("escape.png")) and not (tmp_path.parent / "escape.png").exists()
+
+
+def test_bad_ckpt_base_fails_with_a_clear_error(trainer_predict_server, photos, tmp_path):
+    ckpt = make_zip(tmp_path / "ckpt.zip", {"model.ckpt": b"\0" * 64, "notes.txt": b"a checkpoint"})
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, ckpt_base=data_url(ckpt))
+    assert body["status"] == "failed"
+    assert "ckpt_base is not a diffusers pipeline: model_index.json is missing" in body["error"]
+
+
+def test_resolution_not_multiple_of_8_fails(trainer_predict_server, photos, tmp_path):
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, resolution=100)
+    assert body["status"] == "failed"
+    assert "resolution must be a multiple of 8, got 100" in body["error"]
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [({"max_train_steps": 0}, "0 is less than the minimum of 1"), ({"max_train_steps": "many"}, "is not of type \"integer\""),
+     ({"lr_scheduler": "exponential"}, "is not one of")],
+)
+def test_schema_rejects_out_of_range_and_mistyped_inputs(trainer_predict_server, photos, inputs, message):
+    status, body = post(f"{trainer_predict_server.url}/predictions", {"input": {**QUICK, "instance_data": photos, **inputs}})
+    assert status == 422
+    assert any(message in d["msg"] for d in body["detail"]), body
