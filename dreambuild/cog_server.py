@@ -38,7 +38,8 @@ def write_schema(project: Path, *, predict: str | None = None, train: str | None
     cmd += ["--train", train] if train else []
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     if done.returncode:
-        raise CogServerError(f"could not build the Cog schema: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CogServerError(f"could not build the Cog schema for {predict or train}: {last}")
     return project / ".cog" / "openapi_schema.json"
 
 

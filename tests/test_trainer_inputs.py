@@ -71,3 +71,10 @@ def test_valid_arguments_keep_types():
     assert args.resolution == 512  # null on a required-typed input keeps the default
     assert TrainingArgs.from_inputs(BASE).seed == 1337
     assert args.to_json()["instance_prompt"] == BASE["instance_prompt"]
+
+
+def test_schema_errors_name_the_reference(tmp_path):
+    from dreambuild.cog_server import CogServerError, write_schema
+
+    with pytest.raises(CogServerError, match="trainer/predict.py:Nope"):
+        write_schema(tmp_path, predict="trainer/predict.py:Nope")
