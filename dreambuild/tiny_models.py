@@ -105,3 +105,49 @@ def build_tiny_sd(dest: Path, seed: int = 0) -> Path:
     pipe.save_pretrained(dest, safe_serialization=True)
     (dest / "dreambuild-fixture.json").write_text(json.dumps({"kind": "tiny-sd", "seed": seed}))
     return dest
+
+
+def build_tiny_controlnet(dest: Path, base: Path, seed: int = 0) -> Path:
+    """Write a random ControlNet shaped to the tiny pipeline at ``base`` (its UNet's blocks)."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", local_files_only=True)
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+    # ControlNet zero-initialises the conditioning embedding's output and its zero-convolutions;
+    # randomise them so that the control image really changes the output.
+    with torch.no_grad():
+        convs = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+        for conv in convs:
+            conv.weight.normal_(0, 0.5)
+    controlnet.save_pretrained(dest, safe_serialization=True)
+    return Path(dest)
+
+
+def build_tiny_safety_checker(dest: Path, flag_everything: bool = False, seed: int = 0) -> Path:
+    """Write a tiny random ``StableDiffusionSafetyChecker`` plus its feature extractor.
+
+    With ``flag_everything`` every image is reported as NSFW (thresholds below any score),
+    so tests can reach the "all images flagged" path; otherwise none is.
+    """
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                       "image_size": 224, "patch_size": 32},
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    checker = StableDiffusionSafetyChecker(config)
+    with torch.no_grad():
+        threshold = -10.0 if flag_everything else 10.0
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    dest = Path(dest)
+    checker.save_pretrained(dest, safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(dest)
+    return dest
