@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,6 +166,29 @@ def test_bad_instance_data_fails_with_a_clear_error(trainer_predict_server, trai
     assert body["status"] == "failed"
     assert message in body["error"]
     assert not list(trainer_workdir.parent.rglob("escape.png")) and not (tmp_path.parent / "escape.png").exists()
+    assert not Path("/tmp/escape.png").exists()
+
+
+def test_class_images_are_ignored_without_prior_preservation(trainer_predict_server, tmp_path):
+    instance = photos_zip(tmp_path / "photos.zip", extra={"dataset_class/broken.png": b"not a png"})
+    body = predict(trainer_predict_server, tmp_path, instance_data=data_url(instance), with_prior_preservation=False)
+    assert body["status"] == "succeeded", body.get("error")  # the broken class image is never decoded
+    assert "ignoring 1 supplied class image(s)" in body["logs"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"num_class_images": 0}, "with_prior_preservation needs class images"),
+        ({"class_data": "EMPTY"}, "class_data contains no images"),
+    ],
+)
+def test_prior_preservation_without_class_images_fails(trainer_predict_server, photos, tmp_path, extra, message):
+    if extra.get("class_data") == "EMPTY":
+        extra = {"class_data": data_url(make_zip(tmp_path / "c.zip", {"readme.txt": b"no images"}))}
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, with_prior_preservation=True, **extra)
+    assert body["status"] == "failed"
+    assert message in body["error"]
 
 
 def test_bad_ckpt_base_fails_with_a_clear_error(trainer_predict_server, photos, tmp_path):

@@ -106,6 +106,10 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
             raise ImageDataError("class_data contains no images")
         class_files += supplied.klass
     instance_images = load_all(photos.instance)
+    if not args.with_prior_preservation:
+        if class_files:
+            log.info("with_prior_preservation is off: ignoring %d supplied class image(s).", len(class_files))
+        class_files = []
     class_images = load_all(class_files)
     log.info("Loaded %d instance image(s) and %d supplied class image(s).", len(instance_images), len(class_images))
 
@@ -122,8 +126,6 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
             generated = missing
         if not class_images:
             raise ImageDataError("with_prior_preservation needs class images: set num_class_images > 0 or supply class_data")
-    elif class_images:
-        log.info("with_prior_preservation is off: ignoring %d supplied class image(s).", len(class_images))
 
     result = train_dreambooth(args, base, instance_images, class_images, plan)
     weights = work / "weights"
