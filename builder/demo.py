@@ -2,7 +2,8 @@
 
 Today it covers the Train step end to end: tiny local base model -> the sample subject photos
 -> the trainer running in the real Cog HTTP server -> output.zip -> an image generated from
-the fine-tune. (Build, push, webhook and predict join as their issues land.)
+the fine-tune by the vanilla template, also in the Cog HTTP server. (Build, push and webhook
+join as their issues land.)
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def run_demo(out: Path, say=print) -> dict:
     archive.write_bytes(base64.b64decode(prediction["output"].split(",", 1)[1]))
 
     t = time.monotonic()
-    image_path = _generate(archive, out)
+    image_path = _generate(archive, out, say)
     timings["predict"] = time.monotonic() - t
     summary = {
         "training_id": prediction["id"],
@@ -96,22 +97,30 @@ def run_demo(out: Path, say=print) -> dict:
     return summary
 
 
-def _generate(archive: Path, out: Path) -> Path:
-    import torch
-    from diffusers import StableDiffusionPipeline
+def _generate(archive: Path, out: Path, say=print) -> Path:
+    """Predict with the fine-tune through the vanilla template in the real Cog HTTP server."""
+    import shutil
 
     from dreambuild.archives import extract_zip
+    from dreambuild.tiny_models import build_tiny_safety_checker
 
     weights = out / "weights"
     if weights.exists():
-        import shutil
-
         shutil.rmtree(weights)
     extract_zip(archive, weights, label="output.zip")
-    pipe = StableDiffusionPipeline.from_pretrained(weights, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    args = json.loads((weights / "args.json").read_text())
-    image = pipe(args["instance_prompt"], num_inference_steps=20, generator=torch.Generator().manual_seed(0)).images[0]
+    checker = CACHE / "safety-checker"
+    if not (checker / "config.json").is_file():
+        build_tiny_safety_checker(checker)
+    env = {"DREAMBUILD_WEIGHTS": str(weights), "DREAMBUILD_SAFETY_CHECKER": str(checker)}
+    say("predicting with the vanilla template in the Cog HTTP server ...")
+    with start_cog_server("templates/predict.py:Vanilla", out / "template-runtime", env=env) as server:
+        # No prompt: the template defaults to the instance prompt recorded in args.json.
+        body = json.dumps({"input": {"num_inference_steps": 20, "seed": 0}}).encode()
+        request = urllib.request.Request(f"{server.url}/predictions", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as resp:
+            prediction = json.load(resp)
+    if prediction.get("status") != "succeeded":
+        raise SystemExit(f"demo: prediction failed: {prediction.get('error')}")
     path = out / "output.png"
-    image.save(path)
+    path.write_bytes(base64.b64decode(prediction["output"][0].split(",", 1)[1]))
     return path

@@ -19,3 +19,19 @@ class ModelLayoutError(InputError):
 
 class ImageDataError(InputError):
     """Training images are missing or unreadable."""
+
+
+class TemplateWithoutWeightsError(DreambuildError):
+    """A template image was asked to predict before weights were added to it."""
+
+
+class SafetyCheckerError(DreambuildError):
+    """The safety checker is required but cannot run (fail closed)."""
+
+
+class NSFWContentError(DreambuildError):
+    """Every generated image was flagged by the safety checker."""
+
+
+class ControlImageError(InputError):
+    """A ControlNet control image could not be preprocessed."""

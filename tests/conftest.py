@@ -43,3 +43,84 @@ def trainer_predict_server(tmp_path_factory, tiny_base, trainer_workdir):
 def trainer_train_server(tmp_path_factory, tiny_base, trainer_workdir):
     """The trainer in the real Cog HTTP server, train mode (`--x-mode train`)."""
     yield from _trainer_server(tmp_path_factory, tiny_base, trainer_workdir, train=True)
+
+
+# --- templates -------------------------------------------------------------------------------
+
+INSTANCE_PROMPT = "a photo of a cjw toy"
+
+
+@pytest.fixture(scope="session")
+def fine_tune(tmp_path_factory, tiny_base):
+    """A trainer-shaped output: the tiny pipeline plus args.json with an instance prompt."""
+    import json
+    import shutil
+
+    dest = tmp_path_factory.mktemp("models") / "fine-tune"
+    shutil.copytree(tiny_base, dest)
+    (dest / "args.json").write_text(json.dumps({"instance_prompt": INSTANCE_PROMPT, "resolution": 64}))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tmp_path_factory, tiny_base):
+    from dreambuild.tiny_models import build_tiny_controlnet
+
+    return build_tiny_controlnet(tmp_path_factory.mktemp("models") / "controlnet", tiny_base)
+
+
+@pytest.fixture(scope="session")
+def annotators(tmp_path_factory):
+    from dreambuild.tiny_models import build_openpose_annotators
+
+    return build_openpose_annotators(tmp_path_factory.mktemp("models") / "annotators")
+
+
+@pytest.fixture(scope="session")
+def safety_checker(tmp_path_factory):
+    from dreambuild.tiny_models import build_tiny_safety_checker
+
+    return build_tiny_safety_checker(tmp_path_factory.mktemp("models") / "safety-checker")
+
+
+@pytest.fixture(scope="session")
+def flag_all_safety_checker(tmp_path_factory):
+    from dreambuild.tiny_models import build_tiny_safety_checker
+
+    return build_tiny_safety_checker(tmp_path_factory.mktemp("models") / "safety-checker-flags", flag_everything=True)
+
+
+TEMPLATE_CLASSES = {"vanilla": "Vanilla", "controlnet-canny": "ControlNetCanny", "controlnet-pose": "ControlNetPose"}
+
+
+def start_template(tmp_path_factory, template, *, weights, controlnet=None, annotators=None, safety_checker=None):
+    """A template in the real Cog server; a missing path stands for weights not baked."""
+    project = tmp_path_factory.mktemp(f"template-{template}")
+    missing = project / "not-baked"
+    env = {
+        "DREAMBUILD_WEIGHTS": str(weights or missing),
+        "DREAMBUILD_CONTROLNET": str(controlnet or missing),
+        "DREAMBUILD_ANNOTATORS": str(annotators or missing),
+        "DREAMBUILD_SAFETY_CHECKER": str(safety_checker or missing),
+    }
+    return start_cog_server(f"templates/predict.py:{TEMPLATE_CLASSES[template]}", project, env=env)
+
+
+@pytest.fixture(scope="session")
+def vanilla_server(tmp_path_factory, fine_tune, safety_checker):
+    with start_template(tmp_path_factory, "vanilla", weights=fine_tune, safety_checker=safety_checker) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def canny_server(tmp_path_factory, fine_tune, tiny_controlnet, safety_checker):
+    with start_template(tmp_path_factory, "controlnet-canny", weights=fine_tune, controlnet=tiny_controlnet,
+                        safety_checker=safety_checker) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pose_server(tmp_path_factory, fine_tune, tiny_controlnet, annotators, safety_checker):
+    with start_template(tmp_path_factory, "controlnet-pose", weights=fine_tune, controlnet=tiny_controlnet,
+                        annotators=annotators, safety_checker=safety_checker) as server:
+        yield server

@@ -65,6 +65,49 @@ def _pins(lines) -> dict[str, str]:
     return pins
 
 
+TEMPLATES = {"vanilla": "Vanilla", "controlnet-canny": "ControlNetCanny", "controlnet-pose": "ControlNetPose"}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_template_cog_yaml_is_valid_and_points_at_its_class(name):
+    import templates.predict as module
+
+    config = yaml.safe_load((REPO / "templates" / name / "cog.yaml").read_text())
+    jsonschema.validate(config, cog_schema())
+    assert config["build"]["gpu"] is True
+    assert config["build"]["python_requirements"] == "requirements/templates.txt"
+    assert config["predict"] == f"templates/predict.py:{TEMPLATES[name]}"
+    assert hasattr(module, TEMPLATES[name])
+    env = dict(line.split("=", 1) for line in config["environment"])
+    assert env["HF_HUB_OFFLINE"] == "1" and env["DREAMBUILD_WEIGHTS"] == "/src/weights"
+    # Every baked directory the environment names is written by a `run` step, and vice versa.
+    baked = {re.search(r"--local-dir (\S+)", line).group(1) for line in config["build"]["run"]}
+    named = {v for k, v in env.items() if k in ("DREAMBUILD_SAFETY_CHECKER", "DREAMBUILD_CONTROLNET", "DREAMBUILD_ANNOTATORS")}
+    assert baked == named
+    expected = {"vanilla": 1, "controlnet-canny": 2, "controlnet-pose": 3}[name]
+    assert len(baked) == expected
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_template_bake_steps_are_valid_hf_commands(name, tmp_path):
+    """Each `run` line parses as an `hf download` command (offline here, so it stops at the network)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = yaml.safe_load((REPO / "templates" / name / "cog.yaml").read_text())
+    hf = Path(sys.executable).parent / "hf"
+    for line in config["build"]["run"]:
+        words = shlex.split(line)
+        assert words[0] == "HF_HUB_OFFLINE=0" and words[1:3] == ["hf", "download"], line
+        args = [a if a != words[words.index("--local-dir") + 1] else str(tmp_path / "out") for a in words[3:]]
+        done = subprocess.run([str(hf), "download", *args], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 1 and "offline mode is enabled" in done.stdout + done.stderr, done.stderr
+
+
 def test_image_requirements_match_pyproject_pins():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     extra = _pins(pyproject["project"]["optional-dependencies"]["trainer"])
@@ -74,3 +117,12 @@ def test_image_requirements_match_pyproject_pins():
     assert shared >= {"torch", "diffusers", "transformers", "accelerate"}
     assert {k: extra[k] for k in shared} == {k: image[k] for k in shared}
     assert set(image) - set(extra) == {"bitsandbytes"}
+
+
+def test_template_requirements_match_pyproject_pins():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = _pins(extras["trainer"]) | _pins(d for d in extras["templates"] if "==" in d)
+    image = _pins((REPO / "requirements" / "templates.txt").read_text().splitlines())
+    assert {"compel", "controlnet-aux", "diffusers", "torch"} <= set(image)
+    assert {k: pins.get(k) for k in image} == image
+    assert set(pins) - set(image) == {"cog"}  # Cog installs itself into its images

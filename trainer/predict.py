@@ -7,34 +7,15 @@ spelled out twice because Cog reads them from this file's source to build the mo
 schema; ``tests/test_trainer_inputs.py`` checks that they agree.
 """
 
-import logging
 import os
-import sys
 from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network while training
 
 from cog import BaseModel, BaseRunner, Input, Path, current_scope  # noqa: E402
 
+from dreambuild.logs import configure_logging  # noqa: E402
 from trainer.job import JobResult, run_job  # noqa: E402
-
-
-def _configure_logging() -> None:
-    root = logging.getLogger()
-    if not any(getattr(h, "_dreambuild", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._dreambuild = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        for noisy in ("httpx", "urllib3", "PIL"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Library progress bars would flood the training logs the service shows; ours report instead.
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 def _record(result: JobResult) -> None:
@@ -53,7 +34,7 @@ class TrainingOutput(BaseModel):
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
-        _configure_logging()
+        configure_logging()
 
     def run(
         self,
@@ -136,7 +117,7 @@ def train(
     save_infer_steps: int = Input(description="Denoising steps of the sample images.", default=50, ge=1, le=500),
 ) -> TrainingOutput:
     """Train DreamBooth; ``weights`` is output.zip, the same archive the prediction returns."""
-    _configure_logging()
+    configure_logging()
     inputs = dict(locals())
     files = {name: inputs.pop(name) for name in ("instance_data", "class_data", "ckpt_base")}
     result = run_job(inputs, **files)

@@ -1,0 +1,96 @@
+"""The fine-tuned pipeline, loaded once, and every mode's pipeline built from it with
+``from_pipe`` (the same UNet, VAE and text encoder objects; no second copy in memory)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Device:
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def detect(cls) -> "Device":
+        """fp16 on CUDA (SDPA attention is diffusers' default on torch 2), fp32 on the CPU."""
+        if torch.cuda.is_available():
+            return cls(torch.device("cuda"), torch.float16)
+        return cls(torch.device("cpu"), torch.float32)
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        return f"{name}, {str(self.dtype).removeprefix('torch.')}"
+
+
+@dataclass
+class Pipelines:
+    base: Any  # StableDiffusionPipeline (txt2img)
+    by_mode: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def native_size(self) -> int:
+        return self.base.unet.config.sample_size * self.base.vae_scale_factor
+
+
+def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, compile_unet: bool = False) -> Pipelines:
+    """Load ``weights`` (a diffusers Stable Diffusion pipeline) and derive the mode pipelines.
+
+    ``controlnet`` is a loaded ``ControlNetModel`` for the ControlNet templates, else None.
+    """
+    from diffusers import (
+        StableDiffusionControlNetImg2ImgPipeline,
+        StableDiffusionControlNetInpaintPipeline,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+    )
+
+    # Templates bring their own safety checker: never load one that came with the weights.
+    base = StableDiffusionPipeline.from_pretrained(
+        weights, dtype=device.dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
+    ).to(device.device)
+    if device.device.type == "cuda" and compile_unet:
+        # channels_last pays off with inductor's kernels; eager SDPA runs measured slower with it.
+        base.unet.to(memory_format=torch.channels_last)
+        mode = os.environ.get("DREAMBUILD_TORCH_COMPILE_MODE", "default")
+        base.unet = torch.compile(base.unet, mode=mode, fullgraph=True)
+    # from_pipe casts the new pipeline, shared components included, to fp32 unless told the
+    # dtype (diffusers 0.42): always pass it, or every mode silently runs in fp32.
+    same = {"dtype": device.dtype}
+    by_mode = {
+        "txt2img": base,
+        "img2img": StableDiffusionImg2ImgPipeline.from_pipe(base, **same),
+        "inpaint": StableDiffusionInpaintPipeline.from_pipe(base, **same),
+    }
+    if controlnet is not None:
+        controlnet.to(device.device)
+        same["controlnet"] = controlnet
+        by_mode["controlnet-txt2img"] = StableDiffusionControlNetPipeline.from_pipe(base, **same)
+        by_mode["controlnet-img2img"] = StableDiffusionControlNetImg2ImgPipeline.from_pipe(base, **same)
+        by_mode["controlnet-inpaint"] = StableDiffusionControlNetInpaintPipeline.from_pipe(base, **same)
+    for pipe in by_mode.values():
+        pipe.set_progress_bar_config(disable=True)
+    return Pipelines(base=base, by_mode=by_mode)
+
+
+def load_controlnet(path: Path, device: Device) -> Any:
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(path, dtype=device.dtype, local_files_only=True)
+
+
+def compile_requested() -> bool:
+    """``DREAMBUILD_TORCH_COMPILE=1`` compiles the UNet (CUDA only): faster steps, but the first
+    prediction pays the compilation (``DREAMBUILD_TORCH_COMPILE_MODE``: inductor's default mode
+    compiles in about a minute; max-autotune took over five on an H200)."""
+    return os.environ.get("DREAMBUILD_TORCH_COMPILE", "") in ("1", "true", "yes")

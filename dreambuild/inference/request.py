@@ -1,0 +1,70 @@
+"""A generation request (the templates' Cog inputs) and the checks that need no model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreambuild.errors import InputError
+
+# Width x height above this is refused before any work: 1024x1024, or e.g. 768x1360.
+MAX_PIXELS = int(os.environ.get("DREAMBUILD_MAX_PIXELS", str(1024 * 1024)))
+
+
+@dataclass
+class GenerationRequest:
+    """Inputs shared by the templates, named as the public dream templates name them."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    image: Path | None = None
+    mask: Path | None = None
+    control_image: Path | None = None
+    width: int | None = None
+    height: int | None = None
+    num_outputs: int = 1
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    prompt_strength: float = 0.8
+    scheduler: str = "DDIM"
+    seed: int | None = None
+    disable_safety_check: bool = False
+    return_control_image: bool = False
+    # Canny
+    low_threshold: int = 100
+    high_threshold: int = 200
+    # OpenPose
+    include_hand: bool = False
+    include_face: bool = False
+
+    @property
+    def mode(self) -> str:
+        """txt2img, img2img or inpaint, prefixed with ``controlnet-`` when a control image is given."""
+        if self.mask is not None and self.image is None:
+            raise InputError("mask was given without image: inpainting needs the image to repaint")
+        base = "txt2img" if self.image is None else ("inpaint" if self.mask is not None else "img2img")
+        return f"controlnet-{base}" if self.control_image is not None else base
+
+
+def resolve_size(width: int | None, height: int | None, native: int, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """Output size: the model's native size where not given; multiples of 8 within the pixel limit."""
+    width = native if width is None else width
+    height = native if height is None else height
+    for name, value in (("width", width), ("height", height)):
+        if value < 8 or value % 8:
+            raise InputError(f"{name}={value} is not a positive multiple of 8 (Stable Diffusion's VAE works in 8-pixel blocks)")
+    if width * height > max_pixels:
+        raise InputError(f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}; ask for a smaller size")
+    return width, height
+
+
+def denoising_steps(steps: int, strength: float) -> int:
+    """Steps img2img/inpainting really run; at least one is needed."""
+    effective = min(int(steps * strength), steps)
+    if effective < 1:
+        raise InputError(
+            f"prompt_strength={strength} with num_inference_steps={steps} leaves no denoising step; "
+            "raise prompt_strength or num_inference_steps"
+        )
+    return effective

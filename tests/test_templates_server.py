@@ -1,0 +1,255 @@
+"""The three templates in the real Cog HTTP server (coglet) on CPU, with tiny random weights."""
+
+import base64
+import hashlib
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.conftest import INSTANCE_PROMPT, start_template
+from tests.helpers import image_bytes, post
+
+FAST = {"num_inference_steps": 3, "seed": 42}
+
+
+def png_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def shapes_png(size=(96, 80), offset=0) -> bytes:
+    """A picture with edges: shapes on a dark background."""
+    image = Image.new("RGB", size, (10, 10, 30))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((10 + offset, 10, 50 + offset, 60), fill=(240, 240, 240))
+    draw.ellipse((55, 20 + offset, 90, 70 + offset), fill=(200, 60, 60))
+    draw.rectangle((60, 2, 90, 14), fill=(22, 22, 42))  # faint: only low Canny thresholds see it
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def mask_png(size=(64, 64)) -> bytes:
+    image = Image.new("L", size, 0)
+    image.paste(255, (16, 16, 48, 48))  # white: repaint
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def predict(server, **inputs) -> dict:
+    """Run a prediction; an input given as None is left out (Cog's default applies)."""
+    body = {k: v for k, v in {**FAST, **inputs}.items() if v is not None}
+    status, body = post(f"{server.url}/predictions", {"input": body})
+    assert status == 200, (status, body)
+    return body
+
+
+def outputs(body) -> list[bytes]:
+    """The prediction's output files, checked to be PNGs."""
+    assert body["status"] == "succeeded", body.get("error")
+    files = []
+    for value in body["output"]:
+        assert value.startswith("data:image/png;base64,"), value[:60]
+        data = base64.b64decode(value.split(",", 1)[1])
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        files.append(data)
+    return files
+
+
+def size_of(png: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(png)).size
+
+
+def digest(png: bytes) -> str:
+    return hashlib.sha256(png).hexdigest()
+
+
+def failed(server, **inputs) -> str:
+    body = predict(server, **inputs)
+    assert body["status"] == "failed", body.get("output")
+    return body["error"]
+
+
+# --- vanilla: txt2img, img2img, inpainting -------------------------------------------------
+
+
+def test_txt2img_returns_pngs_of_the_requested_size(vanilla_server):
+    files = outputs(predict(vanilla_server, prompt="a cjw toy", width=80, height=64, num_outputs=2))
+    assert len(files) == 2 and all(size_of(f) == (80, 64) for f in files)
+    assert digest(files[0]) != digest(files[1])  # image i uses seed + i
+
+
+def test_defaults_are_the_native_size_and_the_instance_prompt(vanilla_server):
+    default = outputs(predict(vanilla_server))
+    explicit = outputs(predict(vanilla_server, prompt=INSTANCE_PROMPT, width=64, height=64))
+    assert size_of(default[0]) == (64, 64)
+    assert default == explicit
+    assert default != outputs(predict(vanilla_server, prompt="a photo of a dog"))
+
+
+def test_same_seed_is_byte_identical_and_other_seeds_differ(vanilla_server):
+    first = outputs(predict(vanilla_server, prompt="a cjw toy", seed=7))
+    again = outputs(predict(vanilla_server, prompt="a cjw toy", seed=7))
+    other = outputs(predict(vanilla_server, prompt="a cjw toy", seed=8))
+    assert first == again and first != other
+
+
+def test_image_i_uses_seed_plus_i(vanilla_server):
+    batch = outputs(predict(vanilla_server, prompt="a cjw toy", seed=7, num_outputs=2))
+    second = Image.open(io.BytesIO(outputs(predict(vanilla_server, prompt="a cjw toy", seed=8))[0]))
+    diff = max(abs(a - b) for a, b in zip(Image.open(io.BytesIO(batch[1])).tobytes(), second.tobytes()))
+    assert diff <= 2  # batched and single runs differ only by float rounding
+
+
+def test_random_seed_is_logged_and_reproduces(vanilla_server):
+    body = predict(vanilla_server, prompt="a cjw toy", seed=None)
+    seed = int(re.search(r"Using seed: (\d+)", body["logs"]).group(1))
+    assert outputs(body) == outputs(predict(vanilla_server, prompt="a cjw toy", seed=seed))
+
+
+def test_img2img_and_inpainting_run(vanilla_server):
+    photo = png_url(shapes_png())
+    txt2img = outputs(predict(vanilla_server, prompt="a cjw toy"))
+    img2img = outputs(predict(vanilla_server, prompt="a cjw toy", image=photo, prompt_strength=0.6, num_inference_steps=5))
+    inpaint = outputs(predict(vanilla_server, prompt="a cjw toy", image=photo, mask=png_url(mask_png()), num_inference_steps=5))
+    assert size_of(img2img[0]) == size_of(inpaint[0]) == (64, 64)
+    assert len({digest(txt2img[0]), digest(img2img[0]), digest(inpaint[0])}) == 3
+    weaker = outputs(predict(vanilla_server, prompt="a cjw toy", image=photo, prompt_strength=0.3, num_inference_steps=5))
+    assert weaker != img2img
+
+
+def test_weighted_prompt_syntax_changes_the_conditioning(vanilla_server):
+    plain = outputs(predict(vanilla_server, prompt="a red toy on a beach"))
+    # Weight 1.0 is the plain prompt: compel parsed the syntax rather than encoding "(red)1.0".
+    assert outputs(predict(vanilla_server, prompt="a (red)1.0 toy on a beach")) == plain
+    assert outputs(predict(vanilla_server, prompt="a (red)1.5 toy on a beach")) != plain
+    assert outputs(predict(vanilla_server, prompt="a red toy++ on a beach--")) != plain
+    weighted_negative = outputs(predict(vanilla_server, prompt="a red toy on a beach", negative_prompt="(blurry)1.4"))
+    assert weighted_negative != outputs(predict(vanilla_server, prompt="a red toy on a beach", negative_prompt="blurry"))
+
+
+def test_prompts_longer_than_77_tokens_are_not_truncated(vanilla_server):
+    long_prompt = "a photo of a cjw toy, " * 6  # the fixture's tokenizer has one token per character
+    assert len(long_prompt) > 100
+    base = outputs(predict(vanilla_server, prompt=long_prompt))
+    assert outputs(predict(vanilla_server, prompt=long_prompt + "in the snow")) != base
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "K_EULER_ANCESTRAL", "K_EULER", "KLMS", "PNDM", "UniPCMultistep"])
+def test_every_scheduler_runs(vanilla_server, scheduler):
+    body = predict(vanilla_server, prompt="a cjw toy", scheduler=scheduler, num_inference_steps=2)
+    assert len(outputs(body)) == 1
+    assert f"steps of {scheduler}" in body["logs"]
+
+
+def test_safety_checker_runs_and_keeps_clean_images(vanilla_server):
+    body = predict(vanilla_server, prompt="a cjw toy", num_outputs=2)
+    assert len(outputs(body)) == 2 and "flagged" not in body["logs"]
+
+
+# --- bad input: a failed prediction whose error names the problem ---------------------------
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({"width": 100}, "width=100 is not a positive multiple of 8"),
+        ({"height": 68}, "height=68 is not a positive multiple of 8"),
+        ({"width": 2048, "height": 2048}, "2048x2048 is 4194304 pixels, over the limit of 1048576"),
+        ({"mask": "MASK"}, "mask was given without image"),
+        ({"image": "BROKEN"}, "image 'image' cannot be read"),
+        ({"image": "PHOTO", "mask": "BROKEN"}, "image 'mask' cannot be read"),
+        ({"image": "PHOTO", "prompt_strength": 0.1, "num_inference_steps": 5}, "leaves no denoising step"),
+    ],
+)
+def test_bad_input_fails_with_a_clear_error(vanilla_server, inputs, message):
+    files = {"MASK": png_url(mask_png()), "BROKEN": png_url(b"not an image at all"), "PHOTO": png_url(shapes_png())}
+    inputs = {k: files.get(v, v) if isinstance(v, str) else v for k, v in inputs.items()}
+    assert message in failed(vanilla_server, prompt="a cjw toy", **inputs)
+
+
+@pytest.mark.parametrize(
+    "inputs, field",
+    [({"scheduler": "EULER_MAGIC"}, "scheduler"), ({"num_outputs": 11}, "num_outputs"), ({"num_inference_steps": 0}, "num_inference_steps"),
+     ({"width": "wide"}, "width")],
+)
+def test_schema_rejects_unknown_choices_and_fields(vanilla_server, inputs, field):
+    status, body = post(f"{vanilla_server.url}/predictions", {"input": {"prompt": "a cjw toy", **inputs}})
+    assert status == 422, body
+    assert field in str(body["detail"])
+
+
+# --- ControlNet templates ---------------------------------------------------------------------
+
+
+def test_canny_controlnet_txt2img_and_img2img(canny_server):
+    control = png_url(shapes_png())
+    plain = outputs(predict(canny_server, prompt="a cjw toy"))
+    guided = outputs(predict(canny_server, prompt="a cjw toy", control_image=control, return_control_image=True))
+    assert len(guided) == 2 and all(size_of(f) == (64, 64) for f in guided)
+    edges = np.asarray(Image.open(io.BytesIO(guided[0])))
+    assert (edges[..., 0] == edges[..., 1]).all() and edges.min() == 0 and edges.max() > 200  # an edge map
+    assert guided[1] != plain[0]
+    moved = outputs(predict(canny_server, prompt="a cjw toy", control_image=png_url(shapes_png(offset=8))))
+    assert moved[0] != guided[1]  # the control image steers the result
+
+    photo = png_url(shapes_png(size=(64, 64)))
+    img2img = outputs(predict(canny_server, prompt="a cjw toy", image=photo, num_inference_steps=5))
+    controlled = outputs(predict(canny_server, prompt="a cjw toy", image=photo, control_image=control, num_inference_steps=5))
+    assert controlled != img2img
+    inpaint = outputs(predict(canny_server, prompt="a cjw toy", image=photo, mask=png_url(mask_png()), control_image=control))
+    assert size_of(inpaint[0]) == (64, 64)
+
+
+def test_canny_thresholds_change_the_edge_map(canny_server):
+    control = png_url(shapes_png())
+    low = outputs(predict(canny_server, control_image=control, return_control_image=True, low_threshold=1, high_threshold=2))
+    high = outputs(predict(canny_server, control_image=control, return_control_image=True, low_threshold=250, high_threshold=255))
+    assert np.asarray(Image.open(io.BytesIO(low[0]))).sum() > np.asarray(Image.open(io.BytesIO(high[0]))).sum()
+    error = failed(canny_server, control_image=control, low_threshold=200, high_threshold=100)
+    assert "control_image preprocessing (canny) failed: low_threshold=200 is above high_threshold=100" in error
+
+
+def test_unreadable_control_image_fails(canny_server):
+    assert "image 'control_image' cannot be read" in failed(canny_server, control_image=png_url(b"GIF89a broken"))
+
+
+def test_pose_controlnet_txt2img_and_img2img(pose_server):
+    person = png_url(image_bytes(size=(64, 96)))
+    body = predict(pose_server, prompt="a cjw toy", control_image=person, return_control_image=True, include_hand=True, include_face=True)
+    files = outputs(body)
+    assert len(files) == 2 and size_of(files[0]) == size_of(files[1]) == (64, 64)
+    assert "controlnet-txt2img" in body["logs"]
+    body = predict(pose_server, prompt="a cjw toy", control_image=person, image=png_url(shapes_png()), num_inference_steps=5)
+    assert len(outputs(body)) == 1 and "controlnet-img2img" in body["logs"]
+
+
+# --- templates without their weights ----------------------------------------------------------
+
+
+def test_weightless_template_starts_and_every_prediction_says_it_is_a_template(tmp_path_factory, safety_checker):
+    with start_template(tmp_path_factory, "vanilla", weights=None, safety_checker=safety_checker) as server:
+        assert server.setup.get("status") == "succeeded"
+        for inputs in ({}, {"prompt": "a cjw toy", "width": 64}):
+            error = failed(server, **inputs)
+            assert "This is a dreambuild template: it has no Stable Diffusion weights" in error
+            assert "dreambuild build" in error
+
+
+def test_all_flagged_images_fail_the_prediction(tmp_path_factory, fine_tune, flag_all_safety_checker):
+    with start_template(tmp_path_factory, "vanilla", weights=fine_tune, safety_checker=flag_all_safety_checker) as server:
+        error = failed(server, prompt="a cjw toy", num_outputs=2)
+        assert "all 2 generated image(s) were flagged as NSFW by the safety checker" in error
+        assert len(outputs(predict(server, prompt="a cjw toy", disable_safety_check=True))) == 1
+
+
+def test_missing_baked_weights_fail_closed(tmp_path_factory, fine_tune, tiny_controlnet):
+    with start_template(tmp_path_factory, "controlnet-pose", weights=fine_tune, controlnet=tiny_controlnet) as server:
+        error = failed(server, prompt="a cjw toy")
+        assert "safety checker weights not found at" in error and "disable_safety_check" in error
+        assert len(outputs(predict(server, prompt="a cjw toy", disable_safety_check=True))) == 1
+        error = failed(server, prompt="a cjw toy", disable_safety_check=True, control_image=png_url(shapes_png()))
+        assert "control_image preprocessing (openpose) cannot run: OpenPose annotator checkpoints missing" in error
