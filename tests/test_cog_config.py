@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.conftest import TEMPLATE_CLASSES
 from tests.helpers import REPO
 
 SHARED_SCHEMA = REPO.parent / "shared" / "cog" / "config_schema_v1.0.json"
@@ -65,7 +66,7 @@ def _pins(lines) -> dict[str, str]:
     return pins
 
 
-TEMPLATES = {"vanilla": "Vanilla", "controlnet-canny": "ControlNetCanny", "controlnet-pose": "ControlNetPose"}
+TEMPLATES = TEMPLATE_CLASSES
 
 
 @pytest.mark.parametrize("name", TEMPLATES)

@@ -108,8 +108,7 @@ class ImageGenerator:
 
         pipe = self.pipes.by_mode[mode]
         pipe.scheduler = scheduler
-        kwargs = self._images(request, mode, (width, height))
-        control = kwargs.pop("_control", None)
+        kwargs, control = self._images(request, mode, (width, height))
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         log.info("Using seed: %d (image i uses seed + i)", seed)
         embeds, negative = self.prompts.encode(prompt, request.negative_prompt)
@@ -133,10 +132,12 @@ class ImageGenerator:
             images = self._drop_flagged(images)
         return self._write(([control] if control is not None and request.return_control_image else []) + images)
 
-    def _images(self, request: GenerationRequest, mode: str, size: tuple[int, int]) -> dict:
-        """Pipeline keyword arguments carrying the mode's images, all at the output size."""
+    def _images(self, request: GenerationRequest, mode: str, size: tuple[int, int]) -> tuple[dict, Image.Image | None]:
+        """Pipeline keyword arguments carrying the mode's images, all at the output size, and
+        the processed control image (None without ControlNet)."""
         width, height = size
         kwargs: dict = {}
+        control = None
         init = load_rgb(request.image, "image").resize(size, Image.Resampling.LANCZOS) if request.image else None
         mask = load_rgb(request.mask, "mask").convert("L").resize(size, Image.Resampling.LANCZOS) if request.mask else None
         if request.control_image is not None:
@@ -145,7 +146,6 @@ class ImageGenerator:
                 source, size, low_threshold=request.low_threshold, high_threshold=request.high_threshold,
                 include_hand=request.include_hand, include_face=request.include_face,
             )
-            kwargs["_control"] = control
         base = mode.removeprefix("controlnet-")
         if base == "txt2img":
             kwargs.update(width=width, height=height)
@@ -154,10 +154,10 @@ class ImageGenerator:
         if base == "inpaint":
             kwargs.update(mask_image=mask, width=width, height=height)
         if mode == "controlnet-txt2img":
-            kwargs["image"] = kwargs["_control"]
+            kwargs["image"] = control
         elif mode.startswith("controlnet-"):
-            kwargs["control_image"] = kwargs["_control"]
-        return kwargs
+            kwargs["control_image"] = control
+        return kwargs, control
 
     def _drop_flagged(self, images: list[Image.Image]) -> list[Image.Image]:
         flags = self.safety.flags(images)
