@@ -1,17 +1,31 @@
-"""The ``dreambuild`` command line."""
+"""The ``dreambuild`` command line. Every failure is one line on stderr and a non-zero exit."""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-app = typer.Typer(help="dreambuild: train Stable Diffusion with DreamBooth and ship it as a Cog model image.", no_args_is_help=True)
+from dreambuild.errors import DreambuildError
+
+app = typer.Typer(help="dreambuild: train Stable Diffusion with DreamBooth and ship it as a Cog model image.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+err = Console(stderr=True)
 
 
 @app.callback()
 def main() -> None:
     """dreambuild command line."""
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -20,3 +34,39 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Directory for summary.
     from builder.demo import run_demo
 
     run_demo(out)
+
+
+@app.command()
+def build(
+    weights: str = typer.Option(..., help="output.zip, a diffusers pipeline directory, or an http(s) URL of a zip."),
+    template: str = typer.Option(..., help="Template image (registry/repo@sha256:…, registry/repo:tag, oci:PATH:NAME) "
+                                           "or a bare sha256 version looked up in DREAMBUILD_TEMPLATE_REPOSITORIES."),
+    model: str = typer.Option(..., help="Destination: registry/owner/name[:tag], oci:PATH:owner/name[:tag], or owner/name "
+                                        "(DREAMBUILD_REGISTRY, else the embedded OCI layout)."),
+    notes: str = typer.Option("", help="Notes recorded in the image's labels."),
+    backend: str = typer.Option("auto", help="oci (daemonless), docker (the engine at DOCKER_HOST), or auto."),
+    compression: str = typer.Option(None, help="Weights layer compression: none, gzip[:LEVEL], zstd[:LEVEL] "
+                                               "(default DREAMBUILD_LAYER_COMPRESSION or none)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the reference."),
+) -> None:
+    """Layer weights onto a template image and push it; print the pushed reference (the model version)."""
+    from builder.build import Reporter, build_image
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as progress:
+        task = progress.add_task("weights layer", total=None, visible=False)
+        reporter = Reporter(
+            step=lambda message: err.print(f"[dim]•[/] {message}", highlight=False, soft_wrap=True) if not as_json else None,
+            weights_total=lambda total: progress.update(task, total=total, visible=True),
+            weights_bytes=lambda n: progress.advance(task, n),
+        )
+        try:
+            result = build_image(weights, template, model, notes=notes, backend=backend, compression=compression, reporter=reporter)
+        except DreambuildError as exc:
+            progress.stop()
+            fail(str(exc))
+    if as_json:
+        print(json.dumps({k: v for k, v in result.as_json().items() if k != "steps"}))
+    else:
+        print(result.image)

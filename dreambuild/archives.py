@@ -30,8 +30,8 @@ class ArchiveLimits:
     max_total_bytes: int = 8 * 2**30
 
 
-def _entry_parts(label: str, name: str) -> tuple[str, ...]:
-    """Split an entry name into safe relative parts, or raise naming the entry."""
+def entry_parts(label: str, name: str) -> tuple[str, ...]:
+    """Split a zip entry name into safe relative parts, or raise naming the entry."""
     unified = name.replace("\\", "/")
     if unified.startswith("/") or _DRIVE.match(unified):
         raise ArchiveError(f"{label}: entry {name!r} has an absolute path; refusing to extract it")
@@ -41,7 +41,8 @@ def _entry_parts(label: str, name: str) -> tuple[str, ...]:
     return parts
 
 
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
+def is_symlink_entry(info: zipfile.ZipInfo) -> bool:
+    """Whether a zip entry was stored as a symbolic link (Unix mode in its external attributes)."""
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
@@ -86,8 +87,8 @@ def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimit
             )
         planned: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
         for info in infos:
-            parts = _entry_parts(label, info.filename)
-            if _is_symlink(info):
+            parts = entry_parts(label, info.filename)
+            if is_symlink_entry(info):
                 raise ArchiveError(f"{label}: entry {info.filename!r} is a symbolic link; refusing to extract it")
             if parts:
                 planned.append((info, parts))

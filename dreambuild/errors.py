@@ -35,3 +35,27 @@ class NSFWContentError(DreambuildError):
 
 class ControlImageError(InputError):
     """A ControlNet control image could not be preprocessed."""
+
+
+class ImageReferenceError(InputError):
+    """An image reference or model name cannot be parsed."""
+
+
+class RegistryError(DreambuildError):
+    """A registry or image store refused or failed a request."""
+
+
+class RegistryAuthError(RegistryError):
+    """The registry refused the credentials (or asked for some and none are configured)."""
+
+
+class ImageNotFoundError(RegistryError):
+    """A manifest or blob does not exist where the reference points."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry could not be reached or kept failing after retries (transient)."""
+
+
+class BuildError(DreambuildError):
+    """An image build failed (for example the Docker engine reported an error)."""

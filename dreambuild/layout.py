@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
 
 from dreambuild.errors import ModelLayoutError
 
@@ -32,8 +33,19 @@ def check_diffusers_layout(root: Path, label: str) -> dict:
     index_path = root / "model_index.json"
     if not index_path.is_file():
         raise ModelLayoutError(f"{label} is not a diffusers pipeline: model_index.json is missing")
+    files = [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in root.rglob("*")]
+    return check_diffusers_listing(index_path.read_bytes(), files, label)
+
+
+def check_diffusers_listing(index_json: bytes, files: Iterable[str], label: str) -> dict:
+    """Validate a pipeline from its ``model_index.json`` and the relative paths of its files.
+
+    The same check as :func:`check_diffusers_layout`, for content not on disk (zip entries).
+    Directories may be listed with a trailing ``/``.
+    """
+    files = list(files)
     try:
-        index = json.loads(index_path.read_text())
+        index = json.loads(index_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelLayoutError(f"{label} is not a diffusers pipeline: model_index.json is not valid JSON ({exc})") from None
     if not isinstance(index, dict) or "_class_name" not in index:
@@ -45,13 +57,17 @@ def check_diffusers_layout(root: Path, label: str) -> dict:
     }
     if not components:
         raise ModelLayoutError(f"{label} is not a diffusers pipeline: model_index.json names no components")
+    by_folder: dict[str, set[str]] = {}
+    for path in files:
+        folder, _, name = path.partition("/")
+        if name and "/" not in name:  # a file directly inside a component folder
+            by_folder.setdefault(folder, set()).add(name)
     for name in sorted(components):
-        folder = root / name
-        if not folder.is_dir():
+        if name not in by_folder and not any(p.startswith(name + "/") for p in files):
             raise ModelLayoutError(f"{label}: component folder {name!r} named in model_index.json is missing")
-        files = [p for p in folder.iterdir() if p.is_file()]
-        if not any(p.suffix == ".json" or p.name == "merges.txt" for p in files):
+        names = by_folder.get(name, set())
+        if not any(n.endswith(".json") or n == "merges.txt" for n in names):
             raise ModelLayoutError(f"{label}: component {name!r} has no configuration file")
-        if (folder / "config.json").is_file() and not any(p.name.endswith(_WEIGHT_SUFFIXES) for p in files):
+        if "config.json" in names and not any(n.endswith(_WEIGHT_SUFFIXES) for n in names):
             raise ModelLayoutError(f"{label}: component {name!r} has a config.json but no weights (.safetensors/.bin)")
     return index

@@ -124,3 +124,62 @@ def pose_server(tmp_path_factory, fine_tune, tiny_controlnet, annotators, safety
     with start_template(tmp_path_factory, "controlnet-pose", weights=fine_tune, controlnet=tiny_controlnet,
                         annotators=annotators, safety_checker=safety_checker) as server:
         yield server
+
+
+# --- builder: real registry, podman engine, buildah-built templates -------------------------
+
+REGISTRY_USER, REGISTRY_PASSWORD = "alice", "s3cret-pass"
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """The CNCF distribution registry, anonymous, on a free loopback port."""
+    from tests.services import start_registry
+
+    server = start_registry(tmp_path_factory.mktemp("registry"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory):
+    """The registry with htpasswd (Basic) auth."""
+    from tests.services import start_registry
+
+    server = start_registry(tmp_path_factory.mktemp("auth-registry"), user=REGISTRY_USER, password=REGISTRY_PASSWORD)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory, registry):
+    """Template images built by buildah and pushed: {"oci": ref, "docker": ref}, pinned by digest."""
+    from tests.services import buildah_template
+
+    root = tmp_path_factory.mktemp("buildah")
+    return {fmt: f"{registry.host}/dreambuild/vanilla-{fmt}@" + buildah_template(root, registry, f"dreambuild/vanilla-{fmt}", fmt=fmt)
+            for fmt in ("oci", "docker")}
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory, registry, auth_registry):
+    """`podman system service` as the Docker engine, trusting the test registries over HTTP."""
+    from tests.services import start_podman
+
+    engine = start_podman(tmp_path_factory.mktemp("podman"), [registry.host, auth_registry.host])
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture
+def builder_settings(tmp_path):
+    from builder.settings import BuilderSettings
+
+    return BuilderSettings.from_env({"DREAMBUILD_HOME": str(tmp_path / "home"), "DREAMBUILD_REGISTRY_RETRIES": "2"})
+
+
+@pytest.fixture
+def pipeline_zip(tmp_path):
+    from tests.helpers import small_pipeline_files, write_tree, zip_dir
+
+    return zip_dir(write_tree(tmp_path / "pipeline", small_pipeline_files()), tmp_path / "output.zip", prefix="output/")

@@ -63,3 +63,34 @@ def decode_data_url(value: str, dest: Path) -> Path:
     assert value.startswith("data:"), value[:80]
     dest.write_bytes(base64.b64decode(value.split(",", 1)[1]))
     return dest
+
+
+def small_pipeline_files(seed: int = 0) -> dict[str, bytes]:
+    """A minimal diffusers layout (not loadable; for builder tests that only move bytes)."""
+    import random
+
+    rng = random.Random(seed)
+    return {
+        "model_index.json": json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+                                        "scheduler": ["diffusers", "DDIMScheduler"]}).encode(),
+        "unet/config.json": b"{}",
+        "unet/diffusion_pytorch_model.safetensors": rng.randbytes(200_000),
+        "scheduler/scheduler_config.json": b"{}",
+        "args.json": json.dumps({"seed": seed}).encode(),
+    }
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def zip_dir(directory: Path, archive: Path, prefix: str = "", stored: bool = True) -> Path:
+    """Zip a directory the way the trainer writes output.zip (safetensors stored)."""
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(Path(directory).rglob("*")):
+            if path.is_file():
+                zf.write(path, prefix + path.relative_to(directory).as_posix())
+    return archive

@@ -1,0 +1,123 @@
+"""The oci backend: template + weights layer, pushed over the distribution API without a daemon.
+
+Reads only the template's manifest and config; its layers are mounted or found present, never
+downloaded (unless the destination is another registry). The weights layer is produced, hashed
+and uploaded in one pass. A layer cache remembers, per weights source identity, the digest of
+the layer it gave; when the destination already has that blob, an identical rebuild reads no
+weights at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from builder.image import (BASE_DIGEST, BASE_NAME, LABEL_NOTES, LABEL_TEMPLATE, LABEL_WEIGHTS, Manifest, canonical_json,
+                           derive_config, derive_manifest)
+from builder.layer import Compression, Layer, write_layer
+from builder.oci_layout import OciLayout
+from builder.stores import Store, ensure_blob
+from builder.weights import WeightsSource
+from dreambuild.errors import RegistryUnavailableError
+
+LAYER_FORMAT = "dreambuild-layer-1"  # bump when write_layer's output changes
+
+
+class LayerCache:
+    """``fingerprint → Layer`` in a JSON file; a hint only: the destination is always asked."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    @staticmethod
+    def key(source: WeightsSource, compression: Compression, prefix: str) -> str:
+        return hashlib.sha256(f"{LAYER_FORMAT}|{source.fingerprint()}|{compression}|{prefix}".encode()).hexdigest()
+
+    def _load(self) -> dict:
+        try:
+            return json.loads(self.path.read_text()) if self.path else {}
+        except (OSError, ValueError):
+            return {}
+
+    def get(self, key: str) -> Layer | None:
+        entry = self._load().get(key)
+        try:
+            return Layer(**entry) if entry else None
+        except TypeError:
+            return None
+
+    def put(self, key: str, layer: Layer) -> None:
+        if not self.path:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        entries = self._load()
+        entries[key] = asdict(layer)
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, self.path)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A resolved template: where it is, its pinned reference, its linux/amd64 manifest and config."""
+
+    store: Store
+    reference: str  # pinned: ...@sha256:<the digest the user names>
+    manifest: Manifest
+    config: dict
+
+
+def image_labels(template: Template, diff_id: str, notes: str) -> dict[str, str]:
+    return {LABEL_NOTES: notes, LABEL_TEMPLATE: template.reference, LABEL_WEIGHTS: diff_id}
+
+
+def push_weights_layer(weights: WeightsSource, dest: Store, *, compression: Compression, cache: LayerCache,
+                       attempts: int, on_bytes: Callable[[int], None] | None = None) -> tuple[Layer, bool]:
+    """Make ``dest`` hold the weights layer; return it and whether it was uploaded now."""
+    key = cache.key(weights, compression, "src/weights")
+    cached = cache.get(key)
+    if cached and dest.has_blob(cached.digest):
+        return cached, False
+    for attempt in range(attempts):
+        upload = dest.upload()
+        try:
+            layer = write_layer(weights.entries(), upload.write, compression=compression, on_bytes=on_bytes)
+            upload.commit(layer.digest)
+        except RegistryUnavailableError:
+            upload.abort()
+            if attempt + 1 == attempts:
+                raise
+            continue
+        except BaseException:
+            upload.abort()
+            raise
+        cache.put(key, layer)
+        return layer, True
+    raise AssertionError("unreachable")
+
+
+def build_oci(weights: WeightsSource, template: Template, dest: Store, tag: str | None, *, notes: str,
+              compression: Compression, cache: LayerCache, attempts: int = 3,
+              on_step: Callable[[str], None] = lambda message: None,
+              on_bytes: Callable[[int], None] | None = None) -> tuple[Manifest, Layer, bool]:
+    """Push template + weights to ``dest`` under ``tag``; return the manifest, layer, and whether it was uploaded."""
+    layers = template.manifest.json.get("layers", [])
+    on_step(f"template: {len(layers)} layers and config of {template.reference}")
+    moved = [ensure_blob(template.store, dest, layer["digest"]) for layer in layers]
+    if moved:
+        on_step("template layers: " + ", ".join(f"{moved.count(kind)} {kind}" for kind in ("present", "mounted", "copied") if kind in moved))
+    on_step(f"weights layer ({compression})")
+    layer, uploaded = push_weights_layer(weights, dest, compression=compression, cache=cache, attempts=attempts, on_bytes=on_bytes)
+    on_step(f"weights layer {layer.digest} {'uploaded' if uploaded else 'already in ' + str(dest)}")
+    config = canonical_json(derive_config(template.config, layer, image_labels(template, layer.diff_id, notes)))
+    dest.put_blob(config)
+    annotations = {BASE_NAME: template.reference.split("@")[0], BASE_DIGEST: template.manifest.digest}
+    kind = "oci" if isinstance(dest, OciLayout) else None  # an OCI layout holds OCI manifests only
+    manifest = derive_manifest(template.manifest, config, layer, annotations, kind=kind)
+    dest.put_manifest(manifest, tag)
+    return manifest, layer, uploaded

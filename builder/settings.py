@@ -1,0 +1,63 @@
+"""Builder configuration from the environment, with embedded defaults that need none.
+
+- ``DREAMBUILD_HOME`` (default ``./.dreambuild``): data directory; its ``images/`` is the
+  embedded OCI image layout used when no registry is configured.
+- ``DREAMBUILD_REGISTRY``: registry host for model names without one (``owner/name``).
+- ``DREAMBUILD_TEMPLATE_REPOSITORIES``: comma-separated repositories (``registry/repo`` or
+  ``oci:PATH``) searched for a template given as a bare ``sha256:`` version; default: the
+  embedded layout, plus ``$DREAMBUILD_REGISTRY/dreambuild/<template>`` for the three templates.
+- ``DREAMBUILD_INSECURE_REGISTRIES``: comma-separated hosts spoken to over plain HTTP
+  (loopback hosts always are, as with Docker).
+- ``DREAMBUILD_REGISTRY_RETRIES`` (default 5): attempts for transient registry failures.
+- ``DREAMBUILD_LAYER_COMPRESSION`` (default ``none``, see the README's measurement).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TEMPLATE_NAMES = ("vanilla", "controlnet-canny", "controlnet-pose")
+
+
+def _split(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class BuilderSettings:
+    home: Path = Path(".dreambuild")
+    registry: str | None = None
+    template_repositories: tuple[str, ...] = ()
+    insecure_registries: frozenset[str] = field(default_factory=frozenset)
+    retries: int = 5
+    compression: str = "none"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "BuilderSettings":
+        env = os.environ if env is None else env
+        home = Path(env.get("DREAMBUILD_HOME") or ".dreambuild").expanduser()
+        registry = (env.get("DREAMBUILD_REGISTRY") or "").strip().rstrip("/") or None
+        templates = _split(env.get("DREAMBUILD_TEMPLATE_REPOSITORIES"))
+        if not templates:
+            templates = [f"oci:{home / 'images'}"]
+            if registry:
+                templates += [f"{registry}/dreambuild/{name}" for name in TEMPLATE_NAMES]
+        return cls(
+            home=home,
+            registry=registry,
+            template_repositories=tuple(templates),
+            insecure_registries=frozenset(_split(env.get("DREAMBUILD_INSECURE_REGISTRIES"))),
+            retries=max(1, int(env.get("DREAMBUILD_REGISTRY_RETRIES") or 5)),
+            compression=env.get("DREAMBUILD_LAYER_COMPRESSION") or "none",
+        )
+
+    @property
+    def layout(self) -> Path:
+        """The embedded OCI image layout."""
+        return self.home / "images"
+
+    @property
+    def cache(self) -> Path:
+        return self.home / "cache"
