@@ -7,6 +7,7 @@ the registry auth of the Docker config, and returns the pushed manifest digest.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +24,11 @@ def docker_client(timeout: int = 600):
     """A Docker SDK client for ``DOCKER_HOST`` (or the default socket)."""
     import docker
 
-    return docker.from_env(timeout=timeout)
+    try:
+        return docker.from_env(timeout=timeout)
+    except docker.errors.DockerException as exc:
+        where = os.environ.get("DOCKER_HOST") or "the default socket"
+        raise BuildError(f"cannot reach a Docker engine at {where}: {exc}") from None
 
 
 def engine_available() -> bool:

@@ -138,7 +138,8 @@ def buildah_template(root: Path, registry: Registry, repository: str, *, fmt: st
         shutil.copy(REPO / "templates" / "predict.py", src / "templates" / "predict.py")
         shutil.copy(REPO / "templates" / "vanilla" / "cog.yaml", src / "cog.yaml")
         run(["buildah", *store, "copy", container, str(src), "/src"], env)
-        run(["buildah", *store, "config", "--workingdir", "/src", "--env", "DREAMBUILD_WEIGHTS=/src/weights",
+        run(["buildah", *store, "config", "--workingdir", "/src", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "--env", "DREAMBUILD_WEIGHTS=/src/weights",
              "--label", "run.cog.version=0.23.1", "--os", "linux", "--arch", "amd64", container], env)
         image = f"dreambuild-test/{repository}:{tag}"
         run(["buildah", *store, "commit", "--format", fmt, container, image], env)

@@ -1,0 +1,52 @@
+"""`dreambuild build` as a user runs it: the real console script in a subprocess."""
+
+import json
+import re
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.test_build_oci import inspect
+
+CLI = str(Path(sys.executable).parent / "dreambuild")
+
+
+def run_cli(*args, home: Path, **env):
+    environ = {**os.environ, "DREAMBUILD_HOME": str(home), "DREAMBUILD_REGISTRY_RETRIES": "2", "DOCKER_HOST": f"unix://{home}/no.sock", **env}
+    return subprocess.run([CLI, "build", *args], capture_output=True, text=True, env=environ, timeout=300)
+
+
+def test_build_prints_the_pushed_reference_or_json(tmp_path, registry, templates, pipeline_zip):
+    done = run_cli("--weights", str(pipeline_zip), "--template", templates["oci"], "--model", f"{registry.host}/alice/cli:v1",
+                   "--notes", "from the CLI", home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    reference = done.stdout.strip()
+    assert reference.startswith(f"{registry.host}/alice/cli@sha256:") and "weights layer" in done.stderr
+    assert inspect(reference)["Labels"]["io.dreambuild.notes"] == "from the CLI"
+    again = run_cli("--weights", str(pipeline_zip), "--template", templates["oci"], "--model", f"{registry.host}/alice/cli:v1",
+                    "--notes", "from the CLI", "--json", home=tmp_path / "home")
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["image"] == reference and result["digest"] == reference.split("@")[1] and result["weights_uploaded"] is False
+    assert set(result) >= {"image", "digest", "size", "weights_layer", "seconds"} and result["backend"] == "oci"
+
+
+def test_registry_from_settings_and_errors_are_one_line(tmp_path, registry, templates, pipeline_zip):
+    done = run_cli("--weights", str(pipeline_zip.parent / "pipeline"), "--template", templates["oci"].split("@")[1],
+                   "--model", "bob/cli", home=tmp_path / "home", DREAMBUILD_REGISTRY=registry.host,
+                   DREAMBUILD_TEMPLATE_REPOSITORIES=f"{registry.host}/dreambuild/vanilla-oci")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{registry.host}/bob/cli@sha256:")
+    cases = [
+        (["--weights", str(tmp_path / "missing.zip"), "--template", templates["oci"], "--model", "a/b"], "weights: .*missing.zip does not exist"),
+        (["--weights", str(pipeline_zip), "--template", f"{registry.host}/nope/nope:v1", "--model", "a/b"], "nope/nope:v1 not found in registry"),
+        (["--weights", str(pipeline_zip), "--template", templates["oci"], "--model", "a/b", "--backend", "podman"], "unknown backend 'podman'"),
+    ]
+    for args, message in cases:
+        failed = run_cli(*args, home=tmp_path / "home")
+        assert failed.returncode == 1 and failed.stdout == ""
+        lines = failed.stderr.strip().splitlines()  # progress lines, then the error as the last line
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert errors == lines[-1:] and "Traceback" not in failed.stderr, failed.stderr
+        assert re.search(message, errors[0]), errors[0]
