@@ -104,8 +104,9 @@ class RegistryClient:
         if not realm:
             raise RegistryAuthError(f"registry {self.registry} asked for a bearer token without saying where to get one")
         query = [("service", params["service"])] if params.get("service") else []
-        wanted = set(scopes) | ({params["scope"]} if params.get("scope") else set())
-        query += [("scope", scope) for scope in sorted(wanted)]
+        # Exactly the scopes this request needs; a challenge's own scope belongs to the request
+        # that drew it, not to later ones.
+        query += [("scope", scope) for scope in sorted(scopes)]
         headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
         response = self._send("GET", realm, params=query, headers=headers, what=f"token service of {self.registry}")
         if response.status_code in (401, 403):

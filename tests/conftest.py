@@ -183,3 +183,34 @@ def pipeline_zip(tmp_path):
     from tests.helpers import small_pipeline_files, write_tree, zip_dir
 
     return zip_dir(write_tree(tmp_path / "pipeline", small_pipeline_files()), tmp_path / "output.zip", prefix="output/")
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory):
+    """The registry with bearer-token auth (Docker Hub's scheme), its token service beside it."""
+    from tests.services import TokenServer, start_registry
+
+    root = tmp_path_factory.mktemp("token-registry")
+    tokens = TokenServer(root, REGISTRY_USER, REGISTRY_PASSWORD)
+    server = start_registry(root, token=tokens)
+    server.user, server.password, server.tokens = REGISTRY_USER, REGISTRY_PASSWORD, tokens
+    yield server
+    server.stop()
+    tokens.stop()
+
+
+@pytest.fixture
+def docker_login(tmp_path, monkeypatch):
+    """Write a Docker config with credentials for a registry, as `docker login` does."""
+    import base64
+    import json
+
+    def login(host: str, user: str = REGISTRY_USER, password: str = REGISTRY_PASSWORD) -> None:
+        config = tmp_path / "docker-config"
+        config.mkdir(exist_ok=True)
+        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        (config / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(config))
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    return login

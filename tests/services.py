@@ -54,8 +54,10 @@ class Registry:
         _stop(self.proc)
 
 
-def start_registry(root: Path, *, user: str | None = None, password: str | None = None) -> Registry:
-    """The distribution registry on a free loopback port; htpasswd (Basic) auth when ``user`` is given."""
+def start_registry(root: Path, *, user: str | None = None, password: str | None = None,
+                   token: "TokenServer | None" = None) -> Registry:
+    """The distribution registry on a free loopback port; htpasswd (Basic) auth when ``user`` is
+    given, bearer-token auth through ``token`` when that is."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = {
@@ -69,6 +71,9 @@ def start_registry(root: Path, *, user: str | None = None, password: str | None 
 
         (root / "htpasswd").write_bytes(user.encode() + b":" + bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)) + b"\n")
         config["auth"] = {"htpasswd": {"realm": "dreambuild-tests", "path": str(root / "htpasswd")}}
+    if token:
+        config["auth"] = {"token": {"realm": token.realm, "service": "dreambuild-registry", "issuer": "dreambuild-test-issuer",
+                                    "rootcertbundle": str(token.cert_path)}}
     (root / "config.yml").write_text(json.dumps(config))  # JSON is YAML
     log = root / "registry.log"
     proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -85,7 +90,13 @@ def containers_env(root: Path, insecure: list[str]) -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     conf = root / "registries.conf"
     conf.write_text('unqualified-search-registries = []\n' + "".join(f'[[registry]]\nlocation = "{h}"\ninsecure = true\n' for h in insecure))
-    return {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf), "BUILDAH_ISOLATION": "chroot", "STORAGE_DRIVER": "vfs"}
+    return {**_tool_env(), "CONTAINERS_REGISTRIES_CONF": str(conf), "BUILDAH_ISOLATION": "chroot", "STORAGE_DRIVER": "vfs"}
+
+
+def _tool_env() -> dict[str, str]:
+    """The environment for container tools: credentials are passed explicitly, never read from a
+    test's DOCKER_CONFIG (buildah refuses to start when that names a missing file)."""
+    return {k: v for k, v in os.environ.items() if k not in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE")}
 
 
 @dataclass
@@ -119,7 +130,7 @@ def start_podman(root: Path, insecure: list[str]) -> Podman:
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
-    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(cmd, env=env or _tool_env(), cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {result.stderr[-3000:]}")
     return result.stdout
@@ -160,3 +171,92 @@ def unpack_rootfs(layout: Path, name: str, bundle: Path) -> Path:
     """``umoci unpack`` an image of an OCI layout; return its root file system."""
     run(["umoci", "unpack", "--rootless", "--image", f"{layout}:{name}", str(bundle)])
     return bundle / "rootfs"
+
+
+class TokenServer:
+    """A Docker-style token service for the registry's `token` auth: Basic credentials in, a
+    JWT (ES256, certificate in `x5c`) granting the requested repository scopes out."""
+
+    def __init__(self, root: Path, user: str, password: str) -> None:
+        import datetime
+        import http.server
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.user, self.password = user, password
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dreambuild-test-token")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+                     .serial_number(1).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+        self.cert_path = root / "token-cert.pem"
+        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.requests: list[dict] = []
+        server_self = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server_self._answer(self)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.server.server_port}/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _answer(self, handler) -> None:
+        import base64
+        from urllib.parse import parse_qs, urlparse
+
+        query = parse_qs(urlparse(handler.path).query)
+        auth = handler.headers.get("Authorization", "")
+        user = None
+        if auth.startswith("Basic "):
+            name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            if (name, password) != (self.user, self.password):
+                handler.send_response(401)
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return
+            user = name
+        self.requests.append({"user": user, "scope": query.get("scope", []), "service": query.get("service", [None])[0]})
+        access = []
+        for scope in query.get("scope", []) if user else []:
+            kind, repository, actions = scope.split(":")
+            access.append({"type": kind, "name": repository, "actions": actions.split(",")})
+        body = json.dumps({"token": self.token(query.get("service", [""])[0], user or "", access)}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def token(self, service: str, subject: str, access: list[dict]) -> str:
+        import base64
+        import uuid
+
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()]}
+        claims = {"iss": "dreambuild-test-issuer", "sub": subject, "aud": service, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": uuid.uuid4().hex, "access": access}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        return f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,7 +1,6 @@
 """The docker backend (the seed's build + push) through the Docker SDK against podman's Docker API,
 verified with the same third-party checks as the oci backend."""
 
-import base64
 import json
 
 import pytest
@@ -37,17 +36,13 @@ def test_docker_backend_builds_and_pushes_the_same_image_content(tmp_path, engin
     assert labels == {k: v for k, v in inspect(oci.image)["Labels"].items() if k.startswith("io.dreambuild.")}
 
 
-def test_docker_backend_uses_the_docker_config_for_auth(tmp_path, engine, auth_registry, registry, templates, pipeline_zip, monkeypatch, builder_settings):
-    config = tmp_path / "docker-config"
-    config.mkdir()
-    auth = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
-    (config / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"auth": auth}}}))
-    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+def test_docker_backend_uses_the_docker_config_for_auth(engine, auth_registry, templates, pipeline_zip, docker_login, builder_settings):
+    docker_login(auth_registry.host)
     result = build_image(pipeline_zip, templates["docker"], f"{auth_registry.host}/alice/private", settings=builder_settings, backend="docker")
     image = json.loads(__import__("tests.services", fromlist=["skopeo"]).skopeo(
         "inspect", "--tls-verify=false", "--creds", f"{REGISTRY_USER}:{REGISTRY_PASSWORD}", f"docker://{result.image}"))
     assert image["Digest"] == result.digest and len(image["Layers"]) == 2
-    (config / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"username": REGISTRY_USER, "password": "wrong"}}}))
+    docker_login(auth_registry.host, password="wrong")
     with pytest.raises(RegistryError, match="docker push of .* failed") as info:
         build_image(pipeline_zip, templates["docker"], f"{auth_registry.host}/alice/refused", settings=builder_settings, backend="docker")
     assert "\n" not in str(info.value)

@@ -133,33 +133,44 @@ def test_multi_platform_template_index(tmp_path, registry, templates, pipeline_z
         build_image(pipeline_zip, f"{registry.host}/{repository}:arm-only", f"{registry.host}/alice/multi", settings=builder_settings)
 
 
-def test_another_registry_gets_the_template_layers_copied(tmp_path, registry, auth_registry, templates, pipeline_zip, monkeypatch, builder_settings):
-    config = tmp_path / "docker-config"
-    config.mkdir()
-    import base64
-
-    auth = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
-    (config / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"auth": auth}}}))
-    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+def test_another_registry_gets_the_template_layers_copied(registry, auth_registry, templates, pipeline_zip, docker_login, builder_settings):
+    docker_login(auth_registry.host)
     result = build_image(pipeline_zip, templates["oci"], f"{auth_registry.host}/alice/copied", settings=builder_settings)
     assert "template layers: 1 copied" in result.steps
     image = json.loads(skopeo("inspect", "--tls-verify=false", "--creds", f"{REGISTRY_USER}:{REGISTRY_PASSWORD}", f"docker://{result.image}"))
     assert image["Layers"][:-1] == inspect(templates["oci"])["Layers"]
 
 
-def test_auth_refusals_are_one_line_and_push_nothing(tmp_path, auth_registry, registry, templates, pipeline_zip, monkeypatch, builder_settings):
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-config"))
+def test_auth_refusals_are_one_line_and_push_nothing(auth_registry, templates, pipeline_zip, docker_login, builder_settings):
     model = f"{auth_registry.host}/alice/refused"
     with pytest.raises(RegistryAuthError, match=rf"registry {auth_registry.host} refused access .*docker login {auth_registry.host}") as info:
         build_image(pipeline_zip, templates["oci"], model, settings=builder_settings)
     assert "\n" not in str(info.value)
-    config = tmp_path / "bad-config"
-    config.mkdir()
-    (config / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"username": REGISTRY_USER, "password": "wrong"}}}))
-    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    docker_login(auth_registry.host, password="wrong")
     with pytest.raises(RegistryAuthError, match=f"refused access .* of user '{REGISTRY_USER}'"):
         build_image(pipeline_zip, templates["oci"], model, settings=builder_settings)
     assert not (auth_registry.root / "data" / "docker" / "registry" / "v2" / "repositories" / "alice" / "refused").exists()
+
+
+def test_bearer_token_registry_mounts_with_scoped_tokens(tmp_path, token_registry, pipeline_zip, docker_login, builder_settings):
+    from tests.services import buildah_template
+
+    template = f"{token_registry.host}/dreambuild/vanilla@" + buildah_template(tmp_path / "b", token_registry, "dreambuild/vanilla")
+    model = f"{token_registry.host}/alice/tokened"
+    with pytest.raises(RegistryAuthError, match=f"registry {token_registry.host} refused access"):
+        build_image(pipeline_zip, template, model, settings=builder_settings)  # anonymous: the token grants nothing
+    docker_login(token_registry.host, password="wrong")
+    with pytest.raises(RegistryAuthError, match=f"refused the credentials of user '{REGISTRY_USER}'"):
+        build_image(pipeline_zip, template, model, settings=builder_settings)
+    docker_login(token_registry.host)
+    token_registry.tokens.requests.clear()
+    result = build_image(pipeline_zip, template, model, settings=builder_settings)
+    assert "template layers: 1 mounted" in result.steps
+    scopes = [set(r["scope"]) for r in token_registry.tokens.requests]
+    assert {"repository:alice/tokened:pull,push", "repository:dreambuild/vanilla:pull"} in scopes  # the mount's token
+    assert all(r["service"] == "dreambuild-registry" and r["user"] == REGISTRY_USER for r in token_registry.tokens.requests)
+    image = json.loads(skopeo("inspect", "--tls-verify=false", "--creds", f"{REGISTRY_USER}:{REGISTRY_PASSWORD}", f"docker://{result.image}"))
+    assert image["Digest"] == result.digest and len(image["Layers"]) == 2
 
 
 def test_bad_inputs_fail_before_anything_is_uploaded(tmp_path, registry, templates, builder_settings):
