@@ -260,3 +260,60 @@ class TokenServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class CuttingProxy:
+    """A TCP proxy to a registry that cuts the first ``cuts`` connections sending a PATCH after
+    ``after`` bytes of it: a network failure in the middle of a blob upload."""
+
+    def __init__(self, target: str, cuts: int = 1, after: int = 2**20) -> None:
+        import socket
+        import threading
+
+        self.target_host, port = target.rsplit(":", 1)
+        self.target_port = int(port)
+        self.cuts, self.after, self.cut = cuts, after, 0
+        self._lock = threading.Lock()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((self.target_host, self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, watch: bool) -> None:
+        sent, cutting = 0, False
+        try:
+            while data := src.recv(2**16):
+                if watch and data.startswith(b"PATCH "):
+                    with self._lock:
+                        cutting = self.cut < self.cuts
+                        self.cut += cutting
+                    sent = 0
+                sent += len(data)
+                if cutting and sent > self.after:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(2)
+                sock.close()
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self.listener.close()

@@ -216,3 +216,19 @@ def test_compressed_layers(tmp_path, registry, templates, pipeline_zip, builder_
     if compression.startswith("gzip"):  # umoci 0.4 reads gzip layers; zstd ones are checked by skopeo's copy above
         rootfs = unpack_rootfs(layout, "image", tmp_path / "b")
         assert (rootfs / "src" / "weights" / "model_index.json").read_bytes() == small_pipeline_files()["model_index.json"]
+
+
+def test_a_connection_cut_mid_upload_restarts_the_layer(tmp_path, registry, templates, builder_settings):
+    from tests.helpers import write_tree, zip_dir
+    from tests.services import CuttingProxy
+
+    big = {**small_pipeline_files(), "unet/diffusion_pytorch_model.safetensors": __import__("os").urandom(24 * 2**20)}
+    archive = zip_dir(write_tree(tmp_path / "big", big), tmp_path / "big.zip")
+    proxy = CuttingProxy(registry.host, cuts=1, after=4 * 2**20)
+    try:
+        result = build_image(archive, templates["oci"], f"{proxy.host}/alice/cut", settings=builder_settings)
+    finally:
+        proxy.stop()
+    assert proxy.cut == 1 and result.weights_uploaded
+    image = inspect(f"{registry.host}/alice/cut@{result.digest}")
+    assert image["Layers"][-1] == result.weights_layer
