@@ -1,0 +1,1 @@
+"""The trainings service: POST /v1/trainings → train → build → push → webhook, durably."""
