@@ -37,6 +37,32 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Directory for summary.
 
 
 @app.command()
+def serve(
+    config: Path = typer.Option(None, help="Service configuration (YAML); default: embedded defaults."),
+    host: str = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default 8000)."),
+    data_dir: Path = typer.Option(None, help="Data directory (default ./.dreambuild)."),
+) -> None:
+    """Run the trainings service (POST /v1/trainings → train → build → push → webhook)."""
+    import uvicorn
+
+    from builder.service.api import create_app
+    from builder.service.config import ensure_local_token, load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        settings = load_config(config, host=host, port=port, data_dir=data_dir)
+        token_file = ensure_local_token(settings)
+        app_ = create_app(settings)
+    except DreambuildError as exc:
+        fail(str(exc))
+    if token_file:
+        err.print(f"API token (all owners): {token_file}", highlight=False)
+    err.print(f"dreambuild service on {settings.base_url} (docs: {settings.base_url}/docs)", highlight=False)
+    uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning")
+
+
+@app.command()
 def build(
     weights: str = typer.Option(..., help="output.zip, a diffusers pipeline directory, or an http(s) URL of a zip."),
     template: str = typer.Option(..., help="Template image (registry/repo@sha256:…, registry/repo:tag, oci:PATH:NAME) "

@@ -116,13 +116,16 @@ class Store:
             db.execute("UPDATE trainings SET status = ?, doc = ? WHERE id = ?", (doc["status"], json.dumps(doc), training_id))
             return doc
 
-    def list_trainings(self, owners: list[str], *, before: int | None = None, limit: int = 50) -> tuple[list[dict], int | None]:
-        """Newest first; returns the page and the ``seq`` cursor for the next page (or None)."""
-        if not owners:
+    def list_trainings(self, owners: list[str] | None, *, before: int | None = None, limit: int = 50) -> tuple[list[dict], int | None]:
+        """Newest first (``owners`` None: every owner's); returns the page and the ``seq`` cursor
+        for the next page (or None)."""
+        if owners is not None and not owners:
             return [], None
-        marks = ",".join("?" * len(owners))
-        query = f"SELECT seq, doc FROM trainings WHERE owner IN ({marks})"
-        params: list[Any] = list(owners)
+        query = "SELECT seq, doc FROM trainings WHERE 1 = 1"
+        params: list[Any] = []
+        if owners is not None:
+            query += f" AND owner IN ({','.join('?' * len(owners))})"
+            params += owners
         if before is not None:
             query += " AND seq < ?"
             params.append(before)

@@ -1,0 +1,134 @@
+"""The service's configuration: data directory, catalog of trainer and template versions,
+registry, tokens, limits. A YAML file (``dreambuild serve --config FILE``) or embedded defaults.
+
+Embedded defaults need nothing: the data directory is ``./.dreambuild``; the catalog holds this
+repository's trainer (run by the ``local`` runner) under a version derived from its source;
+images go to the embedded OCI layout; a local token is created on first start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+
+from dreambuild.cog_server import REPO_ROOT
+from dreambuild.errors import InputError
+
+ALL_OWNERS = "*"
+
+
+class TrainerEntry(BaseModel):
+    """A trainer version: a Cog model whose prediction returns output.zip."""
+
+    name: str
+    runner: Literal["local", "cog-http", "docker"] = "local"
+    image: str | None = Field(None, description="Image reference (docker runner; recorded for the others).")
+    url: str | None = Field(None, description="Base URL of a running Cog server (cog-http runner).")
+    predictor: str = Field("trainer/predict.py:Predictor", description="Cog entry point under the repo (local runner).")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment of the local runner's Cog server.")
+
+
+class TemplateEntry(BaseModel):
+    """A template version: a weight-less Cog model image in a repository."""
+
+    name: str
+    repository: str = Field(..., description="registry/repo or oci:PATH:NAME; the version digest is appended.")
+
+    def reference(self, version: str) -> str:
+        if self.repository.startswith("oci:"):
+            path, _, _name = self.repository[4:].partition(":")
+            return f"oci:{path}@{version}"
+        return f"{self.repository}@{version}"
+
+
+class TokenEntry(BaseModel):
+    token: str
+    owners: list[str]
+
+
+class ServiceConfig(BaseModel):
+    data_dir: Path = Path(".dreambuild")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = Field(None, description="How trainers reach this service (default http://host:port).")
+    max_concurrent: int = 1
+    max_upload_bytes: int = 2 * 2**30
+    max_body_bytes: int = 2**20
+    registry: str | None = Field(None, description="Registry for models; none: the embedded OCI layout.")
+    insecure_registries: list[str] = Field(default_factory=list)
+    trainers: dict[str, TrainerEntry] = Field(default_factory=dict)
+    templates: dict[str, TemplateEntry] = Field(default_factory=dict)
+    tokens: list[TokenEntry] = Field(default_factory=list)
+    webhook_attempts: int = 8
+    webhook_backoff: float = 2.0
+
+    @field_validator("trainers", "templates")
+    @classmethod
+    def _versions_are_digests(cls, value: dict) -> dict:
+        for version in value:
+            if not re.fullmatch(r"(sha256:)?[0-9a-f]{64}", version):
+                raise ValueError(f"catalog version {version!r} must be 64 hex digits (optionally sha256:)")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "dreambuild.sqlite"
+
+    @property
+    def files(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def layout(self) -> Path:
+        return self.data_dir / "images"
+
+
+def local_trainer_version() -> str:
+    """The version of this checkout's trainer: a digest of its source, like an image digest."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "trainer").glob("*.py")) + [REPO_ROOT / "cog.yaml"]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
+    """The YAML file's configuration (or the defaults), with the local trainer when none is listed."""
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(f"service configuration {path}: {exc}") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = ServiceConfig.model_validate(data)
+    except ValueError as exc:
+        raise InputError(f"service configuration {path or '(defaults)'}: {exc}") from None
+    if not config.trainers:
+        config.trainers[local_trainer_version()] = TrainerEntry(name="dreambooth (this checkout)")
+    return config
+
+
+def ensure_local_token(config: ServiceConfig) -> Path | None:
+    """With no tokens configured, create (once) a local token for all owners; return its file."""
+    if config.tokens:
+        return None
+    path = config.data_dir / "token"
+    if not path.exists():
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("r8_" + secrets.token_urlsafe(30) + "\n")
+    config.tokens.append(TokenEntry(token=path.read_text().strip(), owners=[ALL_OWNERS]))
+    return path

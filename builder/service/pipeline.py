@@ -1,0 +1,207 @@
+"""One training's pipeline: train → build + push → webhook, each step recorded before the next.
+
+The training document's ``stage`` says where it is (queued, training, building, webhook, done);
+:meth:`Pipeline.run` starts from that stage, so a restarted service resumes every unfinished
+training where it stopped. Re-running a step is safe: the trainer runs again from scratch, the
+build of the same weights gives the same digest (versions are recorded once), and the webhook
+keeps its id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from builder.build import Reporter, build_image
+from builder.service.config import ServiceConfig
+from builder.service.runners import RunnerError, start_run
+from builder.service.store import Store, now_iso
+from builder.service.webhooks import deliver
+from builder.settings import BuilderSettings
+from dreambuild.errors import DreambuildError
+
+log = logging.getLogger(__name__)
+POLL = 0.3
+
+
+class Canceled(Exception):
+    """The user canceled the training."""
+
+
+class TrainerFailed(DreambuildError):
+    """The trainer's prediction failed."""
+
+
+def public_training(doc: dict, base_url: str) -> dict:
+    """The training object as the API and webhooks show it (the seed's fields and Replicate's)."""
+    weights = f"{base_url}/v1/trainings/{doc['id']}/weights" if doc.get("weights") else None
+    return {
+        "id": doc["id"],
+        "status": doc["status"],
+        "stage": doc["stage"],
+        "input": doc["input"],
+        "model": doc["model"],
+        "destination": doc["model"],
+        "notes": doc.get("notes"),
+        "trainer_version": doc["trainer_version"],
+        "template_version": doc["template_version"],
+        "webhook_completed": doc.get("webhook_completed"),
+        "created_at": doc["created_at"],
+        "started_at": doc.get("started_at"),
+        "completed_at": doc.get("completed_at"),
+        "logs": doc.get("logs") or "",
+        "error": doc.get("error"),
+        "metrics": doc.get("metrics") or {},
+        "version": doc.get("version"),
+        "image": doc.get("image"),
+        "output": {"version": f"{doc['model']}:{doc['version']}", "weights": weights} if doc.get("version") else None,
+        "urls": {"get": f"{base_url}/v1/trainings/{doc['id']}", "cancel": f"{base_url}/v1/trainings/{doc['id']}/cancel"},
+    }
+
+
+class Pipeline:
+    def __init__(self, config: ServiceConfig, store: Store, webhook_secret: str) -> None:
+        self.config, self.store, self.webhook_secret = config, store, webhook_secret
+
+    def internal_url(self, doc: dict, what: str) -> str:
+        return f"{self.config.base_url}/internal/{doc['secret']}/{what}/{doc['id']}"
+
+    def run(self, training_id: str) -> None:
+        doc = self.store.get_training(training_id)
+        try:
+            if doc["stage"] in ("queued", "training"):
+                doc = self._train(doc)
+            if doc["stage"] == "building":
+                doc = self._build(doc)
+        except Canceled:
+            doc = self._finish(training_id, "canceled", "canceled")
+        except DreambuildError as exc:
+            doc = self._finish(training_id, "failed", str(exc))
+        except Exception as exc:  # a bug must still end the training and tell the user
+            log.exception("training %s failed", training_id)
+            doc = self._finish(training_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+        if doc["stage"] == "webhook":
+            self._webhook(doc)
+
+    def _finish(self, training_id: str, status: str, error: str) -> dict:
+        return self.store.update_training(training_id, status=status, error=error, stage="webhook", completed_at=now_iso())
+
+    def _train(self, doc: dict) -> dict:
+        if doc.get("cancel_requested"):
+            raise Canceled
+        _kill_stale(doc.get("runner_pid"))
+        entry = self.config.trainers[doc["trainer_version"]]
+        workdir = self.config.data_dir / "work" / doc["id"]
+        files = self.config.files / doc["id"]
+        (files / "output.zip").unlink(missing_ok=True)
+        doc = self.store.update_training(doc["id"], stage="training", status="processing", started_at=doc.get("started_at") or now_iso(),
+                                         cog_status=None, runner_pid=None)
+        started = time.monotonic()
+        run = start_run(entry, doc["id"], doc["input"], webhook=self.internal_url(doc, "cog"),
+                        upload_url=self.internal_url(doc, "files") + "/", workdir=workdir)
+        try:
+            if run.server:
+                self.store.update_training(doc["id"], runner_pid=run.server.process.pid)
+            while True:
+                doc = self.store.get_training(doc["id"])
+                if doc.get("cancel_requested"):
+                    run.cancel()
+                    raise Canceled
+                if doc.get("cog_status") in ("succeeded", "failed", "canceled"):
+                    break
+                if not run.alive():
+                    raise RunnerError(f"the trainer's Cog server stopped: {run.logs()[-500:]}")
+                time.sleep(POLL)
+        finally:
+            run.stop()
+        if doc["cog_status"] == "canceled":
+            raise Canceled
+        if doc["cog_status"] == "failed":
+            raise TrainerFailed(f"training failed: {doc.get('cog_error') or 'the trainer reported an error'}")
+        weights = files / "output.zip"
+        if not weights.is_file():
+            raise TrainerFailed("the trainer finished without uploading output.zip")
+        predict_time = (doc.get("cog_metrics") or {}).get("predict_time") or round(time.monotonic() - started, 3)
+        return self.store.update_training(doc["id"], stage="building", weights=str(weights), metrics={"predict_time": predict_time},
+                                          runner_pid=None)
+
+    def _build(self, doc: dict) -> dict:
+        if doc.get("cancel_requested"):
+            raise Canceled
+        template = self.config.templates[doc["template_version"]].reference(_digest(doc["template_version"]))
+        destination = f"{self.config.registry}/{doc['model']}" if self.config.registry else f"oci:{self.config.layout}:{doc['model']}"
+        settings = BuilderSettings(home=self.config.data_dir, registry=self.config.registry,
+                                   insecure_registries=frozenset(self.config.insecure_registries))
+        reporter = Reporter(step=lambda message: self.store.update_training(doc["id"], logs_append=f"build: {message}\n"))
+        result = build_image(Path(doc["weights"]), template, destination, notes=doc.get("notes") or "", settings=settings,
+                             reporter=reporter, workdir=self.config.data_dir / "work" / doc["id"] / "build")
+        owner, name = doc["model"].split("/")
+        self.store.add_version(owner, name, {
+            "id": result.digest, "model": doc["model"], "image": result.image, "notes": doc.get("notes"),
+            "training_id": doc["id"], "trainer_version": doc["trainer_version"], "template_version": doc["template_version"],
+            "created_at": now_iso(),
+        })
+        return self.store.update_training(doc["id"], stage="webhook", status="succeeded", version=result.digest,
+                                          image=result.image, completed_at=now_iso())
+
+    def _webhook(self, doc: dict) -> None:
+        url = doc.get("webhook_completed")
+        if url and "completed" in (doc.get("webhook_events_filter") or ["completed"]):
+            result = deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret,
+                             webhook_id=f"{doc['id']}-completed", attempts=self.config.webhook_attempts,
+                             backoff=self.config.webhook_backoff)
+            self.store.update_training(doc["id"], webhook_delivery={"ok": result.ok, "attempts": result.attempts,
+                                                                    "status": result.status, "error": result.error})
+        self.store.update_training(doc["id"], stage="done")
+
+
+def _digest(version: str) -> str:
+    return version if version.startswith("sha256:") else f"sha256:{version}"
+
+
+def _kill_stale(pid: int | None) -> None:
+    """Stop a trainer server left by a service that died mid-training (it has its own session)."""
+    if pid:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Worker:
+    """Runs trainings, at most ``max_concurrent`` at once, off the API's threads."""
+
+    def __init__(self, pipeline: Pipeline, max_concurrent: int) -> None:
+        self.pipeline = pipeline
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="training")
+        self._active: set[str] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, training_id: str) -> None:
+        with self._lock:
+            if training_id in self._active:
+                return
+            self._active.add(training_id)
+        self._pool.submit(self._run, training_id)
+
+    def _run(self, training_id: str) -> None:
+        try:
+            self.pipeline.run(training_id)
+        finally:
+            with self._lock:
+                self._active.discard(training_id)
+
+    def resume(self) -> list[str]:
+        """Submit every unfinished training (after a restart); return their ids."""
+        ids = [doc["id"] for doc in self.pipeline.store.unfinished_trainings()]
+        for training_id in ids:
+            self.submit(training_id)
+        return ids
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,201 @@
+"""The trainings service, run as `dreambuild serve` in a subprocess, against the real Cog server
+running the repo's trainer, the real registry and a real webhook receiver."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from replicate.webhook import WebhookSigningSecret, Webhooks
+
+from builder.service.config import local_trainer_version
+from dreambuild.cog_server import free_port
+from tests.helpers import photos_zip
+from tests.services import skopeo
+from tests.webhook_receiver import start_receiver
+
+CLI = str(Path(sys.executable).parent / "dreambuild")
+ALICE, BOB = {"Authorization": "Bearer tok-alice"}, {"Authorization": "Bearer tok-bob"}
+TRAIN_INPUT = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "max_train_steps": 4,
+               "resolution": 64, "with_prior_preservation": False, "seed": 0}
+
+
+class Service:
+    def __init__(self, root: Path, config: dict) -> None:
+        self.root, self.config = root, config
+        self.url = f"http://127.0.0.1:{config['port']}"
+        self.proc = None
+
+    def start(self) -> "Service":
+        (self.root / "service.yaml").write_text(yaml.safe_dump(self.config))
+        log = open(self.root / "service.log", "ab")
+        self.proc = subprocess.Popen([CLI, "serve", "--config", str(self.root / "service.yaml")], stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.root / "service.log").read_text()
+            try:
+                if httpx.get(f"{self.url}/docs", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("service did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+    def wait(self, training_id: str, headers=ALICE, timeout: float = 600) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = httpx.get(f"{self.url}/v1/trainings/{training_id}", headers=headers).json()
+            if body["stage"] == "done":
+                return body
+            time.sleep(0.5)
+        raise AssertionError(f"training {training_id} did not finish: {body}")
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    server = start_receiver()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_base, registry, templates):
+    root = tmp_path_factory.mktemp("service")
+    template_repo, template_digest = templates["docker"].split("@")
+    config = {
+        "data_dir": str(root / "data"), "port": free_port(), "registry": registry.host,
+        "trainers": {local_trainer_version(): {"name": "dreambooth", "runner": "local", "env": {"DREAMBUILD_BASE_MODEL": str(tiny_base)}}},
+        "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
+        "tokens": [{"token": "tok-alice", "owners": ["alice"]}, {"token": "tok-bob", "owners": ["bob"]}],
+        "webhook_backoff": 0.05, "webhook_attempts": 3, "max_body_bytes": 65536, "max_upload_bytes": 20 * 2**20,
+    }
+    server = Service(root, config).start()
+    yield server
+    server.stop()
+
+
+def seed_request(service, receiver, instance_data: str, **extra) -> dict:
+    return {
+        "input": {**TRAIN_INPUT, "instance_data": instance_data},
+        "trainer_version": local_trainer_version(),
+        "template_version": next(iter(service.config["templates"])),
+        "model": "alice/toy",
+        "notes": "notes about this dreambooth training",
+        "webhook_completed": f"{receiver.url}/dreambooth-webhook?user=alice&run=1",
+        **extra,
+    }
+
+
+def hooks_for(receiver, training_id: str, timeout: float = 30) -> list:
+    """The webhooks received for one training (waits for the first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [r for r in receiver.received if json.loads(r.body)["id"] == training_id]
+        if found:
+            return found
+        time.sleep(0.1)
+    return []
+
+
+def upload(service, path: Path, headers=ALICE) -> str:
+    response = httpx.post(f"{service.url}/v1/uploads/{path.name}", content=path.read_bytes(), headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()["url"]
+
+
+def test_the_seed_request_trains_builds_pushes_and_calls_the_webhook(tmp_path, service, receiver):
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    response = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, url), headers=ALICE)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["status"] == "starting" and created["urls"]["get"].endswith(created["id"])
+    done = service.wait(created["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["version"].startswith("sha256:") and done["metrics"]["predict_time"] > 0 and "Wrote output.zip" in done["logs"]
+    # The webhook: the seed's fields, query string kept, signed so the replicate client accepts it.
+    (hook,) = hooks_for(receiver, created["id"])
+    assert hook.path == "/dreambooth-webhook?user=alice&run=1"
+    payload = json.loads(hook.body)
+    for key in ("created_at", "error", "id", "input", "logs", "metrics", "model", "notes", "status", "webhook_completed", "version"):
+        assert key in payload
+    assert payload["status"] == "succeeded" and payload["version"] == done["version"] and payload["model"] == "alice/toy"
+    secret = httpx.get(f"{service.url}/v1/webhooks/default/secret", headers=ALICE).json()["key"]
+    Webhooks.validate(headers=hook.headers, body=hook.body, secret=WebhookSigningSecret(key=secret))
+    # The image is in the registry: the template plus the weights.
+    image = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{done['image']}"))
+    assert image["Digest"] == done["version"] and image["Labels"]["io.dreambuild.notes"] == "notes about this dreambooth training"
+    versions = httpx.get(f"{service.url}/v1/models/alice/toy/versions", headers=ALICE).json()["results"]
+    assert [v["id"] for v in versions] == [done["version"]] and versions[0]["training_id"] == created["id"]
+    assert httpx.get(f"{service.url}/v1/models/alice/toy/versions/{done['version']}", headers=ALICE).json()["image"] == done["image"]
+    weights = httpx.get(done["output"]["weights"], headers=ALICE)
+    assert weights.status_code == 200 and weights.content[:2] == b"PK"
+
+
+def test_tokens_see_only_their_owners(service, receiver):
+    listed = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
+    assert listed, "the seed test ran first"
+    some = listed[0]["id"]
+    assert httpx.get(f"{service.url}/v1/trainings/{some}", headers=BOB).status_code == 404
+    assert httpx.post(f"{service.url}/v1/trainings/{some}/cancel", headers=BOB).status_code == 404
+    assert httpx.get(f"{service.url}/v1/trainings", headers=BOB).json()["results"] == []
+    assert httpx.get(f"{service.url}/v1/models/alice/toy/versions", headers=BOB).status_code == 404
+    assert httpx.get(f"{service.url}/v1/trainings").status_code == 401
+    assert httpx.get(f"{service.url}/v1/trainings", headers={"Authorization": "Bearer nope"}).status_code == 401
+    response = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, "https://example.com/x.zip"), headers=BOB)
+    assert response.status_code == 403 and "owner 'alice'" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("change, status, message", [
+    ({"input": None}, 422, "input"),
+    ({"extra": 1}, 422, "extra: unknown field"),
+    ({"trainer_version": "f" * 64}, 422, "unknown trainer_version"),
+    ({"template_version": "e" * 64}, 422, "unknown template_version"),
+    ({"model": "Alice/Toy"}, 422, "must be owner/name"),
+    ({"model": "alice"}, 422, "must be owner/name"),
+    ({"webhook_completed": "ftp://example.com/hook"}, 422, "not an http(s) URL"),
+    ({"input": {**TRAIN_INPUT, "instance_data": "/etc/passwd"}}, 422, "instance_data must be an http(s) URL"),
+    ({"notes": "x" * 70000}, 413, "over the limit"),
+])
+def test_bad_requests_are_refused_and_store_nothing(service, receiver, change, status, message):
+    before = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
+    body = {**seed_request(service, receiver, "https://example.com/photos.zip"), **change}
+    if change.get("input", 0) is None:
+        del body["input"]
+    response = httpx.post(f"{service.url}/v1/trainings", json=body, headers=ALICE)
+    assert response.status_code == status and message in response.json()["detail"], response.text
+    assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before
+
+
+def test_a_failing_training_ends_failed_with_a_webhook(service, receiver):
+    bad = seed_request(service, receiver, f"{service.url}/v1/uploads/nope/photos.zip")
+    assert httpx.post(f"{service.url}/v1/trainings", json=bad, headers=ALICE).status_code == 422  # not an upload of ours
+    missing = seed_request(service, receiver, f"{receiver.url}/missing.zip")  # the receiver answers POST only: GET fails
+    created = httpx.post(f"{service.url}/v1/trainings", json=missing, headers=ALICE).json()
+    done = service.wait(created["id"])
+    assert done["status"] == "failed" and "missing.zip" in done["error"] and done["version"] is None
+    (hook,) = hooks_for(receiver, created["id"])
+    assert json.loads(hook.body)["status"] == "failed" and json.loads(hook.body)["error"] == done["error"]
+
+
+def test_cancel_stops_the_trainer(tmp_path, service, receiver):
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    request = seed_request(service, receiver, url)
+    request["input"]["max_train_steps"] = 5000
+    created = httpx.post(f"{service.url}/v1/trainings", json=request, headers=ALICE).json()
+    deadline = time.monotonic() + 300
+    while not httpx.get(created["urls"]["get"], headers=ALICE).json()["logs"] and time.monotonic() < deadline:  # the trainer runs
+        time.sleep(0.5)
+    assert httpx.post(created["urls"]["cancel"], headers=ALICE).status_code == 200
+    done = service.wait(created["id"], timeout=120)
+    assert done["status"] == "canceled" and done["completed_at"]
+    (hook,) = hooks_for(receiver, created["id"])
+    assert json.loads(hook.body)["status"] == "canceled"
