@@ -199,3 +199,35 @@ def test_cancel_stops_the_trainer(tmp_path, service, receiver):
     assert done["status"] == "canceled" and done["completed_at"]
     (hook,) = hooks_for(receiver, created["id"])
     assert json.loads(hook.body)["status"] == "canceled"
+
+
+def _wait_stage(service, training_id: str, stages: tuple[str, ...], timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{service.url}/v1/trainings/{training_id}", headers=ALICE).json()
+        if body["stage"] in stages:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"training {training_id} never reached {stages}")
+
+
+@pytest.mark.parametrize("stage", ["training", "webhook"])
+def test_sigkill_in_a_stage_then_restart_completes_once(tmp_path, service, receiver, stage):
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    request = seed_request(service, receiver, url, model=f"alice/restart-{stage}")
+    if stage == "webhook":
+        receiver.script = [5.0]  # the first delivery hangs: the service dies while delivering
+    created = httpx.post(f"{service.url}/v1/trainings", json=request, headers=ALICE).json()
+    _wait_stage(service, created["id"], (stage,))
+    if stage == "webhook":
+        hooks_for(receiver, created["id"])  # the delivery is in flight
+    service.proc.kill()
+    service.proc.wait()
+    service.start()
+    done = service.wait(created["id"])
+    assert done["status"] == "succeeded", done["error"]
+    versions = httpx.get(f"{service.url}/v1/models/alice/restart-{stage}/versions", headers=ALICE).json()["results"]
+    assert [v["id"] for v in versions] == [done["version"]]
+    hooks = hooks_for(receiver, created["id"])
+    assert hooks and {h.headers["webhook-id"] for h in hooks} == {f"{created['id']}-completed"}
+    assert all(json.loads(h.body)["status"] == "succeeded" for h in hooks)
