@@ -59,6 +59,7 @@ def serve(
     if token_file:
         err.print(f"API token (all owners): {token_file}", highlight=False)
     err.print(f"dreambuild service on {settings.base_url} (docs: {settings.base_url}/docs)", highlight=False)
+    err.print(f"Cog servers of cog-http trainers: --upload-url {app_.state.service.cog_upload_url}", highlight=False)
     uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning")
 
 

@@ -231,3 +231,24 @@ def test_sigkill_in_a_stage_then_restart_completes_once(tmp_path, service, recei
     hooks = hooks_for(receiver, created["id"])
     assert hooks and {h.headers["webhook-id"] for h in hooks} == {f"{created['id']}-completed"}
     assert all(json.loads(h.body)["status"] == "succeeded" for h in hooks)
+
+
+def test_cog_http_runner_uses_a_running_cog_server(tmp_path, service, receiver, tiny_base):
+    from dreambuild.cog_server import start_cog_server
+
+    upload_url = (Path(service.config["data_dir"]) / "cog-upload-url").read_text().strip()
+    cog = start_cog_server("trainer/predict.py:Predictor", tmp_path / "gpu-box", upload_url=upload_url,
+                           env={"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(tmp_path / "work")})
+    version = "c" * 64
+    service.config["trainers"][version] = {"name": "remote", "runner": "cog-http", "url": cog.url}
+    try:
+        service.stop()
+        service.start()
+        url = upload(service, photos_zip(tmp_path / "photos.zip"))
+        request = seed_request(service, receiver, url, trainer_version=version, model="alice/remote")
+        created = httpx.post(f"{service.url}/v1/trainings", json=request, headers=ALICE).json()
+        done = service.wait(created["id"])
+        assert done["status"] == "succeeded", done["error"]
+        assert done["trainer_version"] == version and "Wrote output.zip" in done["logs"]
+    finally:
+        cog.stop()

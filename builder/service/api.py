@@ -65,9 +65,18 @@ class Service:
         self.config = config
         self.store = Store(config.database)
         self.webhook_secret = self.store.setting("webhook_secret", new_secret)
+        # For Cog servers started by others (cog-http runner): one upload URL for all trainings,
+        # which coglet's X-Prediction-Id header tells apart.
+        self.upload_secret = self.store.setting("upload_secret", lambda: secrets.token_urlsafe(24))
+        (config.data_dir / "cog-upload-url").write_text(self.cog_upload_url + "\n")
         self.pipeline = Pipeline(config, self.store, self.webhook_secret)
         self.worker = Worker(self.pipeline, config.max_concurrent)
         self.tokens = {entry.token: entry.owners for entry in config.tokens}
+
+    @property
+    def cog_upload_url(self) -> str:
+        """The ``--upload-url`` for Cog servers of cog-http trainers."""
+        return f"{self.config.base_url}/internal/{self.upload_secret}/files/"
 
     def owners(self, request: Request) -> list[str]:
         header = request.headers.get("authorization", "")
@@ -236,9 +245,21 @@ def create_app(config: ServiceConfig) -> FastAPI:
             raise _fail(404, "not found")
         return doc
 
+    @app.put("/internal/{secret}/files/{filename}", include_in_schema=False)
+    async def receive_shared_output(secret: str, filename: str, request: Request) -> JSONResponse:
+        if not secrets.compare_digest(secret, service.upload_secret):
+            raise _fail(404, "not found")
+        training_id = request.headers.get("x-prediction-id", "")
+        if service.store.get_training(training_id) is None:
+            raise _fail(404, "unknown prediction id")
+        return await _receive_output(training_id, filename, request)
+
     @app.put("/internal/{secret}/files/{training_id}/{filename}", include_in_schema=False)
     async def receive_output(secret: str, training_id: str, filename: str, request: Request) -> JSONResponse:
         internal_training(secret, training_id)
+        return await _receive_output(training_id, filename, request)
+
+    async def _receive_output(training_id: str, filename: str, request: Request) -> JSONResponse:
         if not FILENAME.match(filename):
             raise _fail(422, "bad file name")
         folder = config.files / training_id
