@@ -181,7 +181,7 @@ def test_a_failing_training_ends_failed_with_a_webhook(service, receiver):
     missing = seed_request(service, receiver, f"{receiver.url}/missing.zip")  # the receiver answers POST only: GET fails
     created = httpx.post(f"{service.url}/v1/trainings", json=missing, headers=ALICE).json()
     done = service.wait(created["id"])
-    assert done["status"] == "failed" and "missing.zip" in done["error"] and done["version"] is None
+    assert done["status"] == "failed" and "missing.zip" in done["error"] and done["model_version"] is None
     (hook,) = hooks_for(receiver, created["id"])
     assert json.loads(hook.body)["status"] == "failed" and json.loads(hook.body)["error"] == done["error"]
 
@@ -252,3 +252,42 @@ def test_cog_http_runner_uses_a_running_cog_server(tmp_path, service, receiver, 
         assert done["trainer_version"] == version and "Wrote output.zip" in done["logs"]
     finally:
         cog.stop()
+
+
+def test_the_replicate_client_drives_the_service(tmp_path, service, receiver):
+    import replicate
+
+    client = replicate.Client(api_token="tok-alice", base_url=service.url)
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    training = client.trainings.create(
+        model="dreambuild/dreambooth", version=local_trainer_version(), input={**TRAIN_INPUT, "instance_data": url},
+        destination="alice/from-client", webhook=f"{receiver.url}/replicate", webhook_events_filter=["start", "completed"])
+    assert training.status == "starting" and training.destination == "alice/from-client"
+    assert training.model == "dreambuild/dreambooth" and training.version == local_trainer_version()
+    deadline = time.monotonic() + 300
+    while training.status not in ("succeeded", "failed", "canceled") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        training.reload()
+    assert training.status == "succeeded", training.error
+    assert training.output["version"].startswith("alice/from-client:sha256:") and training.output["weights"]
+    assert training.id in [t.id for t in client.trainings.list()]
+    events = {h.headers["webhook-id"] for h in hooks_for(receiver, training.id)}
+    deadline = time.monotonic() + 30
+    while len(events) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        events = {h.headers["webhook-id"] for h in hooks_for(receiver, training.id)}
+    assert events == {f"{training.id}-start", f"{training.id}-completed"}
+    secret = client.webhooks.default.secret()
+    for hook in hooks_for(receiver, training.id):
+        replicate.webhook.Webhooks.validate(headers=hook.headers, body=hook.body, secret=secret)
+    # Cancel through the client.
+    slow = client.trainings.create(model="dreambuild/dreambooth", version=local_trainer_version(),
+                                   input={**TRAIN_INPUT, "instance_data": url, "max_train_steps": 5000}, destination="alice/from-client")
+    client.trainings.cancel(slow.id)
+    deadline = time.monotonic() + 120
+    while slow.status != "canceled" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        slow.reload()
+    assert slow.status == "canceled"
+    with pytest.raises(replicate.exceptions.ReplicateError):
+        client.trainings.create(model="dreambuild/dreambooth", version="f" * 64, input={}, destination="alice/x")

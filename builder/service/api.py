@@ -16,7 +16,7 @@ import shutil
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,6 +44,18 @@ class TrainingRequest(BaseModel):
     model: str = Field(..., description="owner/name of the model to push the new version to.")
     notes: str | None = Field(None, description="Notes recorded on the new version.")
     webhook_completed: str | None = Field(None, description="URL to POST the training to when it ends.")
+
+
+class ReplicateTrainingRequest(BaseModel):
+    """Replicate's ``POST /v1/models/{owner}/{name}/versions/{id}/trainings`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any] = Field(..., description="The trainer's inputs.")
+    destination: str = Field(..., description="owner/name of the model that receives the new version.")
+    webhook: str | None = Field(None, description="URL for webhooks.")
+    webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = Field(
+        None, description="Events to send (default: completed).")
 
 
 def _fail(status: int, detail: str) -> HTTPException:
@@ -124,6 +136,17 @@ class Service:
         return Path(doc["path"]) if doc and doc["name"] == name and Path(doc["path"]).is_file() else None
 
 
+def new_training(body: TrainingRequest, events: list[str] | None = None) -> dict:
+    """A new training document (queued) for a validated request."""
+    return {
+        "id": uuid.uuid4().hex[:26], "owner": body.model.split("/")[0], "model": body.model, "status": "starting",
+        "stage": "queued", "input": body.input, "trainer_version": body.trainer_version,
+        "template_version": body.template_version, "notes": body.notes, "webhook_completed": body.webhook_completed,
+        "webhook_events_filter": events or ["completed"], "created_at": now_iso(), "logs": "", "metrics": {},
+        "secret": secrets.token_urlsafe(24),
+    }
+
+
 def create_app(config: ServiceConfig) -> FastAPI:
     """The service's ASGI app; starting it resumes unfinished trainings."""
     service = Service(config)
@@ -161,14 +184,22 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.post("/v1/trainings", status_code=201, summary="Create a training (the seed's payload)")
     def create_training(body: TrainingRequest, request: Request, token_owners: list[str] = Depends(owners)) -> dict:
-        body = service.validate(body, token_owners)
-        doc = {
-            "id": uuid.uuid4().hex[:26], "owner": body.model.split("/")[0], "model": body.model, "status": "starting",
-            "stage": "queued", "input": body.input, "trainer_version": body.trainer_version,
-            "template_version": body.template_version, "notes": body.notes, "webhook_completed": body.webhook_completed,
-            "webhook_events_filter": ["completed"], "created_at": now_iso(), "logs": "", "metrics": {},
-            "secret": secrets.token_urlsafe(24),
-        }
+        doc = new_training(service.validate(body, token_owners))
+        service.store.create_training(doc)
+        service.worker.submit(doc["id"])
+        return public_training(doc, config.base_url)
+
+    @app.post("/v1/models/{owner}/{name}/versions/{version_id}/trainings", status_code=201,
+              summary="Create a training (Replicate's route, as the replicate client calls it)")
+    def create_replicate_training(owner: str, name: str, version_id: str, body: ReplicateTrainingRequest,
+                                  token_owners: list[str] = Depends(owners)) -> dict:
+        template = config.default_template_version or (next(iter(config.templates)) if len(config.templates) == 1 else None)
+        if template is None:
+            raise _fail(422, "no default_template_version is configured for Replicate-style trainings")
+        seed = TrainingRequest(input=body.input, trainer_version=version_id, template_version=template,
+                               model=body.destination, webhook_completed=body.webhook)
+        doc = new_training(service.validate(seed, token_owners), events=body.webhook_events_filter or ["completed"])
+        doc.update(api="replicate", trainer_model=f"{owner}/{name}")
         service.store.create_training(doc)
         service.worker.submit(doc["id"])
         return public_training(doc, config.base_url)

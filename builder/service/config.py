@@ -66,6 +66,8 @@ class ServiceConfig(BaseModel):
     trainers: dict[str, TrainerEntry] = Field(default_factory=dict)
     templates: dict[str, TemplateEntry] = Field(default_factory=dict)
     tokens: list[TokenEntry] = Field(default_factory=list)
+    default_template_version: str | None = Field(None, description="Template for trainings created through Replicate's "
+                                                 "model-scoped route (default: the only template in the catalog).")
     webhook_attempts: int = 8
     webhook_backoff: float = 2.0
 

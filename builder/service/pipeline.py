@@ -40,12 +40,14 @@ class TrainerFailed(DreambuildError):
 def public_training(doc: dict, base_url: str) -> dict:
     """The training object as the API and webhooks show it (the seed's fields and Replicate's)."""
     weights = f"{base_url}/v1/trainings/{doc['id']}/weights" if doc.get("weights") else None
+    replicate_style = doc.get("api") == "replicate"
     return {
         "id": doc["id"],
         "status": doc["status"],
         "stage": doc["stage"],
         "input": doc["input"],
-        "model": doc["model"],
+        # Seed trainings name the destination model; Replicate's name the trainer's model.
+        "model": doc.get("trainer_model") if replicate_style else doc["model"],
         "destination": doc["model"],
         "notes": doc.get("notes"),
         "trainer_version": doc["trainer_version"],
@@ -57,7 +59,10 @@ def public_training(doc: dict, base_url: str) -> dict:
         "logs": doc.get("logs") or "",
         "error": doc.get("error"),
         "metrics": doc.get("metrics") or {},
-        "version": doc.get("version"),
+        # The seed's version is the new model version; Replicate's client requires a string here
+        # and means the trainer version, which is also what a seed training shows until built.
+        "version": doc["trainer_version"] if replicate_style else (doc.get("version") or doc["trainer_version"]),
+        "model_version": doc.get("version"),
         "image": doc.get("image"),
         "output": {"version": f"{doc['model']}:{doc['version']}", "weights": weights} if doc.get("version") else None,
         "urls": {"get": f"{base_url}/v1/trainings/{doc['id']}", "cancel": f"{base_url}/v1/trainings/{doc['id']}/cancel"},
@@ -102,6 +107,7 @@ class Pipeline:
         doc = self.store.update_training(doc["id"], stage="training", status="processing", started_at=doc.get("started_at") or now_iso(),
                                          cog_status=None, runner_pid=None)
         started = time.monotonic()
+        self._send_event(doc, "start")
         run = start_run(entry, doc["id"], doc["input"], webhook=self.internal_url(doc, "cog"),
                         upload_url=self.internal_url(doc, "files") + "/", workdir=workdir)
         try:
@@ -148,6 +154,13 @@ class Pipeline:
         })
         return self.store.update_training(doc["id"], stage="webhook", status="succeeded", version=result.digest,
                                           image=result.image, completed_at=now_iso())
+
+    def _send_event(self, doc: dict, event: str) -> None:
+        """A webhook for a non-final event (``start``), when the training asked for it."""
+        url = doc.get("webhook_completed")
+        if url and event in (doc.get("webhook_events_filter") or []):
+            deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret, webhook_id=f"{doc['id']}-{event}",
+                    attempts=self.config.webhook_attempts, backoff=self.config.webhook_backoff)
 
     def _webhook(self, doc: dict) -> None:
         url = doc.get("webhook_completed")
