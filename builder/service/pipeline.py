@@ -27,6 +27,7 @@ from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)
 POLL = 0.3
+LOGS_INTERVAL = 2.0  # at most one logs webhook this often
 
 
 class Canceled(Exception):
@@ -110,11 +111,16 @@ class Pipeline:
         self._send_event(doc, "start")
         run = start_run(entry, doc["id"], doc["input"], webhook=self.internal_url(doc, "cog"),
                         upload_url=self.internal_url(doc, "files") + "/", workdir=workdir)
+        sent_logs, last_sent = "", 0.0
         try:
             if run.server:
                 self.store.update_training(doc["id"], runner_pid=run.server.process.pid)
             while True:
                 doc = self.store.get_training(doc["id"])
+                if doc.get("logs") != sent_logs and time.monotonic() - last_sent >= LOGS_INTERVAL:
+                    # Best effort, one attempt: the next update carries the logs again.
+                    sent_logs, last_sent = doc.get("logs"), time.monotonic()
+                    self._send_event(doc, "logs", f"{doc['id']}-logs-{len(sent_logs)}", attempts=1)
                 if doc.get("cancel_requested"):
                     run.cancel()
                     raise Canceled
@@ -152,15 +158,18 @@ class Pipeline:
             "training_id": doc["id"], "trainer_version": doc["trainer_version"], "template_version": doc["template_version"],
             "created_at": now_iso(),
         })
-        return self.store.update_training(doc["id"], stage="webhook", status="succeeded", version=result.digest,
-                                          image=result.image, completed_at=now_iso())
+        doc = self.store.update_training(doc["id"], stage="webhook", status="succeeded", version=result.digest,
+                                         image=result.image, completed_at=now_iso())
+        self._send_event(doc, "output")
+        return doc
 
-    def _send_event(self, doc: dict, event: str) -> None:
-        """A webhook for a non-final event (``start``), when the training asked for it."""
+    def _send_event(self, doc: dict, event: str, webhook_id: str | None = None, attempts: int | None = None) -> None:
+        """A webhook for a non-final event (start, logs, output), when the training asked for it."""
         url = doc.get("webhook_completed")
         if url and event in (doc.get("webhook_events_filter") or []):
-            deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret, webhook_id=f"{doc['id']}-{event}",
-                    attempts=self.config.webhook_attempts, backoff=self.config.webhook_backoff)
+            deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret,
+                    webhook_id=webhook_id or f"{doc['id']}-{event}", attempts=attempts or self.config.webhook_attempts,
+                    backoff=self.config.webhook_backoff)
 
     def _webhook(self, doc: dict) -> None:
         url = doc.get("webhook_completed")
