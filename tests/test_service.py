@@ -30,12 +30,13 @@ class Service:
         self.root, self.config = root, config
         self.url = f"http://127.0.0.1:{config['port']}"
         self.proc = None
+        self.env: dict[str, str] = {}
 
     def start(self) -> "Service":
         (self.root / "service.yaml").write_text(yaml.safe_dump(self.config))
         log = open(self.root / "service.log", "ab")
         self.proc = subprocess.Popen([CLI, "serve", "--config", str(self.root / "service.yaml")], stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                     env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.root / "service.log").read_text()
@@ -292,3 +293,22 @@ def test_the_replicate_client_drives_the_service(tmp_path, service, receiver):
     assert slow.status == "canceled"
     with pytest.raises(replicate.exceptions.ReplicateError):
         client.trainings.create(model="dreambuild/dreambooth", version="f" * 64, input={}, destination="alice/x")
+
+
+@pytest.mark.parametrize("engine", ["none", "podman"])
+def test_docker_runner_failures_end_the_training_clearly(tmp_path, service, receiver, templates, request, engine):
+    version = "d" * 64
+    service.config["trainers"][version] = {"name": "in-docker", "runner": "docker", "image": templates["docker"], "gpus": False}
+    service.env = {"DOCKER_HOST": request.getfixturevalue("podman").docker_host if engine == "podman" else f"unix://{tmp_path}/none.sock"}
+    try:
+        service.stop()
+        service.start()
+        created = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, "https://example.com/p.zip",
+                                                                            trainer_version=version), headers=ALICE).json()
+        done = service.wait(created["id"], timeout=300)
+    finally:
+        del service.config["trainers"][version]
+        service.env = {}
+    assert done["status"] == "failed"
+    expected = "cannot reach a Docker engine" if engine == "none" else "trainer (image|container)"
+    assert __import__("re").search(expected, done["error"]), done["error"]

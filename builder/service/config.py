@@ -32,7 +32,8 @@ class TrainerEntry(BaseModel):
     image: str | None = Field(None, description="Image reference (docker runner; recorded for the others).")
     url: str | None = Field(None, description="Base URL of a running Cog server (cog-http runner).")
     predictor: str = Field("trainer/predict.py:Predictor", description="Cog entry point under the repo (local runner).")
-    env: dict[str, str] = Field(default_factory=dict, description="Environment of the local runner's Cog server.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment of the trainer's Cog server.")
+    gpus: bool = Field(True, description="docker runner: request all GPUs.")
 
 
 class TemplateEntry(BaseModel):

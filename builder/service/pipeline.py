@@ -19,7 +19,7 @@ from pathlib import Path
 
 from builder.build import Reporter, build_image
 from builder.service.config import ServiceConfig
-from builder.service.runners import RunnerError, start_run
+from builder.service.runners import RunnerError, container_name, remove_container, start_run
 from builder.service.store import Store, now_iso
 from builder.service.webhooks import deliver
 from builder.settings import BuilderSettings
@@ -102,6 +102,8 @@ class Pipeline:
             raise Canceled
         _kill_stale(doc.get("runner_pid"))
         entry = self.config.trainers[doc["trainer_version"]]
+        if entry.runner == "docker":
+            remove_container(container_name(doc["id"]))  # left by a service that died mid-training
         workdir = self.config.data_dir / "work" / doc["id"]
         files = self.config.files / doc["id"]
         (files / "output.zip").unlink(missing_ok=True)
@@ -113,8 +115,8 @@ class Pipeline:
                         upload_url=self.internal_url(doc, "files") + "/", workdir=workdir)
         sent_logs, last_sent = "", 0.0
         try:
-            if run.server:
-                self.store.update_training(doc["id"], runner_pid=run.server.process.pid)
+            if run.pid:
+                self.store.update_training(doc["id"], runner_pid=run.pid)
             while True:
                 doc = self.store.get_training(doc["id"])
                 if doc.get("logs") != sent_logs and time.monotonic() - last_sent >= LOGS_INTERVAL:

@@ -6,8 +6,10 @@ trainer's output.zip arrives through Cog's ``--upload-url`` (``PUT <url>output.z
 into the service's file store, never as a base64 data URL.
 
 - ``local``: this checkout's trainer in a Cog HTTP server subprocess (as the tests run it).
-- ``cog-http``: a Cog server already running at a URL (a GPU box), started with
-  ``--upload-url <service>/internal/<secret>/files/``.
+- ``cog-http``: a Cog server already running at a URL (a GPU box), started with the
+  ``--upload-url`` the service prints.
+- ``docker``: the trainer image run with the docker SDK (all GPUs requested, Cog's port
+  published on loopback), health-checked until READY, called, then removed.
 
 (Predictions rather than Cog's train mode: coglet 0.23 returns a ``Path`` nested in a training
 output as a data URL and ignores ``--upload-url`` for it.)
@@ -51,11 +53,16 @@ def _request(method: str, url: str, body: dict | None = None, headers: dict | No
 
 @dataclass
 class Run:
-    """One trainer prediction in flight."""
+    """One trainer prediction in flight, on a Cog server this run may own (local, docker)."""
 
     base_url: str
     prediction_id: str
     server: CogServer | None = None
+    container: object | None = None  # a docker SDK Container
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.process.pid if self.server else None
 
     def cancel(self) -> None:
         try:
@@ -64,14 +71,86 @@ class Run:
             pass
 
     def alive(self) -> bool:
-        return self.server is None or self.server.process.poll() is None
+        if self.server:
+            return self.server.process.poll() is None
+        if self.container is not None:
+            self.container.reload()
+            return self.container.status in ("created", "running")
+        return True
 
     def logs(self) -> str:
-        return self.server.logs()[-3000:] if self.server else ""
+        if self.server:
+            return self.server.logs()[-3000:]
+        if self.container is not None:
+            return self.container.logs(tail=50).decode(errors="replace")
+        return ""
 
     def stop(self) -> None:
         if self.server:
             self.server.stop()
+        if self.container is not None:
+            remove_container(self.container.name)
+
+
+def container_name(prediction_id: str) -> str:
+    return f"dreambuild-train-{prediction_id}"
+
+
+def remove_container(name: str) -> None:
+    """Remove a trainer container (also one left by a service that died mid-training)."""
+    import docker.errors
+
+    from builder.docker_build import docker_client
+
+    try:
+        docker_client(timeout=30).containers.get(name).remove(force=True)
+    except (docker.errors.NotFound, DreambuildError):
+        pass
+
+
+def _start_container(entry: TrainerEntry, prediction_id: str, upload_url: str, timeout: float = 1800) -> Run:
+    """Run the trainer image with the GPUs, publish Cog's port on loopback, wait until READY."""
+    import docker
+    import docker.errors
+
+    from builder.docker_build import docker_client
+
+    if not entry.image:
+        raise RunnerError(f"trainer {entry.name!r} uses the docker runner but names no image")
+    client = docker_client()
+    try:
+        container = client.containers.run(
+            entry.image, ["python", "-m", "cog.server.http", "--upload-url", upload_url], detach=True,
+            name=container_name(prediction_id), environment=entry.env, ports={"5000/tcp": ("127.0.0.1", None)},
+            device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if entry.gpus else None,
+        )
+    except docker.errors.DockerException as exc:
+        remove_container(container_name(prediction_id))
+        raise RunnerError(f"cannot start the trainer image {entry.image}: {getattr(exc, 'explanation', None) or exc}") from None
+    run = Run(base_url="", prediction_id=prediction_id, container=container)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not run.alive():
+            logs = run.logs()
+            run.stop()
+            raise RunnerError(f"the trainer container exited during setup: {logs[-500:]}")
+        container.reload()
+        ports = (container.ports or {}).get("5000/tcp") or []
+        if ports:
+            run.base_url = f"http://127.0.0.1:{ports[0]['HostPort']}"
+            try:
+                status, health = _request("GET", f"{run.base_url}/health-check", attempts=1)
+                if status == 200 and health.get("status") == "READY":
+                    return run
+                if health.get("status") in ("SETUP_FAILED", "DEFUNCT"):
+                    run.stop()
+                    raise RunnerError(f"the trainer's setup failed: {str(health.get('setup', {}).get('logs', ''))[-500:]}")
+            except RunnerError as exc:
+                if "setup failed" in str(exc):
+                    raise
+        time.sleep(1)
+    run.stop()
+    raise RunnerError(f"the trainer container was not ready after {timeout:.0f}s")
 
 
 def start_run(entry: TrainerEntry, prediction_id: str, inputs: dict, *, webhook: str, upload_url: str, workdir: Path) -> Run:
@@ -79,14 +158,14 @@ def start_run(entry: TrainerEntry, prediction_id: str, inputs: dict, *, webhook:
     if entry.runner == "local":
         env = {"DREAMBUILD_WORKDIR": str(workdir / "trainer-work"), **entry.env}
         server = start_cog_server(entry.predictor, workdir / "cog", env=env, upload_url=upload_url)
-        base = server.url
+        run = Run(base_url=server.url, prediction_id=prediction_id, server=server)
     elif entry.runner == "cog-http":
         if not entry.url:
             raise RunnerError(f"trainer {entry.name!r} uses the cog-http runner but has no url")
-        server, base = None, entry.url.rstrip("/")
+        run = Run(base_url=entry.url.rstrip("/"), prediction_id=prediction_id)
     else:
-        raise RunnerError(f"the {entry.runner} runner is not available in this build (use local or cog-http)")
-    run = Run(base_url=base, prediction_id=prediction_id, server=server)
+        run = _start_container(entry, prediction_id, upload_url)
+    base = run.base_url
     try:
         status, body = _request("PUT", f"{base}/predictions/{prediction_id}", {
             "id": prediction_id, "input": inputs, "webhook": webhook,
