@@ -312,3 +312,20 @@ def test_docker_runner_failures_end_the_training_clearly(tmp_path, service, rece
     assert done["status"] == "failed"
     expected = "cannot reach a Docker engine" if engine == "none" else "trainer (image|container)"
     assert __import__("re").search(expected, done["error"]), done["error"]
+
+
+def test_trainings_queue_beyond_max_concurrent(tmp_path, service, receiver):
+    assert service.config.get("max_concurrent", 1) == 1
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    long = seed_request(service, receiver, url)
+    long["input"]["max_train_steps"] = 5000
+    first = httpx.post(f"{service.url}/v1/trainings", json=long, headers=ALICE).json()
+    second = httpx.post(f"{service.url}/v1/trainings", json=long, headers=ALICE).json()
+    _wait_stage(service, first["id"], ("training",))
+    # While the first trains, the second waits its turn and the API answers.
+    assert httpx.get(second["urls"]["get"], headers=ALICE).json()["stage"] == "queued"
+    assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).status_code == 200
+    httpx.post(first["urls"]["cancel"], headers=ALICE)
+    _wait_stage(service, second["id"], ("training",))
+    httpx.post(second["urls"]["cancel"], headers=ALICE)
+    assert service.wait(first["id"])["status"] == "canceled" and service.wait(second["id"])["status"] == "canceled"
