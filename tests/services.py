@@ -264,15 +264,16 @@ class TokenServer:
 
 class CuttingProxy:
     """A TCP proxy to a registry that cuts the first ``cuts`` connections sending a PATCH after
-    ``after`` bytes of it: a network failure in the middle of a blob upload."""
+    ``after`` bytes of it (a network failure in the middle of a blob upload), or holds each of
+    the first ``cuts`` PATCHes for ``delay`` seconds (a slow link)."""
 
-    def __init__(self, target: str, cuts: int = 1, after: int = 2**20) -> None:
+    def __init__(self, target: str, cuts: int = 1, after: int = 2**20, delay: float = 0.0) -> None:
         import socket
         import threading
 
         self.target_host, port = target.rsplit(":", 1)
         self.target_port = int(port)
-        self.cuts, self.after, self.cut = cuts, after, 0
+        self.cuts, self.after, self.cut, self.delay = cuts, after, 0, delay
         self._lock = threading.Lock()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
@@ -302,6 +303,9 @@ class CuttingProxy:
                         cutting = self.cut < self.cuts
                         self.cut += cutting
                     sent = 0
+                    if cutting and self.delay:
+                        time.sleep(self.delay)
+                        cutting = False
                 sent += len(data)
                 if cutting and sent > self.after:
                     break

@@ -212,20 +212,47 @@ def _wait_stage(service, training_id: str, stages: tuple[str, ...], timeout: flo
     raise AssertionError(f"training {training_id} never reached {stages}")
 
 
-@pytest.mark.parametrize("stage", ["training", "webhook"])
-def test_sigkill_in_a_stage_then_restart_completes_once(tmp_path, service, receiver, stage):
+@pytest.mark.parametrize("stage", ["queued", "training", "building", "webhook"])
+def test_sigkill_in_a_stage_then_restart_completes_once(tmp_path, service, receiver, registry, stage):
+    from tests.services import CuttingProxy
+
     url = upload(service, photos_zip(tmp_path / "photos.zip"))
     request = seed_request(service, receiver, url, model=f"alice/restart-{stage}")
+    proxy = None
     if stage == "webhook":
         receiver.script = [5.0]  # the first delivery hangs: the service dies while delivering
+    if stage == "building":  # push through a link that holds the first upload: the service dies mid-push
+        proxy = CuttingProxy(registry.host, cuts=1, delay=8.0)
+        service.config["registry"] = proxy.host
+        service.stop()
+        service.start()
+    if stage == "queued":  # a long training ahead keeps ours queued
+        ahead = seed_request(service, receiver, url)
+        ahead["input"]["max_train_steps"] = 5000
+        ahead = httpx.post(f"{service.url}/v1/trainings", json=ahead, headers=ALICE).json()
     created = httpx.post(f"{service.url}/v1/trainings", json=request, headers=ALICE).json()
-    _wait_stage(service, created["id"], (stage,))
-    if stage == "webhook":
-        hooks_for(receiver, created["id"])  # the delivery is in flight
-    service.proc.kill()
-    service.proc.wait()
-    service.start()
-    done = service.wait(created["id"])
+    try:
+        if stage == "queued":
+            _wait_stage(service, ahead["id"], ("training",))
+        _wait_stage(service, created["id"], (stage,))
+        if stage == "webhook":
+            hooks_for(receiver, created["id"])  # the delivery is in flight
+        if stage == "building":
+            deadline = time.monotonic() + 60
+            while not proxy.cut and time.monotonic() < deadline:  # the weights upload has begun
+                time.sleep(0.05)
+        service.proc.kill()
+        service.proc.wait()
+        service.start()
+        if stage == "queued":
+            httpx.post(ahead["urls"]["cancel"], headers=ALICE)
+        done = service.wait(created["id"])
+    finally:
+        if proxy:
+            service.config["registry"] = registry.host
+            service.stop()
+            service.start()
+            proxy.stop()
     assert done["status"] == "succeeded", done["error"]
     versions = httpx.get(f"{service.url}/v1/models/alice/restart-{stage}/versions", headers=ALICE).json()["results"]
     assert [v["id"] for v in versions] == [done["version"]]
