@@ -356,3 +356,40 @@ def test_trainings_queue_beyond_max_concurrent(tmp_path, service, receiver):
     _wait_stage(service, second["id"], ("training",))
     httpx.post(second["urls"]["cancel"], headers=ALICE)
     assert service.wait(first["id"])["status"] == "canceled" and service.wait(second["id"])["status"] == "canceled"
+
+
+def test_embedded_defaults_need_no_configuration(tmp_path, registry, templates):
+    """`dreambuild serve` with no config: a local token (mode 0600, path printed), this checkout's
+    trainer and the embedded layout's templates in the catalog."""
+    from tests.services import containers_env
+
+    (tmp_path / "data").mkdir()
+    skopeo("copy", "--src-tls-verify=false", f"docker://{templates['oci']}", f"oci:{tmp_path}/data/images:dreambuild/vanilla",
+           env=containers_env(tmp_path / "sk", [registry.host]))
+    template_version = json.loads((tmp_path / "data" / "images" / "index.json").read_text())["manifests"][0]["digest"]
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([CLI, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")], cwd=tmp_path,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/docs", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        token_file = tmp_path / "data" / "token"
+        assert (token_file.stat().st_mode & 0o777) == 0o600 and str(token_file) in log.read_text()
+        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        assert httpx.get(f"{url}/v1/trainings", headers=headers).json()["results"] == []
+        body = {"input": {}, "trainer_version": local_trainer_version(), "template_version": "a" * 64, "model": "anyone/model"}
+        response = httpx.post(f"{url}/v1/trainings", json=body, headers=headers)
+        assert response.status_code == 422 and "unknown template_version" in response.json()["detail"]  # the trainer is known
+        response = httpx.post(f"{url}/v1/trainings", json={**body, "template_version": template_version}, headers=headers)
+        assert response.status_code == 201, response.text
+        httpx.post(response.json()["urls"]["cancel"], headers=headers)
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -2,8 +2,9 @@
 registry, tokens, limits. A YAML file (``dreambuild serve --config FILE``) or embedded defaults.
 
 Embedded defaults need nothing: the data directory is ``./.dreambuild``; the catalog holds this
-repository's trainer (run by the ``local`` runner) under a version derived from its source;
-images go to the embedded OCI layout; a local token is created on first start.
+repository's trainer (run by the ``local`` runner) under a version derived from its source, and
+the templates found in the embedded OCI layout (``dreambuild/<template>``) under their digests;
+images go to that layout; a local token is created on first start.
 """
 
 from __future__ import annotations
@@ -120,7 +121,25 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
         raise InputError(f"service configuration {path or '(defaults)'}: {exc}") from None
     if not config.trainers:
         config.trainers[local_trainer_version()] = TrainerEntry(name="dreambooth (this checkout)")
+    if not config.templates:
+        config.templates.update(layout_templates(config.layout))
     return config
+
+
+def layout_templates(layout: Path) -> dict[str, TemplateEntry]:
+    """Templates in the embedded OCI layout (images named ``dreambuild/<template>``), by digest."""
+    import json
+
+    try:
+        index = json.loads((layout / "index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    found = {}
+    for descriptor in index.get("manifests", []):
+        name = (descriptor.get("annotations") or {}).get("org.opencontainers.image.ref.name", "")
+        if name.startswith("dreambuild/") and descriptor.get("digest", "").startswith("sha256:"):
+            found[descriptor["digest"].removeprefix("sha256:")] = TemplateEntry(name=name, repository=f"oci:{layout}:{name}")
+    return found
 
 
 def ensure_local_token(config: ServiceConfig) -> Path | None:
