@@ -393,3 +393,20 @@ def test_embedded_defaults_need_no_configuration(tmp_path, registry, templates):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_registry_down_fails_the_build_with_a_webhook(tmp_path, service, receiver, registry):
+    service.config["registry"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    try:
+        service.stop()
+        service.start()
+        url = upload(service, photos_zip(tmp_path / "photos.zip"))
+        created = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, url), headers=ALICE).json()
+        done = service.wait(created["id"])
+    finally:
+        service.config["registry"] = registry.host
+        service.stop()
+        service.start()
+    assert done["status"] == "failed" and "cannot reach registry" in done["error"] and done["metrics"]["predict_time"] > 0
+    (hook,) = hooks_for(receiver, created["id"])
+    assert json.loads(hook.body)["error"] == done["error"]
