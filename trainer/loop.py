@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
@@ -89,6 +90,11 @@ def train_dreambooth(
 ) -> TrainResult:
     """Run ``args.max_train_steps`` optimizer steps and return the fine-tuned pipeline."""
     prior = args.with_prior_preservation
+    # Accelerate keeps one process-wide state, fixed by the first Accelerator; a Cog server runs
+    # many trainings in one worker process, each with its own mixed precision. Found on an H200:
+    # the second job with another precision failed. Clearing it is the only way accelerate offers.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=plan.mixed_precision,
