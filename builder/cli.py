@@ -64,6 +64,26 @@ def serve(
 
 
 @app.command()
+def predict(
+    image: str = typer.Argument(..., help="A built model (registry/owner/name@sha256:…, oci:PATH:NAME@sha256:…) or a template."),
+    inputs: list[str] = typer.Option([], "-i", "--input", help="key=value; key=@file for a file input (repeatable)."),
+    out: Path = typer.Option(Path("."), "-o", "--out", help="Directory for the outputs."),
+    weights: Path = typer.Option(None, help="A fine-tune directory to use instead of the image's /src/weights (try a template)."),
+) -> None:
+    """Run a model image locally, without Docker: pulls its layers into a cache, runs it in a local Cog server."""
+    from builder.predict import predict as run_prediction
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    try:
+        written = run_prediction(image, inputs, out, weights=weights,
+                                 on_step=lambda message: err.print(f"[dim]•[/] {message}", highlight=False, soft_wrap=True))
+    except DreambuildError as exc:
+        fail(str(exc))
+    for path in written:
+        print(path)
+
+
+@app.command()
 def build(
     weights: str = typer.Option(..., help="output.zip, a diffusers pipeline directory, or an http(s) URL of a zip."),
     template: str = typer.Option(..., help="Template image (registry/repo@sha256:…, registry/repo:tag, oci:PATH:NAME) "

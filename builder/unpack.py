@@ -1,4 +1,4 @@
-"""An image's ``/src`` on local disk, without Docker: for running a built model in a local Cog
+"""An image's ``/src`` (and ``/opt/dreambuild``) on local disk, without Docker: for running a built model in a local Cog
 server (``dreambuild predict``).
 
 Each layer is pulled once (from a registry or an OCI layout), verified against its digest and
@@ -30,6 +30,8 @@ from dreambuild.errors import RegistryError
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 COMPLETE = ".dreambuild-complete"
+# What a model needs to run: its code and weights, and the weights its template baked.
+PREFIXES = (("src",), ("opt", "dreambuild"))
 
 
 class _LayerReader(io.RawIOBase):
@@ -77,12 +79,16 @@ def _safe_parts(name: str) -> tuple[str, ...] | None:
     return None if not parts or ".." in parts or name.startswith("/") else parts
 
 
-def _extract_layer(reader: _LayerReader, dest: Path, prefix: str) -> None:
-    """Extract the entries under ``prefix`` (e.g. ``src``) of a tar stream into ``dest``."""
+def _wanted(parts: tuple[str, ...]) -> bool:
+    return any(parts[: len(prefix)] == prefix for prefix in PREFIXES)
+
+
+def _extract_layer(reader: _LayerReader, dest: Path) -> None:
+    """Extract the entries under PREFIXES of a tar stream into ``dest``."""
     with tarfile.open(fileobj=reader, mode="r|") as tar:
         for member in tar:
             parts = _safe_parts(member.name)
-            if not parts or parts[0] != prefix:
+            if not parts or not _wanted(parts):
                 continue
             target = dest.joinpath(*parts)
             if member.isdir():
@@ -102,15 +108,15 @@ def _extract_layer(reader: _LayerReader, dest: Path, prefix: str) -> None:
                 os.symlink(member.linkname, target)
             elif member.islnk():
                 source = _safe_parts(member.linkname)
-                if source and source[0] == prefix and dest.joinpath(*source).is_file():
+                if source and _wanted(source) and dest.joinpath(*source).is_file():
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.link(dest.joinpath(*source), target)
             # devices and fifos have no place in /src: skipped
     reader.drain()
 
 
-def ensure_layer(store: Store, descriptor: dict, diff_id: str, cache: Path, prefix: str = "src") -> Path:
-    """The layer's ``prefix`` entries, extracted once into the cache (verified)."""
+def ensure_layer(store: Store, descriptor: dict, diff_id: str, cache: Path) -> Path:
+    """The layer's entries under PREFIXES, extracted once into the cache (verified)."""
     target = cache / "layers" / diff_id.removeprefix("sha256:")
     if (target / COMPLETE).exists():
         return target
@@ -119,7 +125,7 @@ def ensure_layer(store: Store, descriptor: dict, diff_id: str, cache: Path, pref
     try:
         with store.open_blob(descriptor["digest"]) as chunks:
             reader = _LayerReader(chunks, descriptor.get("mediaType", ""))
-            _extract_layer(reader, tmp, prefix)
+            _extract_layer(reader, tmp)
         if "sha256:" + reader.blob_hash.hexdigest() != descriptor["digest"]:
             raise RegistryError(f"layer {descriptor['digest']} from {store} does not match its digest")
         if "sha256:" + reader.tar_hash.hexdigest() != diff_id:
@@ -173,7 +179,21 @@ class UnpackedImage:
     reference: str  # pinned
     manifest: Manifest
     config: dict
-    src: Path  # the image's /src on local disk
+    root: Path  # holds the image's src/ and opt/dreambuild/
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+    def env(self) -> dict[str, str]:
+        """The image's ``Env``, with its paths under /src and /opt/dreambuild mapped to ``root``."""
+        mapped = {}
+        for key, value in image_env(self.config).items():
+            for prefix in ("/src", "/opt/dreambuild"):
+                if value == prefix or value.startswith(prefix + "/"):
+                    value = str(self.root) + value
+            mapped[key] = value
+        return mapped
 
 
 def unpack_src(image: str, settings: BuilderSettings | None = None) -> UnpackedImage:
@@ -190,17 +210,16 @@ def unpack_src(image: str, settings: BuilderSettings | None = None) -> UnpackedI
         extracted = [ensure_layer(image_ref.store, layer, diff_id, cache) for layer, diff_id in zip(layers, diff_ids)]
         tmp = cache / "images" / f".tmp-{uuid.uuid4().hex}"
         try:
-            (tmp / "src").mkdir(parents=True)
+            (tmp / "root" / "src").mkdir(parents=True)
             for layer in extracted:
-                if (layer / "src").is_dir():
-                    _merge(layer / "src", tmp / "src")
+                _merge(layer, tmp / "root")
             (tmp / COMPLETE).touch()
             shutil.rmtree(merged_root, ignore_errors=True)
             os.rename(tmp, merged_root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return UnpackedImage(reference=image_ref.reference, manifest=image_ref.manifest, config=image_ref.config, src=merged_root / "src")
+    return UnpackedImage(reference=image_ref.reference, manifest=image_ref.manifest, config=image_ref.config, root=merged_root / "root")
 
 
 def image_env(config: dict) -> dict[str, str]:

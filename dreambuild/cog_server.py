@@ -31,12 +31,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_schema(project: Path, *, predict: str | None = None, train: str | None = None, python: str = sys.executable) -> Path:
-    """Write ``project/.cog/openapi_schema.json`` for references relative to the repo root."""
+def write_schema(project: Path, *, predict: str | None = None, train: str | None = None, python: str = sys.executable,
+                 code_root: Path = REPO_ROOT) -> Path:
+    """Write ``project/.cog/openapi_schema.json`` for references relative to ``code_root``."""
     cmd = [python, "-m", "dreambuild.cog_schema", "--out", str(project)]
     cmd += ["--predict", predict] if predict else []
     cmd += ["--train", train] if train else []
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=code_root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")]))})
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise CogServerError(f"could not build the Cog schema for {predict or train}: {last}")
@@ -81,25 +83,27 @@ def start_cog_server(
     python: str = sys.executable,
     timeout: float = 600.0,
     schema: bool = True,
+    code_root: Path = REPO_ROOT,
 ) -> CogServer:
-    """Start ``python -m cog.server.http`` for ``ref`` (``path/to/file.py:Name`` under the repo
-    root) with ``project`` as its working directory, and wait until setup has finished.
+    """Start ``python -m cog.server.http`` for ``ref`` (``path/to/file.py:Name`` under
+    ``code_root``, the repo by default, or an image's unpacked ``/src``) with ``project`` as its
+    working directory, and wait until setup has finished.
 
     With ``schema`` the OpenAPI schema is written first, so that coglet validates inputs.
     """
     project.mkdir(parents=True, exist_ok=True)
     if schema:
-        write_schema(project, **({"train": ref} if train else {"predict": ref}), python=python)
+        write_schema(project, **({"train": ref} if train else {"predict": ref}), python=python, code_root=code_root)
     port = free_port()
     path, _, name = ref.partition(":")
     full_env = {
         **os.environ,
         **(env or {}),
         "PORT": str(port),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")])),
         # coglet's worker runs `python` from PATH: make it this interpreter.
         "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
-        "COG_TRAIN_TYPE_STUB" if train else "COG_PREDICT_TYPE_STUB": f"{REPO_ROOT / path}:{name}",
+        "COG_TRAIN_TYPE_STUB" if train else "COG_PREDICT_TYPE_STUB": f"{code_root / path}:{name}",
     }
     cmd = [python, "-m", "cog.server.http", "--host", "127.0.0.1"]
     cmd += ["--x-mode", "train"] if train else []

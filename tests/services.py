@@ -137,8 +137,9 @@ def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = No
 
 
 def buildah_template(root: Path, registry: Registry, repository: str, *, fmt: str = "oci", tag: str = "v1") -> str:
-    """Build a template image with buildah from scratch: /src holds the repo's template code and a
-    cog.yaml, as `cog build -f templates/vanilla/cog.yaml` lays it out. Push it; return its digest."""
+    """Build a template image with buildah from scratch: /src holds the repo's template code
+    (templates/, dreambuild/) and the vanilla cog.yaml, as `cog build -f templates/vanilla/cog.yaml`
+    lays it out (without Python, which the local environment provides). Push it; return its digest."""
     env = containers_env(root, [registry.host])
     store = storage_args(root)
     container = run(["buildah", *store, "from", "scratch"], env).strip()
@@ -148,6 +149,7 @@ def buildah_template(root: Path, registry: Registry, repository: str, *, fmt: st
         (src / "templates").mkdir(parents=True)
         shutil.copy(REPO / "templates" / "predict.py", src / "templates" / "predict.py")
         shutil.copy(REPO / "templates" / "vanilla" / "cog.yaml", src / "cog.yaml")
+        shutil.copytree(REPO / "dreambuild", src / "dreambuild", ignore=shutil.ignore_patterns("__pycache__"))
         run(["buildah", *store, "copy", container, str(src), "/src"], env)
         run(["buildah", *store, "config", "--workingdir", "/src", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "--env", "DREAMBUILD_WEIGHTS=/src/weights",

@@ -1,0 +1,136 @@
+"""``dreambuild predict``: run a built model (or a template with ``--weights``) without Docker.
+
+image → its ``/src`` and ``/opt/dreambuild`` from the layer cache (:mod:`builder.unpack`) → the
+entry point its ``cog.yaml`` names, in a local Cog HTTP server with this Python environment and
+the image's environment (paths mapped) → one prediction → output files.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import mimetypes
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from builder.settings import BuilderSettings
+from builder.unpack import unpack_src
+from dreambuild.cog_server import start_cog_server
+from dreambuild.errors import DreambuildError, InputError
+
+
+class PredictionError(DreambuildError):
+    """The model ran but the prediction failed."""
+
+
+def parse_inputs(pairs: list[str]) -> dict[str, str]:
+    """``key=value`` pairs; ``key=@path`` reads a file (sent as a data URL)."""
+    inputs: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"input {pair!r} is not key=value")
+        if value.startswith("@"):
+            path = Path(value[1:]).expanduser()
+            if not path.is_file():
+                raise InputError(f"input {key}: file {path} does not exist")
+            mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            value = f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+        inputs[key] = value
+    return inputs
+
+
+def coerce(inputs: dict[str, str], schema: dict) -> dict:
+    """Give each value the type the model's OpenAPI schema declares for it."""
+    properties = schema.get("components", {}).get("schemas", {}).get("Input", {}).get("properties", {})
+    typed: dict = {}
+    for key, value in inputs.items():
+        spec = properties.get(key)
+        if spec is None:
+            raise InputError(f"the model has no input {key!r} (it has: {', '.join(sorted(properties))})")
+        kind = spec.get("type") or next((s.get("type") for s in spec.get("anyOf", []) if s.get("type") != "null"), "string")
+        try:
+            if kind == "integer":
+                typed[key] = int(value)
+            elif kind == "number":
+                typed[key] = float(value)
+            elif kind == "boolean":
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                typed[key] = value.lower() in ("true", "1", "yes")
+            else:
+                typed[key] = value
+        except ValueError:
+            raise InputError(f"input {key} must be {kind}, not {value!r}") from None
+    return typed
+
+
+def _call(url: str, body: dict | None = None, timeout: float = 3600) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    for _ in range(40):
+        request = urllib.request.Request(url, data=data, method="POST" if data else "GET", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 409:  # coglet may still be releasing its slot
+                time.sleep(0.25)
+                continue
+            detail = json.loads(exc.read() or b"{}").get("detail")
+            if isinstance(detail, list):
+                detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
+            raise InputError(f"the model refused the input: {detail}") from None
+    raise PredictionError("the model stayed busy")
+
+
+def _write_outputs(output, out_dir: Path) -> list[Path]:
+    items = output if isinstance(output, list) else [output]
+    written = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, item in enumerate(items):
+        match = re.match(r"^data:([^;,]+)?(;base64)?,(.*)$", item, re.S) if isinstance(item, str) else None
+        if match:
+            suffix = mimetypes.guess_extension(match.group(1) or "") or ".bin"
+            path = out_dir / f"output-{i}{suffix}"
+            path.write_bytes(base64.b64decode(match.group(3)) if match.group(2) else match.group(3).encode())
+        else:
+            path = out_dir / f"output-{i}.json"
+            path.write_text(json.dumps(item, indent=2))
+        written.append(path)
+    return written
+
+
+def predict(image: str, pairs: list[str], out_dir: Path, *, weights: Path | None = None,
+            settings: BuilderSettings | None = None, on_step=lambda message: None) -> list[Path]:
+    """Run one prediction of ``image`` with ``key=value`` inputs; return the written files."""
+    inputs = parse_inputs(pairs)
+    if weights is not None and not (Path(weights) / "model_index.json").is_file():
+        raise InputError(f"--weights {weights} is not a diffusers pipeline directory (no model_index.json)")
+    unpacked = unpack_src(image, settings)
+    on_step(f"image {unpacked.reference}: /src at {unpacked.src}")
+    try:
+        config = yaml.safe_load((unpacked.src / "cog.yaml").read_text())
+        entry = config["predict"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise InputError(f"{unpacked.reference} is not a Cog model: /src/cog.yaml with a predict entry is missing") from None
+    env = unpacked.env()
+    if weights is not None:
+        env["DREAMBUILD_WEIGHTS"] = str(Path(weights).resolve())
+    with tempfile.TemporaryDirectory(prefix="dreambuild-predict-") as project:
+        on_step(f"starting {entry} in a local Cog server")
+        server = start_cog_server(entry, Path(project), env=env, code_root=unpacked.src)
+        try:
+            typed = coerce(inputs, _call(f"{server.url}/openapi.json"))
+            on_step("predicting")
+            result = _call(f"{server.url}/predictions", {"input": typed})
+        finally:
+            server.stop()
+    if result.get("status") != "succeeded":
+        raise PredictionError(f"the prediction failed: {result.get('error') or result.get('status')}")
+    return _write_outputs(result.get("output"), out_dir)

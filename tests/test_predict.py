@@ -1,0 +1,50 @@
+"""`dreambuild predict`: a built model image run without Docker, from a real registry."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from builder.build import build_image
+
+CLI = str(Path(sys.executable).parent / "dreambuild")
+
+
+def run_predict(*args, home: Path):
+    env = {**os.environ, "DREAMBUILD_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([CLI, "predict", *args], capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_predict_runs_a_built_image_without_docker(tmp_path, registry, templates, fine_tune, builder_settings):
+    built = build_image(fine_tune, templates["docker"], f"{registry.host}/alice/predictable", settings=builder_settings)
+    done = run_predict(built.image, "-i", "prompt=a photo of a cjw toy", "-i", "num_inference_steps=2", "-i", "width=64",
+                       "-i", "height=64", "-i", "seed=3", "-i", "disable_safety_check=true", "-o", str(tmp_path / "out"),
+                       home=builder_settings.home)
+    assert done.returncode == 0, done.stderr
+    (png,) = [Path(line) for line in done.stdout.split()]
+    assert png.parent == tmp_path / "out" and Image.open(png).size == (64, 64)
+    # The weights were extracted once: the second run reuses the cache and gives the same image.
+    again = run_predict(built.image, "-i", "prompt=a photo of a cjw toy", "-i", "num_inference_steps=2", "-i", "width=64",
+                        "-i", "height=64", "-i", "seed=3", "-i", "disable_safety_check=true", "-o", str(tmp_path / "again"),
+                        home=builder_settings.home)
+    assert again.returncode == 0, again.stderr
+    assert Path(again.stdout.split()[0]).read_bytes() == png.read_bytes()
+
+
+def test_predict_a_template_with_local_weights_and_errors(tmp_path, templates, fine_tune, builder_settings):
+    done = run_predict(templates["docker"], "--weights", str(fine_tune), "-i", "num_inference_steps=1", "-i", "width=64",
+                       "-i", "height=64", "-i", "disable_safety_check=true", "-o", str(tmp_path / "out"), home=builder_settings.home)
+    assert done.returncode == 0, done.stderr
+    cases = [
+        ([templates["docker"], "-i", "steps"], "input 'steps' is not key=value"),
+        ([templates["docker"], "--weights", str(fine_tune), "-i", "image=@/nope.png"], "file /nope.png does not exist"),
+        ([templates["docker"], "--weights", str(fine_tune), "-i", "num_inference_steps=many"], "num_inference_steps must be integer"),
+        ([templates["docker"], "--weights", str(fine_tune), "-i", "colour=red"], "the model has no input 'colour'"),
+        ([templates["docker"].split("@")[0] + ":missing"], "not found in registry"),
+    ]
+    for args, message in cases:
+        failed = run_predict(*args, home=builder_settings.home)
+        errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+        assert failed.returncode == 1 and len(errors) == 1 and message in errors[0] and "Traceback" not in failed.stderr, failed.stderr
