@@ -1,21 +1,24 @@
-"""``dreambuild demo``: the pipeline on embedded defaults, on this machine, with no configuration.
+"""``dreambuild demo``: the whole pipeline on embedded defaults, on this machine, no configuration.
 
-Today it covers the Train step end to end: tiny local base model -> the sample subject photos
--> the trainer running in the real Cog HTTP server -> output.zip -> an image generated from
-the fine-tune by the vanilla template, also in the Cog HTTP server. (Build, push and webhook
-join as their issues land.)
+tiny local models → the vanilla template as an OCI image in the embedded layout (no Docker, no
+Cog build) → the trainings service, in-process, embedded defaults → the seed's request with the
+sample photos → Train (tiny DreamBooth on CPU, the trainer in a real Cog server) → Build + Push
+(into the embedded layout) → Webhook (to a local receiver; signature verified) → ``predict`` on
+the new version without Docker → ``DIR/summary.json`` and ``DIR/output-0.png``.
 """
 
 from __future__ import annotations
 
-import base64
+import http.server
 import json
+import threading
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
-from dreambuild.cog_server import REPO_ROOT, start_cog_server
+import httpx
+
+from dreambuild.cog_server import REPO_ROOT, free_port
 
 SAMPLES = REPO_ROOT / "samples" / "subject"
 CACHE = REPO_ROOT / ".dreambuild" / "cache"
@@ -33,13 +36,11 @@ DEMO_INPUT = {
 }
 
 
-def _tiny_base() -> Path:
-    from dreambuild.tiny_models import build_tiny_sd
-
-    base = CACHE / "tiny-sd"
-    if not (base / "dreambuild-fixture.json").is_file():
-        build_tiny_sd(base)
-    return base
+def _cached(name: str, build) -> Path:
+    path = CACHE / name
+    if not (path / "dreambuild-fixture.json").is_file() and not (path / "config.json").is_file():
+        build(path)
+    return path
 
 
 def _zip_photos(dest: Path) -> Path:
@@ -49,78 +50,146 @@ def _zip_photos(dest: Path) -> Path:
     return dest
 
 
+class _Receiver(http.server.ThreadingHTTPServer):
+    """A webhook receiver on loopback that keeps what it gets."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict, bytes]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def _start_service(data_dir: Path, base: Path):
+    """The service in-process on a free port, embedded defaults (plus where the tiny base is)."""
+    import uvicorn
+
+    from builder.service.api import create_app
+    from builder.service.config import ensure_local_token, load_config
+
+    config = load_config(None, data_dir=data_dir, port=free_port())
+    for entry in config.trainers.values():
+        entry.env["DREAMBUILD_BASE_MODEL"] = str(base)
+    token_file = ensure_local_token(config)
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return config, server, token_file.read_text().strip() if token_file else config.tokens[0].token
+
+
 def run_demo(out: Path, say=print) -> dict:
     """Run the demo and return the summary written to ``out/summary.json``."""
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    from builder.predict import predict
+    from builder.service.config import local_trainer_version
+    from builder.settings import BuilderSettings
+    from builder.template_image import make_template_image
+    from dreambuild.tiny_models import build_tiny_safety_checker, build_tiny_sd
+
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = time.monotonic()
-    base = _tiny_base()
+    base = _cached("tiny-sd", build_tiny_sd)
+    checker = _cached("safety-checker", build_tiny_safety_checker)
     timings["tiny_models"] = time.monotonic() - t
-    say(f"tiny base model: {base}")
-    photos = _zip_photos(out / "photos.zip")
+    data_dir = out / "service"
 
     t = time.monotonic()
-    say("starting the trainer in the Cog HTTP server ...")
-    with start_cog_server("trainer/predict.py:Predictor", out / "trainer-runtime", env={"DREAMBUILD_BASE_MODEL": str(base)}) as server:
-        timings["trainer_setup"] = time.monotonic() - t
-        data_url = "data:application/zip;base64," + base64.b64encode(photos.read_bytes()).decode()
-        body = json.dumps({"input": {**DEMO_INPUT, "instance_data": data_url}}).encode()
-        request = urllib.request.Request(f"{server.url}/predictions", data=body, headers={"Content-Type": "application/json"})
-        t = time.monotonic()
-        say(f"training ({DEMO_INPUT['max_train_steps']} steps on CPU) ...")
-        with urllib.request.urlopen(request, timeout=3600) as resp:
-            prediction = json.load(resp)
-        timings["train"] = time.monotonic() - t
-    if prediction.get("status") != "succeeded":
-        raise SystemExit(f"demo: training failed: {prediction.get('error')}\n{prediction.get('logs', '')[-2000:]}")
-    archive = out / "output.zip"
-    archive.write_bytes(base64.b64decode(prediction["output"].split(",", 1)[1]))
+    template_version = make_template_image(data_dir / "images", "vanilla", baked={"safety-checker": checker})
+    timings["template_image"] = time.monotonic() - t
+    say(f"template image: oci:{data_dir / 'images'}:dreambuild/vanilla@{template_version}")
+
+    config, server, token = _start_service(data_dir, base)
+    receiver = _Receiver()
+    api = httpx.Client(base_url=config.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    try:
+        say(f"service: {config.base_url} (docs: {config.base_url}/docs)")
+        upload = api.post("/v1/uploads/photos.zip", content=_zip_photos(out / "photos.zip").read_bytes()).json()
+        request = {
+            "input": {**DEMO_INPUT, "instance_data": upload["url"]},
+            "trainer_version": local_trainer_version(),
+            "template_version": template_version,
+            "model": "demo/cjw-toy",
+            "notes": "dreambuild demo: tiny DreamBooth on CPU",
+            "webhook_completed": f"http://127.0.0.1:{receiver.server_port}/dreambooth-webhook?demo=1",
+        }
+        (out / "request.json").write_text(json.dumps(request, indent=2))
+        response = api.post("/v1/trainings", json=request)
+        if response.status_code != 201:
+            raise SystemExit(f"demo: the service refused the request: {response.json().get('detail')}")
+        training = response.json()
+        say(f"training {training['id']}: {DEMO_INPUT['max_train_steps']} steps of a tiny DreamBooth on CPU ...")
+        seen: set[str] = set()
+        started = time.monotonic()
+        while training["stage"] != "done":
+            if training["stage"] not in seen:
+                seen.add(training["stage"])
+                say(f"  stage: {training['stage']}")
+            time.sleep(0.2)
+            training = api.get(f"/v1/trainings/{training['id']}").json()
+        timings["service_total"] = time.monotonic() - started
+        timings.update({f"stage_{stage}": seconds for stage, seconds in training["metrics"]["stage_seconds"].items()})
+        if training["status"] != "succeeded":
+            raise SystemExit(f"demo: the training {training['status']}: {training['error']}\n{training['logs'][-2000:]}")
+        say(f"model version: {training['image']}")
+        deadline = time.monotonic() + 30
+        while not receiver.received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        secret = api.get("/v1/webhooks/default/secret").json()["key"]
+        webhook = {"received": bool(receiver.received)}
+        if receiver.received:
+            path, headers, body = receiver.received[0]
+            try:
+                Webhook(secret).verify(body, headers)
+                webhook["signature_valid"] = True
+            except WebhookVerificationError as exc:
+                webhook.update(signature_valid=False, signature_error=str(exc))
+            payload = json.loads(body)
+            webhook.update(path=path, id=headers.get("webhook-id"), status=payload["status"], version=payload["version"])
+        say(f"webhook: {'received, signature ' + ('valid' if webhook.get('signature_valid') else 'INVALID') if webhook['received'] else 'not received'}")
+    finally:
+        api.close()
+        receiver.shutdown()
+        receiver.server_close()
+        server.should_exit = True
 
     t = time.monotonic()
-    image_path = _generate(archive, out, say)
+    say("predict: the new version without Docker (layers from the embedded layout, a local Cog server) ...")
+    # No prompt: the template defaults to the instance prompt recorded in args.json.
+    written = predict(training["image"], ["num_inference_steps=20", "seed=0"], out,
+                      settings=BuilderSettings(home=data_dir))
     timings["predict"] = time.monotonic() - t
     summary = {
-        "training_id": prediction["id"],
-        "status": prediction["status"],
-        "metrics": prediction.get("metrics", {}),
-        "output_zip": str(archive),
-        "output_zip_bytes": archive.stat().st_size,
-        "image": str(image_path),
+        "training_id": training["id"],
+        "status": training["status"],
+        "version": training["version"],
+        "image": training["image"],
+        "template_version": template_version,
+        "metrics": training["metrics"],
+        "webhook": webhook,
+        "outputs": [str(p) for p in written],
         "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    say(f"done: {out / 'summary.json'} and {image_path}")
-    say(
-        "With real weights on a GPU machine: `python -m trainer.fetch_base_model && cog build` (README, "
-        "'Training with Cog'), then the same request with resolution 512 and max_train_steps ~2000."
-    )
+    say(f"done: {out / 'summary.json'} and {', '.join(str(p) for p in written)}")
+    say("With real SD 1.5 weights on a GPU machine: build and push the trainer and template images with Cog "
+        "(README: 'Training with Cog on a GPU machine', 'Build, push, predict'), list them in the service's catalog "
+        "(README: the trainings service), and send the same request with "
+        "resolution 512 and max_train_steps ~2000.")
     return summary
-
-
-def _generate(archive: Path, out: Path, say=print) -> Path:
-    """Predict with the fine-tune through the vanilla template in the real Cog HTTP server."""
-    import shutil
-
-    from dreambuild.archives import extract_zip
-    from dreambuild.tiny_models import build_tiny_safety_checker
-
-    weights = out / "weights"
-    if weights.exists():
-        shutil.rmtree(weights)
-    extract_zip(archive, weights, label="output.zip")
-    checker = CACHE / "safety-checker"
-    if not (checker / "config.json").is_file():
-        build_tiny_safety_checker(checker)
-    env = {"DREAMBUILD_WEIGHTS": str(weights), "DREAMBUILD_SAFETY_CHECKER": str(checker)}
-    say("predicting with the vanilla template in the Cog HTTP server ...")
-    with start_cog_server("templates/predict.py:Vanilla", out / "template-runtime", env=env) as server:
-        # No prompt: the template defaults to the instance prompt recorded in args.json.
-        body = json.dumps({"input": {"num_inference_steps": 20, "seed": 0}}).encode()
-        request = urllib.request.Request(f"{server.url}/predictions", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=600) as resp:
-            prediction = json.load(resp)
-    if prediction.get("status") != "succeeded":
-        raise SystemExit(f"demo: prediction failed: {prediction.get('error')}")
-    path = out / "output.png"
-    path.write_bytes(base64.b64decode(prediction["output"][0].split(",", 1)[1]))
-    return path

@@ -32,6 +32,9 @@ OPAQUE = ".wh..wh..opq"
 COMPLETE = ".dreambuild-complete"
 # What a model needs to run: its code and weights, and the weights its template baked.
 PREFIXES = (("src",), ("opt", "dreambuild"))
+# dreambuild.inference.locations' defaults under /opt/dreambuild, by the variable overriding each.
+BAKED_DEFAULTS = {"DREAMBUILD_CONTROLNET": "controlnet", "DREAMBUILD_ANNOTATORS": "annotators",
+                  "DREAMBUILD_SAFETY_CHECKER": "safety-checker"}
 
 
 class _LayerReader(io.RawIOBase):
@@ -186,13 +189,19 @@ class UnpackedImage:
         return self.root / "src"
 
     def env(self) -> dict[str, str]:
-        """The image's ``Env``, with its paths under /src and /opt/dreambuild mapped to ``root``."""
+        """The image's ``Env``, with its paths under /src and /opt/dreambuild mapped to ``root``,
+        and the template's baked weights (its defaults under /opt/dreambuild) pointed at too."""
         mapped = {}
         for key, value in image_env(self.config).items():
             for prefix in ("/src", "/opt/dreambuild"):
                 if value == prefix or value.startswith(prefix + "/"):
                     value = str(self.root) + value
             mapped[key] = value
+        mapped.pop("PATH", None)  # the image's PATH names the image's Python, not this machine's
+        baked = self.root / "opt" / "dreambuild"
+        for variable, folder in BAKED_DEFAULTS.items():
+            if variable not in mapped and (baked / folder).is_dir():
+                mapped[variable] = str(baked / folder)
         return mapped
 
 

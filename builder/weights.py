@@ -161,39 +161,49 @@ class ZipWeights:
         self._zip.close()
 
 
+def walk_tree(root: Path, label: str, limits: ArchiveLimits = WEIGHTS_LIMITS) -> list[tuple[tuple[str, ...], os.stat_result]]:
+    """Every directory and regular file under ``root``, sorted by path; refuses links and
+    special files, and trees past ``limits``."""
+    paths: list[tuple[tuple[str, ...], os.stat_result]] = []
+    total = 0
+    for current, dirs, files in os.walk(root):
+        rel = Path(current).relative_to(root).parts
+        for name in dirs + files:
+            st = (Path(current) / name).lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise InputError(f"{label} contains a symbolic link, which an image layer must not carry: {'/'.join(rel + (name,))}")
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                raise InputError(f"{label} contains a special file: {'/'.join(rel + (name,))}")
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            paths.append((rel + (name,), st))
+    if len(paths) > limits.max_files:
+        raise InputError(f"{label} has {len(paths)} files, more than the limit of {limits.max_files}")
+    if total > limits.max_total_bytes:
+        raise InputError(f"{label} holds {total} bytes, more than the limit of {limits.max_total_bytes}")
+    return sorted(paths, key=lambda item: item[0])
+
+
+def tree_entries(root: Path, paths: list[tuple[tuple[str, ...], os.stat_result]]) -> Iterator[WeightsEntry]:
+    """Layer entries for a walked tree."""
+    for parts, st in paths:
+        path = root.joinpath(*parts)
+        if stat.S_ISDIR(st.st_mode):
+            yield WeightsEntry("/".join(parts), True)
+        else:
+            yield WeightsEntry("/".join(parts), False, st.st_size, lambda path=path: open(path, "rb"))
+
+
 class DirWeights:
     """Weights in a directory (a ``save_pretrained`` pipeline)."""
 
     def __init__(self, directory: Path, *, label: str = "weights", limits: ArchiveLimits = WEIGHTS_LIMITS) -> None:
         self.label = label
         self.root = locate_pipeline_root(Path(directory))
-        self._paths: list[tuple[tuple[str, ...], os.stat_result]] = []
-        total = 0
-        for current, dirs, files in os.walk(self.root):
-            rel = Path(current).relative_to(self.root).parts
-            for name in dirs + files:
-                path = Path(current) / name
-                st = path.lstat()
-                if stat.S_ISLNK(st.st_mode):
-                    raise InputError(f"{label} contains a symbolic link, which an image layer must not carry: {'/'.join(rel + (name,))}")
-                if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-                    raise InputError(f"{label} contains a special file: {'/'.join(rel + (name,))}")
-                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
-                self._paths.append((rel + (name,), st))
-        if len(self._paths) > limits.max_files:
-            raise InputError(f"{label} has {len(self._paths)} files, more than the limit of {limits.max_files}")
-        if total > limits.max_total_bytes:
-            raise InputError(f"{label} holds {total} bytes, more than the limit of {limits.max_total_bytes}")
-        self._paths.sort(key=lambda item: item[0])
+        self._paths = walk_tree(self.root, label, limits)
         check_diffusers_layout(self.root, label)
 
     def entries(self) -> Iterator[WeightsEntry]:
-        for parts, st in self._paths:
-            path = self.root.joinpath(*parts)
-            if stat.S_ISDIR(st.st_mode):
-                yield WeightsEntry("/".join(parts), True)
-            else:
-                yield WeightsEntry("/".join(parts), False, st.st_size, lambda path=path: open(path, "rb"))
+        return tree_entries(self.root, self._paths)
 
     def total_bytes(self) -> int:
         return sum(st.st_size for _, st in self._paths if stat.S_ISREG(st.st_mode))

@@ -59,7 +59,7 @@ def public_training(doc: dict, base_url: str) -> dict:
         "completed_at": doc.get("completed_at"),
         "logs": doc.get("logs") or "",
         "error": doc.get("error"),
-        "metrics": doc.get("metrics") or {},
+        "metrics": {**(doc.get("metrics") or {}), "stage_seconds": _stage_seconds(doc)},
         # The seed's version is the new model version; Replicate's client requires a string here
         # and means the trainer version, which is also what a seed training shows until built.
         "version": doc["trainer_version"] if replicate_style else (doc.get("version") or doc["trainer_version"]),
@@ -68,6 +68,16 @@ def public_training(doc: dict, base_url: str) -> dict:
         "output": {"version": f"{doc['model']}:{doc['version']}", "weights": weights} if doc.get("version") else None,
         "urls": {"get": f"{base_url}/v1/trainings/{doc['id']}", "cancel": f"{base_url}/v1/trainings/{doc['id']}/cancel"},
     }
+
+
+STAGES = ("queued", "training", "building", "webhook", "done")
+
+
+def _stage_seconds(doc: dict) -> dict[str, float]:
+    """How long each finished stage took (a resumed stage counts from its last start)."""
+    started = doc.get("stage_started") or {}
+    reached = [stage for stage in STAGES if stage in started]
+    return {first: round(started[second] - started[first], 3) for first, second in zip(reached, reached[1:])}
 
 
 class Pipeline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,6 +93,7 @@ class Store:
     # --- trainings ---------------------------------------------------------------------------
 
     def create_training(self, doc: dict[str, Any]) -> dict[str, Any]:
+        doc.setdefault("stage_started", {})[doc["stage"]] = time.time()
         with self._tx() as db:
             db.execute("INSERT INTO trainings (id, owner, status, doc) VALUES (?, ?, ?, ?)",
                        (doc["id"], doc["owner"], doc["status"], json.dumps(doc)))
@@ -112,6 +114,8 @@ class Store:
             extra = changes.pop("logs_append", None)
             if extra:
                 doc["logs"] = (doc.get("logs") or "") + extra
+            if "stage" in changes and changes["stage"] != doc.get("stage"):
+                doc.setdefault("stage_started", {})[changes["stage"]] = time.time()
             doc.update(changes)
             db.execute("UPDATE trainings SET status = ?, doc = ? WHERE id = ?", (doc["status"], json.dumps(doc), training_id))
             return doc
