@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -117,3 +118,114 @@ def build(
         print(json.dumps({k: v for k, v in result.as_json().items() if k != "steps"}))
     else:
         print(result.image)
+
+
+# --- the service's client commands -----------------------------------------------------------
+
+URL_OPTION = typer.Option(None, "--url", help="Service URL (default DREAMBUILD_URL or http://127.0.0.1:8000).")
+TOKEN_OPTION = typer.Option(None, "--token", help="API token (default DREAMBUILD_TOKEN or .dreambuild/token).")
+trainings_app = typer.Typer(help="List, show and cancel trainings.", no_args_is_help=True)
+versions_app = typer.Typer(help="A model's built versions.", no_args_is_help=True)
+app.add_typer(trainings_app, name="trainings")
+app.add_typer(versions_app, name="versions")
+
+
+def _client(url, token):
+    from builder.client import ServiceClient
+
+    return ServiceClient(url, token)
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _step_of(logs: str) -> str:
+    """The trainer's latest progress line (step N/M, loss, ETA), if any."""
+    for line in reversed((logs or "").splitlines()):
+        if line.lstrip().startswith("step "):
+            return line.strip()
+    return ""
+
+
+@app.command()
+def train(
+    inputs: list[str] = typer.Option([], "-i", "--input", help="Trainer input key=value; key=@file uploads the file first."),
+    file: Path = typer.Option(None, "--file", help="A JSON request (the seed's payload); flags override it."),
+    trainer_version: str = typer.Option(None, help="Trainer version from the service's catalog."),
+    template_version: str = typer.Option(None, help="Template version from the service's catalog."),
+    model: str = typer.Option(None, help="owner/name to push the new version to."),
+    notes: str = typer.Option(None, help="Notes for the new version."),
+    webhook: str = typer.Option(None, help="webhook_completed URL."),
+    wait: bool = typer.Option(False, "--wait", help="Show the stages live; exit non-zero unless the training succeeds."),
+    url: str = URL_OPTION,
+    token: str = TOKEN_OPTION,
+) -> None:
+    """Submit a training (POST /v1/trainings); print its id, or wait for it."""
+    try:
+        client = _client(url, token)
+        request = json.loads(file.read_text()) if file else {}
+        request.setdefault("input", {}).update(client.inputs(inputs))
+        for key, value in {"trainer_version": trainer_version, "template_version": template_version, "model": model,
+                           "notes": notes, "webhook_completed": webhook}.items():
+            if value is not None:
+                request[key] = value
+        training = client.request("POST", "/v1/trainings", json=request)
+        if not wait:
+            print(training["id"])
+            return
+        with err.status(f"{training['id']}: queued") as status:
+            while training["stage"] != "done":
+                time.sleep(1)
+                training = client.request("GET", f"/v1/trainings/{training['id']}")
+                detail = {"training": _step_of(training["logs"]), "building": "building and pushing the image"}.get(training["stage"], "")
+                status.update(f"{training['id']}: {training['stage']} {detail}".rstrip())
+    except (DreambuildError, OSError, ValueError) as exc:
+        fail(str(exc))
+    if training["status"] != "succeeded":
+        fail(f"training {training['id']} {training['status']}: {training.get('error')}")
+    print(training["image"])
+
+
+@trainings_app.command("list")
+def trainings_list(limit: int = typer.Option(20, help="How many, newest first."), url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
+    """The newest trainings: id, status, stage, model, version."""
+    try:
+        page = _client(url, token).request("GET", "/v1/trainings", params={"limit": limit})
+    except DreambuildError as exc:
+        fail(str(exc))
+    for t in page["results"]:
+        print(f"{t['id']}  {t['status']:10} {t['stage']:9} {t['model']}  {t.get('model_version') or ''}".rstrip())
+
+
+@trainings_app.command("get")
+def trainings_get(training_id: str, url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
+    """One training, as JSON."""
+    try:
+        _print_json(_client(url, token).request("GET", f"/v1/trainings/{training_id}"))
+    except DreambuildError as exc:
+        fail(str(exc))
+
+
+@trainings_app.command("cancel")
+def trainings_cancel(training_id: str, url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
+    """Cancel a training (stops its trainer)."""
+    try:
+        training = _client(url, token).request("POST", f"/v1/trainings/{training_id}/cancel")
+    except DreambuildError as exc:
+        fail(str(exc))
+    print(f"{training['id']}: cancel requested ({training['status']})")
+
+
+@versions_app.command("list")
+def versions_list(model: str = typer.Argument(..., help="owner/name"), url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
+    """A model's built versions, newest first: digest, image, training, notes."""
+    owner, sep, name = model.partition("/")
+    if not sep:
+        fail(f"model {model!r} must be owner/name")
+    try:
+        page = _client(url, token).request("GET", f"/v1/models/{owner}/{name}/versions")
+    except DreambuildError as exc:
+        fail(str(exc))
+    for v in page["results"]:
+        print(f"{v['id']}  {v['image']}  {v['training_id']}  {v.get('notes') or ''}".rstrip())
