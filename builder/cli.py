@@ -70,13 +70,16 @@ def predict(
     inputs: list[str] = typer.Option([], "-i", "--input", help="key=value; key=@file for a file input (repeatable)."),
     out: Path = typer.Option(Path("."), "-o", "--out", help="Directory for the outputs."),
     weights: Path = typer.Option(None, help="A fine-tune directory to use instead of the image's /src/weights (try a template)."),
+    engine: str = typer.Option("auto", help="docker (docker run), local (no Docker: a local Cog server), or auto."),
+    gpus: bool = typer.Option(True, help="With the docker engine: request the GPUs."),
 ) -> None:
-    """Run a model image locally, without Docker: pulls its layers into a cache, runs it in a local Cog server."""
+    """Run a model image: with a Docker engine, `docker run`; without, its layers are pulled into a
+    cache and it runs in a local Cog server with this Python environment."""
     from builder.predict import predict as run_prediction
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:
-        written = run_prediction(image, inputs, out, weights=weights,
+        written = run_prediction(image, inputs, out, weights=weights, engine=engine, gpus=gpus,
                                  on_step=lambda message: err.print(f"[dim]•[/] {message}", highlight=False, soft_wrap=True))
     except DreambuildError as exc:
         fail(str(exc))

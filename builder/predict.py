@@ -106,12 +106,30 @@ def _write_outputs(output, out_dir: Path) -> list[Path]:
     return written
 
 
-def predict(image: str, pairs: list[str], out_dir: Path, *, weights: Path | None = None,
-            settings: BuilderSettings | None = None, on_step=lambda message: None) -> list[Path]:
-    """Run one prediction of ``image`` with ``key=value`` inputs; return the written files."""
+ENGINES = ("auto", "local", "docker")
+
+
+def predict(image: str, pairs: list[str], out_dir: Path, *, weights: Path | None = None, engine: str = "auto",
+            gpus: bool = True, settings: BuilderSettings | None = None, on_step=lambda message: None) -> list[Path]:
+    """Run one prediction of ``image`` with ``key=value`` inputs; return the written files.
+
+    ``engine``: ``docker`` runs the image with the engine at DOCKER_HOST; ``local`` unpacks it
+    and runs it in a local Cog server; ``auto`` uses docker when an engine answers and the
+    image is in a registry (and no ``weights`` are given), else local.
+    """
     inputs = parse_inputs(pairs)
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}: use {', '.join(ENGINES)}")
     if weights is not None and not (Path(weights) / "model_index.json").is_file():
         raise InputError(f"--weights {weights} is not a diffusers pipeline directory (no model_index.json)")
+    if engine == "auto":
+        from builder.docker_build import engine_available
+
+        engine = "docker" if weights is None and not image.startswith("oci:") and engine_available() else "local"
+    if engine == "docker":
+        if weights is not None or image.startswith("oci:"):
+            raise InputError("the docker engine runs registry images as they are: use --engine local for --weights or oci: images")
+        return _predict_in_docker(image, inputs, out_dir, gpus=gpus, on_step=on_step)
     unpacked = unpack_src(image, settings)
     on_step(f"image {unpacked.reference}: /src at {unpacked.src}")
     try:
@@ -131,6 +149,27 @@ def predict(image: str, pairs: list[str], out_dir: Path, *, weights: Path | None
             result = _call(f"{server.url}/predictions", {"input": typed})
         finally:
             server.stop()
+    return _outputs(result, out_dir)
+
+
+def _outputs(result: dict, out_dir: Path) -> list[Path]:
     if result.get("status") != "succeeded":
         raise PredictionError(f"the prediction failed: {result.get('error') or result.get('status')}")
     return _write_outputs(result.get("output"), out_dir)
+
+
+def _predict_in_docker(image: str, inputs: dict[str, str], out_dir: Path, *, gpus: bool, on_step) -> list[Path]:
+    """``docker run`` the image (its own Python and CUDA), one prediction, then remove it."""
+    import uuid
+
+    from builder.service.runners import start_cog_container
+
+    on_step(f"running {image} with the Docker engine")
+    run = start_cog_container(image, name=f"dreambuild-predict-{uuid.uuid4().hex[:12]}", gpus=gpus, what="model image")
+    try:
+        typed = coerce(inputs, _call(f"{run.base_url}/openapi.json"))
+        on_step("predicting")
+        result = _call(f"{run.base_url}/predictions", {"input": typed})
+    finally:
+        run.stop()
+    return _outputs(result, out_dir)

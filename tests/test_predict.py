@@ -48,3 +48,24 @@ def test_predict_a_template_with_local_weights_and_errors(tmp_path, templates, f
         failed = run_predict(*args, home=builder_settings.home)
         errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
         assert failed.returncode == 1 and len(errors) == 1 and message in errors[0] and "Traceback" not in failed.stderr, failed.stderr
+
+
+def test_predict_with_a_docker_engine(tmp_path, templates, podman, fine_tune, builder_settings):
+    """With an engine the image runs with `docker run` (containers cannot start on these machines:
+    podman's refusal must come back as one clear line, and no container is left behind)."""
+    import docker
+
+    env_home = builder_settings.home
+    os.environ["DOCKER_HOST"] = podman.docker_host
+    try:
+        failed = run_predict(templates["docker"], "--no-gpus", "-i", "num_inference_steps=1", home=env_home)
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+        errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "model image" in errors[0], failed.stderr
+        assert "running" in failed.stderr  # auto picked the engine
+        left = docker.DockerClient(base_url=podman.docker_host).containers.list(all=True, filters={"name": "dreambuild-predict-"})
+        assert left == []
+        mixed = run_predict(templates["docker"], "--engine", "docker", "--weights", str(fine_tune), home=env_home)
+        assert "use --engine local" in mixed.stderr and mixed.returncode == 1
+    finally:
+        del os.environ["DOCKER_HOST"]

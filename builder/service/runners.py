@@ -108,49 +108,57 @@ def remove_container(name: str) -> None:
         pass
 
 
-def _start_container(entry: TrainerEntry, prediction_id: str, upload_url: str, timeout: float = 1800) -> Run:
-    """Run the trainer image with the GPUs, publish Cog's port on loopback, wait until READY."""
+def start_cog_container(image: str, *, name: str, command: list[str] | None = None, env: dict[str, str] | None = None,
+                        gpus: bool = True, timeout: float = 1800, what: str = "image") -> Run:
+    """Run a Cog model image with the docker SDK (GPUs requested, Cog's port published on
+    loopback) and wait until its server is READY."""
     import docker
     import docker.errors
 
     from builder.docker_build import docker_client
 
-    if not entry.image:
-        raise RunnerError(f"trainer {entry.name!r} uses the docker runner but names no image")
     client = docker_client()
     try:
         container = client.containers.run(
-            entry.image, ["python", "-m", "cog.server.http", "--upload-url", upload_url], detach=True,
-            name=container_name(prediction_id), environment=entry.env, ports={"5000/tcp": ("127.0.0.1", None)},
-            device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if entry.gpus else None,
+            image, command, detach=True, name=name, environment=env or {}, ports={"5000/tcp": ("127.0.0.1", None)},
+            device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
         )
     except docker.errors.DockerException as exc:
-        remove_container(container_name(prediction_id))
-        raise RunnerError(f"cannot start the trainer image {entry.image}: {getattr(exc, 'explanation', None) or exc}") from None
-    run = Run(base_url="", prediction_id=prediction_id, container=container)
+        remove_container(name)
+        raise RunnerError(f"cannot start the {what} {image}: {getattr(exc, 'explanation', None) or exc}") from None
+    run = Run(base_url="", prediction_id="", container=container)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not run.alive():
             logs = run.logs()
             run.stop()
-            raise RunnerError(f"the trainer container exited during setup: {logs[-500:]}")
+            raise RunnerError(f"the {what} container exited during setup: {logs[-500:]}")
         container.reload()
         ports = (container.ports or {}).get("5000/tcp") or []
         if ports:
             run.base_url = f"http://127.0.0.1:{ports[0]['HostPort']}"
             try:
                 status, health = _request("GET", f"{run.base_url}/health-check", attempts=1)
-                if status == 200 and health.get("status") == "READY":
-                    return run
-                if health.get("status") in ("SETUP_FAILED", "DEFUNCT"):
-                    run.stop()
-                    raise RunnerError(f"the trainer's setup failed: {str(health.get('setup', {}).get('logs', ''))[-500:]}")
-            except RunnerError as exc:
-                if "setup failed" in str(exc):
-                    raise
+            except RunnerError:
+                status, health = 0, {}
+            if status == 200 and health.get("status") == "READY":
+                return run
+            if health.get("status") in ("SETUP_FAILED", "DEFUNCT"):
+                run.stop()
+                raise RunnerError(f"the {what}'s setup failed: {str(health.get('setup', {}).get('logs', ''))[-500:]}")
         time.sleep(1)
     run.stop()
-    raise RunnerError(f"the trainer container was not ready after {timeout:.0f}s")
+    raise RunnerError(f"the {what} container was not ready after {timeout:.0f}s")
+
+
+def _start_container(entry: TrainerEntry, prediction_id: str, upload_url: str) -> Run:
+    """The trainer image, told where to upload output.zip."""
+    if not entry.image:
+        raise RunnerError(f"trainer {entry.name!r} uses the docker runner but names no image")
+    run = start_cog_container(entry.image, name=container_name(prediction_id), env=entry.env, gpus=entry.gpus, what="trainer image",
+                              command=["python", "-m", "cog.server.http", "--upload-url", upload_url])
+    run.prediction_id = prediction_id
+    return run
 
 
 def start_run(entry: TrainerEntry, prediction_id: str, inputs: dict, *, webhook: str, upload_url: str, workdir: Path) -> Run:
