@@ -143,16 +143,17 @@ def predict(image: str, pairs: list[str], out_dir: Path, *, weights: Path | None
     with tempfile.TemporaryDirectory(prefix="dreambuild-predict-") as project:
         on_step(f"starting {entry} in a local Cog server")
         server = start_cog_server(entry, Path(project), env=env, code_root=unpacked.src)
-        try:
-            typed = coerce(inputs, _call(f"{server.url}/openapi.json"))
-            on_step("predicting")
-            result = _call(f"{server.url}/predictions", {"input": typed})
-        finally:
-            server.stop()
-    return _outputs(result, out_dir)
+        return _predict_once(server.url, inputs, out_dir, server.stop, on_step)
 
 
-def _outputs(result: dict, out_dir: Path) -> list[Path]:
+def _predict_once(base_url: str, inputs: dict[str, str], out_dir: Path, stop, on_step) -> list[Path]:
+    """Type the inputs by the model's schema, run one prediction, stop the server, write outputs."""
+    try:
+        typed = coerce(inputs, _call(f"{base_url}/openapi.json"))
+        on_step("predicting")
+        result = _call(f"{base_url}/predictions", {"input": typed})
+    finally:
+        stop()
     if result.get("status") != "succeeded":
         raise PredictionError(f"the prediction failed: {result.get('error') or result.get('status')}")
     return _write_outputs(result.get("output"), out_dir)
@@ -166,10 +167,4 @@ def _predict_in_docker(image: str, inputs: dict[str, str], out_dir: Path, *, gpu
 
     on_step(f"running {image} with the Docker engine")
     run = start_cog_container(image, name=f"dreambuild-predict-{uuid.uuid4().hex[:12]}", gpus=gpus, what="model image")
-    try:
-        typed = coerce(inputs, _call(f"{run.base_url}/openapi.json"))
-        on_step("predicting")
-        result = _call(f"{run.base_url}/predictions", {"input": typed})
-    finally:
-        run.stop()
-    return _outputs(result, out_dir)
+    return _predict_once(run.base_url, inputs, out_dir, run.stop, on_step)
