@@ -54,3 +54,16 @@ def test_cli_errors_are_one_line(tmp_path, service):  # noqa: F811
     assert "401" in one_error(cli(service, "trainings", "list", token="wrong"))
     assert "cannot reach the service" in one_error(cli(service, "trainings", "list", "--url", "http://127.0.0.1:9"))
     assert "must be owner/name" in one_error(cli(service, "versions", "list", "alice"))
+
+
+def test_cancel_from_the_cli(tmp_path, service):  # noqa: F811
+    template = next(iter(service.config["templates"]))
+    submitted = cli(service, "train", "-i", "instance_prompt=a photo of a cjw toy", "-i", "class_prompt=a photo of a toy",
+                    "-i", f"instance_data=@{photos_zip(tmp_path / 'photos.zip')}", "-i", "max_train_steps=5000", "-i", "resolution=64",
+                    "-i", "with_prior_preservation=false", "--trainer-version", local_trainer_version(),
+                    "--template-version", template, "--model", "alice/canceled")
+    assert submitted.returncode == 0, submitted.stderr
+    training_id = submitted.stdout.strip()
+    canceled = cli(service, "trainings", "cancel", training_id)
+    assert canceled.returncode == 0 and "cancel requested" in canceled.stdout
+    assert service.wait(training_id, timeout=300)["status"] == "canceled"

@@ -69,3 +69,11 @@ def test_predict_with_a_docker_engine(tmp_path, templates, podman, fine_tune, bu
         assert "use --engine local" in mixed.stderr and mixed.returncode == 1
     finally:
         del os.environ["DOCKER_HOST"]
+
+
+def test_predict_from_an_unreachable_registry_is_one_line(tmp_path, builder_settings):
+    from dreambuild.cog_server import free_port
+
+    failed = run_predict(f"127.0.0.1:{free_port()}/alice/model@sha256:" + "a" * 64, "--engine", "local", home=builder_settings.home)
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert failed.returncode == 1 and len(errors) == 1 and "cannot reach registry" in errors[0], failed.stderr
