@@ -13,8 +13,8 @@ from tests.test_service import receiver, service  # noqa: F401  (module fixtures
 CLI = str(Path(sys.executable).parent / "dreambuild")
 
 
-def cli(service, *args, token="tok-alice"):
-    env = {**os.environ, "DREAMBUILD_URL": service.url, "DREAMBUILD_TOKEN": token}
+def cli(server, *args, token="tok-alice"):
+    env = {**os.environ, "DREAMBUILD_URL": server.url, "DREAMBUILD_TOKEN": token}
     return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=900)
 
 
