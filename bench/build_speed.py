@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from builder.build import build_image  # noqa: E402
 from builder.settings import BuilderSettings  # noqa: E402
 from dreambuild.archives import ArchiveLimits, extract_zip  # noqa: E402
-from tests.services import buildah_template, containers_env, run, start_podman, start_registry, storage_args  # noqa: E402
+from fixtures.services import buildah_template, containers_env, run, start_podman, start_registry, storage_args  # noqa: E402
 
 COMPONENTS = {"unet": 0.70, "text_encoder": 0.20, "vae": 0.10}
 
@@ -74,7 +74,7 @@ def floor(archive: Path) -> float:
 
 def registry_ingest(registry: str, archive: Path) -> float:
     """Push the archive's bytes, already in memory and hashed, as one streamed blob upload."""
-    from builder.registry import BlobUpload, RegistryClient
+    from builder.oci.registry import BlobUpload, RegistryClient
 
     data = archive.read_bytes()
     chunks = [data[i:i + 8 * 2**20] for i in range(0, len(data), 8 * 2**20)]

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builder.layer import Compression  # noqa: E402
+from builder.oci.layer import Compression  # noqa: E402
 
 CHOICES = ["none", "gzip:1", "gzip:6", "zstd:1", "zstd:3"]
 FINE_TUNE = 2 * 2**30

@@ -1,5 +1,5 @@
 """Template speed: setup seconds, denoising steps/s and peak memory of the templates' predictor
-core (dreambuild.inference) on whatever device is present, with a random-weight pipeline of
+core (templates.inference) on whatever device is present, with a random-weight pipeline of
 Stable Diffusion 1.5's exact layer shapes generated locally.
 
 Baselines, printed as ratios in the same run:
@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dreambuild.inference.generator import ImageGenerator  # noqa: E402
-from dreambuild.inference.locations import WeightLocations  # noqa: E402
-from dreambuild.inference.request import GenerationRequest  # noqa: E402
-from dreambuild.tiny_models import build_sd  # noqa: E402
+from fixtures.tiny_models import build_sd  # noqa: E402
+from templates.inference.generator import ImageGenerator  # noqa: E402
+from templates.inference.locations import WeightLocations  # noqa: E402
+from templates.inference.request import GenerationRequest  # noqa: E402
 
 PUBLISHED = {"fal.ai A100 SDPA": 1.60, "fal.ai A100 SDPA+compile+channels_last": 1.06}
 PROMPT = "a photo of a cjw toy on a beach, golden hour, detailed"
@@ -78,7 +78,7 @@ def bench_plain_diffusers(weights: Path, device: torch.device, dtype: torch.dtyp
     seconds = time_images(lambda: pipe(PROMPT, width=size, height=size, num_inference_steps=steps,
                                        generator=torch.Generator("cpu").manual_seed(0)), device, repeats)
     result = {"setup_s": setup, "s_per_image": seconds, "peak_gib": peak_memory_gib(device)}
-    del pipe
+    pipe = None  # freed before the cache is emptied
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
@@ -99,7 +99,7 @@ def bench_template(weights: Path, device: torch.device, size: int, steps: int, r
     first = time.perf_counter() - first
     seconds = time_images(lambda: generator.generate(request), device, repeats)
     result = {"setup_s": setup, "first_image_s": first, "s_per_image": seconds, "peak_gib": peak_memory_gib(device)}
-    del generator
+    generator = None  # freed before the cache is emptied
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result

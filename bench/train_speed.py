@@ -2,7 +2,7 @@
 
     python bench/train_speed.py [--steps 60] [--resolution 512] [--variants fp32,fp16,fp16+8bit,bf16+8bit]
 
-Random weights with SD 1.5's shapes (`dreambuild/tiny_models.py`, shape ``sd15``), the sample
+Random weights with SD 1.5's shapes (`fixtures/tiny_models.py`, shape ``sd15``), the sample
 subject photos, the trainer's own `run_job` (as a prediction runs it) with its defaults except:
 no prior preservation (no class images to generate), the given steps and resolution. Text
 encoder trained (the default), batch 1. Each variant prints seconds per step over the whole run
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dreambuild.tiny_models import build_sd  # noqa: E402
+from fixtures.tiny_models import build_sd  # noqa: E402
 
 VARIANTS = {
     "fp32": {"mixed_precision": "no", "use_8bit_adam": False},

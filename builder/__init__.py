@@ -1,1 +1,3 @@
-"""The image builder, the trainings service and the ``dreambuild`` command line."""
+"""The host side of dreambuild: the image builder (this folder: ``build`` and its backends), the
+OCI library (``oci/``), running Cog models (``cog/``), the trainings service (``service/``) and
+the command line (``cli/``)."""

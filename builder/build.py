@@ -6,7 +6,6 @@ request → destination and template resolved → weights opened and checked (be
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -14,15 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from builder.image import family, image_size, pick_platform
-from builder.layer import Compression, write_layer
-from builder.oci_build import LayerCache, Template, build_oci, image_labels
-from builder.references import (ImageRef, LayoutRef, RegistryRef, names_registry, normalize_digest, parse_image_ref,
-                                parse_layout_ref, parse_registry_ref)
+from builder.cog.container import engine_available
+from builder.oci.layer import Compression, write_layer
+from builder.oci.manifest import family, image_size
+from builder.oci.references import ImageRef, LayoutRef, RegistryRef, names_registry, parse_layout_ref, parse_registry_ref
+from builder.oci.resolve import ResolvedImage, resolve_image
+from builder.oci.stores import open_store
+from builder.oci_build import LayerCache, build_oci, image_labels
 from builder.settings import BuilderSettings
-from builder.stores import Store, open_store
 from builder.weights import WeightsSource, open_weights
-from dreambuild.errors import ImageNotFoundError, ImageReferenceError, InputError, RegistryError
+from dreambuild.errors import ImageReferenceError, InputError
 
 BACKENDS = ("auto", "oci", "docker")
 
@@ -53,83 +53,53 @@ class Reporter:
     weights_bytes: Callable[[int], None] = lambda n: None
 
 
-def parse_destination(model: str, settings: BuilderSettings) -> tuple[ImageRef, str]:
-    """``registry/owner/name[:tag]``, ``owner/name[:tag]`` or ``oci:PATH:owner/name[:tag]`` → (ref, tag)."""
-    if not isinstance(model, str) or not model.strip():
+def model_ref(name: str, settings: BuilderSettings) -> ImageRef:
+    """A model named without a registry, ``owner/name[:tag]``: in the configured registry, else in
+    the embedded OCI layout. (The service's model names are always this, even with a ``.`` in
+    the owner, which a bare reference would read as a registry host.)"""
+    if settings.registry:
+        return parse_registry_ref(f"{settings.registry}/{name}", what="model")
+    checked = parse_registry_ref(name, what="model", default_registry="localhost")  # same name rules
+    return LayoutRef(settings.layout, name=name.split("@")[0], digest=checked.digest)
+
+
+def parse_destination(model: str | ImageRef, settings: BuilderSettings) -> tuple[ImageRef, str]:
+    """``registry/owner/name[:tag]``, ``owner/name[:tag]``, ``oci:PATH:owner/name[:tag]`` or a
+    parsed reference → (ref with its tag, tag)."""
+    if isinstance(model, (RegistryRef, LayoutRef)):
+        ref = model
+    elif not isinstance(model, str) or not model.strip():
         raise ImageReferenceError("model is empty: give owner/name, registry/owner/name or oci:PATH:owner/name")
-    model = model.strip()
-    if model.startswith("oci:"):
-        ref = parse_layout_ref(model, what="model")
-        if not ref.name:
-            raise ImageReferenceError(f"model {model!r} names no image: write oci:PATH:owner/name[:tag]")
-        name = ref.name
-    elif names_registry(model) or settings.registry:
-        ref = parse_registry_ref(model, what="model", default_registry=settings.registry)
-        name = ref.repository + (f":{ref.tag}" if ref.tag else "")
+    elif model.strip().startswith("oci:"):
+        ref = parse_layout_ref(model.strip(), what="model")
+    elif names_registry(model):
+        ref = parse_registry_ref(model.strip(), what="model")
     else:
-        checked = parse_registry_ref(model, what="model", default_registry="localhost")  # same name rules
-        ref = LayoutRef(settings.layout, name=model, digest=checked.digest)
-        name = model.split("@")[0]
+        ref = model_ref(model.strip(), settings)
+    if isinstance(ref, LayoutRef):
+        if not ref.name:
+            raise ImageReferenceError(f"model {str(model).strip()!r} names no image: write oci:PATH:owner/name[:tag]")
+        name = ref.name
+    else:
+        name = ref.repository + (f":{ref.tag}" if ref.tag else "")
     if ref.digest:
-        raise ImageReferenceError(f"model {model!r} carries a digest; the digest is what the build produces")
+        raise ImageReferenceError(f"model {str(model).strip()!r} carries a digest; the digest is what the build produces")
     repository, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
     if "/" not in repository:
-        raise ImageReferenceError(f"model {model!r} must name an owner and a model: owner/name")
+        raise ImageReferenceError(f"model {str(model).strip()!r} must name an owner and a model: owner/name")
     tag = tag or "latest"
     if isinstance(ref, LayoutRef):
         return LayoutRef(ref.path, name=f"{repository}:{tag}"), f"{repository}:{tag}"
     return RegistryRef(ref.registry, ref.repository, tag=tag), tag
 
 
-def _platform_manifest(store: Store, top, where: str):
-    if not top.is_index:
-        return top
-    return store.manifest(pick_platform(top, where)["digest"])
-
-
-def resolve_template(text: str, settings: BuilderSettings) -> Template:
+def resolve_template(text: str, settings: BuilderSettings) -> ResolvedImage:
     """A template given as an image reference, or as a bare ``sha256:`` version looked up in the
     configured template repositories."""
-    digest = normalize_digest(text) if isinstance(text, str) else None
-    if digest:
-        tried = []
-        for repository in settings.template_repositories:
-            ref = parse_image_ref(repository, what="template repository")
-            try:
-                store = open_store(ref, settings)
-                top = store.manifest(digest)
-            except ImageNotFoundError:
-                tried.append(repository)
-                continue
-            except RegistryError as exc:
-                tried.append(f"{repository} ({exc})")
-                continue
-            return _template(store, ref.pinned(digest), top)
-        raise ImageNotFoundError(f"template version {digest} not found in the template repositories: {', '.join(tried) or 'none configured'}")
-    ref = parse_image_ref(text, what="template")
-    store = open_store(ref, settings)
-    if isinstance(ref, LayoutRef):
-        reference = ref.digest or ref.name
-        if not reference:
-            raise ImageReferenceError(f"template {text!r} names no image: write oci:PATH:NAME or oci:PATH@sha256:…")
-    else:
-        reference = ref.reference
-    top = store.manifest(reference)
-    return _template(store, ref.pinned(top.digest), top)
+    return resolve_image(text, settings, search=settings.template_repositories, what="template")
 
 
-def _template(store: Store, pinned: ImageRef, top) -> Template:
-    manifest = _platform_manifest(store, top, str(pinned))
-    try:
-        config = json.loads(store.read_blob(manifest.json["config"]["digest"]))
-    except (KeyError, ValueError, TypeError):
-        raise RegistryError(f"template {pinned} has no readable image config") from None
-    return Template(store=store, reference=str(pinned), manifest=manifest, config=config)
-
-
-def choose_backend(requested: str, template: Template, dest: ImageRef) -> str:
-    from builder.docker_build import engine_available
-
+def choose_backend(requested: str, template: ResolvedImage, dest: ImageRef) -> str:
     registry_only = isinstance(dest, RegistryRef) and not template.reference.startswith("oci:")
     if requested == "docker" and not registry_only:
         raise InputError("the docker backend builds FROM and pushes to registries; for an OCI layout use --backend oci")
@@ -138,7 +108,7 @@ def choose_backend(requested: str, template: Template, dest: ImageRef) -> str:
     return requested
 
 
-def build_image(weights: str | Path, template: str, model: str, *, notes: str = "", backend: str = "auto",
+def build_image(weights: str | Path, template: str, model: str | ImageRef, *, notes: str = "", backend: str = "auto",
                 compression: str | None = None, settings: BuilderSettings | None = None,
                 reporter: Reporter | None = None, workdir: Path | None = None) -> BuildResult:
     """Build ``template`` + ``weights`` as ``model`` and push it; see the module docstring."""

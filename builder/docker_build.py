@@ -7,36 +7,17 @@ the registry auth of the Docker config, and returns the pushed manifest digest.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from builder.references import RegistryRef
+from builder.cog.container import docker_client
+from builder.oci.references import RegistryRef
 from builder.weights import WeightsSource, materialize
 from dreambuild.errors import BuildError, RegistryError
 
 _PUSHED = re.compile(r"digest: (sha256:[0-9a-f]{64})")
-
-
-def docker_client(timeout: int = 600):
-    """A Docker SDK client for ``DOCKER_HOST`` (or the default socket)."""
-    import docker
-
-    try:
-        return docker.from_env(timeout=timeout)
-    except docker.errors.DockerException as exc:
-        where = os.environ.get("DOCKER_HOST") or "the default socket"
-        raise BuildError(f"cannot reach a Docker engine at {where}: {exc}") from None
-
-
-def engine_available() -> bool:
-    """Whether a Docker-compatible engine answers at DOCKER_HOST."""
-    try:
-        return bool(docker_client(timeout=3).ping())
-    except Exception:  # the SDK raises several unrelated types when nothing listens
-        return False
 
 
 def dockerfile(template: str) -> str:

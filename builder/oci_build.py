@@ -13,15 +13,25 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from builder.image import (BASE_DIGEST, BASE_NAME, LABEL_NOTES, LABEL_TEMPLATE, LABEL_WEIGHTS, Manifest, canonical_json,
-                           derive_config, derive_manifest)
-from builder.layer import Compression, Layer, write_layer
-from builder.oci_layout import OciLayout
-from builder.stores import Store, ensure_blob
+from builder.oci.layer import Compression, Layer, write_layer
+from builder.oci.layout import OciLayout
+from builder.oci.manifest import (
+    BASE_DIGEST,
+    BASE_NAME,
+    LABEL_NOTES,
+    LABEL_TEMPLATE,
+    LABEL_WEIGHTS,
+    Manifest,
+    canonical_json,
+    derive_config,
+    derive_manifest,
+)
+from builder.oci.resolve import ResolvedImage
+from builder.oci.stores import ImageStore, ensure_blob
 from builder.weights import WeightsSource
 from dreambuild.errors import RegistryUnavailableError
 
@@ -62,21 +72,11 @@ class LayerCache:
         os.replace(tmp, self.path)
 
 
-@dataclass(frozen=True)
-class Template:
-    """A resolved template: where it is, its pinned reference, its linux/amd64 manifest and config."""
-
-    store: Store
-    reference: str  # pinned: ...@sha256:<the digest the user names>
-    manifest: Manifest
-    config: dict
-
-
-def image_labels(template: Template, diff_id: str, notes: str) -> dict[str, str]:
+def image_labels(template: ResolvedImage, diff_id: str, notes: str) -> dict[str, str]:
     return {LABEL_NOTES: notes, LABEL_TEMPLATE: template.reference, LABEL_WEIGHTS: diff_id}
 
 
-def push_weights_layer(weights: WeightsSource, dest: Store, *, compression: Compression, cache: LayerCache,
+def push_weights_layer(weights: WeightsSource, dest: ImageStore, *, compression: Compression, cache: LayerCache,
                        attempts: int, on_bytes: Callable[[int], None] | None = None) -> tuple[Layer, bool]:
     """Make ``dest`` hold the weights layer; return it and whether it was uploaded now."""
     key = cache.key(weights, compression, "src/weights")
@@ -101,7 +101,7 @@ def push_weights_layer(weights: WeightsSource, dest: Store, *, compression: Comp
     raise AssertionError("unreachable")
 
 
-def build_oci(weights: WeightsSource, template: Template, dest: Store, tag: str | None, *, notes: str,
+def build_oci(weights: WeightsSource, template: ResolvedImage, dest: ImageStore, tag: str | None, *, notes: str,
               compression: Compression, cache: LayerCache, attempts: int = 3,
               on_step: Callable[[str], None] = lambda message: None,
               on_bytes: Callable[[int], None] | None = None) -> tuple[Manifest, Layer, bool]:

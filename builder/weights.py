@@ -18,12 +18,12 @@ import os
 import stat
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator
+from typing import Iterator
 
 import httpx
 
+from builder.oci.layer import LayerEntry
 from dreambuild.archives import ArchiveLimits, entry_parts, is_symlink_entry
 from dreambuild.errors import ArchiveError, InputError
 from dreambuild.layout import check_diffusers_layout, check_diffusers_listing, locate_pipeline_root
@@ -31,16 +31,6 @@ from dreambuild.layout import check_diffusers_layout, check_diffusers_listing, l
 WEIGHTS_LIMITS = ArchiveLimits(max_files=5_000, max_total_bytes=32 * 2**30)
 _INDEX_MAX = 2**20
 _IGNORED_TOP = ("__MACOSX",)
-
-
-@dataclass(frozen=True)
-class WeightsEntry:
-    """One file or directory of the weights, ``path`` relative to the pipeline root."""
-
-    path: str
-    is_dir: bool
-    size: int = 0
-    open: Callable[[], BinaryIO] | None = None
 
 
 class _ZipEntryReader(io.RawIOBase):
@@ -132,13 +122,13 @@ class ZipWeights:
             return (next(iter(tops)),)
         return ()
 
-    def entries(self) -> Iterator[WeightsEntry]:
+    def entries(self) -> Iterator[LayerEntry]:
         items = [(p, True, None) for p in self._dirs] + [(p, False, i) for p, i in self._files.items()]
         for parts, is_dir, info in sorted(items, key=lambda item: item[0]):
             if is_dir:
-                yield WeightsEntry("/".join(parts), True)
+                yield LayerEntry("/".join(parts), True)
             else:
-                yield WeightsEntry("/".join(parts), False, info.file_size,
+                yield LayerEntry("/".join(parts), False, info.file_size,
                                    lambda info=info: _ZipEntryReader(self._zip, info, self.label))
 
     def total_bytes(self) -> int:
@@ -183,14 +173,14 @@ def walk_tree(root: Path, label: str, limits: ArchiveLimits = WEIGHTS_LIMITS) ->
     return sorted(paths, key=lambda item: item[0])
 
 
-def tree_entries(root: Path, paths: list[tuple[tuple[str, ...], os.stat_result]]) -> Iterator[WeightsEntry]:
+def tree_entries(root: Path, paths: list[tuple[tuple[str, ...], os.stat_result]]) -> Iterator[LayerEntry]:
     """Layer entries for a walked tree."""
     for parts, st in paths:
         path = root.joinpath(*parts)
         if stat.S_ISDIR(st.st_mode):
-            yield WeightsEntry("/".join(parts), True)
+            yield LayerEntry("/".join(parts), True)
         else:
-            yield WeightsEntry("/".join(parts), False, st.st_size, lambda path=path: open(path, "rb"))
+            yield LayerEntry("/".join(parts), False, st.st_size, lambda path=path: open(path, "rb"))
 
 
 class DirWeights:
@@ -202,7 +192,7 @@ class DirWeights:
         self._paths = walk_tree(self.root, label, limits)
         check_diffusers_layout(self.root, label)
 
-    def entries(self) -> Iterator[WeightsEntry]:
+    def entries(self) -> Iterator[LayerEntry]:
         return tree_entries(self.root, self._paths)
 
     def total_bytes(self) -> int:

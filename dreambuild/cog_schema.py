@@ -4,7 +4,7 @@ introspection (``cog._inspector``), as ``cog build`` writes it to ``.cog/openapi
 coglet validates request inputs only when that file exists, so every place that runs a model
 outside a Cog-built image (tests, the local runner, ``dreambuild predict``) writes it first.
 
-    python -m dreambuild.cog_schema --predict trainer/predict.py:Predictor --train trainer/predict.py:train --out DIR
+    python -m dreambuild.cog_schema --predict trainer/cog_model.py:Predictor --train trainer/cog_model.py:train --out DIR
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # an accidental hub download fails loudly
 
 import pytest
 
-from dreambuild.cog_server import start_cog_server
-from dreambuild.tiny_models import build_tiny_sd
+from builder.cog.server import start_cog_server
+from fixtures.tiny_models import build_tiny_sd
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def trainer_workdir(tmp_path_factory):
 def _trainer_server(tmp_path_factory, tiny_base, workdir, train):
     project = tmp_path_factory.mktemp("trainer-train" if train else "trainer-predict")
     env = {"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(workdir)}
-    server = start_cog_server("trainer/predict.py:" + ("train" if train else "Predictor"), project, train=train, env=env)
+    server = start_cog_server("trainer/cog_model.py:" + ("train" if train else "Predictor"), project, train=train, env=env)
     yield server
     server.stop()
 
@@ -64,28 +64,28 @@ def fine_tune(tmp_path_factory, tiny_base):
 
 @pytest.fixture(scope="session")
 def tiny_controlnet(tmp_path_factory, tiny_base):
-    from dreambuild.tiny_models import build_tiny_controlnet
+    from fixtures.tiny_models import build_tiny_controlnet
 
     return build_tiny_controlnet(tmp_path_factory.mktemp("models") / "controlnet", tiny_base)
 
 
 @pytest.fixture(scope="session")
 def annotators(tmp_path_factory):
-    from dreambuild.tiny_models import build_openpose_annotators
+    from fixtures.tiny_models import build_openpose_annotators
 
     return build_openpose_annotators(tmp_path_factory.mktemp("models") / "annotators")
 
 
 @pytest.fixture(scope="session")
 def safety_checker(tmp_path_factory):
-    from dreambuild.tiny_models import build_tiny_safety_checker
+    from fixtures.tiny_models import build_tiny_safety_checker
 
     return build_tiny_safety_checker(tmp_path_factory.mktemp("models") / "safety-checker")
 
 
 @pytest.fixture(scope="session")
 def flag_all_safety_checker(tmp_path_factory):
-    from dreambuild.tiny_models import build_tiny_safety_checker
+    from fixtures.tiny_models import build_tiny_safety_checker
 
     return build_tiny_safety_checker(tmp_path_factory.mktemp("models") / "safety-checker-flags", flag_everything=True)
 
@@ -103,7 +103,7 @@ def start_template(tmp_path_factory, template, *, weights, controlnet=None, anno
         "DREAMBUILD_ANNOTATORS": str(annotators or missing),
         "DREAMBUILD_SAFETY_CHECKER": str(safety_checker or missing),
     }
-    return start_cog_server(f"templates/predict.py:{TEMPLATE_CLASSES[template]}", project, env=env)
+    return start_cog_server(f"templates/cog_models.py:{TEMPLATE_CLASSES[template]}", project, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +134,7 @@ REGISTRY_USER, REGISTRY_PASSWORD = "alice", "s3cret-pass"
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory):
     """The CNCF distribution registry, anonymous, on a free loopback port."""
-    from tests.services import start_registry
+    from fixtures.services import start_registry
 
     server = start_registry(tmp_path_factory.mktemp("registry"))
     yield server
@@ -144,7 +144,7 @@ def registry(tmp_path_factory):
 @pytest.fixture(scope="session")
 def auth_registry(tmp_path_factory):
     """The registry with htpasswd (Basic) auth."""
-    from tests.services import start_registry
+    from fixtures.services import start_registry
 
     server = start_registry(tmp_path_factory.mktemp("auth-registry"), user=REGISTRY_USER, password=REGISTRY_PASSWORD)
     yield server
@@ -154,7 +154,7 @@ def auth_registry(tmp_path_factory):
 @pytest.fixture(scope="session")
 def templates(tmp_path_factory, registry):
     """Template images built by buildah and pushed: {"oci": ref, "docker": ref}, pinned by digest."""
-    from tests.services import buildah_template
+    from fixtures.services import buildah_template
 
     root = tmp_path_factory.mktemp("buildah")
     return {fmt: f"{registry.host}/dreambuild/vanilla-{fmt}@" + buildah_template(root, registry, f"dreambuild/vanilla-{fmt}", fmt=fmt)
@@ -164,7 +164,7 @@ def templates(tmp_path_factory, registry):
 @pytest.fixture(scope="session")
 def podman(tmp_path_factory, registry, auth_registry):
     """`podman system service` as the Docker engine, trusting the test registries over HTTP."""
-    from tests.services import start_podman
+    from fixtures.services import start_podman
 
     engine = start_podman(tmp_path_factory.mktemp("podman"), [registry.host, auth_registry.host])
     yield engine
@@ -188,7 +188,7 @@ def pipeline_zip(tmp_path):
 @pytest.fixture(scope="session")
 def token_registry(tmp_path_factory):
     """The registry with bearer-token auth (Docker Hub's scheme), its token service beside it."""
-    from tests.services import TokenServer, start_registry
+    from fixtures.services import TokenServer, start_registry
 
     root = tmp_path_factory.mktemp("token-registry")
     tokens = TokenServer(root, REGISTRY_USER, REGISTRY_PASSWORD)

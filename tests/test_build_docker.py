@@ -6,7 +6,8 @@ import json
 import pytest
 
 from builder.build import build_image
-from builder.docker_build import dockerfile, engine_available
+from builder.cog.container import engine_available
+from builder.docker_build import dockerfile
 from dreambuild.errors import BuildError, InputError, RegistryError
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.test_build_oci import assert_model_image, inspect
@@ -39,7 +40,7 @@ def test_docker_backend_builds_and_pushes_the_same_image_content(tmp_path, engin
 def test_docker_backend_uses_the_docker_config_for_auth(engine, auth_registry, templates, pipeline_zip, docker_login, builder_settings):
     docker_login(auth_registry.host)
     result = build_image(pipeline_zip, templates["docker"], f"{auth_registry.host}/alice/private", settings=builder_settings, backend="docker")
-    image = json.loads(__import__("tests.services", fromlist=["skopeo"]).skopeo(
+    image = json.loads(__import__("fixtures.services", fromlist=["skopeo"]).skopeo(
         "inspect", "--tls-verify=false", "--creds", f"{REGISTRY_USER}:{REGISTRY_PASSWORD}", f"docker://{result.image}"))
     assert image["Digest"] == result.digest and len(image["Layers"]) == 2
     docker_login(auth_registry.host, password="wrong")

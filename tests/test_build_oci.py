@@ -5,13 +5,13 @@ import json
 import pytest
 
 from builder.build import build_image
-from builder.image import OCI_INDEX, Manifest
-from builder.registry import RegistryClient
+from builder.oci.manifest import OCI_INDEX, Manifest
+from builder.oci.registry import RegistryClient
 from builder.settings import BuilderSettings
 from dreambuild.errors import ImageNotFoundError, ImageReferenceError, InputError, RegistryAuthError, RegistryUnavailableError
+from fixtures.services import containers_env, skopeo, unpack_rootfs
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.helpers import make_zip, small_pipeline_files
-from tests.services import containers_env, skopeo, unpack_rootfs
 
 LABELS = ("io.dreambuild.notes", "io.dreambuild.template", "io.dreambuild.weights.digest")
 
@@ -53,7 +53,7 @@ def assert_model_image(tmp_path, result, template_ref: str, registry_host: str, 
     files = rootfs_files(tmp_path, skopeo_ref(result), registry_host)
     assert files["src/weights/model_index.json"] == small_pipeline_files()["model_index.json"]
     assert files["src/weights/unet/diffusion_pytorch_model.safetensors"] == small_pipeline_files()["unet/diffusion_pytorch_model.safetensors"]
-    assert "src/templates/predict.py" in files and "src/cog.yaml" in files  # the template's own files beside the weights
+    assert "src/templates/cog_models.py" in files and "src/cog.yaml" in files  # the template's own files beside the weights
 
 
 @pytest.mark.parametrize("fmt", ["oci", "docker"])
@@ -63,8 +63,9 @@ def test_build_to_a_registry_mounts_the_template_and_adds_one_layer(tmp_path, re
     assert result.image == f"{registry.host}/alice/model-{fmt}@{result.digest}" and result.tag == "v1"
     assert "template layers: 1 mounted" in result.steps and result.weights_uploaded
     raw = inspect(result.image, "--raw")
-    assert raw["mediaType"] == ("application/vnd.oci.image.manifest.v1+json" if fmt == "oci" else "application/vnd.docker.distribution.manifest.v2+json")
-    assert raw["layers"][-1]["mediaType"].endswith("tar") and result.size == raw["config"]["size"] + sum(l["size"] for l in raw["layers"])
+    expected = "application/vnd.oci.image.manifest.v1+json" if fmt == "oci" else "application/vnd.docker.distribution.manifest.v2+json"
+    assert raw["mediaType"] == expected
+    assert raw["layers"][-1]["mediaType"].endswith("tar") and result.size == raw["config"]["size"] + sum(layer["size"] for layer in raw["layers"])
     if fmt == "oci":
         assert raw["annotations"]["org.opencontainers.image.base.digest"] == templates[fmt].split("@")[1]
     assert inspect(f"{registry.host}/alice/model-{fmt}:v1")["Digest"] == result.digest  # the tag points at it
@@ -153,7 +154,7 @@ def test_auth_refusals_are_one_line_and_push_nothing(auth_registry, templates, p
 
 
 def test_bearer_token_registry_mounts_with_scoped_tokens(tmp_path, token_registry, pipeline_zip, docker_login, builder_settings):
-    from tests.services import buildah_template
+    from fixtures.services import buildah_template
 
     template = f"{token_registry.host}/dreambuild/vanilla@" + buildah_template(tmp_path / "b", token_registry, "dreambuild/vanilla")
     model = f"{token_registry.host}/alice/tokened"
@@ -187,8 +188,8 @@ def test_bad_inputs_fail_before_anything_is_uploaded(tmp_path, registry, templat
     with pytest.raises(ImageNotFoundError, match=r"dreambuild/vanilla-oci@sha256:1{64} not found in registry"):
         build_image(make_zip(tmp_path / "ok.zip", small_pipeline_files()),
                     templates["oci"].split("@")[0] + "@sha256:" + "1" * 64, model, settings=builder_settings)
-    for bad_model, message in [("alice", "owner and a model"), ("Alice/Model", "lowercase"), (f"{registry.host}/alice/m@sha256:" + "2" * 64, "carries a digest"),
-                               ("oci:/tmp/x", "names no image")]:
+    for bad_model, message in [("alice", "owner and a model"), ("Alice/Model", "lowercase"),
+                               (f"{registry.host}/alice/m@sha256:" + "2" * 64, "carries a digest"), ("oci:/tmp/x", "names no image")]:
         with pytest.raises(ImageReferenceError, match=message):
             build_image(tmp_path / "ok.zip", templates["oci"], bad_model, settings=builder_settings)
     with pytest.raises(InputError, match="unknown layer compression"):
@@ -199,7 +200,7 @@ def test_bad_inputs_fail_before_anything_is_uploaded(tmp_path, registry, templat
 
 
 def test_unreachable_registry_is_one_clear_line(tmp_path, templates, pipeline_zip, builder_settings):
-    from dreambuild.cog_server import free_port
+    from builder.cog.server import free_port
 
     with pytest.raises(RegistryUnavailableError, match=r"cannot reach registry 127.0.0.1:\d+: .* \(after 2 attempts\)") as info:
         build_image(pipeline_zip, templates["oci"], f"127.0.0.1:{free_port()}/alice/m", settings=builder_settings)
@@ -219,8 +220,8 @@ def test_compressed_layers(tmp_path, registry, templates, pipeline_zip, builder_
 
 
 def test_a_connection_cut_mid_upload_restarts_the_layer(tmp_path, registry, templates, builder_settings):
+    from fixtures.services import CuttingProxy
     from tests.helpers import write_tree, zip_dir
-    from tests.services import CuttingProxy
 
     big = {**small_pipeline_files(), "unet/diffusion_pytorch_model.safetensors": __import__("os").urandom(24 * 2**20)}
     archive = zip_dir(write_tree(tmp_path / "big", big), tmp_path / "big.zip")

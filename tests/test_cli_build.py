@@ -1,8 +1,8 @@
 """`dreambuild build` as a user runs it: the real console script in a subprocess."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path

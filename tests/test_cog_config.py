@@ -31,8 +31,8 @@ def test_root_cog_yaml_is_valid():
     config = yaml.safe_load((REPO / "cog.yaml").read_text())
     jsonschema.validate(config, cog_schema())
     assert config["build"]["gpu"] is True
-    assert config["predict"] == "trainer/predict.py:Predictor"
-    assert config["train"] == "trainer/predict.py:train"
+    assert config["predict"] == "trainer/cog_model.py:Predictor"
+    assert config["train"] == "trainer/cog_model.py:train"
 
 
 def test_schema_check_can_fail():
@@ -47,7 +47,7 @@ def test_schema_check_can_fail():
 
 
 def test_entry_points_exist():
-    import trainer.predict as module
+    import trainer.cog_model as module
 
     config = yaml.safe_load((REPO / "cog.yaml").read_text())
     for key in ("predict", "train"):
@@ -71,13 +71,13 @@ TEMPLATES = TEMPLATE_CLASSES
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_template_cog_yaml_is_valid_and_points_at_its_class(name):
-    import templates.predict as module
+    import templates.cog_models as module
 
     config = yaml.safe_load((REPO / "templates" / name / "cog.yaml").read_text())
     jsonschema.validate(config, cog_schema())
     assert config["build"]["gpu"] is True
     assert config["build"]["python_requirements"] == "requirements/templates.txt"
-    assert config["predict"] == f"templates/predict.py:{TEMPLATES[name]}"
+    assert config["predict"] == f"templates/cog_models.py:{TEMPLATES[name]}"
     assert hasattr(module, TEMPLATES[name])
     env = dict(line.split("=", 1) for line in config["environment"])
     assert env["HF_HUB_OFFLINE"] == "1" and env["DREAMBUILD_WEIGHTS"] == "/src/weights"
@@ -107,6 +107,13 @@ def test_template_bake_steps_are_valid_hf_commands(name, tmp_path):
         done = subprocess.run([str(hf), "download", *args], capture_output=True, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert done.returncode == 1 and "offline mode is enabled" in done.stdout + done.stderr, done.stderr
+
+
+def test_every_cog_yaml_pins_the_sdk_of_the_tests():
+    """dreambuild/cog_schema.py uses Cog internals: the images must get the SDK it was tested with."""
+    pins = _pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trainer"])
+    for path in [REPO / "cog.yaml", *sorted((REPO / "templates").glob("*/cog.yaml"))]:
+        assert yaml.safe_load(path.read_text())["build"]["sdk_version"] == pins["cog"], path
 
 
 def test_image_requirements_match_pyproject_pins():

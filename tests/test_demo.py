@@ -4,7 +4,7 @@ import json
 
 from PIL import Image
 
-from builder.demo import run_demo
+from builder.cli.demo import run_demo
 
 
 def test_demo_trains_builds_calls_the_webhook_and_predicts(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from dreambuild.errors import ImageDataError
-from trainer.images import find_images, load_rgb
 from tests.helpers import image_bytes
+from trainer.images import find_images, load_rgb
 
 
 def _tree(root, files):

@@ -7,11 +7,10 @@ import os
 import tarfile
 
 import pytest
-
 import zstandard
 
-from builder import layer as layer_mod
-from builder.layer import Compression, write_layer
+from builder.oci import layer as layer_mod
+from builder.oci.layer import Compression, write_layer
 from builder.weights import DirWeights
 from dreambuild.errors import InputError
 

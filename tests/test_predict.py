@@ -72,7 +72,7 @@ def test_predict_with_a_docker_engine(tmp_path, templates, podman, fine_tune, bu
 
 
 def test_predict_from_an_unreachable_registry_is_one_line(tmp_path, builder_settings):
-    from dreambuild.cog_server import free_port
+    from builder.cog.server import free_port
 
     failed = run_predict(f"127.0.0.1:{free_port()}/alice/model@sha256:" + "a" * 64, "--engine", "local", home=builder_settings.home)
     errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from builder.credentials import lookup_credentials
-from builder.references import LayoutRef, RegistryRef, normalize_digest, parse_image_ref
-from builder.registry import RegistryClient, is_plain_http
+from builder.oci.credentials import lookup_credentials
+from builder.oci.references import LayoutRef, RegistryRef, normalize_digest, parse_image_ref
+from builder.oci.registry import RegistryClient, is_plain_http
 from dreambuild.errors import ImageReferenceError, RegistryUnavailableError
 
 D = "sha256:" + "a" * 64

@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from replicate.webhook import WebhookSigningSecret, Webhooks
+from replicate.webhook import Webhooks, WebhookSigningSecret
 
+from builder.cog.server import free_port
 from builder.service.config import local_trainer_version
-from dreambuild.cog_server import free_port
+from fixtures.services import skopeo
 from tests.helpers import photos_zip
-from tests.services import skopeo
 from tests.webhook_receiver import start_receiver
 
 CLI = str(Path(sys.executable).parent / "dreambuild")
@@ -214,7 +214,7 @@ def _wait_stage(service, training_id: str, stages: tuple[str, ...], timeout: flo
 
 @pytest.mark.parametrize("stage", ["queued", "training", "building", "webhook"])
 def test_sigkill_in_a_stage_then_restart_completes_once(tmp_path, service, receiver, registry, stage):
-    from tests.services import CuttingProxy
+    from fixtures.services import CuttingProxy
 
     url = upload(service, photos_zip(tmp_path / "photos.zip"))
     request = seed_request(service, receiver, url, model=f"alice/restart-{stage}")
@@ -262,10 +262,10 @@ def test_sigkill_in_a_stage_then_restart_completes_once(tmp_path, service, recei
 
 
 def test_cog_http_runner_uses_a_running_cog_server(tmp_path, service, receiver, tiny_base):
-    from dreambuild.cog_server import start_cog_server
+    from builder.cog.server import start_cog_server
 
     upload_url = (Path(service.config["data_dir"]) / "cog-upload-url").read_text().strip()
-    cog = start_cog_server("trainer/predict.py:Predictor", tmp_path / "gpu-box", upload_url=upload_url,
+    cog = start_cog_server("trainer/cog_model.py:Predictor", tmp_path / "gpu-box", upload_url=upload_url,
                            env={"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(tmp_path / "work")})
     version = "c" * 64
     service.config["trainers"][version] = {"name": "remote", "runner": "cog-http", "url": cog.url}
@@ -361,7 +361,7 @@ def test_trainings_queue_beyond_max_concurrent(tmp_path, service, receiver):
 def test_embedded_defaults_need_no_configuration(tmp_path, registry, templates):
     """`dreambuild serve` with no config: a local token (mode 0600, path printed), this checkout's
     trainer and the embedded layout's templates in the catalog."""
-    from tests.services import containers_env
+    from fixtures.services import containers_env
 
     (tmp_path / "data").mkdir()
     skopeo("copy", "--src-tls-verify=false", f"docker://{templates['oci']}", f"oci:{tmp_path}/data/images:dreambuild/vanilla",

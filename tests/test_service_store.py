@@ -1,6 +1,6 @@
 """The service's SQLite store: durable, paginated, idempotent version records."""
 
-from builder.service.store import Store
+from builder.service.database import Database
 
 
 def doc(i, owner="alice", status="starting", stage="queued"):
@@ -8,13 +8,13 @@ def doc(i, owner="alice", status="starting", stage="queued"):
 
 
 def test_trainings_survive_reopening_and_page_newest_first(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
+    store = Database(tmp_path / "db.sqlite")
     for i in range(5):
         store.create_training(doc(i, owner="alice" if i != 2 else "bob"))
     store.update_training("t1", status="processing", stage="training", logs_append="step 1\n")
     store.update_training("t1", logs_append="step 2\n")
     store.close()
-    store = Store(tmp_path / "db.sqlite")
+    store = Database(tmp_path / "db.sqlite")
     assert store.get_training("t1")["logs"] == "step 1\nstep 2\n" and store.get_training("t1")["status"] == "processing"
     page, cursor = store.list_trainings(["alice"], limit=2)
     assert [d["id"] for d in page] == ["t4", "t3"] and cursor is not None
@@ -27,7 +27,7 @@ def test_trainings_survive_reopening_and_page_newest_first(tmp_path):
 
 
 def test_versions_are_recorded_once(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
+    store = Database(tmp_path / "db.sqlite")
     first = store.add_version("alice", "m", {"id": "sha256:1", "training_id": "t1"})
     again = store.add_version("alice", "m", {"id": "sha256:1", "training_id": "t1-rerun"})
     store.add_version("alice", "m", {"id": "sha256:2", "training_id": "t2"})
@@ -37,7 +37,7 @@ def test_versions_are_recorded_once(tmp_path):
 
 
 def test_settings_persist(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
+    store = Database(tmp_path / "db.sqlite")
     secret = store.setting("webhook_secret", lambda: "whsec_abc")
     store.close()
-    assert Store(tmp_path / "db.sqlite").setting("webhook_secret", lambda: "other") == secret
+    assert Database(tmp_path / "db.sqlite").setting("webhook_secret", lambda: "other") == secret

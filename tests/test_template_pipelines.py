@@ -2,7 +2,7 @@
 
 import torch
 
-from dreambuild.inference.pipelines import Device, load_controlnet, load_pipelines
+from templates.inference.pipelines import Device, load_controlnet, load_pipelines
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 

@@ -5,10 +5,10 @@ import inspect
 
 import pytest
 
-import templates.predict as predict
+import templates.cog_models as predict
 from dreambuild.errors import InputError
-from dreambuild.inference.request import GenerationRequest, denoising_steps, resolve_size
-from dreambuild.inference.schedulers import SCHEDULERS, make_scheduler
+from templates.inference.request import GenerationRequest, denoising_steps, resolve_size
+from templates.inference.schedulers import SCHEDULERS, make_scheduler
 
 SHARED = ["prompt", "negative_prompt", "image", "mask", "width", "height", "num_outputs", "num_inference_steps",
           "guidance_scale", "prompt_strength", "scheduler", "seed", "disable_safety_check"]

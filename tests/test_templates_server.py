@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from templates.cog_models import SCHEDULERS
 from tests.conftest import INSTANCE_PROMPT, start_template
 from tests.helpers import image_bytes, post
 
@@ -138,7 +139,7 @@ def test_prompts_longer_than_77_tokens_are_not_truncated(vanilla_server):
     assert outputs(predict(vanilla_server, prompt=long_prompt + "in the snow")) != base
 
 
-@pytest.mark.parametrize("scheduler", ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "K_EULER_ANCESTRAL", "K_EULER", "KLMS", "PNDM", "UniPCMultistep"])
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_every_scheduler_runs(vanilla_server, scheduler):
     body = predict(vanilla_server, prompt="a cjw toy", scheduler=scheduler, num_inference_steps=2)
     assert len(outputs(body)) == 1

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from dreambuild.layout import check_diffusers_layout
-from dreambuild.tiny_models import build_tiny_controlnet, build_tiny_safety_checker
+from fixtures.tiny_models import build_tiny_controlnet, build_tiny_safety_checker
 
 
 def test_tiny_pipeline_layout_and_native_size(tiny_base):

@@ -14,7 +14,7 @@ FILE_INPUTS = {"instance_data", "class_data", "ckpt_base"}
 
 @pytest.fixture(scope="module")
 def infos():
-    return _inspector.create_predictor("trainer.predict", "Predictor"), _inspector.create_predictor("trainer.predict", "train")
+    return _inspector.create_predictor("trainer.cog_model", "Predictor"), _inspector.create_predictor("trainer.cog_model", "train")
 
 
 def _describe(field):
@@ -74,7 +74,8 @@ def test_valid_arguments_keep_types():
 
 
 def test_schema_errors_name_the_reference(tmp_path):
-    from dreambuild.cog_server import CogServerError, write_schema
+    from builder.cog.client import CogError
+    from builder.cog.server import write_schema
 
-    with pytest.raises(CogServerError, match="trainer/predict.py:Nope"):
-        write_schema(tmp_path, predict="trainer/predict.py:Nope")
+    with pytest.raises(CogError, match="trainer/cog_model.py:Nope"):
+        write_schema(tmp_path, predict="trainer/cog_model.py:Nope")

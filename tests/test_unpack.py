@@ -8,9 +8,9 @@ import tarfile
 import pytest
 
 from builder.build import build_image
-from builder.image import OCI_CONFIG, OCI_MANIFEST, Manifest, canonical_json
-from builder.oci_layout import OciLayout
-from builder.unpack import image_env, unpack_src
+from builder.cog.unpack import image_env, unpack_src
+from builder.oci.layout import OciLayout
+from builder.oci.manifest import OCI_CONFIG, OCI_MANIFEST, Manifest, canonical_json
 from dreambuild.errors import RegistryError
 from tests.helpers import small_pipeline_files, write_tree, zip_dir
 
@@ -20,7 +20,7 @@ def test_unpack_a_built_model_and_reuse_its_layers(tmp_path, registry, templates
     image = unpack_src(built.image, builder_settings)
     files = {p.relative_to(image.src).as_posix(): p.read_bytes() for p in image.src.rglob("*") if p.is_file()}
     assert files["weights/model_index.json"] == small_pipeline_files()["model_index.json"]
-    assert "templates/predict.py" in files and "cog.yaml" in files
+    assert "templates/cog_models.py" in files and "cog.yaml" in files
     assert image_env(image.config)["DREAMBUILD_WEIGHTS"] == "/src/weights"
     layers = builder_settings.cache / "layers"
     assert len([p for p in layers.iterdir() if not p.name.startswith(".")]) == 2

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from replicate.webhook import InvalidSignatureError, WebhookSigningSecret, Webhooks
+from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
 
 from builder.service.webhooks import deliver, new_secret
 from tests.webhook_receiver import start_receiver

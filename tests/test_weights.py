@@ -8,7 +8,7 @@ from functools import partial
 
 import pytest
 
-from builder.layer import write_layer
+from builder.oci.layer import write_layer
 from builder.weights import WEIGHTS_LIMITS, DirWeights, ZipWeights, materialize, open_weights
 from dreambuild.archives import ArchiveLimits
 from dreambuild.errors import ArchiveError, InputError, ModelLayoutError

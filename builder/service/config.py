@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -19,8 +18,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, field_validator
 
-from dreambuild.cog_server import REPO_ROOT
-from dreambuild.errors import InputError
+from builder.checkout import REPO_ROOT
+from builder.oci.layout import OciLayout
+from builder.oci.references import LayoutRef, normalize_digest, parse_image_ref
+from builder.settings import BuilderSettings
+from dreambuild.errors import DreambuildError, InputError
 
 ALL_OWNERS = "*"
 
@@ -32,7 +34,7 @@ class TrainerEntry(BaseModel):
     runner: Literal["local", "cog-http", "docker"] = "local"
     image: str | None = Field(None, description="Image reference (docker runner; recorded for the others).")
     url: str | None = Field(None, description="Base URL of a running Cog server (cog-http runner).")
-    predictor: str = Field("trainer/predict.py:Predictor", description="Cog entry point under the repo (local runner).")
+    predictor: str = Field("trainer/cog_model.py:Predictor", description="Cog entry point under the repo (local runner).")
     env: dict[str, str] = Field(default_factory=dict, description="Environment of the trainer's Cog server.")
     gpus: bool = Field(True, description="docker runner: request all GPUs.")
 
@@ -44,10 +46,11 @@ class TemplateEntry(BaseModel):
     repository: str = Field(..., description="registry/repo or oci:PATH:NAME; the version digest is appended.")
 
     def reference(self, version: str) -> str:
-        if self.repository.startswith("oci:"):
-            path, _, _name = self.repository[4:].partition(":")
-            return f"oci:{path}@{version}"
-        return f"{self.repository}@{version}"
+        """The template image of ``version``, pinned by digest (in a layout: by digest alone)."""
+        ref = parse_image_ref(self.repository, what=f"template {self.name!r} repository")
+        if isinstance(ref, LayoutRef):
+            ref = LayoutRef(ref.path)
+        return str(ref.pinned(normalize_digest(version)))
 
 
 class TokenEntry(BaseModel):
@@ -77,9 +80,20 @@ class ServiceConfig(BaseModel):
     @classmethod
     def _versions_are_digests(cls, value: dict) -> dict:
         for version in value:
-            if not re.fullmatch(r"(sha256:)?[0-9a-f]{64}", version):
+            if not normalize_digest(version):
                 raise ValueError(f"catalog version {version!r} must be 64 hex digits (optionally sha256:)")
         return value
+
+    @staticmethod
+    def catalog_key(catalog: dict, version: object) -> str | None:
+        """The catalog's key for ``version``, written with or without ``sha256:``; None if absent."""
+        wanted = normalize_digest(version) if isinstance(version, str) else None
+        return next((key for key in catalog if normalize_digest(key) == wanted), None) if wanted else None
+
+    def builder_settings(self) -> BuilderSettings:
+        """The image builder's settings: the data directory (its embedded layout and caches) and
+        the registry models go to."""
+        return BuilderSettings(home=self.data_dir, registry=self.registry, insecure_registries=frozenset(self.insecure_registries))
 
     @property
     def base_url(self) -> str:
@@ -128,18 +142,12 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
 
 def layout_templates(layout: Path) -> dict[str, TemplateEntry]:
     """Templates in the embedded OCI layout (images named ``dreambuild/<template>``), by digest."""
-    import json
-
     try:
-        index = json.loads((layout / "index.json").read_text())
-    except (OSError, ValueError):
+        named = OciLayout(layout).named()
+    except DreambuildError:
         return {}
-    found = {}
-    for descriptor in index.get("manifests", []):
-        name = (descriptor.get("annotations") or {}).get("org.opencontainers.image.ref.name", "")
-        if name.startswith("dreambuild/") and descriptor.get("digest", "").startswith("sha256:"):
-            found[descriptor["digest"].removeprefix("sha256:")] = TemplateEntry(name=name, repository=f"oci:{layout}:{name}")
-    return found
+    return {normalize_digest(digest).removeprefix("sha256:"): TemplateEntry(name=name, repository=f"oci:{layout}:{name}")
+            for name, digest in named.items() if name.startswith("dreambuild/") and normalize_digest(digest)}
 
 
 def ensure_local_token(config: ServiceConfig) -> Path | None:

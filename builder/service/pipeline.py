@@ -10,19 +10,18 @@ keeps its id.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from builder.build import Reporter, build_image
+from builder.build import Reporter, build_image, model_ref
+from builder.cog.client import CogError
 from builder.service.config import ServiceConfig
-from builder.service.runners import RunnerError, container_name, remove_container, start_run
-from builder.service.store import Store, now_iso
+from builder.service.database import Database
+from builder.service.runners import TRAINER, clear_stale, start_run
+from builder.service.training import TrainingRecord, now_iso, public_training
 from builder.service.webhooks import deliver
-from builder.settings import BuilderSettings
 from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)
@@ -38,57 +37,17 @@ class TrainerFailed(DreambuildError):
     """The trainer's prediction failed."""
 
 
-def public_training(doc: dict, base_url: str) -> dict:
-    """The training object as the API and webhooks show it (the seed's fields and Replicate's)."""
-    weights = f"{base_url}/v1/trainings/{doc['id']}/weights" if doc.get("weights") else None
-    replicate_style = doc.get("api") == "replicate"
-    return {
-        "id": doc["id"],
-        "status": doc["status"],
-        "stage": doc["stage"],
-        "input": doc["input"],
-        # Seed trainings name the destination model; Replicate's name the trainer's model.
-        "model": doc.get("trainer_model") if replicate_style else doc["model"],
-        "destination": doc["model"],
-        "notes": doc.get("notes"),
-        "trainer_version": doc["trainer_version"],
-        "template_version": doc["template_version"],
-        "webhook_completed": doc.get("webhook_completed"),
-        "created_at": doc["created_at"],
-        "started_at": doc.get("started_at"),
-        "completed_at": doc.get("completed_at"),
-        "logs": doc.get("logs") or "",
-        "error": doc.get("error"),
-        "metrics": {**(doc.get("metrics") or {}), "stage_seconds": _stage_seconds(doc)},
-        # The seed's version is the new model version; Replicate's client requires a string here
-        # and means the trainer version, which is also what a seed training shows until built.
-        "version": doc["trainer_version"] if replicate_style else (doc.get("version") or doc["trainer_version"]),
-        "model_version": doc.get("version"),
-        "image": doc.get("image"),
-        "output": {"version": f"{doc['model']}:{doc['version']}", "weights": weights} if doc.get("version") else None,
-        "urls": {"get": f"{base_url}/v1/trainings/{doc['id']}", "cancel": f"{base_url}/v1/trainings/{doc['id']}/cancel"},
-    }
-
-
-STAGES = ("queued", "training", "building", "webhook", "done")
-
-
-def _stage_seconds(doc: dict) -> dict[str, float]:
-    """How long each finished stage took (a resumed stage counts from its last start)."""
-    started = doc.get("stage_started") or {}
-    reached = [stage for stage in STAGES if stage in started]
-    return {first: round(started[second] - started[first], 3) for first, second in zip(reached, reached[1:])}
-
-
 class Pipeline:
-    def __init__(self, config: ServiceConfig, store: Store, webhook_secret: str) -> None:
-        self.config, self.store, self.webhook_secret = config, store, webhook_secret
+    """Runs one training's stages, recording each in the database before the next."""
 
-    def internal_url(self, doc: dict, what: str) -> str:
+    def __init__(self, config: ServiceConfig, db: Database, webhook_secret: str) -> None:
+        self.config, self.db, self.webhook_secret = config, db, webhook_secret
+
+    def internal_url(self, doc: TrainingRecord, what: str) -> str:
         return f"{self.config.base_url}/internal/{doc['secret']}/{what}/{doc['id']}"
 
     def run(self, training_id: str) -> None:
-        doc = self.store.get_training(training_id)
+        doc = self.db.get_training(training_id)
         try:
             if doc["stage"] in ("queued", "training"):
                 doc = self._train(doc)
@@ -104,20 +63,18 @@ class Pipeline:
         if doc["stage"] == "webhook":
             self._webhook(doc)
 
-    def _finish(self, training_id: str, status: str, error: str) -> dict:
-        return self.store.update_training(training_id, status=status, error=error, stage="webhook", completed_at=now_iso())
+    def _finish(self, training_id: str, status: str, error: str) -> TrainingRecord:
+        return self.db.update_training(training_id, status=status, error=error, stage="webhook", completed_at=now_iso())
 
-    def _train(self, doc: dict) -> dict:
+    def _train(self, doc: TrainingRecord) -> TrainingRecord:
         if doc.get("cancel_requested"):
             raise Canceled
-        _kill_stale(doc.get("runner_pid"))
         entry = self.config.trainers[doc["trainer_version"]]
-        if entry.runner == "docker":
-            remove_container(container_name(doc["id"]))  # left by a service that died mid-training
+        clear_stale(entry, doc["id"], doc.get("runner_pid"))
         workdir = self.config.data_dir / "work" / doc["id"]
         files = self.config.files / doc["id"]
         (files / "output.zip").unlink(missing_ok=True)
-        doc = self.store.update_training(doc["id"], stage="training", status="processing", started_at=doc.get("started_at") or now_iso(),
+        doc = self.db.update_training(doc["id"], stage="training", status="processing", started_at=doc.get("started_at") or now_iso(),
                                          cog_status=None, runner_pid=None)
         started = time.monotonic()
         self._send_event(doc, "start")
@@ -126,9 +83,9 @@ class Pipeline:
         sent_logs, last_sent = "", 0.0
         try:
             if run.pid:
-                self.store.update_training(doc["id"], runner_pid=run.pid)
+                self.db.update_training(doc["id"], runner_pid=run.pid)
             while True:
-                doc = self.store.get_training(doc["id"])
+                doc = self.db.get_training(doc["id"])
                 if doc.get("logs") != sent_logs and time.monotonic() - last_sent >= LOGS_INTERVAL:
                     # Best effort, one attempt: the next update carries the logs again.
                     sent_logs, last_sent = doc.get("logs"), time.monotonic()
@@ -139,7 +96,7 @@ class Pipeline:
                 if doc.get("cog_status") in ("succeeded", "failed", "canceled"):
                     break
                 if not run.alive():
-                    raise RunnerError(f"the trainer's Cog server stopped: {run.logs()[-500:]}")
+                    raise CogError(f"the {TRAINER} stopped: {run.logs()[-500:]}")
                 time.sleep(POLL)
         finally:
             run.stop()
@@ -151,31 +108,29 @@ class Pipeline:
         if not weights.is_file():
             raise TrainerFailed("the trainer finished without uploading output.zip")
         predict_time = (doc.get("cog_metrics") or {}).get("predict_time") or round(time.monotonic() - started, 3)
-        return self.store.update_training(doc["id"], stage="building", weights=str(weights), metrics={"predict_time": predict_time},
+        return self.db.update_training(doc["id"], stage="building", weights=str(weights), metrics={"predict_time": predict_time},
                                           runner_pid=None)
 
-    def _build(self, doc: dict) -> dict:
+    def _build(self, doc: TrainingRecord) -> TrainingRecord:
         if doc.get("cancel_requested"):
             raise Canceled
-        template = self.config.templates[doc["template_version"]].reference(_digest(doc["template_version"]))
-        destination = f"{self.config.registry}/{doc['model']}" if self.config.registry else f"oci:{self.config.layout}:{doc['model']}"
-        settings = BuilderSettings(home=self.config.data_dir, registry=self.config.registry,
-                                   insecure_registries=frozenset(self.config.insecure_registries))
-        reporter = Reporter(step=lambda message: self.store.update_training(doc["id"], logs_append=f"build: {message}\n"))
-        result = build_image(Path(doc["weights"]), template, destination, notes=doc.get("notes") or "", settings=settings,
-                             reporter=reporter, workdir=self.config.data_dir / "work" / doc["id"] / "build")
+        template = self.config.templates[doc["template_version"]].reference(doc["template_version"])
+        settings = self.config.builder_settings()
+        reporter = Reporter(step=lambda message: self.db.update_training(doc["id"], logs_append=f"build: {message}\n"))
+        result = build_image(Path(doc["weights"]), template, model_ref(doc["model"], settings), notes=doc.get("notes") or "",
+                             settings=settings, reporter=reporter, workdir=self.config.data_dir / "work" / doc["id"] / "build")
         owner, name = doc["model"].split("/")
-        self.store.add_version(owner, name, {
+        self.db.add_version(owner, name, {
             "id": result.digest, "model": doc["model"], "image": result.image, "notes": doc.get("notes"),
             "training_id": doc["id"], "trainer_version": doc["trainer_version"], "template_version": doc["template_version"],
             "created_at": now_iso(),
         })
-        doc = self.store.update_training(doc["id"], stage="webhook", status="succeeded", version=result.digest,
+        doc = self.db.update_training(doc["id"], stage="webhook", status="succeeded", version=result.digest,
                                          image=result.image, completed_at=now_iso())
         self._send_event(doc, "output")
         return doc
 
-    def _send_event(self, doc: dict, event: str, webhook_id: str | None = None, attempts: int | None = None) -> None:
+    def _send_event(self, doc: TrainingRecord, event: str, webhook_id: str | None = None, attempts: int | None = None) -> None:
         """A webhook for a non-final event (start, logs, output), when the training asked for it."""
         url = doc.get("webhook_completed")
         if url and event in (doc.get("webhook_events_filter") or []):
@@ -183,28 +138,15 @@ class Pipeline:
                     webhook_id=webhook_id or f"{doc['id']}-{event}", attempts=attempts or self.config.webhook_attempts,
                     backoff=self.config.webhook_backoff)
 
-    def _webhook(self, doc: dict) -> None:
+    def _webhook(self, doc: TrainingRecord) -> None:
         url = doc.get("webhook_completed")
         if url and "completed" in (doc.get("webhook_events_filter") or ["completed"]):
             result = deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret,
                              webhook_id=f"{doc['id']}-completed", attempts=self.config.webhook_attempts,
                              backoff=self.config.webhook_backoff)
-            self.store.update_training(doc["id"], webhook_delivery={"ok": result.ok, "attempts": result.attempts,
+            self.db.update_training(doc["id"], webhook_delivery={"ok": result.ok, "attempts": result.attempts,
                                                                     "status": result.status, "error": result.error})
-        self.store.update_training(doc["id"], stage="done")
-
-
-def _digest(version: str) -> str:
-    return version if version.startswith("sha256:") else f"sha256:{version}"
-
-
-def _kill_stale(pid: int | None) -> None:
-    """Stop a trainer server left by a service that died mid-training (it has its own session)."""
-    if pid:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        self.db.update_training(doc["id"], stage="done")
 
 
 class Worker:
@@ -232,7 +174,7 @@ class Worker:
 
     def resume(self) -> list[str]:
         """Submit every unfinished training (after a restart); return their ids."""
-        ids = [doc["id"] for doc in self.pipeline.store.unfinished_trainings()]
+        ids = [doc["id"] for doc in self.pipeline.db.unfinished_trainings()]
         for training_id in ids:
             self.submit(training_id)
         return ids

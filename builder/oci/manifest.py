@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from builder.layer import Layer
+from builder.oci.layer import Layer
 from dreambuild.errors import RegistryError
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -82,7 +82,8 @@ def pick_platform(index: Manifest, where: str) -> dict:
         platform = descriptor.get("platform") or {}
         if (platform.get("os"), platform.get("architecture")) == PLATFORM:
             return descriptor
-    found = sorted({f"{(d.get('platform') or {}).get('os')}/{(d.get('platform') or {}).get('architecture')}" for d in index.json.get("manifests", [])})
+    platforms = [d.get("platform") or {} for d in index.json.get("manifests", [])]
+    found = sorted({f"{p.get('os')}/{p.get('architecture')}" for p in platforms})
     raise RegistryError(f"{where} has no linux/amd64 image (it has: {', '.join(found) or 'none'})")
 
 

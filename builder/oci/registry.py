@@ -21,8 +21,8 @@ from urllib.parse import urljoin
 
 import httpx
 
-from builder.credentials import Credentials, lookup_credentials
-from builder.image import MANIFEST_TYPES, Manifest, sha256_digest
+from builder.oci.credentials import Credentials, lookup_credentials
+from builder.oci.manifest import MANIFEST_TYPES, Manifest, sha256_digest
 from dreambuild.errors import ImageNotFoundError, RegistryAuthError, RegistryError, RegistryUnavailableError
 
 log = logging.getLogger(__name__)

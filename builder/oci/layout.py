@@ -1,5 +1,5 @@
 """An OCI image layout directory (``oci-layout``, ``index.json``, ``blobs/sha256/``) as an
-image store, the same interface as :class:`builder.registry.RegistryRepository`.
+image store, the same interface as :class:`builder.oci.registry.RegistryRepository`.
 
 Images are named in ``index.json`` by the ``org.opencontainers.image.ref.name`` annotation
 (``owner/name:tag``), which skopeo's ``oci:PATH:NAME`` and umoci's ``--image PATH:NAME`` read.
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from builder.image import Manifest, sha256_digest
+from builder.oci.manifest import Manifest, sha256_digest
 from dreambuild.errors import ImageNotFoundError, RegistryError
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -79,6 +79,11 @@ class OciLayout:
             return json.loads((self.path / "index.json").read_text())
         except (OSError, ValueError) as exc:
             raise RegistryError(f"{self.path}/index.json cannot be read ({exc})") from None
+
+    def named(self) -> dict[str, str]:
+        """The named images: ref.name annotation → manifest digest (the last of a name wins)."""
+        return {(d.get("annotations") or {})[REF_NAME]: d["digest"] for d in self.index().get("manifests", [])
+                if (d.get("annotations") or {}).get(REF_NAME) and isinstance(d.get("digest"), str)}
 
     def _write_index(self, index: dict) -> None:
         tmp = self.path / f".index-{uuid.uuid4().hex}.json"
@@ -153,7 +158,6 @@ class OciLayout:
             upload.write(data)
             upload.commit(digest)
         return digest
-
 
     def put_manifest(self, manifest: Manifest, tag: str | None) -> None:
         """Store the manifest and name it ``tag`` in index.json (replacing an older image of that name)."""

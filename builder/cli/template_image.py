@@ -15,11 +15,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from builder.image import OCI_CONFIG, OCI_MANIFEST, Manifest, canonical_json
-from builder.layer import Layer, write_layer
-from builder.oci_layout import OciLayout
+from builder.checkout import REPO_ROOT
+from builder.oci.layer import Layer, write_layer
+from builder.oci.layout import OciLayout
+from builder.oci.manifest import OCI_CONFIG, OCI_MANIFEST, Manifest, canonical_json
 from builder.weights import tree_entries, walk_tree
-from dreambuild.cog_server import REPO_ROOT
 
 ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "DREAMBUILD_WEIGHTS=/src/weights"]
 

@@ -1,8 +1,10 @@
-"""``dreambuild predict``: run a built model (or a template with ``--weights``) without Docker.
+"""``dreambuild predict``: one prediction of a model image, with or without Docker.
 
-image → its ``/src`` and ``/opt/dreambuild`` from the layer cache (:mod:`builder.unpack`) → the
-entry point its ``cog.yaml`` names, in a local Cog HTTP server with this Python environment and
-the image's environment (paths mapped) → one prediction → output files.
+image → with a Docker engine: the image as a container (:mod:`builder.cog.container`); without:
+its ``/src`` and ``/opt/dreambuild`` from the layer cache (:mod:`builder.cog.unpack`) and the
+entry point its ``cog.yaml`` names in a local Cog server (:mod:`builder.cog.server`) with this
+Python environment and the image's environment (paths mapped) → inputs typed by the model's
+schema → one prediction (:class:`builder.cog.client.CogClient`) → output files.
 """
 
 from __future__ import annotations
@@ -12,21 +14,18 @@ import json
 import mimetypes
 import re
 import tempfile
-import time
-import urllib.error
-import urllib.request
+import uuid
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
+from builder.cog.client import CogClient
+from builder.cog.container import engine_available, start_cog_container
+from builder.cog.server import start_cog_server
+from builder.cog.unpack import unpack_src
 from builder.settings import BuilderSettings
-from builder.unpack import unpack_src
-from dreambuild.cog_server import start_cog_server
-from dreambuild.errors import DreambuildError, InputError
-
-
-class PredictionError(DreambuildError):
-    """The model ran but the prediction failed."""
+from dreambuild.errors import InputError
 
 
 def parse_inputs(pairs: list[str]) -> dict[str, str]:
@@ -71,24 +70,6 @@ def coerce(inputs: dict[str, str], schema: dict) -> dict:
     return typed
 
 
-def _call(url: str, body: dict | None = None, timeout: float = 3600) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    for _ in range(40):
-        request = urllib.request.Request(url, data=data, method="POST" if data else "GET", headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            if exc.code == 409:  # coglet may still be releasing its slot
-                time.sleep(0.25)
-                continue
-            detail = json.loads(exc.read() or b"{}").get("detail")
-            if isinstance(detail, list):
-                detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
-            raise InputError(f"the model refused the input: {detail}") from None
-    raise PredictionError("the model stayed busy")
-
-
 def _write_outputs(output, out_dir: Path) -> list[Path]:
     items = output if isinstance(output, list) else [output]
     written = []
@@ -123,8 +104,6 @@ def predict(image: str, pairs: list[str], out_dir: Path, *, weights: Path | None
     if weights is not None and not (Path(weights) / "model_index.json").is_file():
         raise InputError(f"--weights {weights} is not a diffusers pipeline directory (no model_index.json)")
     if engine == "auto":
-        from builder.docker_build import engine_available
-
         engine = "docker" if weights is None and not image.startswith("oci:") and engine_available() else "local"
     if engine == "docker":
         if weights is not None or image.startswith("oci:"):
@@ -146,25 +125,20 @@ def predict(image: str, pairs: list[str], out_dir: Path, *, weights: Path | None
         return _predict_once(server.url, inputs, out_dir, server.stop, on_step)
 
 
-def _predict_once(base_url: str, inputs: dict[str, str], out_dir: Path, stop, on_step) -> list[Path]:
+def _predict_once(url: str, inputs: dict[str, str], out_dir: Path, stop: Callable[[], None], on_step) -> list[Path]:
     """Type the inputs by the model's schema, run one prediction, stop the server, write outputs."""
+    client = CogClient(url, what="model")
     try:
-        typed = coerce(inputs, _call(f"{base_url}/openapi.json"))
+        typed = coerce(inputs, client.openapi())
         on_step("predicting")
-        result = _call(f"{base_url}/predictions", {"input": typed})
+        result = client.predict(typed)
     finally:
         stop()
-    if result.get("status") != "succeeded":
-        raise PredictionError(f"the prediction failed: {result.get('error') or result.get('status')}")
     return _write_outputs(result.get("output"), out_dir)
 
 
 def _predict_in_docker(image: str, inputs: dict[str, str], out_dir: Path, *, gpus: bool, on_step) -> list[Path]:
     """``docker run`` the image (its own Python and CUDA), one prediction, then remove it."""
-    import uuid
-
-    from builder.service.runners import start_cog_container
-
     on_step(f"running {image} with the Docker engine")
-    run = start_cog_container(image, name=f"dreambuild-predict-{uuid.uuid4().hex[:12]}", gpus=gpus, what="model image")
-    return _predict_once(run.base_url, inputs, out_dir, run.stop, on_step)
+    container = start_cog_container(image, name=f"dreambuild-predict-{uuid.uuid4().hex[:12]}", gpus=gpus, what="model image")
+    return _predict_once(container.url, inputs, out_dir, container.stop, on_step)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from dreambuild.cog_server import REPO_ROOT, free_port
+from builder.checkout import REPO_ROOT, require_checkout
+from builder.cog.server import free_port
 
 SAMPLES = REPO_ROOT / "samples" / "subject"
 CACHE = REPO_ROOT / ".dreambuild" / "cache"
@@ -76,7 +77,7 @@ def _start_service(data_dir: Path, base: Path):
     """The service in-process on a free port, embedded defaults (plus where the tiny base is)."""
     import uvicorn
 
-    from builder.service.api import create_app
+    from builder.service.app import create_app
     from builder.service.config import ensure_local_token, load_config
 
     config = load_config(None, data_dir=data_dir, port=free_port())
@@ -95,11 +96,13 @@ def run_demo(out: Path, say=print) -> dict:
     """Run the demo and return the summary written to ``out/summary.json``."""
     from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-    from builder.predict import predict
+    from builder.cli.template_image import make_template_image
+    from builder.cog.predict_image import predict
     from builder.service.config import local_trainer_version
     from builder.settings import BuilderSettings
-    from builder.template_image import make_template_image
-    from dreambuild.tiny_models import build_tiny_safety_checker, build_tiny_sd
+
+    require_checkout("the demo")
+    from fixtures.tiny_models import build_tiny_safety_checker, build_tiny_sd
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +165,8 @@ def run_demo(out: Path, say=print) -> dict:
                 webhook.update(signature_valid=False, signature_error=str(exc))
             payload = json.loads(body)
             webhook.update(path=path, id=headers.get("webhook-id"), status=payload["status"], version=payload["version"])
-        say(f"webhook: {'received, signature ' + ('valid' if webhook.get('signature_valid') else 'INVALID') if webhook['received'] else 'not received'}")
+        signature = "valid" if webhook.get("signature_valid") else "INVALID"
+        say(f"webhook: {'received, signature ' + signature if webhook['received'] else 'not received'}")
     finally:
         api.close()
         receiver.shutdown()

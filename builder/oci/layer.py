@@ -1,4 +1,4 @@
-"""The weights layer: ``src/weights/...`` as a deterministic tar stream, compressed, hashed and
+"""A layer: files (the weights: ``src/weights/...``) as a deterministic tar stream, compressed, hashed and
 handed to a sink chunk by chunk while it is produced (no second copy of the weights on disk).
 
 Deterministic: entries sorted by path, mtime 0, uid/gid 0 with empty owner names, modes 0755
@@ -14,9 +14,8 @@ import hashlib
 import tarfile
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
-from builder.weights import WeightsEntry
 from dreambuild.errors import InputError
 
 CHUNK = 8 * 2**20
@@ -32,6 +31,16 @@ MEDIA_TYPES = {
         "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
     },
 }
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One file or directory of a layer, ``path`` relative to the layer's prefix."""
+
+    path: str
+    is_dir: bool
+    size: int = 0
+    open: Callable[[], BinaryIO] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +146,7 @@ def _header(name: str, *, directory: bool, size: int = 0) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def write_layer(entries: Iterable[WeightsEntry], sink: Callable[[bytes], None], *,
+def write_layer(entries: Iterable[LayerEntry], sink: Callable[[bytes], None], *,
                 compression: Compression = Compression(), prefix: str = "src/weights",
                 on_bytes: Callable[[int], None] | None = None) -> Layer:
     """Stream ``entries`` as a layer placing them under ``/prefix`` into ``sink``; return its digests.

@@ -1,4 +1,4 @@
-"""Durable state of the service: trainings, model versions and uploads, in SQLite.
+"""The service's database: training records, model versions, uploads and settings, in SQLite.
 
 Each record is a JSON document in a row with the few columns queries need, so the same schema
 maps onto PostgreSQL (JSONB) behind this one class. Every change is one transaction; WAL mode
@@ -12,9 +12,10 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+from builder.service.training import FINISHED, TrainingRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trainings (
@@ -45,15 +46,8 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 """
 
-FINISHED = ("succeeded", "failed", "canceled")
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-class Store:
-    """SQLite-backed store; safe to share between the API and pipeline threads."""
+class Database:
+    """The SQLite database; safe to share between the API and pipeline threads."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,19 +86,19 @@ class Store:
 
     # --- trainings ---------------------------------------------------------------------------
 
-    def create_training(self, doc: dict[str, Any]) -> dict[str, Any]:
+    def create_training(self, doc: TrainingRecord) -> TrainingRecord:
         doc.setdefault("stage_started", {})[doc["stage"]] = time.time()
         with self._tx() as db:
             db.execute("INSERT INTO trainings (id, owner, status, doc) VALUES (?, ?, ?, ?)",
                        (doc["id"], doc["owner"], doc["status"], json.dumps(doc)))
         return doc
 
-    def get_training(self, training_id: str) -> dict[str, Any] | None:
+    def get_training(self, training_id: str) -> TrainingRecord | None:
         with self._lock:
             row = self._db.execute("SELECT doc FROM trainings WHERE id = ?", (training_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def update_training(self, training_id: str, **changes: Any) -> dict[str, Any]:
+    def update_training(self, training_id: str, **changes: Any) -> TrainingRecord:
         """Apply ``changes`` atomically; ``logs_append`` appends to the logs."""
         with self._tx() as db:
             row = db.execute("SELECT doc FROM trainings WHERE id = ?", (training_id,)).fetchone()
@@ -120,7 +114,7 @@ class Store:
             db.execute("UPDATE trainings SET status = ?, doc = ? WHERE id = ?", (doc["status"], json.dumps(doc), training_id))
             return doc
 
-    def list_trainings(self, owners: list[str] | None, *, before: int | None = None, limit: int = 50) -> tuple[list[dict], int | None]:
+    def list_trainings(self, owners: list[str] | None, *, before: int | None = None, limit: int = 50) -> tuple[list[TrainingRecord], int | None]:
         """Newest first (``owners`` None: every owner's); returns the page and the ``seq`` cursor
         for the next page (or None)."""
         if owners is not None and not owners:
@@ -140,7 +134,7 @@ class Store:
         page = [json.loads(doc) for _, doc in rows[:limit]]
         return page, (rows[limit - 1][0] if len(rows) > limit else None)
 
-    def unfinished_trainings(self) -> list[dict[str, Any]]:
+    def unfinished_trainings(self) -> list[TrainingRecord]:
         """Trainings to resume after a restart, oldest first (including undelivered webhooks)."""
         with self._lock:
             rows = self._db.execute("SELECT doc FROM trainings ORDER BY seq").fetchall()

@@ -1,34 +1,32 @@
-"""Runs a model in the real Cog HTTP server (coglet) as a subprocess, as a Cog image would.
+"""A model in the real Cog HTTP server (coglet) as a local subprocess, as a Cog image runs it.
 
-Used by the tests, by the service's ``local`` runner and by ``dreambuild predict``.
+schema (``.cog/openapi_schema.json``, so that coglet validates inputs) → ``python -m
+cog.server.http`` with the model's code on ``PYTHONPATH`` → ready (:func:`builder.cog.client.wait_ready`).
+Used by the service's ``local`` runner, by ``dreambuild predict`` without Docker, and by the tests.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dreambuild.errors import DreambuildError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class CogServerError(DreambuildError):
-    """The Cog server did not start or its setup failed."""
+from builder.checkout import REPO_ROOT
+from builder.cog.client import CogClient, CogError, wait_ready
 
 
 def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _pythonpath(code_root: Path) -> str:
+    return os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")]))
 
 
 def write_schema(project: Path, *, predict: str | None = None, train: str | None = None, python: str = sys.executable,
@@ -38,21 +36,28 @@ def write_schema(project: Path, *, predict: str | None = None, train: str | None
     cmd += ["--predict", predict] if predict else []
     cmd += ["--train", train] if train else []
     done = subprocess.run(cmd, cwd=code_root, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")]))})
+                          env={**os.environ, "PYTHONPATH": _pythonpath(code_root)})
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CogServerError(f"could not build the Cog schema for {predict or train}: {last}")
+        raise CogError(f"could not build the Cog schema for {predict or train}: {last}")
     return project / ".cog" / "openapi_schema.json"
 
 
 @dataclass
 class CogServer:
-    """A running Cog HTTP server; use as a context manager or call :meth:`stop`."""
+    """A running Cog HTTP server subprocess; use as a context manager or call :meth:`stop`."""
 
     url: str
     process: subprocess.Popen
     log_path: Path
     setup: dict = field(default_factory=dict)
+
+    @property
+    def client(self) -> CogClient:
+        return CogClient(self.url)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -86,8 +91,8 @@ def start_cog_server(
     code_root: Path = REPO_ROOT,
 ) -> CogServer:
     """Start ``python -m cog.server.http`` for ``ref`` (``path/to/file.py:Name`` under
-    ``code_root``, the repo by default, or an image's unpacked ``/src``) with ``project`` as its
-    working directory, and wait until setup has finished.
+    ``code_root``, the checkout by default, or an image's unpacked ``/src``) with ``project`` as
+    its working directory, and wait until setup has finished.
 
     With ``schema`` the OpenAPI schema is written first, so that coglet validates inputs.
     """
@@ -100,7 +105,7 @@ def start_cog_server(
         **os.environ,
         **(env or {}),
         "PORT": str(port),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": _pythonpath(code_root),
         # coglet's worker runs `python` from PATH: make it this interpreter.
         "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
         "COG_TRAIN_TYPE_STUB" if train else "COG_PREDICT_TYPE_STUB": f"{code_root / path}:{name}",
@@ -112,22 +117,9 @@ def start_cog_server(
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(cmd, cwd=project, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     server = CogServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise CogServerError(f"Cog server exited with code {process.returncode}:\n{server.logs()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/health-check", timeout=5) as resp:
-                health = json.load(resp)
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-            time.sleep(0.3)
-            continue
-        if health.get("status") == "READY":
-            server.setup = health.get("setup", {})
-            return server
-        if health.get("status") in ("SETUP_FAILED", "DEFUNCT"):
-            server.stop()
-            raise CogServerError(f"Cog setup failed: {health.get('setup', {}).get('logs', '')[-3000:]}")
-        time.sleep(0.3)
-    server.stop()
-    raise CogServerError(f"Cog server not ready after {timeout:.0f}s:\n{server.logs()[-3000:]}")
+    try:
+        server.setup = wait_ready(server.client, alive=server.alive, logs=server.logs, timeout=timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server

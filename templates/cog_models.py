@@ -1,6 +1,6 @@
 """Cog entry points of the three templates (templates/<name>/cog.yaml points at one class each).
 
-All the work is in ``dreambuild.inference``; these classes only declare each template's inputs.
+All the work is in ``templates.inference``; these classes only declare each template's inputs.
 The signatures are spelled out per class because Cog builds a model's schema from this file's
 source, statically; ``tests/test_templates_inputs.py`` checks that the shared inputs agree.
 """
@@ -12,9 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a template never downloads at se
 
 from cog import BaseRunner, Input, Path  # noqa: E402
 
-from dreambuild.inference.generator import ImageGenerator  # noqa: E402
-from dreambuild.inference.request import GenerationRequest  # noqa: E402
 from dreambuild.logs import configure_logging  # noqa: E402
+from templates.inference.generator import ImageGenerator  # noqa: E402
+from templates.inference.request import GenerationRequest  # noqa: E402
 
 SCHEDULERS = ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "K_EULER_ANCESTRAL", "K_EULER", "KLMS", "PNDM", "UniPCMultistep"]
 

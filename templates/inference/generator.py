@@ -16,14 +16,14 @@ from PIL import Image
 
 from dreambuild.errors import InputError, NSFWContentError, TemplateWithoutWeightsError
 from dreambuild.images import load_rgb
-from dreambuild.inference.control import ControlPreprocessor
-from dreambuild.inference.locations import WeightLocations
-from dreambuild.inference.pipelines import Device, Pipelines, compile_requested, load_controlnet, load_pipelines
-from dreambuild.inference.prompts import PromptEncoder
-from dreambuild.inference.request import GenerationRequest, denoising_steps, resolve_size
-from dreambuild.inference.safety import SafetyChecker
-from dreambuild.inference.schedulers import make_scheduler
 from dreambuild.layout import check_diffusers_layout
+from templates.inference.control import ControlPreprocessor
+from templates.inference.locations import WeightLocations
+from templates.inference.pipelines import Device, Pipelines, compile_requested, load_controlnet, load_pipelines
+from templates.inference.prompts import PromptEncoder
+from templates.inference.request import GenerationRequest, denoising_steps, resolve_size
+from templates.inference.safety import SafetyChecker
+from templates.inference.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""An image's ``/src`` (and ``/opt/dreambuild``) on local disk, without Docker: for running a built model in a local Cog
-server (``dreambuild predict``).
+"""An image's ``/src`` (and ``/opt/dreambuild``) on local disk, without Docker, for running it
+in a local Cog server (``dreambuild predict``).
 
 Each layer is pulled once (from a registry or an OCI layout), verified against its digest and
 diff_id while it streams, and its ``src/`` entries extracted into a content-addressed cache
@@ -21,10 +21,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from builder.build import resolve_template
-from builder.image import Manifest
+from builder.oci.manifest import Manifest
+from builder.oci.resolve import resolve_image
+from builder.oci.stores import ImageStore
 from builder.settings import BuilderSettings
-from builder.stores import Store
 from dreambuild.errors import RegistryError
 
 WHITEOUT = ".wh."
@@ -32,7 +32,7 @@ OPAQUE = ".wh..wh..opq"
 COMPLETE = ".dreambuild-complete"
 # What a model needs to run: its code and weights, and the weights its template baked.
 PREFIXES = (("src",), ("opt", "dreambuild"))
-# dreambuild.inference.locations' defaults under /opt/dreambuild, by the variable overriding each.
+# templates.inference.locations' defaults under /opt/dreambuild, by the variable overriding each.
 BAKED_DEFAULTS = {"DREAMBUILD_CONTROLNET": "controlnet", "DREAMBUILD_ANNOTATORS": "annotators",
                   "DREAMBUILD_SAFETY_CHECKER": "safety-checker"}
 
@@ -118,7 +118,7 @@ def _extract_layer(reader: _LayerReader, dest: Path) -> None:
     reader.drain()
 
 
-def ensure_layer(store: Store, descriptor: dict, diff_id: str, cache: Path) -> Path:
+def ensure_layer(store: ImageStore, descriptor: dict, diff_id: str, cache: Path) -> Path:
     """The layer's entries under PREFIXES, extracted once into the cache (verified)."""
     target = cache / "layers" / diff_id.removeprefix("sha256:")
     if (target / COMPLETE).exists():
@@ -208,7 +208,8 @@ class UnpackedImage:
 def unpack_src(image: str, settings: BuilderSettings | None = None) -> UnpackedImage:
     """Pull ``image`` (registry or ``oci:`` reference) and return its ``/src`` on local disk."""
     settings = settings or BuilderSettings.from_env()
-    image_ref = resolve_template(image, settings)  # the same resolution: reference, platform, config
+    # A bare sha256 version is looked up where templates are (predict --weights tries templates).
+    image_ref = resolve_image(image, settings, search=settings.template_repositories)
     cache = settings.cache
     merged_root = cache / "images" / image_ref.manifest.digest.removeprefix("sha256:")
     if not (merged_root / COMPLETE).exists():

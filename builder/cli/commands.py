@@ -32,7 +32,7 @@ def fail(message: str) -> None:
 @app.command()
 def demo(out: Path = typer.Option(Path("demo-out"), help="Directory for summary.json, output.zip and the generated PNG.")) -> None:
     """Run the pipeline end to end on tiny local models, with no configuration."""
-    from builder.demo import run_demo
+    from builder.cli.demo import run_demo
 
     run_demo(out)
 
@@ -47,7 +47,7 @@ def serve(
     """Run the trainings service (POST /v1/trainings → train → build → push → webhook)."""
     import uvicorn
 
-    from builder.service.api import create_app
+    from builder.service.app import create_app
     from builder.service.config import ensure_local_token, load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -75,7 +75,7 @@ def predict(
 ) -> None:
     """Run a model image: with a Docker engine, `docker run`; without, its layers are pulled into a
     cache and it runs in a local Cog server with this Python environment."""
-    from builder.predict import predict as run_prediction
+    from builder.cog.predict_image import predict as run_prediction
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:
@@ -134,7 +134,7 @@ app.add_typer(versions_app, name="versions")
 
 
 def _client(url, token):
-    from builder.client import ServiceClient
+    from builder.cli.service_client import ServiceClient
 
     return ServiceClient(url, token)
 

@@ -1,0 +1,26 @@
+"""This checkout's Cog model sources: the trainer (``trainer/``, root ``cog.yaml``), the
+templates (``templates/``) and the core they share (``dreambuild/``), plus the tiny-model fixture
+generator (``fixtures/``).
+
+Inside a Cog image these folders are ``/src``. On the host, the ``local`` runner, the template
+image writer and the demo run them from the checkout; they are not part of the installed
+``dreambuild`` distribution (see the README, "Packages").
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from dreambuild.errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_checkout(what: str) -> Path:
+    """Make the checkout's model sources importable; fail clearly where there is none."""
+    if not (REPO_ROOT / "trainer").is_dir() or not (REPO_ROOT / "fixtures").is_dir():
+        raise InputError(f"{what} runs this repository's trainer and templates: run it from a dreambuild checkout")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    return REPO_ROOT

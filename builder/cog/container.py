@@ -1,0 +1,107 @@
+"""A Cog model image run as a container with the Docker SDK, against the engine at
+``DOCKER_HOST`` (a Docker daemon, or ``podman system service``).
+
+engine → ``containers.run`` (Cog's port published on loopback, GPUs requested) → the published
+port → ready (:func:`builder.cog.client.wait_ready`) → :class:`CogContainer`, removed by ``stop``.
+Used by the service's ``docker`` runner and by ``dreambuild predict`` with a Docker engine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from builder.cog.client import CogClient, CogError, wait_ready
+from dreambuild.errors import BuildError, DreambuildError
+
+
+def docker_client(timeout: int = 600):
+    """A Docker SDK client for ``DOCKER_HOST`` (or the default socket)."""
+    import docker
+
+    try:
+        return docker.from_env(timeout=timeout)
+    except docker.errors.DockerException as exc:
+        where = os.environ.get("DOCKER_HOST") or "the default socket"
+        raise BuildError(f"cannot reach a Docker engine at {where}: {exc}") from None
+
+
+def engine_available() -> bool:
+    """Whether a Docker-compatible engine answers at DOCKER_HOST."""
+    try:
+        return bool(docker_client(timeout=3).ping())
+    except Exception:  # the SDK raises several unrelated types when nothing listens
+        return False
+
+
+@dataclass
+class CogContainer:
+    """A running Cog model container (a docker SDK ``Container``) and its server's URL."""
+
+    container: object
+    url: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.container.name
+
+    @property
+    def client(self) -> CogClient:
+        return CogClient(self.url)
+
+    def alive(self) -> bool:
+        self.container.reload()
+        return self.container.status in ("created", "running")
+
+    def logs(self) -> str:
+        return self.container.logs(tail=50).decode(errors="replace")
+
+    def stop(self) -> None:
+        remove_container(self.name)
+
+
+def remove_container(name: str) -> None:
+    """Remove a container (also one left by a service that died while it ran)."""
+    import docker.errors
+
+    try:
+        docker_client(timeout=30).containers.get(name).remove(force=True)
+    except (docker.errors.NotFound, DreambuildError):
+        pass
+
+
+def start_cog_container(image: str, *, name: str, command: list[str] | None = None, env: dict[str, str] | None = None,
+                        gpus: bool = True, timeout: float = 1800, what: str = "model image") -> CogContainer:
+    """Run a Cog model image (GPUs requested, Cog's port published on loopback) and wait until
+    its server is READY."""
+    import docker
+    import docker.errors
+
+    try:
+        container = docker_client().containers.run(
+            image, command, detach=True, name=name, environment=env or {}, ports={"5000/tcp": ("127.0.0.1", None)},
+            device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
+        )
+    except docker.errors.DockerException as exc:
+        remove_container(name)
+        raise CogError(f"cannot start the {what} {image}: {getattr(exc, 'explanation', None) or exc}") from None
+    running = CogContainer(container)
+    deadline = time.monotonic() + timeout
+    try:
+        while not running.url:
+            if not running.alive():
+                raise CogError(f"the {what} container exited during setup: {running.logs()[-500:]}")
+            if time.monotonic() > deadline:
+                raise CogError(f"the {what} container published no port within {timeout:.0f}s")
+            ports = (container.ports or {}).get("5000/tcp") or []
+            if ports:
+                running.url = f"http://127.0.0.1:{ports[0]['HostPort']}"
+            else:
+                time.sleep(0.3)
+        client = CogClient(running.url, what=f"{what} container")
+        wait_ready(client, alive=running.alive, logs=running.logs, timeout=max(1.0, deadline - time.monotonic()), interval=1)
+    except BaseException:
+        running.stop()
+        raise
+    return running

@@ -1,0 +1,66 @@
+"""Routes for the trainer's Cog server, not for users: its webhook (logs, status) and its output
+upload (``--upload-url``). They are addressed by a per-training secret in the path instead of an
+API token, and are left out of the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from builder.service.http import FILENAME, fail, stream_to
+from builder.service.training import TrainingRecord
+
+if TYPE_CHECKING:
+    from builder.service.app import Service
+
+
+def internal_router(service: Service) -> APIRouter:
+    """``/internal/<secret>/...``: output uploads and Cog's webhook, per training."""
+    router = APIRouter(include_in_schema=False)
+    config = service.config
+
+    def training_for(secret: str, training_id: str) -> TrainingRecord:
+        doc = service.db.get_training(training_id)
+        if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret):
+            raise fail(404, "not found")
+        return doc
+
+    async def receive_output(training_id: str, filename: str, request: Request) -> JSONResponse:
+        if not FILENAME.match(filename):
+            raise fail(422, "bad file name")
+        folder = config.files / training_id
+        folder.mkdir(parents=True, exist_ok=True)
+        await stream_to(request, folder / filename, config.max_upload_bytes, None)
+        location = f"{config.base_url}/v1/trainings/{training_id}/weights"
+        return JSONResponse({}, status_code=201, headers={"Location": location})
+
+    @router.put("/internal/{secret}/files/{filename}")
+    async def receive_shared_output(secret: str, filename: str, request: Request) -> JSONResponse:
+        """cog-http trainers: one upload URL for all trainings, told apart by X-Prediction-Id."""
+        if not secrets.compare_digest(secret, service.upload_secret):
+            raise fail(404, "not found")
+        training_id = request.headers.get("x-prediction-id", "")
+        if service.db.get_training(training_id) is None:
+            raise fail(404, "unknown prediction id")
+        return await receive_output(training_id, filename, request)
+
+    @router.put("/internal/{secret}/files/{training_id}/{filename}")
+    async def receive_training_output(secret: str, training_id: str, filename: str, request: Request) -> JSONResponse:
+        training_for(secret, training_id)
+        return await receive_output(training_id, filename, request)
+
+    @router.post("/internal/{secret}/cog/{training_id}")
+    async def cog_update(secret: str, training_id: str, request: Request) -> dict:
+        training_for(secret, training_id)
+        body = await request.json()
+        changes: dict[str, Any] = {"logs": body.get("logs") or ""}
+        if body.get("status") in ("succeeded", "failed", "canceled"):
+            changes.update(cog_status=body["status"], cog_error=body.get("error"), cog_metrics=body.get("metrics") or {})
+        service.db.update_training(training_id, **changes)
+        return {}
+
+    return router
