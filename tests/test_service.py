@@ -162,7 +162,12 @@ def test_tokens_see_only_their_owners(service, receiver):
     ({"template_version": "e" * 64}, 422, "unknown template_version"),
     ({"model": "Alice/Toy"}, 422, "must be owner/name"),
     ({"model": "alice"}, 422, "must be owner/name"),
+    ({"model": "alice/x."}, 422, "must be owner/name"),  # the registry's grammar: no trailing separator
+    ({"model": "alice/crlf\n"}, 422, "must be owner/name"),  # `$` alone let a trailing newline through
+    ({"model": "alice/" + "x" * 250}, 422, "must be owner/name"),
     ({"webhook_completed": "ftp://example.com/hook"}, 422, "not an http(s) URL"),
+    ({"webhook_completed": "http://127.0.0.1:abc/x"}, 422, "its port is not a number"),
+    ({"webhook_completed": "http:///no-host"}, 422, "not an http(s) URL"),
     ({"input": {**TRAIN_INPUT, "instance_data": "/etc/passwd"}}, 422, "instance_data must be an http(s) URL"),
     ({"notes": "x" * 70000}, 413, "over the limit"),
 ])
@@ -174,6 +179,24 @@ def test_bad_requests_are_refused_and_store_nothing(service, receiver, change, s
     response = httpx.post(f"{service.url}/v1/trainings", json=body, headers=ALICE)
     assert response.status_code == status and message in response.json()["detail"], response.text
     assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before
+
+
+def test_body_limits_hold_on_the_bytes_read(service, receiver):
+    """A chunked body carries no Content-Length: the limit is judged on what arrives."""
+    before = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
+    body = json.dumps({**seed_request(service, receiver, "https://example.com/photos.zip"), "notes": "x" * 200_000}).encode()
+
+    def chunks():
+        for i in range(0, len(body), 8192):
+            yield body[i:i + 8192]
+
+    response = httpx.post(f"{service.url}/v1/trainings", content=chunks(), headers={**ALICE, "Content-Type": "application/json"})
+    assert response.status_code == 413 and "over the limit of 65536" in response.json()["detail"], response.text
+    assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before
+    big = (b"x" * 2**20 for _ in range(21))  # 21 MiB against the 20 MiB upload limit, chunked
+    response = httpx.post(f"{service.url}/v1/uploads/big.zip", content=big, headers=ALICE)
+    assert response.status_code == 413
+    assert not any(p.name == "big.zip" for p in (Path(service.config["data_dir"]) / "uploads").rglob("*"))
 
 
 def test_a_failing_training_ends_failed_with_a_webhook(service, receiver):

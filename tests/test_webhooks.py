@@ -44,3 +44,9 @@ def test_redirects_are_not_followed_and_failures_are_reported(receiver):
     assert all(r.path == "/" for r in receiver.received)
     dead = deliver("http://127.0.0.1:9/", PAYLOAD, secret=new_secret(), webhook_id="w", attempts=2, backoff=0.01)
     assert not dead.ok and dead.status is None and "ConnectError" in dead.error
+
+
+def test_an_unusable_url_is_a_failed_delivery_not_an_exception():
+    for url in ("http://127.0.0.1:abc/x", "gopher://example.com/"):
+        result = deliver(url, PAYLOAD, secret=new_secret(), webhook_id="t1-completed", attempts=3, backoff=0)
+        assert not result.ok and result.attempts == 1 and result.error

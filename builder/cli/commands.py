@@ -19,8 +19,20 @@ app = typer.Typer(help="dreambuild: train Stable Diffusion with DreamBooth and s
 err = Console(stderr=True)
 
 
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"dreambuild {version('dreambuild')}")
+        except PackageNotFoundError:
+            print("dreambuild (not installed: running from a checkout)")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit.")) -> None:
     """dreambuild command line."""
 
 
@@ -42,7 +54,8 @@ def serve(
     config: Path = typer.Option(None, help="Service configuration (YAML); default: embedded defaults."),
     host: str = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
     port: int = typer.Option(None, help="Port (default 8000)."),
-    data_dir: Path = typer.Option(None, help="Data directory (default ./.dreambuild)."),
+    data_dir: Path = typer.Option(None, help="Data directory (default: the configuration's data_dir, else "
+                                             "DREAMBUILD_HOME, else ./.dreambuild)."),
 ) -> None:
     """Run the trainings service (POST /v1/trainings → train → build → push → webhook)."""
     import uvicorn

@@ -17,10 +17,13 @@ from dreambuild.errors import ImageReferenceError
 
 DOCKER_HUB = "docker.io"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
-_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?$")
+# Always used with fullmatch: `$` alone would accept a trailing newline.
+_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_MODEL = re.compile(rf"{_COMPONENT}/{_COMPONENT}")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?")
+MAX_NAME = 255  # the distribution spec's limit on a repository name (with its registry)
 
 
 def normalize_digest(text: str) -> str | None:
@@ -28,7 +31,13 @@ def normalize_digest(text: str) -> str | None:
     text = text.strip()
     if re.fullmatch(r"[a-f0-9]{64}", text):
         text = "sha256:" + text
-    return text if _DIGEST.match(text) else None
+    return text if _DIGEST.fullmatch(text) else None
+
+
+def is_model_name(text: object) -> bool:
+    """``owner/name``: two repository components of the registry's grammar (lowercase letters,
+    digits, and ``.``, ``_``, ``__`` or ``-`` between them), no registry, tag or digest."""
+    return isinstance(text, str) and len(text) <= MAX_NAME and _MODEL.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ def _split_digest(text: str, what: str) -> tuple[str, str | None]:
     if "@" not in text:
         return text, None
     rest, _, digest = text.rpartition("@")
-    if not _DIGEST.match(digest):
+    if not _DIGEST.fullmatch(digest):
         raise ImageReferenceError(f"{what} {text!r}: {digest!r} is not a sha256 digest (sha256: and 64 hex digits)")
     return rest, digest
 
@@ -99,12 +108,12 @@ def parse_registry_ref(text: str, *, what: str = "image reference", default_regi
     last = text.rsplit("/", 1)[-1]
     if ":" in last:
         text, _, tag = text.rpartition(":")
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise ImageReferenceError(f"{what} {original!r}: {tag!r} is not a valid tag")
     first, sep, rest = text.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
         registry, repository = first, rest
-        if not _HOST.match(registry):
+        if not _HOST.fullmatch(registry):
             raise ImageReferenceError(f"{what} {original!r}: {registry!r} is not a valid registry host")
     elif default_registry:
         registry, repository = default_registry, text
@@ -112,7 +121,7 @@ def parse_registry_ref(text: str, *, what: str = "image reference", default_regi
         registry, repository = DOCKER_HUB, text if sep else f"library/{text}"
     if registry in ("index.docker.io", "registry-1.docker.io"):
         registry = DOCKER_HUB
-    if not _REPOSITORY.match(repository):
+    if not _REPOSITORY.fullmatch(repository) or len(repository) > MAX_NAME:
         raise ImageReferenceError(
             f"{what} {original!r}: repository {repository!r} must be lowercase letters, digits and separators (. _ -), "
             "in components joined by /"
@@ -130,7 +139,7 @@ def parse_layout_ref(text: str, *, what: str = "image reference") -> LayoutRef:
         raise ImageReferenceError(f"{what} {text!r} names no directory")
     if name:
         repository, _, tag = name.rpartition(":") if ":" in name else (name, "", "")
-        if not _REPOSITORY.match(repository) or (tag and not _TAG.match(tag)):
+        if not _REPOSITORY.fullmatch(repository) or (tag and not _TAG.fullmatch(tag)):
             raise ImageReferenceError(f"{what} {text!r}: {name!r} is not a valid image name (owner/name[:tag], "
                                       "lowercase letters, digits and separators)")
     return LayoutRef(path=Path(path).expanduser(), name=name or None, digest=digest)

@@ -9,25 +9,21 @@ URLs, like the peers' presigned URLs, so a trainer can download them without a t
 
 from __future__ import annotations
 
-import re
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from builder.oci.references import normalize_digest
+from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
-from builder.service.http import FILENAME, fail, stream_to
+from builder.service.http import FILENAME, check_http_url, fail, stream_to
 from builder.service.training import TrainingRecord, new_training, now_iso, public_training
 
 if TYPE_CHECKING:
     from builder.service.app import Service
-
-MODEL = re.compile(r"^[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*$")
-
 
 class TrainingRequest(BaseModel):
     """The seed's payload, exactly."""
@@ -58,8 +54,8 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
     """Check a training request against the token, the catalog and the service's uploads; return
     it with the versions as the catalog writes them."""
     config = service.config
-    if not MODEL.match(body.model):
-        raise fail(422, f"model {body.model!r} must be owner/name (lowercase letters, digits, -, _ and .)")
+    if not is_model_name(body.model):
+        raise fail(422, f"model {body.model!r} must be owner/name: lowercase letters and digits, with '.', '_' or '-' between them")
     owner = body.model.split("/")[0]
     if not service.may_use(owners, owner):
         raise fail(403, f"this token may not push to owner {owner!r}")
@@ -69,12 +65,14 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
     template = config.catalog_key(config.templates, body.template_version)
     if template is None:
         raise fail(422, f"unknown template_version {body.template_version!r}; known: {', '.join(config.templates) or 'none'}")
-    if body.webhook_completed is not None and not re.match(r"^https?://[^\s/]+", body.webhook_completed):
-        raise fail(422, f"webhook_completed {body.webhook_completed!r} is not an http(s) URL")
+    if body.webhook_completed is not None:
+        check_http_url(body.webhook_completed, "webhook_completed")
     data = body.input.get("instance_data")
     if data is not None:
-        if not isinstance(data, str) or not re.match(r"^https?://[^\s/]+", data):
-            raise fail(422, "input.instance_data must be an http(s) URL or an upload URL of this service")
+        try:
+            check_http_url(data, "input.instance_data")
+        except HTTPException:
+            raise fail(422, "input.instance_data must be an http(s) URL or an upload URL of this service") from None
         if data.startswith(config.base_url + "/v1/uploads/") and not service.upload_path(data):
             raise fail(422, f"input.instance_data {data!r} is not an upload of this service")
     return body.model_copy(update={"trainer_version": trainer, "template_version": template})
@@ -163,7 +161,7 @@ def public_router(service: Service) -> APIRouter:
 
     @router.post("/v1/uploads/{filename}", status_code=201, summary="Upload a file (instance data zip); returns its URL")
     async def upload(filename: str, request: Request, token_owners: list[str] = Depends(owners)) -> dict:
-        if not FILENAME.match(filename):
+        if not FILENAME.fullmatch(filename):
             raise fail(422, f"file name {filename!r} must be letters, digits, '.', '_' or '-'")
         upload_id = secrets.token_urlsafe(24)
         folder = config.data_dir / "uploads" / upload_id

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 import secrets
 from contextlib import asynccontextmanager
@@ -41,7 +43,7 @@ class Service:
         (config.data_dir / "cog-upload-url").write_text(self.cog_upload_url + "\n")
         self.pipeline = Pipeline(config, self.db, self.webhook_secret)
         self.worker = Worker(self.pipeline, config.max_concurrent)
-        self.tokens = {entry.token: entry.owners for entry in config.tokens}
+        self.tokens = [(entry.token.encode(), entry.owners) for entry in config.tokens]
 
     @property
     def cog_upload_url(self) -> str:
@@ -52,9 +54,13 @@ class Service:
         """The owners the request's API token may act for (401 without a known token)."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() not in ("bearer", "token") or token.strip() not in self.tokens:
+        given, found = token.strip().encode(), None
+        for known, owners in self.tokens:  # every token compared, each in constant time
+            if hmac.compare_digest(known, given):
+                found = owners
+        if scheme.lower() not in ("bearer", "token") or found is None:
             raise fail(401, "missing or unknown API token: send Authorization: Bearer <token>")
-        return self.tokens[token.strip()]
+        return found
 
     @staticmethod
     def may_use(owners: list[str], owner: str) -> bool:
@@ -73,6 +79,43 @@ class Service:
         upload_id, _, name = tail.partition("/")
         doc = self.db.get_upload(upload_id)
         return Path(doc["path"]) if doc and doc["name"] == name and Path(doc["path"]).is_file() else None
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over its route's limit is refused with 413, judged on the
+    bytes actually received (a chunked body has no Content-Length to trust), before the route
+    stores anything."""
+
+    def __init__(self, app, limit_for) -> None:
+        self.app, self.limit_for = app, limit_for
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit_for(scope["path"])
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            return await _send_json(send, 413, f"request body of {int(length)} bytes is over the limit of {limit}")
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Raised where the route reads its body: FastAPI answers it as a 413.
+                    raise fail(413, f"request body is over the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _send_json(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
@@ -96,14 +139,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
         detail = describe_validation(list(exc.errors())).replace("Extra inputs are not permitted", "unknown field")
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        limit = config.max_upload_bytes if request.url.path.startswith(("/v1/uploads", "/internal/")) else config.max_body_bytes
-        if length and length.isdigit() and int(length) > limit:
-            return JSONResponse({"detail": f"request body of {length} bytes is over the limit of {limit}"}, status_code=413)
-        return await call_next(request)
-
+    app.add_middleware(BodyLimit, limit_for=lambda path: config.max_upload_bytes
+                       if path.startswith(("/v1/uploads", "/internal/")) else config.max_body_bytes)
     app.include_router(public_router(service))
     app.include_router(internal_router(service))
     return app

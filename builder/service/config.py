@@ -129,6 +129,8 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
         except (OSError, yaml.YAMLError) as exc:
             raise InputError(f"service configuration {path}: {exc}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if "data_dir" not in data and os.environ.get("DREAMBUILD_HOME"):
+        data["data_dir"] = os.environ["DREAMBUILD_HOME"]  # where the CLI looks for the token, too
     try:
         config = ServiceConfig.model_validate(data)
     except ValueError as exc:

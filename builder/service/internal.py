@@ -30,7 +30,7 @@ def internal_router(service: Service) -> APIRouter:
         return doc
 
     async def receive_output(training_id: str, filename: str, request: Request) -> JSONResponse:
-        if not FILENAME.match(filename):
+        if not FILENAME.fullmatch(filename):
             raise fail(422, "bad file name")
         folder = config.files / training_id
         folder.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,12 @@ class Pipeline:
             log.exception("training %s failed", training_id)
             doc = self._finish(training_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
         if doc["stage"] == "webhook":
-            self._webhook(doc)
+            try:
+                self._webhook(doc)
+            except Exception as exc:  # the training is over: record why its webhook was not sent, never loop on it
+                log.exception("webhook of training %s failed", training_id)
+                self.db.update_training(training_id, stage="done", webhook_delivery={
+                    "ok": False, "attempts": 0, "status": None, "error": f"internal error: {type(exc).__name__}: {exc}"})
 
     def _finish(self, training_id: str, status: str, error: str) -> TrainingRecord:
         return self.db.update_training(training_id, status=status, error=error, stage="webhook", completed_at=now_iso())

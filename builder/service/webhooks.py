@@ -49,7 +49,7 @@ class Delivery:
 
 def deliver(url: str, payload: dict, *, secret: str, webhook_id: str, attempts: int = 8, backoff: float = 1.0,
             timeout: float = 10.0) -> Delivery:
-    """POST ``payload`` to ``url`` until a 2xx answer or ``attempts`` run out."""
+    """POST ``payload`` to ``url`` until a 2xx answer or ``attempts`` run out; never raises."""
     body = json.dumps(payload, separators=(",", ":"), default=str)
     status: int | None = None
     error: str | None = None
@@ -61,6 +61,8 @@ def deliver(url: str, payload: dict, *, secret: str, webhook_id: str, attempts: 
                 if 200 <= status < 300:
                     return Delivery(True, attempt, status, None)
                 error = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:  # retrying cannot help
+                return Delivery(False, attempt, None, f"{type(exc).__name__}: {exc}")
             except httpx.HTTPError as exc:
                 status, error = None, f"{type(exc).__name__}: {exc}"
             if attempt < attempts:
