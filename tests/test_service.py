@@ -42,10 +42,17 @@ class Service:
             assert self.proc.poll() is None, (self.root / "service.log").read_text()
             try:
                 if httpx.get(f"{self.url}/docs", timeout=2).status_code == 200:
-                    return self
+                    break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        raise RuntimeError("service did not start")
+        else:
+            raise RuntimeError("service did not start")
+        # It reads its trainers' schemas in the background; the first request would wait for them.
+        schemas = [Path(self.config["data_dir"]) / "schemas" / f"{v}.json" for v in self.config["trainers"]]
+        while not all(p.is_file() for p in schemas) and time.monotonic() < deadline + 180:
+            assert self.proc.poll() is None, (self.root / "service.log").read_text()
+            time.sleep(0.2)
+        return self
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -155,6 +162,9 @@ def test_tokens_see_only_their_owners(service, receiver):
     assert response.status_code == 403 and "owner 'alice'" in response.json()["detail"]
 
 
+VALID = {**TRAIN_INPUT, "instance_data": "https://example.com/p.zip"}
+
+
 @pytest.mark.parametrize("change, status, message", [
     ({"input": None}, 422, "input"),
     ({"extra": 1}, 422, "extra: unknown field"),
@@ -169,11 +179,26 @@ def test_tokens_see_only_their_owners(service, receiver):
     ({"webhook_completed": "http://127.0.0.1:abc/x"}, 422, "its port is not a number"),
     ({"webhook_completed": "http:///no-host"}, 422, "not an http(s) URL"),
     ({"input": {**TRAIN_INPUT, "instance_data": "/etc/passwd"}}, 422, "instance_data must be an http(s) URL"),
+    # Every file input, found in the trainer's schema: never a path on the service's disk.
+    ({"input": {**VALID, "ckpt_base": "/srv/files/x/output.zip"}}, 422,
+     "input.ckpt_base must be an http(s) URL"),
+    ({"input": {**VALID, "class_data": "file:///etc/passwd"}}, 422,
+     "input.class_data must be an http(s) URL"),
+    # The input against the trainer version's Cog schema, at creation.
+    ({"input": {**VALID, "max_train_steps": "abc"}}, 422,
+     "input.max_train_steps: 'abc' is not of type 'integer'"),
+    ({"input": {**VALID, "resolution": 7}}, 422, "input.resolution: 7 is less than"),
+    ({"input": {**VALID, "learning_rat": 1}}, 422, "input.learning_rat: unknown input"),
+    ({"input": {**VALID, "lr_scheduler": "fast"}}, 422, "input.lr_scheduler: 'fast' is not one of"),
+    ({"input": {**VALID, "seed": "x"}}, 422, "input.seed: 'x' is not of type 'integer'"),
+    ({"input": TRAIN_INPUT}, 422, "input.instance_data: required"),
     ({"notes": "x" * 70000}, 413, "over the limit"),
 ])
 def test_bad_requests_are_refused_and_store_nothing(service, receiver, change, status, message):
     before = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
     body = {**seed_request(service, receiver, "https://example.com/photos.zip"), **change}
+    if change.get("input") is TRAIN_INPUT:
+        body["input"] = {k: v for k, v in TRAIN_INPUT.items() if k != "instance_data"}
     if change.get("input", 0) is None:
         del body["input"]
     response = httpx.post(f"{service.url}/v1/trainings", json=body, headers=ALICE)
@@ -197,6 +222,19 @@ def test_body_limits_hold_on_the_bytes_read(service, receiver):
     response = httpx.post(f"{service.url}/v1/uploads/big.zip", content=big, headers=ALICE)
     assert response.status_code == 413
     assert not any(p.name == "big.zip" for p in (Path(service.config["data_dir"]) / "uploads").rglob("*"))
+
+
+def test_another_owners_upload_is_refused_at_creation(tmp_path, service, receiver):
+    bobs = upload(service, photos_zip(tmp_path / "photos.zip"), headers=BOB)
+    before = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
+    response = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, bobs), headers=ALICE)
+    assert response.status_code == 422 and "is not an upload of this token's owners" in response.json()["detail"]
+    extra = {"input": {**TRAIN_INPUT, "instance_data": upload(service, photos_zip(tmp_path / "mine.zip")), "class_data": bobs}}
+    response = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, "", **extra), headers=ALICE)
+    assert response.status_code == 422 and "input.class_data" in response.json()["detail"]
+    assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before
+    # The trainer's schema was read once, for its version, and kept.
+    assert (Path(service.config["data_dir"]) / "schemas" / f"{local_trainer_version()}.json").is_file()
 
 
 def test_a_failing_training_ends_failed_with_a_webhook(service, receiver):
@@ -345,17 +383,30 @@ def test_the_replicate_client_drives_the_service(tmp_path, service, receiver):
         client.trainings.create(model="dreambuild/dreambooth", version="f" * 64, input={}, destination="alice/x")
 
 
+def trainer_image(root: Path, registry, schema: str) -> str:
+    """A trainer image as `cog build` labels it (no Python inside: it fails when run), pushed."""
+    from fixtures.services import buildah_template
+
+    digest = buildah_template(root / "trainer-image", registry, "dreambuild-test/trainer", fmt="docker",
+                              labels={"run.cog.openapi_schema": schema})
+    return f"{registry.host}/dreambuild-test/trainer@{digest}"
+
+
 @pytest.mark.parametrize("engine", ["none", "podman"])
-def test_docker_runner_failures_end_the_training_clearly(tmp_path, service, receiver, templates, request, engine):
+def test_docker_runner_failures_end_the_training_clearly(tmp_path, service, receiver, registry, request, engine):
+    # An image that Cog would have built: its schema in a label, read at creation from the registry.
+    schema = (Path(service.config["data_dir"]) / "schemas" / f"{local_trainer_version()}.json").read_text()
+    image = trainer_image(tmp_path, registry, schema)
     version = "d" * 64
-    service.config["trainers"][version] = {"name": "in-docker", "runner": "docker", "image": templates["docker"], "gpus": False}
+    service.config["trainers"][version] = {"name": "in-docker", "runner": "docker", "image": image, "gpus": False}
     service.env = {"DOCKER_HOST": request.getfixturevalue("podman").docker_host if engine == "podman" else f"unix://{tmp_path}/none.sock"}
     try:
         service.stop()
         service.start()
         created = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, "https://example.com/p.zip",
-                                                                            trainer_version=version), headers=ALICE).json()
-        done = service.wait(created["id"], timeout=300)
+                                                                            trainer_version=version), headers=ALICE)
+        assert created.status_code == 201, created.text
+        done = service.wait(created.json()["id"], timeout=300)
     finally:
         del service.config["trainers"][version]
         service.env = {}
@@ -410,6 +461,10 @@ def test_embedded_defaults_need_no_configuration(tmp_path, registry, templates):
         body = {"input": {}, "trainer_version": local_trainer_version(), "template_version": "a" * 64, "model": "anyone/model"}
         response = httpx.post(f"{url}/v1/trainings", json=body, headers=headers)
         assert response.status_code == 422 and "unknown template_version" in response.json()["detail"]  # the trainer is known
+        response = httpx.post(f"{url}/v1/trainings", json={**body, "template_version": template_version}, headers=headers,
+                              timeout=300)  # the first request waits while the trainer's schema is read
+        assert response.status_code == 422 and "input.instance_prompt: required" in response.json()["detail"]  # its schema too
+        body["input"] = {**TRAIN_INPUT, "instance_data": "https://example.com/photos.zip"}
         response = httpx.post(f"{url}/v1/trainings", json={**body, "template_version": template_version}, headers=headers)
         assert response.status_code == 201, response.text
         httpx.post(response.json()["urls"]["cancel"], headers=headers)

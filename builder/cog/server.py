@@ -7,6 +7,7 @@ Used by the service's ``local`` runner, by ``dreambuild predict`` without Docker
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -87,17 +88,21 @@ def start_cog_server(
     upload_url: str | None = None,
     python: str = sys.executable,
     timeout: float = 600.0,
-    schema: bool = True,
+    schema: bool | dict = True,
     code_root: Path = REPO_ROOT,
 ) -> CogServer:
     """Start ``python -m cog.server.http`` for ``ref`` (``path/to/file.py:Name`` under
     ``code_root``, the checkout by default, or an image's unpacked ``/src``) with ``project`` as
     its working directory, and wait until setup has finished.
 
-    With ``schema`` the OpenAPI schema is written first, so that coglet validates inputs.
+    With ``schema`` the OpenAPI schema is written first, so that coglet validates inputs: generated
+    (``True``), or given (a dict: a schema generated before for the same code).
     """
     project.mkdir(parents=True, exist_ok=True)
-    if schema:
+    if isinstance(schema, dict):
+        (project / ".cog").mkdir(exist_ok=True)
+        (project / ".cog" / "openapi_schema.json").write_text(json.dumps(schema))
+    elif schema:
         write_schema(project, **({"train": ref} if train else {"predict": ref}), python=python, code_root=code_root)
     port = free_port()
     path, _, name = ref.partition(":")

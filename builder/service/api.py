@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
 from builder.service.http import FILENAME, check_http_url, fail, stream_to
+from builder.service.schemas import SchemaUnavailable, file_inputs, input_problems
 from builder.service.training import TrainingRecord, new_training, now_iso, public_training
 
 if TYPE_CHECKING:
@@ -67,15 +68,31 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
         raise fail(422, f"unknown template_version {body.template_version!r}; known: {', '.join(config.templates) or 'none'}")
     if body.webhook_completed is not None:
         check_http_url(body.webhook_completed, "webhook_completed")
-    data = body.input.get("instance_data")
-    if data is not None:
-        try:
-            check_http_url(data, "input.instance_data")
-        except HTTPException:
-            raise fail(422, "input.instance_data must be an http(s) URL or an upload URL of this service") from None
-        if data.startswith(config.base_url + "/v1/uploads/") and not service.upload_path(data):
-            raise fail(422, f"input.instance_data {data!r} is not an upload of this service")
+    try:
+        schema = service.schemas.get(trainer)
+    except SchemaUnavailable as exc:
+        raise fail(503, f"{exc}; nothing was stored, try again when the trainer is reachable") from None
+    problems = input_problems(schema, body.input)
+    if problems:
+        raise fail(422, "; ".join(problems))
+    for name in sorted(file_inputs(schema) & set(body.input)):
+        values = body.input[name] if isinstance(body.input[name], list) else [body.input[name]]
+        for value in values:
+            if value is not None:
+                _check_file_input(service, name, value, owners)
     return body.model_copy(update={"trainer_version": trainer, "template_version": template})
+
+
+def _check_file_input(service: Service, name: str, value: object, owners: list[str]) -> None:
+    """A file input reaches the trainer only as an http(s) URL, and an upload URL of this
+    service only when the token's owners made that upload (never a path on the service's disk)."""
+    problem = f"input.{name} must be an http(s) URL or an upload URL of this service"
+    try:
+        url = check_http_url(value, f"input.{name}")
+    except HTTPException:
+        raise fail(422, problem) from None
+    if url.startswith(service.config.base_url + "/v1/uploads/") and not service.upload_path(url, owners):
+        raise fail(422, f"input.{name} {url!r} is not an upload of this token's owners")
 
 
 def _record(body: TrainingRequest, events: list[str] | None = None) -> TrainingRecord:
@@ -167,8 +184,8 @@ def public_router(service: Service) -> APIRouter:
         folder = config.data_dir / "uploads" / upload_id
         folder.mkdir(parents=True)
         size = await stream_to(request, folder / filename, config.max_upload_bytes, folder)
-        service.db.add_upload({"id": upload_id, "owner": token_owners[0], "name": filename, "path": str(folder / filename),
-                               "size": size, "created_at": now_iso()})
+        service.db.add_upload({"id": upload_id, "owner": token_owners[0], "owners": token_owners, "name": filename,
+                               "path": str(folder / filename), "size": size, "created_at": now_iso()})
         return {"id": upload_id, "name": filename, "size": size, "url": f"{config.base_url}/v1/uploads/{upload_id}/{filename}"}
 
     @router.get("/v1/uploads/{upload_id}/{filename}", summary="Download an upload (capability URL, no token)")

@@ -23,6 +23,7 @@ from builder.service.database import Database
 from builder.service.http import fail
 from builder.service.internal import internal_router
 from builder.service.pipeline import Pipeline, Worker
+from builder.service.schemas import TrainerSchemas
 from builder.service.training import TrainingRecord
 from builder.service.webhooks import new_secret
 
@@ -41,7 +42,8 @@ class Service:
         # which coglet's X-Prediction-Id header tells apart.
         self.upload_secret = self.db.setting("upload_secret", lambda: secrets.token_urlsafe(24))
         (config.data_dir / "cog-upload-url").write_text(self.cog_upload_url + "\n")
-        self.pipeline = Pipeline(config, self.db, self.webhook_secret)
+        self.schemas = TrainerSchemas(config)
+        self.pipeline = Pipeline(config, self.db, self.webhook_secret, self.schemas)
         self.worker = Worker(self.pipeline, config.max_concurrent)
         self.tokens = [(entry.token.encode(), entry.owners) for entry in config.tokens]
 
@@ -73,12 +75,17 @@ class Service:
             raise fail(404, f"training {training_id} not found")
         return doc
 
-    def upload_path(self, url: str) -> Path | None:
-        """The file behind an upload URL of this service, or None."""
+    def upload_path(self, url: str, owners: list[str] | None = None) -> Path | None:
+        """The file behind an upload URL of this service, or None; with ``owners``, only an
+        upload made by a token whose owners these cover (another owner's upload is not there)."""
         tail = url.removeprefix(self.config.base_url + "/v1/uploads/")
         upload_id, _, name = tail.partition("/")
         doc = self.db.get_upload(upload_id)
-        return Path(doc["path"]) if doc and doc["name"] == name and Path(doc["path"]).is_file() else None
+        if not doc or doc["name"] != name or not Path(doc["path"]).is_file():
+            return None
+        if owners is not None and not all(self.may_use(owners, owner) for owner in doc.get("owners") or [doc["owner"]]):
+            return None
+        return Path(doc["path"])
 
 
 class BodyLimit:
@@ -124,6 +131,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        service.schemas.warm()
         resumed = service.worker.resume()
         if resumed:
             log.warning("resuming %d unfinished training(s): %s", len(resumed), ", ".join(resumed))

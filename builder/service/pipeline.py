@@ -20,6 +20,7 @@ from builder.cog.client import CogError
 from builder.service.config import ServiceConfig
 from builder.service.database import Database
 from builder.service.runners import TRAINER, clear_stale, start_run
+from builder.service.schemas import TrainerSchemas
 from builder.service.training import TrainingRecord, now_iso, public_training
 from builder.service.webhooks import deliver
 from dreambuild.errors import DreambuildError
@@ -40,8 +41,8 @@ class TrainerFailed(DreambuildError):
 class Pipeline:
     """Runs one training's stages, recording each in the database before the next."""
 
-    def __init__(self, config: ServiceConfig, db: Database, webhook_secret: str) -> None:
-        self.config, self.db, self.webhook_secret = config, db, webhook_secret
+    def __init__(self, config: ServiceConfig, db: Database, webhook_secret: str, schemas: TrainerSchemas) -> None:
+        self.config, self.db, self.webhook_secret, self.schemas = config, db, webhook_secret, schemas
 
     def internal_url(self, doc: TrainingRecord, what: str) -> str:
         return f"{self.config.base_url}/internal/{doc['secret']}/{what}/{doc['id']}"
@@ -84,7 +85,7 @@ class Pipeline:
         started = time.monotonic()
         self._send_event(doc, "start")
         run = start_run(entry, doc["id"], doc["input"], webhook=self.internal_url(doc, "cog"),
-                        upload_url=self.internal_url(doc, "files") + "/", workdir=workdir)
+                        upload_url=self.internal_url(doc, "files") + "/", workdir=workdir, schema=self.schemas.get(doc["trainer_version"]))
         sent_logs, last_sent = "", 0.0
         try:
             if run.pid:

@@ -71,10 +71,11 @@ def clear_stale(entry: TrainerEntry, training_id: str, pid: int | None) -> None:
         remove_container(container_name(training_id))
 
 
-def _start_server(entry: TrainerEntry, prediction_id: str, upload_url: str, workdir: Path) -> CogServer | CogContainer | None:
+def _start_server(entry: TrainerEntry, prediction_id: str, upload_url: str, workdir: Path,
+                  schema: dict | None) -> CogServer | CogContainer | None:
     if entry.runner == "local":
         env = {"DREAMBUILD_WORKDIR": str(workdir / "trainer-work"), **entry.env}
-        return start_cog_server(entry.predictor, workdir / "cog", env=env, upload_url=upload_url)
+        return start_cog_server(entry.predictor, workdir / "cog", env=env, upload_url=upload_url, schema=schema or True)
     if entry.runner == "cog-http":
         if not entry.url:
             raise CogError(f"trainer {entry.name!r} uses the cog-http runner but has no url")
@@ -85,9 +86,11 @@ def _start_server(entry: TrainerEntry, prediction_id: str, upload_url: str, work
                                what="trainer image", command=["python", "-m", "cog.server.http", "--upload-url", upload_url])
 
 
-def start_run(entry: TrainerEntry, prediction_id: str, inputs: dict, *, webhook: str, upload_url: str, workdir: Path) -> Run:
-    """Start the trainer's prediction; updates go to ``webhook``, output.zip to ``upload_url``."""
-    owned = _start_server(entry, prediction_id, upload_url, workdir)
+def start_run(entry: TrainerEntry, prediction_id: str, inputs: dict, *, webhook: str, upload_url: str, workdir: Path,
+              schema: dict | None = None) -> Run:
+    """Start the trainer's prediction; updates go to ``webhook``, output.zip to ``upload_url``.
+    ``schema``: the trainer's Cog schema, read before (the local runner need not generate it)."""
+    owned = _start_server(entry, prediction_id, upload_url, workdir, schema)
     url = owned.url if owned else entry.url.rstrip("/")
     run = Run(client=CogClient(url, what=TRAINER), prediction_id=prediction_id, owned=owned)
     try:

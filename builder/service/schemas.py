@@ -1,0 +1,143 @@
+"""Trainer versions' Cog schemas, and a training's input checked against its trainer's.
+
+version → schema, read once and cached as ``data_dir/schemas/<version>.json`` (``local``: generated
+from the checkout's trainer, as ``cog build`` would; ``cog-http``: the server's ``/openapi.json``;
+``docker``: the image's ``run.cog.openapi_schema`` label, read from its registry without pulling)
+→ at creation: unknown keys, JSON types, ranges, choices and required inputs (422 naming the
+field) → file inputs (Cog ``Path``: ``format: uri``), which must be http(s) URLs. The local runner
+hands the cached schema to its Cog server instead of generating it again for every training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from builder.cog.client import CogClient
+from builder.cog.server import write_schema
+from builder.oci.resolve import resolve_image
+from builder.service.config import ServiceConfig, TrainerEntry
+from dreambuild.errors import DreambuildError
+
+log = logging.getLogger(__name__)
+SCHEMA_LABEL = "run.cog.openapi_schema"
+
+
+class SchemaUnavailable(DreambuildError):
+    """A trainer version's Cog schema cannot be read."""
+
+
+class TrainerSchemas:
+    """The catalog's trainer schemas, each read once (per process: memory; across restarts: disk)."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self._schemas: dict[str, dict] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, version: str) -> dict:
+        """The schema of catalog version ``version``; raises :class:`SchemaUnavailable`."""
+        with self._guard:
+            lock = self._locks.setdefault(version, threading.Lock())
+        with lock:  # one read per version, however many requests wait for it
+            if version not in self._schemas:
+                self._schemas[version] = self._load(version)
+            return self._schemas[version]
+
+    def warm(self) -> None:
+        """Read every trainer's schema in the background, so that the first request need not wait."""
+        def run() -> None:
+            for version in list(self.config.trainers):
+                try:
+                    self.get(version)
+                except DreambuildError as exc:
+                    log.warning("trainer version %s: %s", version, exc)
+
+        threading.Thread(target=run, name="trainer-schemas", daemon=True).start()
+
+    def _load(self, version: str) -> dict:
+        cached = self.config.data_dir / "schemas" / f"{version.removeprefix('sha256:')}.json"
+        try:
+            return json.loads(cached.read_text())
+        except (OSError, ValueError):
+            pass
+        entry = self.config.trainers[version]
+        try:
+            schema = _read(entry, self.config)
+        except DreambuildError as exc:
+            raise SchemaUnavailable(f"the schema of trainer version {version} ({entry.name}) cannot be read: {exc}") from None
+        if not isinstance(input_schema(schema), dict):
+            raise SchemaUnavailable(f"trainer version {version} ({entry.name}) has a Cog schema without an Input")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(schema))
+        tmp.replace(cached)
+        return schema
+
+
+def _read(entry: TrainerEntry, config: ServiceConfig) -> dict:
+    if entry.runner == "local":
+        with tempfile.TemporaryDirectory(prefix="dreambuild-schema-") as project:
+            return json.loads(write_schema(Path(project), predict=entry.predictor).read_text())
+    if entry.runner == "cog-http":
+        if not entry.url:
+            raise SchemaUnavailable("the cog-http runner has no url")
+        return CogClient(entry.url, what="trainer's Cog server").openapi()
+    if not entry.image:
+        raise SchemaUnavailable("the docker runner names no image")
+    image = resolve_image(entry.image, config.builder_settings(), what="trainer image")
+    label = ((image.config.get("config") or {}).get("Labels") or {}).get(SCHEMA_LABEL)
+    if not label:
+        raise SchemaUnavailable(f"the image {image.reference} has no {SCHEMA_LABEL} label (build it with cog build)")
+    try:
+        return json.loads(label)
+    except ValueError:
+        raise SchemaUnavailable(f"the image's {SCHEMA_LABEL} label is not JSON") from None
+
+
+def input_schema(schema: dict) -> dict | None:
+    return ((schema.get("components") or {}).get("schemas") or {}).get("Input")
+
+
+def file_inputs(schema: dict) -> set[str]:
+    """The inputs that are files (Cog ``Path``/``File``: ``format: uri``, alone or in a list)."""
+    found = set()
+    for name, spec in (input_schema(schema) or {}).get("properties", {}).items():
+        for candidate in (spec, spec.get("items") or {}, *spec.get("anyOf", []), *spec.get("allOf", [])):
+            if isinstance(candidate, dict) and candidate.get("format") == "uri":
+                found.add(name)
+    return found
+
+
+def input_problems(schema: dict, inputs: dict[str, Any]) -> list[str]:
+    """What is wrong with ``inputs`` for this Cog schema, a ``input.<name>: <problem>`` each."""
+    import jsonschema
+
+    spec = input_schema(schema) or {}
+    properties = spec.get("properties") or {}
+    problems = [f"input.{key}: unknown input (this trainer takes: {', '.join(sorted(properties))})"
+                for key in inputs if key not in properties]
+    problems += [f"input.{key}: required" for key in spec.get("required") or [] if key not in inputs]
+    checked = {  # OpenAPI 3.0's `nullable` as JSON Schema, the rest as Cog wrote it
+        "type": "object",
+        "properties": {name: ({"anyOf": [prop, {"type": "null"}]} if prop.get("nullable") else prop) for name, prop in properties.items()},
+        "components": schema.get("components") or {},  # where Cog's $refs (enums) point
+    }
+    validator = jsonschema.Draft202012Validator(checked)
+    for error in sorted(validator.iter_errors({k: v for k, v in inputs.items() if k in properties}), key=lambda e: list(e.path)):
+        field = ".".join(str(p) for p in error.absolute_path)
+        problems.append(f"input.{field}: {_message(error)}")
+    return problems
+
+
+def _message(error) -> str:
+    if error.validator == "anyOf":  # a nullable input: say what the value itself lacks
+        inner = [e for e in error.context if e.validator != "type" or e.validator_value != "null"]
+        return inner[0].message if inner else error.message
+    return error.message
