@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from replicate.webhook import Webhooks, WebhookSigningSecret
+from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
 
 from builder.cog.server import free_port
 from builder.service.config import local_trainer_version
@@ -138,6 +138,11 @@ def test_the_seed_request_trains_builds_pushes_and_calls_the_webhook(tmp_path, s
     assert payload["status"] == "succeeded" and payload["version"] == done["version"] and payload["model"] == "alice/toy"
     secret = httpx.get(f"{service.url}/v1/webhooks/default/secret", headers=ALICE).json()["key"]
     Webhooks.validate(headers=hook.headers, body=hook.body, secret=WebhookSigningSecret(key=secret))
+    # One secret per owner: Bob's cannot sign what Alice's receiver accepts.
+    bobs = httpx.get(f"{service.url}/v1/webhooks/default/secret", headers=BOB).json()["key"]
+    assert bobs != secret
+    with pytest.raises(InvalidSignatureError):
+        Webhooks.validate(headers=hook.headers, body=hook.body, secret=WebhookSigningSecret(key=bobs))
     # The image is in the registry: the template plus the weights.
     image = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{done['image']}"))
     assert image["Digest"] == done["version"] and image["Labels"]["io.dreambuild.notes"] == "notes about this dreambooth training"
@@ -204,6 +209,16 @@ def test_bad_requests_are_refused_and_store_nothing(service, receiver, change, s
     response = httpx.post(f"{service.url}/v1/trainings", json=body, headers=ALICE)
     assert response.status_code == status and message in response.json()["detail"], response.text
     assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before
+
+
+def test_webhook_secrets_are_per_owner_and_rotate(service):
+    url = f"{service.url}/v1/webhooks/default/secret"
+    first = httpx.get(url, headers=ALICE).json()["key"]
+    assert httpx.get(url, headers=ALICE).json()["key"] == first and first.startswith("whsec_")
+    assert httpx.get(url, params={"owner": "bob"}, headers=ALICE).status_code == 404  # not Alice's to read
+    rotated = httpx.post(f"{url}/rotate", headers=ALICE).json()["key"]
+    assert rotated != first and httpx.get(url, headers=ALICE).json()["key"] == rotated
+    assert httpx.get(url, headers=BOB).json()["key"] not in (first, rotated)
 
 
 def test_body_limits_hold_on_the_bytes_read(service, receiver):
@@ -339,6 +354,12 @@ def test_cog_http_runner_uses_a_running_cog_server(tmp_path, service, receiver, 
         done = service.wait(created["id"])
         assert done["status"] == "succeeded", done["error"]
         assert done["trainer_version"] == version and "Wrote output.zip" in done["logs"]
+        # The shared upload URL takes only outputs of trainings a cog-http trainer is running now.
+        for training_id in (created["id"], httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"][-1]["id"]):
+            response = httpx.put(f"{upload_url}output.zip", content=b"PK forged", headers={"X-Prediction-Id": training_id})
+            assert response.status_code == 404
+        assert httpx.get(done["output"]["weights"], headers=ALICE).content[:2] == b"PK"
+        assert b"forged" not in httpx.get(done["output"]["weights"], headers=ALICE).content
     finally:
         cog.stop()
 

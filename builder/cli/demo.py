@@ -154,7 +154,7 @@ def run_demo(out: Path, say=print) -> dict:
         deadline = time.monotonic() + 30
         while not receiver.received and time.monotonic() < deadline:
             time.sleep(0.1)
-        secret = api.get("/v1/webhooks/default/secret").json()["key"]
+        secret = api.get("/v1/webhooks/default/secret", params={"owner": "demo"}).json()["key"]
         webhook = {"received": bool(receiver.received)}
         if receiver.received:
             path, headers, body = receiver.received[0]

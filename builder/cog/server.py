@@ -18,6 +18,13 @@ from pathlib import Path
 from builder.checkout import REPO_ROOT
 from builder.cog.client import CogClient, CogError, wait_ready
 
+UPLOAD_URL_VARIABLE = "DREAMBUILD_COG_UPLOAD_URL"
+# `python -m cog.server.http --upload-url URL`, with the URL (which holds a per-training secret)
+# taken from the environment: a process's arguments are readable by every user (`ps`), its
+# environment only by its own.
+LAUNCH = (f"import os, runpy, sys; sys.argv += ['--upload-url', os.environ.pop({UPLOAD_URL_VARIABLE!r})]; "
+          "runpy.run_module('cog.server.http', run_name='__main__', alter_sys=True)")
+
 
 def free_port() -> int:
     """A free TCP port on loopback."""
@@ -115,9 +122,11 @@ def start_cog_server(
         "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
         "COG_TRAIN_TYPE_STUB" if train else "COG_PREDICT_TYPE_STUB": f"{code_root / path}:{name}",
     }
-    cmd = [python, "-m", "cog.server.http", "--host", "127.0.0.1"]
+    cmd = [python, "-c", LAUNCH if upload_url else "import runpy; runpy.run_module('cog.server.http', run_name='__main__', alter_sys=True)",
+           "--host", "127.0.0.1"]
     cmd += ["--x-mode", "train"] if train else []
-    cmd += ["--upload-url", upload_url] if upload_url else []
+    if upload_url:
+        full_env[UPLOAD_URL_VARIABLE] = upload_url
     log_path = project / f"cog-server-{port}.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(cmd, cwd=project, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)

@@ -22,6 +22,7 @@ from builder.service.config import ALL_OWNERS
 from builder.service.http import FILENAME, check_http_url, fail, stream_to
 from builder.service.schemas import SchemaUnavailable, file_inputs, input_problems
 from builder.service.training import TrainingRecord, new_training, now_iso, public_training
+from builder.service.webhooks import new_secret, secret_setting
 
 if TYPE_CHECKING:
     from builder.service.app import Service
@@ -172,9 +173,24 @@ def public_router(service: Service) -> APIRouter:
             raise fail(404, f"version {version_id} of {owner}/{name} not found")
         return version
 
-    @router.get("/v1/webhooks/default/secret", summary="The webhook signing secret")
-    def webhook_secret(token_owners: list[str] = Depends(owners)) -> dict:
-        return {"key": service.webhook_secret}
+    def secret_owner(token_owners: list[str], owner: str | None) -> str:
+        if owner is None:
+            if len(token_owners) != 1 or token_owners[0] == ALL_OWNERS:
+                raise fail(422, "this token acts for several owners: name the one whose secret you want with ?owner=")
+            return token_owners[0]
+        if not service.may_use(token_owners, owner) or owner == ALL_OWNERS:
+            raise fail(404, f"owner {owner!r} not found")
+        return owner
+
+    @router.get("/v1/webhooks/default/secret", summary="The owner's webhook signing secret")
+    def webhook_secret(owner: str | None = None, token_owners: list[str] = Depends(owners)) -> dict:
+        return {"key": service.db.setting(secret_setting(secret_owner(token_owners, owner)), new_secret)}
+
+    @router.post("/v1/webhooks/default/secret/rotate", summary="Replace the owner's webhook signing secret")
+    def rotate_webhook_secret(owner: str | None = None, token_owners: list[str] = Depends(owners)) -> dict:
+        key = new_secret()
+        service.db.set_setting(secret_setting(secret_owner(token_owners, owner)), key)
+        return {"key": key}
 
     @router.post("/v1/uploads/{filename}", status_code=201, summary="Upload a file (instance data zip); returns its URL")
     async def upload(filename: str, request: Request, token_owners: list[str] = Depends(owners)) -> dict:

@@ -25,7 +25,6 @@ from builder.service.internal import internal_router
 from builder.service.pipeline import Pipeline, Worker
 from builder.service.schemas import TrainerSchemas
 from builder.service.training import TrainingRecord
-from builder.service.webhooks import new_secret
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,12 @@ class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.db = Database(config.database)
-        self.webhook_secret = self.db.setting("webhook_secret", new_secret)
         # For Cog servers started by others (cog-http runner): one upload URL for all trainings,
         # which coglet's X-Prediction-Id header tells apart.
         self.upload_secret = self.db.setting("upload_secret", lambda: secrets.token_urlsafe(24))
         (config.data_dir / "cog-upload-url").write_text(self.cog_upload_url + "\n")
         self.schemas = TrainerSchemas(config)
-        self.pipeline = Pipeline(config, self.db, self.webhook_secret, self.schemas)
+        self.pipeline = Pipeline(config, self.db, self.schemas)
         self.worker = Worker(self.pipeline, config.max_concurrent)
         self.tokens = [(entry.token.encode(), entry.owners) for entry in config.tokens]
 

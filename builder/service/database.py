@@ -84,6 +84,12 @@ class Database:
             db.execute("INSERT INTO settings (key, value) VALUES (?, ?)", (key, value))
             return value
 
+    def set_setting(self, key: str, value: str) -> None:
+        """Replace a persistent value (a rotated secret)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                       (key, value))
+
     # --- trainings ---------------------------------------------------------------------------
 
     def create_training(self, doc: TrainingRecord) -> TrainingRecord:

@@ -44,8 +44,14 @@ def internal_router(service: Service) -> APIRouter:
         if not secrets.compare_digest(secret, service.upload_secret):
             raise fail(404, "not found")
         training_id = request.headers.get("x-prediction-id", "")
-        if service.db.get_training(training_id) is None:
+        doc = service.db.get_training(training_id)
+        entry = config.trainers.get(doc["trainer_version"]) if doc else None
+        # Only a training that a cog-http trainer is running now, and only once: whoever holds
+        # this URL cannot replace another training's finished output.
+        if doc is None or entry is None or entry.runner != "cog-http" or doc["stage"] != "training":
             raise fail(404, "unknown prediction id")
+        if (config.files / training_id / filename).exists():
+            raise fail(409, f"{filename} of this training was already received")
         return await receive_output(training_id, filename, request)
 
     @router.put("/internal/{secret}/files/{training_id}/{filename}")

@@ -22,7 +22,7 @@ from builder.service.database import Database
 from builder.service.runners import TRAINER, clear_stale, start_run
 from builder.service.schemas import TrainerSchemas
 from builder.service.training import TrainingRecord, now_iso, public_training
-from builder.service.webhooks import deliver
+from builder.service.webhooks import deliver, new_secret, secret_setting
 from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,12 @@ class TrainerFailed(DreambuildError):
 class Pipeline:
     """Runs one training's stages, recording each in the database before the next."""
 
-    def __init__(self, config: ServiceConfig, db: Database, webhook_secret: str, schemas: TrainerSchemas) -> None:
-        self.config, self.db, self.webhook_secret, self.schemas = config, db, webhook_secret, schemas
+    def __init__(self, config: ServiceConfig, db: Database, schemas: TrainerSchemas) -> None:
+        self.config, self.db, self.schemas = config, db, schemas
+
+    def webhook_secret(self, doc: TrainingRecord) -> str:
+        """The signing secret of the training's owner."""
+        return self.db.setting(secret_setting(doc["owner"]), new_secret)
 
     def internal_url(self, doc: TrainingRecord, what: str) -> str:
         return f"{self.config.base_url}/internal/{doc['secret']}/{what}/{doc['id']}"
@@ -140,14 +144,14 @@ class Pipeline:
         """A webhook for a non-final event (start, logs, output), when the training asked for it."""
         url = doc.get("webhook_completed")
         if url and event in (doc.get("webhook_events_filter") or []):
-            deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret,
+            deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret(doc),
                     webhook_id=webhook_id or f"{doc['id']}-{event}", attempts=attempts or self.config.webhook_attempts,
                     backoff=self.config.webhook_backoff)
 
     def _webhook(self, doc: TrainingRecord) -> None:
         url = doc.get("webhook_completed")
         if url and "completed" in (doc.get("webhook_events_filter") or ["completed"]):
-            result = deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret,
+            result = deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret(doc),
                              webhook_id=f"{doc['id']}-completed", attempts=self.config.webhook_attempts,
                              backoff=self.config.webhook_backoff)
             self.db.update_training(doc["id"], webhook_delivery={"ok": result.ok, "attempts": result.attempts,

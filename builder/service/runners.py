@@ -23,7 +23,7 @@ from pathlib import Path
 
 from builder.cog.client import CogClient, CogError
 from builder.cog.container import CogContainer, remove_container, start_cog_container
-from builder.cog.server import CogServer, start_cog_server
+from builder.cog.server import LAUNCH, UPLOAD_URL_VARIABLE, CogServer, start_cog_server
 from builder.service.config import TrainerEntry
 
 TRAINER = "trainer's Cog server"
@@ -82,8 +82,8 @@ def _start_server(entry: TrainerEntry, prediction_id: str, upload_url: str, work
         return None
     if not entry.image:
         raise CogError(f"trainer {entry.name!r} uses the docker runner but names no image")
-    return start_cog_container(entry.image, name=container_name(prediction_id), env=entry.env, gpus=entry.gpus,
-                               what="trainer image", command=["python", "-m", "cog.server.http", "--upload-url", upload_url])
+    return start_cog_container(entry.image, name=container_name(prediction_id), env={**entry.env, UPLOAD_URL_VARIABLE: upload_url},
+                               gpus=entry.gpus, what="trainer image", command=["python", "-c", LAUNCH])
 
 
 def start_run(entry: TrainerEntry, prediction_id: str, inputs: dict, *, webhook: str, upload_url: str, workdir: Path,

@@ -2,7 +2,7 @@
 
 Headers ``webhook-id`` (stable per training and event, so receivers can deduplicate retries),
 ``webhook-timestamp`` and ``webhook-signature`` (``v1,<base64 HMAC-SHA256>`` of
-``id.timestamp.body`` with the service's ``whsec_`` secret), which the ``replicate`` client's
+``id.timestamp.body`` with the training owner's ``whsec_`` secret), which the ``replicate`` client's
 ``Webhooks.validate`` accepts. Errors, timeouts and non-2xx answers are retried with exponential
 backoff; redirects are not followed (a 3xx is a failure, as Replicate does).
 """
@@ -21,6 +21,12 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 log = logging.getLogger(__name__)
+
+
+def secret_setting(owner: str) -> str:
+    """The database setting holding ``owner``'s signing secret (one per owner, as Replicate has one
+    per account: no owner can sign webhooks that another's receiver accepts)."""
+    return f"webhook_secret/{owner}"
 
 
 def new_secret() -> str:
