@@ -61,3 +61,21 @@ def test_unreadable_image_is_named(tmp_path):
     path.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     with pytest.raises(ImageDataError, match="'photos/broken.jpg' cannot be read"):
         load_rgb(path, "photos/broken.jpg")
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    """A few kilobytes of PNG that would decode to 108 million pixels (PIL only warns at this size)."""
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (12_000, 9_000)).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(ImageDataError, match=r"'bomb.png' is 12000x9000 pixels \(108 MP\), over the limit of 50 MP"):
+        load_rgb(bomb, "bomb.png")
+
+
+def test_photos_are_kept_at_the_training_resolution(tmp_path):
+    from trainer.images import load_all
+
+    (tmp_path / "wide.png").write_bytes(image_bytes(size=(300, 200)))
+    (tmp_path / "small.png").write_bytes(image_bytes(size=(40, 50)))
+    wide, small = load_all([(tmp_path / "wide.png", "wide.png"), (tmp_path / "small.png", "small.png")], shorter_side=64)
+    assert wide.size == (96, 64) and small.size == (40, 50)  # as torchvision's Resize(64) sizes them; small ones are kept

@@ -51,6 +51,7 @@ def find_images(root: Path, *, all_class: bool = False) -> ImageSet:
     return found
 
 
-def load_all(files: list[tuple[Path, str]]) -> list[Image.Image]:
-    """Load every image up front, so a bad file fails the run before training starts."""
-    return [load_rgb(path, name) for path, name in files]
+def load_all(files: list[tuple[Path, str]], shorter_side: int | None = None) -> list[Image.Image]:
+    """Load every image up front, so a bad file fails the run before training starts: one at a
+    time, each scaled to ``shorter_side`` (the training resolution) as soon as it is decoded."""
+    return [load_rgb(path, name, shorter_side=shorter_side) for path, name in files]

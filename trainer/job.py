@@ -105,12 +105,12 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
         if not supplied.klass:
             raise ImageDataError("class_data contains no images")
         class_files += supplied.klass
-    instance_images = load_all(photos.instance)
+    instance_images = load_all(photos.instance, args.resolution)
     if not args.with_prior_preservation:
         if class_files:
             log.info("with_prior_preservation is off: ignoring %d supplied class image(s).", len(class_files))
         class_files = []
-    class_images = load_all(class_files)
+    class_images = load_all(class_files, args.resolution)
     log.info("Loaded %d instance image(s) and %d supplied class image(s).", len(instance_images), len(class_images))
 
     base = _resolve_base(work, ckpt_base)
