@@ -151,6 +151,8 @@ def test_the_seed_request_trains_builds_pushes_and_calls_the_webhook(tmp_path, s
     assert httpx.get(f"{service.url}/v1/models/alice/toy/versions/{done['version']}", headers=ALICE).json()["image"] == done["image"]
     weights = httpx.get(done["output"]["weights"], headers=ALICE)
     assert weights.status_code == 200 and weights.content[:2] == b"PK"
+    # The trainer's own copy of output.zip and the build context are gone; the output is kept once.
+    assert not (Path(service.config["data_dir"]) / "work" / created["id"]).exists()
 
 
 def test_tokens_see_only_their_owners(service, receiver):
@@ -337,6 +339,32 @@ def test_sigkill_in_a_stage_then_restart_completes_once(tmp_path, service, recei
     assert all(json.loads(h.body)["status"] == "succeeded" for h in hooks)
 
 
+def test_cancel_during_the_build_is_honoured(tmp_path, service, receiver, registry):
+    from fixtures.services import CuttingProxy
+
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    proxy = CuttingProxy(registry.host, cuts=1, delay=6.0)  # holds the weights upload: the build is slow
+    service.config["registry"] = proxy.host
+    try:
+        service.stop()
+        service.start()
+        created = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, url, model="alice/cancel-build"),
+                             headers=ALICE).json()
+        _wait_stage(service, created["id"], ("building",))
+        deadline = time.monotonic() + 60
+        while not proxy.cut and time.monotonic() < deadline:  # the weights upload has begun
+            time.sleep(0.05)
+        httpx.post(created["urls"]["cancel"], headers=ALICE)
+        done = service.wait(created["id"])
+    finally:
+        service.config["registry"] = registry.host
+        service.stop()
+        service.start()
+        proxy.stop()
+    assert done["status"] == "canceled" and done["model_version"] is None
+    assert httpx.get(f"{service.url}/v1/models/alice/cancel-build/versions", headers=ALICE).json()["results"] == []
+
+
 def test_cog_http_runner_uses_a_running_cog_server(tmp_path, service, receiver, tiny_base):
     from builder.cog.server import start_cog_server
 
@@ -443,14 +471,19 @@ def test_trainings_queue_beyond_max_concurrent(tmp_path, service, receiver):
     long["input"]["max_train_steps"] = 5000
     first = httpx.post(f"{service.url}/v1/trainings", json=long, headers=ALICE).json()
     second = httpx.post(f"{service.url}/v1/trainings", json=long, headers=ALICE).json()
+    third = httpx.post(f"{service.url}/v1/trainings", json=long, headers=ALICE).json()
     _wait_stage(service, first["id"], ("training",))
     # While the first trains, the second waits its turn and the API answers.
     assert httpx.get(second["urls"]["get"], headers=ALICE).json()["stage"] == "queued"
     assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).status_code == 200
+    # A queued training canceled is canceled at once, not `starting` until its turn.
+    canceled = httpx.post(third["urls"]["cancel"], headers=ALICE).json()
+    assert canceled["status"] == "canceled" and canceled["completed_at"]
     httpx.post(first["urls"]["cancel"], headers=ALICE)
     _wait_stage(service, second["id"], ("training",))
     httpx.post(second["urls"]["cancel"], headers=ALICE)
     assert service.wait(first["id"])["status"] == "canceled" and service.wait(second["id"])["status"] == "canceled"
+    assert service.wait(third["id"])["status"] == "canceled"
 
 
 def test_embedded_defaults_need_no_configuration(tmp_path, registry, templates):

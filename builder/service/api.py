@@ -149,7 +149,10 @@ def public_router(service: Service) -> APIRouter:
     def cancel_training(training_id: str, token_owners: list[str] = Depends(owners)) -> dict:
         doc = service.training_for(training_id, token_owners)
         if doc["status"] in ("starting", "processing"):
-            doc = service.db.update_training(training_id, cancel_requested=True)
+            changes: dict = {"cancel_requested": True}
+            if doc["stage"] == "queued":  # nothing runs yet: canceled now (the worker still sends its webhook)
+                changes.update(status="canceled", error="canceled", completed_at=now_iso())
+            doc = service.db.update_training(training_id, **changes)
         return public_training(doc, config.base_url)
 
     @router.get("/v1/trainings/{training_id}/weights", summary="Download the training's output.zip")

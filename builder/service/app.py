@@ -145,8 +145,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
         detail = describe_validation(list(exc.errors())).replace("Extra inputs are not permitted", "unknown field")
         return JSONResponse({"detail": detail}, status_code=422)
 
-    app.add_middleware(BodyLimit, limit_for=lambda path: config.max_upload_bytes
-                       if path.startswith(("/v1/uploads", "/internal/")) else config.max_body_bytes)
+    def limit_for(path: str) -> int:
+        if path.startswith("/internal/"):
+            return config.max_output_bytes if "/files/" in path else config.max_body_bytes
+        return config.max_upload_bytes if path.startswith("/v1/uploads") else config.max_body_bytes
+
+    app.add_middleware(BodyLimit, limit_for=limit_for)
     app.include_router(public_router(service))
     app.include_router(internal_router(service))
     return app

@@ -65,6 +65,8 @@ class ServiceConfig(BaseModel):
     public_url: str | None = Field(None, description="How trainers reach this service (default http://host:port).")
     max_concurrent: int = 1
     max_upload_bytes: int = 2 * 2**30
+    max_output_bytes: int = Field(32 * 2**30, description="Largest trainer output (output.zip): an SD 1.5 fp32 "
+                                  "fine-tune is ~4.3 GB, SDXL's several times that.")
     max_body_bytes: int = 2**20
     registry: str | None = Field(None, description="Registry for models; none: the embedded OCI layout.")
     insecure_registries: list[str] = Field(default_factory=list)

@@ -34,7 +34,7 @@ def internal_router(service: Service) -> APIRouter:
             raise fail(422, "bad file name")
         folder = config.files / training_id
         folder.mkdir(parents=True, exist_ok=True)
-        await stream_to(request, folder / filename, config.max_upload_bytes, None)
+        await stream_to(request, folder / filename, config.max_output_bytes, None)
         location = f"{config.base_url}/v1/trainings/{training_id}/weights"
         return JSONResponse({}, status_code=201, headers={"Location": location})
 

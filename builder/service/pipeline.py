@@ -10,6 +10,7 @@ keeps its id.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,8 @@ class Pipeline:
         except Exception as exc:  # a bug must still end the training and tell the user
             log.exception("training %s failed", training_id)
             doc = self._finish(training_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+        # The trainer's copy of output.zip, its Cog project and the build context: all kept elsewhere or done with.
+        shutil.rmtree(self.config.data_dir / "work" / training_id, ignore_errors=True)
         if doc["stage"] == "webhook":
             try:
                 self._webhook(doc)
@@ -126,7 +129,11 @@ class Pipeline:
             raise Canceled
         template = self.config.templates[doc["template_version"]].reference(doc["template_version"])
         settings = self.config.builder_settings()
-        reporter = Reporter(step=lambda message: self.db.update_training(doc["id"], logs_append=f"build: {message}\n"))
+        def step(message: str) -> None:
+            if self.db.update_training(doc["id"], logs_append=f"build: {message}\n").get("cancel_requested"):
+                raise Canceled  # between build steps; a version is recorded only after the build
+
+        reporter = Reporter(step=step)
         result = build_image(Path(doc["weights"]), template, model_ref(doc["model"], settings), notes=doc.get("notes") or "",
                              settings=settings, reporter=reporter, workdir=self.config.data_dir / "work" / doc["id"] / "build")
         owner, name = doc["model"].split("/")
