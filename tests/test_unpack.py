@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 import tarfile
 
 import pytest
@@ -91,3 +92,23 @@ def test_a_corrupt_layer_is_refused(tmp_path, builder_settings):
     with pytest.raises(RegistryError, match="does not match its digest"):
         unpack_src(ref, builder_settings)
     assert not [p for p in (builder_settings.cache / "layers").iterdir() if not p.name.startswith(".")]
+
+
+def test_links_never_lead_writes_out_of_the_cache(tmp_path, builder_settings):
+    """The attack of the audit (an absolute link, then a file through it) and its relatives: a
+    chain of relative links, a hard link through a link, and a link of one layer used by the next."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"host file")
+    first = _tar([("src", None, None), ("src/abs", None, str(outside)), ("src/abs/file", b"through an absolute link", None),
+                  ("src/up", None, ".."), ("src/upup", None, "up/.."), ("src/upup/chained", b"through a chain", None),
+                  ("src/models", None, "/opt/dreambuild/models"), ("opt/dreambuild/models/m.bin", b"weights", None)])
+    second = _tar([("src/abs/later", b"through a lower layer's link", None), ("src/up/../../x", b"up", None)])
+    image = unpack_src(_layout_image(tmp_path / "layout", [first, second]), builder_settings)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+    assert not (tmp_path / "chained").exists() and not (tmp_path / "x").exists()
+    cache = builder_settings.cache.resolve()
+    for path in image.root.rglob("*"):
+        assert os.path.realpath(path).startswith(str(cache) + os.sep), path
+    # An absolute link inside the image means the image's root: kept, pointing into the unpacked root.
+    assert (image.src / "models" / "m.bin").read_bytes() == b"weights"

@@ -86,8 +86,37 @@ def _wanted(parts: tuple[str, ...]) -> bool:
     return any(parts[: len(prefix)] == prefix for prefix in PREFIXES)
 
 
+def _inside(root: Path, path: Path | str) -> bool:
+    """Whether ``path``, with every link on its way followed, stays under ``root``."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base + os.sep)
+
+
+def _link_target(link: str, parts: tuple[str, ...]) -> str:
+    """A symlink's target as a relative link: an absolute one means the image's root, which here
+    is the extraction root, not this machine's."""
+    if not link.startswith("/"):
+        return link
+    return os.path.relpath("/" + link.lstrip("/"), "/" + "/".join(parts[:-1]))
+
+
+def _place(root: Path, target: Path) -> bool:
+    """Make ``target``'s folder, if it and the way to it stay under ``root`` (tarfile's
+    ``data_filter`` rule: no writing through a link that leads out, even one of an earlier entry)."""
+    if not _inside(root, target.parent):
+        return False
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file, or a link to nothing, is in the way
+        return False
+    if target.is_symlink():  # replaced, never written through
+        target.unlink()
+    return _inside(root, target.parent)
+
+
 def _extract_layer(reader: _LayerReader, dest: Path) -> None:
-    """Extract the entries under PREFIXES of a tar stream into ``dest``."""
+    """Extract the entries under PREFIXES of a tar stream into ``dest``; an entry that would
+    land, or a link that would point, outside ``dest`` is left out."""
     with tarfile.open(fileobj=reader, mode="r|") as tar:
         for member in tar:
             parts = _safe_parts(member.name)
@@ -95,25 +124,24 @@ def _extract_layer(reader: _LayerReader, dest: Path) -> None:
                 continue
             target = dest.joinpath(*parts)
             if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
+                if _place(dest, target) and not target.is_symlink():
+                    target.mkdir(exist_ok=True)
             elif member.isfile():
-                target.parent.mkdir(parents=True, exist_ok=True)
+                if not _place(dest, target) or target.is_dir():
+                    continue
                 with tar.extractfile(member) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out, 8 * 2**20)
                 os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
             elif member.issym():
-                link = PurePosixPath(member.linkname)
-                resolved = PurePosixPath(*parts[:-1]) / link if not link.is_absolute() else PurePosixPath(str(link).lstrip("/"))
-                if ".." in PurePosixPath(os.path.normpath(str(resolved))).parts:
-                    continue  # points outside the image's root: never followed
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.unlink(missing_ok=True)
-                os.symlink(member.linkname, target)
+                link = _link_target(member.linkname, parts)
+                if link and _place(dest, target) and not target.is_dir() and _inside(dest, target.parent / link):
+                    os.symlink(link, target)
             elif member.islnk():
-                source = _safe_parts(member.linkname)
-                if source and _wanted(source) and dest.joinpath(*source).is_file():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.link(dest.joinpath(*source), target)
+                source_parts = _safe_parts(member.linkname)
+                source = dest.joinpath(*source_parts) if source_parts else None
+                if (source is not None and _wanted(source_parts) and source.is_file() and not source.is_symlink()
+                        and _inside(dest, source) and _place(dest, target) and not target.exists()):
+                    os.link(source, target)
             # devices and fifos have no place in /src: skipped
     reader.drain()
 
@@ -149,12 +177,18 @@ def _merge(layer: Path, merged: Path) -> None:
     for root, dirs, files in os.walk(layer):
         rel = Path(root).relative_to(layer)
         out = merged / rel
+        if not _inside(merged, out) or (out.is_symlink() and not out.is_dir()) or out.is_file():
+            dirs[:] = []  # a lower layer's link leads this folder out of the image or to nothing: left out
+            continue
         if OPAQUE in files and out.is_dir():
             for child in out.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         out.mkdir(parents=True, exist_ok=True)
-        for name in dirs:
-            if (out / name).is_symlink() or (out / name).is_file():
+        for name in list(dirs):
+            if (Path(root) / name).is_symlink():  # a link to a folder is placed like a file, not walked
+                dirs.remove(name)
+                files.append(name)
+            elif (out / name).is_symlink() or (out / name).is_file():
                 (out / name).unlink()
         for name in files:
             if name == COMPLETE or name == OPAQUE:
@@ -172,7 +206,8 @@ def _merge(layer: Path, merged: Path) -> None:
             elif dest.exists() or dest.is_symlink():
                 dest.unlink()
             if source.is_symlink():
-                os.symlink(os.readlink(source), dest)
+                if _inside(merged, dest.parent / os.readlink(source)):  # links of two layers combined may lead out
+                    os.symlink(os.readlink(source), dest)
             else:
                 os.link(source, dest)
 
