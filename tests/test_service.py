@@ -85,6 +85,7 @@ def service(tmp_path_factory, tiny_base, registry, templates):
         "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
         "tokens": [{"token": "tok-alice", "owners": ["alice"]}, {"token": "tok-bob", "owners": ["bob"]}],
         "webhook_backoff": 0.05, "webhook_attempts": 3, "max_body_bytes": 65536, "max_upload_bytes": 20 * 2**20,
+        "egress_allow": ["127.0.0.1"],  # the webhook receiver and the file servers of these tests
     }
     server = Service(root, config).start()
     yield server
@@ -185,6 +186,10 @@ VALID = {**TRAIN_INPUT, "instance_data": "https://example.com/p.zip"}
     ({"webhook_completed": "ftp://example.com/hook"}, 422, "not an http(s) URL"),
     ({"webhook_completed": "http://127.0.0.1:abc/x"}, 422, "its port is not a number"),
     ({"webhook_completed": "http:///no-host"}, 422, "not an http(s) URL"),
+    # The egress policy: the allow-list names 127.0.0.1 only.
+    ({"webhook_completed": "http://169.254.169.254/latest/meta-data"}, 422, "non-public address"),
+    ({"webhook_completed": "http://localhost:8000/shutdown"}, 422, "non-public address"),
+    ({"input": {**VALID, "instance_data": "http://10.0.0.8/photos.zip"}}, 422, "input.instance_data 'http://10.0.0.8/photos.zip' points to"),
     ({"input": {**TRAIN_INPUT, "instance_data": "/etc/passwd"}}, 422, "instance_data must be an http(s) URL"),
     # Every file input, found in the trainer's schema: never a path on the service's disk.
     ({"input": {**VALID, "ckpt_base": "/srv/files/x/output.zip"}}, 422,
@@ -263,6 +268,35 @@ def test_a_failing_training_ends_failed_with_a_webhook(service, receiver):
     assert done["status"] == "failed" and "missing.zip" in done["error"] and done["model_version"] is None
     (hook,) = hooks_for(receiver, created["id"])
     assert json.loads(hook.body)["status"] == "failed" and json.loads(hook.body)["error"] == done["error"]
+
+
+def test_file_inputs_are_fetched_by_the_service_under_the_egress_policy(tmp_path, service, receiver):
+    """An allowed host that redirects to a refused one: the service stops at the redirect, and its
+    trainer, which fetches only from the service, never starts."""
+    import http.server
+    import threading
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{service.config['port']}/v1/trainings")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        request = seed_request(service, receiver, f"http://127.0.0.1:{server.server_port}/photos.zip")
+        created = httpx.post(f"{service.url}/v1/trainings", json=request, headers=ALICE)
+        assert created.status_code == 201, created.text
+        done = service.wait(created.json()["id"])
+    finally:
+        server.shutdown()
+    assert done["status"] == "failed" and "input.instance_data" in done["error"] and "non-public address" in done["error"]
+    assert "Cog" not in done["logs"]
 
 
 def test_cancel_stops_the_trainer(tmp_path, service, receiver):

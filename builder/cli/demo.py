@@ -80,7 +80,8 @@ def _start_service(data_dir: Path, base: Path):
     from builder.service.app import create_app
     from builder.service.config import ensure_local_token, load_config
 
-    config = load_config(None, data_dir=data_dir, port=free_port())
+    # The demo's webhook receiver is on this machine: allowed explicitly (loopback is refused by default).
+    config = load_config(None, data_dir=data_dir, port=free_port(), egress_allow=["127.0.0.1"])
     for entry in config.trainers.values():
         entry.env["DREAMBUILD_BASE_MODEL"] = str(base)
     token_file = ensure_local_token(config)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
+from builder.service.egress import EgressRefused
 from builder.service.http import FILENAME, check_http_url, fail, stream_to
 from builder.service.schemas import SchemaUnavailable, file_inputs, input_problems
 from builder.service.training import TrainingRecord, new_training, now_iso, public_training
@@ -69,6 +70,7 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
         raise fail(422, f"unknown template_version {body.template_version!r}; known: {', '.join(config.templates) or 'none'}")
     if body.webhook_completed is not None:
         check_http_url(body.webhook_completed, "webhook_completed")
+        _check_egress(config, body.webhook_completed, "webhook_completed")
     try:
         schema = service.schemas.get(trainer)
     except SchemaUnavailable as exc:
@@ -92,8 +94,18 @@ def _check_file_input(service: Service, name: str, value: object, owners: list[s
         url = check_http_url(value, f"input.{name}")
     except HTTPException:
         raise fail(422, problem) from None
-    if url.startswith(service.config.base_url + "/v1/uploads/") and not service.upload_path(url, owners):
-        raise fail(422, f"input.{name} {url!r} is not an upload of this token's owners")
+    if url.startswith(service.config.base_url + "/v1/uploads/"):
+        if not service.upload_path(url, owners):
+            raise fail(422, f"input.{name} {url!r} is not an upload of this token's owners")
+    else:
+        _check_egress(service.config, url, f"input.{name}")
+
+
+def _check_egress(config, url: str, what: str) -> None:
+    try:
+        config.egress.check_static(url, what)
+    except EgressRefused as exc:
+        raise fail(422, str(exc)) from None
 
 
 def _record(body: TrainingRequest, events: list[str] | None = None) -> TrainingRecord:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, field_validator
 from builder.checkout import REPO_ROOT
 from builder.oci.layout import OciLayout
 from builder.oci.references import LayoutRef, normalize_digest, parse_image_ref
+from builder.service.egress import EgressPolicy
 from builder.settings import BuilderSettings
 from dreambuild.errors import DreambuildError, InputError
 
@@ -70,6 +71,8 @@ class ServiceConfig(BaseModel):
     max_body_bytes: int = 2**20
     registry: str | None = Field(None, description="Registry for models; none: the embedded OCI layout.")
     insecure_registries: list[str] = Field(default_factory=list)
+    egress_allow: list[str] = Field(default_factory=list, description="Hosts, addresses and networks (CIDR) the service may "
+                                    "connect to for users although they are loopback, private or link-local (README: egress policy).")
     trainers: dict[str, TrainerEntry] = Field(default_factory=dict)
     templates: dict[str, TemplateEntry] = Field(default_factory=dict)
     tokens: list[TokenEntry] = Field(default_factory=list)
@@ -91,6 +94,10 @@ class ServiceConfig(BaseModel):
         """The catalog's key for ``version``, written with or without ``sha256:``; None if absent."""
         wanted = normalize_digest(version) if isinstance(version, str) else None
         return next((key for key in catalog if normalize_digest(key) == wanted), None) if wanted else None
+
+    @property
+    def egress(self) -> EgressPolicy:
+        return EgressPolicy(tuple(self.egress_allow))
 
     def builder_settings(self) -> BuilderSettings:
         """The image builder's settings: the data directory (its embedded layout and caches) and

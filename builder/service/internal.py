@@ -9,7 +9,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from builder.service.http import FILENAME, fail, stream_to
 from builder.service.training import TrainingRecord
@@ -58,6 +58,17 @@ def internal_router(service: Service) -> APIRouter:
     async def receive_training_output(secret: str, training_id: str, filename: str, request: Request) -> JSONResponse:
         training_for(secret, training_id)
         return await receive_output(training_id, filename, request)
+
+    @router.get("/internal/{secret}/inputs/{training_id}/{folder}/{filename}")
+    def send_input(secret: str, training_id: str, folder: str, filename: str) -> FileResponse:
+        """A file input the service fetched for this training, for its trainer."""
+        training_for(secret, training_id)
+        if not FILENAME.fullmatch(folder) or not FILENAME.fullmatch(filename):
+            raise fail(404, "not found")
+        path = config.files / training_id / "inputs" / folder / filename
+        if not path.is_file():
+            raise fail(404, "not found")
+        return FileResponse(path)
 
     @router.post("/internal/{secret}/cog/{training_id}")
     async def cog_update(secret: str, training_id: str, request: Request) -> dict:

@@ -15,13 +15,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from builder.build import Reporter, build_image, model_ref
 from builder.cog.client import CogError
 from builder.service.config import ServiceConfig
 from builder.service.database import Database
+from builder.service.egress import fetch
+from builder.service.http import FILENAME
 from builder.service.runners import TRAINER, clear_stale, start_run
-from builder.service.schemas import TrainerSchemas
+from builder.service.schemas import TrainerSchemas, file_inputs
 from builder.service.training import TrainingRecord, now_iso, public_training
 from builder.service.webhooks import deliver, new_secret, secret_setting
 from dreambuild.errors import DreambuildError
@@ -91,7 +94,8 @@ class Pipeline:
                                          cog_status=None, runner_pid=None)
         started = time.monotonic()
         self._send_event(doc, "start")
-        run = start_run(entry, doc["id"], doc["input"], webhook=self.internal_url(doc, "cog"),
+        inputs = self._fetch_inputs(doc)
+        run = start_run(entry, doc["id"], inputs, webhook=self.internal_url(doc, "cog"),
                         upload_url=self.internal_url(doc, "files") + "/", workdir=workdir, schema=self.schemas.get(doc["trainer_version"]))
         sent_logs, last_sent = "", 0.0
         try:
@@ -124,6 +128,27 @@ class Pipeline:
         return self.db.update_training(doc["id"], stage="building", weights=str(weights), metrics={"predict_time": predict_time},
                                           runner_pid=None)
 
+    def _fetch_inputs(self, doc: TrainingRecord) -> dict:
+        """The trainer's inputs with every file URL outside this service fetched here first, under
+        the egress policy and the upload limit, and handed on as this service's own URL: a trainer
+        connects to nothing a user names."""
+        inputs = dict(doc["input"])
+        uploads = self.config.base_url + "/v1/uploads/"
+        for name in sorted(file_inputs(self.schemas.get(doc["trainer_version"])) & set(inputs)):
+            values = inputs[name] if isinstance(inputs[name], list) else [inputs[name]]
+            fetched = []
+            for index, url in enumerate(values):
+                if not isinstance(url, str) or url.startswith(uploads):
+                    fetched.append(url)
+                    continue
+                filename = _file_name(url)
+                folder = f"{name}-{index}"
+                fetch(url, self.config.files / doc["id"] / "inputs" / folder / filename, policy=self.config.egress,
+                      what=f"input.{name}", max_bytes=self.config.max_upload_bytes)
+                fetched.append(f"{self.internal_url(doc, 'inputs')}/{folder}/{filename}")
+            inputs[name] = fetched if isinstance(inputs[name], list) else fetched[0]
+        return inputs
+
     def _build(self, doc: TrainingRecord) -> TrainingRecord:
         if doc.get("cancel_requested"):
             raise Canceled
@@ -151,19 +176,25 @@ class Pipeline:
         """A webhook for a non-final event (start, logs, output), when the training asked for it."""
         url = doc.get("webhook_completed")
         if url and event in (doc.get("webhook_events_filter") or []):
-            deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret(doc),
+            deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret(doc), policy=self.config.egress,
                     webhook_id=webhook_id or f"{doc['id']}-{event}", attempts=attempts or self.config.webhook_attempts,
                     backoff=self.config.webhook_backoff)
 
     def _webhook(self, doc: TrainingRecord) -> None:
         url = doc.get("webhook_completed")
         if url and "completed" in (doc.get("webhook_events_filter") or ["completed"]):
-            result = deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret(doc),
+            result = deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret(doc), policy=self.config.egress,
                              webhook_id=f"{doc['id']}-completed", attempts=self.config.webhook_attempts,
                              backoff=self.config.webhook_backoff)
             self.db.update_training(doc["id"], webhook_delivery={"ok": result.ok, "attempts": result.attempts,
                                                                     "status": result.status, "error": result.error})
         self.db.update_training(doc["id"], stage="done")
+
+
+def _file_name(url: str) -> str:
+    """The name a fetched file is kept and served under: the URL's own, when it is a safe one."""
+    name = urlsplit(url).path.rsplit("/", 1)[-1]
+    return name if FILENAME.fullmatch(name) else "input"
 
 
 class Worker:

@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from builder.service.egress import EgressPolicy, EgressRefused
+
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +56,7 @@ class Delivery:
 
 
 def deliver(url: str, payload: dict, *, secret: str, webhook_id: str, attempts: int = 8, backoff: float = 1.0,
-            timeout: float = 10.0) -> Delivery:
+            timeout: float = 10.0, policy: EgressPolicy | None = None) -> Delivery:
     """POST ``payload`` to ``url`` until a 2xx answer or ``attempts`` run out; never raises."""
     body = json.dumps(payload, separators=(",", ":"), default=str)
     status: int | None = None
@@ -62,6 +64,8 @@ def deliver(url: str, payload: dict, *, secret: str, webhook_id: str, attempts: 
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:
         for attempt in range(1, attempts + 1):
             try:
+                if policy is not None:
+                    policy.check(url, "webhook")  # at every attempt: the name may resolve elsewhere by now
                 response = client.post(url, content=body.encode(), headers=signed_headers(secret, webhook_id, body))
                 status = response.status_code
                 if 200 <= status < 300:
@@ -69,6 +73,8 @@ def deliver(url: str, payload: dict, *, secret: str, webhook_id: str, attempts: 
                 error = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
             except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:  # retrying cannot help
                 return Delivery(False, attempt, None, f"{type(exc).__name__}: {exc}")
+            except EgressRefused as exc:
+                return Delivery(False, attempt, None, str(exc))
             except httpx.HTTPError as exc:
                 status, error = None, f"{type(exc).__name__}: {exc}"
             if attempt < attempts:

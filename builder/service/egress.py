@@ -1,0 +1,124 @@
+"""The egress policy: where the service connects on a user's behalf (webhooks, and the files a
+training's inputs name, which the service fetches itself so that its trainers fetch only from it).
+
+URL → its host → every address DNS gives for it → refused when any is loopback, private,
+link-local (cloud metadata: 169.254.169.254), shared, multicast, reserved or unspecified —
+unless the operator's allow-list (``egress_allow``: host names, addresses or networks) names it
+→ connect, and check again at every redirect. At creation the API checks what it can without
+DNS (literal addresses and local names), so a refused URL is a 422 before anything is stored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from dreambuild.errors import InputError
+
+LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "metadata.google.internal")
+MAX_REDIRECTS = 5
+
+
+class EgressRefused(InputError):
+    """A URL points where the egress policy does not let the service connect."""
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """Host names and networks the operator allows despite the default refusals."""
+
+    allow: tuple[str, ...] = ()
+    _networks: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        networks = []
+        for item in self.allow:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                pass  # a host name
+        object.__setattr__(self, "_networks", tuple(networks))
+
+    def _allowed_host(self, host: str) -> bool:
+        return host.lower().rstrip(".") in {a.lower().rstrip(".") for a in self.allow}
+
+    def _refused(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if any(ip in network for network in self._networks):
+            return False
+        return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+
+    def check_static(self, url: str, what: str) -> None:
+        """What can be judged without DNS: a literal address or a local name in ``url``."""
+        host = (urlsplit(url).hostname or "").lower().rstrip(".")
+        if self._allowed_host(host):
+            return
+        try:
+            literal = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            if host in LOCAL_NAMES or host.endswith((".localhost", ".internal")):
+                raise EgressRefused(_refusal(what, url, host)) from None
+            return
+        if self._refused(str(literal)):
+            raise EgressRefused(_refusal(what, url, host))
+
+    def check(self, url: str, what: str) -> None:
+        """``url``'s host, resolved: every address it has must be allowed."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower().rstrip(".")
+        if self._allowed_host(host):
+            return
+        self.check_static(url, what)
+        try:
+            infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise EgressRefused(f"{what}: cannot resolve {host} ({exc.args[-1] if exc.args else exc})") from None
+        for info in infos:
+            if self._refused(info[4][0]):
+                raise EgressRefused(_refusal(what, url, f"{host} ({info[4][0]})"))
+
+
+def _refusal(what: str, url: str, where: str) -> str:
+    return (f"{what} {url!r} points to {where}, a loopback, private, link-local or otherwise non-public address, "
+            "which this service does not connect to (the operator can allow it with egress_allow)")
+
+
+def fetch(url: str, dest: Path, *, policy: EgressPolicy, what: str, max_bytes: int, timeout: float = 60) -> Path:
+    """Download ``url`` to ``dest`` under the policy (checked again at every redirect) and a
+    limit on the bytes actually read; raise :class:`InputError` naming what went wrong."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        with httpx.Client(follow_redirects=False, timeout=httpx.Timeout(timeout, read=300)) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                policy.check(url, what)
+                with client.stream("GET", url) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        continue
+                    if response.status_code >= 400:
+                        raise InputError(f"{what}: downloading {url} failed with HTTP {response.status_code}")
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > max_bytes:
+                        raise InputError(f"{what}: {url} is {declared} bytes, over the limit of {max_bytes}")
+                    written = 0
+                    with open(tmp, "wb") as out:
+                        for chunk in response.iter_bytes(2**20):
+                            written += len(chunk)
+                            if written > max_bytes:
+                                raise InputError(f"{what}: {url} is larger than the limit of {max_bytes} bytes")
+                            out.write(chunk)
+                    tmp.replace(dest)
+                    return dest
+            raise InputError(f"{what}: {url} redirects more than {MAX_REDIRECTS} times")
+    except httpx.HTTPError as exc:
+        raise InputError(f"{what}: cannot download {url} ({type(exc).__name__})") from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,85 @@
+"""The egress policy: no loopback, private or metadata address for a user's URL unless allowed,
+checked after DNS and at every redirect; downloads limited on the bytes read."""
+
+import http.server
+import threading
+
+import pytest
+
+from builder.service.egress import EgressPolicy, EgressRefused, fetch
+from dreambuild.errors import InputError
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/x", "http://10.1.2.3/x", "http://192.168.1.1/", "http://169.254.169.254/latest",
+                                 "http://[::1]/x", "http://[::ffff:127.0.0.1]/x", "http://100.64.0.1/", "http://0.0.0.0/",
+                                 "http://localhost:5000/shutdown", "http://metadata.google.internal/", "http://224.0.0.1/"])
+def test_non_public_addresses_are_refused_by_default(url):
+    with pytest.raises(EgressRefused, match="non-public address"):
+        EgressPolicy().check_static(url, "webhook")
+    with pytest.raises(EgressRefused):
+        EgressPolicy().check(url, "webhook")
+
+
+def test_the_allow_list_admits_hosts_and_networks():
+    policy = EgressPolicy(("127.0.0.1", "10.0.0.0/8", "files.internal"))
+    for url in ("http://127.0.0.1:9/x", "http://10.200.0.1/x", "http://files.internal/x"):
+        policy.check_static(url, "input")
+    policy.check("http://127.0.0.1:9/x", "input")  # resolved: still allowed
+    with pytest.raises(EgressRefused):
+        policy.check_static("http://192.168.0.1/x", "input")
+    EgressPolicy().check_static("https://93.184.216.34/photos.zip", "input")  # a public address
+
+
+def test_names_are_judged_by_what_they_resolve_to():
+    with pytest.raises(EgressRefused, match=r"localhost.* \(127.0.0.1\)|localhost"):
+        EgressPolicy().check("http://localhost/x", "input")
+    with pytest.raises(EgressRefused, match="cannot resolve"):
+        EgressPolicy().check("http://no-such-host.invalid/x", "input")
+
+
+@pytest.fixture
+def files():
+    """A file server on loopback: /photos.zip, /big (no Content-Length), /to?<url> redirects."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/to?"):
+                self.send_response(302)
+                self.send_header("Location", self.path[4:])
+                self.end_headers()
+            elif self.path == "/big":
+                self.send_response(200)
+                self.end_headers()
+                for _ in range(8):
+                    self.wfile.write(b"x" * 2**20)
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", "5")
+                self.end_headers()
+                self.wfile.write(b"PK\x03\x04z")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_fetch_checks_every_redirect_and_the_bytes_read(tmp_path, files):
+    allowed = EgressPolicy(("127.0.0.1",))
+    assert fetch(f"{files}/to?/photos.zip", tmp_path / "a.zip", policy=allowed, what="input.x", max_bytes=100).read_bytes() == b"PK\x03\x04z"
+    port = files.rsplit(":", 1)[1]
+    for target in (f"http://localhost:{port}/photos.zip", f"http://[::1]:{port}/photos.zip", "http://169.254.169.254/latest"):
+        with pytest.raises(EgressRefused, match="input.x"):
+            fetch(f"{files}/to?{target}", tmp_path / "b.zip", policy=allowed, what="input.x", max_bytes=100)
+    with pytest.raises(InputError, match="larger than the limit of 3145728 bytes"):
+        fetch(f"{files}/big", tmp_path / "c.zip", policy=allowed, what="input.x", max_bytes=3 * 2**20)
+    with pytest.raises(InputError, match="over the limit of 4"):
+        fetch(f"{files}/photos.zip", tmp_path / "d.zip", policy=allowed, what="input.x", max_bytes=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]  # nothing half-written is left
+    with pytest.raises(EgressRefused):
+        fetch(f"{files}/photos.zip", tmp_path / "e.zip", policy=EgressPolicy(), what="input.x", max_bytes=100)
