@@ -69,6 +69,10 @@ def extract_zip(archive: Path, dest: Path, *, label: str, limits: ArchiveLimits 
         raise
 
 
+def _short(name: str, keep: int = 120) -> str:
+    return name if len(name) <= keep else f"{name[:keep // 2]}…{name[-keep // 2:]}"
+
+
 def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimits) -> list[Path]:
     try:
         zf = zipfile.ZipFile(archive)
@@ -100,12 +104,12 @@ def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimit
             target = dest.joinpath(*parts)
             if not target.resolve().is_relative_to(root):
                 raise ArchiveError(f"{label}: entry {info.filename!r} resolves outside the archive")
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             written = 0
             try:
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "xb") as out:
                     while chunk := src.read(_COPY_CHUNK):
                         written += len(chunk)
@@ -117,13 +121,19 @@ def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimit
                             )
                         out.write(chunk)
             except FileExistsError:
-                raise ArchiveError(f"{label}: entry {info.filename!r} appears twice") from None
+                if target.is_file() and not info.is_dir():
+                    raise ArchiveError(f"{label}: entry {_short(info.filename)!r} appears twice") from None
+                raise ArchiveError(f"{label}: entry {_short(info.filename)!r} clashes with another entry: "
+                                   "the same name as a file and as a folder") from None
             except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
                 raise ArchiveError(f"{label} is a corrupt zip archive: entry {info.filename!r} ({exc})") from None
             except RuntimeError as exc:  # zipfile raises RuntimeError for encrypted entries
                 raise ArchiveError(f"{label}: entry {info.filename!r} cannot be read ({exc})") from None
             except NotImplementedError as exc:
                 raise ArchiveError(f"{label}: entry {info.filename!r} uses an unsupported compression ({exc})") from None
+            except OSError as exc:  # a name too long, a file where a folder should be: said without server paths
+                raise ArchiveError(f"{label}: entry {_short(info.filename)!r} cannot be extracted: "
+                                   f"{exc.strerror or type(exc).__name__}") from None
             files.append(target)
         return files
 

@@ -106,3 +106,16 @@ def test_truncated_zip_is_reported_as_corrupt(tmp_path):
     truncated.write_bytes(archive.read_bytes()[:-30])
     with pytest.raises(ArchiveError, match="corrupt zip archive: its central directory is missing"):
         extract_zip(truncated, tmp_path / "out", label="data")
+
+
+@pytest.mark.parametrize("entries, message", [
+    ({"x" * 300 + ".jpg": b"1"}, "cannot be extracted: File name too long"),
+    ({"a": b"file", "a/b.jpg": b"1"}, "the same name as a file and as a folder"),
+    ({"a/b.jpg": b"1", "a": b"file"}, "the same name as a file and as a folder"),
+])
+def test_unextractable_entries_are_named_without_server_paths(tmp_path, entries, message):
+    archive = make_zip(tmp_path / "odd.zip", entries)
+    with pytest.raises(ArchiveError, match=message) as info:
+        extract_zip(archive, tmp_path / "work" / "out", label="instance_data")
+    assert str(tmp_path) not in str(info.value) and str(info.value).startswith("instance_data: entry ")
+    assert not (tmp_path / "work" / "out").exists()

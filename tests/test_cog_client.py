@@ -67,8 +67,8 @@ def test_refused_input_and_failed_prediction_are_one_line(scripted):
     server = scripted((422, {"detail": detail}))
     with pytest.raises(CogError, match=r"^the model refused the input: input.steps: must be <= 500; input.seed: not an int$"):
         CogClient(server.url, what="model").predict({"steps": 900})
-    failed = scripted((200, {"status": "failed", "error": "CUDA out of memory"}))
-    with pytest.raises(CogError, match="the prediction failed: CUDA out of memory"):
+    failed = scripted((200, {"status": "failed", "error": "Prediction failed: Prediction failed: CUDA out of memory"}))
+    with pytest.raises(CogError, match="^the prediction failed: CUDA out of memory$"):
         CogClient(failed.url).predict({})
 
 

@@ -34,6 +34,15 @@ def describe_validation(detail: object) -> str:
     return str(detail)
 
 
+def prediction_error(error: object) -> str:
+    """Cog's error of a failed prediction, without the ``Prediction failed:`` prefixes coglet adds
+    (once per layer that re-raised it), so that callers say it once in their own words."""
+    text = str(error or "").strip()
+    while text.lower().startswith("prediction failed:"):
+        text = text[len("prediction failed:"):].strip()
+    return text or "no reason given"
+
+
 @dataclass(frozen=True)
 class CogClient:
     """The HTTP API of one Cog server at ``base_url``."""
@@ -83,7 +92,7 @@ class CogClient:
         status, body = self.request("POST", "/predictions", {"input": inputs}, attempts=40, retry_delay=0.25, timeout=timeout)
         self._accepted(status, body)
         if body.get("status") != "succeeded":
-            raise CogError(f"the prediction failed: {body.get('error') or body.get('status')}")
+            raise CogError(f"the prediction failed: {prediction_error(body.get('error') or body.get('status'))}")
         return body
 
     def start_prediction(self, prediction_id: str, inputs: dict, *, webhook: str, events: list[str] = EVENTS) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from builder.build import Reporter, build_image, model_ref
-from builder.cog.client import CogError
+from builder.cog.client import CogError, prediction_error
 from builder.service.config import ServiceConfig
 from builder.service.database import Database
 from builder.service.egress import fetch
@@ -120,7 +120,7 @@ class Pipeline:
         if doc["cog_status"] == "canceled":
             raise Canceled
         if doc["cog_status"] == "failed":
-            raise TrainerFailed(f"training failed: {doc.get('cog_error') or 'the trainer reported an error'}")
+            raise TrainerFailed(f"training failed: {prediction_error(doc.get('cog_error'))}")
         weights = files / "output.zip"
         if not weights.is_file():
             raise TrainerFailed("the trainer finished without uploading output.zip")
