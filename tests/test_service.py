@@ -314,6 +314,40 @@ def test_cancel_stops_the_trainer(tmp_path, service, receiver):
     assert json.loads(hook.body)["status"] == "canceled"
 
 
+def test_sigterm_stops_the_trainer_and_the_training_resumes(tmp_path, service, receiver):
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    request = seed_request(service, receiver, url, model="alice/sigterm")
+    request["input"]["max_train_steps"] = 5000
+    created = httpx.post(f"{service.url}/v1/trainings", json=request, headers=ALICE).json()
+    deadline = time.monotonic() + 300
+    while not httpx.get(created["urls"]["get"], headers=ALICE).json()["logs"] and time.monotonic() < deadline:  # the trainer runs
+        time.sleep(0.5)
+    work = (Path(service.config["data_dir"]) / "work" / created["id"]).resolve()
+
+    def trainer_processes() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.readlink(f"/proc/{pid}/cwd").startswith(str(work)):
+                    found.append(int(pid))
+            except OSError:
+                continue
+        return found
+
+    assert trainer_processes()
+    started = time.monotonic()
+    service.proc.terminate()
+    service.proc.wait(90)
+    assert time.monotonic() - started < 60 and trainer_processes() == []
+    log = (service.root / "service.log").read_text()
+    assert "stopping 1 training(s)" in log and "resumes there at the next start" in log
+    service.start()
+    resumed = _wait_stage(service, created["id"], ("training",))
+    assert resumed["status"] == "processing"
+    httpx.post(created["urls"]["cancel"], headers=ALICE)
+    assert service.wait(created["id"])["status"] == "canceled"
+
+
 def _wait_stage(service, training_id: str, stages: tuple[str, ...], timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -38,6 +38,10 @@ class Canceled(Exception):
     """The user canceled the training."""
 
 
+class Interrupted(Exception):
+    """The service is shutting down: the training stops where it is and resumes at the next start."""
+
+
 class TrainerFailed(DreambuildError):
     """The trainer's prediction failed."""
 
@@ -47,6 +51,7 @@ class Pipeline:
 
     def __init__(self, config: ServiceConfig, db: Database, schemas: TrainerSchemas) -> None:
         self.config, self.db, self.schemas = config, db, schemas
+        self.stopping = threading.Event()  # set at shutdown: running trainings stop and keep their stage
 
     def webhook_secret(self, doc: TrainingRecord) -> str:
         """The signing secret of the training's owner."""
@@ -58,10 +63,17 @@ class Pipeline:
     def run(self, training_id: str) -> None:
         doc = self.db.get_training(training_id)
         try:
+            self._check_stopping()
             if doc["stage"] in ("queued", "training"):
                 doc = self._train(doc)
             if doc["stage"] == "building":
                 doc = self._build(doc)
+            if doc["stage"] == "webhook":
+                self._check_stopping()
+        except Interrupted:
+            log.warning("training %s stopped by the shutdown at stage %s; it resumes there at the next start",
+                        training_id, self.db.get_training(training_id)["stage"])
+            return
         except Canceled:
             doc = self._finish(training_id, "canceled", "canceled")
         except DreambuildError as exc:
@@ -74,10 +86,17 @@ class Pipeline:
         if doc["stage"] == "webhook":
             try:
                 self._webhook(doc)
+            except Interrupted:
+                log.warning("training %s: its webhook is sent at the next start (shutdown)", training_id)
+                return
             except Exception as exc:  # the training is over: record why its webhook was not sent, never loop on it
                 log.exception("webhook of training %s failed", training_id)
                 self.db.update_training(training_id, stage="done", webhook_delivery={
                     "ok": False, "attempts": 0, "status": None, "error": f"internal error: {type(exc).__name__}: {exc}"})
+
+    def _check_stopping(self) -> None:
+        if self.stopping.is_set():
+            raise Interrupted
 
     def _finish(self, training_id: str, status: str, error: str) -> TrainingRecord:
         return self.db.update_training(training_id, status=status, error=error, stage="webhook", completed_at=now_iso())
@@ -110,6 +129,9 @@ class Pipeline:
                 if doc.get("cancel_requested"):
                     run.cancel()
                     raise Canceled
+                if self.stopping.is_set():
+                    run.cancel()  # a server this run does not own (cog-http) must not go on for nothing
+                    raise Interrupted
                 if doc.get("cog_status") in ("succeeded", "failed", "canceled"):
                     break
                 if not run.alive():
@@ -157,6 +179,7 @@ class Pipeline:
         def step(message: str) -> None:
             if self.db.update_training(doc["id"], logs_append=f"build: {message}\n").get("cancel_requested"):
                 raise Canceled  # between build steps; a version is recorded only after the build
+            self._check_stopping()
 
         reporter = Reporter(step=step)
         result = build_image(Path(doc["weights"]), template, model_ref(doc["model"], settings), notes=doc.get("notes") or "",
@@ -178,14 +201,16 @@ class Pipeline:
         if url and event in (doc.get("webhook_events_filter") or []):
             deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret(doc), policy=self.config.egress,
                     webhook_id=webhook_id or f"{doc['id']}-{event}", attempts=attempts or self.config.webhook_attempts,
-                    backoff=self.config.webhook_backoff)
+                    backoff=self.config.webhook_backoff, stop=self.stopping)
 
     def _webhook(self, doc: TrainingRecord) -> None:
         url = doc.get("webhook_completed")
         if url and "completed" in (doc.get("webhook_events_filter") or ["completed"]):
             result = deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret(doc), policy=self.config.egress,
                              webhook_id=f"{doc['id']}-completed", attempts=self.config.webhook_attempts,
-                             backoff=self.config.webhook_backoff)
+                             backoff=self.config.webhook_backoff, stop=self.stopping)
+            if not result.ok and self.stopping.is_set():
+                raise Interrupted  # not given up: retried at the next start
             self.db.update_training(doc["id"], webhook_delivery={"ok": result.ok, "attempts": result.attempts,
                                                                     "status": result.status, "error": result.error})
         self.db.update_training(doc["id"], stage="done")
@@ -228,4 +253,13 @@ class Worker:
         return ids
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the running trainings where they are (their trainers stopped, their stages kept, so
+        that the next start resumes them) and wait for that; queued ones stay queued."""
+        with self._lock:
+            running = sorted(self._active)
+        if running:
+            log.warning("shutting down: stopping %d training(s): %s", len(running), ", ".join(running))
+        self.pipeline.stopping.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if running:
+            log.warning("shutdown complete: every unfinished training resumes at the next start")

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -56,7 +57,7 @@ class Delivery:
 
 
 def deliver(url: str, payload: dict, *, secret: str, webhook_id: str, attempts: int = 8, backoff: float = 1.0,
-            timeout: float = 10.0, policy: EgressPolicy | None = None) -> Delivery:
+            timeout: float = 10.0, policy: EgressPolicy | None = None, stop: threading.Event | None = None) -> Delivery:
     """POST ``payload`` to ``url`` until a 2xx answer or ``attempts`` run out; never raises."""
     body = json.dumps(payload, separators=(",", ":"), default=str)
     status: int | None = None
@@ -80,5 +81,8 @@ def deliver(url: str, payload: dict, *, secret: str, webhook_id: str, attempts: 
             if attempt < attempts:
                 delay = backoff * 2 ** (attempt - 1)
                 log.warning("webhook %s to %s failed (%s); retrying in %.1fs", webhook_id, url, error, delay)
-                time.sleep(delay)
+                if stop is not None and stop.wait(delay):  # the service is stopping: give back, do not give up
+                    return Delivery(False, attempt, status, error)
+                if stop is None:
+                    time.sleep(delay)
     return Delivery(False, attempts, status, error)
