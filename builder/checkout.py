@@ -17,9 +17,14 @@ from dreambuild.errors import InputError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def has_checkout() -> bool:
+    """Whether this install runs from a checkout (else from a wheel: no trainer sources beside it)."""
+    return (REPO_ROOT / "trainer" / "cog_model.py").is_file() and (REPO_ROOT / "cog.yaml").is_file()
+
+
 def require_checkout(what: str) -> Path:
     """Make the checkout's model sources importable; fail clearly where there is none."""
-    if not (REPO_ROOT / "trainer").is_dir() or not (REPO_ROOT / "fixtures").is_dir():
+    if not has_checkout() or not (REPO_ROOT / "fixtures").is_dir():
         raise InputError(f"{what} runs this repository's trainer and templates: run it from a dreambuild checkout")
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))

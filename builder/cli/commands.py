@@ -44,9 +44,15 @@ def fail(message: str) -> None:
 @app.command()
 def demo(out: Path = typer.Option(Path("demo-out"), help="Directory for summary.json, output.zip and the generated PNG.")) -> None:
     """Run the pipeline end to end on tiny local models, with no configuration."""
-    from builder.cli.demo import run_demo
+    try:
+        from builder.cli.demo import run_demo
 
-    run_demo(out)
+        run_demo(out)
+    except DreambuildError as exc:
+        fail(str(exc))
+    except ImportError as exc:  # a builder-only install: no ML stack
+        fail(f"the demo needs the ML stack ({exc.name or exc} is not installed): install dreambuild[all], "
+             "or run ./dev demo in a checkout")
 
 
 @app.command()
@@ -72,6 +78,9 @@ def serve(
         fail(str(exc))
     if token_file:
         err.print(f"API token (all owners): {token_file}", highlight=False)
+    if not settings.trainers:
+        err.print("warning: no trainer in the catalog (this install has no checkout's trainer): list trainers in the "
+                  "configuration (README, 'The trainings service'); until then every training is refused", highlight=False)
     err.print(f"dreambuild service on {settings.base_url} (docs: {settings.base_url}/docs)", highlight=False)
     err.print(f"Cog servers of cog-http trainers: --upload-url {app_.state.service.cog_upload_url}", highlight=False)
     uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning")

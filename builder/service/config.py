@@ -18,7 +18,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, field_validator
 
-from builder.checkout import REPO_ROOT
+from builder.checkout import REPO_ROOT, has_checkout
 from builder.oci.layout import OciLayout
 from builder.oci.references import LayoutRef, normalize_digest, parse_image_ref
 from builder.service.egress import EgressPolicy
@@ -144,7 +144,7 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
         config = ServiceConfig.model_validate(data)
     except ValueError as exc:
         raise InputError(f"service configuration {path or '(defaults)'}: {exc}") from None
-    if not config.trainers:
+    if not config.trainers and has_checkout():  # installed from a wheel, there is no local trainer to offer
         config.trainers[local_trainer_version()] = TrainerEntry(name="dreambooth (this checkout)")
     if not config.templates:
         config.templates.update(layout_templates(config.layout))
