@@ -520,8 +520,9 @@ def test_docker_runner_failures_end_the_training_clearly(tmp_path, service, rece
     try:
         service.stop()
         service.start()
-        created = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, "https://example.com/p.zip",
-                                                                            trainer_version=version), headers=ALICE)
+        photos = upload(service, photos_zip(tmp_path / "photos.zip"))  # an upload: nothing to fetch before the trainer starts
+        created = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, photos, trainer_version=version),
+                             headers=ALICE)
         assert created.status_code == 201, created.text
         done = service.wait(created.json()["id"], timeout=300)
     finally:
@@ -610,3 +611,22 @@ def test_registry_down_fails_the_build_with_a_webhook(tmp_path, service, receive
     assert done["status"] == "failed" and "cannot reach registry" in done["error"] and done["metrics"]["predict_time"] > 0
     (hook,) = hooks_for(receiver, created["id"])
     assert json.loads(hook.body)["error"] == done["error"]
+
+
+def test_retention_routes_delete_uploads_trainings_and_versions(tmp_path, service, receiver):
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    upload_id = url.split("/v1/uploads/")[1].split("/")[0]
+    assert httpx.delete(f"{service.url}/v1/uploads/{upload_id}", headers=BOB).status_code == 404  # not Bob's
+    assert httpx.delete(f"{service.url}/v1/uploads/{upload_id}", headers=ALICE).status_code == 204
+    assert httpx.get(url).status_code == 404
+    assert not (Path(service.config["data_dir"]) / "uploads" / upload_id).exists()
+    trainings = httpx.get(f"{service.url}/v1/trainings", params={"limit": 100}, headers=ALICE).json()["results"]
+    done = next(t for t in trainings if t["status"] == "succeeded" and t["destination"] == "alice/toy")
+    assert httpx.delete(f"{service.url}/v1/trainings/{done['id']}", headers=BOB).status_code == 404
+    assert httpx.delete(f"{service.url}/v1/trainings/{done['id']}", headers=ALICE).status_code == 204
+    assert httpx.get(done["urls"]["get"], headers=ALICE).status_code == 404
+    assert not (Path(service.config["data_dir"]) / "files" / done["id"]).exists()
+    version = done["model_version"]
+    assert httpx.delete(f"{service.url}/v1/models/alice/toy/versions/{version}", headers=BOB).status_code == 404
+    assert httpx.delete(f"{service.url}/v1/models/alice/toy/versions/{version}", headers=ALICE).status_code == 204
+    assert version not in [v["id"] for v in httpx.get(f"{service.url}/v1/models/alice/toy/versions", headers=ALICE).json()["results"]]

@@ -21,8 +21,9 @@ from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
 from builder.service.egress import EgressRefused
 from builder.service.http import FILENAME, check_http_url, fail, stream_to
+from builder.service.retention import delete_training_files, delete_upload
 from builder.service.schemas import SchemaUnavailable, file_inputs, input_problems
-from builder.service.training import TrainingRecord, new_training, now_iso, public_training
+from builder.service.training import FINISHED, TrainingRecord, new_training, now_iso, public_training
 from builder.service.webhooks import new_secret, secret_setting
 
 if TYPE_CHECKING:
@@ -174,6 +175,15 @@ def public_router(service: Service) -> APIRouter:
             raise fail(404, f"training {training_id} has no weights")
         return FileResponse(doc["weights"], media_type="application/zip", filename="output.zip")
 
+    @router.delete("/v1/trainings/{training_id}", status_code=204,
+                   summary="Delete a finished training: its files (output.zip, fetched inputs) and its record")
+    def delete_training(training_id: str, token_owners: list[str] = Depends(owners)) -> None:
+        doc = service.training_for(training_id, token_owners)
+        if doc["status"] not in FINISHED or doc["stage"] != "done":
+            raise fail(409, f"training {training_id} has not ended: cancel it first")
+        delete_training_files(config, service.db, doc)
+        service.db.delete_training(training_id)
+
     @router.get("/v1/models/{owner}/{name}/versions", summary="List a model's built versions")
     def list_versions(owner: str, name: str, token_owners: list[str] = Depends(owners)) -> dict:
         if not service.may_use(token_owners, owner):
@@ -197,6 +207,14 @@ def public_router(service: Service) -> APIRouter:
             raise fail(404, f"owner {owner!r} not found")
         return owner
 
+    @router.delete("/v1/models/{owner}/{name}/versions/{version_id}", status_code=204,
+                   summary="Delete a version's record (its image stays in the registry)")
+    def delete_version(owner: str, name: str, version_id: str, token_owners: list[str] = Depends(owners)) -> None:
+        digest = normalize_digest(version_id)
+        if not digest or not service.may_use(token_owners, owner) or service.db.get_version(owner, name, digest) is None:
+            raise fail(404, f"version {version_id} of {owner}/{name} not found")
+        service.db.delete_version(owner, name, digest)
+
     @router.get("/v1/webhooks/default/secret", summary="The owner's webhook signing secret")
     def webhook_secret(owner: str | None = None, token_owners: list[str] = Depends(owners)) -> dict:
         return {"key": service.db.setting(secret_setting(secret_owner(token_owners, owner)), new_secret)}
@@ -218,6 +236,13 @@ def public_router(service: Service) -> APIRouter:
         service.db.add_upload({"id": upload_id, "owner": token_owners[0], "owners": token_owners, "name": filename,
                                "path": str(folder / filename), "size": size, "created_at": now_iso()})
         return {"id": upload_id, "name": filename, "size": size, "url": f"{config.base_url}/v1/uploads/{upload_id}/{filename}"}
+
+    @router.delete("/v1/uploads/{upload_id}", status_code=204, summary="Delete an upload (its file and record)")
+    def delete_upload_route(upload_id: str, token_owners: list[str] = Depends(owners)) -> None:
+        doc = service.db.get_upload(upload_id)
+        if doc is None or not all(service.may_use(token_owners, o) for o in doc.get("owners") or [doc["owner"]]):
+            raise fail(404, f"upload {upload_id} not found")
+        delete_upload(config, service.db, upload_id)
 
     @router.get("/v1/uploads/{upload_id}/{filename}", summary="Download an upload (capability URL, no token)")
     def download(upload_id: str, filename: str) -> FileResponse:

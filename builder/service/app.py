@@ -23,6 +23,7 @@ from builder.service.database import Database
 from builder.service.http import fail
 from builder.service.internal import internal_router
 from builder.service.pipeline import Pipeline, Worker
+from builder.service.retention import Sweeper
 from builder.service.schemas import TrainerSchemas
 from builder.service.training import TrainingRecord
 
@@ -43,6 +44,7 @@ class Service:
         self.schemas = TrainerSchemas(config)
         self.pipeline = Pipeline(config, self.db, self.schemas)
         self.worker = Worker(self.pipeline, config.max_concurrent)
+        self.sweeper = Sweeper(config, self.db)
         self.tokens = [(entry.token.encode(), entry.owners) for entry in config.tokens]
 
     @property
@@ -130,10 +132,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.schemas.warm()
+        service.sweeper.start()
         resumed = service.worker.resume()
         if resumed:
             log.warning("resuming %d unfinished training(s): %s", len(resumed), ", ".join(resumed))
         yield
+        service.sweeper.stop()
         service.worker.shutdown()
 
     app = FastAPI(title="dreambuild", version="1", lifespan=lifespan,

@@ -78,6 +78,10 @@ class ServiceConfig(BaseModel):
     tokens: list[TokenEntry] = Field(default_factory=list)
     default_template_version: str | None = Field(None, description="Template for trainings created through Replicate's "
                                                  "model-scoped route (default: the only template in the catalog).")
+    upload_expiry_hours: float | None = Field(168, description="Uploads are deleted this long after they were made "
+                                              "(none: kept until DELETE).")
+    output_expiry_hours: float | None = Field(None, description="A finished training's files (output.zip, fetched inputs) "
+                                              "are deleted this long after it ended (none: kept until DELETE).")
     webhook_attempts: int = 8
     webhook_backoff: float = 2.0
 

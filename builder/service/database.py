@@ -147,6 +147,16 @@ class Database:
         docs = [json.loads(doc) for (doc,) in rows]
         return [d for d in docs if d["status"] not in FINISHED or d.get("stage") != "done"]
 
+    def finished_trainings(self) -> list[TrainingRecord]:
+        """Trainings that have ended and been delivered (retention looks at these)."""
+        with self._lock:
+            rows = self._db.execute("SELECT doc FROM trainings WHERE status IN (?, ?, ?)", FINISHED).fetchall()
+        return [d for d in (json.loads(doc) for (doc,) in rows) if d.get("stage") == "done"]
+
+    def delete_training(self, training_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM trainings WHERE id = ?", (training_id,))
+
     # --- versions ----------------------------------------------------------------------------
 
     def add_version(self, owner: str, name: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +174,10 @@ class Database:
             rows = self._db.execute("SELECT doc FROM versions WHERE owner = ? AND name = ? ORDER BY seq DESC", (owner, name)).fetchall()
         return [json.loads(doc) for (doc,) in rows]
 
+    def delete_version(self, owner: str, name: str, version_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM versions WHERE owner = ? AND name = ? AND id = ?", (owner, name, version_id))
+
     def get_version(self, owner: str, name: str, version_id: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute("SELECT doc FROM versions WHERE owner = ? AND name = ? AND id = ?", (owner, name, version_id)).fetchone()
@@ -175,6 +189,15 @@ class Database:
         with self._tx() as db:
             db.execute("INSERT INTO uploads (id, owner, doc) VALUES (?, ?, ?)", (doc["id"], doc["owner"], json.dumps(doc)))
         return doc
+
+    def list_uploads(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT doc FROM uploads").fetchall()
+        return [json.loads(doc) for (doc,) in rows]
+
+    def delete_upload(self, upload_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
 
     def get_upload(self, upload_id: str) -> dict[str, Any] | None:
         with self._lock:

@@ -1,0 +1,78 @@
+"""Retention: what users delete, and what expires on its own (users upload photos of people).
+
+``DELETE`` an upload → its file and record; a finished training → its files (output.zip, the
+inputs the service fetched) and its record; a version → its record (the image stays in its
+registry, whose operator prunes it). Expiry (``upload_expiry_hours``, ``output_expiry_hours``;
+none: kept): a sweep every few minutes deletes older uploads, and finished trainings' files.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from datetime import datetime, timedelta, timezone
+
+from builder.service.config import ServiceConfig
+from builder.service.database import Database
+from builder.service.training import FINISHED, TrainingRecord, now_iso
+
+log = logging.getLogger(__name__)
+SWEEP_SECONDS = 300
+
+
+def delete_upload(config: ServiceConfig, db: Database, upload_id: str) -> None:
+    """The upload's file, then its record (a crash between leaves a record whose file is gone: a 404)."""
+    shutil.rmtree(config.data_dir / "uploads" / upload_id, ignore_errors=True)
+    db.delete_upload(upload_id)
+
+
+def delete_training_files(config: ServiceConfig, db: Database, doc: TrainingRecord) -> TrainingRecord:
+    """A finished training's output.zip and fetched inputs; its record says when they went."""
+    shutil.rmtree(config.files / doc["id"], ignore_errors=True)
+    return db.update_training(doc["id"], weights=None, files_deleted_at=now_iso())
+
+
+def _older(stamp: str | None, hours: float | None, now: datetime) -> bool:
+    if hours is None or not stamp:
+        return False
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")) < now - timedelta(hours=hours)
+
+
+def sweep(config: ServiceConfig, db: Database, now: datetime | None = None) -> dict[str, int]:
+    """Delete what has expired; return how many uploads and trainings' files went."""
+    now = now or datetime.now(timezone.utc)
+    uploads = [u for u in db.list_uploads() if _older(u.get("created_at"), config.upload_expiry_hours, now)]
+    for upload in uploads:
+        delete_upload(config, db, upload["id"])
+    outputs = [d for d in db.finished_trainings() if d["status"] in FINISHED and d.get("stage") == "done"
+               and not d.get("files_deleted_at") and _older(d.get("completed_at"), config.output_expiry_hours, now)]
+    for doc in outputs:
+        delete_training_files(config, db, doc)
+    if uploads or outputs:
+        log.warning("retention: deleted %d expired upload(s) and the files of %d training(s)", len(uploads), len(outputs))
+    return {"uploads": len(uploads), "trainings": len(outputs)}
+
+
+class Sweeper:
+    """Runs :func:`sweep` now and every ``SWEEP_SECONDS`` until stopped."""
+
+    def __init__(self, config: ServiceConfig, db: Database) -> None:
+        self.config, self.db = config, db
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+
+    def start(self) -> None:
+        if self.config.upload_expiry_hours is not None or self.config.output_expiry_hours is not None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sweep(self.config, self.db)
+            except Exception:  # never the end of the service: the next sweep tries again
+                log.exception("retention sweep failed")
+            self._stop.wait(SWEEP_SECONDS)

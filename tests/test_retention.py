@@ -1,0 +1,37 @@
+"""Retention: expired uploads and trainings' files are deleted by the sweep, newer ones kept."""
+
+from datetime import datetime, timedelta, timezone
+
+from builder.service.config import ServiceConfig
+from builder.service.database import Database
+from builder.service.retention import sweep
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def test_the_sweep_deletes_what_expired(tmp_path):
+    config = ServiceConfig(data_dir=tmp_path, upload_expiry_hours=24, output_expiry_hours=48)
+    db = Database(config.database)
+    now = datetime.now(timezone.utc)
+    for upload_id, age in (("old", 25), ("new", 1)):
+        folder = tmp_path / "uploads" / upload_id
+        folder.mkdir(parents=True)
+        (folder / "photos.zip").write_bytes(b"PK")
+        db.add_upload({"id": upload_id, "owner": "alice", "owners": ["alice"], "name": "photos.zip",
+                       "path": str(folder / "photos.zip"), "size": 2, "created_at": _iso(now - timedelta(hours=age))})
+    for training_id, age, status in (("t-old", 49, "succeeded"), ("t-new", 2, "succeeded"), ("t-running", 99, "processing")):
+        (config.files / training_id).mkdir(parents=True)
+        (config.files / training_id / "output.zip").write_bytes(b"PK")
+        db.create_training({"id": training_id, "owner": "alice", "status": status, "stage": "done" if status != "processing" else "training",
+                            "completed_at": _iso(now - timedelta(hours=age)), "weights": str(config.files / training_id / "output.zip")})
+    assert sweep(config, db, now) == {"uploads": 1, "trainings": 1}
+    assert [u["id"] for u in db.list_uploads()] == ["new"] and not (tmp_path / "uploads" / "old").exists()
+    assert not (config.files / "t-old").exists() and (config.files / "t-new").exists() and (config.files / "t-running").exists()
+    old = db.get_training("t-old")
+    assert old["weights"] is None and old["files_deleted_at"]
+    assert sweep(config, db, now) == {"uploads": 0, "trainings": 0}
+    # No expiry configured: nothing is ever deleted by the sweep.
+    kept = ServiceConfig(data_dir=tmp_path, upload_expiry_hours=None, output_expiry_hours=None)
+    assert sweep(kept, db, now + timedelta(days=999)) == {"uploads": 0, "trainings": 0}
