@@ -240,6 +240,8 @@ def test_body_limits_hold_on_the_bytes_read(service, receiver):
     response = httpx.post(f"{service.url}/v1/trainings", content=chunks(), headers={**ALICE, "Content-Type": "application/json"})
     assert response.status_code == 413 and "over the limit of 65536" in response.json()["detail"], response.text
     assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before
+    for name in ("photos.zip%0A", "..", ".hidden.zip", "a" * 200 + ".zip"):  # one grammar, whole names only
+        assert httpx.post(f"{service.url}/v1/uploads/{name}", content=b"PK", headers=ALICE).status_code in (404, 422), name
     big = (b"x" * 2**20 for _ in range(21))  # 21 MiB against the 20 MiB upload limit, chunked
     response = httpx.post(f"{service.url}/v1/uploads/big.zip", content=big, headers=ALICE)
     assert response.status_code == 413

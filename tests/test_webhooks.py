@@ -50,3 +50,15 @@ def test_an_unusable_url_is_a_failed_delivery_not_an_exception():
     for url in ("http://127.0.0.1:abc/x", "gopher://example.com/"):
         result = deliver(url, PAYLOAD, secret=new_secret(), webhook_id="t1-completed", attempts=3, backoff=0)
         assert not result.ok and result.attempts == 1 and result.error
+
+
+def test_the_egress_policy_holds_at_delivery(receiver):
+    """A receiver on loopback is refused unless the operator allows it (checked at every attempt)."""
+    from builder.service.egress import EgressPolicy
+
+    refused = deliver(f"{receiver.url}/hook", PAYLOAD, secret=new_secret(), webhook_id="t1-completed", attempts=3, backoff=0,
+                      policy=EgressPolicy())
+    assert not refused.ok and refused.attempts == 1 and "non-public address" in refused.error and receiver.received == []
+    allowed = deliver(f"{receiver.url}/hook", PAYLOAD, secret=new_secret(), webhook_id="t1-completed",
+                      policy=EgressPolicy(("127.0.0.1",)))
+    assert allowed.ok and len(receiver.received) == 1
