@@ -21,8 +21,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-import httpx
-
+from builder.egress import FetchUnavailable, fetch
 from builder.oci.layer import LayerEntry
 from dreambuild.archives import ArchiveLimits, entry_parts, is_symlink_entry
 from dreambuild.errors import ArchiveError, InputError
@@ -211,25 +210,15 @@ WeightsSource = ZipWeights | DirWeights
 
 
 def download(url: str, dest: Path, *, label: str, max_bytes: int, retries: int = 3) -> Path:
-    """Stream ``url`` to ``dest`` (size-limited); raise :class:`InputError` naming the failure."""
-    last = ""
-    for _ in range(retries):
+    """Stream ``url`` to ``dest`` (size-limited; an operator's URL, so no egress policy), trying
+    again when the connection fails; raise :class:`InputError` naming the failure."""
+    for attempt in range(retries):
         try:
-            with httpx.stream("GET", url, follow_redirects=True, timeout=httpx.Timeout(30, read=300)) as response:
-                if response.status_code >= 400:
-                    raise InputError(f"{label}: downloading {url} failed with HTTP {response.status_code}")
-                written = 0
-                with open(dest, "wb") as out:
-                    for chunk in response.iter_bytes(2**20):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise InputError(f"{label}: {url} is larger than the limit of {max_bytes} bytes")
-                        out.write(chunk)
-                return dest
-        except httpx.HTTPError as exc:
-            last = f"{type(exc).__name__}: {exc}"
-    dest.unlink(missing_ok=True)
-    raise InputError(f"{label}: cannot download {url} ({last})")
+            return fetch(url, dest, policy=None, what=label, max_bytes=max_bytes)
+        except FetchUnavailable:
+            if attempt + 1 == retries:
+                raise
+    raise AssertionError("unreachable")
 
 
 def open_weights(spec: str | Path, workdir: Path, *, label: str = "weights", limits: ArchiveLimits = WEIGHTS_LIMITS) -> WeightsSource:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from builder.service.egress import EgressPolicy, EgressRefused, fetch
+from builder.egress import EgressPolicy, EgressRefused, fetch
 from dreambuild.errors import InputError
 
 
@@ -78,7 +78,7 @@ def test_fetch_checks_every_redirect_and_the_bytes_read(tmp_path, files):
             fetch(f"{files}/to?{target}", tmp_path / "b.zip", policy=allowed, what="input.x", max_bytes=100)
     with pytest.raises(InputError, match="larger than the limit of 3145728 bytes"):
         fetch(f"{files}/big", tmp_path / "c.zip", policy=allowed, what="input.x", max_bytes=3 * 2**20)
-    with pytest.raises(InputError, match="over the limit of 4"):
+    with pytest.raises(InputError, match=r"larger than the limit of 4 bytes \(5 bytes\)"):
         fetch(f"{files}/photos.zip", tmp_path / "d.zip", policy=allowed, what="input.x", max_bytes=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]  # nothing half-written is left
     with pytest.raises(EgressRefused):

@@ -27,7 +27,7 @@ def wheel_venv(tmp_path_factory):
     root = tmp_path_factory.mktemp("wheel")
     uv = _uv()
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    subprocess.run([uv, "build", "-q", "--wheel", "--out-dir", str(root / "dist"), str(REPO)], check=True, env=env, timeout=600)
+    subprocess.run([uv, "build", "-q", "--out-dir", str(root / "dist"), str(REPO)], check=True, env=env, timeout=600)
     (wheel,) = (root / "dist").glob("dreambuild-*.whl")
     # The builder extra's locked versions, as a deployment would pin them.
     subprocess.run([uv, "export", "-q", "--frozen", "--extra", "builder", "--no-emit-project", "--no-hashes", "-o",

@@ -54,7 +54,7 @@ def test_an_unusable_url_is_a_failed_delivery_not_an_exception():
 
 def test_the_egress_policy_holds_at_delivery(receiver):
     """A receiver on loopback is refused unless the operator allows it (checked at every attempt)."""
-    from builder.service.egress import EgressPolicy
+    from builder.egress import EgressPolicy
 
     refused = deliver(f"{receiver.url}/hook", PAYLOAD, secret=new_secret(), webhook_id="t1-completed", attempts=3, backoff=0,
                       policy=EgressPolicy())

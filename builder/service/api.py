@@ -17,9 +17,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
-from builder.service.egress import EgressRefused
 from builder.service.http import FILENAME, check_http_url, fail, stream_to
 from builder.service.retention import delete_training_files, delete_upload
 from builder.service.schemas import SchemaUnavailable, file_inputs, input_problems

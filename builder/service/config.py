@@ -19,9 +19,9 @@ import yaml
 from pydantic import BaseModel, Field, field_validator
 
 from builder.checkout import REPO_ROOT, has_checkout
+from builder.egress import EgressPolicy
 from builder.oci.layout import OciLayout
 from builder.oci.references import LayoutRef, normalize_digest, parse_image_ref
-from builder.service.egress import EgressPolicy
 from builder.settings import BuilderSettings
 from dreambuild.errors import DreambuildError, InputError
 

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 from builder.build import Reporter, build_image, model_ref
 from builder.cog.client import CogError, prediction_error
+from builder.egress import fetch
 from builder.service.config import ServiceConfig
 from builder.service.database import Database
-from builder.service.egress import fetch
 from builder.service.http import FILENAME
 from builder.service.runners import TRAINER, clear_stale, start_run
 from builder.service.schemas import TrainerSchemas, file_inputs

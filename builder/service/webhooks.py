@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from builder.service.egress import EgressPolicy, EgressRefused
+from builder.egress import EgressPolicy, EgressRefused
 
 log = logging.getLogger(__name__)
 

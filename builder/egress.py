@@ -1,5 +1,6 @@
 """The egress policy: where the service connects on a user's behalf (webhooks, and the files a
-training's inputs name, which the service fetches itself so that its trainers fetch only from it).
+training's inputs name, which the service fetches itself so that its trainers fetch only from it);
+and the one bounded download (:func:`fetch`), which the build step's ``--weights URL`` uses too.
 
 URL → its host → every address DNS gives for it → refused when any is loopback, private,
 link-local (cloud metadata: 169.254.169.254), shared, multicast, reserved or unspecified —
@@ -26,6 +27,10 @@ MAX_REDIRECTS = 5
 
 class EgressRefused(InputError):
     """A URL points where the egress policy does not let the service connect."""
+
+
+class FetchUnavailable(InputError):
+    """The download failed on the way (connection, timeout): trying again may help."""
 
 
 @dataclass(frozen=True)
@@ -90,15 +95,17 @@ def _refusal(what: str, url: str, where: str) -> str:
             "which this service does not connect to (the operator can allow it with egress_allow)")
 
 
-def fetch(url: str, dest: Path, *, policy: EgressPolicy, what: str, max_bytes: int, timeout: float = 60) -> Path:
-    """Download ``url`` to ``dest`` under the policy (checked again at every redirect) and a
-    limit on the bytes actually read; raise :class:`InputError` naming what went wrong."""
+def fetch(url: str, dest: Path, *, policy: EgressPolicy | None, what: str, max_bytes: int, timeout: float = 60) -> Path:
+    """Download ``url`` to ``dest`` under the policy (checked again at every redirect; None: an
+    operator's own URL, not checked) and a limit on the bytes actually read; raise
+    :class:`InputError` naming what went wrong (:class:`FetchUnavailable` when it may be transient)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part")
     try:
         with httpx.Client(follow_redirects=False, timeout=httpx.Timeout(timeout, read=300)) as client:
             for _ in range(MAX_REDIRECTS + 1):
-                policy.check(url, what)
+                if policy is not None:
+                    policy.check(url, what)
                 with client.stream("GET", url) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
@@ -107,7 +114,7 @@ def fetch(url: str, dest: Path, *, policy: EgressPolicy, what: str, max_bytes: i
                         raise InputError(f"{what}: downloading {url} failed with HTTP {response.status_code}")
                     declared = response.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > max_bytes:
-                        raise InputError(f"{what}: {url} is {declared} bytes, over the limit of {max_bytes}")
+                        raise InputError(f"{what}: {url} is larger than the limit of {max_bytes} bytes ({declared} bytes)")
                     written = 0
                     with open(tmp, "wb") as out:
                         for chunk in response.iter_bytes(2**20):
@@ -119,6 +126,6 @@ def fetch(url: str, dest: Path, *, policy: EgressPolicy, what: str, max_bytes: i
                     return dest
             raise InputError(f"{what}: {url} redirects more than {MAX_REDIRECTS} times")
     except httpx.HTTPError as exc:
-        raise InputError(f"{what}: cannot download {url} ({type(exc).__name__})") from None
+        raise FetchUnavailable(f"{what}: cannot download {url} ({type(exc).__name__})") from None
     finally:
         tmp.unlink(missing_ok=True)
