@@ -74,12 +74,13 @@ class EgressPolicy:
         if self._refused(str(literal)):
             raise EgressRefused(_refusal(what, url, host))
 
-    def check(self, url: str, what: str) -> None:
-        """``url``'s host, resolved: every address it has must be allowed."""
+    def check(self, url: str, what: str) -> list[str]:
+        """``url``'s host, resolved: every address it has must be allowed. Returns them, for
+        :func:`pinned` (none for a host the allow-list names, which is connected to as it is)."""
         parts = urlsplit(url)
         host = (parts.hostname or "").lower().rstrip(".")
         if self._allowed_host(host):
-            return
+            return []
         self.check_static(url, what)
         try:
             infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
@@ -88,6 +89,24 @@ class EgressPolicy:
         for info in infos:
             if self._refused(info[4][0]):
                 raise EgressRefused(_refusal(what, url, f"{host} ({info[4][0]})"))
+        # IPv4 first: the connection is pinned to the first, and hosts without an IPv6 route are common.
+        return [info[4][0] for info in sorted(infos, key=lambda info: info[0] != socket.AF_INET)]
+
+
+def pinned(url: str, addresses: list[str]) -> tuple[str, dict[str, str], dict]:
+    """The request for ``url`` sent to the address that was checked, not to whatever the name
+    resolves to a moment later (DNS rebinding): the URL with that address, the ``Host`` header and
+    the TLS server name (certificates are still verified for the name)."""
+    parsed = httpx.URL(url)
+    try:
+        ipaddress.ip_address(parsed.host)
+        return url, {}, {}
+    except ValueError:
+        pass
+    if not addresses:
+        return url, {}, {}
+    address = addresses[0].split("%")[0]
+    return str(parsed.copy_with(host=address)), {"Host": parsed.netloc.decode("ascii")}, {"sni_hostname": parsed.host}
 
 
 def _refusal(what: str, url: str, where: str) -> str:
@@ -104,9 +123,8 @@ def fetch(url: str, dest: Path, *, policy: EgressPolicy | None, what: str, max_b
     try:
         with httpx.Client(follow_redirects=False, timeout=httpx.Timeout(timeout, read=300)) as client:
             for _ in range(MAX_REDIRECTS + 1):
-                if policy is not None:
-                    policy.check(url, what)
-                with client.stream("GET", url) as response:
+                target, headers, extensions = pinned(url, policy.check(url, what)) if policy is not None else (url, {}, {})
+                with client.stream("GET", target, headers=headers, extensions=extensions) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue

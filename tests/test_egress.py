@@ -83,3 +83,23 @@ def test_fetch_checks_every_redirect_and_the_bytes_read(tmp_path, files):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]  # nothing half-written is left
     with pytest.raises(EgressRefused):
         fetch(f"{files}/photos.zip", tmp_path / "e.zip", policy=EgressPolicy(), what="input.x", max_bytes=100)
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(tmp_path, files, monkeypatch):
+    """DNS rebinding: the name answers an allowed address for the check and another one after;
+    the download still goes to the checked one (its second lookup would lead nowhere)."""
+    import socket
+
+    real, lookups = socket.getaddrinfo, []
+
+    def rebinding(host, *args, **kwargs):
+        if host == "files.example":
+            lookups.append(host)
+            return real("127.0.0.1" if len(lookups) == 1 else "127.0.0.2", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    port = files.rsplit(":", 1)[1]
+    policy = EgressPolicy(("127.0.0.0/8",))
+    got = fetch(f"http://files.example:{port}/photos.zip", tmp_path / "a.zip", policy=policy, what="input.x", max_bytes=100)
+    assert got.read_bytes() == b"PK\x03\x04z" and lookups == ["files.example"]

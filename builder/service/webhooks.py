@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from builder.egress import EgressPolicy, EgressRefused
+from builder.egress import EgressPolicy, EgressRefused, pinned
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,10 @@ def deliver(url: str, payload: dict, *, secret: str, webhook_id: str, attempts: 
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:
         for attempt in range(1, attempts + 1):
             try:
-                if policy is not None:
-                    policy.check(url, "webhook")  # at every attempt: the name may resolve elsewhere by now
-                response = client.post(url, content=body.encode(), headers=signed_headers(secret, webhook_id, body))
+                # At every attempt, and sent to the address checked: the name may resolve elsewhere by now.
+                target, pin, extensions = pinned(url, policy.check(url, "webhook")) if policy is not None else (url, {}, {})
+                response = client.post(target, content=body.encode(), headers={**signed_headers(secret, webhook_id, body), **pin},
+                                       extensions=extensions)
                 status = response.status_code
                 if 200 <= status < 300:
                     return Delivery(True, attempt, status, None)
