@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,14 +24,19 @@ def load_rgb(path: Path, name: str, *, shorter_side: int | None = None) -> Image
     objects usually are. Raises :class:`ImageDataError` naming the file when it cannot be used.
     """
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged right below, by MAX_PIXELS
+            opened = Image.open(path)
+        with opened:
             width, height = opened.size
             if width * height > MAX_PIXELS:
                 raise ImageDataError(f"image {name!r} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
                                      f"over the limit of {MAX_PIXELS / 1e6:.0f} MP: scale it down first")
             image = ImageOps.exif_transpose(opened)
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:  # PIL's own hard limit (179 MP), met while opening
+        raise ImageDataError(f"image {name!r} is over the limit of {MAX_PIXELS / 1e6:.0f} MP: scale it down first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageDataError(f"image {name!r} cannot be read: {exc}") from None
     if shorter_side and min(image.size) > shorter_side:
         w, h = image.size

@@ -70,6 +70,10 @@ def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
     assert bomb.stat().st_size < 200_000
     with pytest.raises(ImageDataError, match=r"'bomb.png' is 12000x9000 pixels \(108 MP\), over the limit of 50 MP"):
         load_rgb(bomb, "bomb.png")
+    huge = tmp_path / "huge.png"  # past PIL's own limit, which stops it while opening: the same message
+    Image.new("1", (15_000, 12_000)).save(huge, optimize=True)
+    with pytest.raises(ImageDataError, match=r"^image 'huge.png' is over the limit of 50 MP"):
+        load_rgb(huge, "huge.png")
 
 
 def test_photos_are_kept_at_the_training_resolution(tmp_path):
