@@ -103,3 +103,67 @@ def test_the_connection_goes_to_the_address_that_was_checked(tmp_path, files, mo
     policy = EgressPolicy(("127.0.0.0/8",))
     got = fetch(f"http://files.example:{port}/photos.zip", tmp_path / "a.zip", policy=policy, what="input.x", max_bytes=100)
     assert got.read_bytes() == b"PK\x03\x04z" and lookups == ["files.example"]
+
+
+def _tls_files(tmp_path):
+    """An HTTPS file server on 127.0.0.1 whose certificate names only ``files.example``, and the
+    CA that signed it."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test ca")).issuer_name(name("test ca")).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(name("files.example")).issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(2).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("files.example")]), critical=False).sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"PK\x03\x04z")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, tmp_path / "ca.pem"
+
+
+def test_a_pinned_https_connection_still_verifies_the_certificate_for_the_name(tmp_path, monkeypatch):
+    import socket
+
+    server, ca = _tls_files(tmp_path)
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real("127.0.0.1" if host == "files.example" else host, *a, **k))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    policy = EgressPolicy(("127.0.0.1",))
+    try:
+        url = f"https://files.example:{server.server_port}/photos.zip"
+        assert fetch(url, tmp_path / "a.zip", policy=policy, what="input.x", max_bytes=100).read_bytes() == b"PK\x03\x04z"
+        # The certificate is checked for the name, not for the address connected to.
+        wrong_name = f"https://127.0.0.1:{server.server_port}/photos.zip"
+        with pytest.raises(InputError, match="cannot download"):
+            fetch(wrong_name, tmp_path / "b.zip", policy=policy, what="input.x", max_bytes=100)
+    finally:
+        server.shutdown()
