@@ -37,15 +37,25 @@ def test_names_are_judged_by_what_they_resolve_to():
         EgressPolicy().check("http://no-such-host.invalid/x", "input")
 
 
+class _Photos(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the same five bytes."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"PK\x03\x04z")
+
+
 @pytest.fixture
 def files():
     """A file server on loopback: /photos.zip, /big (no Content-Length), /to?<url> redirects."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(_Photos):
         protocol_version = "HTTP/1.0"
-
-        def log_message(self, *args):
-            pass
 
         def do_GET(self):
             if self.path.startswith("/to?"):
@@ -58,10 +68,7 @@ def files():
                 for _ in range(8):
                     self.wfile.write(b"x" * 2**20)
             else:
-                self.send_response(200)
-                self.send_header("Content-Length", "5")
-                self.end_headers()
-                self.wfile.write(b"PK\x03\x04z")
+                super().do_GET()
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -132,17 +139,7 @@ def _tls_files(tmp_path):
     (tmp_path / "leaf.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                           serialization.NoEncryption()))
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "5")
-            self.end_headers()
-            self.wfile.write(b"PK\x03\x04z")
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Photos)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
     server.socket = context.wrap_socket(server.socket, server_side=True)

@@ -273,26 +273,43 @@ def test_a_failing_training_ends_failed_with_a_webhook(service, receiver):
 
 
 def test_file_inputs_are_fetched_by_the_service_under_the_egress_policy(tmp_path, service, receiver):
-    """An allowed host that redirects to a refused one: the service stops at the redirect, and its
-    trainer, which fetches only from the service, never starts."""
+    """A photos URL on an allowed host: the service fetches it once and its trainer trains from the
+    service's copy, deleted when the trainer stops. A URL there that redirects to a refused host:
+    the service stops at the redirect, and the trainer never starts."""
     import http.server
     import threading
 
-    class Redirect(http.server.BaseHTTPRequestHandler):
+    photos, requests = photos_zip(tmp_path / "photos.zip").read_bytes(), []
+
+    class Files(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def do_GET(self):
+            requests.append(self.path)
+            if self.path == "/photos.zip":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(photos)))
+                self.end_headers()
+                self.wfile.write(photos)
+                return
             self.send_response(302)
             self.send_header("Location", f"http://localhost:{service.config['port']}/v1/trainings")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        request = seed_request(service, receiver, f"http://127.0.0.1:{server.server_port}/photos.zip")
-        created = httpx.post(f"{service.url}/v1/trainings", json=request, headers=ALICE)
+        fetched = seed_request(service, receiver, f"http://127.0.0.1:{server.server_port}/photos.zip", model="alice/fetched")
+        created = httpx.post(f"{service.url}/v1/trainings", json=fetched, headers=ALICE)
+        assert created.status_code == 201, created.text
+        done = service.wait(created.json()["id"])
+        assert done["status"] == "succeeded", done["error"]
+        assert requests == ["/photos.zip"]  # fetched once, by the service; the trainer asked the service
+        assert not (Path(service.config["data_dir"]) / "files" / done["id"] / "inputs").exists()
+        redirected = seed_request(service, receiver, f"http://127.0.0.1:{server.server_port}/elsewhere.zip")
+        created = httpx.post(f"{service.url}/v1/trainings", json=redirected, headers=ALICE)
         assert created.status_code == 201, created.text
         done = service.wait(created.json()["id"])
     finally:

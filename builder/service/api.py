@@ -176,7 +176,7 @@ def public_router(service: Service) -> APIRouter:
         return FileResponse(doc["weights"], media_type="application/zip", filename="output.zip")
 
     @router.delete("/v1/trainings/{training_id}", status_code=204,
-                   summary="Delete a finished training: its files (output.zip, fetched inputs) and its record")
+                   summary="Delete a finished training: its output.zip and its record")
     def delete_training(training_id: str, token_owners: list[str] = Depends(owners)) -> None:
         doc = service.training_for(training_id, token_owners)
         if doc["status"] not in FINISHED or doc["stage"] != "done":

@@ -80,7 +80,7 @@ class ServiceConfig(BaseModel):
                                                  "model-scoped route (default: the only template in the catalog).")
     upload_expiry_hours: float | None = Field(168, description="Uploads are deleted this long after they were made "
                                               "(none: kept until DELETE).")
-    output_expiry_hours: float | None = Field(None, description="A finished training's files (output.zip, fetched inputs) "
+    output_expiry_hours: float | None = Field(None, description="A finished training's output.zip "
                                               "are deleted this long after it ended (none: kept until DELETE).")
     webhook_attempts: int = 8
     webhook_backoff: float = 2.0

@@ -139,6 +139,8 @@ class Pipeline:
                 time.sleep(POLL)
         finally:
             run.stop()
+            # The copies of the user's files fetched for the trainer: not kept past it (a re-run fetches again).
+            shutil.rmtree(files / "inputs", ignore_errors=True)
         if doc["cog_status"] == "canceled":
             raise Canceled
         if doc["cog_status"] == "failed":

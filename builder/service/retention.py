@@ -1,7 +1,7 @@
 """Retention: what users delete, and what expires on its own (users upload photos of people).
 
-``DELETE`` an upload → its file and record; a finished training → its files (output.zip, the
-inputs the service fetched) and its record; a version → its record (the image stays in its
+``DELETE`` an upload → its file and record; a finished training → its files (output.zip; the
+inputs the service fetched are gone once its trainer stops) and its record; a version → its record (the image stays in its
 registry, whose operator prunes it). Expiry (``upload_expiry_hours``, ``output_expiry_hours``;
 none: kept): a sweep every few minutes deletes older uploads, and finished trainings' files.
 """
@@ -28,7 +28,7 @@ def delete_upload(config: ServiceConfig, db: Database, upload_id: str) -> None:
 
 
 def delete_training_files(config: ServiceConfig, db: Database, doc: TrainingRecord) -> TrainingRecord:
-    """A finished training's output.zip and fetched inputs; its record says when they went."""
+    """A finished training's files (output.zip); its record says when they went."""
     shutil.rmtree(config.files / doc["id"], ignore_errors=True)
     return db.update_training(doc["id"], weights=None, files_deleted_at=now_iso())
 
