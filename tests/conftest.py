@@ -214,3 +214,31 @@ def docker_login(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
     return login
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the session (Debian's, initdb'd under /tmp, on a free port)."""
+    from fixtures.services import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A fresh, empty database on the session's server."""
+    import uuid
+
+    return postgres.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_target(request, tmp_path):
+    """Each database the service supports: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "db.sqlite"
+    return request.getfixturevalue("pg_url")

@@ -1,20 +1,28 @@
-"""The service's SQLite store: durable, paginated, idempotent version records."""
+"""The service's database, on SQLite and PostgreSQL: durable, paginated, idempotent version
+records, migrations that adopt a database made before them and match the code's tables."""
 
-from builder.service.database import Database
+import sqlite3
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from builder.service.database import Database, DatabaseUnavailable, metadata
 
 
 def doc(i, owner="alice", status="starting", stage="queued"):
     return {"id": f"t{i}", "owner": owner, "status": status, "stage": stage, "logs": ""}
 
 
-def test_trainings_survive_reopening_and_page_newest_first(tmp_path):
-    store = Database(tmp_path / "db.sqlite")
+def test_trainings_survive_reopening_and_page_newest_first(database_target):
+    store = Database(database_target)
     for i in range(5):
         store.create_training(doc(i, owner="alice" if i != 2 else "bob"))
     store.update_training("t1", status="processing", stage="training", logs_append="step 1\n")
     store.update_training("t1", logs_append="step 2\n")
     store.close()
-    store = Database(tmp_path / "db.sqlite")
+    store = Database(database_target)
     assert store.get_training("t1")["logs"] == "step 1\nstep 2\n" and store.get_training("t1")["status"] == "processing"
     page, cursor = store.list_trainings(["alice"], limit=2)
     assert [d["id"] for d in page] == ["t4", "t3"] and cursor is not None
@@ -24,10 +32,30 @@ def test_trainings_survive_reopening_and_page_newest_first(tmp_path):
     store.update_training("t0", status="succeeded", stage="done")
     store.update_training("t3", status="failed", stage="webhook")  # failed, webhook not yet delivered
     assert [d["id"] for d in store.unfinished_trainings()] == ["t1", "t2", "t3", "t4"]
+    assert store.count_trainings() == {"starting": 2, "processing": 1, "succeeded": 1, "failed": 1}
+    with pytest.raises(KeyError):
+        store.update_training("t9", status="failed")
 
 
-def test_versions_are_recorded_once(tmp_path):
-    store = Database(tmp_path / "db.sqlite")
+def test_concurrent_updates_lose_nothing(database_target):
+    """Read-modify-write under a row lock: 4 threads × 25 appends each, every line kept."""
+    store = Database(database_target)
+    store.create_training(doc(1))
+
+    def append(n):
+        for i in range(25):
+            store.update_training("t1", logs_append=f"{n}-{i}\n")
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(store.get_training("t1")["logs"].split()) == sorted(f"{n}-{i}" for n in range(4) for i in range(25))
+
+
+def test_versions_are_recorded_once(database_target):
+    store = Database(database_target)
     first = store.add_version("alice", "m", {"id": "sha256:1", "training_id": "t1"})
     again = store.add_version("alice", "m", {"id": "sha256:1", "training_id": "t1-rerun"})
     store.add_version("alice", "m", {"id": "sha256:2", "training_id": "t2"})
@@ -36,8 +64,63 @@ def test_versions_are_recorded_once(tmp_path):
     assert store.get_version("alice", "m", "sha256:9") is None and store.list_versions("bob", "m") == []
 
 
-def test_settings_persist(tmp_path):
-    store = Database(tmp_path / "db.sqlite")
+def test_settings_persist(database_target):
+    store = Database(database_target)
     secret = store.setting("webhook_secret", lambda: "whsec_abc")
+    store.set_setting("other", "1")
+    store.set_setting("other", "2")
     store.close()
-    assert Database(tmp_path / "db.sqlite").setting("webhook_secret", lambda: "other") == secret
+    again = Database(database_target)
+    assert again.setting("webhook_secret", lambda: "other") == secret and again.setting("other", lambda: "x") == "2"
+
+
+def test_migrations_match_the_tables_the_code_uses(database_target):
+    """Upgraded to head, the database has exactly the code's tables, columns and indexes: a model
+    change without its migration fails here."""
+    store = Database(database_target)
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+
+
+PRE_MIGRATION_SCHEMA = """
+CREATE TABLE trainings (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,
+                        status TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX trainings_owner ON trainings (owner, seq);
+CREATE INDEX trainings_status ON trainings (status);
+CREATE TABLE versions (owner TEXT NOT NULL, name TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, doc TEXT NOT NULL,
+                       PRIMARY KEY (owner, name, id));
+CREATE TABLE uploads (id TEXT PRIMARY KEY, owner TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO trainings (id, owner, status, doc)
+VALUES ('old', 'alice', 'succeeded', '{"id": "old", "owner": "alice", "status": "succeeded", "stage": "done"}');
+INSERT INTO settings (key, value) VALUES ('webhook_secret/alice', 'whsec_kept');
+"""
+
+
+def test_a_database_made_before_migrations_is_adopted_with_its_data(tmp_path):
+    path = tmp_path / "dreambuild.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(PRE_MIGRATION_SCHEMA)
+    store = Database(path)
+    assert store.get_training("old")["status"] == "succeeded"
+    assert store.setting("webhook_secret/alice", lambda: "new") == "whsec_kept"
+    store.update_training("old", logs_append="more\n")  # the TEXT documents of then read and write as JSON
+    assert store.get_training("old")["logs"] == "more\n"
+    with store.engine.connect() as conn:  # and the later migrations ran
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT count(*) FROM webhook_deliveries").scalar() == 0
+
+
+def test_an_unreachable_database_is_a_clear_error(postgres, pg_url):
+    store = Database(pg_url)
+    postgres.stop()
+    try:
+        with pytest.raises(DatabaseUnavailable, match="the database is unavailable"):
+            store.get_training("t1")
+        with pytest.raises(DatabaseUnavailable):
+            store.ping()
+    finally:
+        postgres.start()
+    store.create_training(doc(1))  # back without a restart of the service: the pool reconnects
+    assert store.get_training("t1")["id"] == "t1"

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from builder.cog.client import describe_validation
 from builder.service.api import public_router
 from builder.service.config import ALL_OWNERS, ServiceConfig
-from builder.service.database import Database
+from builder.service.database import Database, DatabaseUnavailable
 from builder.service.http import fail
 from builder.service.internal import internal_router
 from builder.service.pipeline import Pipeline, Worker
@@ -148,6 +148,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = describe_validation(list(exc.errors())).replace("Extra inputs are not permitted", "unknown field")
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database_down(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        # Nothing was half-written: each change is one transaction. The client may retry.
+        return JSONResponse({"detail": f"{exc}; try again shortly"}, status_code=503, headers={"Retry-After": "5"})
 
     def limit_for(path: str) -> int:
         if path.startswith("/internal/"):

@@ -64,6 +64,8 @@ class ServiceConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = Field(None, description="How trainers reach this service (default http://host:port).")
+    database_url: str | None = Field(None, description="postgresql://user:password@host/db (many machines); "
+                                     "none: SQLite in the data directory (the embedded default).")
     max_concurrent: int = 1
     max_upload_bytes: int = 2 * 2**30
     max_output_bytes: int = Field(32 * 2**30, description="Largest trainer output (output.zip): an SD 1.5 fp32 "
@@ -113,8 +115,9 @@ class ServiceConfig(BaseModel):
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
-    def database(self) -> Path:
-        return self.data_dir / "dreambuild.sqlite"
+    def database(self) -> str | Path:
+        """The database: its URL, or the embedded SQLite file."""
+        return self.database_url or self.data_dir / "dreambuild.sqlite"
 
     @property
     def files(self) -> Path:

@@ -1,123 +1,217 @@
-"""The service's database: training records, model versions, uploads and settings, in SQLite.
+"""The service's state: trainings, model versions, uploads, settings, webhook deliveries and
+worker leases, in SQLite (the embedded default) or PostgreSQL, through SQLAlchemy Core.
 
-Each record is a JSON document in a row with the few columns queries need, so the same schema
-maps onto PostgreSQL (JSONB) behind this one class. Every change is one transaction; WAL mode
-keeps readers (the API) unblocked by the pipeline's writes. A crash loses nothing committed.
+open → ``alembic upgrade head`` (under an advisory lock on PostgreSQL, so replicas starting
+together migrate once) → one transaction per change. Each record is a JSON document (JSONB on
+PostgreSQL) in a row with the few columns queries need. A read-modify-write of a training locks
+its row (``FOR UPDATE``; SQLite: ``BEGIN IMMEDIATE``), so the API and any number of workers never
+lose each other's changes. A crash loses nothing committed.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from builder.service.training import FINISHED, TrainingRecord
+from sqlalchemy import JSON, Column, Connection, Float, Index, Integer, MetaData, Table, Text, create_engine, event, func, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS trainings (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    owner TEXT NOT NULL,
-    status TEXT NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS trainings_owner ON trainings (owner, seq);
-CREATE INDEX IF NOT EXISTS trainings_status ON trainings (status);
-CREATE TABLE IF NOT EXISTS versions (
-    owner TEXT NOT NULL,
-    name TEXT NOT NULL,
-    id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    doc TEXT NOT NULL,
-    PRIMARY KEY (owner, name, id)
-);
-CREATE TABLE IF NOT EXISTS uploads (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS settings (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
+from builder.service.training import FINISHED, TrainingRecord
+from dreambuild.errors import DreambuildError
+
+DOC = JSON().with_variant(JSONB(), "postgresql")
+metadata = MetaData()
+
+# The tables as the newest migration leaves them (builder/service/migrations/versions/): the
+# migrations are the schema's history, these are what the code reads and writes.
+trainings = Table(
+    "trainings", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", Text, nullable=False, unique=True),
+    Column("owner", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("doc", DOC, nullable=False),
+    Index("trainings_owner", "owner", "seq"),
+    Index("trainings_status", "status"),
+    sqlite_autoincrement=True,
+)
+versions = Table(
+    "versions", metadata,
+    Column("owner", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("id", Text, primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("doc", DOC, nullable=False),
+)
+uploads = Table(
+    "uploads", metadata,
+    Column("id", Text, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("doc", DOC, nullable=False),
+)
+settings = Table(
+    "settings", metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+deliveries = Table(  # one webhook event of a training: its id, payload and how sending it went
+    "webhook_deliveries", metadata,
+    Column("id", Text, primary_key=True),  # the webhook-id header: the same on every attempt
+    Column("training_id", Text, nullable=False, index=True),
+    Column("status", Text, nullable=False),  # pending, delivered, failed
+    Column("next_attempt_at", Float, nullable=False),
+    Column("doc", DOC, nullable=False),
+)
+leases = Table(  # a resource (a cog-http trainer URL) held by one training at a time
+    "leases", metadata,
+    Column("resource", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+)
+workers = Table(  # workers seen: what they run and what they are doing
+    "workers", metadata,
+    Column("id", Text, primary_key=True),
+    Column("last_seen", Float, nullable=False),
+    Column("doc", DOC, nullable=False),
+)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_LOCK_KEY = 0x64726D62  # "drmb": the advisory lock held while migrating PostgreSQL
+
+
+class DatabaseUnavailable(DreambuildError):
+    """The database cannot be reached (the API answers 503)."""
+
+
+def database_url(target: str | Path) -> str:
+    """A SQLAlchemy URL: ``postgresql://…`` (psycopg 3 is the driver) or a SQLite file's path."""
+    if isinstance(target, Path) or "://" not in target:
+        return f"sqlite:///{Path(target)}"
+    url = make_url(target)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+def migrate(connection: Connection) -> None:
+    """Bring the schema to the newest migration (a database made before migrations existed is
+    adopted as revision 0001)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
 
 class Database:
-    """The SQLite database; safe to share between the API and pipeline threads."""
+    """The service's database; safe to share between threads, and between processes on PostgreSQL."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed step survives a power cut, not just a crash
-        self._db.executescript(SCHEMA)
-        self._lock = threading.RLock()
+    def __init__(self, target: str | Path) -> None:
+        url = database_url(target)
+        self.dialect = make_url(url).get_backend_name()
+        if self.dialect == "sqlite":
+            path = Path(make_url(url).database)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # pysqlite's own transaction handling would start a deferred transaction: a writer
+            # that read first could then fail to upgrade its lock. IMMEDIATE takes it up front.
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        else:
+            # pre-ping: a restarted PostgreSQL costs a reconnect, not an error for the next request.
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                                        connect_args={"connect_timeout": 5})
+        self.url = url
+        self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
+        with self._tx() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
+            migrate(conn)
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            if self._write_lock is None:
+                with self.engine.begin() as conn:
+                    yield conn
+            else:
+                with self._write_lock, self.engine.begin() as conn:
+                    yield conn
+        except DBAPIError as exc:
+            if exc.connection_invalidated or _is_connection_error(exc):
+                raise DatabaseUnavailable(f"the database is unavailable: {_first_line(exc.orig)}") from None
+            raise
+
+    def _read(self, statement) -> list:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(statement))
+        except DBAPIError as exc:
+            if exc.connection_invalidated or _is_connection_error(exc):
+                raise DatabaseUnavailable(f"the database is unavailable: {_first_line(exc.orig)}") from None
+            raise
+
+    def _insert(self, table: Table):
+        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
+
+    def ping(self) -> None:
+        """Raise :class:`DatabaseUnavailable` unless the database answers."""
+        self._read(select(1))
 
     def close(self) -> None:
-        self._db.close()
+        self.engine.dispose()
 
     # --- settings (the webhook secret, ...) ----------------------------------------------------
 
     def setting(self, key: str, default_factory) -> str:
-        """A persistent value, created by ``default_factory`` on first use."""
-        with self._tx() as db:
-            row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-            if row:
-                return row[0]
-            value = default_factory()
-            db.execute("INSERT INTO settings (key, value) VALUES (?, ?)", (key, value))
-            return value
+        """A persistent value, created by ``default_factory`` on first use (once, whoever asks first)."""
+        rows = self._read(select(settings.c.value).where(settings.c.key == key))
+        if rows:
+            return rows[0][0]
+        with self._tx() as conn:
+            conn.execute(self._insert(settings).values(key=key, value=default_factory()).on_conflict_do_nothing())
+            return conn.execute(select(settings.c.value).where(settings.c.key == key)).scalar_one()
 
     def set_setting(self, key: str, value: str) -> None:
         """Replace a persistent value (a rotated secret)."""
-        with self._tx() as db:
-            db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                       (key, value))
+        with self._tx() as conn:
+            insert = self._insert(settings).values(key=key, value=value)
+            conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": insert.excluded.value}))
 
     # --- trainings ---------------------------------------------------------------------------
 
     def create_training(self, doc: TrainingRecord) -> TrainingRecord:
         doc.setdefault("stage_started", {})[doc["stage"]] = time.time()
-        with self._tx() as db:
-            db.execute("INSERT INTO trainings (id, owner, status, doc) VALUES (?, ?, ?, ?)",
-                       (doc["id"], doc["owner"], doc["status"], json.dumps(doc)))
+        with self._tx() as conn:
+            conn.execute(trainings.insert().values(id=doc["id"], owner=doc["owner"], status=doc["status"], doc=doc))
         return doc
 
     def get_training(self, training_id: str) -> TrainingRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT doc FROM trainings WHERE id = ?", (training_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        rows = self._read(select(trainings.c.doc).where(trainings.c.id == training_id))
+        return rows[0][0] if rows else None
 
     def update_training(self, training_id: str, **changes: Any) -> TrainingRecord:
         """Apply ``changes`` atomically; ``logs_append`` appends to the logs."""
-        with self._tx() as db:
-            row = db.execute("SELECT doc FROM trainings WHERE id = ?", (training_id,)).fetchone()
-            if row is None:
+        with self._tx() as conn:
+            doc = conn.execute(select(trainings.c.doc).where(trainings.c.id == training_id).with_for_update()).scalar()
+            if doc is None:
                 raise KeyError(training_id)
-            doc = json.loads(row[0])
             extra = changes.pop("logs_append", None)
             if extra:
                 doc["logs"] = (doc.get("logs") or "") + extra
             if "stage" in changes and changes["stage"] != doc.get("stage"):
                 doc.setdefault("stage_started", {})[changes["stage"]] = time.time()
             doc.update(changes)
-            db.execute("UPDATE trainings SET status = ?, doc = ? WHERE id = ?", (doc["status"], json.dumps(doc), training_id))
+            conn.execute(trainings.update().where(trainings.c.id == training_id).values(status=doc["status"], doc=doc))
             return doc
 
     def list_trainings(self, owners: list[str] | None, *, before: int | None = None, limit: int = 50) -> tuple[list[TrainingRecord], int | None]:
@@ -125,81 +219,89 @@ class Database:
         for the next page (or None)."""
         if owners is not None and not owners:
             return [], None
-        query = "SELECT seq, doc FROM trainings WHERE 1 = 1"
-        params: list[Any] = []
+        query = select(trainings.c.seq, trainings.c.doc).order_by(trainings.c.seq.desc()).limit(limit + 1)
         if owners is not None:
-            query += f" AND owner IN ({','.join('?' * len(owners))})"
-            params += owners
+            query = query.where(trainings.c.owner.in_(owners))
         if before is not None:
-            query += " AND seq < ?"
-            params.append(before)
-        query += " ORDER BY seq DESC LIMIT ?"
-        params.append(limit + 1)
-        with self._lock:
-            rows = self._db.execute(query, params).fetchall()
-        page = [json.loads(doc) for _, doc in rows[:limit]]
-        return page, (rows[limit - 1][0] if len(rows) > limit else None)
+            query = query.where(trainings.c.seq < before)
+        rows = self._read(query)
+        return [doc for _, doc in rows[:limit]], (rows[limit - 1][0] if len(rows) > limit else None)
 
     def unfinished_trainings(self) -> list[TrainingRecord]:
         """Trainings to resume after a restart, oldest first (including undelivered webhooks)."""
-        with self._lock:
-            rows = self._db.execute("SELECT doc FROM trainings ORDER BY seq").fetchall()
-        docs = [json.loads(doc) for (doc,) in rows]
-        return [d for d in docs if d["status"] not in FINISHED or d.get("stage") != "done"]
+        rows = self._read(select(trainings.c.doc).order_by(trainings.c.seq))
+        return [d for (d,) in rows if d["status"] not in FINISHED or d.get("stage") != "done"]
 
     def finished_trainings(self) -> list[TrainingRecord]:
         """Trainings that have ended and been delivered (retention looks at these)."""
-        with self._lock:
-            rows = self._db.execute("SELECT doc FROM trainings WHERE status IN (?, ?, ?)", FINISHED).fetchall()
-        return [d for d in (json.loads(doc) for (doc,) in rows) if d.get("stage") == "done"]
+        rows = self._read(select(trainings.c.doc).where(trainings.c.status.in_(FINISHED)))
+        return [d for (d,) in rows if d.get("stage") == "done"]
+
+    def count_trainings(self) -> dict[str, int]:
+        """How many trainings are in each status (for metrics)."""
+        rows = self._read(select(trainings.c.status, func.count()).group_by(trainings.c.status))
+        return {status: count for status, count in rows}
 
     def delete_training(self, training_id: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM trainings WHERE id = ?", (training_id,))
+        with self._tx() as conn:
+            conn.execute(trainings.delete().where(trainings.c.id == training_id))
 
     # --- versions ----------------------------------------------------------------------------
 
     def add_version(self, owner: str, name: str, doc: dict[str, Any]) -> dict[str, Any]:
         """Record a built version once: a re-run of the same build keeps the first record."""
-        with self._tx() as db:
-            row = db.execute("SELECT doc FROM versions WHERE owner = ? AND name = ? AND id = ?", (owner, name, doc["id"])).fetchone()
-            if row:
-                return json.loads(row[0])
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions").fetchone()[0]
-            db.execute("INSERT INTO versions (owner, name, id, seq, doc) VALUES (?, ?, ?, ?, ?)", (owner, name, doc["id"], seq, json.dumps(doc)))
-            return doc
+        key = (versions.c.owner == owner) & (versions.c.name == name) & (versions.c.id == doc["id"])
+        with self._tx() as conn:
+            seq = conn.execute(select(func.coalesce(func.max(versions.c.seq), 0) + 1)).scalar_one()
+            conn.execute(self._insert(versions).values(owner=owner, name=name, id=doc["id"], seq=seq, doc=doc).on_conflict_do_nothing())
+            return conn.execute(select(versions.c.doc).where(key)).scalar_one()
 
     def list_versions(self, owner: str, name: str) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT doc FROM versions WHERE owner = ? AND name = ? ORDER BY seq DESC", (owner, name)).fetchall()
-        return [json.loads(doc) for (doc,) in rows]
+        rows = self._read(select(versions.c.doc).where((versions.c.owner == owner) & (versions.c.name == name))
+                          .order_by(versions.c.seq.desc()))
+        return [doc for (doc,) in rows]
 
     def delete_version(self, owner: str, name: str, version_id: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM versions WHERE owner = ? AND name = ? AND id = ?", (owner, name, version_id))
+        with self._tx() as conn:
+            conn.execute(versions.delete().where((versions.c.owner == owner) & (versions.c.name == name) & (versions.c.id == version_id)))
 
     def get_version(self, owner: str, name: str, version_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT doc FROM versions WHERE owner = ? AND name = ? AND id = ?", (owner, name, version_id)).fetchone()
-        return json.loads(row[0]) if row else None
+        rows = self._read(select(versions.c.doc).where((versions.c.owner == owner) & (versions.c.name == name)
+                                                       & (versions.c.id == version_id)))
+        return rows[0][0] if rows else None
 
     # --- uploads -----------------------------------------------------------------------------
 
     def add_upload(self, doc: dict[str, Any]) -> dict[str, Any]:
-        with self._tx() as db:
-            db.execute("INSERT INTO uploads (id, owner, doc) VALUES (?, ?, ?)", (doc["id"], doc["owner"], json.dumps(doc)))
+        with self._tx() as conn:
+            conn.execute(uploads.insert().values(id=doc["id"], owner=doc["owner"], doc=doc))
         return doc
 
     def list_uploads(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT doc FROM uploads").fetchall()
-        return [json.loads(doc) for (doc,) in rows]
+        return [doc for (doc,) in self._read(select(uploads.c.doc))]
 
     def delete_upload(self, upload_id: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        with self._tx() as conn:
+            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
 
     def get_upload(self, upload_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT doc FROM uploads WHERE id = ?", (upload_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        rows = self._read(select(uploads.c.doc).where(uploads.c.id == upload_id))
+        return rows[0][0] if rows else None
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (the API) are not blocked by the pipeline's writes
+    cursor.execute("PRAGMA synchronous=FULL")  # a committed step survives a power cut, not just a crash
+    cursor.close()
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    import psycopg
+
+    # Not a serialization failure or deadlock (also OperationalError): those are answers, not an outage.
+    return isinstance(exc.orig, psycopg.OperationalError) and not isinstance(exc.orig, psycopg.errors.TransactionRollback)
+
+
+def _first_line(exc: BaseException | None) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
