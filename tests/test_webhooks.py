@@ -1,11 +1,20 @@
-"""Webhook delivery to a real receiver, validated by the official replicate client."""
+"""Webhook delivery to a real receiver, validated by the official replicate client: one attempt
+(`attempt`), and deliveries as their own records and jobs (`Notifier` + the embedded scheduler):
+retried with the same id under a capped exponential backoff, given up after their time, shown on
+the training, re-sent on request."""
 
 import json
+import time
 
 import pytest
 from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
 
-from builder.service.webhooks import deliver, new_secret
+from builder.egress import EgressPolicy
+from builder.service.config import ServiceConfig
+from builder.service.database import Database
+from builder.service.deliveries import LocalScheduler, Notifier
+from builder.service.training import new_training
+from builder.service.webhooks import attempt, backoff, new_secret
 from tests.webhook_receiver import start_receiver
 
 PAYLOAD = {"id": "t1", "status": "succeeded", "version": "sha256:" + "a" * 64, "metrics": {"predict_time": 1.5}}
@@ -20,8 +29,8 @@ def receiver():
 
 def test_signed_delivery_passes_the_replicate_clients_validation(receiver):
     secret = new_secret()
-    result = deliver(f"{receiver.url}/hook?user=42&x=a%20b", PAYLOAD, secret=secret, webhook_id="t1-completed")
-    assert result.ok and result.attempts == 1
+    result = attempt(f"{receiver.url}/hook?user=42&x=a%20b", PAYLOAD, secret=secret, webhook_id="t1-completed")
+    assert result.ok and result.status == 200
     (got,) = receiver.received
     assert got.path == "/hook?user=42&x=a%20b" and json.loads(got.body) == PAYLOAD
     assert got.headers["webhook-id"] == "t1-completed"
@@ -30,35 +39,111 @@ def test_signed_delivery_passes_the_replicate_clients_validation(receiver):
         Webhooks.validate(headers=got.headers, body=got.body, secret=WebhookSigningSecret(key=new_secret()))
 
 
-def test_failures_are_retried_with_the_same_id(receiver):
-    receiver.script = [500, 503, 2.0, 200]  # two errors, one timeout, then success
-    result = deliver(receiver.url, PAYLOAD, secret=new_secret(), webhook_id="t1-completed", backoff=0.01, timeout=0.5)
-    assert result.ok and result.attempts == 4
-    assert {r.headers["webhook-id"] for r in receiver.received} == {"t1-completed"}
+def test_failed_attempts_say_why(receiver):
+    receiver.script = [302, 500, 0.8]
+    redirected = attempt(receiver.url, PAYLOAD, secret=new_secret(), webhook_id="w")
+    assert not redirected.ok and redirected.status == 302 and "redirects are not followed" in redirected.error
+    assert not redirected.final and receiver.received[0].path == "/"
+    assert attempt(receiver.url, PAYLOAD, secret=new_secret(), webhook_id="w").status == 500
+    slow = attempt(receiver.url, PAYLOAD, secret=new_secret(), webhook_id="w", timeout=0.3)
+    assert not slow.ok and "Timeout" in slow.error
+    dead = attempt("http://127.0.0.1:9/", PAYLOAD, secret=new_secret(), webhook_id="w")
+    assert not dead.ok and dead.status is None and "ConnectError" in dead.error and not dead.final
 
 
-def test_redirects_are_not_followed_and_failures_are_reported(receiver):
-    receiver.script = [302, 302]
-    result = deliver(receiver.url, PAYLOAD, secret=new_secret(), webhook_id="w", attempts=2, backoff=0.01)
-    assert not result.ok and result.status == 302 and "redirects are not followed" in result.error
-    assert all(r.path == "/" for r in receiver.received)
-    dead = deliver("http://127.0.0.1:9/", PAYLOAD, secret=new_secret(), webhook_id="w", attempts=2, backoff=0.01)
-    assert not dead.ok and dead.status is None and "ConnectError" in dead.error
-
-
-def test_an_unusable_url_is_a_failed_delivery_not_an_exception():
+def test_an_unusable_url_or_refused_address_is_final_not_an_exception(receiver):
     for url in ("http://127.0.0.1:abc/x", "gopher://example.com/"):
-        result = deliver(url, PAYLOAD, secret=new_secret(), webhook_id="t1-completed", attempts=3, backoff=0)
-        assert not result.ok and result.attempts == 1 and result.error
-
-
-def test_the_egress_policy_holds_at_delivery(receiver):
-    """A receiver on loopback is refused unless the operator allows it (checked at every attempt)."""
-    from builder.egress import EgressPolicy
-
-    refused = deliver(f"{receiver.url}/hook", PAYLOAD, secret=new_secret(), webhook_id="t1-completed", attempts=3, backoff=0,
-                      policy=EgressPolicy())
-    assert not refused.ok and refused.attempts == 1 and "non-public address" in refused.error and receiver.received == []
-    allowed = deliver(f"{receiver.url}/hook", PAYLOAD, secret=new_secret(), webhook_id="t1-completed",
-                      policy=EgressPolicy(("127.0.0.1",)))
+        result = attempt(url, PAYLOAD, secret=new_secret(), webhook_id="t1-completed")
+        assert not result.ok and result.final and result.error
+    # A receiver on loopback is refused unless the operator allows it (checked at every attempt).
+    refused = attempt(f"{receiver.url}/hook", PAYLOAD, secret=new_secret(), webhook_id="t1", policy=EgressPolicy())
+    assert refused.final and "non-public address" in refused.error and receiver.received == []
+    allowed = attempt(f"{receiver.url}/hook", PAYLOAD, secret=new_secret(), webhook_id="t1", policy=EgressPolicy(("127.0.0.1",)))
     assert allowed.ok and len(receiver.received) == 1
+
+
+def test_backoff_is_exponential_and_capped():
+    assert [backoff(n, 2, 600) for n in (1, 2, 3, 4)] == [2, 4, 8, 16]
+    assert backoff(30, 2, 600) == 600
+
+
+def _notifier(tmp_path, receiver, **config):
+    settings = ServiceConfig(data_dir=tmp_path, egress_allow=["127.0.0.1"], **config)
+    db = Database(tmp_path / "db.sqlite")
+    scheduler = LocalScheduler()
+    notifier = Notifier(settings, db, scheduler)
+    scheduler.start(notifier.attempt)
+    doc = new_training(model="alice/m", input={}, trainer_version="a" * 64, template_version="b" * 64, notes=None,
+                       webhook=f"{receiver.url}/hook", events=["start", "completed"])
+    db.create_training(doc)
+    return notifier, scheduler, db, doc
+
+
+def _wait_state(db, training_id, state, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = db.get_training(training_id).get("webhook_delivery")
+        if shown and shown["state"] == state:
+            return shown
+        time.sleep(0.05)
+    raise AssertionError(f"delivery never {state}: {db.get_training(training_id).get('webhook_delivery')}")
+
+
+def test_a_delivery_is_retried_with_the_same_id_until_delivered_and_shown(tmp_path, receiver):
+    notifier, scheduler, db, doc = _notifier(tmp_path, receiver, webhook_backoff=0.05, webhook_backoff_max=0.2)
+    try:
+        receiver.script = [500, 503, 502, 500, 200]  # four failures, then success
+        notifier.event(doc, "completed")
+        assert notifier.event(doc, "output") is None  # not asked for: no delivery
+        shown = _wait_state(db, doc["id"], "delivered")
+        assert shown["attempts"] == 5 and shown["ok"] and shown["webhook_id"] == f"{doc['id']}-completed"
+        assert {r.headers["webhook-id"] for r in receiver.received} == {f"{doc['id']}-completed"}
+        # The same event again (a re-run stage) is the same delivery: not sent twice.
+        notifier.event(doc, "completed")
+        time.sleep(0.3)
+        assert len(receiver.received) == 5
+        # Re-sent on request: a fresh series of attempts, the same id.
+        notifier.resend(db.get_training(doc["id"]))
+        _wait_state(db, doc["id"], "delivered")
+        receiver.wait(6)
+        assert len(receiver.received) == 6 and receiver.received[-1].headers["webhook-id"] == f"{doc['id']}-completed"
+    finally:
+        scheduler.stop()
+
+
+def test_a_dead_receiver_is_given_up_after_its_time_and_holds_nothing(tmp_path, receiver):
+    notifier, scheduler, db, doc = _notifier(tmp_path, receiver, webhook_backoff=0.05, webhook_backoff_max=0.1,
+                                             webhook_retry_hours=1.0 / 3600)  # one second
+    try:
+        receiver.script = [500] * 1000
+        started = time.monotonic()
+        notifier.event(doc, "start")
+        notifier.event(doc, "completed")
+        assert time.monotonic() - started < 0.5  # recording an event never waits for the receiver
+        shown = _wait_state(db, doc["id"], "failed")
+        assert shown["status"] == 500 and shown["error"] == "HTTP 500" and 5 <= shown["attempts"] <= 40
+        start = notifier.deliveries.get(f"{doc['id']}-start")
+        assert start["status"] == "failed" and start["attempts"] >= 5
+    finally:
+        scheduler.stop()
+
+
+def test_pending_deliveries_survive_a_restart(tmp_path, receiver):
+    notifier, scheduler, db, doc = _notifier(tmp_path, receiver, webhook_backoff=3600)  # the next attempt: in an hour
+    receiver.script = [500]
+    notifier.event(doc, "completed")
+    _wait_state(db, doc["id"], "pending")
+    receiver.wait(1)
+    scheduler.stop()
+    assert notifier.pending()[0][0] == f"{doc['id']}-completed"
+    # Restarted (as the service's start does): pending deliveries are scheduled again, at their time.
+    again = LocalScheduler()
+    restarted = Notifier(notifier.config.model_copy(update={"webhook_backoff": 0.05}), db, again)
+    again.start(restarted.attempt)
+    try:
+        for delivery_id, _ in restarted.pending():
+            again(delivery_id, time.time())
+        _wait_state(db, doc["id"], "delivered")
+        assert len(receiver.received) == 2
+    finally:
+        again.stop()

@@ -87,6 +87,54 @@ def serve(
 
 
 @app.command()
+def worker(
+    config: Path = typer.Option(..., help="The service's configuration (workers: external, database_url: postgresql://…)."),
+    gpu: str = typer.Option(None, help="The GPU this worker trains on (default: CUDA_VISIBLE_DEVICES); one worker per GPU."),
+    roles: str = typer.Option("train,build,webhooks", help="What it runs: train (the trainer versions' queues), build "
+                                                           "(build + push), webhooks; a CPU-only worker: build,webhooks."),
+    trainer: list[str] = typer.Option([], help="Only these trainer versions (repeatable; default: every one in the catalog)."),
+    data_dir: Path = typer.Option(None, help="This worker's own directory (work files, layer cache); shares nothing with the API."),
+    name: str = typer.Option(None, help="How `dreambuild workers` names it (default host-pid[-gpuN])."),
+) -> None:
+    """Run the pipeline's jobs from the queue (many machines: README, "Many machines")."""
+    from builder.service.config import load_config
+    from builder.service.worker import run_worker
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        settings = load_config(config, data_dir=data_dir)
+        run_worker(settings, roles={r.strip() for r in roles.split(",") if r.strip()}, gpu=gpu, trainers=trainer or None, name=name)
+    except DreambuildError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def workers(
+    config: Path = typer.Option(..., help="The service's configuration (its database_url)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the live workers: their GPU, trainer versions and current trainings."""
+    from builder.service.config import load_config
+    from builder.service.database import Database, Workers
+    from builder.service.jobs import STALLED_SECONDS
+
+    try:
+        settings = load_config(config)
+        live = Workers(Database(settings.database)).live(within=STALLED_SECONDS)
+    except DreambuildError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(live, indent=2))
+        return
+    if not live:
+        err.print("no live workers", highlight=False)
+    for w in live:
+        versions = ",".join(v[:12] for v in w["trainer_versions"]) or "-"
+        print(f"{w['name']}\tgpu={w['gpu'] if w['gpu'] is not None else '-'}\troles={','.join(w['roles'])}\t"
+              f"trainers={versions}\tcurrent={','.join(w['current']) or 'idle'}\tseen={time.time() - w['last_seen']:.0f}s ago")
+
+
+@app.command()
 def predict(
     image: str = typer.Argument(..., help="A built model (registry/owner/name@sha256:…, oci:PATH:NAME@sha256:…) or a template."),
     inputs: list[str] = typer.Option([], "-i", "--input", help="key=value; key=@file for a file input (repeatable)."),

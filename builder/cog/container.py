@@ -71,17 +71,27 @@ def remove_container(name: str) -> None:
         pass
 
 
+def _gpu_request(gpus: bool | list[str]) -> list | None:
+    import docker
+
+    if gpus is True:
+        return [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if gpus:  # a worker's own GPU(s) only
+        return [docker.types.DeviceRequest(device_ids=list(gpus), capabilities=[["gpu"]])]
+    return None
+
+
 def start_cog_container(image: str, *, name: str, command: list[str] | None = None, env: dict[str, str] | None = None,
-                        gpus: bool = True, timeout: float = 1800, what: str = "model image") -> CogContainer:
-    """Run a Cog model image (GPUs requested, Cog's port published on loopback) and wait until
-    its server is READY."""
+                        gpus: bool | list[str] = True, timeout: float = 1800, what: str = "model image") -> CogContainer:
+    """Run a Cog model image (GPUs requested: all, or only the device ids listed; Cog's port
+    published on loopback) and wait until its server is READY."""
     import docker
     import docker.errors
 
     try:
         container = docker_client().containers.run(
             image, command, detach=True, name=name, environment=env or {}, ports={"5000/tcp": ("127.0.0.1", None)},
-            device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
+            device_requests=_gpu_request(gpus),
         )
     except docker.errors.DockerException as exc:
         remove_container(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -86,6 +87,17 @@ class CogServer:
         self.stop()
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the process that started it dies (a worker killed mid-training
+    must not leave its trainer running for a training that another worker takes over)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+
+
 def start_cog_server(
     ref: str,
     project: Path,
@@ -129,7 +141,8 @@ def start_cog_server(
         full_env[UPLOAD_URL_VARIABLE] = upload_url
     log_path = project / f"cog-server-{port}.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(cmd, cwd=project, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(cmd, cwd=project, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_die_with_parent)
     server = CogServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
     try:
         server.setup = wait_ready(server.client, alive=server.alive, logs=server.logs, timeout=timeout)

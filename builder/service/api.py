@@ -10,7 +10,6 @@ URLs, like the peers' presigned URLs, so a trainer can download them without a t
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -126,7 +125,7 @@ def public_router(service: Service) -> APIRouter:
     def create_training(body: TrainingRequest, request: Request, token_owners: list[str] = Depends(owners)) -> dict:
         doc = _record(validate(service, body, token_owners))
         service.db.create_training(doc)
-        service.worker.submit(doc["id"])
+        service.submit(doc)
         return public_training(doc, config.base_url)
 
     @router.post("/v1/models/{owner}/{name}/versions/{version_id}/trainings", status_code=201,
@@ -141,7 +140,7 @@ def public_router(service: Service) -> APIRouter:
         doc = _record(validate(service, seed, token_owners), events=body.webhook_events_filter or ["completed"])
         doc.update(api="replicate", trainer_model=f"{owner}/{name}")
         service.db.create_training(doc)
-        service.worker.submit(doc["id"])
+        service.submit(doc)
         return public_training(doc, config.base_url)
 
     @router.get("/v1/trainings/{training_id}", summary="Get a training")
@@ -168,12 +167,23 @@ def public_router(service: Service) -> APIRouter:
             doc = service.db.update_training(training_id, **changes)
         return public_training(doc, config.base_url)
 
+    @router.post("/v1/trainings/{training_id}/webhook", summary="Send the finished training's completed webhook again")
+    def resend_webhook(training_id: str, token_owners: list[str] = Depends(owners)) -> dict:
+        doc = service.training_for(training_id, token_owners)
+        if doc["stage"] != "done":
+            raise fail(409, f"training {training_id} has not ended: its completed webhook is not due yet")
+        if service.notifier.resend(doc) is None:
+            raise fail(409, f"training {training_id} has no completed webhook to send (it named no webhook_completed, "
+                            "or filtered the completed event out)")
+        return public_training(service.db.get_training(training_id), config.base_url)
+
     @router.get("/v1/trainings/{training_id}/weights", summary="Download the training's output.zip")
     def training_weights(training_id: str, token_owners: list[str] = Depends(owners)) -> FileResponse:
         doc = service.training_for(training_id, token_owners)
-        if not doc.get("weights") or not Path(doc["weights"]).is_file():
+        path = config.files / training_id / "output.zip"
+        if not doc.get("weights") or not path.is_file():
             raise fail(404, f"training {training_id} has no weights")
-        return FileResponse(doc["weights"], media_type="application/zip", filename="output.zip")
+        return FileResponse(path, media_type="application/zip", filename="output.zip")
 
     @router.delete("/v1/trainings/{training_id}", status_code=204,
                    summary="Delete a finished training: its output.zip and its record")

@@ -20,6 +20,7 @@ from builder.cog.client import describe_validation
 from builder.service.api import public_router
 from builder.service.config import ALL_OWNERS, ServiceConfig
 from builder.service.database import Database, DatabaseUnavailable
+from builder.service.deliveries import LocalScheduler, Notifier
 from builder.service.http import fail
 from builder.service.internal import internal_router
 from builder.service.pipeline import Pipeline, Worker
@@ -41,11 +42,50 @@ class Service:
         # which coglet's X-Prediction-Id header tells apart.
         self.upload_secret = self.db.setting("upload_secret", lambda: secrets.token_urlsafe(24))
         (config.data_dir / "cog-upload-url").write_text(self.cog_upload_url + "\n")
-        self.schemas = TrainerSchemas(config)
-        self.pipeline = Pipeline(config, self.db, self.schemas)
-        self.worker = Worker(self.pipeline, config.max_concurrent)
+        self.schemas = TrainerSchemas(config, self.db)
+        self.queue = None  # the queue of external workers
+        self.worker: Worker | None = None  # the embedded worker
+        if config.workers == "external":
+            from builder.service.jobs import apply_schema, create_queue_app, defer_delivery
+
+            apply_schema(config)
+            self.queue = create_queue_app(config)
+            self.queue.open()
+            self.notifier = Notifier(config, self.db, lambda delivery_id, at: defer_delivery(self.queue, delivery_id, at))
+        else:
+            self.scheduler = LocalScheduler()
+            self.notifier = Notifier(config, self.db, self.scheduler)
+            self.worker = Worker(Pipeline(config, self.db, self.schemas, self.notifier), config.max_concurrent)
         self.sweeper = Sweeper(config, self.db)
         self.tokens = [(entry.token.encode(), entry.owners) for entry in config.tokens]
+
+    def submit(self, doc: TrainingRecord) -> None:
+        """Run the training: on the embedded worker, or queued for the external ones."""
+        if self.queue is not None:
+            from builder.service.jobs import defer_stage
+
+            defer_stage(self.queue, doc)
+        else:
+            self.worker.submit(doc["id"])
+
+    def start(self) -> None:
+        self.schemas.warm()
+        self.sweeper.start()
+        if self.worker is not None:
+            self.scheduler.start(self.notifier.attempt)
+            for delivery_id, at in self.notifier.pending():
+                self.scheduler(delivery_id, at)
+            resumed = self.worker.resume()
+            if resumed:
+                log.warning("resuming %d unfinished training(s): %s", len(resumed), ", ".join(resumed))
+
+    def stop(self) -> None:
+        self.sweeper.stop()
+        if self.worker is not None:
+            self.worker.shutdown()
+            self.scheduler.stop()
+        if self.queue is not None:
+            self.queue.close()
 
     @property
     def cog_upload_url(self) -> str:
@@ -131,14 +171,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service.schemas.warm()
-        service.sweeper.start()
-        resumed = service.worker.resume()
-        if resumed:
-            log.warning("resuming %d unfinished training(s): %s", len(resumed), ", ".join(resumed))
+        service.start()
         yield
-        service.sweeper.stop()
-        service.worker.shutdown()
+        service.stop()
 
     app = FastAPI(title="dreambuild", version="1", lifespan=lifespan,
                   description="Self-hosted Replicate Dreambooth API: train → build → push → webhook.")
@@ -156,7 +191,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     def limit_for(path: str) -> int:
         if path.startswith("/internal/"):
-            return config.max_output_bytes if "/files/" in path else config.max_body_bytes
+            if "/files/" in path:
+                return config.max_output_bytes
+            return config.max_upload_bytes if "/inputs/" in path else config.max_body_bytes
         return config.max_upload_bytes if path.startswith("/v1/uploads") else config.max_body_bytes
 
     app.add_middleware(BodyLimit, limit_for=limit_for)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from builder.checkout import REPO_ROOT, has_checkout
 from builder.egress import EgressPolicy
@@ -34,10 +34,20 @@ class TrainerEntry(BaseModel):
     name: str
     runner: Literal["local", "cog-http", "docker"] = "local"
     image: str | None = Field(None, description="Image reference (docker runner; recorded for the others).")
-    url: str | None = Field(None, description="Base URL of a running Cog server (cog-http runner).")
+    url: str | None = Field(None, description="Base URL of a running Cog server (cog-http runner; same as urls: [url]).")
+    urls: list[str] = Field(default_factory=list, description="cog-http runner: a pool of Cog servers, each leased by one "
+                            "training at a time (trainings wait for a free one; none answers 409).")
+    timeout_minutes: float = Field(24 * 60, description="A training's trainer stage fails after this long.")
+    health_seconds: float = Field(30, description="How often the trainer's Cog server is health-checked while it trains; "
+                                  "a server that stops answering, or forgets the training, fails it.")
     predictor: str = Field("trainer/cog_model.py:Predictor", description="Cog entry point under the repo (local runner).")
     env: dict[str, str] = Field(default_factory=dict, description="Environment of the trainer's Cog server.")
-    gpus: bool = Field(True, description="docker runner: request all GPUs.")
+    gpus: bool = Field(True, description="docker runner: request GPUs (all of them, or a worker's own with --gpu).")
+
+    @property
+    def pool(self) -> list[str]:
+        """cog-http: the servers' base URLs."""
+        return [u.rstrip("/") for u in ([self.url] if self.url else []) + self.urls]
 
 
 class TemplateEntry(BaseModel):
@@ -66,6 +76,9 @@ class ServiceConfig(BaseModel):
     public_url: str | None = Field(None, description="How trainers reach this service (default http://host:port).")
     database_url: str | None = Field(None, description="postgresql://user:password@host/db (many machines); "
                                      "none: SQLite in the data directory (the embedded default).")
+    workers: Literal["embedded", "external"] = Field("embedded", description="embedded: trainings run in the API's process "
+                                                     "(max_concurrent at once); external: on `dreambuild worker` processes, "
+                                                     "through the queue in PostgreSQL (needs database_url).")
     max_concurrent: int = 1
     max_upload_bytes: int = 2 * 2**30
     max_output_bytes: int = Field(32 * 2**30, description="Largest trainer output (output.zip): an SD 1.5 fp32 "
@@ -84,8 +97,16 @@ class ServiceConfig(BaseModel):
                                               "(none: kept until DELETE).")
     output_expiry_hours: float | None = Field(None, description="A finished training's output.zip "
                                               "are deleted this long after it ended (none: kept until DELETE).")
-    webhook_attempts: int = 8
-    webhook_backoff: float = 2.0
+    webhook_backoff: float = Field(2.0, description="Seconds before a webhook's second attempt; doubling after each.")
+    webhook_backoff_max: float = Field(600.0, description="The longest wait between two attempts of a webhook.")
+    webhook_retry_hours: float = Field(24.0, description="A webhook is retried this long before it is given up.")
+    webhook_attempts: int | None = Field(None, description="At most this many attempts (none: as many as fit in webhook_retry_hours).")
+
+    @model_validator(mode="after")
+    def _external_workers_need_postgresql(self) -> "ServiceConfig":
+        if self.workers == "external" and not (self.database_url or "").startswith(("postgresql", "postgres:")):
+            raise ValueError("workers: external needs database_url: postgresql://… (the queue lives in PostgreSQL)")
+        return self
 
     @field_validator("trainers", "templates")
     @classmethod

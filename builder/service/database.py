@@ -305,3 +305,97 @@ def _is_connection_error(exc: DBAPIError) -> bool:
 
 def _first_line(exc: BaseException | None) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class Deliveries:
+    """Webhook deliveries (``webhook_deliveries``): one row per event, attempts recorded on it."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(self, doc: dict[str, Any], next_attempt_at: float) -> dict[str, Any]:
+        """Record a delivery once: the same webhook id again (a re-run stage) keeps the first."""
+        with self.db._tx() as conn:
+            conn.execute(self.db._insert(deliveries).values(id=doc["id"], training_id=doc["training_id"], status=doc["status"],
+                                                            next_attempt_at=next_attempt_at, doc=doc).on_conflict_do_nothing())
+            return conn.execute(select(deliveries.c.doc).where(deliveries.c.id == doc["id"])).scalar_one()
+
+    def get(self, delivery_id: str) -> dict[str, Any] | None:
+        rows = self.db._read(select(deliveries.c.doc).where(deliveries.c.id == delivery_id))
+        return rows[0][0] if rows else None
+
+    def update(self, delivery_id: str, next_attempt_at: float | None = None, **changes: Any) -> dict[str, Any]:
+        with self.db._tx() as conn:
+            doc = conn.execute(select(deliveries.c.doc).where(deliveries.c.id == delivery_id).with_for_update()).scalar()
+            if doc is None:
+                raise KeyError(delivery_id)
+            doc.update(changes)
+            values: dict[str, Any] = {"status": doc["status"], "doc": doc}
+            if next_attempt_at is not None:
+                values["next_attempt_at"] = next_attempt_at
+            conn.execute(deliveries.update().where(deliveries.c.id == delivery_id).values(**values))
+            return doc
+
+    def for_training(self, training_id: str) -> list[dict[str, Any]]:
+        rows = self.db._read(select(deliveries.c.doc).where(deliveries.c.training_id == training_id))
+        return sorted((doc for (doc,) in rows), key=lambda d: d["created_at"])
+
+    def pending(self) -> list[tuple[str, float]]:
+        """Deliveries still to attempt, with when: (id, epoch seconds), soonest first."""
+        rows = self.db._read(select(deliveries.c.id, deliveries.c.next_attempt_at).where(deliveries.c.status == "pending")
+                             .order_by(deliveries.c.next_attempt_at))
+        return [(row[0], row[1]) for row in rows]
+
+    def count(self) -> dict[str, int]:
+        rows = self.db._read(select(deliveries.c.status, func.count()).group_by(deliveries.c.status))
+        return {status: n for status, n in rows}
+
+
+class Leases:
+    """Exclusive leases on named resources (a cog-http trainer URL), held by a training."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def acquire(self, resources: list[str], holder: str) -> str | None:
+        """The resource ``holder`` already holds, else the first free one now leased to it, else None."""
+        with self.db._tx() as conn:
+            held = conn.execute(select(leases.c.resource).where(leases.c.holder == holder)).scalar()
+            if held in resources:
+                return held
+            for resource in resources:
+                inserted = conn.execute(self.db._insert(leases).values(resource=resource, holder=holder, acquired_at=time.time())
+                                        .on_conflict_do_nothing().returning(leases.c.resource)).scalar()
+                if inserted:
+                    return inserted
+        return None
+
+    def release(self, holder: str) -> None:
+        with self.db._tx() as conn:
+            conn.execute(leases.delete().where(leases.c.holder == holder))
+
+    def held(self) -> dict[str, str]:
+        return {resource: holder for resource, holder in self.db._read(select(leases.c.resource, leases.c.holder))}
+
+
+class Workers:
+    """Workers seen: each writes what it runs and its current job every few seconds."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def beat(self, worker_id: str, doc: dict[str, Any]) -> None:
+        with self.db._tx() as conn:
+            insert = self.db._insert(workers).values(id=worker_id, last_seen=time.time(), doc=doc)
+            conn.execute(insert.on_conflict_do_update(index_elements=["id"], set_={"last_seen": insert.excluded.last_seen,
+                                                                                    "doc": insert.excluded.doc}))
+
+    def remove(self, worker_id: str) -> None:
+        with self.db._tx() as conn:
+            conn.execute(workers.delete().where(workers.c.id == worker_id))
+
+    def live(self, within: float) -> list[dict[str, Any]]:
+        """Workers seen in the last ``within`` seconds, with ``last_seen``."""
+        rows = self.db._read(select(workers.c.doc, workers.c.last_seen).where(workers.c.last_seen > time.time() - within)
+                             .order_by(workers.c.id))
+        return [{**doc, "last_seen": last_seen} for doc, last_seen in rows]

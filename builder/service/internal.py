@@ -1,11 +1,14 @@
-"""Routes for the trainer's Cog server, not for users: its webhook (logs, status) and its output
-upload (``--upload-url``). They are addressed by a per-training secret in the path instead of an
-API token, and are left out of the OpenAPI document.
+"""Routes for the trainer's Cog server and the workers, not for users: Cog's webhook (logs,
+status), its output upload (``--upload-url``), the inputs fetched for it, and output.zip for the
+build. Workers share no disk with the API: every file moves through these routes. They are
+addressed by a per-training secret in the path instead of an API token, and are left out of the
+OpenAPI document.
 """
 
 from __future__ import annotations
 
 import secrets
+import shutil
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -35,6 +38,8 @@ def internal_router(service: Service) -> APIRouter:
         folder = config.files / training_id
         folder.mkdir(parents=True, exist_ok=True)
         await stream_to(request, folder / filename, config.max_output_bytes, None)
+        if filename == "output.zip":  # complete: the pipeline builds from it
+            service.db.update_training(training_id, weights=filename)
         location = f"{config.base_url}/v1/trainings/{training_id}/weights"
         return JSONResponse({}, status_code=201, headers={"Location": location})
 
@@ -50,7 +55,7 @@ def internal_router(service: Service) -> APIRouter:
         # this URL cannot replace another training's finished output.
         if doc is None or entry is None or entry.runner != "cog-http" or doc["stage"] != "training":
             raise fail(404, "unknown prediction id")
-        if (config.files / training_id / filename).exists():
+        if filename == "output.zip" and doc.get("weights"):
             raise fail(409, f"{filename} of this training was already received")
         return await receive_output(training_id, filename, request)
 
@@ -58,6 +63,31 @@ def internal_router(service: Service) -> APIRouter:
     async def receive_training_output(secret: str, training_id: str, filename: str, request: Request) -> JSONResponse:
         training_for(secret, training_id)
         return await receive_output(training_id, filename, request)
+
+    @router.get("/internal/{secret}/files/{training_id}/{filename}")
+    def send_output(secret: str, training_id: str, filename: str) -> FileResponse:
+        """The trainer's output, for the worker that builds it (workers share no disk with the API)."""
+        training_for(secret, training_id)
+        path = config.files / training_id / filename
+        if not FILENAME.fullmatch(filename) or not path.is_file():
+            raise fail(404, "not found")
+        return FileResponse(path)
+
+    @router.put("/internal/{secret}/inputs/{training_id}/{folder}/{filename}", status_code=201)
+    async def receive_input(secret: str, training_id: str, folder: str, filename: str, request: Request) -> dict:
+        """A file input a worker fetched for this training, kept here for its trainer."""
+        training_for(secret, training_id)
+        if not FILENAME.fullmatch(folder) or not FILENAME.fullmatch(filename):
+            raise fail(422, "bad file name")
+        target = config.files / training_id / "inputs" / folder / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        await stream_to(request, target, config.max_upload_bytes, None)
+        return {}
+
+    @router.delete("/internal/{secret}/inputs/{training_id}", status_code=204)
+    def delete_inputs(secret: str, training_id: str) -> None:
+        training_for(secret, training_id)
+        shutil.rmtree(config.files / training_id / "inputs", ignore_errors=True)
 
     @router.get("/internal/{secret}/inputs/{training_id}/{folder}/{filename}")
     def send_input(secret: str, training_id: str, folder: str, filename: str) -> FileResponse:

@@ -1,32 +1,37 @@
 """One training's pipeline: train → build + push → webhook, each step recorded before the next.
 
 The training document's ``stage`` says where it is (queued, training, building, webhook, done);
-:meth:`Pipeline.run` starts from that stage, so a restarted service resumes every unfinished
-training where it stopped. Re-running a step is safe: the trainer runs again from scratch, the
-build of the same weights gives the same digest (versions are recorded once), and the webhook
-keeps its id.
+:meth:`Pipeline.advance` runs the stage it is at, so a restarted service, or another worker after
+one died, resumes every unfinished training where it stopped. The embedded worker runs the stages
+one after another; ``dreambuild worker`` runs each as a queue job (:mod:`builder.service.jobs`).
+Re-running a step is safe: the trainer runs again from scratch, the build of the same weights
+gives the same digest (versions are recorded once), and webhooks are recorded once under their
+id and sent by their own jobs (:mod:`builder.service.deliveries`).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
+
 from builder.build import Reporter, build_image, model_ref
 from builder.cog.client import CogError, prediction_error
 from builder.egress import fetch
 from builder.service.config import ServiceConfig
-from builder.service.database import Database
+from builder.service.database import Database, Leases
+from builder.service.deliveries import Notifier
 from builder.service.http import FILENAME
 from builder.service.runners import TRAINER, clear_stale, start_run
 from builder.service.schemas import TrainerSchemas, file_inputs
-from builder.service.training import TrainingRecord, now_iso, public_training
-from builder.service.webhooks import deliver, new_secret, secret_setting
+from builder.service.training import TrainingRecord, now_iso
 from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)
@@ -46,34 +51,48 @@ class TrainerFailed(DreambuildError):
     """The trainer's prediction failed."""
 
 
+class FilesUnavailable(DreambuildError):
+    """A worker cannot move a file through the API's file store."""
+
+
 class Pipeline:
-    """Runs one training's stages, recording each in the database before the next."""
+    """Runs one training's stages, recording each in the database before the next.
 
-    def __init__(self, config: ServiceConfig, db: Database, schemas: TrainerSchemas) -> None:
-        self.config, self.db, self.schemas = config, db, schemas
+    ``local_files``: this process is the API's (embedded mode) and reads its file store
+    directly; a worker on another machine moves files through the API's internal routes."""
+
+    def __init__(self, config: ServiceConfig, db: Database, schemas: TrainerSchemas, notifier: Notifier, *,
+                 local_files: bool = True, gpu: str | None = None, worker: str = "embedded") -> None:
+        self.config, self.db, self.schemas, self.notifier = config, db, schemas, notifier
+        self.local_files, self.gpu, self.worker = local_files, gpu, worker
+        self.leases = Leases(db)
         self.stopping = threading.Event()  # set at shutdown: running trainings stop and keep their stage
-
-    def webhook_secret(self, doc: TrainingRecord) -> str:
-        """The signing secret of the training's owner."""
-        return self.db.setting(secret_setting(doc["owner"]), new_secret)
 
     def internal_url(self, doc: TrainingRecord, what: str) -> str:
         return f"{self.config.base_url}/internal/{doc['secret']}/{what}/{doc['id']}"
 
     def run(self, training_id: str) -> None:
+        """Every stage left, one after the other (the embedded mode's worker)."""
+        while self.advance(training_id) is not None:
+            pass
+
+    def advance(self, training_id: str) -> str | None:
+        """Run the stage the training is at; return the stage to run next (``building``), or
+        None when nothing is left to run (done, or stopped by a shutdown: resumed where it is)."""
         doc = self.db.get_training(training_id)
+        if doc is None or doc["stage"] == "done":
+            return None
         try:
             self._check_stopping()
             if doc["stage"] in ("queued", "training"):
-                doc = self._train(doc)
+                self._train(doc)
+                return "building"
             if doc["stage"] == "building":
                 doc = self._build(doc)
-            if doc["stage"] == "webhook":
-                self._check_stopping()
         except Interrupted:
-            log.warning("training %s stopped by the shutdown at stage %s; it resumes there at the next start",
-                        training_id, self.db.get_training(training_id)["stage"])
-            return
+            log.warning("training %s stopped by the shutdown at stage %s; it resumes there", training_id,
+                        self.db.get_training(training_id)["stage"])
+            return None
         except Canceled:
             doc = self._finish(training_id, "canceled", "canceled")
         except DreambuildError as exc:
@@ -81,78 +100,116 @@ class Pipeline:
         except Exception as exc:  # a bug must still end the training and tell the user
             log.exception("training %s failed", training_id)
             doc = self._finish(training_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
-        # The trainer's copy of output.zip, its Cog project and the build context: all kept elsewhere or done with.
-        shutil.rmtree(self.config.data_dir / "work" / training_id, ignore_errors=True)
-        if doc["stage"] == "webhook":
-            try:
-                self._webhook(doc)
-            except Interrupted:
-                log.warning("training %s: its webhook is sent at the next start (shutdown)", training_id)
-                return
-            except Exception as exc:  # the training is over: record why its webhook was not sent, never loop on it
-                log.exception("webhook of training %s failed", training_id)
-                self.db.update_training(training_id, stage="done", webhook_delivery={
-                    "ok": False, "attempts": 0, "status": None, "error": f"internal error: {type(exc).__name__}: {exc}"})
+        self._complete(doc)
+        return None
 
     def _check_stopping(self) -> None:
         if self.stopping.is_set():
             raise Interrupted
 
     def _finish(self, training_id: str, status: str, error: str) -> TrainingRecord:
+        self.leases.release(training_id)
         return self.db.update_training(training_id, status=status, error=error, stage="webhook", completed_at=now_iso())
+
+    def _complete(self, doc: TrainingRecord) -> None:
+        """The training has ended: its completed webhook is recorded (and sent by its own job)."""
+        # The trainer's copy of output.zip, its Cog project and the build context: kept elsewhere or done with.
+        shutil.rmtree(self.config.data_dir / "work" / doc["id"], ignore_errors=True)
+        self.notifier.event(doc, "completed")
+        self.db.update_training(doc["id"], stage="done")
+
+    def _lease(self, entry, doc: TrainingRecord) -> str | None:
+        """cog-http: a server of the pool for this training alone, waited for while all are busy."""
+        if entry.runner != "cog-http":
+            return None
+        waited = False
+        while True:
+            url = self.leases.acquire(entry.pool, doc["id"])
+            if url or not entry.pool:
+                return url
+            if not waited:
+                self.db.update_training(doc["id"], logs_append=f"waiting for a free trainer server ({len(entry.pool)} in the pool)\n")
+                waited = True
+            if self.db.get_training(doc["id"]).get("cancel_requested"):
+                raise Canceled
+            self._check_stopping()
+            time.sleep(POLL * 3)
 
     def _train(self, doc: TrainingRecord) -> TrainingRecord:
         if doc.get("cancel_requested"):
             raise Canceled
         entry = self.config.trainers[doc["trainer_version"]]
-        clear_stale(entry, doc["id"], doc.get("runner_pid"))
+        clear_stale(entry, doc["id"], doc.get("runner_pid"), doc.get("runner_host"))
+        url = self._lease(entry, doc)
         workdir = self.config.data_dir / "work" / doc["id"]
-        files = self.config.files / doc["id"]
-        (files / "output.zip").unlink(missing_ok=True)
         doc = self.db.update_training(doc["id"], stage="training", status="processing", started_at=doc.get("started_at") or now_iso(),
-                                         cog_status=None, runner_pid=None)
+                                      cog_status=None, runner_pid=None, weights=None, worker=self.worker)
         started = time.monotonic()
-        self._send_event(doc, "start")
-        inputs = self._fetch_inputs(doc)
-        run = start_run(entry, doc["id"], inputs, webhook=self.internal_url(doc, "cog"),
-                        upload_url=self.internal_url(doc, "files") + "/", workdir=workdir, schema=self.schemas.get(doc["trainer_version"]))
-        sent_logs, last_sent = "", 0.0
+        self.notifier.event(doc, "start")
+        try:
+            inputs = self._fetch_inputs(doc, workdir / "inputs")
+            run = start_run(entry, doc["id"], inputs, webhook=self.internal_url(doc, "cog"), upload_url=self.internal_url(doc, "files") + "/",
+                            workdir=workdir, schema=self.schemas.get(doc["trainer_version"]), url=url, gpu=self.gpu)
+        except BaseException:
+            self._forget_inputs(doc, workdir / "inputs")
+            raise
         try:
             if run.pid:
-                self.db.update_training(doc["id"], runner_pid=run.pid)
-            while True:
-                doc = self.db.get_training(doc["id"])
-                if doc.get("logs") != sent_logs and time.monotonic() - last_sent >= LOGS_INTERVAL:
-                    # Best effort, one attempt: the next update carries the logs again.
-                    sent_logs, last_sent = doc.get("logs"), time.monotonic()
-                    self._send_event(doc, "logs", f"{doc['id']}-logs-{len(sent_logs)}", attempts=1)
-                if doc.get("cancel_requested"):
-                    run.cancel()
-                    raise Canceled
-                if self.stopping.is_set():
-                    run.cancel()  # a server this run does not own (cog-http) must not go on for nothing
-                    raise Interrupted
-                if doc.get("cog_status") in ("succeeded", "failed", "canceled"):
-                    break
-                if not run.alive():
-                    raise CogError(f"the {TRAINER} stopped: {run.logs()[-500:]}")
-                time.sleep(POLL)
+                self.db.update_training(doc["id"], runner_pid=run.pid, runner_host=socket.gethostname())
+            doc = self._watch(doc, entry, run, started)
         finally:
             run.stop()
             # The copies of the user's files fetched for the trainer: not kept past it (a re-run fetches again).
-            shutil.rmtree(files / "inputs", ignore_errors=True)
+            self._forget_inputs(doc, workdir / "inputs")
+            if entry.runner == "cog-http":
+                self.leases.release(doc["id"])
         if doc["cog_status"] == "canceled":
             raise Canceled
         if doc["cog_status"] == "failed":
             raise TrainerFailed(f"training failed: {prediction_error(doc.get('cog_error'))}")
-        weights = files / "output.zip"
-        if not weights.is_file():
+        if not doc.get("weights"):
             raise TrainerFailed("the trainer finished without uploading output.zip")
         predict_time = (doc.get("cog_metrics") or {}).get("predict_time") or round(time.monotonic() - started, 3)
-        return self.db.update_training(doc["id"], stage="building", weights=str(weights), metrics={"predict_time": predict_time},
-                                          runner_pid=None)
+        return self.db.update_training(doc["id"], stage="building", metrics={"predict_time": predict_time}, runner_pid=None)
 
-    def _fetch_inputs(self, doc: TrainingRecord) -> dict:
+    def _watch(self, doc: TrainingRecord, entry, run, started: float) -> TrainingRecord:
+        """Follow the trainer's prediction to its end: logs webhooks, cancel, shutdown, deadline
+        and health checks (a server that stops answering, or is idle without having reported)."""
+        sent_logs, last_sent = "", 0.0
+        next_check, unreachable, idle = time.monotonic() + entry.health_seconds, 0, 0
+        deadline = started + entry.timeout_minutes * 60
+        while True:
+            doc = self.db.get_training(doc["id"])
+            if doc.get("logs") != sent_logs and time.monotonic() - last_sent >= LOGS_INTERVAL:
+                # Best effort, one attempt: the next update carries the logs again.
+                sent_logs, last_sent = doc.get("logs"), time.monotonic()
+                self.notifier.event(doc, "logs", f"{doc['id']}-logs-{len(sent_logs)}")
+            if doc.get("cancel_requested"):
+                run.cancel()
+                raise Canceled
+            if self.stopping.is_set():
+                run.cancel()  # a server this run does not own (cog-http) must not go on for nothing
+                raise Interrupted
+            if doc.get("cog_status") in ("succeeded", "failed", "canceled"):
+                return doc
+            if not run.alive():
+                raise CogError(f"the {TRAINER} stopped: {run.logs()[-500:]}")
+            if time.monotonic() > deadline:
+                run.cancel()
+                raise TrainerFailed(f"the trainer did not finish within timeout_minutes={entry.timeout_minutes:g}")
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + entry.health_seconds
+                health = run.client.health()
+                unreachable = 0 if health else unreachable + 1
+                idle = idle + 1 if health and health.get("status") == "READY" else 0
+                if unreachable >= 3:
+                    raise CogError(f"the {TRAINER} at {run.client.base_url} stopped answering health checks")
+                if idle >= 2:  # twice in a row: a final webhook in flight has had its time
+                    raise CogError(f"the {TRAINER} at {run.client.base_url} is idle but never reported the training's end "
+                                   "(restarted?)")
+            time.sleep(POLL)
+
+    def _fetch_inputs(self, doc: TrainingRecord, scratch: Path) -> dict:
         """The trainer's inputs with every file URL outside this service fetched here first, under
         the egress policy and the upload limit, and handed on as this service's own URL: a trainer
         connects to nothing a user names."""
@@ -165,26 +222,44 @@ class Pipeline:
                 if not isinstance(url, str) or url.startswith(uploads):
                     fetched.append(url)
                     continue
-                filename = _file_name(url)
-                folder = f"{name}-{index}"
-                fetch(url, self.config.files / doc["id"] / "inputs" / folder / filename, policy=self.config.egress,
-                      what=f"input.{name}", max_bytes=self.config.max_upload_bytes)
+                filename, folder = _file_name(url), f"{name}-{index}"
+                target = (self.config.files / doc["id"] / "inputs" if self.local_files else scratch) / folder / filename
+                fetch(url, target, policy=self.config.egress, what=f"input.{name}", max_bytes=self.config.max_upload_bytes)
+                if not self.local_files:  # into the API's file store, which serves it to the trainer
+                    _put(f"{self.internal_url(doc, 'inputs')}/{folder}/{filename}", target)
+                    target.unlink()
                 fetched.append(f"{self.internal_url(doc, 'inputs')}/{folder}/{filename}")
             inputs[name] = fetched if isinstance(inputs[name], list) else fetched[0]
         return inputs
+
+    def _forget_inputs(self, doc: TrainingRecord, scratch: Path) -> None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if self.local_files:
+            shutil.rmtree(self.config.files / doc["id"] / "inputs", ignore_errors=True)
+        else:
+            _delete(f"{self.internal_url(doc, 'inputs')}")
+
+    def _weights(self, doc: TrainingRecord) -> Path:
+        """output.zip for the build: the API's own file, or a copy downloaded from it."""
+        if self.local_files:
+            return self.config.files / doc["id"] / "output.zip"
+        target = self.config.data_dir / "work" / doc["id"] / "output.zip"
+        _get(f"{self.internal_url(doc, 'files')}/output.zip", target)
+        return target
 
     def _build(self, doc: TrainingRecord) -> TrainingRecord:
         if doc.get("cancel_requested"):
             raise Canceled
         template = self.config.templates[doc["template_version"]].reference(doc["template_version"])
         settings = self.config.builder_settings()
+
         def step(message: str) -> None:
             if self.db.update_training(doc["id"], logs_append=f"build: {message}\n").get("cancel_requested"):
                 raise Canceled  # between build steps; a version is recorded only after the build
             self._check_stopping()
 
         reporter = Reporter(step=step)
-        result = build_image(Path(doc["weights"]), template, model_ref(doc["model"], settings), notes=doc.get("notes") or "",
+        result = build_image(self._weights(doc), template, model_ref(doc["model"], settings), notes=doc.get("notes") or "",
                              settings=settings, reporter=reporter, workdir=self.config.data_dir / "work" / doc["id"] / "build")
         owner, name = doc["model"].split("/")
         self.db.add_version(owner, name, {
@@ -193,29 +268,43 @@ class Pipeline:
             "created_at": now_iso(),
         })
         doc = self.db.update_training(doc["id"], stage="webhook", status="succeeded", version=result.digest,
-                                         image=result.image, completed_at=now_iso())
-        self._send_event(doc, "output")
+                                      image=result.image, completed_at=now_iso())
+        self.notifier.event(doc, "output")
         return doc
 
-    def _send_event(self, doc: TrainingRecord, event: str, webhook_id: str | None = None, attempts: int | None = None) -> None:
-        """A webhook for a non-final event (start, logs, output), when the training asked for it."""
-        url = doc.get("webhook_completed")
-        if url and event in (doc.get("webhook_events_filter") or []):
-            deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret(doc), policy=self.config.egress,
-                    webhook_id=webhook_id or f"{doc['id']}-{event}", attempts=attempts or self.config.webhook_attempts,
-                    backoff=self.config.webhook_backoff, stop=self.stopping)
 
-    def _webhook(self, doc: TrainingRecord) -> None:
-        url = doc.get("webhook_completed")
-        if url and "completed" in (doc.get("webhook_events_filter") or ["completed"]):
-            result = deliver(url, public_training(doc, self.config.base_url), secret=self.webhook_secret(doc), policy=self.config.egress,
-                             webhook_id=f"{doc['id']}-completed", attempts=self.config.webhook_attempts,
-                             backoff=self.config.webhook_backoff, stop=self.stopping)
-            if not result.ok and self.stopping.is_set():
-                raise Interrupted  # not given up: retried at the next start
-            self.db.update_training(doc["id"], webhook_delivery={"ok": result.ok, "attempts": result.attempts,
-                                                                    "status": result.status, "error": result.error})
-        self.db.update_training(doc["id"], stage="done")
+def _get(url: str, target: Path) -> None:
+    """Download one of the API's internal files (a worker's copy of output.zip)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with httpx.stream("GET", url, timeout=60) as response, open(target, "wb") as out:
+            if response.status_code != 200:
+                raise FilesUnavailable(f"the service's file store answered HTTP {response.status_code} for {urlsplit(url).path.rsplit('/', 1)[-1]}")
+            for chunk in response.iter_bytes(2**20):
+                out.write(chunk)
+    except httpx.HTTPError as exc:
+        raise FilesUnavailable(f"cannot reach the service's file store: {exc}") from None
+
+
+def _put(url: str, source: Path) -> None:
+    def chunks():
+        with open(source, "rb") as handle:
+            while chunk := handle.read(2**20):
+                yield chunk
+
+    try:
+        response = httpx.put(url, content=chunks(), timeout=60)
+    except httpx.HTTPError as exc:
+        raise FilesUnavailable(f"cannot reach the service's file store: {exc}") from None
+    if response.status_code >= 300:
+        raise FilesUnavailable(f"the service's file store refused {source.name}: HTTP {response.status_code} {response.text[:200]}")
+
+
+def _delete(url: str) -> None:
+    try:
+        httpx.delete(url, timeout=30)
+    except httpx.HTTPError:
+        log.warning("could not delete %s (the retention sweep will)", url)
 
 
 def _file_name(url: str) -> str:
@@ -225,7 +314,8 @@ def _file_name(url: str) -> str:
 
 
 class Worker:
-    """Runs trainings, at most ``max_concurrent`` at once, off the API's threads."""
+    """The embedded mode's worker: runs trainings in this process, at most ``max_concurrent`` at
+    once, off the API's threads (the same stages a ``dreambuild worker`` runs as queue jobs)."""
 
     def __init__(self, pipeline: Pipeline, max_concurrent: int) -> None:
         self.pipeline = pipeline

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,11 @@ def container_name(prediction_id: str) -> str:
     return f"dreambuild-train-{prediction_id}"
 
 
-def clear_stale(entry: TrainerEntry, training_id: str, pid: int | None) -> None:
-    """Stop a trainer left by a service that died mid-training: its server subprocess (which has
-    its own session) or its container."""
-    if pid:
+def clear_stale(entry: TrainerEntry, training_id: str, pid: int | None, host: str | None) -> None:
+    """Stop a trainer left by a process that died mid-training on this machine: its server
+    subprocess (which has its own session) or its container. (On another machine it died with
+    its worker: the server subprocess is killed when its parent dies.)"""
+    if pid and host == socket.gethostname():
         try:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -72,26 +74,30 @@ def clear_stale(entry: TrainerEntry, training_id: str, pid: int | None) -> None:
 
 
 def _start_server(entry: TrainerEntry, prediction_id: str, upload_url: str, workdir: Path,
-                  schema: dict | None) -> CogServer | CogContainer | None:
+                  schema: dict | None, gpu: str | None) -> CogServer | CogContainer | None:
     if entry.runner == "local":
         env = {"DREAMBUILD_WORKDIR": str(workdir / "trainer-work"), **entry.env}
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu  # the worker's own GPU, nothing else
         return start_cog_server(entry.predictor, workdir / "cog", env=env, upload_url=upload_url, schema=schema or True)
     if entry.runner == "cog-http":
-        if not entry.url:
-            raise CogError(f"trainer {entry.name!r} uses the cog-http runner but has no url")
         return None
     if not entry.image:
         raise CogError(f"trainer {entry.name!r} uses the docker runner but names no image")
+    gpus = [gpu] if gpu is not None and entry.gpus else entry.gpus
     return start_cog_container(entry.image, name=container_name(prediction_id), env={**entry.env, UPLOAD_URL_VARIABLE: upload_url},
-                               gpus=entry.gpus, what="trainer image", command=["python", "-c", LAUNCH])
+                               gpus=gpus, what="trainer image", command=["python", "-c", LAUNCH])
 
 
 def start_run(entry: TrainerEntry, prediction_id: str, inputs: dict, *, webhook: str, upload_url: str, workdir: Path,
-              schema: dict | None = None) -> Run:
+              schema: dict | None = None, url: str | None = None, gpu: str | None = None) -> Run:
     """Start the trainer's prediction; updates go to ``webhook``, output.zip to ``upload_url``.
-    ``schema``: the trainer's Cog schema, read before (the local runner need not generate it)."""
-    owned = _start_server(entry, prediction_id, upload_url, workdir, schema)
-    url = owned.url if owned else entry.url.rstrip("/")
+    ``schema``: the trainer's Cog schema, read before (the local runner need not generate it);
+    ``url``: the cog-http server leased for this run; ``gpu``: the worker's GPU (local, docker)."""
+    if entry.runner == "cog-http" and not url:
+        raise CogError(f"trainer {entry.name!r} uses the cog-http runner but has no url")
+    owned = _start_server(entry, prediction_id, upload_url, workdir, schema, gpu)
+    url = owned.url if owned else url
     run = Run(client=CogClient(url, what=TRAINER), prediction_id=prediction_id, owned=owned)
     try:
         run.client.start_prediction(prediction_id, inputs, webhook=webhook)

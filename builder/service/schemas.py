@@ -1,7 +1,9 @@
 """Trainer versions' Cog schemas, and a training's input checked against its trainer's.
 
-version → schema, read once and cached as ``data_dir/schemas/<version>.json`` (``local``: generated
-from the checkout's trainer, as ``cog build`` would; ``cog-http``: the server's ``/openapi.json``;
+version → schema, read once, published in the database (``trainer_schema/<version>``: an API
+without the trainer's code reads what a worker published) and cached as
+``data_dir/schemas/<version>.json`` (``local``: generated from the checkout's trainer, as
+``cog build`` would; ``cog-http``: the server's ``/openapi.json``;
 ``docker``: the image's ``run.cog.openapi_schema`` label, read from its registry without pulling)
 → at creation: unknown keys, JSON types, ranges, choices and required inputs (422 naming the
 field) → file inputs (Cog ``Path``: ``format: uri``), which must be http(s) URLs. The local runner
@@ -22,6 +24,7 @@ from builder.cog.client import CogClient
 from builder.cog.server import write_schema
 from builder.oci.resolve import resolve_image
 from builder.service.config import ServiceConfig, TrainerEntry
+from builder.service.database import Database
 from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)
@@ -35,8 +38,8 @@ class SchemaUnavailable(DreambuildError):
 class TrainerSchemas:
     """The catalog's trainer schemas, each read once (per process: memory; across restarts: disk)."""
 
-    def __init__(self, config: ServiceConfig) -> None:
-        self.config = config
+    def __init__(self, config: ServiceConfig, db: Database | None = None) -> None:
+        self.config, self.db = config, db
         self._schemas: dict[str, dict] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -68,12 +71,15 @@ class TrainerSchemas:
         except (OSError, ValueError):
             pass
         entry = self.config.trainers[version]
+        published = self.db.setting(f"trainer_schema/{version}", str) if self.db is not None else ""
         try:
-            schema = _read(entry, self.config)
+            schema = json.loads(published) if published else _read(entry, self.config)
         except DreambuildError as exc:
             raise SchemaUnavailable(f"the schema of trainer version {version} ({entry.name}) cannot be read: {exc}") from None
         if not isinstance(input_schema(schema), dict):
             raise SchemaUnavailable(f"trainer version {version} ({entry.name}) has a Cog schema without an Input")
+        if self.db is not None and not published:  # for API replicas and workers that cannot read it themselves
+            self.db.set_setting(f"trainer_schema/{version}", json.dumps(schema))
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
         tmp.write_text(json.dumps(schema))
@@ -86,9 +92,9 @@ def _read(entry: TrainerEntry, config: ServiceConfig) -> dict:
         with tempfile.TemporaryDirectory(prefix="dreambuild-schema-") as project:
             return json.loads(write_schema(Path(project), predict=entry.predictor).read_text())
     if entry.runner == "cog-http":
-        if not entry.url:
+        if not entry.pool:
             raise SchemaUnavailable("the cog-http runner has no url")
-        return CogClient(entry.url, what="trainer's Cog server").openapi()
+        return CogClient(entry.pool[0], what="trainer's Cog server").openapi()
     if not entry.image:
         raise SchemaUnavailable("the docker runner names no image")
     image = resolve_image(entry.image, config.builder_settings(), what="trainer image")

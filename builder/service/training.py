@@ -21,10 +21,15 @@ def now_iso() -> str:
 
 
 class WebhookDelivery(TypedDict):
+    """How the completed webhook went (:func:`builder.service.deliveries.outcome`)."""
+
     ok: bool
+    state: str  # pending, delivered, failed
     attempts: int
     status: int | None
     error: str | None
+    webhook_id: str
+    last_attempt_at: str | None
 
 
 class TrainingRecord(TypedDict):
@@ -52,11 +57,13 @@ class TrainingRecord(TypedDict):
     completed_at: NotRequired[str]
     error: NotRequired[str | None]
     cancel_requested: NotRequired[bool]
-    runner_pid: NotRequired[int | None]  # the local runner's Cog server, killed if found stale
+    runner_pid: NotRequired[int | None]  # the local runner's Cog server, killed if found stale (on runner_host)
+    runner_host: NotRequired[str]
+    worker: NotRequired[str]  # the worker that ran (or runs) its trainer
     cog_status: NotRequired[str | None]  # the trainer's prediction status, from Cog's webhook
     cog_error: NotRequired[str | None]
     cog_metrics: NotRequired[dict[str, Any]]
-    weights: NotRequired[str]  # path of the received output.zip
+    weights: NotRequired[str | None]  # "output.zip" once received whole, in the API's file store
     version: NotRequired[str]  # the built image's digest: the new model version
     image: NotRequired[str]  # the pushed reference, pinned by that digest
     webhook_delivery: NotRequired[WebhookDelivery]
@@ -108,6 +115,7 @@ def public_training(doc: TrainingRecord, base_url: str) -> dict:
         "version": doc["trainer_version"] if replicate_style else (doc.get("version") or doc["trainer_version"]),
         "model_version": doc.get("version"),
         "image": doc.get("image"),
+        "webhook_delivery": doc.get("webhook_delivery"),  # how the completed webhook went (re-send: POST …/webhook)
         "output": {"version": f"{doc['model']}:{doc['version']}", "weights": weights} if doc.get("version") else None,
         "urls": {"get": f"{base_url}/v1/trainings/{doc['id']}", "cancel": f"{base_url}/v1/trainings/{doc['id']}/cancel"},
     }

@@ -1,0 +1,184 @@
+"""The queue of many machines: the pipeline's stages and webhook deliveries as procrastinate jobs
+in the same PostgreSQL as the state.
+
+API: training recorded → ``advance`` job on its trainer version's queue (``train-<version>``) →
+a GPU worker runs the trainer → ``advance`` on ``build`` → a worker builds and pushes → the
+completed event's ``deliver`` job on ``webhooks`` (every attempt its own job, scheduled after its
+backoff). Why procrastinate (README, "Many machines"): its workers heartbeat, so a job whose
+worker died is found within seconds (``recover``: every 5 s, jobs of workers silent for
+:data:`STALLED_SECONDS` go back to their queue) while a job may run for hours while its worker
+lives; it needs no server beyond PostgreSQL; cancel needs no queue at all (the pipeline reads the
+record's ``cancel_requested`` every 0.3 s). Every job of a training holds the training's lock, so
+no two workers ever run it at once; a recovered job resumes from the recorded stage, so it
+completes once (one version, one completed webhook id).
+
+``reconcile`` (every 5 s) queues what has no job: a training recorded by an API that died before
+it queued the job, a pending delivery whose job was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from builder.service.config import ServiceConfig
+from builder.service.training import FINISHED
+
+log = logging.getLogger(__name__)
+STALLED_SECONDS = 20.0  # a worker silent this long is dead (it heartbeats every HEARTBEAT_SECONDS)
+HEARTBEAT_SECONDS = 5.0
+ORPHAN_SECONDS = 10.0  # a training this old with no job gets one
+BUILD, WEBHOOKS, MAINTENANCE = "build", "webhooks", "maintenance"
+
+
+def train_queue(trainer_version: str) -> str:
+    """The queue of a trainer version's trainings (GPU workers subscribe to the versions they run)."""
+    return "train-" + trainer_version.removeprefix("sha256:")[:16]
+
+
+def stage_queue(doc: dict) -> str:
+    return train_queue(doc["trainer_version"]) if doc["stage"] in ("queued", "training") else BUILD
+
+
+def conninfo(database_url: str) -> str:
+    """libpq's form of the database URL (procrastinate talks psycopg directly)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+class WorkerState:
+    """What a worker's jobs run with (set by ``dreambuild worker``; the API only defers)."""
+
+    pipeline: Any = None
+    notifier: Any = None
+    current: dict[str, str] = {}
+
+
+def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
+    """The procrastinate app with dreambuild's tasks; ``state`` where jobs run."""
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(config.database_url),
+                                                                     kwargs={"connect_timeout": 5}))
+    state = state or WorkerState()
+
+    @app.task(name="dreambuild.advance", pass_context=True)
+    async def advance(context, training_id: str) -> None:
+        """Run the training's current stage; queue the next one."""
+        state.current[str(context.job.id)] = training_id
+        try:
+            following = await asyncio.to_thread(state.pipeline.advance, training_id)
+        finally:
+            state.current.pop(str(context.job.id), None)
+        doc = state.pipeline.db.get_training(training_id)
+        if doc is not None and (following or (state.pipeline.stopping.is_set() and doc["stage"] != "done")):
+            await defer_stage_async(app, doc)  # next stage, or the same one elsewhere (this worker is stopping)
+
+    @app.task(name="dreambuild.deliver")
+    async def deliver(delivery_id: str) -> None:
+        await asyncio.to_thread(state.notifier.attempt, delivery_id)
+
+    @app.periodic(cron="* * * * * */5", periodic_id="recover")
+    @app.task(name="dreambuild.recover", queue=MAINTENANCE)
+    async def recover(timestamp: int) -> None:
+        """Jobs of dead workers back to their queues (the other workers take them)."""
+        for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_SECONDS):
+            log.warning("job %s (%s %s) was on a worker that stopped answering: queued again", job.id, job.task_name, job.task_kwargs)
+            await app.job_manager.retry_job(job)
+
+    @app.periodic(cron="* * * * * */5", periodic_id="reconcile")
+    @app.task(name="dreambuild.reconcile", queue=MAINTENANCE)
+    async def reconcile(timestamp: int) -> None:
+        await reconcile_jobs(app, state)
+
+    return app
+
+
+def _training_job(app, doc: dict):
+    return app.tasks["dreambuild.advance"].configure(queue=stage_queue(doc), lock=f"training:{doc['id']}",
+                                                     queueing_lock=f"training:{doc['id']}")
+
+
+def _delivery_job(app, delivery_id: str, at: float):
+    from datetime import datetime, timezone
+
+    return app.tasks["dreambuild.deliver"].configure(queue=WEBHOOKS, lock=f"webhook:{delivery_id}",
+                                                     schedule_at=datetime.fromtimestamp(at, timezone.utc))
+
+
+def defer_stage(app, doc: dict) -> None:
+    """Queue the training's current stage (once: a job already waiting for it is enough)."""
+    import procrastinate.exceptions
+
+    try:
+        _training_job(app, doc).defer(training_id=doc["id"])
+    except procrastinate.exceptions.AlreadyEnqueued:
+        pass
+
+
+async def defer_stage_async(app, doc: dict) -> None:
+    import procrastinate.exceptions
+
+    try:
+        await _training_job(app, doc).defer_async(training_id=doc["id"])
+    except procrastinate.exceptions.AlreadyEnqueued:
+        pass
+
+
+def defer_delivery(app, delivery_id: str, at: float) -> None:
+    _delivery_job(app, delivery_id, at).defer(delivery_id=delivery_id)
+
+
+async def reconcile_jobs(app, state: WorkerState) -> None:
+    """Queue every unfinished training and pending delivery that has no job waiting or running."""
+    db = state.pipeline.db
+    rows = await app.connector.execute_query_all_async(
+        "SELECT lock FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock IS NOT NULL")
+    locked = {row["lock"] for row in rows}
+    now = time.time()
+    for doc in await asyncio.to_thread(db.unfinished_trainings):
+        if f"training:{doc['id']}" in locked or (doc["status"] in FINISHED and doc["stage"] == "done"):
+            continue
+        if now - min((doc.get("stage_started") or {}).values(), default=now) < ORPHAN_SECONDS:
+            continue  # just created: its API is queuing it now
+        if doc["stage"] == "webhook":
+            await asyncio.to_thread(state.pipeline.advance, doc["id"])  # record its completed webhook, mark it done
+            continue
+        log.warning("training %s (stage %s) had no job: queued", doc["id"], doc["stage"])
+        await defer_stage_async(app, doc)
+    for delivery_id, at in await asyncio.to_thread(state.notifier.pending):
+        if f"webhook:{delivery_id}" not in locked and at < now - ORPHAN_SECONDS:
+            await _delivery_job(app, delivery_id, now).defer_async(delivery_id=delivery_id)
+
+
+def apply_schema(config: ServiceConfig) -> None:
+    """Create procrastinate's tables in the database once (under the migration lock)."""
+    import psycopg
+
+    from builder.service.database import _LOCK_KEY
+
+    with psycopg.connect(conninfo(config.database_url), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            exists = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()[0]
+            if not exists:
+                import procrastinate
+
+                app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=conninfo(config.database_url)))
+                with app.open():
+                    app.schema_manager.apply_schema()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+def queue_depths(config: ServiceConfig) -> dict[str, int]:
+    """Jobs waiting per queue (for metrics)."""
+    import psycopg
+
+    with psycopg.connect(conninfo(config.database_url), autocommit=True, connect_timeout=5) as conn:
+        rows = conn.execute("SELECT queue_name, count(*) FROM procrastinate_jobs WHERE status = 'todo' GROUP BY queue_name").fetchall()
+    return {queue: count for queue, count in rows}

@@ -1,0 +1,138 @@
+"""``dreambuild worker``: one process per GPU (or a CPU-only one for builds and webhooks).
+
+configuration → database + the queue → procrastinate workers on its queues: the trainer
+versions it runs (``train-<version>``, one job at a time: one training per GPU), ``build`` (one
+at a time), ``webhooks`` and ``maintenance`` (several at once: a receiver that is down never holds
+anything else) → the same pipeline stages as the embedded worker → a heartbeat in ``workers``
+every few seconds (what ``dreambuild workers`` lists). SIGTERM stops the running training where
+it is and queues it again for another worker; SIGKILL is found by procrastinate's heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import uuid
+
+from builder.service.config import ServiceConfig
+from builder.service.database import Database, Workers
+from builder.service.deliveries import Notifier
+from builder.service.jobs import (
+    BUILD,
+    HEARTBEAT_SECONDS,
+    MAINTENANCE,
+    STALLED_SECONDS,
+    WEBHOOKS,
+    WorkerState,
+    apply_schema,
+    create_queue_app,
+    defer_delivery,
+    train_queue,
+)
+from builder.service.pipeline import Pipeline
+from builder.service.schemas import TrainerSchemas
+from dreambuild.errors import DreambuildError, InputError
+
+log = logging.getLogger(__name__)
+ROLES = ("train", "build", "webhooks")
+
+
+def worker_queues(config: ServiceConfig, roles: set[str], trainers: list[str] | None) -> dict[str, list[str]]:
+    """The queues of each of this worker's roles."""
+    unknown = roles - set(ROLES)
+    if unknown:
+        raise InputError(f"unknown worker role(s) {', '.join(sorted(unknown))}: choose from {', '.join(ROLES)}")
+    versions = list(config.trainers)
+    if trainers:
+        versions = []
+        for wanted in trainers:
+            key = config.catalog_key(config.trainers, wanted)
+            if key is None:
+                raise InputError(f"trainer version {wanted} is not in the catalog")
+            versions.append(key)
+    queues: dict[str, list[str]] = {}
+    if "train" in roles:
+        if not versions:
+            raise InputError("this worker trains, but the catalog has no trainer")
+        queues["train"] = [train_queue(v) for v in versions]
+    if "build" in roles:
+        queues["build"] = [BUILD]
+    if "webhooks" in roles:
+        queues["webhooks"] = [WEBHOOKS, MAINTENANCE]
+    return queues
+
+
+def run_worker(config: ServiceConfig, *, roles: set[str], gpu: str | None = None, trainers: list[str] | None = None,
+               name: str | None = None, webhook_concurrency: int = 8) -> None:
+    """Run until SIGTERM/SIGINT."""
+    if config.workers != "external":
+        raise InputError("dreambuild worker needs `workers: external` and a PostgreSQL database_url in the configuration")
+    if gpu is None and "train" in roles:
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES") or None
+    queues = worker_queues(config, roles, trainers)
+    name = name or f"{socket.gethostname()}-{os.getpid()}" + (f"-gpu{gpu}" if gpu is not None else "")
+    asyncio.run(_main(config, queues, gpu, name, webhook_concurrency))
+
+
+async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | None, name: str, webhook_concurrency: int) -> None:
+    db = Database(config.database)
+    apply_schema(config)
+    state = WorkerState()
+    app = create_queue_app(config, state)
+    state.notifier = Notifier(config, db, lambda delivery_id, at: defer_delivery(app, delivery_id, at))
+    schemas = TrainerSchemas(config, db)
+    state.pipeline = Pipeline(config, db, schemas, state.notifier, local_files=False, gpu=gpu, worker=name)
+    state.current = {}
+    if "train" in queues:  # publish the schemas an API without the trainers' code validates with
+        for version in config.trainers:
+            try:
+                await asyncio.to_thread(schemas.get, version)
+            except DreambuildError as exc:
+                log.warning("trainer version %s: %s", version, exc)
+    worker_id = uuid.uuid4().hex[:12]
+    workers = Workers(db)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    options = {"install_signal_handlers": False, "update_heartbeat_interval": HEARTBEAT_SECONDS,
+               "stalled_worker_timeout": STALLED_SECONDS, "fetch_job_polling_interval": 1.0}
+    async with app.open_async():
+        runs = [asyncio.create_task(app.run_worker_async(queues=q, concurrency=webhook_concurrency if role == "webhooks" else 1,
+                                                         name=f"{name}-{role}", **options), name=role)
+                for role, q in queues.items()]
+        log.warning("worker %s: queues %s%s", name, ", ".join(q for qs in queues.values() for q in qs),
+                    f", GPU {gpu}" if gpu is not None else "")
+
+        async def beat() -> None:
+            while not stop.is_set():
+                doc = {"id": worker_id, "name": name, "host": socket.gethostname(), "pid": os.getpid(), "gpu": gpu,
+                       "queues": sorted(q for qs in queues.values() for q in qs), "roles": sorted(queues),
+                       "trainer_versions": [v for v in config.trainers if train_queue(v) in queues.get("train", [])],
+                       "current": sorted(set(state.current.values()))}
+                try:
+                    await asyncio.to_thread(workers.beat, worker_id, doc)
+                except DreambuildError as exc:
+                    log.warning("worker heartbeat: %s", exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    pass
+
+        beating = asyncio.create_task(beat())
+        done, _ = await asyncio.wait([*runs, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in runs and task.exception():
+                log.error("worker %s stopped: %s", task.get_name(), task.exception())
+        log.warning("worker %s stopping: running trainings stop where they are and are queued again", name)
+        state.pipeline.stopping.set()
+        for task in runs:
+            task.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        stop.set()
+        await beating
+    workers.remove(worker_id)
+    db.close()
