@@ -23,6 +23,7 @@ from builder.service.database import Database, DatabaseUnavailable
 from builder.service.deliveries import LocalScheduler, Notifier
 from builder.service.http import fail
 from builder.service.internal import internal_router
+from builder.service.operations import operations_router
 from builder.service.pipeline import Pipeline, Worker
 from builder.service.retention import Sweeper
 from builder.service.schemas import TrainerSchemas
@@ -37,6 +38,7 @@ class Service:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(config.database)
         # For Cog servers started by others (cog-http runner): one upload URL for all trainings,
         # which coglet's X-Prediction-Id header tells apart.
@@ -199,4 +201,5 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.include_router(public_router(service))
     app.include_router(internal_router(service))
+    app.include_router(operations_router(service))
     return app

@@ -103,8 +103,12 @@ def database_url(target: str | Path) -> str:
 def migrate(connection: Connection) -> None:
     """Bring the schema to the newest migration (a database made before migrations existed is
     adopted as revision 0001)."""
+    import logging
+
     from alembic import command
     from alembic.config import Config
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines would fill every start's log
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

@@ -90,7 +90,8 @@ class Pipeline:
             if doc["stage"] == "building":
                 doc = self._build(doc)
         except Interrupted:
-            log.warning("training %s stopped by the shutdown at stage %s; it resumes there", training_id,
+            log.warning("training %s stopped by the shutdown at stage %s; it resumes there at the next start (or on another worker)",
+                        training_id,
                         self.db.get_training(training_id)["stage"])
             return None
         except Canceled:
