@@ -82,3 +82,14 @@ def test_the_demo_outside_a_checkout_is_one_line(wheel_venv):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert done.returncode == 1 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
     assert "checkout" in errors[0]
+
+
+def test_the_worker_entry_points_run_from_the_wheel(wheel_venv):
+    """The service image's other commands (deploy/service.Dockerfile installs the same wheel)."""
+    for command in (["worker", "--help"], ["workers", "--help"]):
+        done = _cli(wheel_venv, *command)
+        assert done.returncode == 0 and "--config" in done.stdout, done.stderr
+    config = wheel_venv / "embedded.yaml"
+    config.write_text("data_dir: home\n")
+    refused = _cli(wheel_venv, "worker", "--config", str(config))
+    assert refused.returncode == 1 and "workers: external" in refused.stderr and "Traceback" not in refused.stderr

@@ -33,6 +33,16 @@ class Service:
         self.env: dict[str, str] = {}
 
     def start(self) -> "Service":
+        self.start_without_schemas()
+        # It reads its trainers' schemas in the background; the first request would wait for them.
+        deadline = time.monotonic() + 180
+        schemas = [Path(self.config["data_dir"]) / "schemas" / f"{v}.json" for v in self.config["trainers"]]
+        while not all(p.is_file() for p in schemas) and time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.root / "service.log").read_text()
+            time.sleep(0.2)
+        return self
+
+    def start_without_schemas(self) -> "Service":
         (self.root / "service.yaml").write_text(yaml.safe_dump(self.config))
         log = open(self.root / "service.log", "ab")
         self.proc = subprocess.Popen([CLI, "serve", "--config", str(self.root / "service.yaml")], stdout=log, stderr=subprocess.STDOUT,
@@ -47,11 +57,6 @@ class Service:
                 time.sleep(0.2)
         else:
             raise RuntimeError("service did not start")
-        # It reads its trainers' schemas in the background; the first request would wait for them.
-        schemas = [Path(self.config["data_dir"]) / "schemas" / f"{v}.json" for v in self.config["trainers"]]
-        while not all(p.is_file() for p in schemas) and time.monotonic() < deadline + 180:
-            assert self.proc.poll() is None, (self.root / "service.log").read_text()
-            time.sleep(0.2)
         return self
 
     def stop(self) -> None:

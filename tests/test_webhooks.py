@@ -122,6 +122,9 @@ def test_a_dead_receiver_is_given_up_after_its_time_and_holds_nothing(tmp_path, 
         assert time.monotonic() - started < 0.5  # recording an event never waits for the receiver
         shown = _wait_state(db, doc["id"], "failed")
         assert shown["status"] == 500 and shown["error"] == "HTTP 500" and 5 <= shown["attempts"] <= 40
+        deadline = time.monotonic() + 10
+        while notifier.deliveries.get(f"{doc['id']}-start")["status"] == "pending" and time.monotonic() < deadline:
+            time.sleep(0.05)
         start = notifier.deliveries.get(f"{doc['id']}-start")
         assert start["status"] == "failed" and start["attempts"] >= 5
     finally:

@@ -151,3 +151,196 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_training_completes_onc
         assert len(hooks) == 1 and hooks[0].headers["webhook-id"] == f"{created['id']}-completed"
     finally:
         victim.start()  # back for the next tests
+
+
+def test_a_training_recorded_by_an_api_that_died_before_queuing_it_still_runs(cluster, receiver):
+    """The API commits the record, then queues its job: killed between the two, the training is in
+    the database with no job. The workers' reconcile job queues it."""
+    from builder.service.database import Database
+    from builder.service.training import new_training
+    from tests.test_service import TRAIN_INPUT
+
+    api, _ = cluster
+    doc = new_training(model="alice/orphan", input={**TRAIN_INPUT, "instance_data": "https://example.com/none.zip"},
+                       trainer_version=local_trainer_version(), template_version=next(iter(api.config["templates"])), notes=None,
+                       webhook=f"{receiver.url}/orphan")
+    doc["cancel_requested"] = True  # it need not train to show it is picked up: it ends canceled, with its webhook
+    db = Database(api.config["database_url"])
+    db.create_training(doc)
+    db.close()
+    done = api.wait(doc["id"], timeout=120)
+    assert done["status"] == "canceled"
+    assert [h.headers["webhook-id"] for h in hooks_for(receiver, doc["id"])] == [f"{doc['id']}-completed"]
+
+
+def test_the_api_killed_mid_requests_loses_nothing(tmp_path, cluster, receiver):
+    """Submissions in flight when the API is SIGKILLed: every one it accepted (and any it
+    committed without answering) ends, each with one completed webhook."""
+    import concurrent.futures
+
+    api, _ = cluster
+    url = upload(api, photos_zip(tmp_path / "photos.zip"))
+    request = seed_request(api, receiver, url, model="alice/inflight")
+    before = {t["id"] for t in _all_trainings(api)}
+
+    def submit(_):
+        try:
+            response = httpx.post(f"{api.url}/v1/trainings", json=request, headers=ALICE, timeout=30)
+            return response.json()["id"] if response.status_code == 201 else None
+        except httpx.HTTPError:
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(submit, n) for n in range(40)]
+        time.sleep(0.3)
+        api.proc.kill()
+        accepted = {f.result() for f in futures} - {None}
+    api.proc.wait()
+    api.start()
+    recorded = {t["id"] for t in _all_trainings(api)} - before
+    assert accepted <= recorded and recorded  # nothing accepted is lost
+    for training_id in recorded:  # cancel them all: what matters is that every one ends
+        httpx.post(f"{api.url}/v1/trainings/{training_id}/cancel", headers=ALICE)
+    for training_id in recorded:
+        assert api.wait(training_id, timeout=300)["status"] in ("canceled", "succeeded", "failed")
+        hooks = hooks_for(receiver, training_id)
+        assert [h.headers["webhook-id"] for h in hooks] == [f"{training_id}-completed"]
+
+
+def _all_trainings(api) -> list[dict]:
+    found, url = [], f"{api.url}/v1/trainings?limit=100"
+    while url:
+        page = httpx.get(url, headers=ALICE).json()
+        found += page["results"]
+        url = page["next"]
+    return found
+
+
+def test_a_hundred_concurrent_submissions_each_end_with_one_completed_webhook(tmp_path, cluster, receiver):
+    import concurrent.futures
+
+    api, _ = cluster
+    url = upload(api, photos_zip(tmp_path / "photos.zip"))
+    request = seed_request(api, receiver, url, model="alice/hundred")
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(lambda _: httpx.post(f"{api.url}/v1/trainings", json=request, headers=ALICE, timeout=60),
+                                  range(100)))
+    assert [r.status_code for r in responses] == [201] * 100
+    ids = [r.json()["id"] for r in responses]
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:  # canceled: the point is the queue and the webhooks, not 100 trainers
+        list(pool.map(lambda i: httpx.post(f"{api.url}/v1/trainings/{i}/cancel", headers=ALICE, timeout=60), ids))
+    for training_id in ids:
+        assert api.wait(training_id, timeout=300)["status"] in ("canceled", "succeeded")
+    time.sleep(2)
+    for training_id in ids:
+        hooks = [r for r in receiver.received if json.loads(r.body)["id"] == training_id]
+        assert [h.headers["webhook-id"] for h in hooks] == [f"{training_id}-completed"]
+
+
+def test_a_receiver_that_is_down_does_not_hold_the_next_training(tmp_path, cluster):
+    api, _ = cluster
+    down = start_receiver()
+    down.script = [503] * 10_000
+    try:
+        url = upload(api, photos_zip(tmp_path / "photos.zip"))
+        first = httpx.post(f"{api.url}/v1/trainings", json=seed_request(api, down, url, model="alice/first"), headers=ALICE).json()
+        done = api.wait(first["id"])
+        # Ended (stage done) while its webhook is still being retried: the delivery is its own job.
+        assert done["status"] == "succeeded" and done["stage"] == "done"
+        shown = wait_for(lambda: (httpx.get(first["urls"]["get"], headers=ALICE).json().get("webhook_delivery") or {})
+                         .get("attempts", 0) >= 3 and httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"],
+                         60, "retries shown")
+        assert shown["state"] == "pending" and shown["status"] == 503
+        assert {h.headers["webhook-id"] for h in down.received} == {f"{first['id']}-completed"}
+        second = httpx.post(f"{api.url}/v1/trainings", json=seed_request(api, down, url, model="alice/second"), headers=ALICE).json()
+        assert api.wait(second["id"])["status"] == "succeeded"
+        # The receiver is back: a re-send is delivered at once.
+        down.script = []
+        wait_for(lambda: (httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"] or {}).get("state")
+                 == "delivered", 60, "the retried delivery")
+        resent = httpx.post(f"{api.url}/v1/trainings/{first['id']}/webhook", headers=ALICE)
+        assert resent.status_code == 200
+        wait_for(lambda: httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"]["attempts"] == 1
+                 and httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"]["state"] == "delivered", 60, "re-sent")
+    finally:
+        down.stop()
+
+
+def test_operations_routes(cluster):
+    api, _ = cluster
+    assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{api.url}/readyz").json() == {"status": "ready"}
+    metrics = httpx.get(f"{api.url}/metrics")
+    assert metrics.status_code == 200
+    text = metrics.text
+    assert 'dreambuild_trainings{status="succeeded"}' in text and 'dreambuild_workers{role="train"} 2.0' in text
+    assert 'dreambuild_webhook_deliveries_total{outcome="delivered"}' in text
+    assert 'dreambuild_stage_seconds_bucket{le="+Inf",stage="training"}' in text and "dreambuild_queue_depth" in text
+
+
+def test_postgresql_down_is_503_and_queued_work_survives_its_restart(tmp_path, cluster, receiver, postgres):
+    api, workers = cluster
+    wait_for(lambda: len(live_workers(api)) == 2, 120, "two live workers")
+    url = upload(api, photos_zip(tmp_path / "photos.zip"))
+    created = httpx.post(f"{api.url}/v1/trainings", json=seed_request(api, receiver, url, model="alice/outage"), headers=ALICE).json()
+    count = len(_all_trainings(api))
+    postgres.stop()
+    try:
+        ready = httpx.get(f"{api.url}/readyz")
+        assert ready.status_code == 503 and "database" in ready.json()["problems"] and "queue" in ready.json()["problems"]
+        refused = httpx.post(f"{api.url}/v1/trainings", json=seed_request(api, receiver, url, model="alice/outage"), headers=ALICE)
+        assert refused.status_code == 503 and "the database is unavailable" in refused.json()["detail"]
+        assert httpx.get(created["urls"]["get"], headers=ALICE).status_code == 503
+        time.sleep(5)
+    finally:
+        postgres.start()
+    assert wait_for(lambda: httpx.get(f"{api.url}/readyz").status_code == 200, 60, "ready again")
+    assert len(_all_trainings(api)) == count  # the refused request wrote nothing
+    done = api.wait(created["id"], timeout=600)
+    assert done["status"] == "succeeded", done["error"]
+    assert all(w.proc.poll() is None for w in workers)  # the workers waited for the database
+    assert [h.headers["webhook-id"] for h in hooks_for(receiver, created["id"])] == [f"{created['id']}-completed"]
+
+
+def test_a_pool_of_two_cog_http_servers_runs_two_trainings_at_once_without_409(tmp_path, tiny_base, registry, templates, receiver):
+    """The README's old example (max_concurrent: 2, one cog-http server) answered every second
+    training 409; with a pool, each training leases a server of its own and a third waits."""
+    from builder.cog.server import start_cog_server
+
+    template_repo, template_digest = templates["docker"].split("@")
+    version = "d" * 64
+    config = {
+        "data_dir": str(tmp_path / "data"), "port": free_port(), "registry": registry.host, "max_concurrent": 3,
+        "trainers": {version: {"name": "remote", "runner": "cog-http", "urls": []}},
+        "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
+        "tokens": [{"token": "tok-alice", "owners": ["alice"]}], "egress_allow": ["127.0.0.1"],
+    }
+    api = Service(tmp_path, config)
+    servers = []
+    try:
+        # The servers need the service's upload URL: start it once to learn it, then with the pool.
+        api.config["trainers"][version]["urls"] = ["http://127.0.0.1:9"]
+        api.start_without_schemas()
+        upload_url = (tmp_path / "data" / "cog-upload-url").read_text().strip()
+        api.stop()
+        env = {"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(tmp_path / "work")}
+        servers = [start_cog_server("trainer/cog_model.py:Predictor", tmp_path / f"gpu-{n}", upload_url=upload_url, env=env)
+                   for n in range(2)]
+        api.config["trainers"][version]["urls"] = [s.url for s in servers]
+        api.start()
+        url = upload(api, photos_zip(tmp_path / "photos.zip"))
+        request = seed_request(api, receiver, url, trainer_version=version, model="alice/pooled")
+        request["input"]["max_train_steps"] = 30
+        created = [httpx.post(f"{api.url}/v1/trainings", json=request, headers=ALICE).json() for _ in range(3)]
+        # Two train at once, each on its own server; the third waits for one to be free.
+        wait_for(lambda: sum("Training" in httpx.get(c["urls"]["get"], headers=ALICE).json()["logs"] for c in created) == 2,
+                 180, "two trainings on the two servers")
+        done = [api.wait(c["id"]) for c in created]
+        assert [d["status"] for d in done] == ["succeeded"] * 3, [d["error"] for d in done]
+        # The third waited for a server (metrics.trainer_wait_time) instead of being refused.
+        assert sum("trainer_wait_time" in d["metrics"] for d in done) == 1
+        assert not any("409" in d["logs"] or "busy" in d["logs"] for d in done)
+    finally:
+        api.stop()
+        for server in servers:
+            server.stop()

@@ -26,7 +26,7 @@ from builder.build import Reporter, build_image, model_ref
 from builder.cog.client import CogError, prediction_error
 from builder.egress import fetch
 from builder.service.config import ServiceConfig
-from builder.service.database import Database, Leases
+from builder.service.database import Database, DatabaseUnavailable, Leases
 from builder.service.deliveries import Notifier
 from builder.service.http import FILENAME
 from builder.service.runners import TRAINER, clear_stale, start_run
@@ -37,6 +37,7 @@ from dreambuild.errors import DreambuildError
 log = logging.getLogger(__name__)
 POLL = 0.3
 LOGS_INTERVAL = 2.0  # at most one logs webhook this often
+DATABASE_OUTAGE_SECONDS = 300  # a running trainer outlasts a database outage this long
 
 
 class Canceled(Exception):
@@ -94,6 +95,9 @@ class Pipeline:
                         training_id,
                         self.db.get_training(training_id)["stage"])
             return None
+        except DatabaseUnavailable as exc:  # not the training's fault: it is queued again once the database is back
+            log.warning("training %s stopped at its stage: %s", training_id, exc)
+            return None
         except Canceled:
             doc = self._finish(training_id, "canceled", "canceled")
         except DreambuildError as exc:
@@ -119,18 +123,16 @@ class Pipeline:
         self.notifier.event(doc, "completed")
         self.db.update_training(doc["id"], stage="done")
 
-    def _lease(self, entry, doc: TrainingRecord) -> str | None:
-        """cog-http: a server of the pool for this training alone, waited for while all are busy."""
+    def _lease(self, entry, doc: TrainingRecord) -> tuple[str | None, float]:
+        """cog-http: a server of the pool for this training alone, waited for while all are busy;
+        and how long that took."""
         if entry.runner != "cog-http":
-            return None
-        waited = False
+            return None, 0.0
+        started = time.monotonic()
         while True:
             url = self.leases.acquire(entry.pool, doc["id"])
             if url or not entry.pool:
-                return url
-            if not waited:
-                self.db.update_training(doc["id"], logs_append=f"waiting for a free trainer server ({len(entry.pool)} in the pool)\n")
-                waited = True
+                return url, round(time.monotonic() - started, 3)
             if self.db.get_training(doc["id"]).get("cancel_requested"):
                 raise Canceled
             self._check_stopping()
@@ -141,7 +143,7 @@ class Pipeline:
             raise Canceled
         entry = self.config.trainers[doc["trainer_version"]]
         clear_stale(entry, doc["id"], doc.get("runner_pid"), doc.get("runner_host"))
-        url = self._lease(entry, doc)
+        url, server_wait = self._lease(entry, doc)
         workdir = self.config.data_dir / "work" / doc["id"]
         doc = self.db.update_training(doc["id"], stage="training", status="processing", started_at=doc.get("started_at") or now_iso(),
                                       cog_status=None, runner_pid=None, weights=None, worker=self.worker)
@@ -171,7 +173,8 @@ class Pipeline:
         if not doc.get("weights"):
             raise TrainerFailed("the trainer finished without uploading output.zip")
         predict_time = (doc.get("cog_metrics") or {}).get("predict_time") or round(time.monotonic() - started, 3)
-        return self.db.update_training(doc["id"], stage="building", metrics={"predict_time": predict_time}, runner_pid=None)
+        metrics = {"predict_time": predict_time, **({"trainer_wait_time": server_wait} if server_wait >= 1 else {})}
+        return self.db.update_training(doc["id"], stage="building", metrics=metrics, runner_pid=None)
 
     def _watch(self, doc: TrainingRecord, entry, run, started: float) -> TrainingRecord:
         """Follow the trainer's prediction to its end: logs webhooks, cancel, shutdown, deadline
@@ -179,8 +182,17 @@ class Pipeline:
         sent_logs, last_sent = "", 0.0
         next_check, unreachable, idle = time.monotonic() + entry.health_seconds, 0, 0
         deadline = started + entry.timeout_minutes * 60
+        down_since = None
         while True:
-            doc = self.db.get_training(doc["id"])
+            try:
+                doc = self.db.get_training(doc["id"])
+                down_since = None
+            except DatabaseUnavailable:  # a database restart does not end a training that runs on
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > DATABASE_OUTAGE_SECONDS:
+                    raise
+                time.sleep(1)
+                continue
             if doc.get("logs") != sent_logs and time.monotonic() - last_sent >= LOGS_INTERVAL:
                 # Best effort, one attempt: the next update carries the logs again.
                 sent_logs, last_sent = doc.get("logs"), time.monotonic()

@@ -18,7 +18,7 @@ import socket
 import uuid
 
 from builder.service.config import ServiceConfig
-from builder.service.database import Database, Workers
+from builder.service.database import Database, DatabaseUnavailable, Workers
 from builder.service.deliveries import Notifier
 from builder.service.jobs import (
     BUILD,
@@ -38,6 +38,7 @@ from dreambuild.errors import DreambuildError, InputError
 
 log = logging.getLogger(__name__)
 ROLES = ("train", "build", "webhooks")
+RETRY_SECONDS = 3
 
 
 def worker_queues(config: ServiceConfig, roles: set[str], trainers: list[str] | None) -> dict[str, list[str]]:
@@ -77,9 +78,27 @@ def run_worker(config: ServiceConfig, *, roles: set[str], gpu: str | None = None
     asyncio.run(_main(config, queues, gpu, name, webhook_concurrency))
 
 
+async def _open(config: ServiceConfig) -> Database:
+    """The database, waited for while it does not answer (workers may start before it)."""
+    while True:
+        try:
+            db = Database(config.database)
+            apply_schema(config)
+            return db
+        except DatabaseUnavailable as exc:
+            problem = str(exc)
+        except Exception as exc:  # procrastinate's schema step speaks psycopg
+            import psycopg
+
+            if not isinstance(exc, psycopg.OperationalError):
+                raise
+            problem = str(exc).strip().splitlines()[0]
+        log.warning("waiting for the database: %s", problem)
+        await asyncio.sleep(RETRY_SECONDS)
+
+
 async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | None, name: str, webhook_concurrency: int) -> None:
-    db = Database(config.database)
-    apply_schema(config)
+    db = await _open(config)
     state = WorkerState()
     app = create_queue_app(config, state)
     state.notifier = Notifier(config, db, lambda delivery_id, at: defer_delivery(app, delivery_id, at))
@@ -100,10 +119,25 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
         loop.add_signal_handler(sig, stop.set)
     options = {"install_signal_handlers": False, "update_heartbeat_interval": HEARTBEAT_SECONDS,
                "stalled_worker_timeout": STALLED_SECONDS, "fetch_job_polling_interval": 1.0}
+
+    async def serve(role: str, queue_names: list[str]) -> None:
+        """One role's procrastinate worker, started again whenever it ends before this worker stops
+        (the database, and so the queue, went away: it waits for it to come back)."""
+        while not stop.is_set():
+            try:
+                await app.run_worker_async(queues=queue_names, concurrency=webhook_concurrency if role == "webhooks" else 1,
+                                           name=f"{name}-{role}", **options)
+                problem = "it stopped"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            if not stop.is_set():
+                log.warning("worker %s (%s): the queue is unavailable (%s); again in %ss", name, role, problem, RETRY_SECONDS)
+                await asyncio.sleep(RETRY_SECONDS)
+
     async with app.open_async():
-        runs = [asyncio.create_task(app.run_worker_async(queues=q, concurrency=webhook_concurrency if role == "webhooks" else 1,
-                                                         name=f"{name}-{role}", **options), name=role)
-                for role, q in queues.items()]
+        runs = [asyncio.create_task(serve(role, q), name=role) for role, q in queues.items()]
         log.warning("worker %s: queues %s%s", name, ", ".join(q for qs in queues.values() for q in qs),
                     f", GPU {gpu}" if gpu is not None else "")
 
@@ -123,16 +157,15 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
                     pass
 
         beating = asyncio.create_task(beat())
-        done, _ = await asyncio.wait([*runs, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task in runs and task.exception():
-                log.error("worker %s stopped: %s", task.get_name(), task.exception())
+        await stop.wait()
         log.warning("worker %s stopping: running trainings stop where they are and are queued again", name)
         state.pipeline.stopping.set()
         for task in runs:
             task.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
-        stop.set()
         await beating
-    workers.remove(worker_id)
+    try:
+        workers.remove(worker_id)
+    except DreambuildError:
+        pass  # the database is gone: its heartbeat ages out instead
     db.close()
