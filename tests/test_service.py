@@ -31,6 +31,7 @@ class Service:
         self.url = f"http://127.0.0.1:{config['port']}"
         self.proc = None
         self.env: dict[str, str] = {}
+        self.args: list[str] = []
 
     def start(self) -> "Service":
         self.start_without_schemas()
@@ -45,7 +46,8 @@ class Service:
     def start_without_schemas(self) -> "Service":
         (self.root / "service.yaml").write_text(yaml.safe_dump(self.config))
         log = open(self.root / "service.log", "ab")
-        self.proc = subprocess.Popen([CLI, "serve", "--config", str(self.root / "service.yaml")], stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([CLI, "serve", "--config", str(self.root / "service.yaml"), *self.args], stdout=log,
+                                     stderr=subprocess.STDOUT,
                                      env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

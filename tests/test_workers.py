@@ -68,7 +68,9 @@ def cluster(tmp_path_factory, postgres, tiny_base, registry, templates):
         "tokens": [{"token": "tok-alice", "owners": ["alice"]}, {"token": "tok-bob", "owners": ["bob"]}],
         "webhook_backoff": 0.2, "webhook_backoff_max": 1.0, "egress_allow": ["127.0.0.1"],
     }
-    api = Service(root, config).start()
+    api = Service(root, config)
+    api.args = ["--log-format", "json"]
+    api.start()
     workers = [WorkerProcess(root, root / "service.yaml", f"w{n}").start() for n in (1, 2)]
     yield api, workers
     for worker in workers:
@@ -276,6 +278,10 @@ def test_operations_routes(cluster):
     assert 'dreambuild_trainings{status="succeeded"}' in text and 'dreambuild_workers{role="train"} 2.0' in text
     assert 'dreambuild_webhook_deliveries_total{outcome="delivered"}' in text
     assert 'dreambuild_stage_seconds_bucket{le="+Inf",stage="training"}' in text and "dreambuild_queue_depth" in text
+    # JSON logs (--log-format json), with uvicorn's access log in them.
+    lines = [json.loads(line) for line in (api.root / "service.log").read_text().splitlines() if line.startswith("{")]
+    assert lines and all({"time", "levelname", "name", "message"} <= set(line) for line in lines)
+    assert any(line["name"] == "uvicorn.access" and "GET /healthz" in line["message"] for line in lines)
 
 
 def test_postgresql_down_is_503_and_queued_work_survives_its_restart(tmp_path, cluster, receiver, postgres):

@@ -41,6 +41,25 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _logging(level: int, log_format: str) -> None:
+    """Logs on stderr: lines for people, or one JSON object per line for a log pipeline."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"asctime": "time"}))
+    elif log_format == "text":
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    else:
+        fail(f"--log-format {log_format!r}: choose text or json")
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    for chatty in ("httpx", "httpcore"):  # one line per request the service itself makes
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+LOG_FORMAT = typer.Option("text", "--log-format", help="text, or json (one object per line).")
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("demo-out"), help="Directory for summary.json, output.zip and the generated PNG.")) -> None:
     """Run the pipeline end to end on tiny local models, with no configuration."""
@@ -62,6 +81,8 @@ def serve(
     port: int = typer.Option(None, help="Port (default 8000)."),
     data_dir: Path = typer.Option(None, help="Data directory (default: the configuration's data_dir, else "
                                              "DREAMBUILD_HOME, else ./.dreambuild)."),
+    log_format: str = LOG_FORMAT,
+    access_log: bool = typer.Option(True, help="Log every request (uvicorn's access log)."),
 ) -> None:
     """Run the trainings service (POST /v1/trainings → train → build → push → webhook)."""
     import uvicorn
@@ -69,7 +90,7 @@ def serve(
     from builder.service.app import create_app
     from builder.service.config import ensure_local_token, load_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    _logging(logging.INFO, log_format)
     try:
         settings = load_config(config, host=host, port=port, data_dir=data_dir)
         token_file = ensure_local_token(settings)
@@ -83,7 +104,8 @@ def serve(
                   "configuration (README, 'The trainings service'); until then every training is refused", highlight=False)
     err.print(f"dreambuild service on {settings.base_url} (docs: {settings.base_url}/docs)", highlight=False)
     err.print(f"Cog servers of cog-http trainers: --upload-url {app_.state.service.cog_upload_url}", highlight=False)
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning")
+    # log_config=None: uvicorn's loggers (the access log among them) go through the handler above.
+    uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info", access_log=access_log, log_config=None)
 
 
 @app.command()
@@ -95,12 +117,13 @@ def worker(
     trainer: list[str] = typer.Option([], help="Only these trainer versions (repeatable; default: every one in the catalog)."),
     data_dir: Path = typer.Option(None, help="This worker's own directory (work files, layer cache); shares nothing with the API."),
     name: str = typer.Option(None, help="How `dreambuild workers` names it (default host-pid[-gpuN])."),
+    log_format: str = LOG_FORMAT,
 ) -> None:
     """Run the pipeline's jobs from the queue (many machines: README, "Many machines")."""
     from builder.service.config import load_config
     from builder.service.worker import run_worker
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    _logging(logging.WARNING, log_format)
     try:
         settings = load_config(config, data_dir=data_dir)
         run_worker(settings, roles={r.strip() for r in roles.split(",") if r.strip()}, gpu=gpu, trainers=trainer or None, name=name)
