@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from builder.service.config import local_trainer_version
+from dreambuild.errors import DreambuildError
 from tests.helpers import photos_zip
 from tests.test_service import receiver, service  # noqa: F401  (module fixtures: a service of our own)
 
@@ -67,3 +70,16 @@ def test_cancel_from_the_cli(tmp_path, service):  # noqa: F811
     canceled = cli(service, "trainings", "cancel", training_id)
     assert canceled.returncode == 0 and "cancel requested" in canceled.stdout
     assert service.wait(training_id, timeout=300)["status"] == "canceled"
+
+
+def test_a_second_embedded_service_on_the_same_data_directory_is_refused(tmp_path):
+    """Both would resume and run the same trainings."""
+    from builder.service.app import create_app
+    from builder.service.config import ServiceConfig
+
+    config = ServiceConfig(data_dir=tmp_path / "data", trainers={}, templates={})
+    first = create_app(config)
+    with pytest.raises(DreambuildError, match="another dreambuild service runs on .* two would run the same trainings"):
+        create_app(config)
+    first.state.service.stop()
+    create_app(config).state.service.stop()  # free again once the first stopped

@@ -64,3 +64,14 @@ def test_the_upload_url_is_used_but_not_in_any_process_arguments(tmp_path):
     finally:
         server.stop()
         receiver.shutdown()
+
+
+def test_a_container_gets_only_the_gpus_it_is_given():
+    """The docker runner on a worker with --gpu N asks Docker for that device alone, not all GPUs."""
+    from builder.cog.container import _gpu_request
+
+    (every,) = _gpu_request(True)
+    assert every["Count"] == -1 and every["Capabilities"] == [["gpu"]]
+    (own,) = _gpu_request(["2"])
+    assert own["DeviceIDs"] == ["2"] and own["Capabilities"] == [["gpu"]] and own.get("Count") in (None, 0)
+    assert _gpu_request(False) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from builder.service.pipeline import Pipeline, Worker
 from builder.service.retention import Sweeper
 from builder.service.schemas import TrainerSchemas
 from builder.service.training import TrainingRecord
+from dreambuild.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class Service:
             self.queue.open()
             self.notifier = Notifier(config, self.db, lambda delivery_id, at: defer_delivery(self.queue, delivery_id, at))
         else:
+            self._lock = _embedded_lock(config.data_dir)
             self.scheduler = LocalScheduler()
             self.notifier = Notifier(config, self.db, self.scheduler)
             self.worker = Worker(Pipeline(config, self.db, self.schemas, self.notifier), config.max_concurrent)
@@ -86,6 +89,7 @@ class Service:
         if self.worker is not None:
             self.worker.shutdown()
             self.scheduler.stop()
+            os.close(self._lock)
         if self.queue is not None:
             self.queue.close()
 
@@ -128,6 +132,21 @@ class Service:
         if owners is not None and not all(self.may_use(owners, owner) for owner in doc.get("owners") or [doc["owner"]]):
             return None
         return Path(doc["path"])
+
+
+def _embedded_lock(data_dir: Path) -> int:
+    """Held while an embedded service runs: a second one on the same data directory would run
+    the same trainings (the embedded worker resumes every unfinished one)."""
+    import fcntl
+
+    fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InputError(f"another dreambuild service runs on {data_dir} with its embedded worker: two would run the same "
+                         "trainings (more processes: `workers: external`, README \"Many machines\")") from None
+    return fd
 
 
 class BodyLimit:

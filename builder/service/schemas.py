@@ -65,25 +65,31 @@ class TrainerSchemas:
         threading.Thread(target=run, name="trainer-schemas", daemon=True).start()
 
     def _load(self, version: str) -> dict:
-        cached = self.config.data_dir / "schemas" / f"{version.removeprefix('sha256:')}.json"
-        try:
-            return json.loads(cached.read_text())
-        except (OSError, ValueError):
-            pass
+        """Published in the database, else cached on disk, else read (then published and cached)."""
         entry = self.config.trainers[version]
-        published = self.db.setting(f"trainer_schema/{version}", str) if self.db is not None else ""
-        try:
-            schema = json.loads(published) if published else _read(entry, self.config)
-        except DreambuildError as exc:
-            raise SchemaUnavailable(f"the schema of trainer version {version} ({entry.name}) cannot be read: {exc}") from None
+        key = f"trainer_schema/{version.removeprefix('sha256:')}"
+        published = self.db.setting(key, str) if self.db is not None else ""
+        cached = self.config.data_dir / "schemas" / f"{version.removeprefix('sha256:')}.json"
+        schema = json.loads(published) if published else None
+        if schema is None:
+            try:
+                schema = json.loads(cached.read_text())
+            except (OSError, ValueError):
+                pass
+        if schema is None:
+            try:
+                schema = _read(entry, self.config)
+            except DreambuildError as exc:
+                raise SchemaUnavailable(f"the schema of trainer version {version} ({entry.name}) cannot be read: {exc}") from None
         if not isinstance(input_schema(schema), dict):
             raise SchemaUnavailable(f"trainer version {version} ({entry.name}) has a Cog schema without an Input")
         if self.db is not None and not published:  # for API replicas and workers that cannot read it themselves
-            self.db.set_setting(f"trainer_schema/{version}", json.dumps(schema))
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
-        tmp.write_text(json.dumps(schema))
-        tmp.replace(cached)
+            self.db.set_setting(key, json.dumps(schema))
+        if not cached.is_file():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
+            tmp.write_text(json.dumps(schema))
+            tmp.replace(cached)
         return schema
 
 
