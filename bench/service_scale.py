@@ -7,7 +7,7 @@ queue, `dreambuild worker`), in one run:
   latency (ms) and the rate achieved. Baseline: the embedded service (SQLite).
 - Submissions: POST /v1/trainings from 8 clients for --seconds; accepted per second.
 - Scheduling: queued → trainer stage started (the training's own stage timestamps), median of
-  10 trainings submitted one by one. Goal: ≤ 1 s.
+  6 trainings submitted one by one on an idle queue. Goal: ≤ 1 s.
 - Recovery: a worker SIGKILLed mid-training → the other worker has taken the training over
   (seconds). Goal: ≤ 60 s. Many-machines mode only (one process has no other to take over).
 
@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,6 +43,7 @@ from builder.service.database import Database  # noqa: E402
 from fixtures.services import start_postgres  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "dreambuild")
+REPO = Path(__file__).resolve().parent.parent
 TOKEN = {"Authorization": "Bearer bench-token"}
 TEMPLATE = "e" * 64
 IDLE_TRAINER = "f" * 64
@@ -73,18 +75,22 @@ def base_config(root: Path, schema: dict) -> dict:
         "data_dir": str(root / "data"), "port": free_port(), "max_concurrent": 4, "registry": "127.0.0.1:9",
         "trainers": {IDLE_TRAINER: {"name": "idle", "runner": "cog-http", "urls": ["http://127.0.0.1:9"]}},
         "templates": {TEMPLATE: {"name": "vanilla", "repository": "127.0.0.1:9/dreambuild/vanilla"}},
-        "tokens": [{"token": "bench-token", "owners": ["bench"]}], "upload_expiry_hours": None,
+        "tokens": [{"token": "bench-token", "owners": ["bench"]}], "upload_expiry_hours": None, "egress_allow": ["127.0.0.1"],
     }
 
 
 def request_body(version: str = IDLE_TRAINER, steps: int = 4) -> dict:
-    return {"input": {"instance_prompt": "a photo of a cjw toy", "instance_data": "https://example.com/photos.zip",
+    return {"input": {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "with_prior_preservation": False,
+                      "instance_data": "https://example.com/photos.zip",
                       "max_train_steps": steps, "resolution": 64},
             "trainer_version": version, "template_version": TEMPLATE, "model": "bench/model"}
 
 
 def reads(url: str, seconds: float, rate: float) -> dict:
-    training = httpx.post(f"{url}/v1/trainings", json=request_body(), headers=TOKEN).json()["id"]
+    created = httpx.post(f"{url}/v1/trainings", json=request_body(), headers=TOKEN)
+    if created.status_code != 201:
+        raise RuntimeError(f"the service refused the benchmark's training: {created.status_code} {created.text}")
+    training = created.json()["id"]
     latencies: list[float] = []
     lock = threading.Lock()
     client = httpx.Client(headers=TOKEN, timeout=10, limits=httpx.Limits(max_connections=64))
@@ -130,7 +136,7 @@ def submissions(url: str, seconds: float) -> float:
     return sum(counts) / (time.monotonic() - began)
 
 
-def scheduling(url: str, db_target, count: int = 10) -> float:
+def scheduling(url: str, db_target, count: int = 6) -> float:
     """Median seconds from queued to the trainer stage, one training at a time."""
     db = Database(db_target)
     waits = []
@@ -143,8 +149,10 @@ def scheduling(url: str, db_target, count: int = 10) -> float:
                 waits.append(started["training"] - started["queued"])
                 break
             time.sleep(0.01)
-        httpx.post(f"{url}/v1/trainings/{created['id']}/cancel", headers=TOKEN)  # frees the server's lease for the next
-        time.sleep(0.5)
+        httpx.post(f"{url}/v1/trainings/{created['id']}/cancel", headers=TOKEN)
+        deadline = time.monotonic() + 60
+        while db.get_training(created["id"])["stage"] != "done" and time.monotonic() < deadline:
+            time.sleep(0.1)  # the next one on an idle queue, with the server's lease free
     db.close()
     return statistics.median(waits)
 
@@ -159,8 +167,18 @@ def recovery(root: Path, config: dict, tiny_base: Path) -> float:
     db = Database(config["database_url"])
     try:
         time.sleep(10)
-        created = httpx.post(f"{url}/v1/trainings", json=request_body(local_trainer_version(), steps=5000), headers=TOKEN).json()
+        photos = root / "photos.zip"
+        with zipfile.ZipFile(photos, "w") as archive:
+            for path in sorted((REPO / "samples" / "subject").iterdir()):
+                archive.write(path, path.name)
+        upload = httpx.post(f"{url}/v1/uploads/photos.zip", content=photos.read_bytes(), headers=TOKEN).json()["url"]
+        body = request_body(local_trainer_version(), steps=5000)
+        body["input"]["instance_data"] = upload
+        created = httpx.post(f"{url}/v1/trainings", json=body, headers=TOKEN).json()
+        deadline = time.monotonic() + 300
         while not db.get_training(created["id"]).get("runner_pid"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the training did not start: {db.get_training(created['id']).get('error')}")
             time.sleep(0.2)
         first = db.get_training(created["id"])["worker"]
         workers[first].send_signal(signal.SIGKILL)
@@ -203,8 +221,9 @@ def main() -> None:
                                         "--data-dir", str(home / "worker")], home / "worker.log"))
                     time.sleep(8)
                 row = reads(url, args.seconds, args.rate)
-                row["submissions_per_s"] = submissions(url, args.seconds)
+                # On an idle queue first: the submissions leave thousands of trainings queued.
                 row["queued_to_trainer_s"] = scheduling(url, config.get("database_url") or home / "data" / "dreambuild.sqlite")
+                row["submissions_per_s"] = submissions(url, args.seconds)
                 results[mode] = row
             finally:
                 for proc in (*extra, api):
@@ -221,7 +240,8 @@ def main() -> None:
     finally:
         postgres.remove()
     base = results["embedded (SQLite)"]
-    print(f"API GET at {args.rate:.0f} req/s for {args.seconds:.0f} s, submissions from 8 clients; baseline: embedded (SQLite)")
+    print(f"API GET at {args.rate:.0f} req/s for {args.seconds:.0f} s, submissions from 8 clients; baseline: embedded (SQLite); "
+          "(Nx): times as fast as the baseline")
     print("| mode | GET p50 ms | GET p99 ms | achieved req/s | submissions/s | queued → trainer s | worker SIGKILL → taken over s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for mode, row in results.items():

@@ -8,7 +8,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from builder.service.database import Database, DatabaseUnavailable, metadata
+from builder.service.database import Database, DatabaseUnavailable, Deliveries, metadata
 
 
 def doc(i, owner="alice", status="starting", stage="queued"):
@@ -35,6 +35,9 @@ def test_trainings_survive_reopening_and_page_newest_first(database_target):
     assert store.count_trainings() == {"starting": 2, "processing": 1, "succeeded": 1, "failed": 1}
     with pytest.raises(KeyError):
         store.update_training("t9", status="failed")
+    Deliveries(store).add({"id": "t0-completed", "training_id": "t0", "status": "pending"}, next_attempt_at=0)
+    store.delete_training("t0")  # its deliveries (copies of the record) go with it
+    assert store.get_training("t0") is None and Deliveries(store).get("t0-completed") is None
 
 
 def test_concurrent_updates_lose_nothing(database_target):

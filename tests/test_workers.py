@@ -155,6 +155,28 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_training_completes_onc
         victim.start()  # back for the next tests
 
 
+def test_a_long_training_is_not_taken_from_a_live_worker_and_cancel_reaches_it(tmp_path, cluster, receiver):
+    """Longer than the stalled-worker timeout, a training stays with the worker that runs it (its
+    heartbeats say it lives); a cancel reaches that worker within 5 s."""
+    from builder.service.jobs import STALLED_SECONDS
+
+    api, _ = cluster
+    url = upload(api, photos_zip(tmp_path / "photos.zip"))
+    request = seed_request(api, receiver, url, model="alice/long")
+    request["input"]["max_train_steps"] = 5000
+    created = httpx.post(f"{api.url}/v1/trainings", json=request, headers=ALICE).json()
+    wait_for(lambda: record(api, created["id"]).get("runner_pid"), 180, "the trainer to run")
+    first = record(api, created["id"])
+    time.sleep(STALLED_SECONDS + 12)  # past the timeout and two recovery rounds
+    still = record(api, created["id"])
+    assert (still["worker"], still["runner_pid"], still["stage"]) == (first["worker"], first["runner_pid"], "training")
+    asked = time.monotonic()
+    httpx.post(created["urls"]["cancel"], headers=ALICE)
+    wait_for(lambda: record(api, created["id"])["status"] == "canceled", 30, "the cancel")
+    assert time.monotonic() - asked < 5
+    assert api.wait(created["id"])["status"] == "canceled"
+
+
 def test_a_training_recorded_by_an_api_that_died_before_queuing_it_still_runs(cluster, receiver):
     """The API commits the record, then queues its job: killed between the two, the training is in
     the database with no job. The workers' reconcile job queues it."""

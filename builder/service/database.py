@@ -131,8 +131,10 @@ class Database:
             # that read first could then fail to upgrade its lock. IMMEDIATE takes it up front.
             event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         else:
-            # pre-ping: a restarted PostgreSQL costs a reconnect, not an error for the next request.
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+            # No pre-ping (it doubles the round trips of every query): after a PostgreSQL restart
+            # the first query on a pooled connection fails, the pool replaces all of them, and
+            # reads are retried once on a fresh one (writes answer 503 once instead).
+            self.engine = create_engine(url, pool_size=10, max_overflow=20,
                                         connect_args={"connect_timeout": 5})
         self.url = url
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
@@ -156,13 +158,17 @@ class Database:
             raise
 
     def _read(self, statement) -> list:
-        try:
-            with self.engine.connect() as conn:
-                return list(conn.execute(statement))
-        except DBAPIError as exc:
-            if exc.connection_invalidated or _is_connection_error(exc):
-                raise DatabaseUnavailable(f"the database is unavailable: {_first_line(exc.orig)}") from None
-            raise
+        for attempt in (1, 2):
+            try:
+                with self.engine.connect() as conn:
+                    return list(conn.execute(statement))
+            except DBAPIError as exc:
+                if exc.connection_invalidated and attempt == 1:
+                    continue  # a connection the database closed (it restarted): once more, on a new one
+                if exc.connection_invalidated or _is_connection_error(exc):
+                    raise DatabaseUnavailable(f"the database is unavailable: {_first_line(exc.orig)}") from None
+                raise
+        raise AssertionError("unreachable")
 
     def _insert(self, table: Table):
         return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
@@ -247,7 +253,9 @@ class Database:
         return {status: count for status, count in rows}
 
     def delete_training(self, training_id: str) -> None:
+        """The record and its webhook deliveries (their payloads are copies of it)."""
         with self._tx() as conn:
+            conn.execute(deliveries.delete().where(deliveries.c.training_id == training_id))
             conn.execute(trainings.delete().where(trainings.c.id == training_id))
 
     # --- versions ----------------------------------------------------------------------------
