@@ -69,7 +69,11 @@ class Service:
         if self.queue is not None:
             from builder.service.jobs import defer_stage
 
-            defer_stage(self.queue, doc)
+            try:
+                defer_stage(self.queue, doc)
+            except Exception as exc:  # recorded already: the workers' reconcile job queues it (an error would invite a duplicate)
+                log.warning("training %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"],
+                            type(exc).__name__, exc)
         else:
             self.worker.submit(doc["id"])
 
