@@ -172,7 +172,8 @@ def test_a_long_training_is_not_taken_from_a_live_worker_and_cancel_reaches_it(t
     assert (still["worker"], still["runner_pid"], still["stage"]) == (first["worker"], first["runner_pid"], "training")
     asked = time.monotonic()
     httpx.post(created["urls"]["cancel"], headers=ALICE)
-    wait_for(lambda: record(api, created["id"])["status"] == "canceled", 30, "the cancel")
+    # As the user sees it (the API), not through a new database connection per look.
+    wait_for(lambda: httpx.get(created["urls"]["get"], headers=ALICE).json()["status"] == "canceled", 30, "the cancel")
     assert time.monotonic() - asked < 5
     assert api.wait(created["id"])["status"] == "canceled"
 

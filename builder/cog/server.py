@@ -72,12 +72,17 @@ class CogServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then after ``timeout`` SIGKILL for the server's whole session (its
+        predictor worker too)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    self.process.kill()
                 self.process.wait()
 
     def __enter__(self) -> "CogServer":

@@ -37,6 +37,7 @@ from dreambuild.errors import DreambuildError
 log = logging.getLogger(__name__)
 POLL = 0.3
 LOGS_INTERVAL = 2.0  # at most one logs webhook this often
+CANCEL_GRACE = 2.0  # seconds a canceled trainer's server has to exit before it is killed
 DATABASE_OUTAGE_SECONDS = 300  # a running trainer outlasts a database outage this long
 
 
@@ -199,6 +200,9 @@ class Pipeline:
                 self.notifier.event(doc, "logs", f"{doc['id']}-logs-{len(sent_logs)}")
             if doc.get("cancel_requested"):
                 run.cancel()
+                # Nothing of a canceled run is kept: its server need not wind down gracefully, and
+                # the user sees "canceled" within seconds.
+                run.stop(grace=CANCEL_GRACE)
                 raise Canceled
             if self.stopping.is_set():
                 run.cancel()  # a server this run does not own (cog-http) must not go on for nothing

@@ -51,8 +51,11 @@ class Run:
     def logs(self) -> str:
         return self.owned.logs()[-3000:] if self.owned else ""
 
-    def stop(self) -> None:
-        if self.owned:
+    def stop(self, grace: float = 20.0) -> None:
+        """Stop the server this run started; after ``grace`` seconds it is killed."""
+        if isinstance(self.owned, CogServer):
+            self.owned.stop(grace)
+        elif self.owned:
             self.owned.stop()
 
 
