@@ -82,19 +82,25 @@ def receiver():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_base, registry, templates):
-    root = tmp_path_factory.mktemp("service")
+def service_config(root: Path, tiny_base, registry, templates, **extra) -> dict:
+    """An embedded service with the local trainer on the tiny base model, the vanilla template,
+    tokens for alice and bob, and fast webhook retries."""
     template_repo, template_digest = templates["docker"].split("@")
-    config = {
+    return {
         "data_dir": str(root / "data"), "port": free_port(), "registry": registry.host,
         "trainers": {local_trainer_version(): {"name": "dreambooth", "runner": "local", "env": {"DREAMBUILD_BASE_MODEL": str(tiny_base)}}},
         "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
         "tokens": [{"token": "tok-alice", "owners": ["alice"]}, {"token": "tok-bob", "owners": ["bob"]}],
         "webhook_backoff": 0.05, "webhook_attempts": 3, "max_body_bytes": 65536, "max_upload_bytes": 20 * 2**20,
         "egress_allow": ["127.0.0.1"],  # the webhook receiver and the file servers of these tests
+        **extra,
     }
-    server = Service(root, config).start()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_base, registry, templates):
+    root = tmp_path_factory.mktemp("service")
+    server = Service(root, service_config(root, tiny_base, registry, templates)).start()
     yield server
     server.stop()
 

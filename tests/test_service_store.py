@@ -40,6 +40,27 @@ def test_trainings_survive_reopening_and_page_newest_first(database_target):
     assert store.get_training("t0") is None and Deliveries(store).get("t0-completed") is None
 
 
+def test_predictions_and_files_page_filter_and_finish(database_target):
+    store = Database(database_target)
+    for i in range(4):
+        store.create_prediction({"id": f"p{i}", "owner": "bob" if i == 1 else "alice", "model": "alice/a" if i % 2 == 0 else "alice/b",
+                                 "status": "starting", "logs": ""})
+    store.update_prediction("p2", status="succeeded", logs_append="done\n")
+    page, cursor = store.list_predictions(["alice"], limit=1)
+    assert [d["id"] for d in page] == ["p3"] and cursor is not None
+    assert [d["id"] for d in store.list_predictions(["alice"], model="alice/a")[0]] == ["p2", "p0"]
+    assert [d["id"] for d in store.list_predictions(None, status="succeeded")[0]] == ["p2"]
+    assert [d["id"] for d in store.unfinished_predictions()] == ["p0", "p1", "p3"]
+    assert store.count_predictions("alice/a") == {"starting": 1, "succeeded": 1}
+    assert store.get_prediction("p2")["logs"] == "done\n"
+    with pytest.raises(KeyError):
+        store.update_prediction("p9", status="failed")
+    store.add_file({"id": "f1", "owner": "alice", "name": "a.png"})
+    assert store.get_file("f1")["name"] == "a.png" and store.list_files(["bob"]) == []
+    store.delete_file("f1")
+    assert store.get_file("f1") is None
+
+
 def test_concurrent_updates_lose_nothing(database_target):
     """Read-modify-write under a row lock: 4 threads × 25 appends each, every line kept."""
     store = Database(database_target)
@@ -83,7 +104,7 @@ def test_migrations_match_the_tables_the_code_uses(database_target):
     store = Database(database_target)
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
 
 
 PRE_MIGRATION_SCHEMA = """
@@ -111,7 +132,7 @@ def test_a_database_made_before_migrations_is_adopted_with_its_data(tmp_path):
     store.update_training("old", logs_append="more\n")  # the TEXT documents of then read and write as JSON
     assert store.get_training("old")["logs"] == "more\n"
     with store.engine.connect() as conn:  # and the later migrations ran
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
         assert conn.exec_driver_sql("SELECT count(*) FROM webhook_deliveries").scalar() == 0
 
 

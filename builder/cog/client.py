@@ -102,6 +102,14 @@ class CogClient:
         }, headers={"Prefer": "respond-async"})
         self._accepted(status, body)
 
+    def run_prediction(self, prediction_id: str, inputs: dict, *, timeout: float = 3600) -> dict:
+        """Run prediction ``prediction_id`` and wait for its end (another thread may
+        :meth:`cancel` it by id); return Cog's response, whatever its status."""
+        status, body = self.request("PUT", f"/predictions/{prediction_id}", {"id": prediction_id, "input": inputs},
+                                    attempts=40, retry_delay=0.25, timeout=timeout)
+        self._accepted(status, body)
+        return body
+
     def cancel(self, prediction_id: str) -> None:
         """Ask the server to cancel a prediction (best effort: it may already be gone)."""
         try:

@@ -20,6 +20,7 @@ from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
 from builder.service.http import FILENAME, check_http_url, fail, stream_to
+from builder.service.prediction_api import public_version
 from builder.service.retention import delete_training_files, delete_upload
 from builder.service.schemas import SchemaUnavailable, file_inputs, input_problems
 from builder.service.training import FINISHED, TrainingRecord, new_training, now_iso, public_training
@@ -206,7 +207,7 @@ def public_router(service: Service) -> APIRouter:
         version = service.db.get_version(owner, name, digest) if digest else None
         if version is None or not service.may_use(token_owners, owner):
             raise fail(404, f"version {version_id} of {owner}/{name} not found")
-        return version
+        return public_version(version)
 
     def secret_owner(token_owners: list[str], owner: str | None) -> str:
         if owner is None:

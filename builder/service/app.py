@@ -22,10 +22,14 @@ from builder.service.api import public_router
 from builder.service.config import ALL_OWNERS, ServiceConfig
 from builder.service.database import Database, DatabaseUnavailable
 from builder.service.deliveries import LocalScheduler, Notifier
+from builder.service.files import FileStore, files_router
 from builder.service.http import fail
 from builder.service.internal import internal_router
+from builder.service.model_servers import ModelServers
 from builder.service.operations import operations_router
 from builder.service.pipeline import Pipeline, Worker
+from builder.service.prediction_api import prediction_router
+from builder.service.predictor import PredictionWorker, Predictor
 from builder.service.retention import Sweeper
 from builder.service.schemas import TrainerSchemas
 from builder.service.training import TrainingRecord
@@ -61,6 +65,13 @@ class Service:
             self.scheduler = LocalScheduler()
             self.notifier = Notifier(config, self.db, self.scheduler)
             self.worker = Worker(Pipeline(config, self.db, self.schemas, self.notifier), config.max_concurrent)
+        self.files = FileStore(config, self.db)
+        self.predictor = Predictor(config, self.db, self.files, self.notifier,
+                                   ModelServers(config.builder_settings(), config.max_loaded_models))
+        self.predictions: PredictionWorker | None = None  # the embedded prediction worker
+        if self.worker is not None:
+            self.predictions = PredictionWorker(self.predictor, config.max_concurrent_predictions)
+            self.worker.pipeline.on_training_end = self.predictions.training_ended
         self.sweeper = Sweeper(config, self.db)
         self.tokens = [(entry.token.encode(), entry.owners) for entry in config.tokens]
 
@@ -77,6 +88,24 @@ class Service:
         else:
             self.worker.submit(doc["id"])
 
+    def submit_prediction(self, doc: dict) -> None:
+        """Run the prediction: on the embedded worker, or queued for the external ones."""
+        if self.queue is not None:
+            from builder.service.jobs import defer_prediction
+
+            try:
+                defer_prediction(self.queue, doc)
+            except Exception as exc:  # recorded already: the workers' reconcile job queues it
+                log.warning("prediction %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"],
+                            type(exc).__name__, exc)
+        else:
+            self.predictions.submit(doc["id"])
+
+    def template_schema(self, template_version: str) -> dict | None:
+        """A template's Cog schema (its versions'), once a build has published it."""
+        published = self.db.setting(f"model_schema/{template_version.removeprefix('sha256:')}", str)
+        return json.loads(published)["schema"] if published else None
+
     def start(self) -> None:
         self.schemas.warm()
         self.sweeper.start()
@@ -87,11 +116,15 @@ class Service:
             resumed = self.worker.resume()
             if resumed:
                 log.warning("resuming %d unfinished training(s): %s", len(resumed), ", ".join(resumed))
+            resumed = self.predictions.resume()
+            if resumed:
+                log.warning("resuming %d unfinished prediction(s): %s", len(resumed), ", ".join(resumed))
 
     def stop(self) -> None:
         self.sweeper.stop()
         if self.worker is not None:
             self.worker.shutdown()
+            self.predictions.shutdown()
             self.scheduler.stop()
             os.close(self._lock)
         if self.queue is not None:
@@ -219,10 +252,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
             if "/files/" in path:
                 return config.max_output_bytes
             return config.max_upload_bytes if "/inputs/" in path else config.max_body_bytes
-        return config.max_upload_bytes if path.startswith("/v1/uploads") else config.max_body_bytes
+        return config.max_upload_bytes if path.startswith(("/v1/uploads", "/v1/files")) else config.max_body_bytes
 
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.include_router(public_router(service))
+    app.include_router(prediction_router(service))
+    app.include_router(files_router(service))
     app.include_router(internal_router(service))
     app.include_router(operations_router(service))
     return app

@@ -101,6 +101,11 @@ class ServiceConfig(BaseModel):
     webhook_backoff_max: float = Field(600.0, description="The longest wait between two attempts of a webhook.")
     webhook_retry_hours: float = Field(24.0, description="A webhook is retried this long before it is given up.")
     webhook_attempts: int | None = Field(None, description="At most this many attempts (none: as many as fit in webhook_retry_hours).")
+    max_loaded_models: int = Field(1, ge=1, description="Model versions a worker keeps loaded (warm Cog servers) for "
+                                   "predictions; the least recently used one is stopped for another.")
+    max_concurrent_predictions: int = Field(1, ge=1, description="Predictions the embedded worker runs at once.")
+    prediction_timeout_minutes: float = Field(30.0, description="A prediction running longer fails.")
+    file_url_seconds: int = Field(3600, ge=60, description="How long signed download URLs of files and outputs work.")
 
     @model_validator(mode="after")
     def _external_workers_need_postgresql(self) -> "ServiceConfig":

@@ -82,6 +82,27 @@ workers = Table(  # workers seen: what they run and what they are doing
     Column("doc", DOC, nullable=False),
 )
 
+predictions = Table(
+    "predictions", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", Text, nullable=False, unique=True),
+    Column("owner", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("doc", DOC, nullable=False),
+    Index("predictions_owner", "owner", "seq"),
+    Index("predictions_status", "status"),
+    sqlite_autoincrement=True,
+)
+files = Table(  # files users upload for predictions (POST /v1/files) and predictions' outputs
+    "files", metadata,
+    Column("id", Text, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("doc", DOC, nullable=False),
+    Index("files_owner", "owner", "created"),
+)
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK_KEY = 0x64726D62  # "drmb": the advisory lock held while migrating PostgreSQL
 
@@ -299,6 +320,92 @@ class Database:
     def get_upload(self, upload_id: str) -> dict[str, Any] | None:
         rows = self._read(select(uploads.c.doc).where(uploads.c.id == upload_id))
         return rows[0][0] if rows else None
+
+
+    # --- predictions -------------------------------------------------------------------------
+
+    def create_prediction(self, doc: dict[str, Any]) -> dict[str, Any]:
+        with self._tx() as conn:
+            conn.execute(predictions.insert().values(id=doc["id"], owner=doc["owner"], model=doc["model"], status=doc["status"],
+                                                     doc=doc))
+        return doc
+
+    def get_prediction(self, prediction_id: str) -> dict[str, Any] | None:
+        rows = self._read(select(predictions.c.doc).where(predictions.c.id == prediction_id))
+        return rows[0][0] if rows else None
+
+    def update_prediction(self, prediction_id: str, **changes: Any) -> dict[str, Any]:
+        """Apply ``changes`` atomically (row-locked, as trainings); ``logs_append`` appends."""
+        with self._tx() as conn:
+            doc = conn.execute(select(predictions.c.doc).where(predictions.c.id == prediction_id).with_for_update()).scalar()
+            if doc is None:
+                raise KeyError(prediction_id)
+            extra = changes.pop("logs_append", None)
+            if extra:
+                doc["logs"] = (doc.get("logs") or "") + extra
+            doc.update(changes)
+            conn.execute(predictions.update().where(predictions.c.id == prediction_id)
+                         .values(status=doc["status"], model=doc["model"], doc=doc))
+            return doc
+
+    def list_predictions(self, owners: list[str] | None, *, model: str | None = None, status: str | None = None,
+                         before: int | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], int | None]:
+        """Newest first, as :meth:`list_trainings`; optionally of one model (owner/name) or status."""
+        if owners is not None and not owners:
+            return [], None
+        query = select(predictions.c.seq, predictions.c.doc).order_by(predictions.c.seq.desc()).limit(limit + 1)
+        if owners is not None:
+            query = query.where(predictions.c.owner.in_(owners))
+        if model is not None:
+            query = query.where(predictions.c.model == model)
+        if status is not None:
+            query = query.where(predictions.c.status == status)
+        if before is not None:
+            query = query.where(predictions.c.seq < before)
+        rows = self._read(query)
+        return [doc for _, doc in rows[:limit]], (rows[limit - 1][0] if len(rows) > limit else None)
+
+    def count_predictions(self, model: str | None = None) -> dict[str, int]:
+        """How many predictions are in each status (of one model, or all: metrics)."""
+        query = select(predictions.c.status, func.count()).group_by(predictions.c.status)
+        if model is not None:
+            query = query.where(predictions.c.model == model)
+        return {status: count for status, count in self._read(query)}
+
+    def unfinished_predictions(self) -> list[dict[str, Any]]:
+        """Predictions to run again after a restart, oldest first."""
+        rows = self._read(select(predictions.c.doc).where(predictions.c.status.in_(("starting", "processing")))
+                          .order_by(predictions.c.seq))
+        return [doc for (doc,) in rows]
+
+    def latest_version(self, owner: str, name: str) -> dict[str, Any] | None:
+        found = self.list_versions(owner, name)
+        return found[0] if found else None
+
+    def versions_with_id(self, version_id: str) -> list[dict[str, Any]]:
+        """Every model's version with this id (a digest: the same image pushed to several models)."""
+        return [doc for (doc,) in self._read(select(versions.c.doc).where(versions.c.id == version_id).order_by(versions.c.seq.desc()))]
+
+    # --- files (predictions' inputs and outputs) ----------------------------------------------
+
+    def add_file(self, doc: dict[str, Any]) -> dict[str, Any]:
+        with self._tx() as conn:
+            conn.execute(files.insert().values(id=doc["id"], owner=doc["owner"], created=time.time(), doc=doc))
+        return doc
+
+    def get_file(self, file_id: str) -> dict[str, Any] | None:
+        rows = self._read(select(files.c.doc).where(files.c.id == file_id))
+        return rows[0][0] if rows else None
+
+    def list_files(self, owners: list[str] | None, limit: int = 100) -> list[dict[str, Any]]:
+        query = select(files.c.doc).order_by(files.c.created.desc()).limit(limit)
+        if owners is not None:
+            query = query.where(files.c.owner.in_(owners))
+        return [doc for (doc,) in self._read(query)]
+
+    def delete_file(self, file_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(files.delete().where(files.c.id == file_id))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -38,13 +38,26 @@ class Notifier:
 
     def event(self, doc: TrainingRecord, event: str, webhook_id: str | None = None) -> dict | None:
         """Record and schedule ``event`` of the training, when it asked for that event."""
-        url = doc.get("webhook_completed")
-        wanted = doc.get("webhook_events_filter") or ["completed"]
-        if not url or event not in wanted:
+        if not self._wanted(doc.get("webhook_completed"), doc.get("webhook_events_filter") or ["completed"], event):
             return None
+        return self._record(doc, event, doc["webhook_completed"], public_training(doc, self.config.base_url), webhook_id)
+
+    def prediction_event(self, doc: dict, event: str, payload: dict, webhook_id: str | None = None) -> dict | None:
+        """Record and schedule ``event`` of a prediction (``payload``: the prediction as the API
+        shows it now), when it asked for that event."""
+        if not self._wanted(doc.get("webhook"), doc.get("webhook_events_filter") or [], event):
+            return None
+        return self._record(doc, event, doc["webhook"], payload, webhook_id, kind="prediction")
+
+    @staticmethod
+    def _wanted(url: str | None, wanted: list[str], event: str) -> bool:
+        return bool(url) and event in wanted
+
+    def _record(self, doc: dict, event: str, url: str, payload: dict, webhook_id: str | None, kind: str = "training") -> dict:
         delivery = self.deliveries.add({
-            "id": webhook_id or f"{doc['id']}-{event}", "training_id": doc["id"], "owner": doc["owner"], "event": event,
-            "url": url, "payload": public_training(doc, self.config.base_url), "status": "pending", "attempts": 0,
+            # training_id: the training's or prediction's id (the row's subject; deleted with it)
+            "id": webhook_id or f"{doc['id']}-{event}", "training_id": doc["id"], "kind": kind, "owner": doc["owner"],
+            "event": event, "url": url, "payload": payload, "status": "pending", "attempts": 0,
             "created_at": now_iso(), "first_attempt_at": None, "last_status": None, "last_error": None,
         }, next_attempt_at=time.time())
         if delivery["status"] == "pending":
@@ -82,8 +95,9 @@ class Notifier:
         return delivery
 
     def _show(self, delivery: dict) -> None:
+        update = self.db.update_prediction if delivery.get("kind") == "prediction" else self.db.update_training
         try:
-            self.db.update_training(delivery["training_id"], webhook_delivery=outcome(delivery))
+            update(delivery["training_id"], webhook_delivery=outcome(delivery))
         except KeyError:
             pass  # the training was deleted meanwhile
 

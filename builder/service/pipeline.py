@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,7 +31,7 @@ from builder.service.database import Database, DatabaseUnavailable, Leases
 from builder.service.deliveries import Notifier
 from builder.service.http import FILENAME
 from builder.service.runners import TRAINER, clear_stale, start_run
-from builder.service.schemas import TrainerSchemas, file_inputs
+from builder.service.schemas import TrainerSchemas, file_inputs, model_schema
 from builder.service.training import TrainingRecord, now_iso
 from dreambuild.errors import DreambuildError
 
@@ -69,6 +70,8 @@ class Pipeline:
         self.local_files, self.gpu, self.worker = local_files, gpu, worker
         self.leases = Leases(db)
         self.stopping = threading.Event()  # set at shutdown: running trainings stop and keep their stage
+        # Called when a training has ended: predictions queued on it are run (or failed).
+        self.on_training_end: Callable[[str], None] = lambda training_id: None
 
     def internal_url(self, doc: TrainingRecord, what: str) -> str:
         return f"{self.config.base_url}/internal/{doc['secret']}/{what}/{doc['id']}"
@@ -123,6 +126,7 @@ class Pipeline:
         shutil.rmtree(self.config.data_dir / "work" / doc["id"], ignore_errors=True)
         self.notifier.event(doc, "completed")
         self.db.update_training(doc["id"], stage="done")
+        self.on_training_end(doc["id"])  # predictions queued on it run (or fail) now
 
     def _lease(self, entry, doc: TrainingRecord) -> tuple[str | None, float]:
         """cog-http: a server of the pool for this training alone, waited for while all are busy;
@@ -279,10 +283,15 @@ class Pipeline:
         result = build_image(self._weights(doc), template, model_ref(doc["model"], settings), notes=doc.get("notes") or "",
                              settings=settings, reporter=reporter, workdir=self.config.data_dir / "work" / doc["id"] / "build")
         owner, name = doc["model"].split("/")
+        try:  # the template's schema is its versions' (Replicate's clients read it as openapi_schema)
+            schema, cog_version = model_schema(template, settings, self.db)
+        except DreambuildError as exc:  # predictions then leave input checks to the model's Cog server
+            log.warning("training %s: the version's schema cannot be read: %s", doc["id"], exc)
+            schema, cog_version = None, ""
         self.db.add_version(owner, name, {
             "id": result.digest, "model": doc["model"], "image": result.image, "notes": doc.get("notes"),
             "training_id": doc["id"], "trainer_version": doc["trainer_version"], "template_version": doc["template_version"],
-            "created_at": now_iso(),
+            "created_at": now_iso(), "openapi_schema": schema, "cog_version": cog_version,
         })
         doc = self.db.update_training(doc["id"], stage="webhook", status="succeeded", version=result.digest,
                                       image=result.image, completed_at=now_iso())

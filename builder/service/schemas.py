@@ -113,6 +113,43 @@ def _read(entry: TrainerEntry, config: ServiceConfig) -> dict:
         raise SchemaUnavailable(f"the image's {SCHEMA_LABEL} label is not JSON") from None
 
 
+def model_schema(image: str, settings, db: Database | None = None) -> tuple[dict, str]:
+    """A model image's Cog schema and Cog version: its ``run.cog.*`` labels (``cog build`` writes
+    them; a version built on a template inherits them), else generated from its ``/src`` as
+    ``dreambuild predict`` does. Published in the database per image digest: a template's
+    versions all share its code, so its schema is made once."""
+    import yaml
+
+    from builder.cog.unpack import unpack_src
+
+    resolved = resolve_image(image, settings, what="model image")
+    key = f"model_schema/{resolved.manifest.digest.removeprefix('sha256:')}"
+    published = db.setting(key, str) if db is not None else ""
+    if published:
+        found = json.loads(published)
+        return found["schema"], found["cog_version"]
+    labels = (resolved.config.get("config") or {}).get("Labels") or {}
+    cog_version = labels.get("run.cog.version") or ""
+    if labels.get(SCHEMA_LABEL):
+        try:
+            schema = json.loads(labels[SCHEMA_LABEL])
+        except ValueError:
+            raise SchemaUnavailable(f"the image's {SCHEMA_LABEL} label is not JSON") from None
+    else:
+        unpacked = unpack_src(resolved.reference, settings)
+        try:
+            cog = yaml.safe_load((unpacked.src / "cog.yaml").read_text())
+            entry = cog["predict"]
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            raise SchemaUnavailable(f"{resolved.reference} is not a Cog model: /src/cog.yaml with a predict entry is missing") from None
+        with tempfile.TemporaryDirectory(prefix="dreambuild-schema-") as project:
+            schema = json.loads(write_schema(Path(project), predict=entry, code_root=unpacked.src).read_text())
+        cog_version = cog_version or str((cog.get("build") or {}).get("sdk_version") or "")
+    if db is not None:
+        db.set_setting(key, json.dumps({"schema": schema, "cog_version": cog_version}))
+    return schema, cog_version
+
+
 def input_schema(schema: dict) -> dict | None:
     return ((schema.get("components") or {}).get("schemas") or {}).get("Input")
 
@@ -133,7 +170,7 @@ def input_problems(schema: dict, inputs: dict[str, Any]) -> list[str]:
 
     spec = input_schema(schema) or {}
     properties = spec.get("properties") or {}
-    problems = [f"input.{key}: unknown input (this trainer takes: {', '.join(sorted(properties))})"
+    problems = [f"input.{key}: unknown input (this model takes: {', '.join(sorted(properties))})"
                 for key in inputs if key not in properties]
     problems += [f"input.{key}: required" for key in spec.get("required") or [] if key not in inputs]
     checked = {  # OpenAPI 3.0's `nullable` as JSON Schema, the rest as Cog wrote it

@@ -1,0 +1,203 @@
+"""Files of predictions: what users upload for them (``POST /v1/files``, as Replicate's clients
+do before a prediction with a file input) and what predictions output.
+
+multipart upload (the limit holds on the bytes read) → ``data_dir/prediction-files/<id>/<name>``
+and a record (owner, name, type, size, sha256) → ``GET /v1/files/{id}`` for its owner, whose
+``urls.get`` is what a prediction's input names → a signed, expiring download URL
+(``/v1/files/{id}/download?expires=…&signature=…``, HMAC-SHA256 with the service's secret) for
+whoever holds it: a model's Cog server fetching an input, a client fetching an output with a
+plain GET. Another owner's file is 404 everywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import shutil
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
+from starlette.datastructures import UploadFile
+
+from builder.service.config import ALL_OWNERS
+from builder.service.http import FILENAME, fail
+from builder.service.training import now_iso
+
+if TYPE_CHECKING:
+    from builder.service.app import Service
+    from builder.service.config import ServiceConfig
+    from builder.service.database import Database
+
+CHUNK = 2**20
+
+
+def files_root(config: ServiceConfig) -> Path:
+    return config.data_dir / "prediction-files"
+
+
+def safe_name(name: str | None, fallback: str = "file") -> str:
+    """A stored file's name: the given one when it is safe, else ``fallback`` with its suffix."""
+    name = (name or "").rsplit("/", 1)[-1]
+    if FILENAME.fullmatch(name):
+        return name
+    suffix = Path(name).suffix
+    return fallback + (suffix if FILENAME.fullmatch(f"x{suffix}") and len(suffix) <= 10 else "")
+
+
+class FileStore:
+    """The files' records and bytes, and their signed download URLs."""
+
+    def __init__(self, config: ServiceConfig, db: Database) -> None:
+        self.config, self.db = config, db
+        self._secret = db.setting("file_url_secret", lambda: secrets.token_urlsafe(32)).encode()
+
+    def add(self, owner: str, name: str, content_type: str, write, *, metadata: dict | None = None,
+            prediction_id: str | None = None) -> dict[str, Any]:
+        """Store a file written by ``write(handle) -> size``; return its record."""
+        file_id = uuid.uuid4().hex
+        folder = files_root(self.config) / file_id
+        folder.mkdir(parents=True)
+        path = folder / name
+        try:
+            with open(path, "wb") as handle:
+                write(handle)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        return self.db.add_file({
+            "id": file_id, "owner": owner, "name": name, "content_type": content_type, "size": path.stat().st_size,
+            "etag": digest.hexdigest(), "checksums": {"sha256": digest.hexdigest()}, "metadata": metadata or {},
+            "created_at": now_iso(), "expires_at": None, "path": str(path), "prediction_id": prediction_id,
+        })
+
+    def add_bytes(self, owner: str, name: str, content_type: str, data: bytes, **extra) -> dict[str, Any]:
+        return self.add(owner, name, content_type, lambda handle: handle.write(data), **extra)
+
+    def get(self, file_id: str, owners: list[str] | None = None) -> dict[str, Any] | None:
+        """The file's record if it exists (and, with ``owners``, if they may see it)."""
+        doc = self.db.get_file(file_id) if FILENAME.fullmatch(file_id or "") else None
+        if doc is None or (owners is not None and ALL_OWNERS not in owners and doc["owner"] not in owners):
+            return None
+        return doc
+
+    def delete(self, doc: dict[str, Any]) -> None:
+        shutil.rmtree(Path(doc["path"]).parent, ignore_errors=True)
+        self.db.delete_file(doc["id"])
+
+    def api_url(self, file_id: str) -> str:
+        """The file's URL in the API (``urls.get``): what a prediction's input names."""
+        return f"{self.config.base_url}/v1/files/{file_id}"
+
+    def file_id_of(self, url: str) -> str | None:
+        """The id of a file of this service named by its API URL, else None."""
+        prefix = f"{self.config.base_url}/v1/files/"
+        if not isinstance(url, str) or not url.startswith(prefix):
+            return None
+        tail = url[len(prefix):]
+        return tail if FILENAME.fullmatch(tail) else None
+
+    def _signature(self, file_id: str, expires: int) -> str:
+        mac = hmac.new(self._secret, f"{file_id}:{expires}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+    def signed_url(self, file_id: str, seconds: float | None = None) -> str:
+        """A download URL that works without a token until it expires."""
+        expires = int(time.time() + (seconds or self.config.file_url_seconds))
+        doc = self.db.get_file(file_id)
+        name = doc["name"] if doc else "file"
+        return (f"{self.config.base_url}/v1/files/{file_id}/download/{name}"
+                f"?expires={expires}&signature={self._signature(file_id, expires)}")
+
+    def check_signature(self, file_id: str, expires: str, signature: str) -> bool:
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(self._signature(file_id, int(expires)), signature)
+
+
+def public_file(store: FileStore, doc: dict[str, Any]) -> dict[str, Any]:
+    """A file as Replicate's clients read it."""
+    return {key: doc[key] for key in ("id", "name", "content_type", "size", "etag", "checksums", "metadata", "created_at",
+                                      "expires_at")} | {"urls": {"get": store.api_url(doc["id"])}}
+
+
+def files_router(service: Service) -> APIRouter:
+    """``/v1/files``: upload, get, list, delete (API token), download (signed URL)."""
+    router = APIRouter()
+    store = service.files
+
+    def owners(request: Request) -> list[str]:
+        return service.owners(request)
+
+    @router.post("/v1/files", status_code=201, summary="Upload a file for a prediction's input (multipart: content)")
+    async def create_file(request: Request, token_owners: list[str] = Depends(owners)) -> dict:
+        form = await request.form(max_files=1, max_fields=8)
+        content = form.get("content")
+        if not isinstance(content, UploadFile):
+            raise fail(422, "the upload needs a multipart field named content holding the file")
+        metadata = form.get("metadata")
+        try:
+            metadata = json.loads(metadata) if isinstance(metadata, str) and metadata else {}
+        except ValueError:
+            raise fail(422, "metadata must be a JSON object") from None
+        if not isinstance(metadata, dict):
+            raise fail(422, "metadata must be a JSON object")
+        filename = form.get("filename") if isinstance(form.get("filename"), str) else content.filename
+        content_type = form.get("type") if isinstance(form.get("type"), str) else content.content_type
+        limit = service.config.max_upload_bytes
+
+        def write(handle) -> None:
+            size = 0
+            content.file.seek(0)
+            while chunk := content.file.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise fail(413, f"upload is over the limit of {limit} bytes")
+                handle.write(chunk)
+
+        doc = store.add(token_owners[0], safe_name(filename), content_type or "application/octet-stream", write,
+                        metadata=metadata)
+        return public_file(store, doc)
+
+    @router.get("/v1/files", summary="List your files, newest first")
+    def list_files(token_owners: list[str] = Depends(owners)) -> dict:
+        found = service.db.list_files(None if ALL_OWNERS in token_owners else token_owners)
+        return {"previous": None, "next": None, "results": [public_file(store, doc) for doc in found]}
+
+    @router.get("/v1/files/{file_id}", summary="Get a file's record")
+    def get_file(file_id: str, token_owners: list[str] = Depends(owners)) -> dict:
+        doc = store.get(file_id, token_owners)
+        if doc is None:
+            raise fail(404, f"file {file_id} not found")
+        return public_file(store, doc)
+
+    @router.delete("/v1/files/{file_id}", status_code=204, summary="Delete a file")
+    def delete_file(file_id: str, token_owners: list[str] = Depends(owners)) -> None:
+        doc = store.get(file_id, token_owners)
+        if doc is None:
+            raise fail(404, f"file {file_id} not found")
+        store.delete(doc)
+
+    @router.get("/v1/files/{file_id}/download/{name}", summary="Download a file (signed, expiring URL: no token)")
+    def download(file_id: str, name: str, expires: str = "", signature: str = "") -> FileResponse:
+        doc = store.get(file_id)
+        if doc is None or doc["name"] != name or not store.check_signature(file_id, expires, signature):
+            raise fail(404, "file not found, or its download URL has expired")
+        path = Path(doc["path"])
+        if not path.is_file():
+            raise fail(404, "file not found, or its download URL has expired")
+        expiry = datetime.fromtimestamp(int(expires), timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")
+        return FileResponse(path, media_type=doc["content_type"], headers={"Expires": expiry, "Cache-Control": "private"})
+
+    return router

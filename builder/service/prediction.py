@@ -1,0 +1,64 @@
+"""The prediction record: its shape, and how the API and webhooks show it (Replicate's prediction).
+
+request → :func:`new_prediction` (status ``starting``; waiting for its training's version when it
+names a training) → a worker: ``processing`` (its model's Cog server warm, or started) → one of
+:data:`~builder.service.training.FINISHED`. Outputs are files of the service
+(:mod:`builder.service.files`), kept in the record as ``dreambuild-file:<id>`` and shown as signed,
+expiring download URLs, which work without the API token.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable
+
+from builder.service.training import now_iso
+
+FILE_REF = "dreambuild-file:"
+EVENTS = ("start", "output", "logs", "completed")
+
+
+def new_prediction(*, owner: str, model: str, version: str | None, input: dict[str, Any], training_id: str | None = None,
+                   webhook: str | None = None, events: list[str] | None = None, cancel_after: float | None = None) -> dict:
+    """A new prediction record (status ``starting``) for a validated request."""
+    return {
+        "id": uuid.uuid4().hex[:26], "owner": owner, "model": model, "version": version, "training_id": training_id,
+        "input": input, "status": "starting", "output": None, "logs": "", "error": None, "metrics": {},
+        "created_at": now_iso(), "created": time.time(), "started_at": None, "completed_at": None,
+        "webhook": webhook, "webhook_events_filter": list(events or EVENTS),
+        "cancel_at": time.time() + cancel_after if cancel_after else None,
+    }
+
+
+def map_files(value: Any, change: Callable[[str], Any]) -> Any:
+    """``value`` with every ``dreambuild-file:<id>`` string replaced by ``change(id)``."""
+    if isinstance(value, dict):
+        return {k: map_files(v, change) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_files(v, change) for v in value]
+    if isinstance(value, str) and value.startswith(FILE_REF):
+        return change(value[len(FILE_REF):])
+    return value
+
+
+def public_prediction(doc: dict, base_url: str, file_url: Callable[[str], str]) -> dict:
+    """The prediction object as the API and webhooks show it (the fields Replicate's clients read)."""
+    return {
+        "id": doc["id"],
+        "model": doc["model"],
+        "version": doc.get("version") or "",
+        "training": doc.get("training_id"),
+        "input": doc["input"],
+        "output": map_files(doc.get("output"), file_url),
+        "logs": doc.get("logs") or "",
+        "error": doc.get("error"),
+        "status": doc["status"],
+        "source": "api",
+        "data_removed": False,
+        "created_at": doc["created_at"],
+        "started_at": doc.get("started_at"),
+        "completed_at": doc.get("completed_at"),
+        "metrics": doc.get("metrics") or {},
+        "urls": {"get": f"{base_url}/v1/predictions/{doc['id']}", "cancel": f"{base_url}/v1/predictions/{doc['id']}/cancel"},
+    }

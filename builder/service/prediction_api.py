@@ -1,0 +1,256 @@
+"""Replicate's predictions and models routes, so that its official clients run dreambuild's
+versions unmodified.
+
+request → version (an id, ``owner/name:id``, ``owner/name`` for the latest, or a training whose
+version it waits for) → the token may use that model (else it is not found) → input checked
+against the version's Cog schema (422 naming the field; file inputs: this owner's files, or URLs
+the egress policy allows) → a prediction record → a worker (:mod:`builder.service.predictor`)
+→ ``Prefer: wait``: the answer once it ends, or ``starting`` when the wait runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from builder.egress import EgressRefused
+from builder.oci.references import is_model_name, normalize_digest
+from builder.service.config import ALL_OWNERS
+from builder.service.http import check_http_url, fail
+from builder.service.prediction import new_prediction
+from builder.service.predictor import waiting_on
+from builder.service.schemas import file_inputs, input_problems
+from builder.service.training import FINISHED, now_iso
+
+if TYPE_CHECKING:
+    from builder.service.app import Service
+
+MAX_WAIT = 60
+Event = Literal["start", "output", "logs", "completed"]
+
+
+class PredictionRequest(BaseModel):
+    """Replicate's ``POST /v1/predictions`` body, and ChaosPixel's ``training`` instead of a version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = Field(None, description="A version id, owner/name:id, or owner/name (its latest version).")
+    training: str | None = Field(None, description="A training id instead of a version: runs on its version once built.")
+    input: dict[str, Any] = Field(default_factory=dict, description="The model's inputs.")
+    webhook: str | None = Field(None, description="URL for webhooks.")
+    webhook_completed: str | None = Field(None, description="Replicate's older name for webhook.")
+    webhook_events_filter: list[Event] | None = Field(None, description="Events to send (default: all).")
+    stream: bool | None = Field(None, description="Accepted for the clients' sake; outputs are not streamed.")
+
+
+class ModelPredictionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any] = Field(default_factory=dict)
+    webhook: str | None = None
+    webhook_completed: str | None = None
+    webhook_events_filter: list[Event] | None = None
+    stream: bool | None = None
+
+
+def parse_wait(prefer: str | None, wait: int | None = None) -> float | None:
+    """Seconds to hold the request open: ``Prefer: wait`` (60) or ``wait=N`` (at most 60)."""
+    if wait is not None:
+        return float(max(1, min(wait, MAX_WAIT)))
+    for part in (prefer or "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip().lower() == "wait":
+            if not value:
+                return float(MAX_WAIT)
+            if not value.strip().isdigit():
+                raise fail(422, f"Prefer: wait={value} must be a whole number of seconds")
+            return float(max(1, min(int(value), MAX_WAIT)))
+    return None
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``Cancel-After``: seconds, or a duration such as ``90s``, ``5m``, ``1h30m``."""
+    if not text:
+        return None
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise fail(422, f"Cancel-After {text!r} is not a duration (such as 30s, 5m or 1h30m)")
+        scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+        seconds = sum(float(n) * scale[u] for n, u in parts)
+    if seconds < 5:
+        raise fail(422, f"Cancel-After {text!r} is shorter than the minimum of 5 seconds")
+    return seconds
+
+
+def prediction_router(service: Service) -> APIRouter:
+    router = APIRouter()
+    config, db, files = service.config, service.db, service.files
+
+    def owners(request: Request) -> list[str]:
+        return service.owners(request)
+
+    def find_version(reference: str, token_owners: list[str]) -> dict:
+        """The version a prediction names, if these owners may use it."""
+        model, _, version_id = reference.partition(":")
+        unknown = fail(422, f"version {reference!r} not found (or this token may not use it)")
+        if "/" in model:
+            if not is_model_name(model) or not service.may_use(token_owners, model.split("/")[0]):
+                raise unknown
+            owner, name = model.split("/")
+            if not version_id:
+                found = db.latest_version(owner, name)
+            else:
+                digest = normalize_digest(version_id)
+                found = db.get_version(owner, name, digest) if digest else None
+        else:
+            digest = normalize_digest(reference)
+            visible = [v for v in db.versions_with_id(digest) if service.may_use(token_owners, v["model"].split("/")[0])] \
+                if digest else []
+            found = visible[0] if visible else None
+        if found is None:
+            raise unknown
+        return found
+
+    def check_input(schema: dict | None, inputs: dict, token_owners: list[str]) -> None:
+        if schema:
+            problems = input_problems(schema, inputs)
+            if problems:
+                raise fail(422, "; ".join(problems))
+        for name in sorted(file_inputs(schema or {}) & set(inputs)) if schema else sorted(inputs):
+            values = inputs[name] if isinstance(inputs[name], list) else [inputs[name]]
+            for value in values:
+                check_file_value(name, value, token_owners, required=bool(schema))
+
+    def check_file_value(name: str, value: object, token_owners: list[str], *, required: bool) -> None:
+        """A file input: a data URL, a file of this token's owners, or a URL the egress policy allows."""
+        if value is None or (isinstance(value, str) and value.startswith("data:")):
+            return
+        file_id = files.file_id_of(value) if isinstance(value, str) else None
+        if file_id:
+            if files.get(file_id, token_owners) is None:
+                raise fail(422, f"input.{name}: file {file_id} not found")
+            return
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            check_http_url(value, f"input.{name}")
+            try:
+                config.egress.check_static(value, f"input.{name}")
+            except EgressRefused as exc:
+                raise fail(422, str(exc)) from None
+        elif required:
+            raise fail(422, f"input.{name} must be a file: an http(s) URL, a data URL, or a file uploaded to /v1/files")
+
+    def check_webhook(url: str | None) -> None:
+        if url is not None:
+            check_http_url(url, "webhook")
+            try:
+                config.egress.check_static(url, "webhook")
+            except EgressRefused as exc:
+                raise fail(422, str(exc)) from None
+
+    async def create(version_ref: str | None, training_id: str | None, body, request: Request, token_owners: list[str],
+                     wait: int | None) -> Any:
+        seconds = parse_wait(request.headers.get("prefer"), wait)
+        cancel_after = parse_duration(request.headers.get("cancel-after"))
+        webhook = body.webhook or body.webhook_completed
+        check_webhook(webhook)
+        if (version_ref is None) == (training_id is None):
+            raise fail(422, "name either a version or a training")
+        if training_id is not None:
+            training = db.get_training(training_id)
+            if training is None or not service.may_use(token_owners, training["owner"]):
+                raise fail(422, f"training {training_id!r} not found")
+            why = waiting_on({"training_id": training_id}, training)
+            if why not in (None, "wait"):
+                raise fail(422, f"cannot run on {why}")
+            version = db.get_version(*training["model"].split("/"), training["version"]) if why is None else None
+            schema = (version or {}).get("openapi_schema") or service.template_schema(training["template_version"])
+            model, version_id = training["model"], (version or {}).get("id")
+        else:
+            version = find_version(version_ref, token_owners)
+            schema, model, version_id = version.get("openapi_schema"), version["model"], version["id"]
+        check_input(schema, body.input, token_owners)
+        events = body.webhook_events_filter or (["completed"] if body.webhook_completed and not body.webhook else None)
+        doc = new_prediction(owner=model.split("/")[0], model=model, version=version_id, input=body.input,
+                             training_id=training_id, webhook=webhook, events=events, cancel_after=cancel_after)
+        db.create_prediction(doc)
+        service.submit_prediction(doc)
+        if seconds:
+            deadline = asyncio.get_running_loop().time() + seconds
+            while doc["status"] not in FINISHED and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+                doc = await run_in_threadpool(db.get_prediction, doc["id"])
+            if doc["status"] not in FINISHED:
+                # What Replicate answers when the wait runs out: the clients then poll.
+                doc = {**doc, "status": "starting"}
+        return service.predictor.public(doc)
+
+    @router.post("/v1/predictions", status_code=201, summary="Create a prediction (Replicate's route)")
+    async def create_prediction(body: PredictionRequest, request: Request, wait: int | None = None,
+                                token_owners: list[str] = Depends(owners)) -> dict:
+        return await create(body.version, body.training, body, request, token_owners, wait)
+
+    @router.post("/v1/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction on a model's latest version")
+    async def create_model_prediction(owner: str, name: str, body: ModelPredictionRequest, request: Request, wait: int | None = None,
+                                      token_owners: list[str] = Depends(owners)) -> dict:
+        return await create(f"{owner}/{name}", None, body, request, token_owners, wait)
+
+    def prediction_for(prediction_id: str, token_owners: list[str]) -> dict:
+        doc = db.get_prediction(prediction_id)
+        if doc is None or not service.may_use(token_owners, doc["owner"]):
+            raise fail(404, f"prediction {prediction_id} not found")
+        return doc
+
+    @router.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
+    def get_prediction(prediction_id: str, token_owners: list[str] = Depends(owners)) -> dict:
+        return service.predictor.public(prediction_for(prediction_id, token_owners))
+
+    @router.get("/v1/predictions", summary="List predictions, newest first (filter: model=owner/name, status)")
+    def list_predictions(cursor: str | None = None, limit: int = 50, model: str | None = None, status: str | None = None,
+                         token_owners: list[str] = Depends(owners)) -> dict:
+        if cursor is not None and not cursor.isdigit():
+            raise fail(422, "cursor must come from a previous page's next")
+        if status is not None and status not in ("starting", "processing", *FINISHED):
+            raise fail(422, f"status {status!r} is not one of starting, processing, {', '.join(FINISHED)}")
+        limit = max(1, min(limit, 100))
+        owners_filter = None if ALL_OWNERS in token_owners else token_owners
+        page, after = db.list_predictions(owners_filter, model=model, status=status, before=int(cursor) if cursor else None,
+                                          limit=limit)
+        query = "".join(f"&{k}={v}" for k, v in (("model", model), ("status", status)) if v)
+        next_url = f"{config.base_url}/v1/predictions?cursor={after}&limit={limit}{query}" if after else None
+        return {"previous": None, "next": next_url, "results": [service.predictor.public(d) for d in page]}
+
+    @router.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
+    def cancel_prediction(prediction_id: str, token_owners: list[str] = Depends(owners)) -> dict:
+        doc = prediction_for(prediction_id, token_owners)
+        if doc["status"] not in FINISHED:
+            changes: dict = {"cancel_requested": True}
+            if doc["status"] == "starting" and not doc.get("version"):  # waiting for its training: nothing runs
+                changes.update(status="canceled", completed_at=now_iso())
+            doc = db.update_prediction(prediction_id, **changes)
+        return service.predictor.public(doc)
+
+    @router.get("/v1/models/{owner}/{name}", summary="Get a model (with its latest version)")
+    def get_model(owner: str, name: str, token_owners: list[str] = Depends(owners)) -> dict:
+        latest = db.latest_version(owner, name) if service.may_use(token_owners, owner) else None
+        if latest is None:
+            raise fail(404, f"model {owner}/{name} not found")
+        return {"url": f"{config.base_url}/v1/models/{owner}/{name}", "owner": owner, "name": name, "description": None,
+                "visibility": "private", "github_url": None, "paper_url": None, "license_url": None, "cover_image_url": None,
+                "default_example": None,
+                "run_count": sum(db.count_predictions(f"{owner}/{name}").values()), "latest_version": public_version(latest)}
+
+    return router
+
+
+def public_version(doc: dict) -> dict:
+    """A version as Replicate's clients read it (``openapi_schema`` and ``cog_version`` required)."""
+    return {**doc, "openapi_schema": doc.get("openapi_schema") or {}, "cog_version": doc.get("cog_version") or ""}

@@ -1,0 +1,280 @@
+"""Running one prediction on a worker: record → its version (or, for a prediction queued on a
+training, that training's new version once it exists) → the version's warm Cog server
+(:mod:`builder.service.model_servers`) → inputs made fetchable (the service's files as signed
+URLs; other URLs fetched here under the egress policy) → one Cog prediction, cancelable →
+outputs stored as files → the record finished → webhooks.
+
+Re-running is safe: a prediction interrupted by a restart starts again from its inputs (a Cog
+prediction has no partial result worth keeping), and only a prediction still ``starting`` or
+``processing`` is run.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import mimetypes
+import os
+import re
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from builder.cog.client import CogError, prediction_error
+from builder.egress import fetch
+from builder.service.config import ServiceConfig
+from builder.service.database import Database
+from builder.service.deliveries import Notifier
+from builder.service.files import FileStore, safe_name
+from builder.service.model_servers import ModelServers
+from builder.service.prediction import FILE_REF, public_prediction
+from builder.service.schemas import file_inputs
+from builder.service.training import FINISHED, now_iso
+from dreambuild.errors import DreambuildError
+
+log = logging.getLogger(__name__)
+POLL = 0.3
+DATA_URL = re.compile(r"^data:([^;,]+)?((?:;[^;,]*)*?)(;base64)?,(.*)$", re.S)
+
+
+class PredictionFailed(DreambuildError):
+    """The prediction cannot run (its training failed, its version is gone, ...)."""
+
+
+class Canceled(Exception):
+    pass
+
+
+def waiting_on(doc: dict, training: dict | None) -> str | None:
+    """For a prediction queued on a training: ``None`` when it may run (its version is set),
+    ``"wait"`` while the training runs, else why it cannot run."""
+    if doc.get("version"):
+        return None
+    if training is None:
+        return f"training {doc.get('training_id')} no longer exists"
+    if training["status"] == "succeeded" and training.get("version"):
+        return None
+    if training["status"] in FINISHED:
+        reason = training.get("error") or training["status"]
+        return f"training {training['id']} {training['status']}: {reason}"
+    return "wait"
+
+
+class Predictor:
+    """Runs predictions on this worker's model servers."""
+
+    def __init__(self, config: ServiceConfig, db: Database, files: FileStore, notifier: Notifier, servers: ModelServers) -> None:
+        self.config, self.db, self.files, self.notifier, self.servers = config, db, files, notifier, servers
+
+    def public(self, doc: dict) -> dict:
+        return public_prediction(doc, self.config.base_url, self.files.signed_url)
+
+    def _event(self, doc: dict, event: str, webhook_id: str | None = None) -> None:
+        self.notifier.prediction_event(doc, event, self.public(doc), webhook_id)
+
+    def run(self, prediction_id: str) -> str | None:
+        """Run the prediction if it is due; ``"wait"`` when it waits for its training."""
+        doc = self.db.get_prediction(prediction_id)
+        if doc is None or doc["status"] in FINISHED:
+            return None
+        try:
+            doc = self._resolve_version(doc)
+            if doc is None:
+                return "wait"
+            doc = self._predict(doc)
+        except Canceled:
+            doc = self._finish(prediction_id, "canceled", None)
+        except DreambuildError as exc:
+            doc = self._finish(prediction_id, "failed", str(exc))
+        except Exception as exc:  # a bug must still end the prediction and tell the user
+            log.exception("prediction %s failed", prediction_id)
+            doc = self._finish(prediction_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+        self._event(doc, "completed")
+        return None
+
+    def _finish(self, prediction_id: str, status: str, error: str | None, **changes) -> dict:
+        return self.db.update_prediction(prediction_id, status=status, error=error, completed_at=now_iso(), **changes)
+
+    def _check_cancel(self, doc: dict) -> None:
+        if doc.get("cancel_requested") or (doc.get("cancel_at") and time.time() >= doc["cancel_at"]):
+            raise Canceled
+
+    def _resolve_version(self, doc: dict) -> dict | None:
+        """The prediction with its version set (None while its training still runs)."""
+        self._check_cancel(doc)
+        if doc.get("version"):
+            return doc
+        training = self.db.get_training(doc["training_id"])
+        why = waiting_on(doc, training)
+        if why == "wait":
+            return None
+        if why:
+            raise PredictionFailed(why)
+        return self.db.update_prediction(doc["id"], version=training["version"], model=training["model"])
+
+    def _predict(self, doc: dict) -> dict:
+        owner, name = doc["model"].split("/")
+        version = self.db.get_version(owner, name, doc["version"])
+        if version is None:
+            raise PredictionFailed(f"version {doc['version']} of {doc['model']} no longer exists")
+        queued = time.time() - doc["created"]
+        try:
+            model, cold = self.servers.acquire(version["id"], version["image"])
+        except DreambuildError as exc:
+            raise PredictionFailed(f"model version {version['id']} could not start: {exc}") from None
+        broken = True
+        try:
+            doc = self.db.update_prediction(doc["id"], status="processing", started_at=now_iso())
+            self._check_cancel(doc)
+            self._event(doc, "start")
+            with tempfile.TemporaryDirectory(prefix="dreambuild-inputs-") as scratch:
+                inputs = self._inputs(doc, version, Path(scratch))
+                result = self._watch(doc, model, inputs)
+            broken = False
+        finally:
+            self.servers.release(model, broken=broken)
+        metrics = {"predict_time": (result.get("metrics") or {}).get("predict_time"), "queue_time": round(queued, 3),
+                   **({"setup_time": model.setup_time} if cold else {}), **_peak_memory(model.server.process.pid)}
+        logs = result.get("logs") or ""
+        if result.get("status") == "canceled":
+            raise Canceled
+        if result.get("status") != "succeeded":
+            self.db.update_prediction(doc["id"], logs=logs, metrics=metrics)
+            raise PredictionFailed(f"the model failed: {prediction_error(result.get('error'))}")
+        output = self._store_outputs(doc, result.get("output"))
+        doc = self._finish(doc["id"], "succeeded", None, output=output, logs=logs, metrics=metrics)
+        self._event(doc, "output")
+        return doc
+
+    def _watch(self, doc: dict, model, inputs: dict) -> dict:
+        """Run the Cog prediction while watching for cancel, Cancel-After and the deadline."""
+        client = model.client
+        outcome: dict = {}
+
+        def call() -> None:
+            try:
+                outcome["result"] = client.run_prediction(doc["id"], inputs, timeout=self.config.prediction_timeout_minutes * 60)
+            except BaseException as exc:  # handed to the watching thread
+                outcome["error"] = exc
+
+        runner = threading.Thread(target=call, name=f"predict-{doc['id']}", daemon=True)
+        runner.start()
+        deadline = time.monotonic() + self.config.prediction_timeout_minutes * 60
+        canceled = False
+        while runner.is_alive():
+            runner.join(POLL)
+            if canceled or not runner.is_alive():
+                continue
+            current = self.db.get_prediction(doc["id"]) or doc
+            try:
+                self._check_cancel(current)
+            except Canceled:
+                client.cancel(doc["id"])
+                canceled = True
+            if time.monotonic() > deadline:
+                client.cancel(doc["id"])
+                runner.join(10)
+                raise PredictionFailed(f"the prediction did not finish within prediction_timeout_minutes="
+                                       f"{self.config.prediction_timeout_minutes:g}")
+        if "error" in outcome:
+            error = outcome["error"]
+            if isinstance(error, CogError) and not model.server.alive():
+                raise PredictionFailed(f"the model's Cog server stopped: {model.server.logs()[-500:]}")
+            raise error
+        return outcome["result"]
+
+    def _inputs(self, doc: dict, version: dict, scratch: Path) -> dict:
+        """The inputs as the Cog server gets them: this service's files as signed URLs (owner
+        checked at creation), other URLs fetched here under the egress policy as data URLs."""
+        inputs = dict(doc["input"])
+        named = file_inputs(version.get("openapi_schema") or {})
+        for key, value in inputs.items():
+            values = value if isinstance(value, list) else [value]
+            converted = []
+            for index, item in enumerate(values):
+                file_id = self.files.file_id_of(item) if isinstance(item, str) else None
+                if file_id:
+                    item = self.files.signed_url(file_id, self.config.prediction_timeout_minutes * 60 + 300)
+                elif isinstance(item, str) and item.startswith(("http://", "https://")) and (key in named or not named):
+                    target = scratch / f"{key}-{index}" / safe_name(item.split("?")[0], "input")
+                    fetch(item, target, policy=self.config.egress, what=f"input.{key}", max_bytes=self.config.max_upload_bytes)
+                    mime = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+                    item = f"data:{mime};base64," + base64.b64encode(target.read_bytes()).decode()
+                converted.append(item)
+            inputs[key] = converted if isinstance(value, list) else converted[0]
+        return inputs
+
+    def _store_outputs(self, doc: dict, output):
+        """Cog's outputs with every file (a data URL, as Cog returns them without an upload URL)
+        stored as a file of the prediction's owner."""
+        counter = iter(range(10**6))
+
+        def store(value):
+            if isinstance(value, list):
+                return [store(v) for v in value]
+            if isinstance(value, dict):
+                return {k: store(v) for k, v in value.items()}
+            match = DATA_URL.match(value) if isinstance(value, str) and value.startswith("data:") else None
+            if not match:
+                return value
+            mime = match.group(1) or "application/octet-stream"
+            data = base64.b64decode(match.group(4)) if match.group(3) else match.group(4).encode()
+            name = f"output-{next(counter)}{mimetypes.guess_extension(mime) or '.bin'}"
+            saved = self.files.add_bytes(doc["owner"], name, mime, data, prediction_id=doc["id"])
+            return FILE_REF + saved["id"]
+
+        return store(output)
+
+
+def _peak_memory(pid: int) -> dict:
+    """Peak resident memory of the model server's processes (its session: server and predictor)."""
+    peak = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry.name)) != pid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (OSError, ValueError):
+            continue
+    return {"peak_host_memory_bytes": peak} if peak else {}
+
+
+class PredictionWorker:
+    """The embedded mode's prediction worker: at most ``max_concurrent_predictions`` at once in
+    this process (a ``dreambuild worker`` runs the same :meth:`Predictor.run` as queue jobs)."""
+
+    def __init__(self, predictor: Predictor, concurrency: int) -> None:
+        self.predictor = predictor
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prediction")
+
+    def submit(self, prediction_id: str) -> None:
+        self._pool.submit(self._run, prediction_id)
+
+    def _run(self, prediction_id: str) -> None:
+        try:
+            self.predictor.run(prediction_id)
+        except Exception:  # the record stays unfinished: the next start runs it again
+            log.exception("prediction %s could not run", prediction_id)
+
+    def resume(self) -> list[str]:
+        """Predictions left unfinished by the last process: run (or wait) again."""
+        ids = [doc["id"] for doc in self.predictor.db.unfinished_predictions()]
+        for prediction_id in ids:
+            self.submit(prediction_id)
+        return ids
+
+    def training_ended(self, training_id: str) -> None:
+        """Run the predictions that waited for this training."""
+        for doc in self.predictor.db.unfinished_predictions():
+            if doc.get("training_id") == training_id and not doc.get("version"):
+                self.submit(doc["id"])
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.predictor.servers.stop_all()

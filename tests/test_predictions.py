@@ -1,0 +1,231 @@
+"""Hosted predictions: versions built by trainings of the service (`dreambuild serve`, embedded
+worker) run through Replicate's routes, driven by the official `replicate` Python client, with
+real Cog model servers kept warm (a budget of one loaded model) and a real webhook receiver."""
+
+import io
+import json
+import time
+
+import httpx
+import pytest
+import replicate
+from PIL import Image
+from replicate.exceptions import ModelError, ReplicateError
+
+from tests.helpers import photos_zip
+from tests.test_service import ALICE, BOB, Service, seed_request, service_config, upload
+from tests.webhook_receiver import start_receiver
+
+FAST = {"num_inference_steps": 2, "width": 64, "height": 64, "seed": 3, "disable_safety_check": True}
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    server = start_receiver()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_base, registry, templates):
+    root = tmp_path_factory.mktemp("predictions")
+    config = service_config(root, tiny_base, registry, templates, max_upload_bytes=2 * 2**20, max_loaded_models=1, max_concurrent=2)
+    server = Service(root, config).start()
+    yield server
+    server.stop()
+
+
+def train(service, receiver, tmp_path, model: str, wait: bool = True, seed: int = 0) -> dict:
+    url = upload(service, photos_zip(tmp_path / f"{model.replace('/', '-')}.zip"))
+    request = seed_request(service, receiver, url, model=model)
+    request["input"]["seed"] = seed  # another seed, other weights: another version
+    created = httpx.post(f"{service.url}/v1/trainings", json=request, headers=ALICE)
+    assert created.status_code == 201, created.text
+    return service.wait(created.json()["id"]) if wait else created.json()
+
+
+@pytest.fixture(scope="module")
+def toy(service, receiver, tmp_path_factory) -> dict:
+    """A version of alice/toy, built by a training of the service."""
+    done = train(service, receiver, tmp_path_factory.mktemp("toy"), "alice/toy")
+    assert done["status"] == "succeeded", done["error"]
+    return done
+
+
+def client(service, token: str = "tok-alice") -> replicate.Client:
+    return replicate.Client(api_token=token, base_url=service.url)
+
+
+def png(tmp_path, colour=(200, 30, 30)) -> "Path":  # noqa: F821
+    path = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), colour).save(path)
+    return path
+
+
+def prediction(service, prediction_id: str, headers=ALICE) -> dict:
+    return httpx.get(f"{service.url}/v1/predictions/{prediction_id}", headers=headers).json()
+
+
+def wait_done(service, prediction_id: str, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = prediction(service, prediction_id)
+        if body["status"] in ("succeeded", "failed", "canceled"):
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"prediction {prediction_id} did not finish: {body}")
+
+
+def test_replicate_run_with_a_file_input_on_a_trained_version(tmp_path, service, toy):
+    """replicate.run("alice/toy:<version>") as its README shows, an img2img input uploaded by the
+    client to /v1/files; the output URLs work without the token and hold the images."""
+    with open(png(tmp_path), "rb") as image:
+        output = client(service).run(f"alice/toy:{toy['version']}", input={"image": image, "prompt_strength": 0.5, **FAST})
+    assert isinstance(output, list) and len(output) == 1
+    fetched = httpx.get(str(output[0]))  # no Authorization: a signed, expiring URL
+    assert fetched.status_code == 200 and Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+    # The signature is checked: the same URL with another expiry or signature is refused.
+    assert httpx.get(str(output[0]).replace("signature=", "signature=x")).status_code == 404
+    # The version the client fetched: its Cog schema, as Replicate's clients read it.
+    version = client(service).models.get("alice/toy").latest_version
+    assert version.id == toy["version"] and "image" in version.openapi_schema["components"]["schemas"]["Input"]["properties"]
+
+
+def test_predictions_create_get_list_and_warm_reuse(service, toy):
+    api = client(service)
+    first = api.predictions.create(version=toy["version"], input={"prompt": "a photo of a cjw toy", **FAST}, wait=True)
+    assert first.status == "succeeded", first.error
+    second = api.predictions.create(version=f"alice/toy:{toy['version']}", input={"prompt": "a photo of a cjw toy", **FAST})
+    second.wait()
+    assert second.status == "succeeded", second.error
+    # Same inputs, same seed: the same image; the second ran on the warm server (no setup).
+    images = [httpx.get(p.output[0]).content for p in (first, second)]
+    assert images[0] == images[1]
+    assert "setup_time" not in second.metrics and second.metrics["predict_time"] > 0
+    assert second.metrics["queue_time"] >= 0 and second.metrics["peak_host_memory_bytes"] > 0
+    got = api.predictions.get(second.id)
+    assert got.status == "succeeded" and got.version == toy["version"]
+    listed = [p.id for p in api.predictions.list().results]
+    assert listed.index(second.id) < listed.index(first.id)  # newest first
+    by_status = httpx.get(f"{service.url}/v1/predictions", params={"status": "succeeded", "model": "alice/toy"}, headers=ALICE).json()
+    assert {second.id, first.id} <= {p["id"] for p in by_status["results"]}
+    # The model route runs the latest version.
+    latest = httpx.post(f"{service.url}/v1/models/alice/toy/predictions", json={"input": FAST}, headers={**ALICE, "Prefer": "wait"}, timeout=90)
+    assert latest.status_code == 201 and latest.json()["status"] == "succeeded" and latest.json()["version"] == toy["version"]
+
+
+def test_bad_predictions_are_refused_clearly(service, toy):
+    def create(body, headers=ALICE):
+        return httpx.post(f"{service.url}/v1/predictions", json=body, headers=headers)
+
+    cases = [
+        ({"version": "alice/toy:" + "0" * 64, "input": {}}, "not found"),
+        ({"version": "alice/nope", "input": {}}, "not found"),
+        ({"version": toy["version"], "input": {"colour": "red"}}, "input.colour: unknown input"),
+        ({"version": toy["version"], "input": {"num_outputs": 99}}, "input.num_outputs"),
+        ({"version": toy["version"], "input": {"image": "file:///etc/passwd"}}, "input.image must be a file"),
+        ({"version": toy["version"], "input": {"image": "http://10.1.2.3/x.png"}}, "input.image"),
+        ({"version": toy["version"], "input": {"image": f"{service.url}/v1/files/{'a' * 32}"}}, "not found"),
+        ({"training": "nope", "input": {}}, "training 'nope' not found"),
+    ]
+    for body, message in cases:
+        response = create(body)
+        assert response.status_code == 422 and message in response.json()["detail"], (body, response.text)
+    # Bob may not run Alice's model, nor see her predictions and files.
+    assert create({"version": toy["version"], "input": {}}, headers=BOB).status_code == 422
+    assert create({"version": f"alice/toy:{toy['version']}", "input": {}}, headers=BOB).status_code == 422
+    mine = create({"version": toy["version"], "input": FAST}).json()
+    assert httpx.get(f"{service.url}/v1/predictions/{mine['id']}", headers=BOB).status_code == 404
+    assert httpx.post(f"{service.url}/v1/predictions/{mine['id']}/cancel", headers=BOB).status_code == 404
+    assert mine["id"] not in [p["id"] for p in httpx.get(f"{service.url}/v1/predictions", headers=BOB).json()["results"]]
+    uploaded = httpx.post(f"{service.url}/v1/files", files={"content": ("a.png", b"\x89PNG", "image/png")}, headers=ALICE).json()
+    assert httpx.get(f"{service.url}/v1/files/{uploaded['id']}", headers=BOB).status_code == 404
+    assert create({"version": toy["version"], "input": {"image": uploaded["urls"]["get"]}}, headers=BOB).status_code == 422
+    # A file over the limit is refused on the bytes read, and nothing is kept.
+    big = httpx.post(f"{service.url}/v1/files", files={"content": ("big.bin", b"x" * (3 * 2**20), "application/octet-stream")},
+                     headers=ALICE)
+    assert big.status_code == 413
+    with pytest.raises(ReplicateError):
+        client(service, "tok-bob").run(f"alice/toy:{toy['version']}", input=FAST)
+    assert wait_done(service, mine["id"])["status"] == "succeeded"
+
+
+def test_cancel_and_cancel_after(service, toy):
+    slow = {**FAST, "num_inference_steps": 400, "width": 256, "height": 256}
+    created = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": slow}, headers=ALICE).json()
+    deadline = time.monotonic() + 120
+    while prediction(service, created["id"])["status"] != "processing" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    canceled = httpx.post(created["urls"]["cancel"], headers=ALICE).json()
+    assert canceled["id"] == created["id"]
+    assert wait_done(service, created["id"], 60)["status"] == "canceled"
+    timed = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": slow},
+                       headers={**ALICE, "Cancel-After": "5s"}).json()
+    assert wait_done(service, timed["id"], 120)["status"] == "canceled"
+    # The server is still good for the next prediction.
+    after = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
+                       headers={**ALICE, "Prefer": "wait=60"}, timeout=90).json()
+    assert after["status"] == "succeeded", after["error"]
+    bad = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
+                     headers={**ALICE, "Cancel-After": "soon"})
+    assert bad.status_code == 422 and "Cancel-After" in bad.json()["detail"]
+
+
+def test_queued_on_a_training_then_two_versions_alternate_with_one_loaded(tmp_path, service, receiver, toy):
+    """ChaosPixel's "predict before training ends", then eviction: a budget of one loaded model,
+    two versions in turn, each answer still right."""
+    training = train(service, receiver, tmp_path, "alice/second", wait=False, seed=1)
+    queued = httpx.post(f"{service.url}/v1/predictions", json={"training": training["id"], "input": FAST},
+                        headers={**ALICE, "Prefer": "wait=1"}, timeout=90).json()
+    assert queued["status"] == "starting" and queued["version"] == ""
+    done = wait_done(service, queued["id"])
+    built = service.wait(training["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["version"] == built["version"] and done["model"] == "alice/second" and "setup_time" in done["metrics"]
+    outputs = {}
+    for turn in range(2):
+        for model in ("alice/toy", "alice/second"):
+            body = httpx.post(f"{service.url}/v1/models/{model}/predictions", json={"input": FAST},
+                              headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+            assert body["status"] == "succeeded", body["error"]
+            assert "setup_time" in body["metrics"]  # the other version was loaded: this one started again
+            outputs.setdefault(model, []).append(httpx.get(body["output"][0]).content)
+    assert outputs["alice/toy"][0] == outputs["alice/toy"][1] and outputs["alice/second"][0] == outputs["alice/second"][1]
+    assert outputs["alice/toy"][0] != outputs["alice/second"][0]  # two fine-tunes: two different images
+    # A prediction queued on a training that fails, fails too, saying why.
+    failing = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, f"{receiver.url}/missing.zip",
+                                                                          model="alice/broken"), headers=ALICE).json()
+    queued = httpx.post(f"{service.url}/v1/predictions", json={"training": failing["id"], "input": FAST}, headers=ALICE).json()
+    failed = wait_done(service, queued["id"])
+    assert failed["status"] == "failed" and f"training {failing['id']} failed" in failed["error"]
+
+
+def test_prediction_webhooks_are_signed_and_complete(service, receiver, toy):
+    body = {"version": toy["version"], "input": FAST, "webhook": f"{receiver.url}/predictions?who=alice",
+            "webhook_events_filter": ["start", "completed"]}
+    created = httpx.post(f"{service.url}/v1/predictions", json=body, headers=ALICE).json()
+    wait_done(service, created["id"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        hooks = [r for r in receiver.received if json.loads(r.body)["id"] == created["id"]]
+        if any(json.loads(h.body)["status"] == "succeeded" for h in hooks):
+            break
+        time.sleep(0.1)
+    ids = sorted(h.headers["webhook-id"] for h in hooks)
+    assert ids == sorted([f"{created['id']}-start", f"{created['id']}-completed"])
+    final = json.loads(next(h.body for h in hooks if h.headers["webhook-id"].endswith("-completed")))
+    assert final["status"] == "succeeded" and final["output"][0].startswith(service.url)
+    secret = httpx.get(f"{service.url}/v1/webhooks/default/secret", headers=ALICE).json()["key"]
+    from replicate.webhook import Webhooks, WebhookSigningSecret
+
+    for hook in hooks:
+        Webhooks.validate(headers=hook.headers, body=hook.body, secret=WebhookSigningSecret(key=secret))
+
+
+def test_a_model_failure_fails_its_prediction_and_the_worker_goes_on(service, toy):
+    bad = client(service)
+    with pytest.raises(ModelError):
+        bad.run(f"alice/toy:{toy['version']}", input={**FAST, "width": 100})  # not a multiple of 8: the model refuses
+    good = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
+                      headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+    assert good["status"] == "succeeded", good["error"]
