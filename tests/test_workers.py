@@ -20,7 +20,7 @@ from tests.webhook_receiver import start_receiver
 
 
 class WorkerProcess:
-    def __init__(self, root: Path, config: Path, name: str, roles: str = "train,build,webhooks") -> None:
+    def __init__(self, root: Path, config: Path, name: str, roles: str = "train,build,webhooks,predict") -> None:
         self.root, self.config, self.name, self.roles = root, config, name, roles
         self.proc: subprocess.Popen | None = None
 
@@ -110,7 +110,7 @@ def test_trainings_spread_over_both_workers(tmp_path, cluster, receiver):
     api, workers = cluster
     listed = wait_for(lambda: len(live_workers(api)) == 2 and live_workers(api), 120, "two live workers")
     assert {w["name"] for w in listed} == {"w1", "w2"}
-    assert all(w["trainer_versions"] == [local_trainer_version()] and w["roles"] == ["build", "train", "webhooks"] for w in listed)
+    assert all(w["trainer_versions"] == [local_trainer_version()] and w["roles"] == ["build", "predict", "train", "webhooks"] for w in listed)
     url = upload(api, photos_zip(tmp_path / "photos.zip"))
     created = [httpx.post(f"{api.url}/v1/trainings", json=seed_request(api, receiver, url, model=f"alice/spread-{n}"),
                           headers=ALICE).json() for n in range(2)]
@@ -176,6 +176,38 @@ def test_a_long_training_is_not_taken_from_a_live_worker_and_cancel_reaches_it(t
     wait_for(lambda: httpx.get(created["urls"]["get"], headers=ALICE).json()["status"] == "canceled", 30, "the cancel")
     assert time.monotonic() - asked < 5
     assert api.wait(created["id"])["status"] == "canceled"
+
+
+def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_path, cluster, receiver):
+    """replicate.run against the API; a worker (sharing no disk with it) runs the model, sends the
+    output to the API's file store; the next prediction goes to the worker that has it loaded."""
+    import replicate
+    from PIL import Image
+
+    from builder.service.database import Database, Workers
+
+    api, _ = cluster
+    url = upload(api, photos_zip(tmp_path / "photos.zip"))
+    created = httpx.post(f"{api.url}/v1/trainings", json=seed_request(api, receiver, url, model="alice/served"), headers=ALICE).json()
+    version = api.wait(created["id"])["version"]
+    fast = {"num_inference_steps": 2, "width": 64, "height": 64, "seed": 3, "disable_safety_check": True}
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(image)
+    client = replicate.Client(api_token="tok-alice", base_url=api.url)
+    with open(image, "rb") as handle:
+        (output,) = client.run(f"alice/served:{version}", input={"image": handle, "prompt_strength": 0.5, **fast})
+    assert httpx.get(str(output)).content[:4] == b"\x89PNG"  # a signed URL, served by the API
+    first = client.predictions.list().results[0]
+    assert "setup_time" in first.metrics
+    db = Database(api.config["database_url"])
+    try:
+        warm = wait_for(lambda: [w["name"] for w in Workers(db).live(20) if version in (w.get("loaded") or [])], 30, "the heartbeat")
+        second = client.predictions.create(version=version, input=fast, wait=True)
+        assert second.status == "succeeded" and "setup_time" not in second.metrics, second.metrics
+        assert db.get_prediction(second.id)["worker"] == warm[0] == db.get_prediction(first.id)["worker"]
+    finally:
+        db.close()
+    assert httpx.get(second.output[0]).content[:4] == b"\x89PNG"
 
 
 def test_a_training_recorded_by_an_api_that_died_before_queuing_it_still_runs(cluster, receiver):

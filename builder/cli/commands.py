@@ -112,8 +112,9 @@ def serve(
 def worker(
     config: Path = typer.Option(..., help="The service's configuration (workers: external, database_url: postgresql://…)."),
     gpu: str = typer.Option(None, help="The GPU this worker trains on (default: CUDA_VISIBLE_DEVICES); one worker per GPU."),
-    roles: str = typer.Option("train,build,webhooks", help="What it runs: train (the trainer versions' queues), build "
-                                                           "(build + push), webhooks; a CPU-only worker: build,webhooks."),
+    roles: str = typer.Option("train,build,webhooks,predict", help="What it runs: train (the trainer versions' queues), "
+                                                                   "build (build + push), webhooks, predict (hosted predictions, "
+                                                                   "models kept warm); a CPU-only worker: build,webhooks."),
     trainer: list[str] = typer.Option([], help="Only these trainer versions (repeatable; default: every one in the catalog)."),
     data_dir: Path = typer.Option(None, help="This worker's own directory (work files, layer cache); shares nothing with the API."),
     name: str = typer.Option(None, help="How `dreambuild workers` names it (default host-pid[-gpuN])."),

@@ -94,7 +94,7 @@ class Service:
             from builder.service.jobs import defer_prediction
 
             try:
-                defer_prediction(self.queue, doc)
+                defer_prediction(self.queue, doc, self.db)
             except Exception as exc:  # recorded already: the workers' reconcile job queues it
                 log.warning("prediction %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"],
                             type(exc).__name__, exc)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -99,6 +101,21 @@ def internal_router(service: Service) -> APIRouter:
         if not path.is_file():
             raise fail(404, "not found")
         return FileResponse(path)
+
+    @router.put("/internal/{secret}/predictions/{prediction_id}/outputs/{filename}", status_code=201)
+    async def receive_prediction_output(secret: str, prediction_id: str, filename: str, request: Request) -> dict:
+        """An output file of a prediction a worker runs, stored as a file of the prediction's owner."""
+        doc = service.db.get_prediction(prediction_id)
+        if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret) or doc["status"] != "processing":
+            raise fail(404, "not found")
+        if not FILENAME.fullmatch(filename):
+            raise fail(422, "bad file name")
+        with tempfile.TemporaryDirectory(prefix="dreambuild-output-") as scratch:
+            received = Path(scratch) / filename
+            await stream_to(request, received, config.max_output_bytes, None)
+            saved = service.files.add(doc["owner"], filename, request.headers.get("content-type") or "application/octet-stream",
+                                      lambda handle: shutil.copyfileobj(open(received, "rb"), handle), prediction_id=prediction_id)
+        return {"id": saved["id"]}
 
     @router.post("/internal/{secret}/cog/{training_id}")
     async def cog_update(secret: str, training_id: str, request: Request) -> dict:

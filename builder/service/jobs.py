@@ -30,12 +30,17 @@ log = logging.getLogger(__name__)
 STALLED_SECONDS = 20.0  # a worker silent this long is dead (it heartbeats every HEARTBEAT_SECONDS)
 HEARTBEAT_SECONDS = 5.0
 ORPHAN_SECONDS = 10.0  # a training this old with no job gets one
-BUILD, WEBHOOKS, MAINTENANCE = "build", "webhooks", "maintenance"
+BUILD, WEBHOOKS, MAINTENANCE, PREDICT = "build", "webhooks", "maintenance", "predict"
 
 
 def train_queue(trainer_version: str) -> str:
     """The queue of a trainer version's trainings (GPU workers subscribe to the versions they run)."""
     return "train-" + trainer_version.removeprefix("sha256:")[:16]
+
+
+def worker_predict_queue(worker_name: str) -> str:
+    """A prediction worker's own queue: predictions of a version it has loaded (warm) go there."""
+    return f"{PREDICT}-{worker_name}"
 
 
 def stage_queue(doc: dict) -> str:
@@ -55,6 +60,7 @@ class WorkerState:
 
     pipeline: Any = None
     notifier: Any = None
+    predictor: Any = None
     current: dict[str, str] = {}
 
 
@@ -77,6 +83,16 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
         doc = state.pipeline.db.get_training(training_id)
         if doc is not None and (following or (state.pipeline.stopping.is_set() and doc["stage"] != "done")):
             await defer_stage_async(app, doc)  # next stage, or the same one elsewhere (this worker is stopping)
+
+    @app.task(name="dreambuild.predict", pass_context=True)
+    async def predict(context, prediction_id: str) -> None:
+        """Run a prediction on this worker's model servers (a prediction waiting for its training
+        is queued again when the training ends)."""
+        state.current[str(context.job.id)] = prediction_id
+        try:
+            await asyncio.to_thread(state.predictor.run, prediction_id)
+        finally:
+            state.current.pop(str(context.job.id), None)
 
     @app.task(name="dreambuild.deliver")
     async def deliver(delivery_id: str) -> None:
@@ -129,6 +145,34 @@ async def defer_stage_async(app, doc: dict) -> None:
         pass
 
 
+def prediction_queue(db, doc: dict) -> str:
+    """The queue of a worker that has the version loaded and is idle, else the shared one: a warm
+    model answers without setup (Replicate routes to warm models too)."""
+    from builder.service.database import Workers
+
+    if doc.get("version"):
+        for worker in Workers(db).live(STALLED_SECONDS / 2):
+            if doc["version"] in (worker.get("loaded") or []) and not worker.get("current"):
+                return worker_predict_queue(worker["name"])
+    return PREDICT
+
+
+def defer_prediction(app, doc: dict, db=None) -> None:
+    """Queue a prediction (once), preferring a worker where its version is warm."""
+    import procrastinate.exceptions
+
+    queue = prediction_queue(db, doc) if db is not None else PREDICT
+    try:
+        app.tasks["dreambuild.predict"].configure(queue=queue, lock=f"prediction:{doc['id']}",
+                                                  queueing_lock=f"prediction:{doc['id']}").defer(prediction_id=doc["id"])
+    except procrastinate.exceptions.AlreadyEnqueued:
+        pass
+
+
+async def defer_prediction_async(app, doc: dict, db=None) -> None:
+    await asyncio.to_thread(defer_prediction, app, doc, db)
+
+
 def defer_delivery(app, delivery_id: str, at: float) -> None:
     _delivery_job(app, delivery_id, at).defer(delivery_id=delivery_id)
 
@@ -150,9 +194,35 @@ async def reconcile_jobs(app, state: WorkerState) -> None:
             continue
         log.warning("training %s (stage %s) had no job: queued", doc["id"], doc["stage"])
         await defer_stage_async(app, doc)
+    await _reconcile_predictions(app, db)
     for delivery_id, at in await asyncio.to_thread(state.notifier.pending):
         if f"webhook:{delivery_id}" not in locked and at < now - ORPHAN_SECONDS:
             await _delivery_job(app, delivery_id, now).defer_async(delivery_id=delivery_id)
+
+
+async def _reconcile_predictions(app, db) -> None:
+    """Queue unfinished predictions that have no job (and are not waiting for a training), and
+    move jobs waiting in the own queue of a worker that is gone to the shared queue."""
+    from builder.service.database import Workers
+    from builder.service.predictor import waiting_on
+
+    live = {w["name"] for w in await asyncio.to_thread(Workers(db).live, STALLED_SECONDS)}
+    rows = await app.connector.execute_query_all_async(
+        "SELECT id, lock, queue_name, status FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock LIKE 'prediction:%%'")
+    jobs = {row["lock"]: row for row in rows}
+    now = time.time()
+    for doc in await asyncio.to_thread(db.unfinished_predictions):
+        job = jobs.get(f"prediction:{doc['id']}")
+        orphaned = job is not None and job["status"] == "todo" and job["queue_name"].startswith(PREDICT + "-") \
+            and job["queue_name"].removeprefix(PREDICT + "-") not in live
+        if orphaned:
+            await app.job_manager.cancel_job_by_id_async(job["id"])
+            log.warning("prediction %s waited for a worker that is gone: queued for any worker", doc["id"])
+        elif job is not None or now - doc.get("created", now) < ORPHAN_SECONDS:
+            continue
+        if not doc.get("version") and waiting_on(doc, await asyncio.to_thread(db.get_training, doc["training_id"])) == "wait":
+            continue
+        await defer_prediction_async(app, {"id": doc["id"]})
 
 
 def apply_schema(config: ServiceConfig) -> None:

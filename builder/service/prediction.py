@@ -9,6 +9,7 @@ expiring download URLs, which work without the API token.
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from typing import Any, Callable
@@ -28,6 +29,7 @@ def new_prediction(*, owner: str, model: str, version: str | None, input: dict[s
         "created_at": now_iso(), "created": time.time(), "started_at": None, "completed_at": None,
         "webhook": webhook, "webhook_events_filter": list(events or EVENTS),
         "cancel_at": time.time() + cancel_after if cancel_after else None,
+        "secret": secrets.token_urlsafe(24),  # addresses the internal route a worker sends its outputs to
     }
 
 

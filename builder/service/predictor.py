@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+
 from builder.cog.client import CogError, prediction_error
 from builder.egress import fetch
 from builder.service.config import ServiceConfig
@@ -65,8 +67,10 @@ def waiting_on(doc: dict, training: dict | None) -> str | None:
 class Predictor:
     """Runs predictions on this worker's model servers."""
 
-    def __init__(self, config: ServiceConfig, db: Database, files: FileStore, notifier: Notifier, servers: ModelServers) -> None:
+    def __init__(self, config: ServiceConfig, db: Database, files: FileStore, notifier: Notifier, servers: ModelServers, *,
+                 local_files: bool = True, worker: str = "embedded") -> None:
         self.config, self.db, self.files, self.notifier, self.servers = config, db, files, notifier, servers
+        self.local_files, self.worker = local_files, worker  # a worker sends outputs to the API (no shared disk)
 
     def public(self, doc: dict) -> dict:
         return public_prediction(doc, self.config.base_url, self.files.signed_url)
@@ -126,7 +130,7 @@ class Predictor:
             raise PredictionFailed(f"model version {version['id']} could not start: {exc}") from None
         broken = True
         try:
-            doc = self.db.update_prediction(doc["id"], status="processing", started_at=now_iso())
+            doc = self.db.update_prediction(doc["id"], status="processing", started_at=now_iso(), worker=self.worker)
             self._check_cancel(doc)
             self._event(doc, "start")
             with tempfile.TemporaryDirectory(prefix="dreambuild-inputs-") as scratch:
@@ -222,10 +226,23 @@ class Predictor:
             mime = match.group(1) or "application/octet-stream"
             data = base64.b64decode(match.group(4)) if match.group(3) else match.group(4).encode()
             name = f"output-{next(counter)}{mimetypes.guess_extension(mime) or '.bin'}"
-            saved = self.files.add_bytes(doc["owner"], name, mime, data, prediction_id=doc["id"])
-            return FILE_REF + saved["id"]
+            return FILE_REF + self._save(doc, name, mime, data)
 
         return store(output)
+
+
+    def _save(self, doc: dict, name: str, mime: str, data: bytes) -> str:
+        """Store an output file; its id."""
+        if self.local_files:
+            return self.files.add_bytes(doc["owner"], name, mime, data, prediction_id=doc["id"])["id"]
+        url = f"{self.config.base_url}/internal/{doc['secret']}/predictions/{doc['id']}/outputs/{name}"
+        try:
+            response = httpx.put(url, content=data, headers={"content-type": mime}, timeout=120)
+        except httpx.HTTPError as exc:
+            raise PredictionFailed(f"cannot reach the service's file store: {exc}") from None
+        if response.status_code != 201:
+            raise PredictionFailed(f"the service's file store refused {name}: HTTP {response.status_code} {response.text[:200]}")
+        return response.json()["id"]
 
 
 def _peak_memory(pid: int) -> dict:

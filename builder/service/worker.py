@@ -24,24 +24,27 @@ from builder.service.jobs import (
     BUILD,
     HEARTBEAT_SECONDS,
     MAINTENANCE,
+    PREDICT,
     STALLED_SECONDS,
     WEBHOOKS,
     WorkerState,
     apply_schema,
     create_queue_app,
     defer_delivery,
+    defer_prediction,
     train_queue,
+    worker_predict_queue,
 )
 from builder.service.pipeline import Pipeline
 from builder.service.schemas import TrainerSchemas
 from dreambuild.errors import DreambuildError, InputError
 
 log = logging.getLogger(__name__)
-ROLES = ("train", "build", "webhooks")
+ROLES = ("train", "build", "webhooks", "predict")
 RETRY_SECONDS = 3
 
 
-def worker_queues(config: ServiceConfig, roles: set[str], trainers: list[str] | None) -> dict[str, list[str]]:
+def worker_queues(config: ServiceConfig, roles: set[str], trainers: list[str] | None, name: str = "") -> dict[str, list[str]]:
     """The queues of each of this worker's roles."""
     unknown = roles - set(ROLES)
     if unknown:
@@ -63,6 +66,8 @@ def worker_queues(config: ServiceConfig, roles: set[str], trainers: list[str] | 
         queues["build"] = [BUILD]
     if "webhooks" in roles:
         queues["webhooks"] = [WEBHOOKS, MAINTENANCE]
+    if "predict" in roles:  # its own queue first: predictions routed to the versions it has warm
+        queues["predict"] = [worker_predict_queue(name), PREDICT]
     return queues
 
 
@@ -73,8 +78,10 @@ def run_worker(config: ServiceConfig, *, roles: set[str], gpu: str | None = None
         raise InputError("dreambuild worker needs `workers: external` and a PostgreSQL database_url in the configuration")
     if gpu is None and "train" in roles:
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES") or None
-    queues = worker_queues(config, roles, trainers)
+    if gpu is None and "predict" in roles:
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES") or None
     name = name or f"{socket.gethostname()}-{os.getpid()}" + (f"-gpu{gpu}" if gpu is not None else "")
+    queues = worker_queues(config, roles, trainers, name)
     asyncio.run(_main(config, queues, gpu, name, webhook_concurrency))
 
 
@@ -105,6 +112,21 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
     schemas = TrainerSchemas(config, db)
     state.pipeline = Pipeline(config, db, schemas, state.notifier, local_files=False, gpu=gpu, worker=name)
     state.current = {}
+    if "predict" in queues:
+        from builder.service.files import FileStore
+        from builder.service.model_servers import ModelServers
+        from builder.service.predictor import Predictor
+
+        state.predictor = Predictor(config, db, FileStore(config, db), state.notifier,
+                                    ModelServers(config.builder_settings(), config.max_loaded_models, gpu), local_files=False, worker=name)
+
+    def training_ended(training_id: str) -> None:
+        """Queue the predictions that waited for this training."""
+        for doc in db.unfinished_predictions():
+            if doc.get("training_id") == training_id and not doc.get("version"):
+                defer_prediction(app, doc)
+
+    state.pipeline.on_training_end = training_ended
     if "train" in queues:  # publish the schemas an API without the trainers' code validates with
         for version in config.trainers:
             try:
@@ -146,7 +168,8 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
                 doc = {"id": worker_id, "name": name, "host": socket.gethostname(), "pid": os.getpid(), "gpu": gpu,
                        "queues": sorted(q for qs in queues.values() for q in qs), "roles": sorted(queues),
                        "trainer_versions": [v for v in config.trainers if train_queue(v) in queues.get("train", [])],
-                       "current": sorted(set(state.current.values()))}
+                       "current": sorted(set(state.current.values())),
+                       "loaded": state.predictor.servers.loaded() if state.predictor else []}
                 try:
                     await asyncio.to_thread(workers.beat, worker_id, doc)
                 except DreambuildError as exc:
@@ -164,6 +187,8 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
             task.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
         await beating
+        if state.predictor is not None:
+            await asyncio.to_thread(state.predictor.servers.stop_all)
     try:
         workers.remove(worker_id)
     except DreambuildError:
