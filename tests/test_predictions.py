@@ -4,7 +4,9 @@ real Cog model servers kept warm (a budget of one loaded model) and a real webho
 
 import io
 import json
+import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -56,7 +58,7 @@ def client(service, token: str = "tok-alice") -> replicate.Client:
     return replicate.Client(api_token=token, base_url=service.url)
 
 
-def png(tmp_path, colour=(200, 30, 30)) -> "Path":  # noqa: F821
+def png(tmp_path, colour=(200, 30, 30)) -> Path:
     path = tmp_path / "in.png"
     Image.new("RGB", (64, 64), colour).save(path)
     return path
@@ -89,6 +91,19 @@ def test_replicate_run_with_a_file_input_on_a_trained_version(tmp_path, service,
     # The version the client fetched: its Cog schema, as Replicate's clients read it.
     version = client(service).models.get("alice/toy").latest_version
     assert version.id == toy["version"] and "image" in version.openapi_schema["components"]["schemas"]["Input"]["properties"]
+
+
+def test_the_javascript_client_runs_a_version_with_a_file_input(tmp_path, service, toy):
+    """The npm `replicate` package (tests/js, installed by ./dev test) with the machine's node."""
+    script = Path(__file__).parent / "js" / "run_model.mjs"
+    done = subprocess.run(["node", str(script), service.url, "tok-alice", f"alice/toy:{toy['version']}", str(png(tmp_path))],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (output,) = json.loads(done.stdout.strip().splitlines()[-1])["outputs"]
+    assert output["status"] == 200 and output["png"] and output["url"].startswith(f"{service.url}/v1/files/")
+    # The file input it uploaded is Alice's, with the metadata part the JS client sends.
+    files = httpx.get(f"{service.url}/v1/files", headers=ALICE).json()["results"]
+    assert any(f["name"].startswith("buffer_") for f in files)
 
 
 def test_predictions_create_get_list_and_warm_reuse(service, toy):

@@ -142,11 +142,16 @@ def files_router(service: Service) -> APIRouter:
 
     @router.post("/v1/files", status_code=201, summary="Upload a file for a prediction's input (multipart: content)")
     async def create_file(request: Request, token_owners: list[str] = Depends(owners)) -> dict:
-        form = await request.form(max_files=1, max_fields=8)
+        # The JavaScript client sends metadata as a second file part (a JSON blob); Python's as a field.
+        form = await request.form(max_files=2, max_fields=8)
         content = form.get("content")
         if not isinstance(content, UploadFile):
             raise fail(422, "the upload needs a multipart field named content holding the file")
         metadata = form.get("metadata")
+        if isinstance(metadata, UploadFile):
+            metadata = (await metadata.read(65537)).decode(errors="replace")
+            if len(metadata) > 65536:
+                raise fail(413, "metadata is over the limit of 65536 bytes")
         try:
             metadata = json.loads(metadata) if isinstance(metadata, str) and metadata else {}
         except ValueError:
