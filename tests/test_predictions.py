@@ -244,3 +244,31 @@ def test_a_model_failure_fails_its_prediction_and_the_worker_goes_on(service, to
     good = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
                       headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
     assert good["status"] == "succeeded", good["error"]
+
+
+def test_the_cli_runs_lists_gets_and_cancels(tmp_path, service, toy):
+    import os
+    import sys
+
+    cli_path = str(Path(sys.executable).parent / "dreambuild")
+
+    def cli(*args):
+        env = {**os.environ, "DREAMBUILD_URL": service.url, "DREAMBUILD_TOKEN": "tok-alice"}
+        return subprocess.run([cli_path, *args], capture_output=True, text=True, env=env, timeout=600)
+
+    args = [a for k, v in FAST.items() for a in ("-i", f"{k}={str(v).lower() if isinstance(v, bool) else v}")]
+    done = cli("run", f"alice/toy:{toy['version']}", *args, "-i", f"image=@{png(tmp_path)}", "-i", "prompt_strength=0.5",
+               "-o", str(tmp_path / "out"), "--wait")
+    assert done.returncode == 0, done.stderr
+    (written,) = [Path(line) for line in done.stdout.split()]
+    assert written.parent == tmp_path / "out" and Image.open(written).size == (64, 64)
+    listed = cli("predictions", "list", "--model", "alice/toy", "--status", "succeeded")
+    assert listed.returncode == 0 and toy["version"] in listed.stdout
+    prediction_id = listed.stdout.split()[0]
+    assert json.loads(cli("predictions", "get", prediction_id).stdout)["status"] == "succeeded"
+    assert "cancel requested (succeeded)" in cli("predictions", "cancel", prediction_id).stdout
+    queued = cli("run", "alice/toy", *args)
+    assert queued.returncode == 0 and len(queued.stdout.strip()) == 26
+    failed = cli("run", "alice/none", "--wait")
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert failed.returncode == 1 and len(errors) == 1 and "not found" in errors[0], failed.stderr

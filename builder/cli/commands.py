@@ -223,7 +223,9 @@ URL_OPTION = typer.Option(None, "--url", help="Service URL (default DREAMBUILD_U
 TOKEN_OPTION = typer.Option(None, "--token", help="API token (default DREAMBUILD_TOKEN or .dreambuild/token).")
 trainings_app = typer.Typer(help="List, show and cancel trainings.", no_args_is_help=True)
 versions_app = typer.Typer(help="A model's built versions.", no_args_is_help=True)
+predictions_app = typer.Typer(help="List, show and cancel predictions.", no_args_is_help=True)
 app.add_typer(trainings_app, name="trainings")
+app.add_typer(predictions_app, name="predictions")
 app.add_typer(versions_app, name="versions")
 
 
@@ -326,3 +328,74 @@ def versions_list(model: str = typer.Argument(..., help="owner/name"), url: str 
         fail(str(exc))
     for v in page["results"]:
         print(f"{v['id']}  {v['image']}  {v['training_id']}  {v.get('notes') or ''}".rstrip())
+
+
+@app.command("run")
+def run_model(
+    model: str = typer.Argument(..., help="owner/name (its latest version) or owner/name:version"),
+    inputs: list[str] = typer.Option([], "-i", "--input", help="Model input key=value; key=@file uploads the file first."),
+    out: Path = typer.Option(Path("outputs"), "-o", "--out", help="Directory for the output files (with --wait)."),
+    wait: bool = typer.Option(False, "--wait", help="Show progress, write the outputs to --out; exit non-zero unless it succeeds."),
+    url: str = URL_OPTION,
+    token: str = TOKEN_OPTION,
+) -> None:
+    """Run a prediction of a model on the service (POST /v1/predictions); print its id, or wait."""
+    from urllib.parse import urlsplit
+
+    if "/" not in model:
+        fail(f"model {model!r} must be owner/name or owner/name:version")
+    try:
+        client = _client(url, token)
+        prediction = client.request("POST", "/v1/predictions", json={"version": model, "input": client.inputs(inputs, for_prediction=True)})
+        if not wait:
+            print(prediction["id"])
+            return
+        with err.status(f"{prediction['id']}: {prediction['status']}") as status:
+            while prediction["status"] not in ("succeeded", "failed", "canceled"):
+                time.sleep(0.5)
+                prediction = client.request("GET", f"/v1/predictions/{prediction['id']}")
+                last = (prediction.get("logs") or "").strip().splitlines()[-1:] or [""]
+                status.update(f"{prediction['id']}: {prediction['status']} {last[0][:80]}".rstrip())
+        if prediction["status"] != "succeeded":
+            fail(f"prediction {prediction['id']} {prediction['status']}: {prediction.get('error')}")
+        outputs = prediction["output"] if isinstance(prediction["output"], list) else [prediction["output"]]
+        for item in outputs:
+            if isinstance(item, str) and item.startswith(("http://", "https://")):
+                print(client.download(item, out / urlsplit(item).path.rsplit("/", 1)[-1]))
+            else:
+                print(json.dumps(item))
+    except (DreambuildError, OSError, ValueError) as exc:
+        fail(str(exc))
+
+
+@predictions_app.command("list")
+def predictions_list(limit: int = typer.Option(20, help="How many, newest first."), model: str = typer.Option(None, help="Only this owner/name."),
+                     status: str = typer.Option(None, help="Only this status."), url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
+    """The newest predictions: id, status, model, version, predict time."""
+    params = {k: v for k, v in {"limit": limit, "model": model, "status": status}.items() if v is not None}
+    try:
+        page = _client(url, token).request("GET", "/v1/predictions", params=params)
+    except DreambuildError as exc:
+        fail(str(exc))
+    for p in page["results"]:
+        seconds = (p.get("metrics") or {}).get("predict_time")
+        print(f"{p['id']}  {p['status']:10} {p['model']}  {p['version'] or '-'}  {f'{seconds:.2f}s' if seconds else ''}".rstrip())
+
+
+@predictions_app.command("get")
+def predictions_get(prediction_id: str, url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
+    """One prediction, as JSON."""
+    try:
+        _print_json(_client(url, token).request("GET", f"/v1/predictions/{prediction_id}"))
+    except DreambuildError as exc:
+        fail(str(exc))
+
+
+@predictions_app.command("cancel")
+def predictions_cancel(prediction_id: str, url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
+    """Cancel a prediction."""
+    try:
+        prediction = _client(url, token).request("POST", f"/v1/predictions/{prediction_id}/cancel")
+    except DreambuildError as exc:
+        fail(str(exc))
+    print(f"{prediction['id']}: cancel requested ({prediction['status']})")

@@ -8,6 +8,7 @@ the token from ``--token`` / ``DREAMBUILD_TOKEN``, else the embedded default's t
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 from pathlib import Path
 
@@ -68,12 +69,38 @@ class ServiceClient:
         with open(path, "rb") as handle:
             return self.request("POST", f"/v1/uploads/{path.name}", content=handle)["url"]
 
-    def inputs(self, pairs: list[str]) -> dict:
-        """``key=value`` pairs; ``key=@file`` uploads the file and passes its URL."""
+    def upload_file(self, path: Path) -> str:
+        """A prediction's file input: uploaded to ``/v1/files`` as Replicate's clients do; its URL."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise InputError(f"file {path} does not exist")
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        with open(path, "rb") as handle:
+            return self.request("POST", "/v1/files", files={"content": (path.name, handle, mime)})["urls"]["get"]
+
+    def inputs(self, pairs: list[str], *, for_prediction: bool = False) -> dict:
+        """``key=value`` pairs; ``key=@file`` uploads the file and passes its URL (a training's
+        to /v1/uploads, a prediction's to /v1/files)."""
         values = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
             if not sep or not key:
                 raise InputError(f"input {pair!r} is not key=value")
-            values[key] = self.upload(Path(value[1:])) if value.startswith("@") else parse_value(value)
+            if value.startswith("@"):
+                values[key] = (self.upload_file if for_prediction else self.upload)(Path(value[1:]))
+            else:
+                values[key] = parse_value(value)
         return values
+
+    def download(self, url: str, target: Path) -> Path:
+        """An output (a signed URL: no token needed, none sent to a host it names)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with httpx.stream("GET", url, timeout=httpx.Timeout(60, read=600)) as response, open(target, "wb") as out:
+                if response.status_code != 200:
+                    raise ServiceError(f"downloading {url} failed with HTTP {response.status_code}")
+                for chunk in response.iter_bytes(2**20):
+                    out.write(chunk)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"cannot download {url}: {exc}") from None
+        return target
