@@ -272,3 +272,30 @@ def test_the_cli_runs_lists_gets_and_cancels(tmp_path, service, toy):
     failed = cli("run", "alice/none", "--wait")
     errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
     assert failed.returncode == 1 and len(errors) == 1 and "not found" in errors[0], failed.stderr
+
+
+def test_versions_that_cannot_run_fail_their_predictions_clearly(service, registry, templates, toy):
+    """An image gone from the registry; a model that fails in predict (the weight-less template
+    recorded as a version): each prediction fails saying so, and the worker goes on."""
+    from builder.service.database import Database
+
+    db = Database(Path(service.config["data_dir"]) / "dreambuild.sqlite")
+    gone = "sha256:" + "e" * 64
+    template_digest = templates["docker"].split("@")[1]
+    try:
+        db.add_version("alice", "gone", {"id": gone, "model": "alice/gone", "image": f"{registry.host}/alice/gone@{gone}",
+                                         "created_at": "2026-01-01T00:00:00Z"})
+        db.add_version("alice", "hollow", {"id": template_digest, "model": "alice/hollow", "image": templates["docker"],
+                                           "created_at": "2026-01-01T00:00:00Z"})
+    finally:
+        db.close()
+    for model, message in (("alice/gone", "could not start"), ("alice/hollow", "has no Stable Diffusion weights")):
+        body = httpx.post(f"{service.url}/v1/models/{model}/predictions", json={"input": FAST}, headers={**ALICE, "Prefer": "wait"},
+                          timeout=90).json()
+        body = wait_done(service, body["id"])
+        assert body["status"] == "failed" and message in body["error"] and "Traceback (most recent" not in body["error"], body
+    assert "not found" in wait_done(service, httpx.post(f"{service.url}/v1/models/alice/gone/predictions", json={"input": {}},
+                                                        headers=ALICE).json()["id"])["error"]
+    good = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
+                      headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+    assert good["status"] == "succeeded", good["error"]
