@@ -299,3 +299,32 @@ def test_versions_that_cannot_run_fail_their_predictions_clearly(service, regist
     good = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
                       headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
     assert good["status"] == "succeeded", good["error"]
+
+
+def test_the_docker_model_runner_fails_clearly_where_containers_cannot_run(tmp_path, tiny_base, registry, templates, podman, toy):
+    """model_runner: docker asks the engine (podman here, which cannot start containers on these
+    machines) for the image itself: the prediction fails with the engine's reason, and no
+    container is left behind."""
+    import docker
+
+    from builder.service.database import Database
+
+    config = service_config(tmp_path, tiny_base, registry, templates, model_runner="docker")
+    other = Service(tmp_path, config)
+    other.env = {"DOCKER_HOST": podman.docker_host}
+    other.start()
+    try:
+        db = Database(Path(config["data_dir"]) / "dreambuild.sqlite")
+        try:
+            db.add_version("alice", "toy", {"id": toy["version"], "model": "alice/toy", "image": toy["image"],
+                                            "created_at": "2026-01-01T00:00:00Z"})
+        finally:
+            db.close()
+        body = httpx.post(f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
+                          headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+        failed = wait_done(other, body["id"])
+        assert failed["status"] == "failed" and "could not start" in failed["error"] and "model image" in failed["error"], failed
+        left = docker.DockerClient(base_url=podman.docker_host).containers.list(all=True, filters={"name": "dreambuild-model-"})
+        assert left == []
+    finally:
+        other.stop()

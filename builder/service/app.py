@@ -67,7 +67,8 @@ class Service:
             self.worker = Worker(Pipeline(config, self.db, self.schemas, self.notifier), config.max_concurrent)
         self.files = FileStore(config, self.db)
         self.predictor = Predictor(config, self.db, self.files, self.notifier,
-                                   ModelServers(config.builder_settings(), config.max_loaded_models))
+                                   ModelServers(config.builder_settings(), config.max_loaded_models,
+                                                runner=config.model_runner))
         self.predictions: PredictionWorker | None = None  # the embedded prediction worker
         if self.worker is not None:
             self.predictions = PredictionWorker(self.predictor, config.max_concurrent_predictions)

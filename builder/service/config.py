@@ -104,6 +104,10 @@ class ServiceConfig(BaseModel):
     max_loaded_models: int = Field(1, ge=1, description="Model versions a worker keeps loaded (warm Cog servers) for "
                                    "predictions; the least recently used one is stopped for another.")
     max_concurrent_predictions: int = Field(1, ge=1, description="Predictions the embedded worker runs at once.")
+    model_runner: Literal["local", "docker"] = Field("local", description="How a worker runs a version for predictions: "
+                                                     "local (its /src from the layer cache in a local Cog server, this "
+                                                     "Python environment) or docker (the image itself, with only the "
+                                                     "worker's GPU, on the engine at DOCKER_HOST).")
     prediction_timeout_minutes: float = Field(30.0, description="A prediction running longer fails.")
     file_url_seconds: int = Field(3600, ge=60, description="How long signed download URLs of files and outputs work.")
 

@@ -1,6 +1,7 @@
 """Warm model servers of one worker: a version's image → its ``/src`` from the layer cache
 (:func:`builder.cog.unpack.unpack_src`, as ``dreambuild predict``: layers pulled once, shared by
-every version of a template) → a local Cog server started once (setup: the pipeline loaded) →
+every version of a template) → a local Cog server started once (setup: the pipeline loaded;
+``model_runner: docker``: the image itself as a container, with only the worker's GPU) →
 kept for the next prediction on that version → stopped when ``max_loaded_models`` are loaded and
 another version is needed (the least recently used idle one), or when it crashed.
 
@@ -15,12 +16,14 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from builder.cog.client import CogClient, CogError
+from builder.cog.container import CogContainer, start_cog_container
 from builder.cog.server import CogServer, start_cog_server
 from builder.cog.unpack import unpack_src
 from builder.settings import BuilderSettings
@@ -34,9 +37,9 @@ class LoadedModel:
     """One version's Cog server, warm."""
 
     version: str
-    server: CogServer
+    server: CogServer | CogContainer
     setup_time: float  # seconds the cold start took (pull, unpack, setup)
-    project: Path
+    project: Path | None  # the local server's working directory
     last_used: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)  # held by the prediction running on it
     predictions: int = 0
@@ -49,8 +52,8 @@ class LoadedModel:
 class ModelServers:
     """At most ``budget`` loaded versions; :meth:`acquire` a version's server, then :meth:`release` it."""
 
-    def __init__(self, settings: BuilderSettings, budget: int, gpu: str | None = None) -> None:
-        self.settings, self.budget, self.gpu = settings, budget, gpu
+    def __init__(self, settings: BuilderSettings, budget: int, gpu: str | None = None, runner: str = "local") -> None:
+        self.settings, self.budget, self.gpu, self.runner = settings, budget, gpu, runner
         self._loaded: dict[str, LoadedModel] = {}
         self._guard = threading.Condition()
         self._starting: set[str] = set()
@@ -116,6 +119,10 @@ class ModelServers:
 
     def _start(self, version: str, image: str) -> LoadedModel:
         started = time.monotonic()
+        if self.runner == "docker":  # the image as it is (its own Python and CUDA), with only this worker's GPU
+            container = start_cog_container(image, name=f"dreambuild-model-{uuid.uuid4().hex[:12]}",
+                                            gpus=[self.gpu] if self.gpu is not None else True, what="model image")
+            return LoadedModel(version=version, server=container, setup_time=round(time.monotonic() - started, 3), project=None)
         unpacked = unpack_src(image, self.settings)
         try:
             entry = yaml.safe_load((unpacked.src / "cog.yaml").read_text())["predict"]
@@ -135,8 +142,12 @@ class ModelServers:
 
     @staticmethod
     def _stop(model: LoadedModel) -> None:
-        model.server.stop(5)
-        shutil.rmtree(model.project, ignore_errors=True)
+        if isinstance(model.server, CogServer):
+            model.server.stop(5)
+        else:
+            model.server.stop()  # the container is removed
+        if model.project is not None:
+            shutil.rmtree(model.project, ignore_errors=True)
 
     def stop_all(self) -> None:
         with self._guard:

@@ -140,7 +140,7 @@ class Predictor:
         finally:
             self.servers.release(model, broken=broken)
         metrics = {"predict_time": (result.get("metrics") or {}).get("predict_time"), "queue_time": round(queued, 3),
-                   **({"setup_time": model.setup_time} if cold else {}), **_peak_memory(model.server.process.pid)}
+                   **({"setup_time": model.setup_time} if cold else {}), **_peak_memory(model.server)}
         logs = result.get("logs") or ""
         if result.get("status") == "canceled":
             raise Canceled
@@ -245,9 +245,13 @@ class Predictor:
         return response.json()["id"]
 
 
-def _peak_memory(pid: int) -> dict:
-    """Peak resident memory of the model server's processes (its session: server and predictor)."""
-    peak = 0
+def _peak_memory(server) -> dict:
+    """Peak resident memory of a local model server's processes (its session: server and
+    predictor); a container's is the engine's to tell."""
+    process = getattr(server, "process", None)
+    if process is None:
+        return {}
+    pid, peak = process.pid, 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

@@ -118,7 +118,8 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
         from builder.service.predictor import Predictor
 
         state.predictor = Predictor(config, db, FileStore(config, db), state.notifier,
-                                    ModelServers(config.builder_settings(), config.max_loaded_models, gpu), local_files=False, worker=name)
+                                    ModelServers(config.builder_settings(), config.max_loaded_models, gpu,
+                                                 runner=config.model_runner), local_files=False, worker=name)
 
     def training_ended(training_id: str) -> None:
         """Queue the predictions that waited for this training."""
