@@ -14,5 +14,7 @@ def test_demo_trains_builds_calls_the_webhook_and_predicts(tmp_path):
     assert summary["image"].endswith("@" + summary["version"]) and summary["image"].startswith("oci:")
     assert summary["webhook"]["received"] and summary["webhook"]["signature_valid"] and summary["webhook"]["version"] == summary["version"]
     assert set(summary["timings_seconds"]) >= {"stage_queued", "stage_training", "stage_building", "stage_webhook", "predict"}
+    # The last step ran the new version through the service: a cold start, so its setup is timed.
+    assert summary["prediction"]["status"] == "succeeded" and summary["prediction"]["metrics"]["setup_time"] > 0
     (png,) = summary["outputs"]
     assert Image.open(png).size == (64, 64)

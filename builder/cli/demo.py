@@ -3,8 +3,9 @@
 tiny local models → the vanilla template as an OCI image in the embedded layout (no Docker, no
 Cog build) → the trainings service, in-process, embedded defaults → the seed's request with the
 sample photos → Train (tiny DreamBooth on CPU, the trainer in a real Cog server) → Build + Push
-(into the embedded layout) → Webhook (to a local receiver; signature verified) → ``predict`` on
-the new version without Docker → ``DIR/summary.json`` and ``DIR/output-0.png``.
+(into the embedded layout) → Webhook (to a local receiver; signature verified) → a prediction of
+the new version through the service (``POST /v1/predictions``, without Docker) →
+``DIR/summary.json`` and ``DIR/output-0.png``.
 """
 
 from __future__ import annotations
@@ -98,9 +99,7 @@ def run_demo(out: Path, say=print) -> dict:
     from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
     from builder.cli.template_image import make_template_image
-    from builder.cog.predict_image import predict
     from builder.service.config import local_trainer_version
-    from builder.settings import BuilderSettings
 
     require_checkout("the demo")
     from fixtures.tiny_models import build_tiny_safety_checker, build_tiny_sd
@@ -168,18 +167,33 @@ def run_demo(out: Path, say=print) -> dict:
             webhook.update(path=path, id=headers.get("webhook-id"), status=payload["status"], version=payload["version"])
         signature = "valid" if webhook.get("signature_valid") else "INVALID"
         say(f"webhook: {'received, signature ' + signature if webhook['received'] else 'not received'}")
+
+        t = time.monotonic()
+        say("predict: the new version through the service (POST /v1/predictions; its layers from the embedded layout, "
+            "a local Cog server kept warm) ...")
+        # No prompt: the template defaults to the instance prompt recorded in args.json.
+        prediction = api.post("/v1/predictions", json={"version": f"demo/cjw-toy:{training['version']}",
+                                                       "input": {"num_inference_steps": 20, "seed": 0}},
+                              headers={"Prefer": "wait"}, timeout=120).json()
+        while prediction.get("status") not in ("succeeded", "failed", "canceled"):
+            if "id" not in prediction:
+                raise SystemExit(f"demo: the service refused the prediction: {prediction.get('detail')}")
+            time.sleep(0.2)
+            prediction = api.get(f"/v1/predictions/{prediction['id']}").json()
+        if prediction["status"] != "succeeded":
+            raise SystemExit(f"demo: the prediction {prediction['status']}: {prediction['error']}")
+        written = []
+        for index, url in enumerate(prediction["output"]):
+            target = out / f"output-{index}.png"
+            target.write_bytes(httpx.get(url, timeout=60).content)  # a signed URL: no token
+            written.append(target)
+        timings["predict"] = time.monotonic() - t
     finally:
         api.close()
         receiver.shutdown()
         receiver.server_close()
         server.should_exit = True
 
-    t = time.monotonic()
-    say("predict: the new version without Docker (layers from the embedded layout, a local Cog server) ...")
-    # No prompt: the template defaults to the instance prompt recorded in args.json.
-    written = predict(training["image"], ["num_inference_steps=20", "seed=0"], out,
-                      settings=BuilderSettings(home=data_dir))
-    timings["predict"] = time.monotonic() - t
     summary = {
         "training_id": training["id"],
         "status": training["status"],
@@ -188,6 +202,7 @@ def run_demo(out: Path, say=print) -> dict:
         "template_version": template_version,
         "metrics": training["metrics"],
         "webhook": webhook,
+        "prediction": {key: prediction[key] for key in ("id", "status", "metrics")},
         "outputs": [str(p) for p in written],
         "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
     }
