@@ -38,7 +38,7 @@ def test_the_compose_file_has_the_roles_of_the_readme():
     for n, (name, service) in enumerate(sorted(gpu.items())):
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["device_ids"] == [str(n)] and device["capabilities"] == ["gpu"] and service["profiles"] == ["gpu"]
-        assert "train" in service["command"]
+        assert "train,predict" in service["command"]
     for service in services.values():
         for path in [service.get("build", {}).get("dockerfile")] if service.get("build") else []:
             assert (REPO / path).is_file() and (REPO / f"{path}.dockerignore").is_file()
