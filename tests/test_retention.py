@@ -26,12 +26,28 @@ def test_the_sweep_deletes_what_expired(tmp_path):
         (config.files / training_id / "output.zip").write_bytes(b"PK")
         db.create_training({"id": training_id, "owner": "alice", "status": status, "stage": "done" if status != "processing" else "training",
                             "completed_at": _iso(now - timedelta(hours=age)), "weights": str(config.files / training_id / "output.zip")})
-    assert sweep(config, db, now) == {"uploads": 1, "trainings": 1}
+    assert sweep(config, db, now) == {"uploads": 1, "trainings": 1, "files": 0}
     assert [u["id"] for u in db.list_uploads()] == ["new"] and not (tmp_path / "uploads" / "old").exists()
     assert not (config.files / "t-old").exists() and (config.files / "t-new").exists() and (config.files / "t-running").exists()
     old = db.get_training("t-old")
     assert old["weights"] is None and old["files_deleted_at"]
-    assert sweep(config, db, now) == {"uploads": 0, "trainings": 0}
+    assert sweep(config, db, now) == {"uploads": 0, "trainings": 0, "files": 0}
     # No expiry configured: nothing is ever deleted by the sweep.
-    kept = ServiceConfig(data_dir=tmp_path, upload_expiry_hours=None, output_expiry_hours=None)
-    assert sweep(kept, db, now + timedelta(days=999)) == {"uploads": 0, "trainings": 0}
+    kept = ServiceConfig(data_dir=tmp_path, upload_expiry_hours=None, output_expiry_hours=None, file_expiry_hours=None)
+    assert sweep(kept, db, now + timedelta(days=999)) == {"uploads": 0, "trainings": 0, "files": 0}
+
+
+def test_the_sweep_deletes_prediction_files_and_marks_their_predictions(tmp_path):
+    config = ServiceConfig(data_dir=tmp_path, upload_expiry_hours=None, output_expiry_hours=None, file_expiry_hours=24)
+    db = Database(config.database)
+    now = datetime.now(timezone.utc)
+    folder = tmp_path / "prediction-files" / "f1"
+    folder.mkdir(parents=True)
+    (folder / "output-0.png").write_bytes(b"png")
+    db.create_prediction({"id": "p1", "owner": "alice", "model": "alice/toy", "status": "succeeded", "output": ["dreambuild-file:f1"]})
+    db.add_file({"id": "f1", "owner": "alice", "name": "output-0.png", "path": str(folder / "output-0.png"), "prediction_id": "p1"})
+    assert sweep(config, db, now + timedelta(hours=23)) == {"uploads": 0, "trainings": 0, "files": 0}
+    assert db.get_file("f1") and folder.exists()
+    assert sweep(config, db, now + timedelta(hours=25)) == {"uploads": 0, "trainings": 0, "files": 1}
+    assert db.get_file("f1") is None and not folder.exists()
+    assert db.get_prediction("p1")["data_removed"] and db.get_prediction("p1")["output"] is None

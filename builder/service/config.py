@@ -110,6 +110,9 @@ class ServiceConfig(BaseModel):
                                                      "worker's GPU, on the engine at DOCKER_HOST).")
     prediction_timeout_minutes: float = Field(30.0, description="A prediction running longer fails.")
     file_url_seconds: int = Field(3600, ge=60, description="How long signed download URLs of files and outputs work.")
+    file_expiry_hours: float | None = Field(24, description="Files of predictions (uploaded inputs, outputs) are deleted "
+                                            "this long after they were made; the prediction then shows data_removed "
+                                            "(none: kept until DELETE).")
 
     @model_validator(mode="after")
     def _external_workers_need_postgresql(self) -> "ServiceConfig":

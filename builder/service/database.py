@@ -403,6 +403,10 @@ class Database:
             query = query.where(files.c.owner.in_(owners))
         return [doc for (doc,) in self._read(query)]
 
+    def files_before(self, epoch: float) -> list[dict[str, Any]]:
+        """Files made before ``epoch`` (retention)."""
+        return [doc for (doc,) in self._read(select(files.c.doc).where(files.c.created < epoch))]
+
     def delete_file(self, file_id: str) -> None:
         with self._tx() as conn:
             conn.execute(files.delete().where(files.c.id == file_id))

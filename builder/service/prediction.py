@@ -57,7 +57,7 @@ def public_prediction(doc: dict, base_url: str, file_url: Callable[[str], str]) 
         "error": doc.get("error"),
         "status": doc["status"],
         "source": "api",
-        "data_removed": False,
+        "data_removed": bool(doc.get("data_removed")),
         "created_at": doc["created_at"],
         "started_at": doc.get("started_at"),
         "completed_at": doc.get("completed_at"),

@@ -2,8 +2,10 @@
 
 ``DELETE`` an upload → its file and record; a finished training → its files (output.zip; the
 inputs the service fetched are gone once its trainer stops) and its record; a version → its record (the image stays in its
-registry, whose operator prunes it). Expiry (``upload_expiry_hours``, ``output_expiry_hours``;
-none: kept): a sweep every few minutes deletes older uploads, and finished trainings' files.
+registry, whose operator prunes it). Expiry (``upload_expiry_hours``, ``output_expiry_hours``,
+``file_expiry_hours``; none: kept): a sweep every few minutes deletes older uploads, finished
+trainings' files, and predictions' files (inputs uploaded to /v1/files and outputs; the
+prediction then shows ``data_removed``, as Replicate's do).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import shutil
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from builder.service.config import ServiceConfig
 from builder.service.database import Database
@@ -49,9 +52,20 @@ def sweep(config: ServiceConfig, db: Database, now: datetime | None = None) -> d
                and not d.get("files_deleted_at") and _older(d.get("completed_at"), config.output_expiry_hours, now)]
     for doc in outputs:
         delete_training_files(config, db, doc)
-    if uploads or outputs:
-        log.warning("retention: deleted %d expired upload(s) and the files of %d training(s)", len(uploads), len(outputs))
-    return {"uploads": len(uploads), "trainings": len(outputs)}
+    expired = db.files_before((now - timedelta(hours=config.file_expiry_hours)).timestamp()) \
+        if config.file_expiry_hours is not None else []
+    for doc in expired:
+        shutil.rmtree(Path(doc["path"]).parent, ignore_errors=True)
+        db.delete_file(doc["id"])
+        if doc.get("prediction_id"):
+            try:
+                db.update_prediction(doc["prediction_id"], data_removed=True, output=None)
+            except KeyError:
+                pass
+    if uploads or outputs or expired:
+        log.warning("retention: deleted %d expired upload(s), the files of %d training(s) and %d prediction file(s)",
+                    len(uploads), len(outputs), len(expired))
+    return {"uploads": len(uploads), "trainings": len(outputs), "files": len(expired)}
 
 
 class Sweeper:
@@ -63,7 +77,8 @@ class Sweeper:
         self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
 
     def start(self) -> None:
-        if self.config.upload_expiry_hours is not None or self.config.output_expiry_hours is not None:
+        if any(hours is not None for hours in (self.config.upload_expiry_hours, self.config.output_expiry_hours,
+                                               self.config.file_expiry_hours)):
             self._thread.start()
 
     def stop(self) -> None:
