@@ -207,17 +207,23 @@ def test_queued_on_a_training_then_two_versions_alternate_with_one_loaded(tmp_pa
             outputs.setdefault(model, []).append(httpx.get(body["output"][0]).content)
     assert outputs["alice/toy"][0] == outputs["alice/toy"][1] and outputs["alice/second"][0] == outputs["alice/second"][1]
     assert outputs["alice/toy"][0] != outputs["alice/second"][0]  # two fine-tunes: two different images
-    # A prediction queued on a training that fails, fails too, saying why.
-    failing = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, f"{receiver.url}/missing.zip",
-                                                                          model="alice/broken"), headers=ALICE).json()
-    queued = httpx.post(f"{service.url}/v1/predictions", json={"training": failing["id"], "input": FAST}, headers=ALICE).json()
+    # A prediction queued on a training that then ends without a version fails, saying why; one
+    # asked for after that is refused.
+    url = upload(service, photos_zip(tmp_path / "long.zip"))
+    request = seed_request(service, receiver, url, model="alice/long")
+    request["input"]["max_train_steps"] = 5000
+    long = httpx.post(f"{service.url}/v1/trainings", json=request, headers=ALICE).json()
+    queued = httpx.post(f"{service.url}/v1/predictions", json={"training": long["id"], "input": FAST}, headers=ALICE).json()
+    httpx.post(long["urls"]["cancel"], headers=ALICE)
     failed = wait_done(service, queued["id"])
-    assert failed["status"] == "failed" and f"training {failing['id']} failed" in failed["error"]
+    assert failed["status"] == "failed" and f"training {long['id']} canceled" in failed["error"]
+    late = httpx.post(f"{service.url}/v1/predictions", json={"training": long["id"], "input": FAST}, headers=ALICE)
+    assert late.status_code == 422 and f"training {long['id']} canceled" in late.json()["detail"]
 
 
 def test_prediction_webhooks_are_signed_and_complete(service, receiver, toy):
     body = {"version": toy["version"], "input": FAST, "webhook": f"{receiver.url}/predictions?who=alice",
-            "webhook_events_filter": ["start", "completed"]}
+            "webhook_events_filter": ["start", "logs", "completed"]}
     created = httpx.post(f"{service.url}/v1/predictions", json=body, headers=ALICE).json()
     wait_done(service, created["id"])
     deadline = time.monotonic() + 30
@@ -226,8 +232,9 @@ def test_prediction_webhooks_are_signed_and_complete(service, receiver, toy):
         if any(json.loads(h.body)["status"] == "succeeded" for h in hooks):
             break
         time.sleep(0.1)
-    ids = sorted(h.headers["webhook-id"] for h in hooks)
-    assert ids == sorted([f"{created['id']}-start", f"{created['id']}-completed"])
+    ids = [h.headers["webhook-id"] for h in hooks]
+    assert {f"{created['id']}-start", f"{created['id']}-completed"} <= set(ids) and len(ids) == len(set(ids))
+    assert all(i.startswith(f"{created['id']}-logs-") for i in set(ids) - {f"{created['id']}-start", f"{created['id']}-completed"})
     final = json.loads(next(h.body for h in hooks if h.headers["webhook-id"].endswith("-completed")))
     assert final["status"] == "succeeded" and final["output"][0].startswith(service.url)
     secret = httpx.get(f"{service.url}/v1/webhooks/default/secret", headers=ALICE).json()["key"]

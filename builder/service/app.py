@@ -250,7 +250,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     def limit_for(path: str) -> int:
         if path.startswith("/internal/"):
-            if "/files/" in path:
+            if "/files/" in path or "/predictions/" in path:  # outputs (a prediction's webhook carries them too)
                 return config.max_output_bytes
             return config.max_upload_bytes if "/inputs/" in path else config.max_body_bytes
         return config.max_upload_bytes if path.startswith(("/v1/uploads", "/v1/files")) else config.max_body_bytes

@@ -117,6 +117,20 @@ def internal_router(service: Service) -> APIRouter:
                                       lambda handle: shutil.copyfileobj(open(received, "rb"), handle), prediction_id=prediction_id)
         return {"id": saved["id"]}
 
+    @router.post("/internal/{secret}/predictions/{prediction_id}/cog")
+    async def cog_prediction_update(secret: str, prediction_id: str, request: Request) -> dict:
+        """Cog's webhook for a prediction a worker runs: its logs, and its result at the end."""
+        doc = service.db.get_prediction(prediction_id)
+        if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret) or doc["status"] != "processing":
+            raise fail(404, "not found")
+        body = await request.json()
+        changes: dict[str, Any] = {"logs": body.get("logs") or ""}
+        if body.get("status") in ("succeeded", "failed", "canceled"):
+            changes.update(cog_status=body["status"], cog_output=body.get("output"), cog_error=body.get("error"),
+                           cog_metrics=body.get("metrics") or {})
+        service.db.update_prediction(prediction_id, **changes)
+        return {}
+
     @router.post("/internal/{secret}/cog/{training_id}")
     async def cog_update(secret: str, training_id: str, request: Request) -> dict:
         training_for(secret, training_id)

@@ -17,7 +17,6 @@ import mimetypes
 import os
 import re
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,11 +37,17 @@ from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)
 POLL = 0.3
+LOGS_INTERVAL = 2.0  # at most one logs webhook this often
+HEALTH_SECONDS = 5.0
 DATA_URL = re.compile(r"^data:([^;,]+)?((?:;[^;,]*)*?)(;base64)?,(.*)$", re.S)
 
 
 class PredictionFailed(DreambuildError):
     """The prediction cannot run (its training failed, its version is gone, ...)."""
+
+
+class ModelCrashed(PredictionFailed):
+    """The model's server died, hung or lost the prediction: it is stopped, the next one starts fresh."""
 
 
 class Canceled(Exception):
@@ -128,17 +133,21 @@ class Predictor:
             model, cold = self.servers.acquire(version["id"], version["image"])
         except DreambuildError as exc:
             raise PredictionFailed(f"model version {version['id']} could not start: {exc}") from None
-        broken = True
+        broken = False
         try:
             doc = self.db.update_prediction(doc["id"], status="processing", started_at=now_iso(), worker=self.worker)
             self._check_cancel(doc)
             self._event(doc, "start")
             with tempfile.TemporaryDirectory(prefix="dreambuild-inputs-") as scratch:
                 inputs = self._inputs(doc, version, Path(scratch))
-                result = self._watch(doc, model, inputs)
-            broken = False
+                try:
+                    result = self._watch(doc, model, inputs)
+                except (ModelCrashed, CogError):
+                    broken = True  # the next prediction gets a fresh server
+                    raise
         finally:
             self.servers.release(model, broken=broken)
+        self.db.update_prediction(doc["id"], cog_output=None)  # stored as files below; not kept twice
         metrics = {"predict_time": (result.get("metrics") or {}).get("predict_time"), "queue_time": round(queued, 3),
                    **({"setup_time": model.setup_time} if cold else {}), **_peak_memory(model.server)}
         logs = result.get("logs") or ""
@@ -153,41 +162,43 @@ class Predictor:
         return doc
 
     def _watch(self, doc: dict, model, inputs: dict) -> dict:
-        """Run the Cog prediction while watching for cancel, Cancel-After and the deadline."""
+        """Run the Cog prediction asynchronously, its updates arriving by Cog's webhook on the
+        service's internal route (logs and the result into the record), while watching for
+        cancel, Cancel-After, the deadline and the server's health; return Cog's final state."""
         client = model.client
-        outcome: dict = {}
-
-        def call() -> None:
-            try:
-                outcome["result"] = client.run_prediction(doc["id"], inputs, timeout=self.config.prediction_timeout_minutes * 60)
-            except BaseException as exc:  # handed to the watching thread
-                outcome["error"] = exc
-
-        runner = threading.Thread(target=call, name=f"predict-{doc['id']}", daemon=True)
-        runner.start()
+        client.start_prediction(doc["id"], inputs, webhook=f"{self.config.base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog")
         deadline = time.monotonic() + self.config.prediction_timeout_minutes * 60
-        canceled = False
-        while runner.is_alive():
-            runner.join(POLL)
-            if canceled or not runner.is_alive():
-                continue
+        sent_logs, last_sent, canceled = "", 0.0, False
+        next_check, idle = time.monotonic() + HEALTH_SECONDS, 0
+        while True:
+            time.sleep(POLL)
             current = self.db.get_prediction(doc["id"]) or doc
-            try:
-                self._check_cancel(current)
-            except Canceled:
-                client.cancel(doc["id"])
-                canceled = True
+            if current.get("cog_status") in FINISHED:
+                return {"status": current["cog_status"], "output": current.get("cog_output"), "error": current.get("cog_error"),
+                        "metrics": current.get("cog_metrics") or {}, "logs": current.get("logs") or ""}
+            if current.get("logs") != sent_logs and time.monotonic() - last_sent >= LOGS_INTERVAL:
+                # Best effort, one attempt each: the next one carries the logs again.
+                sent_logs, last_sent = current.get("logs"), time.monotonic()
+                self._event(current, "logs", f"{doc['id']}-logs-{len(sent_logs or '')}")
+            if not canceled:
+                try:
+                    self._check_cancel(current)
+                except Canceled:
+                    client.cancel(doc["id"])  # Cog reports it canceled, by its webhook
+                    canceled, deadline = True, min(deadline, time.monotonic() + 30)
+            if not model.server.alive():
+                raise ModelCrashed(f"the model's Cog server stopped: {model.server.logs()[-500:]}")
             if time.monotonic() > deadline:
                 client.cancel(doc["id"])
-                runner.join(10)
-                raise PredictionFailed(f"the prediction did not finish within prediction_timeout_minutes="
-                                       f"{self.config.prediction_timeout_minutes:g}")
-        if "error" in outcome:
-            error = outcome["error"]
-            if isinstance(error, CogError) and not model.server.alive():
-                raise PredictionFailed(f"the model's Cog server stopped: {model.server.logs()[-500:]}")
-            raise error
-        return outcome["result"]
+                raise ModelCrashed("the model did not stop after its cancel" if canceled else
+                                   f"the prediction did not finish within prediction_timeout_minutes="
+                                   f"{self.config.prediction_timeout_minutes:g}")
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + HEALTH_SECONDS
+                health = client.health()
+                idle = idle + 1 if health and health.get("status") == "READY" else 0
+                if idle >= 2:  # twice in a row: a final webhook in flight has had its time
+                    raise ModelCrashed("the model's Cog server is idle but never reported the prediction's end")
 
     def _inputs(self, doc: dict, version: dict, scratch: Path) -> dict:
         """The inputs as the Cog server gets them: this service's files as signed URLs (owner
