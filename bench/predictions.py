@@ -52,7 +52,7 @@ def trained_version(url: str, root: Path, template: str) -> dict:
     body = {"input": {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "instance_data": upload,
                       "max_train_steps": 4, "resolution": 64, "with_prior_preservation": False},
             "trainer_version": local_trainer_version(), "template_version": template, "model": "bench/tiny"}
-    created = httpx.post(f"{url}/v1/trainings", json=body, headers=TOKEN)
+    created = httpx.post(f"{url}/v1/trainings", json=body, headers=TOKEN, timeout=300)  # the first reads the trainer schema
     created.raise_for_status()
     while True:
         training = httpx.get(f"{url}/v1/trainings/{created.json()['id']}", headers=TOKEN).json()
