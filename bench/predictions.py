@@ -155,6 +155,7 @@ def main() -> None:
     postgres = start_postgres()
     try:
         home = root / "external"
+        home.mkdir()
         config = {**config, "data_dir": str(home / "data"), "port": free_port(), "workers": "external",
                   "database_url": postgres.create_database("bench")}
         api, url = serve(home, config)

@@ -335,3 +335,33 @@ def test_the_docker_model_runner_fails_clearly_where_containers_cannot_run(tmp_p
         assert left == []
     finally:
         other.stop()
+
+
+def test_a_pool_of_running_model_servers_serves_its_version(tmp_path, tiny_base, registry, templates, builder_settings, toy):
+    """model_urls: Cog servers already running a version (other GPU boxes); each is leased by one
+    prediction at a time, nothing is started or stopped, so no setup."""
+    from builder.service.database import Database
+    from builder.service.model_servers import ModelServers
+
+    outside = ModelServers(builder_settings, 1)  # a Cog server of the version, started by someone else
+    model, _ = outside.acquire(toy["version"], toy["image"])
+    config = service_config(tmp_path, tiny_base, registry, templates, model_urls={toy["version"]: [model.server.url]})
+    other = Service(tmp_path, config).start()
+    try:
+        db = Database(Path(config["data_dir"]) / "dreambuild.sqlite")
+        try:
+            db.add_version("alice", "toy", {"id": toy["version"], "model": "alice/toy", "image": toy["image"],
+                                            "created_at": "2026-01-01T00:00:00Z"})
+        finally:
+            db.close()
+        for _ in range(2):
+            body = httpx.post(f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
+                              headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+            done = wait_done(other, body["id"])
+            assert done["status"] == "succeeded" and "setup_time" not in done["metrics"], done
+        # The service started no model server of its own, and left the pool's running.
+        assert model.server.alive() and "loaded in" not in (tmp_path / "service.log").read_text()
+    finally:
+        other.stop()
+        outside.release(model)
+        outside.stop_all()

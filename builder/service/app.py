@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from builder.cog.client import describe_validation
 from builder.service.api import public_router
 from builder.service.config import ALL_OWNERS, ServiceConfig
-from builder.service.database import Database, DatabaseUnavailable
+from builder.service.database import Database, DatabaseUnavailable, Leases
 from builder.service.deliveries import LocalScheduler, Notifier
 from builder.service.files import FileStore, files_router
 from builder.service.http import fail
@@ -68,7 +68,7 @@ class Service:
         self.files = FileStore(config, self.db)
         self.predictor = Predictor(config, self.db, self.files, self.notifier,
                                    ModelServers(config.builder_settings(), config.max_loaded_models,
-                                                runner=config.model_runner))
+                                                runner=config.model_runner, pools=config.model_urls, leases=Leases(self.db)))
         self.predictions: PredictionWorker | None = None  # the embedded prediction worker
         if self.worker is not None:
             self.predictions = PredictionWorker(self.predictor, config.max_concurrent_predictions)

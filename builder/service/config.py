@@ -108,11 +108,25 @@ class ServiceConfig(BaseModel):
                                                      "local (its /src from the layer cache in a local Cog server, this "
                                                      "Python environment) or docker (the image itself, with only the "
                                                      "worker's GPU, on the engine at DOCKER_HOST).")
+    model_urls: dict[str, list[str]] = Field(default_factory=dict, description="Versions served by Cog servers already "
+                                             "running (other GPU boxes): version id → their URLs, each leased by one "
+                                             "prediction at a time; nothing is started or stopped for these versions.")
     prediction_timeout_minutes: float = Field(30.0, description="A prediction running longer fails.")
     file_url_seconds: int = Field(3600, ge=60, description="How long signed download URLs of files and outputs work.")
     file_expiry_hours: float | None = Field(24, description="Files of predictions (uploaded inputs, outputs) are deleted "
                                             "this long after they were made; the prediction then shows data_removed "
                                             "(none: kept until DELETE).")
+
+    @field_validator("model_urls")
+    @classmethod
+    def _model_urls_by_digest(cls, value: dict) -> dict:
+        pools = {}
+        for version, urls in value.items():
+            digest = normalize_digest(str(version))
+            if digest is None:
+                raise ValueError(f"model_urls: {version!r} is not a version id (sha256:<64 hex>)")
+            pools[digest] = [url.rstrip("/") for url in urls]
+        return pools
 
     @model_validator(mode="after")
     def _external_workers_need_postgresql(self) -> "ServiceConfig":

@@ -129,6 +129,7 @@ def internal_router(service: Service) -> APIRouter:
             changes.update(cog_status=body["status"], cog_output=body.get("output"), cog_error=body.get("error"),
                            cog_metrics=body.get("metrics") or {})
         service.db.update_prediction(prediction_id, **changes)
+        service.predictor.notify(prediction_id)
         return {}
 
     @router.post("/internal/{secret}/cog/{training_id}")

@@ -33,16 +33,30 @@ MODEL = "model's Cog server"
 
 
 @dataclass
+class RunningServer:
+    """A Cog server someone else started (``model_urls``): used, never started or stopped here."""
+
+    url: str
+
+    def alive(self) -> bool:
+        return CogClient(self.url).health() is not None
+
+    def logs(self) -> str:
+        return ""
+
+
+@dataclass
 class LoadedModel:
     """One version's Cog server, warm."""
 
     version: str
-    server: CogServer | CogContainer
+    server: CogServer | CogContainer | RunningServer
     setup_time: float  # seconds the cold start took (pull, unpack, setup)
     project: Path | None  # the local server's working directory
     last_used: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)  # held by the prediction running on it
     predictions: int = 0
+    lease: str | None = None  # the holder of a model_urls server's lease
 
     @property
     def client(self) -> CogClient:
@@ -52,8 +66,10 @@ class LoadedModel:
 class ModelServers:
     """At most ``budget`` loaded versions; :meth:`acquire` a version's server, then :meth:`release` it."""
 
-    def __init__(self, settings: BuilderSettings, budget: int, gpu: str | None = None, runner: str = "local") -> None:
+    def __init__(self, settings: BuilderSettings, budget: int, gpu: str | None = None, runner: str = "local",
+                 pools: dict[str, list[str]] | None = None, leases=None) -> None:
         self.settings, self.budget, self.gpu, self.runner = settings, budget, gpu, runner
+        self.pools, self.leases = pools or {}, leases  # model_urls, leased through the database
         self._loaded: dict[str, LoadedModel] = {}
         self._guard = threading.Condition()
         self._starting: set[str] = set()
@@ -63,9 +79,19 @@ class ModelServers:
         with self._guard:
             return list(self._loaded)
 
-    def acquire(self, version: str, image: str) -> tuple[LoadedModel, bool]:
+    def acquire(self, version: str, image: str, holder: str | None = None) -> tuple[LoadedModel, bool]:
         """The version's server, locked for one prediction; and whether it was started for it
-        (a cold start)."""
+        (a cold start). A version of ``model_urls`` gets one of its running servers, leased to
+        ``holder`` (the prediction: a re-run of it gets its lease back), waited for while all are busy."""
+        if version in self.pools:
+            resources = [f"model:{url}" for url in self.pools[version]]
+            holder = holder or uuid.uuid4().hex
+            while (leased := self.leases.acquire(resources, holder)) is None:
+                time.sleep(0.2)
+            model = LoadedModel(version=version, server=RunningServer(leased.removeprefix("model:")), setup_time=0.0, project=None,
+                                lease=holder)
+            model.lock.acquire()
+            return model, False
         with self._guard:
             while True:
                 model = self._loaded.get(version)
@@ -92,6 +118,10 @@ class ModelServers:
         stopped) is stopped so that the next prediction starts a fresh one."""
         model.predictions += 1
         model.last_used = time.monotonic()
+        if model.lease is not None:  # a running server of model_urls: handed back, left running
+            self.leases.release(model.lease)
+            model.lock.release()
+            return
         if broken or not model.server.alive():
             with self._guard:
                 if self._loaded.get(model.version) is model:

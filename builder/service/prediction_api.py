@@ -184,9 +184,10 @@ def prediction_router(service: Service) -> APIRouter:
         db.create_prediction(doc)
         service.submit_prediction(doc)
         if seconds:
-            deadline = asyncio.get_running_loop().time() + seconds
+            deadline, pause = asyncio.get_running_loop().time() + seconds, 0.01
             while doc["status"] not in FINISHED and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(pause)
+                pause = min(0.25, pause * 1.5)  # often at first: most predictions are short
                 doc = await run_in_threadpool(db.get_prediction, doc["id"])
             if doc["status"] not in FINISHED:
                 # What Replicate answers when the wait runs out: the clients then poll.

@@ -17,6 +17,7 @@ import mimetypes
 import os
 import re
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +38,7 @@ from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)
 POLL = 0.3
+FIRST_POLL = 0.02
 LOGS_INTERVAL = 2.0  # at most one logs webhook this often
 HEALTH_SECONDS = 5.0
 DATA_URL = re.compile(r"^data:([^;,]+)?((?:;[^;,]*)*?)(;base64)?,(.*)$", re.S)
@@ -76,6 +78,13 @@ class Predictor:
                  local_files: bool = True, worker: str = "embedded") -> None:
         self.config, self.db, self.files, self.notifier, self.servers = config, db, files, notifier, servers
         self.local_files, self.worker = local_files, worker  # a worker sends outputs to the API (no shared disk)
+        self._updates: dict[str, threading.Event] = {}  # predictions running here, woken by Cog's webhook
+
+    def notify(self, prediction_id: str) -> None:
+        """Cog's webhook for a prediction arrived (embedded: in this process): look now, not at the next poll."""
+        event = self._updates.get(prediction_id)
+        if event is not None:
+            event.set()
 
     def public(self, doc: dict) -> dict:
         return public_prediction(doc, self.config.base_url, self.files.signed_url)
@@ -130,7 +139,7 @@ class Predictor:
             raise PredictionFailed(f"version {doc['version']} of {doc['model']} no longer exists")
         queued = time.time() - doc["created"]
         try:
-            model, cold = self.servers.acquire(version["id"], version["image"])
+            model, cold = self.servers.acquire(version["id"], version["image"], holder=f"prediction:{doc['id']}")
         except DreambuildError as exc:
             raise PredictionFailed(f"model version {version['id']} could not start: {exc}") from None
         broken = False
@@ -166,12 +175,22 @@ class Predictor:
         service's internal route (logs and the result into the record), while watching for
         cancel, Cancel-After, the deadline and the server's health; return Cog's final state."""
         client = model.client
-        client.start_prediction(doc["id"], inputs, webhook=f"{self.config.base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog")
-        deadline = time.monotonic() + self.config.prediction_timeout_minutes * 60
+        woken = self._updates.setdefault(doc["id"], threading.Event())
+        try:
+            client.start_prediction(doc["id"], inputs,
+                                    webhook=f"{self.config.base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog")
+            return self._follow(doc, model, client, woken, time.monotonic() + self.config.prediction_timeout_minutes * 60)
+        finally:
+            self._updates.pop(doc["id"], None)
+
+    def _follow(self, doc: dict, model, client, woken: threading.Event, deadline: float) -> dict:
         sent_logs, last_sent, canceled = "", 0.0, False
-        next_check, idle = time.monotonic() + HEALTH_SECONDS, 0
+        next_check, idle, wait = time.monotonic() + HEALTH_SECONDS, 0, FIRST_POLL
         while True:
-            time.sleep(POLL)
+            # Woken by the webhook here (embedded); else polled, often at first: most predictions are short.
+            woken.wait(wait)
+            woken.clear()
+            wait = min(POLL, wait * 1.5)
             current = self.db.get_prediction(doc["id"]) or doc
             if current.get("cog_status") in FINISHED:
                 return {"status": current["cog_status"], "output": current.get("cog_output"), "error": current.get("cog_error"),

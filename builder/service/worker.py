@@ -18,7 +18,7 @@ import socket
 import uuid
 
 from builder.service.config import ServiceConfig
-from builder.service.database import Database, DatabaseUnavailable, Workers
+from builder.service.database import Database, DatabaseUnavailable, Leases, Workers
 from builder.service.deliveries import Notifier
 from builder.service.jobs import (
     BUILD,
@@ -119,7 +119,8 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
 
         state.predictor = Predictor(config, db, FileStore(config, db), state.notifier,
                                     ModelServers(config.builder_settings(), config.max_loaded_models, gpu,
-                                                 runner=config.model_runner), local_files=False, worker=name)
+                                                 runner=config.model_runner, pools=config.model_urls, leases=Leases(db)),
+                                    local_files=False, worker=name)
 
     def training_ended(training_id: str) -> None:
         """Queue the predictions that waited for this training."""
