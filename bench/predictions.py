@@ -32,7 +32,7 @@ import httpx  # noqa: E402
 from bench.service_scale import CLI, REPO, serve, start  # noqa: E402
 from builder.cog.server import free_port  # noqa: E402
 from builder.service.config import local_trainer_version  # noqa: E402
-from builder.service.database import Database  # noqa: E402
+from builder.service.database import Database, Workers  # noqa: E402
 from fixtures.services import start_postgres  # noqa: E402
 
 TOKEN = {"Authorization": "Bearer bench-token"}
@@ -161,7 +161,6 @@ def main() -> None:
         api, url = serve(home, config)
         db = Database(config["database_url"])
         db.add_version("bench", "tiny", version)
-        db.close()
         workers = []
         try:
             figures = {}
@@ -169,7 +168,11 @@ def main() -> None:
                 name = f"w{count}"
                 workers.append(start([CLI, "worker", "--config", str(home / "service.yaml"), "--roles", "predict", "--name", name,
                                       "--data-dir", str(home / name)], home / f"{name}.log"))
-                throughput(url, version["id"], 2 * count)  # warm-up: every worker loads the version
+                for _ in range(10):  # warm-up: until every worker has the version loaded
+                    throughput(url, version["id"], 2 * count)
+                    time.sleep(6)  # a heartbeat
+                    if sum(version["id"] in (w.get("loaded") or []) for w in Workers(db).live(20)) >= count:
+                        break
                 figures[count] = throughput(url, version["id"], args.batch)
             print(f"throughput, {args.batch} predictions at once (many machines, `dreambuild worker --roles predict`):")
             for count, rate in figures.items():
@@ -178,6 +181,7 @@ def main() -> None:
             for proc in (*workers, api):
                 proc.terminate()
                 proc.wait(60)
+            db.close()
     finally:
         postgres.stop()
 

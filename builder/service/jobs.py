@@ -151,9 +151,16 @@ def prediction_queue(db, doc: dict) -> str:
     from builder.service.database import Workers
 
     if doc.get("version"):
+        from sqlalchemy import text
+
+        with db.engine.connect() as conn:  # a worker already sent work is not idle, whatever its last heartbeat said
+            waiting = {row[0] for row in conn.execute(text(
+                "SELECT DISTINCT queue_name FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND queue_name LIKE :q"),
+                {"q": PREDICT + "-%"})}
         for worker in Workers(db).live(STALLED_SECONDS / 2):
-            if doc["version"] in (worker.get("loaded") or []) and not worker.get("current"):
-                return worker_predict_queue(worker["name"])
+            queue = worker_predict_queue(worker["name"])
+            if doc["version"] in (worker.get("loaded") or []) and not worker.get("current") and queue not in waiting:
+                return queue
     return PREDICT
 
 

@@ -183,15 +183,32 @@ def prediction_router(service: Service) -> APIRouter:
                              training_id=training_id, webhook=webhook, events=events, cancel_after=cancel_after)
         db.create_prediction(doc)
         service.submit_prediction(doc)
-        if seconds:
+        if seconds and service.predictions is not None:  # embedded: woken when it ends, no thread held
+            loop, ended = asyncio.get_running_loop(), asyncio.Event()
+
+            def wake() -> None:
+                loop.call_soon_threadsafe(ended.set)
+
+            service.predictor.on_finish(doc["id"], wake)
+            try:
+                doc = await run_in_threadpool(db.get_prediction, doc["id"])
+                if doc["status"] not in FINISHED:
+                    try:
+                        await asyncio.wait_for(ended.wait(), seconds)
+                    except TimeoutError:
+                        pass
+                    doc = await run_in_threadpool(db.get_prediction, doc["id"])
+            finally:
+                service.predictor.forget(doc["id"], wake)
+        elif seconds:
             deadline, pause = asyncio.get_running_loop().time() + seconds, 0.01
             while doc["status"] not in FINISHED and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(pause)
                 pause = min(0.25, pause * 1.5)  # often at first: most predictions are short
                 doc = await run_in_threadpool(db.get_prediction, doc["id"])
-            if doc["status"] not in FINISHED:
-                # What Replicate answers when the wait runs out: the clients then poll.
-                doc = {**doc, "status": "starting"}
+        if seconds and doc["status"] not in FINISHED:
+            # What Replicate answers when the wait runs out: the clients then poll.
+            doc = {**doc, "status": "starting"}
         return service.predictor.public(doc)
 
     @router.post("/v1/predictions", status_code=201, summary="Create a prediction (Replicate's route)")

@@ -79,6 +79,8 @@ class Predictor:
         self.config, self.db, self.files, self.notifier, self.servers = config, db, files, notifier, servers
         self.local_files, self.worker = local_files, worker  # a worker sends outputs to the API (no shared disk)
         self._updates: dict[str, threading.Event] = {}  # predictions running here, woken by Cog's webhook
+        self._ended: dict[str, list] = {}  # predictions API requests wait for (Prefer: wait): their wake-ups
+        self._guard = threading.Lock()
 
     def notify(self, prediction_id: str) -> None:
         """Cog's webhook for a prediction arrived (embedded: in this process): look now, not at the next poll."""
@@ -113,7 +115,27 @@ class Predictor:
         return None
 
     def _finish(self, prediction_id: str, status: str, error: str | None, **changes) -> dict:
-        return self.db.update_prediction(prediction_id, status=status, error=error, completed_at=now_iso(), **changes)
+        # cog_output: Cog's outputs as data URLs, stored as files by now; not kept twice.
+        doc = self.db.update_prediction(prediction_id, status=status, error=error, completed_at=now_iso(), cog_output=None, **changes)
+        with self._guard:
+            waiting = self._ended.pop(prediction_id, [])
+        for wake in waiting:
+            wake()
+        return doc
+
+    def on_finish(self, prediction_id: str, wake) -> None:
+        """Call ``wake()`` when the prediction ends here (the API's ``Prefer: wait``, embedded;
+        external workers are polled for instead). The caller checks the record after registering."""
+        with self._guard:
+            self._ended.setdefault(prediction_id, []).append(wake)
+
+    def forget(self, prediction_id: str, wake) -> None:
+        with self._guard:
+            waiting = self._ended.get(prediction_id, [])
+            if wake in waiting:
+                waiting.remove(wake)
+            if not waiting:
+                self._ended.pop(prediction_id, None)
 
     def _check_cancel(self, doc: dict) -> None:
         if doc.get("cancel_requested") or (doc.get("cancel_at") and time.time() >= doc["cancel_at"]):
@@ -156,7 +178,6 @@ class Predictor:
                     raise
         finally:
             self.servers.release(model, broken=broken)
-        self.db.update_prediction(doc["id"], cog_output=None)  # stored as files below; not kept twice
         metrics = {"predict_time": (result.get("metrics") or {}).get("predict_time"), "queue_time": round(queued, 3),
                    **({"setup_time": model.setup_time} if cold else {}), **_peak_memory(model.server)}
         logs = result.get("logs") or ""
@@ -177,7 +198,8 @@ class Predictor:
         client = model.client
         woken = self._updates.setdefault(doc["id"], threading.Event())
         try:
-            client.start_prediction(doc["id"], inputs,
+            # Logs and the end only: start and output would be database writes no one reads.
+            client.start_prediction(doc["id"], inputs, events=["logs", "completed"],
                                     webhook=f"{self.config.base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog")
             return self._follow(doc, model, client, woken, time.monotonic() + self.config.prediction_timeout_minutes * 60)
         finally:
