@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
-import os
 import re
 import tempfile
 import threading
@@ -298,21 +297,23 @@ class Predictor:
 
 
 def _peak_memory(server) -> dict:
-    """Peak resident memory of a local model server's processes (its session: server and
-    predictor); a container's is the engine's to tell."""
+    """Peak resident memory of a local model server's processes (the server and its children:
+    the predictor); a container's is the engine's to tell."""
     process = getattr(server, "process", None)
     if process is None:
         return {}
-    pid, peak = process.pid, 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    peak, pending, seen = 0, [process.pid], set()
+    while pending:
+        pid = pending.pop()
+        if pid in seen:
             continue
+        seen.add(pid)
         try:
-            if os.getsid(int(entry.name)) != pid:
-                continue
-            for line in (entry / "status").read_text().splitlines():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]) * 1024)
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
     return {"peak_host_memory_bytes": peak} if peak else {}

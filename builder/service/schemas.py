@@ -12,6 +12,7 @@ hands the cached schema to its Cog server instead of generating it again for eve
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -166,7 +167,6 @@ def file_inputs(schema: dict) -> set[str]:
 
 def input_problems(schema: dict, inputs: dict[str, Any]) -> list[str]:
     """What is wrong with ``inputs`` for this Cog schema, a ``input.<name>: <problem>`` each."""
-    import jsonschema
 
     spec = input_schema(schema) or {}
     properties = spec.get("properties") or {}
@@ -178,11 +178,19 @@ def input_problems(schema: dict, inputs: dict[str, Any]) -> list[str]:
         "properties": {name: ({"anyOf": [prop, {"type": "null"}]} if prop.get("nullable") else prop) for name, prop in properties.items()},
         "components": schema.get("components") or {},  # where Cog's $refs (enums) point
     }
-    validator = jsonschema.Draft202012Validator(checked)
+    validator = _validator(json.dumps(checked, sort_keys=True))
     for error in sorted(validator.iter_errors({k: v for k, v in inputs.items() if k in properties}), key=lambda e: list(e.path)):
         field = ".".join(str(p) for p in error.absolute_path)
         problems.append(f"input.{field}: {_message(error)}")
     return problems
+
+
+@functools.lru_cache(maxsize=64)
+def _validator(checked: str):
+    """One validator per schema (building one costs more than checking an input)."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json.loads(checked))
 
 
 def _message(error) -> str:
