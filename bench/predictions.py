@@ -1,13 +1,14 @@
 """Hosted predictions: the service's path against the model's Cog server called directly, in one run:
 
-    .venv/bin/python bench/predictions.py [--n 20] [--batch 16] [--skip-workers]
+    .venv/bin/python bench/predictions.py [--n 30] [--batch 16] [--skip-workers]
 
 A version of the tiny random-weight pipeline (built by a training of the service, template in
 the embedded layout), inputs of 2 steps at 64x64:
 
 - Overhead: p50 latency of ``POST /v1/predictions`` with ``Prefer: wait`` (record, queue, warm
   server, outputs stored, answered) against the baseline, the same version's Cog server on the
-  same machine called directly (``PUT /predictions/{id}``, outputs as data URLs). Goal: ≤ 50 ms.
+  same machine called directly (``PUT /predictions/{id}``, outputs as data URLs), the two in
+  turns. Goal: ≤ 50 ms.
 - Cold vs warm: the first prediction of the version (pull from the layer cache, Cog server
   start, pipeline load) against the warm p50.
 - Throughput (many machines: PostgreSQL, the queue, ``dreambuild worker --roles predict``):
@@ -74,8 +75,9 @@ def through_service(url: str, version: str) -> tuple[float, dict]:
     return elapsed, body
 
 
-def direct(version: dict, home: Path, n: int) -> list[float]:
-    """The baseline: the version's Cog server (as a worker starts it), called directly."""
+def alternating(url: str, version: dict, home: Path, n: int) -> tuple[list[float], list[float]]:
+    """The baseline, the version's Cog server (as a worker starts it) called directly, and the
+    service, in turns: noise on a shared machine hits both alike."""
     from builder.service.model_servers import ModelServers
     from builder.settings import BuilderSettings
 
@@ -84,13 +86,14 @@ def direct(version: dict, home: Path, n: int) -> list[float]:
     try:
         client = model.client
         client.run_prediction(uuid.uuid4().hex, INPUT)  # its first prediction, as the service's warm-up
-        times = []
+        direct_times, service_times = [], []
         for _ in range(n):
             started = time.perf_counter()
             result = client.run_prediction(uuid.uuid4().hex, INPUT)
-            times.append(time.perf_counter() - started)
+            direct_times.append(time.perf_counter() - started)
             assert result["status"] == "succeeded", result
-        return times
+            service_times.append(through_service(url, version["id"])[0])
+        return direct_times, service_times
     finally:
         servers.release(model)
         servers.stop_all()
@@ -115,7 +118,7 @@ def throughput(url: str, version: str, batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=20, help="warm predictions per path")
+    parser.add_argument("--n", type=int, default=30, help="warm predictions per path")
     parser.add_argument("--batch", type=int, default=16, help="predictions submitted at once for the throughput")
     parser.add_argument("--skip-workers", action="store_true")
     args = parser.parse_args()
@@ -134,11 +137,11 @@ def main() -> None:
     try:
         version = trained_version(url, root, template)
         cold, first = through_service(url, version["id"])
-        service_times = [through_service(url, version["id"])[0] for _ in range(args.n)]
+        through_service(url, version["id"])
+        direct_times, service_times = alternating(url, version, home / "data", args.n)
     finally:
         api.terminate()
         api.wait(60)
-    direct_times = direct(version, home / "data", args.n)
     rows = {
         "direct Cog server (baseline)": p50(direct_times),
         "through the service": p50(service_times),
