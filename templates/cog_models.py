@@ -10,7 +10,7 @@ from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a template never downloads at setup or prediction time
 
-from cog import BaseRunner, Input, Path  # noqa: E402
+from cog import BaseRunner, Input, Path, current_scope  # noqa: E402
 
 from dreambuild.logs import configure_logging  # noqa: E402
 from templates.inference.generator import ImageGenerator  # noqa: E402
@@ -21,7 +21,11 @@ SCHEDULERS = ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "K_EULER_ANCESTRAL",
 
 def _generate(generator: ImageGenerator, inputs: dict) -> list[Path]:
     inputs.pop("self")
-    return [Path(p) for p in generator.generate(GenerationRequest(**inputs))]
+    paths = [Path(p) for p in generator.generate(GenerationRequest(**inputs))]
+    scope = current_scope()  # inference_time, and peak_gpu_memory_bytes on CUDA: in the prediction's metrics
+    for name, value in generator.last_metrics.items():
+        scope.record_metric(name, value)
+    return paths
 
 
 class Vanilla(BaseRunner):

@@ -118,6 +118,7 @@ def test_predictions_create_get_list_and_warm_reuse(service, toy):
     assert images[0] == images[1]
     assert "setup_time" not in second.metrics and second.metrics["predict_time"] > 0
     assert second.metrics["queue_time"] >= 0 and second.metrics["peak_host_memory_bytes"] > 0
+    assert 0 < second.metrics["inference_time"] < second.metrics["predict_time"]  # the template's own, through Cog
     got = api.predictions.get(second.id)
     assert got.status == "succeeded" and got.version == toy["version"]
     listed = [p.id for p in api.predictions.list().results]

@@ -177,7 +177,8 @@ class Predictor:
                     raise
         finally:
             self.servers.release(model, broken=broken)
-        metrics = {"predict_time": (result.get("metrics") or {}).get("predict_time"), "queue_time": round(queued, 3),
+        reported = {k: v for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float))}  # the model's own
+        metrics = {**reported, "predict_time": reported.get("predict_time"), "queue_time": round(queued, 3),
                    **({"setup_time": model.setup_time} if cold else {}), **_peak_memory(model.server)}
         logs = result.get("logs") or ""
         if result.get("status") == "canceled":

@@ -46,6 +46,7 @@ class ImageGenerator:
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}")
         self.template = template
+        self.last_metrics: dict[str, float] = {}  # of the last request: Cog reports them with the prediction
         self.control_kind = TEMPLATES[template]
         self.locations = locations or WeightLocations.from_env()
         self.pipes: Pipelines | None = None
@@ -112,6 +113,8 @@ class ImageGenerator:
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         log.info("Using seed: %d (image i uses seed + i)", seed)
         embeds, negative = self.prompts.encode(prompt, request.negative_prompt)
+        if str(self.device.device).startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         images = pipe(
             prompt_embeds=embeds,
@@ -124,6 +127,9 @@ class ImageGenerator:
             **kwargs,
         ).images
         seconds = time.perf_counter() - started
+        self.last_metrics = {"inference_time": round(seconds, 4)}
+        if str(self.device.device).startswith("cuda"):  # what the model server's GPU held at most for this request
+            self.last_metrics["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
         log.info(
             "Generated %d image(s), %s %dx%d, %d steps of %s in %.2f s.",
             len(images), mode, width, height, request.num_inference_steps, request.scheduler, seconds,
