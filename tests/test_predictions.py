@@ -78,6 +78,17 @@ def wait_done(service, prediction_id: str, timeout: float = 600) -> dict:
     raise AssertionError(f"prediction {prediction_id} did not finish: {body}")
 
 
+def record_version(config: dict, model: str, version: str, image: str) -> None:
+    """A version in a service's own database, as a build records it (for services that built nothing)."""
+    from builder.service.database import Database
+
+    db = Database(Path(config["data_dir"]) / "dreambuild.sqlite")
+    try:
+        db.add_version(*model.split("/"), {"id": version, "model": model, "image": image, "created_at": "2026-01-01T00:00:00Z"})
+    finally:
+        db.close()
+
+
 def test_replicate_run_with_a_file_input_on_a_trained_version(tmp_path, service, toy):
     """replicate.run("alice/toy:<version>") as its README shows, an img2img input uploaded by the
     client to /v1/files; the output URLs work without the token and hold the images."""
@@ -285,18 +296,9 @@ def test_the_cli_runs_lists_gets_and_cancels(tmp_path, service, toy):
 def test_versions_that_cannot_run_fail_their_predictions_clearly(service, registry, templates, toy):
     """An image gone from the registry; a model that fails in predict (the weight-less template
     recorded as a version): each prediction fails saying so, and the worker goes on."""
-    from builder.service.database import Database
-
-    db = Database(Path(service.config["data_dir"]) / "dreambuild.sqlite")
     gone = "sha256:" + "e" * 64
-    template_digest = templates["docker"].split("@")[1]
-    try:
-        db.add_version("alice", "gone", {"id": gone, "model": "alice/gone", "image": f"{registry.host}/alice/gone@{gone}",
-                                         "created_at": "2026-01-01T00:00:00Z"})
-        db.add_version("alice", "hollow", {"id": template_digest, "model": "alice/hollow", "image": templates["docker"],
-                                           "created_at": "2026-01-01T00:00:00Z"})
-    finally:
-        db.close()
+    record_version(service.config, "alice/gone", gone, f"{registry.host}/alice/gone@{gone}")
+    record_version(service.config, "alice/hollow", templates["docker"].split("@")[1], templates["docker"])
     for model, message in (("alice/gone", "could not start"), ("alice/hollow", "has no Stable Diffusion weights")):
         body = httpx.post(f"{service.url}/v1/models/{model}/predictions", json={"input": FAST}, headers={**ALICE, "Prefer": "wait"},
                           timeout=90).json()
@@ -315,19 +317,12 @@ def test_the_docker_model_runner_fails_clearly_where_containers_cannot_run(tmp_p
     container is left behind."""
     import docker
 
-    from builder.service.database import Database
-
     config = service_config(tmp_path, tiny_base, registry, templates, model_runner="docker")
     other = Service(tmp_path, config)
     other.env = {"DOCKER_HOST": podman.docker_host}
     other.start()
     try:
-        db = Database(Path(config["data_dir"]) / "dreambuild.sqlite")
-        try:
-            db.add_version("alice", "toy", {"id": toy["version"], "model": "alice/toy", "image": toy["image"],
-                                            "created_at": "2026-01-01T00:00:00Z"})
-        finally:
-            db.close()
+        record_version(config, "alice/toy", toy["version"], toy["image"])
         body = httpx.post(f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
                           headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
         failed = wait_done(other, body["id"])
@@ -341,7 +336,6 @@ def test_the_docker_model_runner_fails_clearly_where_containers_cannot_run(tmp_p
 def test_a_pool_of_running_model_servers_serves_its_version(tmp_path, tiny_base, registry, templates, builder_settings, toy):
     """model_urls: Cog servers already running a version (other GPU boxes); each is leased by one
     prediction at a time, nothing is started or stopped, so no setup."""
-    from builder.service.database import Database
     from builder.service.model_servers import ModelServers
 
     outside = ModelServers(builder_settings, 1)  # a Cog server of the version, started by someone else
@@ -349,12 +343,7 @@ def test_a_pool_of_running_model_servers_serves_its_version(tmp_path, tiny_base,
     config = service_config(tmp_path, tiny_base, registry, templates, model_urls={toy["version"]: [model.server.url]})
     other = Service(tmp_path, config).start()
     try:
-        db = Database(Path(config["data_dir"]) / "dreambuild.sqlite")
-        try:
-            db.add_version("alice", "toy", {"id": toy["version"], "model": "alice/toy", "image": toy["image"],
-                                            "created_at": "2026-01-01T00:00:00Z"})
-        finally:
-            db.close()
+        record_version(config, "alice/toy", toy["version"], toy["image"])
         for _ in range(2):
             body = httpx.post(f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
                               headers={**ALICE, "Prefer": "wait"}, timeout=90).json()

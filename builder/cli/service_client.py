@@ -93,14 +93,7 @@ class ServiceClient:
         return values
 
     def download(self, url: str, target: Path) -> Path:
-        """An output (a signed URL: no token needed, none sent to a host it names)."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with httpx.stream("GET", url, timeout=httpx.Timeout(60, read=600)) as response, open(target, "wb") as out:
-                if response.status_code != 200:
-                    raise ServiceError(f"downloading {url} failed with HTTP {response.status_code}")
-                for chunk in response.iter_bytes(2**20):
-                    out.write(chunk)
-        except httpx.HTTPError as exc:
-            raise ServiceError(f"cannot download {url}: {exc}") from None
-        return target
+        """An output (a signed URL of the service: no token needed, none sent)."""
+        from builder.egress import fetch
+
+        return fetch(url, target, policy=None, what="output", max_bytes=2**40)

@@ -378,6 +378,10 @@ class Database:
                           .order_by(predictions.c.seq))
         return [doc for (doc,) in rows]
 
+    def predictions_waiting_for(self, training_id: str) -> list[dict[str, Any]]:
+        """Unfinished predictions queued on a training that has no version for them yet."""
+        return [doc for doc in self.unfinished_predictions() if doc.get("training_id") == training_id and not doc.get("version")]
+
     def latest_version(self, owner: str, name: str) -> dict[str, Any] | None:
         found = self.list_versions(owner, name)
         return found[0] if found else None

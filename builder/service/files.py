@@ -52,6 +52,17 @@ def safe_name(name: str | None, fallback: str = "file") -> str:
     return fallback + (suffix if FILENAME.fullmatch(f"x{suffix}") and len(suffix) <= 10 else "")
 
 
+class _Hashing:
+    """A file being written, hashed on the way (no second read of what may be gigabytes)."""
+
+    def __init__(self, handle, digest) -> None:
+        self.handle, self.digest = handle, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+
 class FileStore:
     """The files' records and bytes, and their signed download URLs."""
 
@@ -66,16 +77,13 @@ class FileStore:
         folder = files_root(self.config) / file_id
         folder.mkdir(parents=True)
         path = folder / name
+        digest = hashlib.sha256()
         try:
             with open(path, "wb") as handle:
-                write(handle)
+                write(_Hashing(handle, digest))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
         return self.db.add_file({
             "id": file_id, "owner": owner, "name": name, "content_type": content_type, "size": path.stat().st_size,
             "etag": digest.hexdigest(), "checksums": {"sha256": digest.hexdigest()}, "metadata": metadata or {},
@@ -137,11 +145,8 @@ def files_router(service: Service) -> APIRouter:
     router = APIRouter()
     store = service.files
 
-    def owners(request: Request) -> list[str]:
-        return service.owners(request)
-
     @router.post("/v1/files", status_code=201, summary="Upload a file for a prediction's input (multipart: content)")
-    async def create_file(request: Request, token_owners: list[str] = Depends(owners)) -> dict:
+    async def create_file(request: Request, token_owners: list[str] = Depends(service.owners)) -> dict:
         # The JavaScript client sends metadata as a second file part (a JSON blob); Python's as a field.
         form = await request.form(max_files=2, max_fields=8)
         content = form.get("content")
@@ -176,19 +181,19 @@ def files_router(service: Service) -> APIRouter:
         return public_file(store, doc)
 
     @router.get("/v1/files", summary="List your files, newest first")
-    def list_files(token_owners: list[str] = Depends(owners)) -> dict:
+    def list_files(token_owners: list[str] = Depends(service.owners)) -> dict:
         found = service.db.list_files(None if ALL_OWNERS in token_owners else token_owners)
         return {"previous": None, "next": None, "results": [public_file(store, doc) for doc in found]}
 
     @router.get("/v1/files/{file_id}", summary="Get a file's record")
-    def get_file(file_id: str, token_owners: list[str] = Depends(owners)) -> dict:
+    def get_file(file_id: str, token_owners: list[str] = Depends(service.owners)) -> dict:
         doc = store.get(file_id, token_owners)
         if doc is None:
             raise fail(404, f"file {file_id} not found")
         return public_file(store, doc)
 
     @router.delete("/v1/files/{file_id}", status_code=204, summary="Delete a file")
-    def delete_file(file_id: str, token_owners: list[str] = Depends(owners)) -> None:
+    def delete_file(file_id: str, token_owners: list[str] = Depends(service.owners)) -> None:
         doc = store.get(file_id, token_owners)
         if doc is None:
             raise fail(404, f"file {file_id} not found")

@@ -95,9 +95,6 @@ def prediction_router(service: Service) -> APIRouter:
     router = APIRouter()
     config, db, files = service.config, service.db, service.files
 
-    def owners(request: Request) -> list[str]:
-        return service.owners(request)
-
     def find_version(reference: str, token_owners: list[str]) -> dict:
         """The version a prediction names, if these owners may use it."""
         model, _, version_id = reference.partition(":")
@@ -125,7 +122,9 @@ def prediction_router(service: Service) -> APIRouter:
             problems = input_problems(schema, inputs)
             if problems:
                 raise fail(422, "; ".join(problems))
-        for name in sorted(file_inputs(schema or {}) & set(inputs)) if schema else sorted(inputs):
+        # Without a schema (a version built before schemas were recorded) any input may be a file.
+        names = file_inputs(schema) & set(inputs) if schema else set(inputs)
+        for name in sorted(names):
             values = inputs[name] if isinstance(inputs[name], list) else [inputs[name]]
             for value in values:
                 check_file_value(name, value, token_owners, required=bool(schema))
@@ -156,10 +155,9 @@ def prediction_router(service: Service) -> APIRouter:
             except EgressRefused as exc:
                 raise fail(422, str(exc)) from None
 
-    async def create(version_ref: str | None, training_id: str | None, body, request: Request, token_owners: list[str],
-                     wait: int | None) -> Any:
-        seconds = parse_wait(request.headers.get("prefer"), wait)
-        cancel_after = parse_duration(request.headers.get("cancel-after"))
+    def record(version_ref: str | None, training_id: str | None, body, token_owners: list[str], cancel_after: float | None) -> dict:
+        """Check the request, record the prediction and hand it to a worker (database and
+        schema work: run off the event loop)."""
         webhook = body.webhook or body.webhook_completed
         check_webhook(webhook)
         if (version_ref is None) == (training_id is None):
@@ -183,6 +181,13 @@ def prediction_router(service: Service) -> APIRouter:
                              training_id=training_id, webhook=webhook, events=events, cancel_after=cancel_after)
         db.create_prediction(doc)
         service.submit_prediction(doc)
+        return doc
+
+    async def create(version_ref: str | None, training_id: str | None, body, request: Request, token_owners: list[str],
+                     wait: int | None) -> Any:
+        seconds = parse_wait(request.headers.get("prefer"), wait)
+        cancel_after = parse_duration(request.headers.get("cancel-after"))
+        doc = await run_in_threadpool(record, version_ref, training_id, body, token_owners, cancel_after)
         if seconds and service.predictions is not None:  # embedded: woken when it ends, no thread held
             loop, ended = asyncio.get_running_loop(), asyncio.Event()
 
@@ -213,12 +218,12 @@ def prediction_router(service: Service) -> APIRouter:
 
     @router.post("/v1/predictions", status_code=201, summary="Create a prediction (Replicate's route)")
     async def create_prediction(body: PredictionRequest, request: Request, wait: int | None = None,
-                                token_owners: list[str] = Depends(owners)) -> dict:
+                                token_owners: list[str] = Depends(service.owners)) -> dict:
         return await create(body.version, body.training, body, request, token_owners, wait)
 
     @router.post("/v1/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction on a model's latest version")
     async def create_model_prediction(owner: str, name: str, body: ModelPredictionRequest, request: Request, wait: int | None = None,
-                                      token_owners: list[str] = Depends(owners)) -> dict:
+                                      token_owners: list[str] = Depends(service.owners)) -> dict:
         return await create(f"{owner}/{name}", None, body, request, token_owners, wait)
 
     def prediction_for(prediction_id: str, token_owners: list[str]) -> dict:
@@ -228,12 +233,12 @@ def prediction_router(service: Service) -> APIRouter:
         return doc
 
     @router.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
-    def get_prediction(prediction_id: str, token_owners: list[str] = Depends(owners)) -> dict:
+    def get_prediction(prediction_id: str, token_owners: list[str] = Depends(service.owners)) -> dict:
         return service.predictor.public(prediction_for(prediction_id, token_owners))
 
     @router.get("/v1/predictions", summary="List predictions, newest first (filter: model=owner/name, status)")
     def list_predictions(cursor: str | None = None, limit: int = 50, model: str | None = None, status: str | None = None,
-                         token_owners: list[str] = Depends(owners)) -> dict:
+                         token_owners: list[str] = Depends(service.owners)) -> dict:
         if cursor is not None and not cursor.isdigit():
             raise fail(422, "cursor must come from a previous page's next")
         if status is not None and status not in ("starting", "processing", *FINISHED):
@@ -247,7 +252,7 @@ def prediction_router(service: Service) -> APIRouter:
         return {"previous": None, "next": next_url, "results": [service.predictor.public(d) for d in page]}
 
     @router.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
-    def cancel_prediction(prediction_id: str, token_owners: list[str] = Depends(owners)) -> dict:
+    def cancel_prediction(prediction_id: str, token_owners: list[str] = Depends(service.owners)) -> dict:
         doc = prediction_for(prediction_id, token_owners)
         if doc["status"] not in FINISHED:
             changes: dict = {"cancel_requested": True}
@@ -257,7 +262,7 @@ def prediction_router(service: Service) -> APIRouter:
         return service.predictor.public(doc)
 
     @router.get("/v1/models/{owner}/{name}", summary="Get a model (with its latest version)")
-    def get_model(owner: str, name: str, token_owners: list[str] = Depends(owners)) -> dict:
+    def get_model(owner: str, name: str, token_owners: list[str] = Depends(service.owners)) -> dict:
         latest = db.latest_version(owner, name) if service.may_use(token_owners, owner) else None
         if latest is None:
             raise fail(404, f"model {owner}/{name} not found")

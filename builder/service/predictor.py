@@ -346,9 +346,8 @@ class PredictionWorker:
 
     def training_ended(self, training_id: str) -> None:
         """Run the predictions that waited for this training."""
-        for doc in self.predictor.db.unfinished_predictions():
-            if doc.get("training_id") == training_id and not doc.get("version"):
-                self.submit(doc["id"])
+        for doc in self.predictor.db.predictions_waiting_for(training_id):
+            self.submit(doc["id"])
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

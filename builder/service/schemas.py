@@ -122,13 +122,18 @@ def model_schema(image: str, settings, db: Database | None = None) -> tuple[dict
     import yaml
 
     from builder.cog.unpack import unpack_src
+    from builder.oci.references import normalize_digest
 
-    resolved = resolve_image(image, settings, what="model image")
-    key = f"model_schema/{resolved.manifest.digest.removeprefix('sha256:')}"
+    # Keyed by the digest the reference pins (a template version), so that every build after a
+    # template's first needs no registry round trip, and an index and its manifest are one key.
+    digest = normalize_digest(image.rsplit("@", 1)[-1]) if "@" in image else None
+    resolved = None if digest else resolve_image(image, settings, what="model image")
+    key = f"model_schema/{(digest or resolved.manifest.digest).removeprefix('sha256:')}"
     published = db.setting(key, str) if db is not None else ""
     if published:
         found = json.loads(published)
         return found["schema"], found["cog_version"]
+    resolved = resolved or resolve_image(image, settings, what="model image")
     labels = (resolved.config.get("config") or {}).get("Labels") or {}
     cog_version = labels.get("run.cog.version") or ""
     if labels.get(SCHEMA_LABEL):

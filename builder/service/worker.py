@@ -124,9 +124,8 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
 
     def training_ended(training_id: str) -> None:
         """Queue the predictions that waited for this training."""
-        for doc in db.unfinished_predictions():
-            if doc.get("training_id") == training_id and not doc.get("version"):
-                defer_prediction(app, doc)
+        for doc in db.predictions_waiting_for(training_id):
+            defer_prediction(app, doc)
 
     state.pipeline.on_training_end = training_ended
     if "train" in queues:  # publish the schemas an API without the trainers' code validates with
