@@ -6,6 +6,7 @@ import pytest
 
 from builder.cog.server import start_cog_server
 from fixtures.tiny_models import build_tiny_sd
+from templates.inference.catalog import TEMPLATES as CATALOG
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +78,41 @@ def annotators(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def aux_annotators(tmp_path_factory):
+    """Random HED, M-LSD, NormalBae and PiDiNet checkpoints (full size: built once)."""
+    from fixtures.tiny_models import build_aux_annotators
+
+    return build_aux_annotators(tmp_path_factory.mktemp("models") / "aux-annotators")
+
+
+@pytest.fixture(scope="session")
+def depth_estimator(tmp_path_factory):
+    from fixtures.tiny_models import build_tiny_depth_estimator
+
+    return build_tiny_depth_estimator(tmp_path_factory.mktemp("models") / "depth")
+
+
+@pytest.fixture(scope="session")
+def segmenter(tmp_path_factory):
+    from fixtures.tiny_models import build_tiny_segmenter
+
+    return build_tiny_segmenter(tmp_path_factory.mktemp("models") / "seg")
+
+
+@pytest.fixture(scope="session")
+def loras(tmp_path_factory, tiny_base):
+    """Two random LoRAs for the tiny pipeline in diffusers/peft keys and one in kohya keys."""
+    from fixtures.tiny_models import build_tiny_lora
+
+    root = tmp_path_factory.mktemp("loras")
+    return {
+        "diffusers": build_tiny_lora(root / "a.safetensors", tiny_base),
+        "other": build_tiny_lora(root / "b.safetensors", tiny_base, seed=1),
+        "kohya": build_tiny_lora(root / "kohya.safetensors", tiny_base, kohya=True, seed=2),
+    }
+
+
+@pytest.fixture(scope="session")
 def safety_checker(tmp_path_factory):
     from fixtures.tiny_models import build_tiny_safety_checker
 
@@ -90,7 +126,7 @@ def flag_all_safety_checker(tmp_path_factory):
     return build_tiny_safety_checker(tmp_path_factory.mktemp("models") / "safety-checker-flags", flag_everything=True)
 
 
-TEMPLATE_CLASSES = {"vanilla": "Vanilla", "controlnet-canny": "ControlNetCanny", "controlnet-pose": "ControlNetPose"}
+TEMPLATE_CLASSES = {name: row.cog_class for name, row in CATALOG.items()}
 
 
 def start_template(tmp_path_factory, template, *, weights, controlnet=None, annotators=None, safety_checker=None):

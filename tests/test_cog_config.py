@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
+from templates.inference.catalog import TEMPLATES as CATALOG
 from tests.conftest import TEMPLATE_CLASSES
 from tests.helpers import REPO
 
@@ -85,8 +86,14 @@ def test_template_cog_yaml_is_valid_and_points_at_its_class(name):
     baked = {re.search(r"--local-dir (\S+)", line).group(1) for line in config["build"]["run"]}
     named = {v for k, v in env.items() if k in ("DREAMBUILD_SAFETY_CHECKER", "DREAMBUILD_CONTROLNET", "DREAMBUILD_ANNOTATORS")}
     assert baked == named
-    expected = {"vanilla": 1, "controlnet-canny": 2, "controlnet-pose": 3}[name]
-    assert len(baked) == expected
+    # ... and they bake what the template's row in the catalog names.
+    row = CATALOG[name]
+    assert len(baked) == 1 + bool(row.controlnet) + bool(row.annotators)
+    downloads = [line.split("hf download ", 1)[1].split(" --local-dir")[0] for line in config["build"]["run"]]
+    if row.controlnet:
+        assert f"{row.controlnet} config.json diffusion_pytorch_model.safetensors" in downloads
+    for spec in row.annotators:
+        assert any(d == spec or d.startswith(spec + " --include") for d in downloads), spec
 
 
 @pytest.mark.parametrize("name", TEMPLATES)

@@ -1,46 +1,63 @@
-"""The templates' inputs: one shared set, named and ranged alike in the three Cog classes, and
-the request checks that need no model."""
+"""The templates' inputs: one shared set, named and ranged alike in every Cog class, the classes
+matching the catalog's table, and the request checks that need no model (sizes, schedulers,
+prompt syntax, output formats)."""
 
 import inspect
 
 import pytest
+import torch
+from PIL import Image
 
 import templates.cog_models as predict
-from dreambuild.errors import InputError
+from dreambuild.errors import ControlImageError, InputError
+from templates.inference.catalog import CONTROLNET_INPUTS, SHARED_INPUTS, TEMPLATES, template_inputs
+from templates.inference.control import ANNOTATOR_FILES, ControlPreprocessor
+from templates.inference.outputs import write_images
+from templates.inference.prompts import PromptEncoder, a1111_weights, detect_syntax, to_compel
 from templates.inference.request import GenerationRequest, denoising_steps, resolve_size
 from templates.inference.schedulers import SCHEDULERS, make_scheduler
 
-SHARED = ["prompt", "negative_prompt", "image", "mask", "width", "height", "num_outputs", "num_inference_steps",
-          "guidance_scale", "prompt_strength", "scheduler", "seed", "disable_safety_check"]
-EXTRA = {
-    predict.Vanilla: [],
-    predict.ControlNetCanny: ["control_image", "return_control_image", "low_threshold", "high_threshold"],
-    predict.ControlNetPose: ["control_image", "return_control_image", "include_hand", "include_face"],
-}
+CLASSES = {name: getattr(predict, row.cog_class) for name, row in TEMPLATES.items()}
 
 
 def params(cls) -> dict:
     return {name: p for name, p in inspect.signature(cls.run).parameters.items() if name != "self"}
 
 
-@pytest.mark.parametrize("cls", EXTRA, ids=lambda c: c.__name__)
-def test_inputs_are_the_shared_set_plus_the_templates_own(cls):
-    assert set(params(cls)) == set(SHARED) | set(EXTRA[cls])
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_inputs_are_the_catalogs(name):
+    assert list(params(CLASSES[name])) == list(dict.fromkeys(params(CLASSES[name])))  # no duplicates
+    assert set(params(CLASSES[name])) == set(template_inputs(TEMPLATES[name]))
 
 
-@pytest.mark.parametrize("cls", [predict.ControlNetCanny, predict.ControlNetPose], ids=lambda c: c.__name__)
-def test_shared_inputs_are_declared_identically(cls):
-    vanilla, other = params(predict.Vanilla), params(cls)
-    for name in SHARED:
-        assert repr(other[name].default) == repr(vanilla[name].default), name
-        assert other[name].annotation == vanilla[name].annotation, name
-    canny, pose = params(predict.ControlNetCanny), params(predict.ControlNetPose)
-    assert repr(canny["return_control_image"].default) == repr(pose["return_control_image"].default)
+@pytest.mark.parametrize("name", [n for n in TEMPLATES if n != "vanilla"])
+def test_shared_inputs_are_declared_identically(name):
+    vanilla, other = params(predict.Vanilla), params(CLASSES[name])
+    for field in SHARED_INPUTS:
+        assert repr(other[field].default) == repr(vanilla[field].default), field
+        assert other[field].annotation == vanilla[field].annotation, field
+    canny = params(predict.ControlNetCanny)
+
+    def generic(template, cls, field):  # descriptions name the template's guide ("Canny edges")
+        return repr(params(cls)[field].default).replace(TEMPLATES[template].guide.split(" (")[0], "{guide}")
+
+    for field in CONTROLNET_INPUTS if TEMPLATES[name].preprocessor else ():
+        assert generic(name, CLASSES[name], field) == generic("controlnet-canny", predict.ControlNetCanny, field), field
+        assert other[field].annotation == canny[field].annotation, field
+
+
+def test_the_catalog_and_the_cog_classes_agree():
+    assert {row.cog_class for row in TEMPLATES.values()} == {
+        name for name, value in vars(predict).items() if inspect.isclass(value) and value.__module__ == predict.__name__
+    }
+    for row in TEMPLATES.values():
+        assert (row.preprocessor is None) == (row.controlnet is None)
+        assert row.preprocessor is None or row.preprocessor in ANNOTATOR_FILES
 
 
 def test_every_input_maps_onto_the_request():
     fields = set(GenerationRequest.__dataclass_fields__)
-    for cls in EXTRA:
+    for cls in CLASSES.values():
         assert set(params(cls)) <= fields
 
 
@@ -70,3 +87,113 @@ def test_modes_and_step_checks():
     assert denoising_steps(50, 0.8) == 40
     with pytest.raises(InputError, match="leaves no denoising step"):
         denoising_steps(3, 0.2)
+
+
+def test_choices_are_the_supported_ones():
+    assert predict.PROMPT_SYNTAXES == ["auto", "compel", "a1111"]
+    assert predict.OUTPUT_FORMATS == ["png", "jpg", "webp"]
+    # A1111's sampler names, as the SD-Dockerized API lists them, where diffusers has the sampler.
+    for name in ("Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE", "LMS Karras",
+                 "DPM2 Karras", "DPM2 a Karras", "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras"):
+        assert name in SCHEDULERS
+    config = make_scheduler("DDIM", {}).config
+    assert make_scheduler("DPM++ 2M Karras", config).config.use_karras_sigmas is True
+    assert make_scheduler("DPM++ 2M", config).config.use_karras_sigmas is False
+    assert make_scheduler("DPM++ SDE", config, seed=5).config.noise_sampler_seed == 5
+
+
+# --- prompt syntax ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prompt, runs",
+    [
+        ("a red toy", [("a red toy", 1.0)]),
+        ("a (red) toy", [("a ", 1.0), ("red", 1.1), (" toy", 1.0)]),
+        ("((red))", [("red", pytest.approx(1.21))]),
+        ("[red]", [("red", pytest.approx(1 / 1.1))]),
+        ("(red:1.3), [[blue]]", [("red", 1.3), (", ", 1.0), ("blue", pytest.approx(1 / 1.21))]),
+        ("(red toy", [("red toy", 1.1)]),  # unclosed: to the end, as in A1111
+        (r"a \(literal\) toy", [("a (literal) toy", 1.0)]),
+    ],
+)
+def test_a1111_weights_are_parsed_as_a1111_does(prompt, runs):
+    assert a1111_weights(prompt) == runs
+
+
+def test_syntax_is_detected():
+    for compel in ("a (red)1.3 toy", "a red toy++", "beach--", "(a, b).and()", "a red toy", "(red)-"):
+        assert detect_syntax(compel) == "compel", compel
+    for a1111 in ("a (red:1.3) toy", "a [red] toy", "((red))", "a (red) toy", "(red:1.2). A photo"):
+        assert detect_syntax(a1111) == "a1111", a1111
+    assert to_compel("a (red) toy", "compel") == "a (red) toy"
+    assert to_compel("a (red) toy", "a1111") == "a (red)1.1 toy"
+    assert to_compel('say "(hi)"', "a1111") == 'say \\" (hi)1.1 \\"'  # compel's quote escaped
+    with pytest.raises(InputError, match="unknown prompt_syntax 'sd'"):
+        to_compel("x", "sd")
+
+
+def test_each_a1111_form_weighs_as_documented(tiny_base):
+    """(word) is x1.1, ((word)) x1.21, [word] /1.1, (word:1.3) x1.3: the same conditioning as
+    compel's explicit weights, and each unlike the plain prompt."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False, local_files_only=True)
+    encoder = PromptEncoder(pipe)
+
+    def embeds(prompt, syntax="auto"):
+        return encoder.encode(prompt, None, syntax)[0]
+
+    plain = embeds("a red toy")
+    seen = [plain]
+    for a1111, compel in [("a (red) toy", "a (red)1.1 toy"), ("a ((red)) toy", "a (red)1.21 toy"),
+                          ("a [red] toy", "a (red)0.909091 toy"), ("a (red:1.3) toy", "a (red)1.3 toy")]:
+        weighted = embeds(a1111)
+        assert torch.equal(weighted, embeds(a1111, "a1111")) and torch.equal(weighted, embeds(compel, "compel")), a1111
+        assert not any(torch.equal(weighted, other) for other in seen), a1111
+        seen.append(weighted)
+    assert torch.equal(embeds("a (red) toy", "compel"), plain)  # compel's bare brackets only group
+
+
+# --- control preprocessing and outputs, without a model ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", [k for k in ANNOTATOR_FILES if k != "canny"])
+def test_missing_annotators_fail_each_control_prediction_clearly(kind, tmp_path):
+    preprocessor = ControlPreprocessor.load(kind, tmp_path / "nothing-here", torch.device("cpu"))
+    assert preprocessor.problem and f"{kind} annotator files missing in" in preprocessor.problem
+    photo = Image.new("RGB", (32, 32), (200, 10, 10))
+    with pytest.raises(ControlImageError, match=rf"control_image preprocessing \({kind}\) cannot run: {kind} annotator files missing"):
+        preprocessor(photo, (32, 32), {"scribble_from_photo": True})
+
+
+def test_a_failing_annotator_is_a_clear_error():
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of cheese")
+
+    with pytest.raises(ControlImageError, match=r"control_image preprocessing \(hed\) failed: out of cheese"):
+        ControlPreprocessor("hed", broken)(Image.new("RGB", (8, 8)), (8, 8))
+
+
+def test_scribbles_from_drawings_are_white_strokes_on_black():
+    pen_on_paper = Image.new("RGB", (16, 16), "white")
+    pen_on_paper.paste((20, 20, 20), (4, 4, 12, 6))
+    chalk_on_board = Image.new("RGB", (16, 16), "black")
+    chalk_on_board.paste((230, 230, 230), (4, 4, 12, 6))
+    scribble = ControlPreprocessor("scribble")  # no PiDiNet needed for a drawing
+    for drawing in (pen_on_paper, chalk_on_board):
+        pixels = list(scribble(drawing, (16, 16)).get_flattened_data())
+        assert sorted(set(pixels)) == [(0, 0, 0), (255, 255, 255)]
+        assert sum(p == (255, 255, 255) for p in pixels) == 16
+
+
+def test_output_formats(tmp_path):
+    image = Image.effect_noise((64, 64), 60).convert("RGB")
+    png, jpg, webp = (write_images([image], tmp_path, fmt, 80)[0] for fmt in ("png", "jpg", "webp"))
+    assert png.read_bytes().startswith(b"\x89PNG") and jpg.read_bytes().startswith(b"\xff\xd8")
+    assert webp.read_bytes()[8:12] == b"WEBP"
+    (tmp_path / "low").mkdir()
+    low = write_images([image], tmp_path / "low", "jpg", 10)[0]
+    assert low.stat().st_size < jpg.stat().st_size
+    with pytest.raises(InputError, match="unknown output_format 'gif'"):
+        write_images([image], tmp_path, "gif")

@@ -253,4 +253,4 @@ def test_missing_baked_weights_fail_closed(tmp_path_factory, fine_tune, tiny_con
         assert "safety checker weights not found at" in error and "disable_safety_check" in error
         assert len(outputs(predict(server, prompt="a cjw toy", disable_safety_check=True))) == 1
         error = failed(server, prompt="a cjw toy", disable_safety_check=True, control_image=png_url(shapes_png()))
-        assert "control_image preprocessing (openpose) cannot run: OpenPose annotator checkpoints missing" in error
+        assert "control_image preprocessing (openpose) cannot run: openpose annotator files missing in" in error

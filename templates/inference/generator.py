@@ -1,5 +1,5 @@
 """The templates' predictor core: ``setup()`` loads every component once; ``generate()``
-turns one request into PNG files (request -> images -> safety check -> files)."""
+turns one request into image files (request -> LoRA on top -> images -> safety check -> files)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from PIL import Image
 from dreambuild.errors import InputError, NSFWContentError, TemplateWithoutWeightsError
 from dreambuild.images import load_rgb
 from dreambuild.layout import check_diffusers_layout
+from templates.inference.catalog import TEMPLATES
 from templates.inference.control import ControlPreprocessor
 from templates.inference.locations import WeightLocations
+from templates.inference.loras import LoraAdapters
+from templates.inference.outputs import write_images
 from templates.inference.pipelines import Device, Pipelines, compile_requested, load_controlnet, load_pipelines
 from templates.inference.prompts import PromptEncoder
 from templates.inference.request import GenerationRequest, denoising_steps, resolve_size
@@ -26,10 +29,6 @@ from templates.inference.safety import SafetyChecker
 from templates.inference.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
-
-# template name -> control image preprocessor (None: no ControlNet)
-TEMPLATES: dict[str, str | None] = {"vanilla": None, "controlnet-canny": "canny", "controlnet-pose": "openpose"}
-
 
 def template_message(weights: Path) -> str:
     return (
@@ -47,7 +46,7 @@ class ImageGenerator:
             raise ValueError(f"unknown template {template!r}")
         self.template = template
         self.last_metrics: dict[str, float] = {}  # of the last request: Cog reports them with the prediction
-        self.control_kind = TEMPLATES[template]
+        self.control_kind = TEMPLATES[template].preprocessor
         self.locations = locations or WeightLocations.from_env()
         self.pipes: Pipelines | None = None
         self.no_weights: str | None = None
@@ -81,6 +80,7 @@ class ImageGenerator:
                 log.warning("%s: predictions with a control_image fail.", self.no_controlnet)
         self.pipes = load_pipelines(loc.weights, controlnet, self.device, compile_unet=compile_requested())
         self.prompts = PromptEncoder(self.pipes.base)
+        self.loras = LoraAdapters(self.pipes.base)
         args = loc.weights / "args.json"
         if args.is_file():
             self.instance_prompt = json.loads(args.read_text()).get("instance_prompt")
@@ -90,7 +90,7 @@ class ImageGenerator:
         )
 
     def generate(self, request: GenerationRequest) -> list[Path]:
-        """Run one request; returns PNG paths (the control image first when asked for)."""
+        """Run one request; returns image paths (the control image first when asked for)."""
         if self.pipes is None:
             raise TemplateWithoutWeightsError(self.no_weights or "no weights loaded")
         mode = request.mode
@@ -103,16 +103,36 @@ class ImageGenerator:
         if not prompt:
             raise InputError("prompt is empty and the weights' args.json has no instance_prompt to default to")
         width, height = resolve_size(request.width, request.height, self.pipes.native_size)
-        scheduler = make_scheduler(request.scheduler, self.pipes.base.scheduler.config)
         if request.image is not None:
             denoising_steps(request.num_inference_steps, request.prompt_strength)
-
-        pipe = self.pipes.by_mode[mode]
-        pipe.scheduler = scheduler
-        kwargs, control = self._images(request, mode, (width, height))
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+        pipe = self.pipes.by_mode[mode]
+        pipe.scheduler = make_scheduler(request.scheduler, self.pipes.base.scheduler.config, seed)
+        kwargs, control = self._images(request, mode, (width, height))
         log.info("Using seed: %d (image i uses seed + i)", seed)
-        embeds, negative = self.prompts.encode(prompt, request.negative_prompt)
+        loras = [(name, path, scale) for name, path, scale in (
+            ("lora_weights", request.lora_weights, request.lora_scale), ("extra_lora", request.extra_lora, request.extra_lora_scale),
+        ) if path is not None]
+        try:
+            self.loras.activate(loras)  # before encoding: a LoRA may adapt the text encoder too
+            images, seconds = self._run(pipe, request, prompt, seed, kwargs)
+        finally:
+            self.loras.deactivate()
+        log.info(
+            "Generated %d image(s), %s %dx%d, %d steps of %s in %.2f s.",
+            len(images), mode, width, height, request.num_inference_steps, request.scheduler, seconds,
+        )
+        if not request.disable_safety_check:
+            images = self._drop_flagged(images)
+        images = ([control] if control is not None and request.return_control_image else []) + images
+        # The previous prediction's files have been sent by now; keep one set on disk at a time.
+        if self._outputs is not None:
+            shutil.rmtree(self._outputs, ignore_errors=True)
+        self._outputs = Path(tempfile.mkdtemp(prefix="dreambuild-outputs-"))
+        return write_images(images, self._outputs, request.output_format, request.output_quality)
+
+    def _run(self, pipe, request: GenerationRequest, prompt: str, seed: int, kwargs: dict) -> tuple[list[Image.Image], float]:
+        embeds, negative = self.prompts.encode(prompt, request.negative_prompt, request.prompt_syntax)
         if str(self.device.device).startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
@@ -130,13 +150,7 @@ class ImageGenerator:
         self.last_metrics = {"inference_time": round(seconds, 4)}
         if str(self.device.device).startswith("cuda"):  # what the model server's GPU held at most for this request
             self.last_metrics["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
-        log.info(
-            "Generated %d image(s), %s %dx%d, %d steps of %s in %.2f s.",
-            len(images), mode, width, height, request.num_inference_steps, request.scheduler, seconds,
-        )
-        if not request.disable_safety_check:
-            images = self._drop_flagged(images)
-        return self._write(([control] if control is not None and request.return_control_image else []) + images)
+        return images, seconds
 
     def _images(self, request: GenerationRequest, mode: str, size: tuple[int, int]) -> tuple[dict, Image.Image | None]:
         """Pipeline keyword arguments carrying the mode's images, all at the output size, and
@@ -148,10 +162,10 @@ class ImageGenerator:
         mask = load_rgb(request.mask, "mask").convert("L").resize(size, Image.Resampling.LANCZOS) if request.mask else None
         if request.control_image is not None:
             source = load_rgb(request.control_image, "control_image")
-            control = self.preprocessor(
-                source, size, low_threshold=request.low_threshold, high_threshold=request.high_threshold,
-                include_hand=request.include_hand, include_face=request.include_face,
-            )
+            if request.control_preprocess:
+                control = self.preprocessor(source, size, request.control_options)
+            else:  # the user's own depth map, skeleton or edges, used as they are
+                control = source.resize(size, Image.Resampling.BILINEAR)
         base = mode.removeprefix("controlnet-")
         if base == "txt2img":
             kwargs.update(width=width, height=height)
@@ -163,6 +177,8 @@ class ImageGenerator:
             kwargs["image"] = control
         elif mode.startswith("controlnet-"):
             kwargs["control_image"] = control
+        if mode.startswith("controlnet-"):
+            kwargs["controlnet_conditioning_scale"] = request.controlnet_conditioning_scale
         return kwargs, control
 
     def _drop_flagged(self, images: list[Image.Image]) -> list[Image.Image]:
@@ -176,17 +192,3 @@ class ImageGenerator:
                 "try a different prompt or seed"
             )
         return kept
-
-    def _write(self, images: list[Image.Image]) -> list[Path]:
-        # The previous prediction's files have been sent by now; keep one set on disk at a time.
-        if self._outputs is not None:
-            shutil.rmtree(self._outputs, ignore_errors=True)
-        self._outputs = Path(tempfile.mkdtemp(prefix="dreambuild-outputs-"))
-        paths = []
-        for index, image in enumerate(images):
-            path = self._outputs / f"out-{index}.png"
-            # zlib level 1: a tenth of the default level's encoding time (about 0.1 s of a 512px
-            # image, measured against a 1.4 s generation) for files about 15% larger.
-            image.save(path, format="PNG", compress_level=1)
-            paths.append(path)
-        return paths

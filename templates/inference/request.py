@@ -18,6 +18,7 @@ class GenerationRequest:
 
     prompt: str | None = None
     negative_prompt: str | None = None
+    prompt_syntax: str = "auto"
     image: Path | None = None
     mask: Path | None = None
     control_image: Path | None = None
@@ -30,6 +31,15 @@ class GenerationRequest:
     scheduler: str = "DDIM"
     seed: int | None = None
     disable_safety_check: bool = False
+    lora_weights: Path | None = None
+    lora_scale: float = 1.0
+    extra_lora: Path | None = None
+    extra_lora_scale: float = 1.0
+    output_format: str = "png"
+    output_quality: int = 80
+    # ControlNet templates
+    control_preprocess: bool = True
+    controlnet_conditioning_scale: float = 1.0
     return_control_image: bool = False
     # Canny
     low_threshold: int = 100
@@ -37,6 +47,18 @@ class GenerationRequest:
     # OpenPose
     include_hand: bool = False
     include_face: bool = False
+    # M-LSD
+    value_threshold: float = 0.1
+    distance_threshold: float = 0.1
+    # scribble
+    scribble_from_photo: bool = False
+
+    @property
+    def control_options(self) -> dict:
+        """The inputs a control preprocessor reads."""
+        names = ("low_threshold", "high_threshold", "include_hand", "include_face", "value_threshold",
+                 "distance_threshold", "scribble_from_photo")
+        return {name: getattr(self, name) for name in names}
 
     @property
     def mode(self) -> str:

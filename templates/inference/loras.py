@@ -1,0 +1,103 @@
+"""LoRA on top: a user's ``.safetensors`` LoRA (diffusers/peft or kohya/A1111 keys) applied to
+the shared pipeline for one prediction, through diffusers' LoRA loaders and peft adapters.
+
+request (lora_weights, extra_lora) -> digest -> adapter (loaded once, cached) -> set_adapters
+-> generate -> disable_lora (the next prediction without LoRA runs exactly the plain model)
+
+Adapters are not fused: fusing and unfusing changes the base weights by float rounding, and a
+plain prediction after a LoRA one must be byte-identical to one before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from dreambuild.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MAX_CACHED = 4  # adapters kept loaded; the least recently used is deleted beyond this
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LoraAdapters:
+    """The LoRA adapters loaded into one pipeline's UNet and text encoder, by content digest."""
+
+    def __init__(self, pipe: Any, max_cached: int = MAX_CACHED) -> None:
+        self.pipe = pipe
+        self.max_cached = max_cached
+        self._loaded: OrderedDict[str, str] = OrderedDict()  # digest -> adapter name
+        self.active = False
+
+    def activate(self, loras: list[tuple[str, Path, float]]) -> None:
+        """Apply ``loras`` ((input name, file, scale) each) for the next generation; none: the
+        plain model. Two inputs naming the same file add their scales."""
+        self.deactivate()
+        scales: dict[str, float] = {}
+        for field, path, scale in loras:
+            name = self._adapter(field, path)
+            scales[name] = scales.get(name, 0.0) + scale
+        if not scales:
+            return
+        self.pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
+        self.pipe.enable_lora()
+        self.active = True
+        log.info("LoRA applied: %s.", ", ".join(f"{name} x{scale:g}" for name, scale in scales.items()))
+
+    def deactivate(self) -> None:
+        if self.active:
+            self.pipe.disable_lora()
+            self.active = False
+
+    def _adapter(self, field: str, path: Path) -> str:
+        digest = file_digest(path)
+        if digest in self._loaded:
+            self._loaded.move_to_end(digest)
+            return self._loaded[digest]
+        name = f"lora_{digest[:16]}"
+        state = read_lora(field, path)
+        try:
+            self.pipe.load_lora_weights(state, adapter_name=name)
+        except Exception as exc:  # noqa: BLE001 - any refusal by the loader is about the file
+            self._forget(name)
+            raise InputError(f"{field} cannot be applied to this model: {exc}") from None
+        if not any(name in names for names in self.pipe.get_list_adapters().values()):
+            self._forget(name)
+            raise InputError(f"{field} has no weights for this model's layers (is it a LoRA for another base model?)")
+        self._loaded[digest] = name
+        while len(self._loaded) > self.max_cached:
+            _, old = self._loaded.popitem(last=False)
+            self._forget(old)
+        log.info("LoRA %s loaded from %s (sha256 %s).", name, field, digest)
+        return name
+
+    def _forget(self, name: str) -> None:
+        try:
+            self.pipe.delete_adapters(name)
+        except Exception:  # noqa: BLE001 - a half-loaded adapter may not be registered anywhere
+            pass
+
+
+def read_lora(field: str, path: Path) -> dict:
+    """The LoRA's tensors, from safetensors only: a pickled checkpoint could run code."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{field} is not a .safetensors file ({exc}); LoRAs are accepted as safetensors only") from None
+    if not any("lora" in key.lower() for key in state):
+        raise InputError(f"{field} holds no LoRA weights (no lora_* tensors among its {len(state)} keys)")
+    return state
