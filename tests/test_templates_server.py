@@ -1,4 +1,6 @@
-"""The three templates in the real Cog HTTP server (coglet) on CPU, with tiny random weights."""
+"""The vanilla, canny and pose templates in the real Cog HTTP server (coglet) on CPU, with tiny
+random weights: generation modes, seeds, prompt syntax, schedulers, LoRA on top, output formats,
+bad input. The other ControlNet templates: tests/test_templates_controlnet.py."""
 
 import base64
 import hashlib
@@ -144,6 +146,89 @@ def test_every_scheduler_runs(vanilla_server, scheduler):
     body = predict(vanilla_server, prompt="a cjw toy", scheduler=scheduler, num_inference_steps=2)
     assert len(outputs(body)) == 1
     assert f"steps of {scheduler}" in body["logs"]
+
+
+def test_sde_schedulers_are_reproducible_by_seed(vanilla_server):
+    """The SDE schedulers' Brownian noise is seeded from the prediction's seed too."""
+    first = outputs(predict(vanilla_server, prompt="a cjw toy", scheduler="DPM++ SDE Karras", seed=3))
+    assert outputs(predict(vanilla_server, prompt="a cjw toy", scheduler="DPM++ SDE Karras", seed=3)) == first
+    assert outputs(predict(vanilla_server, prompt="a cjw toy", scheduler="DPM++ SDE Karras", seed=4)) != first
+
+
+def test_a1111_prompt_syntax_reaches_the_model(vanilla_server):
+    plain = outputs(predict(vanilla_server, prompt="a red toy on a beach"))
+    a1111 = outputs(predict(vanilla_server, prompt="a (red:1.5) toy on a [beach]"))
+    assert a1111 != plain
+    assert outputs(predict(vanilla_server, prompt="a (red)1.5 toy on a (beach)0.909091", prompt_syntax="compel")) == a1111
+    # The same text read as compel's syntax is another conditioning ((red:1.5) is literal text there).
+    assert outputs(predict(vanilla_server, prompt="a (red:1.5) toy on a [beach]", prompt_syntax="compel")) != a1111
+
+
+@pytest.mark.parametrize("fmt, magic", [("jpg", b"\xff\xd8\xff"), ("webp", b"RIFF")])
+def test_output_formats(vanilla_server, fmt, magic):
+    def files(**inputs):
+        body = predict(vanilla_server, prompt="a cjw toy", output_format=fmt, **inputs)
+        assert body["status"] == "succeeded", body.get("error")
+        return [base64.b64decode(value.split(",", 1)[1]) for value in body["output"]]
+
+    best, worst = files(output_quality=100)[0], files(output_quality=5)[0]
+    assert best.startswith(magic) and worst.startswith(magic) and len(worst) < len(best)
+    assert Image.open(io.BytesIO(best)).size == (64, 64)
+
+
+# --- LoRA on top --------------------------------------------------------------------------------
+
+
+def lora_url(path) -> str:
+    return png_url(path.read_bytes(), "application/octet-stream")
+
+
+def test_lora_changes_the_image_and_leaves_no_trace(vanilla_server, loras):
+    before = outputs(predict(vanilla_server, prompt="a cjw toy"))
+    with_lora = outputs(predict(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["diffusers"])))
+    after = outputs(predict(vanilla_server, prompt="a cjw toy"))
+    assert with_lora != before and after == before  # byte-identical: the adapter is off again
+    # Cached by content: the same LoRA again gives the same image; its scale matters.
+    again = predict(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["diffusers"]))
+    assert outputs(again) == with_lora and "loaded from" not in again["logs"]
+    assert outputs(predict(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["diffusers"]), lora_scale=0.3)) != with_lora
+    assert outputs(predict(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["diffusers"]), lora_scale=0.0)) == before
+
+
+def test_kohya_loras_and_a_second_lora(vanilla_server, loras):
+    before = outputs(predict(vanilla_server, prompt="a cjw toy"))
+    kohya = outputs(predict(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["kohya"])))
+    first = outputs(predict(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["diffusers"])))
+    both = outputs(predict(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["diffusers"]),
+                           extra_lora=lora_url(loras["other"]), extra_lora_scale=0.8))
+    assert len({digest(f[0]) for f in (before, kohya, first, both)}) == 4
+    assert outputs(predict(vanilla_server, prompt="a cjw toy")) == before
+
+
+def test_bad_loras_fail_clearly_and_change_nothing(vanilla_server, loras, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    before = outputs(predict(vanilla_server, prompt="a cjw toy"))
+    pickled = tmp_path / "lora.bin"
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, pickled)
+    assert "lora_weights is not a .safetensors file" in failed(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(pickled))
+    plain = tmp_path / "not-a-lora.safetensors"
+    save_file({"weight": torch.zeros(2)}, plain)
+    assert "extra_lora holds no LoRA weights" in failed(vanilla_server, prompt="a cjw toy", extra_lora=lora_url(plain))
+    # A LoRA for another model: its layers' shapes do not fit this one's.
+    other = tmp_path / "other-base.safetensors"
+    save_file({k: v if v.dim() == 0 else torch.zeros([n * 2 for n in v.shape]) for k, v in load_file(loras["kohya"]).items()}, other)
+    assert "lora_weights cannot be applied to this model" in failed(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(other))
+    assert outputs(predict(vanilla_server, prompt="a cjw toy")) == before
+
+
+def test_lora_on_canny_and_pose(canny_server, pose_server, loras):
+    person = png_url(image_bytes(size=(64, 96)))
+    for server, control in ((canny_server, png_url(shapes_png())), (pose_server, person)):
+        before = outputs(predict(server, prompt="a cjw toy", control_image=control))
+        with_lora = outputs(predict(server, prompt="a cjw toy", control_image=control, lora_weights=lora_url(loras["kohya"])))
+        assert with_lora != before and outputs(predict(server, prompt="a cjw toy", control_image=control)) == before
 
 
 def test_safety_checker_runs_and_keeps_clean_images(vanilla_server):

@@ -71,7 +71,9 @@ class LoraAdapters:
             self.pipe.load_lora_weights(state, adapter_name=name)
         except Exception as exc:  # noqa: BLE001 - any refusal by the loader is about the file
             self._forget(name)
-            raise InputError(f"{field} cannot be applied to this model: {exc}") from None
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+            raise InputError(f"{field} cannot be applied to this model: {' '.join(line.strip() for line in lines[:2])}{more}") from None
         if not any(name in names for names in self.pipe.get_list_adapters().values()):
             self._forget(name)
             raise InputError(f"{field} has no weights for this model's layers (is it a LoRA for another base model?)")
