@@ -5,7 +5,7 @@
 - ``DREAMBUILD_REGISTRY``: registry host for model names without one (``owner/name``).
 - ``DREAMBUILD_TEMPLATE_REPOSITORIES``: comma-separated repositories (``registry/repo`` or
   ``oci:PATH``) searched for a template given as a bare ``sha256:`` version; default: the
-  embedded layout, plus ``$DREAMBUILD_REGISTRY/dreambuild/<template>`` for the three templates.
+  embedded layout, plus ``$DREAMBUILD_REGISTRY/dreambuild/<template>`` for every template.
 - ``DREAMBUILD_INSECURE_REGISTRIES``: comma-separated hosts spoken to over plain HTTP
   (loopback hosts always are, as with Docker).
 - ``DREAMBUILD_REGISTRY_RETRIES`` (default 5): attempts for transient registry failures.
@@ -18,7 +18,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TEMPLATE_NAMES = ("vanilla", "controlnet-canny", "controlnet-pose")
+# A copy of templates/inference/catalog.py's names (the host side does not import the Cog models'
+# sources; tests/test_templates_inputs.py keeps the two equal).
+TEMPLATE_NAMES = ("vanilla", "controlnet-canny", "controlnet-pose", "controlnet-depth", "controlnet-hed", "controlnet-mlsd",
+                  "controlnet-normal", "controlnet-scribble", "controlnet-seg")
 
 
 def _split(value: str | None) -> list[str]:

@@ -47,6 +47,9 @@ def test_shared_inputs_are_declared_identically(name):
 
 
 def test_the_catalog_and_the_cog_classes_agree():
+    from builder.settings import TEMPLATE_NAMES
+
+    assert TEMPLATE_NAMES == tuple(TEMPLATES)
     assert {row.cog_class for row in TEMPLATES.values()} == {
         name for name, value in vars(predict).items() if inspect.isclass(value) and value.__module__ == predict.__name__
     }
