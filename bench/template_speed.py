@@ -2,6 +2,10 @@
 core (templates.inference) on whatever device is present, with a random-weight pipeline of
 Stable Diffusion 1.5's exact layer shapes generated locally.
 
+Also: setup against the time to read the weights' safetensors bytes (warm page cache, the same
+run; goal: setup within 1.5x of it), and with ``--controlnet`` the controlnet-canny template
+beside vanilla (a random ControlNet of SD 1.5's shape, Canny preprocessing included).
+
 Baselines, printed as ratios in the same run:
   * in-run: plain diffusers ``StableDiffusionPipeline`` on the same weights and device, called
     the way its documentation does (fp16 on CUDA, default SDPA attention, prompt string);
@@ -10,6 +14,7 @@ Baselines, printed as ratios in the same run:
 
     python bench/template_speed.py                       # SD-1.5 shape, 512px, 50 steps
     python bench/template_speed.py --shape tiny --size 64 --steps 20   # a quick CPU run
+    python bench/template_speed.py --controlnet          # + the controlnet-canny template
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from fixtures.tiny_models import build_sd  # noqa: E402
+from fixtures.tiny_models import build_sd, build_tiny_controlnet  # noqa: E402
 from templates.inference.generator import ImageGenerator  # noqa: E402
 from templates.inference.locations import WeightLocations  # noqa: E402
 from templates.inference.request import GenerationRequest  # noqa: E402
@@ -84,16 +89,47 @@ def bench_plain_diffusers(weights: Path, device: torch.device, dtype: torch.dtyp
     return result
 
 
-def bench_template(weights: Path, device: torch.device, size: int, steps: int, repeats: int, compile_unet: bool) -> dict:
+def read_seconds(weights: Path, repeats: int = 3) -> tuple[float, int]:
+    """Median seconds to read every safetensors file of ``weights`` (after one read that warms
+    the page cache, as setup finds it on a warm worker), and their total bytes."""
+    files = sorted(weights.rglob("*.safetensors"))
+    total = sum(f.stat().st_size for f in files)
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        for f in files:
+            with open(f, "rb") as handle:
+                while handle.read(1 << 24):
+                    pass
+        times.append(time.perf_counter() - started)
+    return sorted(times[1:])[len(times[1:]) // 2], total
+
+
+def control_photo(size: int):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), (20, 20, 40))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((size // 8, size // 8, size // 2, size * 3 // 4), fill=(230, 230, 230))
+    draw.ellipse((size // 2, size // 4, size * 7 // 8, size * 5 // 8), fill=(200, 60, 60))
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"dreambuild-bench-control-{size}.png"
+    image.save(path)
+    return path
+
+
+def bench_template(weights: Path, device: torch.device, size: int, steps: int, repeats: int, compile_unet: bool,
+                   controlnet: Path | None = None) -> dict:
     os.environ["DREAMBUILD_TORCH_COMPILE"] = "1" if compile_unet else "0"
     reset_peak(device)
     missing = weights.parent / "not-baked"
-    generator = ImageGenerator("vanilla", WeightLocations(weights, missing, missing, missing))
+    template = "controlnet-canny" if controlnet else "vanilla"
+    generator = ImageGenerator(template, WeightLocations(weights, controlnet or missing, missing, missing))
     started = time.perf_counter()
     generator.setup()
     sync(device)
     setup = time.perf_counter() - started
-    request = GenerationRequest(prompt=PROMPT, width=size, height=size, num_inference_steps=steps, seed=0, disable_safety_check=True)
+    request = GenerationRequest(prompt=PROMPT, width=size, height=size, num_inference_steps=steps, seed=0, disable_safety_check=True,
+                                control_image=control_photo(size) if controlnet else None)
     first = time.perf_counter()
     generator.generate(request)  # includes compilation when compiling
     first = time.perf_counter() - first
@@ -112,6 +148,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also measure with torch.compile (CUDA)")
+    parser.add_argument("--controlnet", action="store_true", help="also measure the controlnet-canny template")
     parser.add_argument("--cache", type=Path, default=Path(".dreambuild/cache"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     ns = parser.parse_args()
@@ -140,6 +177,17 @@ def main() -> None:
 
     record("plain diffusers (in-run baseline)", bench_plain_diffusers(weights, device, dtype, ns.size, ns.steps, ns.repeats))
     record("dreambuild template core", bench_template(weights, device, ns.size, ns.steps, ns.repeats, compile_unet=False))
+    read, total = read_seconds(weights)
+    setup = rows["dreambuild template core"]["setup_s"]
+    print(f"  setup {setup:.2f} s vs reading the {total / 2**30:.2f} GiB of safetensors {read:.2f} s: "
+          f"{setup / read:.2f}x (goal <= 1.5x)", flush=True)
+    rows["dreambuild template core"].update(read_s=read, weights_bytes=total)
+    if ns.controlnet:
+        controlnet = ns.cache / f"{ns.shape}-random-controlnet-{str(dtype).removeprefix('torch.')}"
+        if not (controlnet / "config.json").is_file():
+            build_tiny_controlnet(controlnet, weights, dtype=dtype)
+        record("controlnet-canny template (txt2img + Canny)",
+               bench_template(weights, device, ns.size, ns.steps, ns.repeats, compile_unet=False, controlnet=controlnet))
     if ns.compile and device.type == "cuda":
         row = bench_template(weights, device, ns.size, ns.steps, ns.repeats, compile_unet=True)
         record("dreambuild template core + torch.compile", row)

@@ -118,3 +118,15 @@ def test_lora_on_top(server, loras):
     with_lora = outputs(predict(server, prompt="a cjw toy", control_image=control, lora_weights=lora))
     after = outputs(predict(server, prompt="a cjw toy", control_image=control))
     assert with_lora != before and after == before
+
+
+def test_without_its_annotator_a_template_fails_only_what_needs_it(tmp_path_factory, fine_tune, tiny_controlnet, safety_checker):
+    """Missing annotator files: a failed prediction naming them; control_preprocess false and
+    plain predictions still run."""
+    with start_template(tmp_path_factory, "controlnet-depth", weights=fine_tune, controlnet=tiny_controlnet,
+                        safety_checker=safety_checker) as depth:
+        error = failed(depth, prompt="a cjw toy", control_image=png_url(photo()))
+        assert "control_image preprocessing (depth) cannot run: depth annotator files missing in" in error
+        assert "config.json, preprocessor_config.json" in error
+        assert len(outputs(predict(depth, prompt="a cjw toy", control_image=png_url(photo()), control_preprocess=False))) == 1
+        assert len(outputs(predict(depth, prompt="a cjw toy"))) == 1

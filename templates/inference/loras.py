@@ -10,8 +10,10 @@ plain prediction after a LoRA one must be byte-identical to one before it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,8 @@ class LoraAdapters:
         name = f"lora_{digest[:16]}"
         state = read_lora(field, path)
         try:
-            self.pipe.load_lora_weights(state, adapter_name=name)
+            with _quiet_loading():
+                self.pipe.load_lora_weights(state, adapter_name=name)
         except Exception as exc:  # noqa: BLE001 - any refusal by the loader is about the file
             self._forget(name)
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
@@ -89,6 +92,22 @@ class LoraAdapters:
             self.pipe.delete_adapters(name)
         except Exception:  # noqa: BLE001 - a half-loaded adapter may not be registered anywhere
             pass
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Loading a second adapter makes peft warn that the model has adapters already and
+    transformers report the new adapter's keys as "missing" before they are filled: both are
+    expected here and would only clutter the prediction's logs."""
+    report = logging.getLogger("transformers")
+    level = report.level
+    report.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            yield
+    finally:
+        report.setLevel(level)
 
 
 def read_lora(field: str, path: Path) -> dict:
