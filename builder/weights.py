@@ -25,7 +25,7 @@ from builder.egress import FetchUnavailable, fetch
 from builder.oci.layer import LayerEntry
 from dreambuild.archives import ArchiveLimits, entry_parts, is_symlink_entry
 from dreambuild.errors import ArchiveError, InputError
-from dreambuild.layout import check_diffusers_layout, check_diffusers_listing, locate_pipeline_root
+from dreambuild.layout import check_diffusers_layout, check_diffusers_listing, locate_pipeline_root, no_index_message
 
 WEIGHTS_LIMITS = ArchiveLimits(max_files=5_000, max_total_bytes=32 * 2**30)
 _INDEX_MAX = 2**20
@@ -103,7 +103,7 @@ class ZipWeights:
         self._dirs = dirs - {()}
         index = self._files.get(("model_index.json",))
         if index is None:
-            raise InputError(f"{label} is not a diffusers pipeline: model_index.json is missing")
+            raise InputError(no_index_message(label, ["/".join(p) for p in self._files]))
         if index.file_size > _INDEX_MAX:
             raise InputError(f"{label}: model_index.json is implausibly large ({index.file_size} bytes)")
         with _ZipEntryReader(self._zip, index, label) as handle:

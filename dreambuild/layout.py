@@ -24,6 +24,17 @@ def locate_pipeline_root(extracted: Path) -> Path:
     return extracted
 
 
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # a LoRA training's output (trainer, lora_rank > 0)
+
+
+def no_index_message(label: str, names: Iterable[str]) -> str:
+    """Why a pipeline without ``model_index.json`` is refused; a LoRA output is named as one."""
+    if LORA_WEIGHTS in set(names):
+        return (f"{label} holds LoRA adapters ({LORA_WEIGHTS}), not a full pipeline: this build needs a full fine-tune "
+                "(lora_rank 0); templates with a baked base that take LoRA outputs are not available yet")
+    return f"{label} is not a diffusers pipeline: model_index.json is missing"
+
+
 def check_diffusers_layout(root: Path, label: str) -> dict:
     """Validate ``root`` as a diffusers pipeline and return its parsed ``model_index.json``.
 
@@ -32,7 +43,7 @@ def check_diffusers_layout(root: Path, label: str) -> dict:
     """
     index_path = root / "model_index.json"
     if not index_path.is_file():
-        raise ModelLayoutError(f"{label} is not a diffusers pipeline: model_index.json is missing")
+        raise ModelLayoutError(no_index_message(label, [p.name for p in root.iterdir()] if root.is_dir() else []))
     files = [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in root.rglob("*")]
     return check_diffusers_listing(index_path.read_bytes(), files, label)
 
@@ -71,3 +82,18 @@ def check_diffusers_listing(index_json: bytes, files: Iterable[str], label: str)
         if "config.json" in names and not any(n.endswith(_WEIGHT_SUFFIXES) for n in names):
             raise ModelLayoutError(f"{label}: component {name!r} has a config.json but no weights (.safetensors/.bin)")
     return index
+
+
+def pipeline_digest(root: Path) -> str:
+    """``sha256:`` over a pipeline's weight files (relative path and content of every
+    ``*.safetensors``): the same for the same weights wherever they are stored, so a LoRA can
+    name the base it was trained on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.safetensors")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()

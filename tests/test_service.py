@@ -213,6 +213,8 @@ VALID = {**TRAIN_INPUT, "instance_data": "https://example.com/p.zip"}
     ({"input": {**VALID, "max_train_steps": "abc"}}, 422,
      "input.max_train_steps: 'abc' is not of type 'integer'"),
     ({"input": {**VALID, "resolution": 7}}, 422, "input.resolution: 7 is less than"),
+    # A LoRA training whose output no template could build: refused before any work.
+    ({"input": {**VALID, "lora_rank": 8}}, 422, "input.lora_rank=8 trains LoRA adapters"),
     ({"input": {**VALID, "learning_rat": 1}}, 422, "input.learning_rat: unknown input"),
     ({"input": {**VALID, "lr_scheduler": "fast"}}, 422, "input.lr_scheduler: 'fast' is not one of"),
     ({"input": {**VALID, "seed": "x"}}, 422, "input.seed: 'x' is not of type 'integer'"),

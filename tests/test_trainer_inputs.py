@@ -57,6 +57,10 @@ BASE = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a
         ({"mixed_precision": "fp8"}, "mixed_precision must be one of no, fp16, bf16"),
         ({"instance_prompt": "  "}, "instance_prompt is required"),
         ({"bogus": 1}, "unknown training input"),
+        ({"lora_rank": 300}, "lora_rank must be between 0 and 256, got 300"),
+        ({"lora_lr": 0}, "lora_lr must be greater than 0"),
+        ({"lora_alpha": 0}, "lora_alpha must be greater than 0"),
+        ({"text_encoder_lr": 2.0}, "text_encoder_lr must be between 0.0 and 1.0"),
     ],
 )
 def test_invalid_arguments_are_named(override, message):
@@ -71,6 +75,27 @@ def test_valid_arguments_keep_types():
     assert args.resolution == 512  # null on a required-typed input keeps the default
     assert TrainingArgs.from_inputs(BASE).seed == 1337
     assert args.to_json()["instance_prompt"] == BASE["instance_prompt"]
+
+
+def test_lora_inputs_default_to_the_full_fine_tune():
+    args = TrainingArgs.from_inputs(BASE)
+    assert args.lora_rank == 0 and not args.lora and args.lora_alpha is None and args.text_encoder_lr is None
+    lora = TrainingArgs.from_inputs({**BASE, "lora_rank": 16, "lora_alpha": None})
+    assert lora.lora and lora.lora_alpha is None
+
+
+def test_progress_is_due_on_the_first_and_last_step_and_then_by_interval(monkeypatch):
+    from trainer import progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    logger = progress.StepLogger(total=50, interval=10.0)
+    assert logger.due(1)
+    logger.update(1, loss=0.5)
+    clock[0] += 1
+    assert not logger.due(2) and logger.due(50)  # the loop reads the loss only when a line is due
+    clock[0] += 10
+    assert logger.due(3)
 
 
 def test_schema_errors_name_the_reference(tmp_path):

@@ -110,6 +110,52 @@ def test_prior_preservation_uses_supplied_class_images_and_generates_the_rest(tr
     assert body["metrics"]["class_images"] == 5 and body["metrics"]["instance_images"] == 6
 
 
+def test_lora_training_writes_only_adapters_that_change_the_output(trainer_predict_server, tiny_base, photos, tmp_path):
+    """lora_rank > 0: peft adapters on the UNet and text encoder, prior preservation kept; the
+    output is the adapters (diffusers and kohya keys) and args.json naming the base's digest."""
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+
+    from dreambuild.layout import pipeline_digest
+
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, lora_rank=4, lora_alpha=8.0, lora_lr=5e-2,
+                   train_text_encoder=True, with_prior_preservation=True, num_class_images=2, sample_batch_size=2)
+    assert body["status"] == "succeeded", body.get("error")
+    assert "of LoRA rank 4" in body["logs"] and "generating 2 class image(s)" in body["logs"]
+    archive, weights = output_dir(body, tmp_path)
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+    assert names == {"pytorch_lora_weights.safetensors", "lora_kohya.safetensors", "args.json"}
+    assert archive.stat().st_size < 200_000  # the tiny base's adapters; the full pipeline is megabytes
+    args = json.loads((weights / "args.json").read_text())
+    assert args["lora_rank"] == 4 and args["base_digest"] == pipeline_digest(tiny_base)
+    kohya = load_file(weights / "lora_kohya.safetensors")
+    assert any(k.startswith("lora_te1_") for k in kohya) and any(k.startswith("lora_unet_") for k in kohya)
+    assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {8.0}
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def image():
+        return pipe("a photo of a cjw toy", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+
+    plain = image()
+    pipe.load_lora_weights(weights, weight_name="pytorch_lora_weights.safetensors", adapter_name="diffusers")
+    with_lora = image()
+    assert not np.array_equal(plain, with_lora)
+    pipe.delete_adapters("diffusers")
+    pipe.load_lora_weights(kohya, adapter_name="kohya")
+    assert np.allclose(image(), with_lora, atol=1e-3)  # the kohya copy is the same LoRA, alpha included
+
+
+def test_full_fine_tune_outputs_are_unchanged_by_lora_inputs(trainer_predict_server, photos, tmp_path):
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, lora_rank=0, lora_lr=0.5, text_encoder_lr=0.5)
+    assert body["status"] == "succeeded", body.get("error")
+    archive, _ = output_dir(body, tmp_path)
+    with zipfile.ZipFile(archive) as zf:
+        assert "model_index.json" in zf.namelist() and "pytorch_lora_weights.safetensors" not in zf.namelist()
+
+
 def test_ckpt_base_is_honoured(trainer_predict_server, tiny_base, other_base, photos, tmp_path):
     entries = {f"my-model/{p.relative_to(other_base).as_posix()}": p.read_bytes() for p in other_base.rglob("*") if p.is_file()}
     ckpt = make_zip(tmp_path / "ckpt.zip", entries)  # zipped as a folder, as people do

@@ -61,13 +61,14 @@ HOSTILE = {
     "absolute": ({"/etc/evil": b"x"}, None, "absolute path"),
     "symlink": ({}, {"unet/link": "/etc/passwd"}, "symbolic link"),
     "no index": ({"unet/config.json": b"{}"}, None, "model_index.json is missing"),
+    "a LoRA": ({"pytorch_lora_weights.safetensors": b"x", "args.json": b"{}"}, None, "holds LoRA adapters"),
 }
 
 
 @pytest.mark.parametrize("case", HOSTILE)
 def test_hostile_or_wrong_archives_are_refused(tmp_path, case):
     entries, links, message = HOSTILE[case]
-    archive = make_zip(tmp_path / "w.zip", {**small_pipeline_files(), **entries} if case != "no index" else entries, links)
+    archive = make_zip(tmp_path / "w.zip", {**small_pipeline_files(), **entries} if case not in ("no index", "a LoRA") else entries, links)
     with pytest.raises(InputError, match=message):
         ZipWeights(archive)
 

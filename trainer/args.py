@@ -27,6 +27,10 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "max_train_steps": (1, 100_000),
     "gradient_accumulation_steps": (1, 1024),
     "learning_rate": (0.0, 1.0),
+    "lora_rank": (0, 256),
+    "lora_alpha": (0.0, None),
+    "lora_lr": (0.0, 1.0),
+    "text_encoder_lr": (0.0, 1.0),
     "lr_warmup_steps": (0, 100_000),
     "adam_beta1": (0.0, 1.0),
     "adam_beta2": (0.0, 1.0),
@@ -59,6 +63,11 @@ class TrainingArgs:
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     learning_rate: float = 1e-6
+    # LoRA DreamBooth: 0 keeps the full fine-tune (the seed's trainer); > 0 trains peft adapters.
+    lora_rank: int = 0
+    lora_alpha: float | None = None  # None: equal to lora_rank (diffusers' LoRA scripts)
+    lora_lr: float = 1e-4  # diffusers' train_dreambooth_lora.py default
+    text_encoder_lr: float | None = None  # None: the UNet's rate
     scale_lr: bool = False
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
@@ -99,6 +108,8 @@ class TrainingArgs:
         """Raise :class:`InputError` naming the first invalid argument."""
         for name, (lo, hi) in RANGES.items():
             value = getattr(self, name)
+            if value is None:  # an optional input left empty
+                continue
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
                 raise InputError(f"{name} must be {bounds}, got {value}")
@@ -107,8 +118,14 @@ class TrainingArgs:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.resolution % 8:
             raise InputError(f"resolution must be a multiple of 8, got {self.resolution}")
-        if self.learning_rate <= 0:
-            raise InputError(f"learning_rate must be greater than 0, got {self.learning_rate}")
+        for name in ("learning_rate", "lora_lr", "text_encoder_lr", "lora_alpha"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise InputError(f"{name} must be greater than 0, got {value}")
+
+    @property
+    def lora(self) -> bool:
+        return self.lora_rank > 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,7 +1,7 @@
 """One training job, from raw inputs to ``output.zip``.
 
 inputs -> work directory -> photos (instance, class) -> base pipeline -> class images ->
-training -> ``save_pretrained`` + ``args.json`` + samples -> ``output.zip``.
+training -> ``save_pretrained`` (or the LoRA adapters) + ``args.json`` + samples -> ``output.zip``.
 Everything is written inside one work directory per job; only the archive survives the job,
 and the previous job's directory is removed when the next one starts.
 """
@@ -23,7 +23,7 @@ import torch
 
 from dreambuild.archives import ArchiveLimits, extract_zip
 from dreambuild.errors import ImageDataError, ModelLayoutError
-from dreambuild.layout import check_diffusers_layout, locate_pipeline_root
+from dreambuild.layout import check_diffusers_layout, locate_pipeline_root, pipeline_digest
 from trainer.archive import write_weights_zip
 from trainer.args import TrainingArgs
 from trainer.class_images import generate_class_images
@@ -129,10 +129,16 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
 
     result = train_dreambooth(args, base, instance_images, class_images, plan)
     weights = work / "weights"
-    if plan.mixed_precision != "no":  # stored in fp16, the precision templates run in on GPUs
-        result.pipeline.to(dtype=torch.float16)
-    result.pipeline.save_pretrained(weights, safe_serialization=True)
-    (weights / "args.json").write_text(json.dumps({**args.to_json(), "base_model": "ckpt_base" if ckpt_base else str(base)}, indent=2))
+    saved_dtype = torch.float16 if plan.mixed_precision != "no" else torch.float32  # templates run fp16 on GPUs
+    recorded = {**args.to_json(), "base_model": "ckpt_base" if ckpt_base else str(base)}
+    if result.lora is not None:
+        save_lora(weights, result.lora, result.lora_metadata or {}, saved_dtype, args)
+        # A LoRA runs only on the base it was trained on: templates compare this digest with theirs.
+        recorded["base_digest"] = pipeline_digest(base)
+    else:
+        result.pipeline.to(dtype=saved_dtype)
+        result.pipeline.save_pretrained(weights, safe_serialization=True)
+    (weights / "args.json").write_text(json.dumps(recorded, indent=2))
     if args.save_sample_prompt:
         _save_samples(result.pipeline, args, plan, weights / "samples")
     archive = write_weights_zip(weights, work / "output.zip")
@@ -147,6 +153,29 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
         class_images=len(class_images) if args.with_prior_preservation else 0,
         generated_class_images=generated,
     )
+
+
+def save_lora(weights: Path, lora: dict, metadata: dict, dtype: torch.dtype, args: TrainingArgs) -> None:
+    """The adapters as diffusers writes LoRAs (``pytorch_lora_weights.safetensors``, loadable by
+    ``load_lora_weights``, alpha in its metadata) and a kohya/A1111 copy (``lora_kohya.safetensors``)
+    for other tools."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    cast = {name: {k: v.to(dtype).contiguous() for k, v in state.items()} for name, state in lora.items()}
+    StableDiffusionPipeline.save_lora_weights(
+        weights,
+        unet_lora_layers=convert_state_dict_to_diffusers(cast["unet"]),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(cast["text_encoder"]) if "text_encoder" in cast else None,
+        unet_lora_adapter_metadata=metadata.get("unet"),
+        text_encoder_lora_adapter_metadata=metadata.get("text_encoder"),
+        safe_serialization=True,
+    )
+    kohya = convert_state_dict_to_kohya({f"{name}.{k}": v for name, state in cast.items() for k, v in state.items()})
+    alpha = float(args.lora_alpha or args.lora_rank)  # diffusers writes alpha = rank; keep the trained one
+    kohya = {k: torch.tensor(alpha) if k.endswith(".alpha") else v for k, v in kohya.items()}
+    save_file(kohya, weights / "lora_kohya.safetensors")
 
 
 def _resolve_base(work: Path, ckpt_base: Path | None) -> Path:

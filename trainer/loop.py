@@ -1,10 +1,13 @@
 """The DreamBooth optimisation: fine-tune the UNet (and optionally the text encoder) on
-instance photos, with optional prior preservation on class images.
+instance photos, with optional prior preservation on class images — the whole models, or LoRA
+adapters on their attention projections (``lora_rank`` > 0).
 
-Same objective as diffusers' ``examples/dreambooth/train_dreambooth.py``. Two exact
-shortcuts: with ``center_crop`` the images never change, so their VAE latent distributions
-are encoded once and sampled every step; with a frozen text encoder the two prompts are
-encoded once.
+Same objective as diffusers' ``examples/dreambooth/train_dreambooth.py`` (full) and
+``train_dreambooth_lora.py`` (LoRA: peft adapters on the UNet's to_q/to_k/to_v/to_out.0 and the
+text encoder's q/k/v/out projections, the base frozen). Two exact shortcuts: with
+``center_crop`` the images never change, so their VAE latent distributions are encoded once and
+sampled every step; with a frozen text encoder the two prompts are encoded once. The loss is
+read back from the device only when a progress line is due: a read every step stalls a GPU.
 """
 
 from __future__ import annotations
@@ -33,12 +36,18 @@ from trainer.progress import StepLogger
 log = logging.getLogger(__name__)
 
 
+UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
 @dataclass
 class TrainResult:
-    pipeline: StableDiffusionPipeline
+    pipeline: StableDiffusionPipeline  # with the LoRA adapters active when lora
     steps: int
     seconds: float
     final_loss: float
+    lora: dict[str, dict[str, torch.Tensor]] | None = None  # peft state dicts: "unet", "text_encoder"
+    lora_metadata: dict[str, dict] | None = None  # their LoraConfigs (alpha, targets), as diffusers saves them
 
 
 class PhotoDataset(torch.utils.data.Dataset):
@@ -110,23 +119,30 @@ def train_dreambooth(
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", local_files_only=True)
 
     vae.requires_grad_(False)
-    text_encoder.requires_grad_(args.train_text_encoder)
+    text_encoder.requires_grad_(args.train_text_encoder and not args.lora)
+    if args.lora:
+        add_lora_adapters(unet, text_encoder if args.train_text_encoder else None, args, plan.weight_dtype)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if args.train_text_encoder:
             text_encoder.gradient_checkpointing_enable()
 
-    lr = args.learning_rate
+    lr = args.lora_lr if args.lora else args.learning_rate
+    text_lr = args.text_encoder_lr or lr
     if args.scale_lr:
-        lr *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
-    trainable = list(unet.parameters()) + (list(text_encoder.parameters()) if args.train_text_encoder else [])
+        scale = args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+        lr, text_lr = lr * scale, text_lr * scale
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": lr}]
+    if args.train_text_encoder:
+        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": text_lr})
+    trainable = [p for group in groups for p in group["params"]]
     optimizer_cls = torch.optim.AdamW
     if plan.use_8bit_adam:
         import bitsandbytes as bnb
 
         optimizer_cls = bnb.optim.AdamW8bit
     optimizer = optimizer_cls(
-        trainable, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay, eps=args.adam_epsilon
+        groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay, eps=args.adam_epsilon
     )
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
@@ -174,9 +190,9 @@ def train_dreambooth(
 
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     log.info(
-        "Training %d steps: %d instance image(s), %d class image(s), batch %d, %d step(s) per epoch, lr %.3g%s.",
-        args.max_train_steps, len(instance), len(dataset.klass), args.train_batch_size, steps_per_epoch, lr,
-        ", prior preservation" if prior else "",
+        "Training %d steps%s: %d instance image(s), %d class image(s), batch %d, %d step(s) per epoch, lr %.3g%s.",
+        args.max_train_steps, f" of LoRA rank {args.lora_rank} ({sum(p.numel() for p in trainable):,} parameters)" if args.lora else "",
+        len(instance), len(dataset.klass), args.train_batch_size, steps_per_epoch, lr, ", prior preservation" if prior else "",
     )
     progress = StepLogger(args.max_train_steps, interval=log_interval)
     prediction_type = noise_scheduler.config.prediction_type
@@ -225,10 +241,11 @@ def train_dreambooth(
                 optimizer.zero_grad(set_to_none=True)
             if accelerator.sync_gradients:
                 step += 1
-                loss_value = loss.detach().item()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"training diverged at step {step} (loss {loss_value}); lower learning_rate")
-                progress.update(step, loss=loss_value, lr=float(lr_scheduler.get_last_lr()[0]))
+                if progress.due(step):  # the only host sync of the loop
+                    loss_value = loss.detach().item()
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"training diverged by step {step} (loss {loss_value}); lower the learning rate")
+                    progress.update(step, loss=loss_value, lr=float(lr_scheduler.get_last_lr()[0]))
                 if step >= args.max_train_steps:
                     break
     seconds = time.monotonic() - started
@@ -243,6 +260,33 @@ def train_dreambooth(
         requires_safety_checker=False,
         local_files_only=True,
     )
+    lora = metadata = None
+    if args.lora:
+        from peft import get_peft_model_state_dict
+
+        models = {"unet": accelerator.unwrap_model(unet)}
+        if args.train_text_encoder:
+            models["text_encoder"] = accelerator.unwrap_model(text_encoder)
+        lora = {name: get_peft_model_state_dict(model) for name, model in models.items()}
+        metadata = {name: model.peft_config["default"].to_dict() for name, model in models.items()}
     accelerator.free_memory()
-    return TrainResult(pipeline=pipeline, steps=step, seconds=seconds, final_loss=loss_value)
+    return TrainResult(pipeline=pipeline, steps=step, seconds=seconds, final_loss=loss_value, lora=lora,
+                       lora_metadata=metadata if lora else None)
+
+
+def add_lora_adapters(unet, text_encoder, args: TrainingArgs, weight_dtype: torch.dtype) -> None:
+    """Freeze ``unet`` (and ``text_encoder`` when given) and add trainable LoRA adapters. The
+    frozen base is cast to ``weight_dtype`` (half the memory under mixed precision); the adapters
+    stay in fp32, as diffusers' LoRA scripts keep them."""
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    alpha = args.lora_alpha or args.lora_rank
+    models = [(unet, UNET_LORA_TARGETS)] + ([(text_encoder, TEXT_LORA_TARGETS)] if text_encoder is not None else [])
+    for model, targets in models:
+        model.requires_grad_(False)
+        if weight_dtype != torch.float32:
+            model.to(dtype=weight_dtype)
+        model.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets))
+    cast_training_params([model for model, _ in models], dtype=torch.float32)
 

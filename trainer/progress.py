@@ -23,10 +23,14 @@ class StepLogger:
         self.start = time.monotonic()
         self.last = float("-inf")
 
+    def due(self, step: int) -> bool:
+        """Whether :meth:`update` would log ``step`` (callers read values from the GPU only then)."""
+        return step in (1, self.total) or time.monotonic() - self.last >= self.interval
+
     def update(self, step: int, **values: float) -> None:
-        now = time.monotonic()
-        if step not in (1, self.total) and now - self.last < self.interval:
+        if not self.due(step):
             return
+        now = time.monotonic()
         self.last = now
         elapsed = now - self.start
         eta = elapsed / step * (self.total - step)

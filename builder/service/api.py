@@ -79,6 +79,10 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
     problems = input_problems(schema, body.input)
     if problems:
         raise fail(422, "; ".join(problems))
+    if isinstance(body.input.get("lora_rank"), int) and body.input["lora_rank"] > 0:
+        # Refused before any work: a LoRA output builds only on a template with its base baked in.
+        raise fail(422, f"input.lora_rank={body.input['lora_rank']} trains LoRA adapters, and template {template!r} takes "
+                        "only full fine-tunes: use lora_rank 0 (templates with a baked base for LoRA outputs are not available yet)")
     for name in sorted(file_inputs(schema) & set(body.input)):
         values = body.input[name] if isinstance(body.input[name], list) else [body.input[name]]
         for value in values:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from dreambuild.errors import InputError, NSFWContentError, TemplateWithoutWeightsError
 from dreambuild.images import load_rgb
-from dreambuild.layout import check_diffusers_layout
+from dreambuild.layout import LORA_WEIGHTS, check_diffusers_layout
 from templates.inference.catalog import TEMPLATES
 from templates.inference.control import ControlPreprocessor
 from templates.inference.locations import WeightLocations
@@ -31,6 +31,12 @@ from templates.inference.schedulers import make_scheduler
 log = logging.getLogger(__name__)
 
 def template_message(weights: Path) -> str:
+    if (weights / LORA_WEIGHTS).is_file():
+        return (
+            f"The weights in {weights.resolve()} are LoRA adapters ({LORA_WEIGHTS}), and this template has no base "
+            "model baked in to apply them to: build it from a full fine-tune (lora_rank 0), or pass the LoRA "
+            "as lora_weights to a model built on its base."
+        )
     return (
         f"This is a dreambuild template: it has no Stable Diffusion weights (no model_index.json in {weights.resolve()}). "
         "Build a model from it first: `dreambuild build --weights output.zip --template <this image> --model <name>` "
