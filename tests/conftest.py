@@ -113,6 +113,20 @@ def loras(tmp_path_factory, tiny_base):
 
 
 @pytest.fixture(scope="session")
+def lora_output(tmp_path_factory, tiny_base, loras):
+    """A LoRA training's output for the tiny base: the adapters and args.json naming the base."""
+    import json
+    import shutil
+
+    from dreambuild.layout import LORA_WEIGHTS, pipeline_digest
+
+    dest = tmp_path_factory.mktemp("lora-output")
+    shutil.copy(loras["diffusers"], dest / LORA_WEIGHTS)
+    (dest / "args.json").write_text(json.dumps({"instance_prompt": INSTANCE_PROMPT, "lora_rank": 4, "base_digest": pipeline_digest(tiny_base)}))
+    return dest
+
+
+@pytest.fixture(scope="session")
 def safety_checker(tmp_path_factory):
     from fixtures.tiny_models import build_tiny_safety_checker
 
@@ -129,11 +143,12 @@ def flag_all_safety_checker(tmp_path_factory):
 TEMPLATE_CLASSES = {name: row.cog_class for name, row in CATALOG.items()}
 
 
-def start_template(tmp_path_factory, template, *, weights, controlnet=None, annotators=None, safety_checker=None):
+def start_template(tmp_path_factory, template, *, weights, controlnet=None, annotators=None, safety_checker=None, base=None):
     """A template in the real Cog server; a missing path stands for weights not baked."""
     project = tmp_path_factory.mktemp(f"template-{template}")
     missing = project / "not-baked"
     env = {
+        "DREAMBUILD_BASE": str(base or missing),
         "DREAMBUILD_WEIGHTS": str(weights or missing),
         "DREAMBUILD_CONTROLNET": str(controlnet or missing),
         "DREAMBUILD_ANNOTATORS": str(annotators or missing),

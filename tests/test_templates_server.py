@@ -313,6 +313,48 @@ def test_pose_controlnet_txt2img_and_img2img(pose_server):
     assert len(outputs(body)) == 1 and "controlnet-img2img" in body["logs"]
 
 
+# --- a LoRA training's output on a template with a baked base ---------------------------------
+
+
+def test_a_lora_output_runs_fused_into_the_baked_base(tmp_path_factory, tmp_path, tiny_base, lora_output, safety_checker):
+    """The same images as the base with the LoRA fused into it and saved as a full pipeline."""
+    from diffusers import StableDiffusionPipeline
+
+    from templates.inference.generator import ImageGenerator
+    from templates.inference.locations import WeightLocations
+    from templates.inference.request import GenerationRequest
+
+    with start_template(tmp_path_factory, "vanilla", weights=lora_output, base=tiny_base, safety_checker=safety_checker) as server:
+        assert server.setup.get("status") == "succeeded" and "Fused the fine-tune's LoRA" in server.logs()
+        from_lora = outputs(predict(server))  # the instance prompt of the LoRA's args.json
+    with start_template(tmp_path_factory, "vanilla", weights=tiny_base, safety_checker=safety_checker) as plain:
+        assert outputs(predict(plain, prompt=INSTANCE_PROMPT)) != from_lora
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False, local_files_only=True)
+    pipe.load_lora_weights(lora_output, weight_name="pytorch_lora_weights.safetensors")
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    pipe.save_pretrained(tmp_path / "fused")
+    missing = tmp_path / "none"
+    generator = ImageGenerator("vanilla", WeightLocations(tmp_path / "fused", missing, missing, missing))
+    generator.setup()
+    paths = generator.generate(GenerationRequest(prompt=INSTANCE_PROMPT, num_inference_steps=3, seed=42, disable_safety_check=True))
+    assert [p.read_bytes() for p in paths] == from_lora
+
+
+def test_a_lora_output_on_another_base_or_none_fails_every_prediction_clearly(tmp_path, lora_output, other_base):
+    from templates.inference.generator import ImageGenerator
+    from templates.inference.locations import WeightLocations
+    from templates.inference.request import GenerationRequest
+
+    missing = tmp_path / "none"
+    for base, message in ((other_base, "was trained on base sha256:"), (missing, "are LoRA adapters (pytorch_lora_weights.safetensors)")):
+        generator = ImageGenerator("vanilla", WeightLocations(lora_output, missing, missing, missing, base=base))
+        generator.setup()
+        with pytest.raises(Exception, match=re.escape(message)):
+            generator.generate(GenerationRequest(prompt="a cjw toy", num_inference_steps=2, disable_safety_check=True))
+
+
 # --- templates without their weights ----------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from dreambuild.errors import InputError, NSFWContentError, TemplateWithoutWeightsError
 from dreambuild.images import load_rgb
-from dreambuild.layout import LORA_WEIGHTS, check_diffusers_layout
+from dreambuild.layout import LORA_WEIGHTS, check_diffusers_layout, pipeline_digest
 from templates.inference.catalog import TEMPLATES
 from templates.inference.control import ControlPreprocessor
 from templates.inference.locations import WeightLocations
@@ -34,14 +34,41 @@ def template_message(weights: Path) -> str:
     if (weights / LORA_WEIGHTS).is_file():
         return (
             f"The weights in {weights.resolve()} are LoRA adapters ({LORA_WEIGHTS}), and this template has no base "
-            "model baked in to apply them to: build it from a full fine-tune (lora_rank 0), or pass the LoRA "
-            "as lora_weights to a model built on its base."
+            "model baked in to apply them to (DREAMBUILD_BASE): build them on a template with a base, or pass the "
+            "LoRA as lora_weights to a model built on its base."
         )
     return (
         f"This is a dreambuild template: it has no Stable Diffusion weights (no model_index.json in {weights.resolve()}). "
         "Build a model from it first: `dreambuild build --weights output.zip --template <this image> --model <name>` "
         "adds a diffusers pipeline at /src/weights."
     )
+
+
+def lora_base_problem(loc: WeightLocations) -> str | None:
+    """Why the LoRA output in ``loc.weights`` cannot run on this template's base, or None."""
+    if not (loc.base / "model_index.json").is_file():
+        return template_message(loc.weights)
+    args = loc.weights / "args.json"
+    recorded = json.loads(args.read_text()).get("base_digest") if args.is_file() else None
+    if not recorded:
+        return f"the LoRA in {loc.weights.resolve()} does not name its base (no base_digest in args.json): retrain it with this trainer"
+    started = time.perf_counter()
+    baked = pipeline_digest(loc.base)
+    log.info("Base %s: %s (digest in %.2f s).", loc.base, baked, time.perf_counter() - started)
+    if recorded != baked:
+        return (f"the LoRA in {loc.weights.resolve()} was trained on base {recorded}, and this template's base is {baked}: "
+                "build it on a template with that base")
+    return None
+
+
+def fuse_lora(pipe, path: Path) -> None:
+    """Apply the fine-tune's LoRA to the base once, for good: fused into the weights and the
+    adapter layers removed, so predictions run at the base's speed (LoRA on top still works)."""
+    started = time.perf_counter()
+    pipe.load_lora_weights(path.parent, weight_name=path.name, adapter_name="fine-tune", use_safetensors=True)
+    pipe.fuse_lora(adapter_names=["fine-tune"], lora_scale=1.0)
+    pipe.unload_lora_weights()
+    log.info("Fused the fine-tune's LoRA %s into the base in %.2f s.", path, time.perf_counter() - started)
 
 
 class ImageGenerator:
@@ -72,11 +99,15 @@ class ImageGenerator:
             self.preprocessor = ControlPreprocessor.load(self.control_kind, loc.annotators, self.device.device)
             if self.preprocessor.problem:
                 log.warning("%s: predictions with a control_image fail.", self.preprocessor.problem)
-        if not (loc.weights / "model_index.json").is_file():
+        pipeline, lora_output = loc.weights, None
+        if not (loc.weights / "model_index.json").is_file() and (loc.weights / LORA_WEIGHTS).is_file():
+            pipeline, lora_output, self.no_weights = loc.base, loc.weights / LORA_WEIGHTS, lora_base_problem(loc)
+        elif not (loc.weights / "model_index.json").is_file():
             self.no_weights = template_message(loc.weights)
+        if self.no_weights:
             log.warning(self.no_weights)
             return
-        check_diffusers_layout(loc.weights, f"weights in {loc.weights}")
+        check_diffusers_layout(pipeline, f"weights in {pipeline}")
         controlnet = None
         if self.control_kind:
             if (loc.controlnet / "config.json").is_file():
@@ -84,7 +115,9 @@ class ImageGenerator:
             else:
                 self.no_controlnet = f"ControlNet weights not found at {loc.controlnet} (set DREAMBUILD_CONTROLNET)"
                 log.warning("%s: predictions with a control_image fail.", self.no_controlnet)
-        self.pipes = load_pipelines(loc.weights, controlnet, self.device, compile_unet=compile_requested())
+        self.pipes = load_pipelines(pipeline, controlnet, self.device, compile_unet=compile_requested())
+        if lora_output is not None:
+            fuse_lora(self.pipes.base, lora_output)
         self.prompts = PromptEncoder(self.pipes.base)
         self.loras = LoraAdapters(self.pipes.base)
         args = loc.weights / "args.json"

@@ -13,10 +13,11 @@ BAKED = Path("/opt/dreambuild")
 
 @dataclass(frozen=True)
 class WeightLocations:
-    weights: Path  # the fine-tuned diffusers pipeline
+    weights: Path  # the fine-tuned diffusers pipeline, or a LoRA output for the base below
     controlnet: Path  # a diffusers ControlNetModel (ControlNet templates)
     annotators: Path  # body_pose_model.pth, hand_pose_model.pth, facenet.pth (pose template)
     safety_checker: Path  # StableDiffusionSafetyChecker + its CLIPImageProcessor
+    base: Path = BAKED / "base"  # a base pipeline baked in the template: what a LoRA output applies to
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "WeightLocations":
@@ -27,4 +28,5 @@ class WeightLocations:
             controlnet=Path(environ.get("DREAMBUILD_CONTROLNET", str(BAKED / "controlnet"))),
             annotators=Path(environ.get("DREAMBUILD_ANNOTATORS", str(BAKED / "annotators"))),
             safety_checker=Path(environ.get("DREAMBUILD_SAFETY_CHECKER", str(BAKED / "safety-checker"))),
+            base=Path(environ.get("DREAMBUILD_BASE", str(BAKED / "base"))),
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -68,10 +69,13 @@ class LoraAdapters:
             self._loaded.move_to_end(digest)
             return self._loaded[digest]
         name = f"lora_{digest[:16]}"
-        state = read_lora(field, path)
+        check_lora(field, path)
         try:
-            with _quiet_loading():
-                self.pipe.load_lora_weights(state, adapter_name=name)
+            with _quiet_loading(), tempfile.TemporaryDirectory(prefix="dreambuild-lora-") as tmp:
+                # By path, not as tensors: diffusers then reads the file's LoRA metadata (alpha,
+                # when it is not the rank). The name makes it read safetensors, never a pickle.
+                (Path(tmp) / "lora.safetensors").symlink_to(Path(path).resolve())
+                self.pipe.load_lora_weights(tmp, weight_name="lora.safetensors", adapter_name=name, use_safetensors=True)
         except Exception as exc:  # noqa: BLE001 - any refusal by the loader is about the file
             self._forget(name)
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
@@ -110,15 +114,14 @@ def _quiet_loading():
         report.setLevel(level)
 
 
-def read_lora(field: str, path: Path) -> dict:
-    """The LoRA's tensors, from safetensors only: a pickled checkpoint could run code."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def check_lora(field: str, path: Path) -> None:
+    """A safetensors file (a pickled checkpoint could run code) with LoRA tensors in it."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        state = load_file(path)
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{field} is not a .safetensors file ({exc}); LoRAs are accepted as safetensors only") from None
-    if not any("lora" in key.lower() for key in state):
-        raise InputError(f"{field} holds no LoRA weights (no lora_* tensors among its {len(state)} keys)")
-    return state
+    if not any("lora" in key.lower() for key in keys):
+        raise InputError(f"{field} holds no LoRA weights (no lora_* tensors among its {len(keys)} keys)")
