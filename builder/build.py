@@ -99,6 +99,15 @@ def resolve_template(text: str, settings: BuilderSettings) -> ResolvedImage:
     return resolve_image(text, settings, search=settings.template_repositories, what="template")
 
 
+def template_base(template: ResolvedImage) -> str | None:
+    """Where a template bakes a base pipeline for LoRA outputs (its ``DREAMBUILD_BASE``), or None."""
+    for entry in (template.config.get("config") or {}).get("Env") or []:
+        name, _, value = entry.partition("=")
+        if name == "DREAMBUILD_BASE" and value:
+            return value
+    return None
+
+
 def choose_backend(requested: str, template: ResolvedImage, dest: ImageRef) -> str:
     registry_only = isinstance(dest, RegistryRef) and not template.reference.startswith("oci:")
     if requested == "docker" and not registry_only:
@@ -130,9 +139,13 @@ def build_image(weights: str | Path, template: str, model: str | ImageRef, *, no
     source: WeightsSource | None = None
     try:
         source = open_weights(weights, workdir)  # checked before any registry is contacted
-        step(f"weights checked: {source.total_bytes()} bytes in a diffusers layout")
+        layout = "a diffusers layout" if source.kind == "pipeline" else "LoRA adapters (a LoRA training's output)"
+        step(f"weights checked: {source.total_bytes()} bytes in {layout}")
         resolved = resolve_template(template, settings)
         step(f"template {resolved.reference} ({family(resolved.manifest)} manifest)")
+        if source.kind == "lora" and template_base(resolved) is None:
+            raise InputError(f"the weights are LoRA adapters, and template {resolved.reference} has no base model baked in "
+                             "to apply them to (no DREAMBUILD_BASE in its environment): use a template built with the LoRA's base")
         if chosen_compression.algorithm == "zstd" and family(resolved.manifest) == "docker":
             raise InputError("zstd layers need an OCI template; this template has a Docker v2 manifest (use gzip or none)")
         kind = choose_backend(backend, resolved, dest_ref)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 # A copy of templates/inference/catalog.py's names (the host side does not import the Cog models'
 # sources; tests/test_templates_inputs.py keeps the two equal).
-TEMPLATE_NAMES = ("vanilla", "controlnet-canny", "controlnet-pose", "controlnet-depth", "controlnet-hed", "controlnet-mlsd",
+TEMPLATE_NAMES = ("vanilla", "vanilla-sd15", "controlnet-canny", "controlnet-pose", "controlnet-depth", "controlnet-hed", "controlnet-mlsd",
                   "controlnet-normal", "controlnet-scribble", "controlnet-seg")
 
 

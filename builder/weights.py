@@ -25,7 +25,7 @@ from builder.egress import FetchUnavailable, fetch
 from builder.oci.layer import LayerEntry
 from dreambuild.archives import ArchiveLimits, entry_parts, is_symlink_entry
 from dreambuild.errors import ArchiveError, InputError
-from dreambuild.layout import check_diffusers_layout, check_diffusers_listing, locate_pipeline_root, no_index_message
+from dreambuild.layout import check_diffusers_layout, check_diffusers_listing, is_lora_output, locate_pipeline_root, no_index_message
 
 WEIGHTS_LIMITS = ArchiveLimits(max_files=5_000, max_total_bytes=32 * 2**30)
 _INDEX_MAX = 2**20
@@ -102,6 +102,10 @@ class ZipWeights:
             raise ArchiveError(f"{label}: {'/'.join(sorted(clash)[0])!r} is both a file and a directory")
         self._dirs = dirs - {()}
         index = self._files.get(("model_index.json",))
+        self.kind = "pipeline"
+        if index is None and is_lora_output("/".join(p) for p in self._files):
+            self.kind = "lora"
+            return
         if index is None:
             raise InputError(no_index_message(label, ["/".join(p) for p in self._files]))
         if index.file_size > _INDEX_MAX:
@@ -189,7 +193,9 @@ class DirWeights:
         self.label = label
         self.root = locate_pipeline_root(Path(directory))
         self._paths = walk_tree(self.root, label, limits)
-        check_diffusers_layout(self.root, label)
+        self.kind = "lora" if is_lora_output("/".join(p) for p, _ in self._paths) else "pipeline"
+        if self.kind == "pipeline":
+            check_diffusers_layout(self.root, label)
 
     def entries(self) -> Iterator[LayerEntry]:
         return tree_entries(self.root, self._paths)

@@ -27,11 +27,17 @@ def locate_pipeline_root(extracted: Path) -> Path:
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # a LoRA training's output (trainer, lora_rank > 0)
 
 
+def is_lora_output(names: Iterable[str]) -> bool:
+    """Whether the files named (relative paths) are a LoRA training's output: the adapters and
+    args.json, no pipeline."""
+    names = set(names)
+    return LORA_WEIGHTS in names and "args.json" in names and "model_index.json" not in names
+
+
 def no_index_message(label: str, names: Iterable[str]) -> str:
     """Why a pipeline without ``model_index.json`` is refused; a LoRA output is named as one."""
     if LORA_WEIGHTS in set(names):
-        return (f"{label} holds LoRA adapters ({LORA_WEIGHTS}), not a full pipeline: this build needs a full fine-tune "
-                "(lora_rank 0); templates with a baked base that take LoRA outputs are not available yet")
+        return f"{label} holds LoRA adapters ({LORA_WEIGHTS}), not a full diffusers pipeline"
     return f"{label} is not a diffusers pipeline: model_index.json is missing"
 
 
@@ -97,3 +103,9 @@ def pipeline_digest(root: Path) -> str:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
     return "sha256:" + digest.hexdigest()
+
+
+if __name__ == "__main__":  # python -m dreambuild.layout DIR: a base's digest, for the service's catalog
+    import sys
+
+    print(pipeline_digest(Path(sys.argv[1])))

@@ -84,16 +84,22 @@ def test_template_cog_yaml_is_valid_and_points_at_its_class(name):
     assert env["HF_HUB_OFFLINE"] == "1" and env["DREAMBUILD_WEIGHTS"] == "/src/weights"
     # Every baked directory the environment names is written by a `run` step, and vice versa.
     baked = {re.search(r"--local-dir (\S+)", line).group(1) for line in config["build"]["run"]}
-    named = {v for k, v in env.items() if k in ("DREAMBUILD_SAFETY_CHECKER", "DREAMBUILD_CONTROLNET", "DREAMBUILD_ANNOTATORS")}
+    named = {v for k, v in env.items() if k in ("DREAMBUILD_SAFETY_CHECKER", "DREAMBUILD_CONTROLNET", "DREAMBUILD_ANNOTATORS", "DREAMBUILD_BASE")}
     assert baked == named
     # ... and they bake what the template's row in the catalog names.
     row = CATALOG[name]
-    assert len(baked) == 1 + bool(row.controlnet) + bool(row.annotators)
+    assert len(baked) == 1 + bool(row.controlnet) + bool(row.annotators) + bool(row.base)
     downloads = [line.split("hf download ", 1)[1].split(" --local-dir")[0] for line in config["build"]["run"]]
     if row.controlnet:
         assert f"{row.controlnet} config.json diffusion_pytorch_model.safetensors" in downloads
     for spec in row.annotators:
         assert any(d == spec or d.startswith(spec + " --include") for d in downloads), spec
+    if row.base:  # the files the trainer's base takes, so that a LoRA's base digest matches
+        from trainer.fetch_base_model import ALLOW, DEFAULT_REPO, IGNORE
+
+        (line,) = [d for d in downloads if d.startswith(row.base + " ")]
+        assert row.base == DEFAULT_REPO and env["DREAMBUILD_BASE"] == "/opt/dreambuild/base"
+        assert re.findall(r'--include "([^"]+)"', line) == ALLOW and re.findall(r'--exclude "([^"]+)"', line) == IGNORE
 
 
 @pytest.mark.parametrize("name", TEMPLATES)

@@ -1,5 +1,6 @@
 """`dreambuild predict`: a built model image run without Docker, from a real registry."""
 
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,35 @@ def test_predict_runs_a_built_image_without_docker(tmp_path, registry, templates
                         home=builder_settings.home)
     assert again.returncode == 0, again.stderr
     assert Path(again.stdout.split()[0]).read_bytes() == png.read_bytes()
+
+
+def test_a_lora_output_builds_in_one_small_layer_and_runs(tmp_path, tmp_path_factory, registry, templates, tiny_base, fine_tune,
+                                                          lora_output, builder_settings):
+    """A LoRA training's output on a template with its base baked in: one layer of the adapters'
+    size, run by `dreambuild predict`, unlike the base; a template without a base refuses it."""
+    import pytest
+
+    from dreambuild.errors import InputError
+    from fixtures.services import buildah_template
+
+    digest = buildah_template(tmp_path_factory.mktemp("buildah-base"), registry, "dreambuild/vanilla-sd-tiny", baked={"base": tiny_base})
+    template = f"{registry.host}/dreambuild/vanilla-sd-tiny@{digest}"
+    built = build_image(lora_output, template, f"{registry.host}/alice/lora-toy", settings=builder_settings)
+    adapters = sum(p.stat().st_size for p in lora_output.iterdir())
+    raw = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{built.image}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert raw["layers"][-1]["digest"] == built.weights_layer
+    assert raw["layers"][-1]["size"] < adapters + 10_000  # the adapters and args.json: no pipeline in it
+
+    args = ["-i", "num_inference_steps=2", "-i", "seed=3", "-i", "disable_safety_check=true"]
+    lora = run_predict(built.image, *args, "-o", str(tmp_path / "lora"), home=builder_settings.home)
+    assert lora.returncode == 0, lora.stderr
+    base = run_predict(templates["docker"], "--weights", str(fine_tune), *args, "-o", str(tmp_path / "base"), home=builder_settings.home)
+    assert base.returncode == 0, base.stderr
+    assert Path(lora.stdout.split()[0]).read_bytes() != Path(base.stdout.split()[0]).read_bytes()
+
+    with pytest.raises(InputError, match="has no base model baked in"):
+        build_image(lora_output, templates["docker"], f"{registry.host}/alice/lora-nowhere", settings=builder_settings)
 
 
 def test_predict_a_template_with_local_weights_and_errors(tmp_path, templates, fine_tune, builder_settings):

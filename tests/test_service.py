@@ -214,7 +214,7 @@ VALID = {**TRAIN_INPUT, "instance_data": "https://example.com/p.zip"}
      "input.max_train_steps: 'abc' is not of type 'integer'"),
     ({"input": {**VALID, "resolution": 7}}, 422, "input.resolution: 7 is less than"),
     # A LoRA training whose output no template could build: refused before any work.
-    ({"input": {**VALID, "lora_rank": 8}}, 422, "input.lora_rank=8 trains LoRA adapters"),
+    ({"input": {**VALID, "lora_rank": 8}}, 422, "input.lora_rank=8 trains LoRA adapters, and template 'vanilla' has no base"),
     ({"input": {**VALID, "learning_rat": 1}}, 422, "input.learning_rat: unknown input"),
     ({"input": {**VALID, "lr_scheduler": "fast"}}, 422, "input.lr_scheduler: 'fast' is not one of"),
     ({"input": {**VALID, "seed": "x"}}, 422, "input.seed: 'x' is not of type 'integer'"),
@@ -671,3 +671,54 @@ def test_retention_routes_delete_uploads_trainings_and_versions(tmp_path, servic
     assert httpx.delete(f"{service.url}/v1/models/alice/toy/versions/{version}", headers=BOB).status_code == 404
     assert httpx.delete(f"{service.url}/v1/models/alice/toy/versions/{version}", headers=ALICE).status_code == 204
     assert version not in [v["id"] for v in httpx.get(f"{service.url}/v1/models/alice/toy/versions", headers=ALICE).json()["results"]]
+
+
+def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_factory, tmp_path, tiny_base, registry, templates, receiver):
+    """lora_rank > 0 on a template whose catalog entry names the trainer's base: the adapters are
+    the model's one small layer, and the version runs through the predictions route."""
+    from dreambuild.layout import pipeline_digest
+    from fixtures.services import buildah_template
+
+    digest = buildah_template(tmp_path_factory.mktemp("buildah-base"), registry, "dreambuild/vanilla-sd-tiny", baked={"base": tiny_base})
+    root = tmp_path_factory.mktemp("service-lora")
+    config = service_config(root, tiny_base, registry, templates)
+    config["templates"][digest.removeprefix("sha256:")] = {
+        "name": "vanilla-sd-tiny", "repository": f"{registry.host}/dreambuild/vanilla-sd-tiny", "base_digest": pipeline_digest(tiny_base)}
+    config["trainers"][local_trainer_version()]["base_digest"] = pipeline_digest(tiny_base)
+    server = Service(root, config).start()
+    try:
+        url = upload(server, photos_zip(tmp_path / "photos.zip"))
+        request = seed_request(server, receiver, url, template_version=digest.removeprefix("sha256:"), model="alice/lora-toy")
+        request["input"].update(lora_rank=4, lora_lr=5e-2)
+        response = httpx.post(f"{server.url}/v1/trainings", json=request, headers=ALICE)
+        assert response.status_code == 201, response.text
+        done = server.wait(response.json()["id"])
+        assert done["status"] == "succeeded", done["error"]
+        raw = json.loads(skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{done['image']}"))
+        assert raw["layers"][-1]["size"] < 300_000  # the adapters, not a pipeline
+        prediction = httpx.post(f"{server.url}/v1/predictions", headers={**ALICE, "Prefer": "wait=60"}, timeout=90, json={
+            "version": done["version"], "input": {"num_inference_steps": 2, "seed": 1, "disable_safety_check": True}})
+        body = prediction.json()
+        assert prediction.status_code == 201 and body["status"] == "succeeded", body
+        assert httpx.get(body["output"][0], headers=ALICE).content[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.stop()
+
+
+def test_lora_trainings_need_a_template_with_the_trainers_base():
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+
+    from builder.service.api import _check_lora_template
+
+    config = SimpleNamespace(templates={"t": SimpleNamespace(name="sd15", base_digest="sha256:aa"),
+                                        "plain": SimpleNamespace(name="vanilla", base_digest=None)},
+                             trainers={"tr": SimpleNamespace(base_digest="sha256:bb")})
+    with pytest.raises(HTTPException, match="has no base baked in"):
+        _check_lora_template(config, "tr", "plain", {"lora_rank": 4})
+    with pytest.raises(HTTPException, match="the trainer's base is sha256:bb, and template 'sd15' bakes sha256:aa"):
+        _check_lora_template(config, "tr", "t", {"lora_rank": 4})
+    _check_lora_template(config, "tr", "t", {"lora_rank": 4, "ckpt_base": "https://example.com/base.zip"})  # its own base
+    config.trainers["tr"].base_digest = "sha256:aa"
+    _check_lora_template(config, "tr", "t", {"lora_rank": 4})

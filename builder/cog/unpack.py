@@ -34,7 +34,7 @@ COMPLETE = ".dreambuild-complete"
 PREFIXES = (("src",), ("opt", "dreambuild"))
 # templates.inference.locations' defaults under /opt/dreambuild, by the variable overriding each.
 BAKED_DEFAULTS = {"DREAMBUILD_CONTROLNET": "controlnet", "DREAMBUILD_ANNOTATORS": "annotators",
-                  "DREAMBUILD_SAFETY_CHECKER": "safety-checker"}
+                  "DREAMBUILD_SAFETY_CHECKER": "safety-checker", "DREAMBUILD_BASE": "base"}
 
 
 class _LayerReader(io.RawIOBase):

@@ -80,15 +80,28 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
     if problems:
         raise fail(422, "; ".join(problems))
     if isinstance(body.input.get("lora_rank"), int) and body.input["lora_rank"] > 0:
-        # Refused before any work: a LoRA output builds only on a template with its base baked in.
-        raise fail(422, f"input.lora_rank={body.input['lora_rank']} trains LoRA adapters, and template {template!r} takes "
-                        "only full fine-tunes: use lora_rank 0 (templates with a baked base for LoRA outputs are not available yet)")
+        _check_lora_template(config, trainer, template, body.input)
     for name in sorted(file_inputs(schema) & set(body.input)):
         values = body.input[name] if isinstance(body.input[name], list) else [body.input[name]]
         for value in values:
             if value is not None:
                 _check_file_input(service, name, value, owners)
     return body.model_copy(update={"trainer_version": trainer, "template_version": template})
+
+
+def _check_lora_template(config, trainer: str, template: str, inputs: dict) -> None:
+    """A LoRA training's output builds only on a template with its base baked in: refused before
+    any work when the catalog says the template has no base, or another than the trainer's."""
+    base = config.templates[template].base_digest
+    rank = inputs["lora_rank"]
+    if base is None:
+        raise fail(422, f"input.lora_rank={rank} trains LoRA adapters, and template {config.templates[template].name!r} "
+                        "has no base baked in to apply them to (no base_digest in the catalog): use lora_rank 0, or a "
+                        "template with the trainer's base")
+    trained_on = config.trainers[trainer].base_digest
+    if trained_on and not inputs.get("ckpt_base") and trained_on != base:
+        raise fail(422, f"input.lora_rank={rank}: the trainer's base is {trained_on}, and template "
+                        f"{config.templates[template].name!r} bakes {base}; a LoRA runs only on the base it was trained on")
 
 
 def _check_file_input(service: Service, name: str, value: object, owners: list[str]) -> None:

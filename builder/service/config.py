@@ -43,6 +43,8 @@ class TrainerEntry(BaseModel):
     predictor: str = Field("trainer/cog_model.py:Predictor", description="Cog entry point under the repo (local runner).")
     env: dict[str, str] = Field(default_factory=dict, description="Environment of the trainer's Cog server.")
     gpus: bool = Field(True, description="docker runner: request GPUs (all of them, or a worker's own with --gpu).")
+    base_digest: str | None = Field(None, description="The trainer's built-in base (pipeline_digest), when known: a LoRA "
+                                    "training is refused at creation on a template whose base differs.")
 
     @property
     def pool(self) -> list[str]:
@@ -55,6 +57,9 @@ class TemplateEntry(BaseModel):
 
     name: str
     repository: str = Field(..., description="registry/repo or oci:PATH:NAME; the version digest is appended.")
+    base_digest: str | None = Field(None, description="The base pipeline baked in this template (DREAMBUILD_BASE), as "
+                                    "dreambuild.layout.pipeline_digest names it: LoRA trainings (lora_rank > 0) of that "
+                                    "base build on it. None: full fine-tunes only.")
 
     def reference(self, version: str) -> str:
         """The template image of ``version``, pinned by digest (in a layout: by digest alone)."""

@@ -20,10 +20,13 @@ class Template:
     annotators: tuple[str, ...] = ()  # what its image bakes as annotators: "repo" or "repo file..."
     inputs: tuple[str, ...] = ()  # its own inputs, beyond the shared and the ControlNet ones
     guide: str = ""  # what guides the output, for descriptions and the README
+    base: str | None = None  # a base pipeline its image bakes (Hugging Face repo): LoRA outputs apply to it
 
 
 TEMPLATES: dict[str, Template] = {t.name: t for t in (
     Template("vanilla", "Vanilla"),
+    # vanilla with SD 1.5 baked in, the trainer's own base: it builds LoRA trainings' outputs too.
+    Template("vanilla-sd15", "Vanilla", base="stable-diffusion-v1-5/stable-diffusion-v1-5"),
     Template("controlnet-canny", "ControlNetCanny", "canny", "lllyasviel/control_v11p_sd15_canny",
              inputs=("low_threshold", "high_threshold"), guide="Canny edges"),
     Template("controlnet-pose", "ControlNetPose", "openpose", "lllyasviel/control_v11p_sd15_openpose",
