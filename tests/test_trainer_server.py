@@ -148,6 +148,29 @@ def test_lora_training_writes_only_adapters_that_change_the_output(trainer_predi
     assert np.allclose(image(), with_lora, atol=1e-3)  # the kohya copy is the same LoRA, alpha included
 
 
+def test_captions_beside_the_photos_are_the_prompts(trainer_predict_server, photos, tmp_path):
+    """A .txt beside a photo is its caption (after caption_prefix): the same run with captions
+    trains other weights than without (the frozen text encoder saw other prompts)."""
+    from tests.helpers import SAMPLE_PHOTOS
+
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    captions = {f"photos/{p.with_suffix('.txt').name}": f"a red toy number {i} on a table".encode() for i, p in enumerate(SAMPLE_PHOTOS)}
+    captioned = data_url(photos_zip(tmp_path / "captioned.zip", extra=captions))
+    same_run = {"train_text_encoder": False, "center_crop": True}
+    with_captions = predict(trainer_predict_server, tmp_path, instance_data=captioned, caption_prefix="a photo of cjw,", **same_run)
+    assert with_captions["status"] == "succeeded", with_captions.get("error")
+    logs = with_captions["logs"]
+    assert f"Captions: {len(SAMPLE_PHOTOS)} of {len(SAMPLE_PHOTOS)} instance image(s) have one" in logs and "skipped" not in logs
+    _, captioned_weights = output_dir(with_captions, tmp_path / "a")
+    plain = predict(trainer_predict_server, tmp_path, instance_data=photos, **same_run)
+    _, plain_weights = output_dir(plain, tmp_path / "b")
+    again = predict(trainer_predict_server, tmp_path, instance_data=photos, **same_run)
+    _, again_weights = output_dir(again, tmp_path / "c")
+    assert same(tensors(plain_weights, "unet"), tensors(again_weights, "unet"))  # the run is deterministic...
+    assert not same(tensors(captioned_weights, "unet"), tensors(plain_weights, "unet"))  # ...and the captions changed it
+
+
 def test_full_fine_tune_outputs_are_unchanged_by_lora_inputs(trainer_predict_server, photos, tmp_path):
     body = predict(trainer_predict_server, tmp_path, instance_data=photos, lora_rank=0, lora_lr=0.5, text_encoder_lr=0.5)
     assert body["status"] == "succeeded", body.get("error")

@@ -50,6 +50,7 @@ class TrainingArgs:
 
     instance_prompt: str
     class_prompt: str
+    caption_prefix: str | None = None  # before every caption (a .txt beside an image), e.g. "a photo of cjw,"
     num_class_images: int = 50
     with_prior_preservation: bool = True
     prior_loss_weight: float = 1.0

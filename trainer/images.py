@@ -2,7 +2,7 @@
 
 Layout rules (Tiyaro's and replicate/dreambooth's): images at any depth are used, flattened;
 images under a top-level ``dataset_class/`` folder are class images; ``__MACOSX``, hidden
-files and non-image files are skipped.
+files and non-image files are skipped; a ``.txt`` beside an instance image is its caption.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dreambuild.errors import ImageDataError
 from dreambuild.images import load_rgb
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,38 @@ def find_images(root: Path, *, all_class: bool = False) -> ImageSet:
         if any(p.startswith(".") or p == "__MACOSX" for p in parts):
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            found.skipped.append(name)
+            if not (path.suffix.lower() == ".txt" and any(path.with_suffix(s).is_file() for s in IMAGE_SUFFIXES)):
+                found.skipped.append(name)  # captions are read with their images, not skipped
             continue
         if all_class or (len(parts) > 1 and parts[0] == CLASS_FOLDER):
             found.klass.append((path, name))
         else:
             found.instance.append((path, name))
     return found
+
+
+CAPTION_MAX_BYTES = 4096
+
+
+def read_captions(files: list[tuple[Path, str]], prefix: str | None = None) -> list[str | None]:
+    """Each image's caption: the text of a ``.txt`` beside it (``photo.jpg`` -> ``photo.txt``),
+    after ``prefix``; None where there is none (the instance prompt applies)."""
+    captions: list[str | None] = []
+    for path, name in files:
+        text_file = path.with_suffix(".txt")
+        caption = None
+        if text_file.is_file():
+            raw = text_file.read_bytes()[: CAPTION_MAX_BYTES + 1]
+            if len(raw) > CAPTION_MAX_BYTES:
+                raise ImageDataError(f"caption of {name} ({text_file.name}) is over {CAPTION_MAX_BYTES} bytes")
+            try:
+                caption = " ".join(raw.decode("utf-8").split()) or None
+            except UnicodeDecodeError:
+                raise ImageDataError(f"caption of {name} ({text_file.name}) is not UTF-8 text") from None
+        if caption and prefix:
+            caption = f"{prefix.strip()} {caption}"
+        captions.append(caption)
+    return captions
 
 
 def load_all(files: list[tuple[Path, str]], shorter_side: int | None = None) -> list[Image.Image]:

@@ -28,7 +28,7 @@ from trainer.archive import write_weights_zip
 from trainer.args import TrainingArgs
 from trainer.class_images import generate_class_images
 from trainer.device import plan_device
-from trainer.images import IMAGE_SUFFIXES, find_images, load_all
+from trainer.images import IMAGE_SUFFIXES, find_images, load_all, read_captions
 from trainer.loop import train_dreambooth
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,11 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
         if not class_images:
             raise ImageDataError("with_prior_preservation needs class images: set num_class_images > 0 or supply class_data")
 
-    result = train_dreambooth(args, base, instance_images, class_images, plan)
+    captions = read_captions(photos.instance, args.caption_prefix)
+    if any(captions):
+        log.info("Captions: %d of %d instance image(s) have one (a .txt beside the image); the others use instance_prompt.",
+                 sum(1 for c in captions if c), len(captions))
+    result = train_dreambooth(args, base, instance_images, class_images, plan, captions=captions)
     weights = work / "weights"
     saved_dtype = torch.float16 if plan.mixed_precision != "no" else torch.float32  # templates run fp16 on GPUs
     recorded = {**args.to_json(), "base_model": "ckpt_base" if ckpt_base else str(base)}

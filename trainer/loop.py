@@ -96,8 +96,12 @@ def train_dreambooth(
     klass: list[Image.Image],
     plan: DevicePlan,
     log_interval: float = 10.0,
+    captions: list[str | None] | None = None,
 ) -> TrainResult:
-    """Run ``args.max_train_steps`` optimizer steps and return the fine-tuned pipeline."""
+    """Run ``args.max_train_steps`` optimizer steps and return the fine-tuned pipeline.
+
+    ``captions[i]`` is instance image i's prompt (a .txt beside it); None: the instance prompt.
+    """
     prior = args.with_prior_preservation
     # Accelerate keeps one process-wide state, fixed by the first Accelerator; a Cog server runs
     # many trainings in one worker process, each with its own mixed precision. Found on an H200:
@@ -170,11 +174,18 @@ def train_dreambooth(
             prompt, truncation=True, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
         ).input_ids.to(accelerator.device)
 
-    prompt_ids = {"instance": token_ids(args.instance_prompt), "class": token_ids(args.class_prompt)}
+    def prompt(key: tuple[str, int]) -> str:
+        kind, index = key
+        if kind == "class":
+            return args.class_prompt
+        return (captions[index] if captions and captions[index] else None) or args.instance_prompt
+
+    prompts = sorted({prompt(("instance", i)) for i in range(len(instance))} | {args.class_prompt})
+    prompt_ids = {text: token_ids(text) for text in prompts}
     frozen_embeddings: dict[str, torch.Tensor] = {}
     if not args.train_text_encoder:
         with torch.no_grad():
-            frozen_embeddings = {k: text_encoder(ids)[0] for k, ids in prompt_ids.items()}
+            frozen_embeddings = {text: text_encoder(ids)[0] for text, ids in prompt_ids.items()}
     latent_cache: dict[tuple[str, int], torch.Tensor] | None = {} if args.center_crop else None
 
     def latent_params(pixels: torch.Tensor, keys: list[tuple[str, int]]) -> torch.Tensor:
@@ -213,12 +224,12 @@ def train_dreambooth(
                     0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
                 ).long()
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                kinds = [k for k, _ in batch["keys"]]
+                texts = [prompt(key) for key in batch["keys"]]
                 if args.train_text_encoder:
-                    ids = torch.cat([prompt_ids[k] for k in kinds])
+                    ids = torch.cat([prompt_ids[t] for t in texts])
                     hidden = text_encoder(ids)[0]
                 else:
-                    hidden = torch.cat([frozen_embeddings[k] for k in kinds])
+                    hidden = torch.cat([frozen_embeddings[t] for t in texts])
                 model_pred = unet(noisy, timesteps, hidden).sample
                 if prediction_type == "epsilon":
                     target = noise
