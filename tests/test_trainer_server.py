@@ -171,6 +171,36 @@ def test_captions_beside_the_photos_are_the_prompts(trainer_predict_server, phot
     assert not same(tensors(captioned_weights, "unet"), tensors(plain_weights, "unet"))  # ...and the captions changed it
 
 
+def test_a_re_run_resumes_from_the_last_checkpoint(trainer_predict_server, trainer_workdir, photos, tmp_path):
+    """Interrupted (here: canceled) after a checkpoint, the same training run again continues at
+    the saved step; its checkpoints are removed once it completes."""
+    import threading
+    import time
+
+    client = trainer_predict_server.client
+    inputs = {**QUICK, "instance_data": photos, "max_train_steps": 300, "checkpointing_steps": 3, "learning_rate": 1e-4}
+    root = trainer_workdir / "dreambuild-checkpoints"
+    first: dict = {}
+    thread = threading.Thread(target=lambda: first.update(client.run_prediction("checkpointed-1", inputs)))
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not list(root.glob("*/step-*")) and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.05)
+    client.cancel("checkpointed-1")
+    thread.join(120)
+    assert first.get("status") == "canceled", first.get("status")
+    (saved,) = root.glob("*/step-*")  # only the newest is kept
+    step = int(saved.name.removeprefix("step-"))
+    assert step % 3 == 0 and 0 < step < 300
+
+    body = predict(trainer_predict_server, tmp_path, **inputs)
+    assert body["status"] == "succeeded", body.get("error")
+    logs = body["logs"]
+    resumed = int(logs.split("Resuming from the checkpoint at step ")[1].split(" ")[0])
+    assert resumed >= step and f"step {resumed + 1}/300" in logs and "step 300/300" in logs and "step 1/300" not in logs
+    assert not saved.parent.exists()  # completed: its checkpoints are gone
+
+
 def test_full_fine_tune_outputs_are_unchanged_by_lora_inputs(trainer_predict_server, photos, tmp_path):
     body = predict(trainer_predict_server, tmp_path, instance_data=photos, lora_rank=0, lora_lr=0.5, text_encoder_lr=0.5)
     assert body["status"] == "succeeded", body.get("error")

@@ -25,6 +25,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train_batch_size": (1, 64),
     "sample_batch_size": (1, 64),
     "max_train_steps": (1, 100_000),
+    "checkpointing_steps": (0, 100_000),
     "gradient_accumulation_steps": (1, 1024),
     "learning_rate": (0.0, 1.0),
     "lora_rank": (0, 256),
@@ -61,6 +62,7 @@ class TrainingArgs:
     train_batch_size: int = 1
     sample_batch_size: int = 4
     max_train_steps: int = 2000
+    checkpointing_steps: int = 0  # 0: none; else the state every N steps, which a re-run resumes from
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     learning_rate: float = 1e-6

@@ -26,6 +26,7 @@ from dreambuild.errors import ImageDataError, ModelLayoutError
 from dreambuild.layout import check_diffusers_layout, locate_pipeline_root, pipeline_digest
 from trainer.archive import write_weights_zip
 from trainer.args import TrainingArgs
+from trainer.checkpoints import Checkpoints, checkpoints_root, training_key
 from trainer.class_images import generate_class_images
 from trainer.device import plan_device
 from trainer.images import IMAGE_SUFFIXES, find_images, load_all, read_captions
@@ -75,15 +76,22 @@ def run_job(
     """Validate, train and package. Raises a :class:`~dreambuild.errors.DreambuildError` on bad input."""
     started = time.monotonic()
     args = TrainingArgs.from_inputs(inputs)
+    checkpoints = None
+    if args.checkpointing_steps:
+        files = {"instance_data": Path(instance_data), "class_data": class_data and Path(class_data), "ckpt_base": ckpt_base and Path(ckpt_base)}
+        key = training_key(inputs, files, str(base_model_dir()))
+        checkpoints = Checkpoints(checkpoints_root() / key, args.checkpointing_steps)
     if args.seed is None:
         args.seed = random.randrange(2**31)
         log.info("seed: %d (random)", args.seed)
     work = new_workdir()
     try:
-        result = _run(args, work, Path(instance_data), class_data and Path(class_data), ckpt_base and Path(ckpt_base))
+        result = _run(args, work, Path(instance_data), class_data and Path(class_data), ckpt_base and Path(ckpt_base), checkpoints)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # the checkpoints stay: a re-run resumes from them
         raise
+    if checkpoints:
+        checkpoints.clear()
     for child in work.iterdir():
         if child != result.archive:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -91,7 +99,8 @@ def run_job(
     return result
 
 
-def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path | None, ckpt_base: Path | None) -> JobResult:
+def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path | None, ckpt_base: Path | None,
+         checkpoints: Checkpoints | None = None) -> JobResult:
     extract_zip(instance_data, work / "instance_data", label="instance_data", limits=PHOTO_LIMITS)
     photos = find_images(work / "instance_data")
     if photos.skipped:
@@ -131,7 +140,7 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
     if any(captions):
         log.info("Captions: %d of %d instance image(s) have one (a .txt beside the image); the others use instance_prompt.",
                  sum(1 for c in captions if c), len(captions))
-    result = train_dreambooth(args, base, instance_images, class_images, plan, captions=captions)
+    result = train_dreambooth(args, base, instance_images, class_images, plan, captions=captions, checkpoints=checkpoints)
     weights = work / "weights"
     saved_dtype = torch.float16 if plan.mixed_precision != "no" else torch.float32  # templates run fp16 on GPUs
     recorded = {**args.to_json(), "base_model": "ckpt_base" if ckpt_base else str(base)}

@@ -30,6 +30,7 @@ from torchvision import transforms
 from transformers import AutoTokenizer, CLIPTextModel
 
 from trainer.args import TrainingArgs
+from trainer.checkpoints import Checkpoints
 from trainer.device import DevicePlan
 from trainer.progress import StepLogger
 
@@ -97,10 +98,13 @@ def train_dreambooth(
     plan: DevicePlan,
     log_interval: float = 10.0,
     captions: list[str | None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainResult:
     """Run ``args.max_train_steps`` optimizer steps and return the fine-tuned pipeline.
 
     ``captions[i]`` is instance image i's prompt (a .txt beside it); None: the instance prompt.
+    With ``checkpoints``, the state is saved every ``checkpoints.every`` steps, and a newer saved
+    state of the same training is resumed from.
     """
     prior = args.with_prior_preservation
     # Accelerate keeps one process-wide state, fixed by the first Accelerator; a Cog server runs
@@ -205,9 +209,15 @@ def train_dreambooth(
         args.max_train_steps, f" of LoRA rank {args.lora_rank} ({sum(p.numel() for p in trainable):,} parameters)" if args.lora else "",
         len(instance), len(dataset.klass), args.train_batch_size, steps_per_epoch, lr, ", prior preservation" if prior else "",
     )
-    progress = StepLogger(args.max_train_steps, interval=log_interval)
+    step = 0
+    resumed = checkpoints.latest() if checkpoints else None
+    if resumed and resumed[0] < args.max_train_steps:
+        accelerator.load_state(str(resumed[1]))
+        step = resumed[0]
+        log.info("Resuming from the checkpoint at step %d of %d.", step, args.max_train_steps)
+    progress = StepLogger(args.max_train_steps, interval=log_interval, first=step)
     prediction_type = noise_scheduler.config.prediction_type
-    step, loss_value, started = 0, float("nan"), time.monotonic()
+    loss_value, started = float("nan"), time.monotonic()
     unet.train()
     if args.train_text_encoder:
         text_encoder.train()
@@ -257,6 +267,8 @@ def train_dreambooth(
                     if not math.isfinite(loss_value):
                         raise FloatingPointError(f"training diverged by step {step} (loss {loss_value}); lower the learning rate")
                     progress.update(step, loss=loss_value, lr=float(lr_scheduler.get_last_lr()[0]))
+                if checkpoints and checkpoints.due(step, args.max_train_steps):
+                    checkpoints.save(accelerator, step)
                 if step >= args.max_train_steps:
                     break
     seconds = time.monotonic() - started
