@@ -201,6 +201,17 @@ def test_a_re_run_resumes_from_the_last_checkpoint(trainer_predict_server, train
     assert not saved.parent.exists()  # completed: its checkpoints are gone
 
 
+def test_validation_samples_are_taken_during_training(trainer_predict_server, photos, tmp_path):
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, lora_rank=2, validation_prompt="a photo of a cjw toy",
+                   validation_steps=2, save_infer_steps=2, n_save_sample=1)
+    assert body["status"] == "succeeded", body.get("error")
+    archive, _ = output_dir(body, tmp_path)
+    with zipfile.ZipFile(archive) as zf:
+        samples = sorted(n for n in zf.namelist() if n.startswith("samples/"))
+    assert samples == ["samples/step-2-0.png", "samples/step-4-0.png"]  # every 2 steps, before the last (6)
+    assert "Validation: 1 sample(s) of 'a photo of a cjw toy' at step 4." in body["logs"]
+
+
 def test_full_fine_tune_outputs_are_unchanged_by_lora_inputs(trainer_predict_server, photos, tmp_path):
     body = predict(trainer_predict_server, tmp_path, instance_data=photos, lora_rank=0, lora_lr=0.5, text_encoder_lr=0.5)
     assert body["status"] == "succeeded", body.get("error")

@@ -41,6 +41,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "n_save_sample": (1, 64),
     "save_guidance_scale": (0.0, 50.0),
     "save_infer_steps": (1, 500),
+    "validation_steps": (1, 100_000),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": MIXED_PRECISION}
 
@@ -81,6 +82,8 @@ class TrainingArgs:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     mixed_precision: str = "fp16"
+    validation_prompt: str | None = None  # sample images of it every validation_steps, into samples/
+    validation_steps: int = 100
     save_sample_prompt: str | None = None
     save_sample_negative_prompt: str | None = None
     n_save_sample: int = 1

@@ -140,7 +140,9 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
     if any(captions):
         log.info("Captions: %d of %d instance image(s) have one (a .txt beside the image); the others use instance_prompt.",
                  sum(1 for c in captions if c), len(captions))
-    result = train_dreambooth(args, base, instance_images, class_images, plan, captions=captions, checkpoints=checkpoints)
+    samples = work / "samples"
+    result = train_dreambooth(args, base, instance_images, class_images, plan, captions=captions, checkpoints=checkpoints,
+                              samples=samples)
     weights = work / "weights"
     saved_dtype = torch.float16 if plan.mixed_precision != "no" else torch.float32  # templates run fp16 on GPUs
     recorded = {**args.to_json(), "base_model": "ckpt_base" if ckpt_base else str(base)}
@@ -152,6 +154,8 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
         result.pipeline.to(dtype=saved_dtype)
         result.pipeline.save_pretrained(weights, safe_serialization=True)
     (weights / "args.json").write_text(json.dumps(recorded, indent=2))
+    if samples.is_dir():  # validation samples taken during training
+        shutil.move(samples, weights / "samples")
     if args.save_sample_prompt:
         _save_samples(result.pipeline, args, plan, weights / "samples")
     archive = write_weights_zip(weights, work / "output.zip")
@@ -210,7 +214,7 @@ def _resolve_base(work: Path, ckpt_base: Path | None) -> Path:
 
 
 def _save_samples(pipeline, args: TrainingArgs, plan, out: Path) -> None:
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     pipeline.to(plan.device)
     if plan.inference_dtype != torch.float32:
         pipeline.to(dtype=plan.inference_dtype)

@@ -99,12 +99,14 @@ def train_dreambooth(
     log_interval: float = 10.0,
     captions: list[str | None] | None = None,
     checkpoints: Checkpoints | None = None,
+    samples: Path | None = None,
 ) -> TrainResult:
     """Run ``args.max_train_steps`` optimizer steps and return the fine-tuned pipeline.
 
     ``captions[i]`` is instance image i's prompt (a .txt beside it); None: the instance prompt.
     With ``checkpoints``, the state is saved every ``checkpoints.every`` steps, and a newer saved
-    state of the same training is resumed from.
+    state of the same training is resumed from. With ``args.validation_prompt``, sample images of
+    the model as it is are written to ``samples`` every ``args.validation_steps`` steps.
     """
     prior = args.with_prior_preservation
     # Accelerate keeps one process-wide state, fixed by the first Accelerator; a Cog server runs
@@ -269,6 +271,12 @@ def train_dreambooth(
                     progress.update(step, loss=loss_value, lr=float(lr_scheduler.get_last_lr()[0]))
                 if checkpoints and checkpoints.due(step, args.max_train_steps):
                     checkpoints.save(accelerator, step)
+                if args.validation_prompt and samples is not None and step % args.validation_steps == 0 and step < args.max_train_steps:
+                    validation_samples(args, step, samples, accelerator, noise_scheduler, vae, tokenizer,
+                                       accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder))
+                    unet.train()
+                    if args.train_text_encoder:
+                        text_encoder.train()
                 if step >= args.max_train_steps:
                     break
     seconds = time.monotonic() - started
@@ -295,6 +303,28 @@ def train_dreambooth(
     accelerator.free_memory()
     return TrainResult(pipeline=pipeline, steps=step, seconds=seconds, final_loss=loss_value, lora=lora,
                        lora_metadata=metadata if lora else None)
+
+
+@torch.no_grad()
+def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, scheduler, vae, tokenizer, unet, text_encoder) -> None:
+    """Images of ``args.validation_prompt`` from the model as it is at ``step``: how training goes."""
+    from diffusers import DDIMScheduler
+
+    unet.eval()
+    text_encoder.eval()
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler.from_config(scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator("cpu").manual_seed(args.seed if args.seed is not None else 0)
+    with accelerator.autocast():
+        images = pipe(args.validation_prompt, negative_prompt=args.save_sample_negative_prompt, num_images_per_prompt=args.n_save_sample,
+                      num_inference_steps=args.save_infer_steps, guidance_scale=args.save_guidance_scale, generator=generator).images
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        image.save(out / f"step-{step}-{i}.png")
+    log.info("Validation: %d sample(s) of %r at step %d.", len(images), args.validation_prompt, step)
 
 
 def add_lora_adapters(unet, text_encoder, args: TrainingArgs, weight_dtype: torch.dtype) -> None:
