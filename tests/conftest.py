@@ -22,6 +22,14 @@ def other_base(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """A tiny random SDXL pipeline (two text encoders, text-and-time conditioning)."""
+    from fixtures.tiny_models import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
 def trainer_workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("trainer-work")
 

@@ -313,6 +313,38 @@ def test_pose_controlnet_txt2img_and_img2img(pose_server):
     assert len(outputs(body)) == 1 and "controlnet-img2img" in body["logs"]
 
 
+# --- SDXL weights ------------------------------------------------------------------------------
+
+
+def test_sdxl_weights_run_in_the_vanilla_template(tmp_path_factory, tiny_sdxl, loras, safety_checker):
+    """txt2img, img2img and inpainting with SDXL's pipelines; weighting through compel's SDXL
+    encoder (both text encoders and the pooled embedding); an SD 1.5 LoRA is refused clearly."""
+    with start_template(tmp_path_factory, "vanilla", weights=tiny_sdxl, safety_checker=safety_checker) as server:
+        plain = outputs(predict(server, prompt="a red toy", width=80, height=64))
+        assert size_of(plain[0]) == (80, 64) and outputs(predict(server, prompt="a red toy", width=80, height=64)) == plain
+        assert outputs(predict(server, prompt="a (red)1.5 toy", width=80, height=64)) != plain
+        photo = png_url(shapes_png(size=(64, 64)))
+        img2img = predict(server, prompt="a red toy", image=photo, num_inference_steps=4)
+        inpaint = predict(server, prompt="a red toy", image=photo, mask=png_url(mask_png()), num_inference_steps=4)
+        assert "img2img 64x64" in img2img["logs"] and "inpaint 64x64" in inpaint["logs"]
+        assert outputs(img2img) != outputs(inpaint)
+        error = failed(server, prompt="a red toy", lora_weights=lora_url(loras["diffusers"]))
+        assert "lora_weights" in error and ("cannot be applied to this model" in error or "no weights for this model's layers" in error)
+        assert outputs(predict(server, prompt="a red toy", width=80, height=64)) == plain
+
+
+def test_sdxl_weights_in_a_controlnet_template_fail_clearly(tmp_path, tiny_sdxl, tiny_controlnet):
+    from templates.inference.generator import ImageGenerator
+    from templates.inference.locations import WeightLocations
+    from templates.inference.request import GenerationRequest
+
+    missing = tmp_path / "none"
+    generator = ImageGenerator("controlnet-canny", WeightLocations(tiny_sdxl, tiny_controlnet, missing, missing))
+    generator.setup()
+    with pytest.raises(Exception, match="are an SDXL pipeline, and the controlnet-canny template's ControlNet is for SD 1.x"):
+        generator.generate(GenerationRequest(prompt="a toy", num_inference_steps=2, disable_safety_check=True))
+
+
 # --- a LoRA training's output on a template with a baked base ---------------------------------
 
 

@@ -22,7 +22,7 @@ from templates.inference.control import ControlPreprocessor
 from templates.inference.locations import WeightLocations
 from templates.inference.loras import LoraAdapters
 from templates.inference.outputs import write_images
-from templates.inference.pipelines import Device, Pipelines, compile_requested, load_controlnet, load_pipelines
+from templates.inference.pipelines import Device, Pipelines, compile_requested, is_sdxl, load_controlnet, load_pipelines
 from templates.inference.prompts import PromptEncoder
 from templates.inference.request import GenerationRequest, denoising_steps, resolve_size
 from templates.inference.safety import SafetyChecker
@@ -108,6 +108,11 @@ class ImageGenerator:
             log.warning(self.no_weights)
             return
         check_diffusers_layout(pipeline, f"weights in {pipeline}")
+        if self.control_kind and is_sdxl(pipeline):
+            self.no_weights = (f"the weights in {pipeline} are an SDXL pipeline, and the {self.template} template's ControlNet is "
+                               "for SD 1.x: build SDXL fine-tunes on the vanilla template")
+            log.warning(self.no_weights)
+            return
         controlnet = None
         if self.control_kind:
             if (loc.controlnet / "config.json").is_file():
@@ -171,13 +176,12 @@ class ImageGenerator:
         return write_images(images, self._outputs, request.output_format, request.output_quality)
 
     def _run(self, pipe, request: GenerationRequest, prompt: str, seed: int, kwargs: dict) -> tuple[list[Image.Image], float]:
-        embeds, negative = self.prompts.encode(prompt, request.negative_prompt, request.prompt_syntax)
+        embeds = self.prompts.pipeline_kwargs(prompt, request.negative_prompt, request.prompt_syntax)
         if str(self.device.device).startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         images = pipe(
-            prompt_embeds=embeds,
-            negative_prompt_embeds=negative,
+            **embeds,
             num_inference_steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale,
             num_images_per_prompt=request.num_outputs,

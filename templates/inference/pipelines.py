@@ -1,8 +1,9 @@
-"""The fine-tuned pipeline, loaded once, and every mode's pipeline built from it with
-``from_pipe`` (the same UNet, VAE and text encoder objects; no second copy in memory)."""
+"""The fine-tuned pipeline (SD 1.x/2.x or SDXL), loaded once, and every mode's pipeline built
+from it with ``from_pipe`` (the same UNet, VAE and text encoders; no second copy in memory)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -33,32 +34,38 @@ class Device:
 
 @dataclass
 class Pipelines:
-    base: Any  # StableDiffusionPipeline (txt2img)
+    base: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline (txt2img)
     by_mode: dict[str, Any] = field(default_factory=dict)
+    xl: bool = False  # SDXL: two text encoders, pooled embeddings
 
     @property
     def native_size(self) -> int:
         return self.base.unet.config.sample_size * self.base.vae_scale_factor
 
 
+def is_sdxl(weights: Path) -> bool:
+    """Whether ``weights`` is an SDXL pipeline (by its model_index.json's class)."""
+    return "XL" in json.loads((weights / "model_index.json").read_text()).get("_class_name", "")
+
+
 def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, compile_unet: bool = False) -> Pipelines:
-    """Load ``weights`` (a diffusers Stable Diffusion pipeline) and derive the mode pipelines.
+    """Load ``weights`` (a diffusers Stable Diffusion 1.x/2.x or SDXL pipeline) and derive the
+    mode pipelines.
 
-    ``controlnet`` is a loaded ``ControlNetModel`` for the ControlNet templates, else None.
+    ``controlnet`` is a loaded ``ControlNetModel`` for the ControlNet templates (SD 1.x), else None.
     """
-    from diffusers import (
-        StableDiffusionControlNetImg2ImgPipeline,
-        StableDiffusionControlNetInpaintPipeline,
-        StableDiffusionControlNetPipeline,
-        StableDiffusionImg2ImgPipeline,
-        StableDiffusionInpaintPipeline,
-        StableDiffusionPipeline,
-    )
+    import diffusers
 
-    # Templates bring their own safety checker: never load one that came with the weights.
-    base = StableDiffusionPipeline.from_pretrained(
-        weights, dtype=device.dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
-    ).to(device.device)
+    xl = is_sdxl(weights)
+    if xl:
+        # SDXL has no safety_checker component; its VAE runs in fp32 where fp16 overflows
+        # (the pipeline's own force_upcast), so nothing else to set here.
+        base = diffusers.StableDiffusionXLPipeline.from_pretrained(weights, dtype=device.dtype, local_files_only=True).to(device.device)
+    else:
+        # Templates bring their own safety checker: never load one that came with the weights.
+        base = diffusers.StableDiffusionPipeline.from_pretrained(
+            weights, dtype=device.dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
+        ).to(device.device)
     if device.device.type == "cuda" and compile_unet:
         # channels_last pays off with inductor's kernels; eager SDPA runs measured slower with it.
         base.unet.to(memory_format=torch.channels_last)
@@ -67,20 +74,23 @@ def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, com
     # from_pipe casts the new pipeline, shared components included, to fp32 unless told the
     # dtype (diffusers 0.42): always pass it, or every mode silently runs in fp32.
     same = {"dtype": device.dtype}
+    family = "StableDiffusionXL" if xl else "StableDiffusion"
     by_mode = {
         "txt2img": base,
-        "img2img": StableDiffusionImg2ImgPipeline.from_pipe(base, **same),
-        "inpaint": StableDiffusionInpaintPipeline.from_pipe(base, **same),
+        "img2img": getattr(diffusers, f"{family}Img2ImgPipeline").from_pipe(base, **same),
+        "inpaint": getattr(diffusers, f"{family}InpaintPipeline").from_pipe(base, **same),
     }
     if controlnet is not None:
+        if xl:
+            raise ValueError("SDXL weights need an SDXL ControlNet; this template's is for SD 1.x")
         controlnet.to(device.device)
         same["controlnet"] = controlnet
-        by_mode["controlnet-txt2img"] = StableDiffusionControlNetPipeline.from_pipe(base, **same)
-        by_mode["controlnet-img2img"] = StableDiffusionControlNetImg2ImgPipeline.from_pipe(base, **same)
-        by_mode["controlnet-inpaint"] = StableDiffusionControlNetInpaintPipeline.from_pipe(base, **same)
+        by_mode["controlnet-txt2img"] = diffusers.StableDiffusionControlNetPipeline.from_pipe(base, **same)
+        by_mode["controlnet-img2img"] = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pipe(base, **same)
+        by_mode["controlnet-inpaint"] = diffusers.StableDiffusionControlNetInpaintPipeline.from_pipe(base, **same)
     for pipe in by_mode.values():
         pipe.set_progress_bar_config(disable=True)
-    return Pipelines(base=base, by_mode=by_mode)
+    return Pipelines(base=base, by_mode=by_mode, xl=xl)
 
 
 def load_controlnet(path: Path, device: Device) -> Any:

@@ -103,14 +103,30 @@ def to_compel(prompt: str, syntax: str) -> str:
 
 
 class PromptEncoder:
-    """Encodes a prompt and its negative prompt into padded, equally long embeddings."""
+    """Encodes a prompt and its negative prompt into padded, equally long embeddings (for SDXL,
+    both text encoders' and the pooled ones)."""
 
     def __init__(self, pipe) -> None:
-        from compel import CompelForSD
+        from compel import CompelForSD, CompelForSDXL
 
-        self._compel = CompelForSD(pipe)
+        self.xl = getattr(pipe, "text_encoder_2", None) is not None
+        self._compel = CompelForSDXL(pipe) if self.xl else CompelForSD(pipe)
 
     @torch.no_grad()
     def encode(self, prompt: str, negative_prompt: str | None, syntax: str = "compel") -> tuple[torch.Tensor, torch.Tensor]:
-        conditioning = self._compel(to_compel(prompt, syntax), to_compel(negative_prompt or "", syntax))
-        return conditioning.embeds, conditioning.negative_embeds
+        embeds = self.pipeline_kwargs(prompt, negative_prompt, syntax)
+        return embeds["prompt_embeds"], embeds["negative_prompt_embeds"]
+
+    @torch.no_grad()
+    def pipeline_kwargs(self, prompt: str, negative_prompt: str | None, syntax: str = "compel") -> dict[str, torch.Tensor]:
+        """The embeddings as the pipelines take them (``prompt_embeds``, ``negative_prompt_embeds``,
+        and for SDXL the pooled pair)."""
+        main, negative = to_compel(prompt, syntax), to_compel(negative_prompt or "", syntax)
+        if self.xl:
+            conditioning = self._compel(main, negative_prompt=negative)
+        else:
+            conditioning = self._compel(main, negative)
+        kwargs = {"prompt_embeds": conditioning.embeds, "negative_prompt_embeds": conditioning.negative_embeds}
+        if self.xl:
+            kwargs.update(pooled_prompt_embeds=conditioning.pooled_embeds, negative_pooled_prompt_embeds=conditioning.negative_pooled_embeds)
+        return kwargs
