@@ -90,6 +90,17 @@ def check_diffusers_listing(index_json: bytes, files: Iterable[str], label: str)
     return index
 
 
+def is_sdxl(root: Path) -> bool:
+    """Whether the pipeline at ``root`` is SDXL (by its model_index.json's class name)."""
+    return "XL" in json.loads((root / "model_index.json").read_text()).get("_class_name", "")
+
+
+def native_size(root: Path) -> int:
+    """The pipeline's native image size: its UNet's sample size times the VAE's 8x (512 for
+    SD 1.5, 768 for SD 2.x-768, 1024 for SDXL)."""
+    return int(json.loads((root / "unet" / "config.json").read_text())["sample_size"]) * 8
+
+
 def pipeline_digest(root: Path) -> str:
     """``sha256:`` over a pipeline's weight files (relative path and content of every
     ``*.safetensors``): the same for the same weights wherever they are stored, so a LoRA can

@@ -69,10 +69,11 @@ def test_invalid_arguments_are_named(override, message):
 
 
 def test_valid_arguments_keep_types():
-    args = TrainingArgs.from_inputs({**BASE, "learning_rate": 1, "seed": None, "resolution": None})
+    args = TrainingArgs.from_inputs({**BASE, "learning_rate": 1, "seed": None, "resolution": None, "max_train_steps": None})
     assert args.learning_rate == 1.0 and isinstance(args.learning_rate, float)
     assert args.seed is None  # explicit null: a random seed, drawn and logged by the job
-    assert args.resolution == 512  # null on a required-typed input keeps the default
+    assert args.resolution is None  # the job sets the base's native size
+    assert args.max_train_steps == 2000  # null on a required-typed input keeps the default
     assert TrainingArgs.from_inputs(BASE).seed == 1337
     assert args.to_json()["instance_prompt"] == BASE["instance_prompt"]
 

@@ -23,7 +23,8 @@ QUICK = {
 
 
 def predict(server, tmp_path, **inputs):
-    status, body = post(f"{server.url}/predictions", {"input": {**QUICK, **inputs}})
+    """Train with QUICK's inputs and these; an input given as None is left out (its default applies)."""
+    status, body = post(f"{server.url}/predictions", {"input": {k: v for k, v in {**QUICK, **inputs}.items() if v is not None}})
     assert status == 200, (status, body)
     return body
 
@@ -36,7 +37,7 @@ def output_dir(body, tmp_path, key=None):
 
 
 def tensors(root, component):
-    name = "model.safetensors" if component == "text_encoder" else "diffusion_pytorch_model.safetensors"
+    name = "model.safetensors" if component.startswith("text_encoder") else "diffusion_pytorch_model.safetensors"
     return load_file(root / component / name)
 
 
@@ -210,6 +211,70 @@ def test_validation_samples_are_taken_during_training(trainer_predict_server, ph
         samples = sorted(n for n in zf.namelist() if n.startswith("samples/"))
     assert samples == ["samples/step-2-0.png", "samples/step-4-0.png"]  # every 2 steps, before the last (6)
     assert "Validation: 1 sample(s) of 'a photo of a cjw toy' at step 4." in body["logs"]
+
+
+def test_sdxl_lora_and_full_fine_tunes(trainer_predict_server, tiny_sdxl, photos, tmp_path):
+    """An SDXL base (as ckpt_base): LoRA adapters on the UNet and both text encoders, validation
+    samples from the SDXL pipeline, the base's native size by default; and a full fine-tune."""
+    import numpy as np
+    from diffusers import StableDiffusionXLPipeline
+
+    from dreambuild.layout import pipeline_digest
+
+    ckpt = data_url(make_zip(tmp_path / "sdxl.zip", {p.relative_to(tiny_sdxl).as_posix(): p.read_bytes()
+                                                     for p in tiny_sdxl.rglob("*") if p.is_file()}))
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, ckpt_base=ckpt, lora_rank=4, lora_lr=5e-2, resolution=None,
+                   train_text_encoder=True, validation_prompt="a photo of a cjw toy", validation_steps=3, save_infer_steps=2)
+    assert body["status"] == "succeeded", body.get("error")
+    assert "resolution: 64 (the base's native size)" in body["logs"]
+    archive, weights = output_dir(body, tmp_path)
+    with zipfile.ZipFile(archive) as zf:
+        assert set(zf.namelist()) == {"pytorch_lora_weights.safetensors", "lora_kohya.safetensors", "args.json", "samples/step-3-0.png"}
+    assert json.loads((weights / "args.json").read_text())["base_digest"] == pipeline_digest(tiny_sdxl)
+    assert any(k.startswith("lora_te2_") for k in load_file(weights / "lora_kohya.safetensors"))
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def image():
+        return pipe("a photo of a cjw toy", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+
+    plain = image()
+    pipe.load_lora_weights(weights, weight_name="pytorch_lora_weights.safetensors")
+    assert not np.array_equal(image(), plain)
+
+    full = predict(trainer_predict_server, tmp_path, instance_data=photos, ckpt_base=ckpt, train_text_encoder=True)
+    assert full["status"] == "succeeded", full.get("error")
+    (tmp_path / "full").mkdir()
+    _, full_weights = output_dir(full, tmp_path / "full")
+    assert json.loads((full_weights / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    assert not same(tensors(full_weights, "text_encoder_2"), tensors(tiny_sdxl, "text_encoder_2"))
+    assert not same(tensors(full_weights, "unet"), tensors(tiny_sdxl, "unet"))
+
+
+@pytest.fixture(scope="module")
+def catalog_trainer(tmp_path_factory, tiny_base, tiny_sdxl, other_base, trainer_workdir):
+    """The trainer with a catalog of bases and VAEs by name, as a trainer image bakes them."""
+    from builder.cog.server import start_cog_server
+
+    env = {"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(trainer_workdir),
+           "DREAMBUILD_BASE_MODELS": f"tiny={tiny_base},tinyxl={tiny_sdxl}", "DREAMBUILD_VAES": f"other={other_base / 'vae'}"}
+    server = start_cog_server("trainer/cog_model.py:Predictor", tmp_path_factory.mktemp("trainer-catalog"), env=env)
+    yield server
+    server.stop()
+
+
+def test_bases_and_vaes_are_chosen_by_name(catalog_trainer, tiny_sdxl, other_base, photos, tmp_path):
+    body = predict(catalog_trainer, tmp_path, instance_data=photos, base_model="tinyxl", vae="other", max_train_steps=2)
+    assert body["status"] == "succeeded", body.get("error")
+    assert "Starting from base model tinyxl" in body["logs"] and "VAE: other" in body["logs"]
+    _, weights = output_dir(body, tmp_path)
+    assert json.loads((weights / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    assert json.loads((weights / "args.json").read_text())["base_model"] == "tinyxl"
+    assert same(tensors(weights, "vae"), tensors(other_base, "vae"))  # the chosen VAE, not the base's
+    for inputs, message in (({"base_model": "sd3"}, "base_model 'sd3' is not baked in this trainer; known: tiny, tinyxl"),
+                            ({"vae": "fancy"}, "vae 'fancy' is not baked in this trainer; known: other")):
+        failed = predict(catalog_trainer, tmp_path, instance_data=photos, **inputs)
+        assert failed["status"] == "failed" and message in failed["error"]
 
 
 def test_full_fine_tune_outputs_are_unchanged_by_lora_inputs(trainer_predict_server, photos, tmp_path):

@@ -61,16 +61,26 @@ HOSTILE = {
     "absolute": ({"/etc/evil": b"x"}, None, "absolute path"),
     "symlink": ({}, {"unet/link": "/etc/passwd"}, "symbolic link"),
     "no index": ({"unet/config.json": b"{}"}, None, "model_index.json is missing"),
-    "a LoRA": ({"pytorch_lora_weights.safetensors": b"x", "args.json": b"{}"}, None, "holds LoRA adapters"),
+    "adapters alone": ({"pytorch_lora_weights.safetensors": b"x"}, None, "holds LoRA adapters"),  # no args.json
 }
 
 
 @pytest.mark.parametrize("case", HOSTILE)
 def test_hostile_or_wrong_archives_are_refused(tmp_path, case):
     entries, links, message = HOSTILE[case]
-    archive = make_zip(tmp_path / "w.zip", {**small_pipeline_files(), **entries} if case not in ("no index", "a LoRA") else entries, links)
+    archive = make_zip(tmp_path / "w.zip", {**small_pipeline_files(), **entries} if case not in ("no index", "adapters alone") else entries, links)
     with pytest.raises(InputError, match=message):
         ZipWeights(archive)
+
+
+def test_a_lora_output_is_its_own_kind(tmp_path):
+    """A LoRA training's output (adapters + args.json) is accepted as such: the build decides
+    whether the template can take it."""
+    files = {"pytorch_lora_weights.safetensors": b"adapters", "args.json": b'{"base_digest": "sha256:00"}'}
+    assert ZipWeights(make_zip(tmp_path / "lora.zip", files)).kind == "lora"
+    write_tree(tmp_path / "lora", files)
+    assert DirWeights(tmp_path / "lora").kind == "lora"
+    assert ZipWeights(make_zip(tmp_path / "full.zip", small_pipeline_files())).kind == "pipeline"
 
 
 def test_missing_component_is_named(tmp_path):

@@ -52,12 +52,14 @@ class TrainingArgs:
 
     instance_prompt: str
     class_prompt: str
+    base_model: str | None = None  # a base baked in the trainer, by name (sd15, sdxl); None: the default
+    vae: str | None = None  # an alternative VAE baked in the trainer, by name
     caption_prefix: str | None = None  # before every caption (a .txt beside an image), e.g. "a photo of cjw,"
     num_class_images: int = 50
     with_prior_preservation: bool = True
     prior_loss_weight: float = 1.0
     seed: int | None = 1337
-    resolution: int = 512
+    resolution: int | None = None  # None: the base's native size (512 SD 1.5, 1024 SDXL), set by the job
     center_crop: bool = False
     train_text_encoder: bool = True
     train_batch_size: int = 1
@@ -122,7 +124,7 @@ class TrainingArgs:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        if self.resolution % 8:
+        if self.resolution is not None and self.resolution % 8:
             raise InputError(f"resolution must be a multiple of 8, got {self.resolution}")
         for name in ("learning_rate", "lora_lr", "text_encoder_lr", "lora_alpha"):
             value = getattr(self, name)

@@ -6,9 +6,10 @@ import logging
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
+from dreambuild.layout import is_sdxl
 from trainer.device import DevicePlan
 from trainer.progress import StepLogger
 
@@ -22,9 +23,12 @@ def generate_class_images(
 
     They are also written to ``out_dir`` so that a failed run can be inspected.
     """
-    pipe = StableDiffusionPipeline.from_pretrained(
-        base, safety_checker=None, requires_safety_checker=False, dtype=plan.inference_dtype, local_files_only=True
-    ).to(plan.device)
+    if is_sdxl(base):
+        pipe = StableDiffusionXLPipeline.from_pretrained(base, dtype=plan.inference_dtype, local_files_only=True).to(plan.device)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            base, safety_checker=None, requires_safety_checker=False, dtype=plan.inference_dtype, local_files_only=True
+        ).to(plan.device)
     pipe.set_progress_bar_config(disable=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator(device="cpu").manual_seed(seed if seed is not None else 0)

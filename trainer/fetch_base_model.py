@@ -2,6 +2,7 @@
 ``./base-model`` before ``cog build``, so the trainer image never downloads at run time.
 
     python -m trainer.fetch_base_model [--repo stable-diffusion-v1-5/stable-diffusion-v1-5] [--dest base-model]
+    python -m trainer.fetch_base_model --repo stabilityai/stable-diffusion-xl-base-1.0 --dest base-model-sdxl  # base_model=sdxl
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dreambuild.layout import check_diffusers_layout
 
 DEFAULT_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # The trainer needs no safety checker (templates bring their own) and no legacy checkpoints.
-ALLOW = ["model_index.json", "*/*.json", "tokenizer/*", "*/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"]
+# SDXL adds a second tokenizer and text encoder (stabilityai/stable-diffusion-xl-base-1.0 --dest base-model-sdxl).
+ALLOW = ["model_index.json", "*/*.json", "tokenizer/*", "tokenizer_2/*", "*/diffusion_pytorch_model.safetensors",
+         "text_encoder/model.safetensors", "text_encoder_2/model.safetensors"]
 IGNORE = ["safety_checker/*"]
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from dreambuild.archives import ArchiveLimits, extract_zip
-from dreambuild.errors import ImageDataError, ModelLayoutError
-from dreambuild.layout import check_diffusers_layout, locate_pipeline_root, pipeline_digest
+from dreambuild.errors import ImageDataError, InputError, ModelLayoutError
+from dreambuild.layout import check_diffusers_layout, is_sdxl, locate_pipeline_root, native_size, pipeline_digest
 from trainer.archive import write_weights_zip
 from trainer.args import TrainingArgs
 from trainer.checkpoints import Checkpoints, checkpoints_root, training_key
@@ -54,8 +54,29 @@ class JobResult:
 
 
 def base_model_dir() -> Path:
-    """The built-in base pipeline: ``$DREAMBUILD_BASE_MODEL`` or the path the trainer image bakes."""
+    """The default base pipeline: ``$DREAMBUILD_BASE_MODEL`` or the path the trainer image bakes."""
     return Path(os.environ.get("DREAMBUILD_BASE_MODEL", DEFAULT_BASE_MODEL))
+
+
+def _catalog(variable: str, defaults: dict[str, Path]) -> dict[str, Path]:
+    """``name=path,name=path`` from ``variable``, else the defaults that exist."""
+    value = os.environ.get(variable, "").strip()
+    if value:
+        pairs = [item.split("=", 1) for item in value.split(",") if "=" in item]
+        return {name.strip(): Path(path.strip()) for name, path in pairs}
+    return {name: path for name, path in defaults.items() if path.is_dir()}
+
+
+def base_models() -> dict[str, Path]:
+    """The bases baked in the trainer image, by name (Tiyaro's ``model``): ``$DREAMBUILD_BASE_MODELS``,
+    else ``sd15`` (the default base) and ``sdxl`` (``/src/base-model-sdxl``) where baked."""
+    return _catalog("DREAMBUILD_BASE_MODELS", {"sd15": base_model_dir(), "sdxl": Path(DEFAULT_BASE_MODEL + "-sdxl")})
+
+
+def vaes() -> dict[str, Path]:
+    """Alternative VAEs baked in the trainer image, by name: ``$DREAMBUILD_VAES``, else
+    ``sdxl-fp16-fix`` (``/src/vae-sdxl-fp16-fix``, madebyollin's fp16-safe SDXL VAE) where baked."""
+    return _catalog("DREAMBUILD_VAES", {"sdxl-fp16-fix": Path("/src/vae-sdxl-fp16-fix")})
 
 
 def new_workdir() -> Path:
@@ -79,7 +100,7 @@ def run_job(
     checkpoints = None
     if args.checkpointing_steps:
         files = {"instance_data": Path(instance_data), "class_data": class_data and Path(class_data), "ckpt_base": ckpt_base and Path(ckpt_base)}
-        key = training_key(inputs, files, str(base_model_dir()))
+        key = training_key(inputs, files, str(base_models().get(args.base_model or "", base_model_dir())))
         checkpoints = Checkpoints(checkpoints_root() / key, args.checkpointing_steps)
     if args.seed is None:
         args.seed = random.randrange(2**31)
@@ -101,6 +122,16 @@ def run_job(
 
 def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path | None, ckpt_base: Path | None,
          checkpoints: Checkpoints | None = None) -> JobResult:
+    base = _resolve_base(work, ckpt_base, args.base_model)
+    vae = None
+    if args.vae is not None:
+        if args.vae not in vaes():
+            raise InputError(f"vae {args.vae!r} is not baked in this trainer; known: {', '.join(sorted(vaes())) or 'none'}")
+        vae = vaes()[args.vae]
+        log.info("VAE: %s (%s).", args.vae, vae)
+    if args.resolution is None:
+        args.resolution = native_size(base)
+        log.info("resolution: %d (the base's native size)", args.resolution)
     extract_zip(instance_data, work / "instance_data", label="instance_data", limits=PHOTO_LIMITS)
     photos = find_images(work / "instance_data")
     if photos.skipped:
@@ -121,8 +152,6 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
         class_files = []
     class_images = load_all(class_files, args.resolution)
     log.info("Loaded %d instance image(s) and %d supplied class image(s).", len(instance_images), len(class_images))
-
-    base = _resolve_base(work, ckpt_base)
     plan = plan_device(args.mixed_precision, args.use_8bit_adam)
     generated = 0
     if args.with_prior_preservation:
@@ -142,12 +171,12 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
                  sum(1 for c in captions if c), len(captions))
     samples = work / "samples"
     result = train_dreambooth(args, base, instance_images, class_images, plan, captions=captions, checkpoints=checkpoints,
-                              samples=samples)
+                              samples=samples, vae_dir=vae)
     weights = work / "weights"
     saved_dtype = torch.float16 if plan.mixed_precision != "no" else torch.float32  # templates run fp16 on GPUs
-    recorded = {**args.to_json(), "base_model": "ckpt_base" if ckpt_base else str(base)}
+    recorded = {**args.to_json(), "base_model": "ckpt_base" if ckpt_base else (args.base_model or str(base))}
     if result.lora is not None:
-        save_lora(weights, result.lora, result.lora_metadata or {}, saved_dtype, args)
+        save_lora(weights, result.lora, result.lora_metadata or {}, saved_dtype, args, xl=is_sdxl(base))
         # A LoRA runs only on the base it was trained on: templates compare this digest with theirs.
         recorded["base_digest"] = pipeline_digest(base)
     else:
@@ -172,35 +201,41 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
     )
 
 
-def save_lora(weights: Path, lora: dict, metadata: dict, dtype: torch.dtype, args: TrainingArgs) -> None:
+def save_lora(weights: Path, lora: dict, metadata: dict, dtype: torch.dtype, args: TrainingArgs, xl: bool = False) -> None:
     """The adapters as diffusers writes LoRAs (``pytorch_lora_weights.safetensors``, loadable by
     ``load_lora_weights``, alpha in its metadata) and a kohya/A1111 copy (``lora_kohya.safetensors``)
     for other tools."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
     cast = {name: {k: v.to(dtype).contiguous() for k, v in state.items()} for name, state in lora.items()}
-    StableDiffusionPipeline.save_lora_weights(
-        weights,
-        unet_lora_layers=convert_state_dict_to_diffusers(cast["unet"]),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(cast["text_encoder"]) if "text_encoder" in cast else None,
-        unet_lora_adapter_metadata=metadata.get("unet"),
-        text_encoder_lora_adapter_metadata=metadata.get("text_encoder"),
-        safe_serialization=True,
-    )
+    layers = {f"{name}_lora_layers": convert_state_dict_to_diffusers(state) for name, state in cast.items()}
+    layers.update({f"{name}_lora_adapter_metadata": meta for name, meta in metadata.items()})
+    if not any(name.endswith("_2") for name in cast):
+        layers.setdefault("text_encoder_lora_layers", None)
+    pipeline = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    pipeline.save_lora_weights(weights, **layers, safe_serialization=True)
     kohya = convert_state_dict_to_kohya({f"{name}.{k}": v for name, state in cast.items() for k, v in state.items()})
     alpha = float(args.lora_alpha or args.lora_rank)  # diffusers writes alpha = rank; keep the trained one
     kohya = {k: torch.tensor(alpha) if k.endswith(".alpha") else v for k, v in kohya.items()}
     save_file(kohya, weights / "lora_kohya.safetensors")
 
 
-def _resolve_base(work: Path, ckpt_base: Path | None) -> Path:
+def _resolve_base(work: Path, ckpt_base: Path | None, name: str | None = None) -> Path:
     if ckpt_base is not None:
         extract_zip(ckpt_base, work / "ckpt_base", label="ckpt_base", limits=CHECKPOINT_LIMITS)
         base = locate_pipeline_root(work / "ckpt_base")
         check_diffusers_layout(base, "ckpt_base")
         log.info("Starting from ckpt_base.")
+        return base
+    if name is not None:
+        known = base_models()
+        if name not in known:
+            raise InputError(f"base_model {name!r} is not baked in this trainer; known: {', '.join(sorted(known)) or 'none'}")
+        base = known[name]
+        check_diffusers_layout(base, f"base model {name} ({base})")
+        log.info("Starting from base model %s (%s).", name, base)
         return base
     base = base_model_dir()
     if not base.is_dir():

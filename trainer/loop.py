@@ -23,16 +23,17 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from PIL import Image
 from torchvision import transforms
-from transformers import AutoTokenizer, CLIPTextModel
 
+from dreambuild.layout import is_sdxl
 from trainer.args import TrainingArgs
 from trainer.checkpoints import Checkpoints
 from trainer.device import DevicePlan
 from trainer.progress import StepLogger
+from trainer.text import TextEncoders, sdxl_time_ids
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def train_dreambooth(
     captions: list[str | None] | None = None,
     checkpoints: Checkpoints | None = None,
     samples: Path | None = None,
+    vae_dir: Path | None = None,
 ) -> TrainResult:
     """Run ``args.max_train_steps`` optimizer steps and return the fine-tuned pipeline.
 
@@ -122,20 +124,26 @@ def train_dreambooth(
     if args.seed is not None:
         set_seed(args.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=True)
+    xl = is_sdxl(base)
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=True)
-    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
+    encoders = TextEncoders.load(base, xl)
+    # An alternative VAE (e.g. the fp16-safe SDXL one) replaces the base's, in training and output.
+    vae = (AutoencoderKL.from_pretrained(vae_dir, local_files_only=True) if vae_dir
+           else AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True))
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", local_files_only=True)
+    # SDXL's VAE overflows in fp16 (its config says force_upcast): it stays in fp32 then.
+    vae_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else plan.weight_dtype
 
     vae.requires_grad_(False)
-    text_encoder.requires_grad_(args.train_text_encoder and not args.lora)
+    for model in encoders.models:
+        model.requires_grad_(args.train_text_encoder and not args.lora)
     if args.lora:
-        add_lora_adapters(unet, text_encoder if args.train_text_encoder else None, args, plan.weight_dtype)
+        add_lora_adapters(unet, encoders.models if args.train_text_encoder else [], args, plan.weight_dtype)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if args.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
+            for model in encoders.models:
+                model.gradient_checkpointing_enable()
 
     lr = args.lora_lr if args.lora else args.learning_rate
     text_lr = args.text_encoder_lr or lr
@@ -144,7 +152,7 @@ def train_dreambooth(
         lr, text_lr = lr * scale, text_lr * scale
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": lr}]
     if args.train_text_encoder:
-        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": text_lr})
+        groups.append({"params": [p for m in encoders.models for p in m.parameters() if p.requires_grad], "lr": text_lr})
     trainable = [p for group in groups for p in group["params"]]
     optimizer_cls = torch.optim.AdamW
     if plan.use_8bit_adam:
@@ -163,22 +171,14 @@ def train_dreambooth(
     dataset = PhotoDataset(instance, klass if prior else [], args.resolution, args.center_crop)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, collate_fn=_collate)
 
+    text_models = list(encoders.models)  # accelerate's wrappers of them when they train
     if args.train_text_encoder:
-        unet, text_encoder, optimizer, loader, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, loader, lr_scheduler)
+        unet, *text_models, optimizer, loader, lr_scheduler = accelerator.prepare(unet, *text_models, optimizer, loader, lr_scheduler)
     else:
         unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    vae.to(accelerator.device)
-    if not args.train_text_encoder:
-        text_encoder.to(accelerator.device)
-    if plan.weight_dtype != torch.float32:
-        vae.to(dtype=plan.weight_dtype)
-        if not args.train_text_encoder:
-            text_encoder.to(dtype=plan.weight_dtype)
-
-    def token_ids(prompt: str) -> torch.Tensor:
-        return tokenizer(
-            prompt, truncation=True, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
-        ).input_ids.to(accelerator.device)
+        for model in text_models:
+            model.to(accelerator.device, dtype=plan.weight_dtype)
+    vae.to(accelerator.device, dtype=vae_dtype)
 
     def prompt(key: tuple[str, int]) -> str:
         kind, index = key
@@ -187,11 +187,11 @@ def train_dreambooth(
         return (captions[index] if captions and captions[index] else None) or args.instance_prompt
 
     prompts = sorted({prompt(("instance", i)) for i in range(len(instance))} | {args.class_prompt})
-    prompt_ids = {text: token_ids(text) for text in prompts}
-    frozen_embeddings: dict[str, torch.Tensor] = {}
+    prompt_ids = {text: encoders.ids(text, accelerator.device) for text in prompts}
+    frozen_embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     if not args.train_text_encoder:
         with torch.no_grad():
-            frozen_embeddings = {text: text_encoder(ids)[0] for text, ids in prompt_ids.items()}
+            frozen_embeddings = {text: encoders.encode(ids, text_models) for text, ids in prompt_ids.items()}
     latent_cache: dict[tuple[str, int], torch.Tensor] | None = {} if args.center_crop else None
 
     def latent_params(pixels: torch.Tensor, keys: list[tuple[str, int]]) -> torch.Tensor:
@@ -199,7 +199,7 @@ def train_dreambooth(
         if latent_cache is not None and all(k in latent_cache for k in keys):
             return torch.stack([latent_cache[k] for k in keys])
         with torch.no_grad():
-            params = vae.encode(pixels.to(accelerator.device, dtype=plan.weight_dtype)).latent_dist.parameters
+            params = vae.encode(pixels.to(accelerator.device, dtype=vae_dtype)).latent_dist.parameters
         if latent_cache is not None:
             for key, p in zip(keys, params):
                 latent_cache[key] = p
@@ -211,6 +211,16 @@ def train_dreambooth(
         args.max_train_steps, f" of LoRA rank {args.lora_rank} ({sum(p.numel() for p in trainable):,} parameters)" if args.lora else "",
         len(instance), len(dataset.klass), args.train_batch_size, steps_per_epoch, lr, ", prior preservation" if prior else "",
     )
+    def assemble():
+        """A pipeline of the models as they are now (validation samples, the result)."""
+        components = {"unet": accelerator.unwrap_model(unet), "vae": vae}
+        components.update({name: accelerator.unwrap_model(m) for name, m in zip(encoders.names, text_models)})
+        components.update({name.replace("text_encoder", "tokenizer"): t for name, t in zip(encoders.names, encoders.tokenizers)})
+        if encoders.xl:
+            return StableDiffusionXLPipeline.from_pretrained(base, **components, local_files_only=True)
+        return StableDiffusionPipeline.from_pretrained(base, **components, safety_checker=None, requires_safety_checker=False,
+                                                       local_files_only=True)
+
     step = 0
     resumed = checkpoints.latest() if checkpoints else None
     if resumed and resumed[0] < args.max_train_steps:
@@ -220,12 +230,12 @@ def train_dreambooth(
     progress = StepLogger(args.max_train_steps, interval=log_interval, first=step)
     prediction_type = noise_scheduler.config.prediction_type
     loss_value, started = float("nan"), time.monotonic()
-    unet.train()
-    if args.train_text_encoder:
-        text_encoder.train()
+    trained = [unet, *text_models] if args.train_text_encoder else [unet]
+    for model in trained:
+        model.train()
     while step < args.max_train_steps:
         for batch in loader:
-            with accelerator.accumulate(unet, text_encoder) if args.train_text_encoder else accelerator.accumulate(unet):
+            with accelerator.accumulate(*trained):
                 posterior = latent_params(batch["pixels"], batch["keys"])
                 mean, logvar = posterior.chunk(2, dim=1)
                 std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
@@ -238,11 +248,15 @@ def train_dreambooth(
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 texts = [prompt(key) for key in batch["keys"]]
                 if args.train_text_encoder:
-                    ids = torch.cat([prompt_ids[t] for t in texts])
-                    hidden = text_encoder(ids)[0]
+                    hidden, pooled = encoders.encode([torch.cat(parts) for parts in zip(*(prompt_ids[t] for t in texts))], text_models)
                 else:
-                    hidden = torch.cat([frozen_embeddings[t] for t in texts])
-                model_pred = unet(noisy, timesteps, hidden).sample
+                    hidden = torch.cat([frozen_embeddings[t][0] for t in texts])
+                    pooled = torch.cat([frozen_embeddings[t][1] for t in texts]) if encoders.xl else None
+                extra = {}
+                if encoders.xl:  # SDXL: the pooled prompt and the size/crop micro-conditioning
+                    extra["added_cond_kwargs"] = {"text_embeds": pooled,
+                                                  "time_ids": sdxl_time_ids(args.resolution, len(texts), hidden.device, hidden.dtype)}
+                model_pred = unet(noisy, timesteps, hidden, **extra).sample
                 if prediction_type == "epsilon":
                     target = noise
                 elif prediction_type == "v_prediction":
@@ -272,32 +286,21 @@ def train_dreambooth(
                 if checkpoints and checkpoints.due(step, args.max_train_steps):
                     checkpoints.save(accelerator, step)
                 if args.validation_prompt and samples is not None and step % args.validation_steps == 0 and step < args.max_train_steps:
-                    validation_samples(args, step, samples, accelerator, noise_scheduler, vae, tokenizer,
-                                       accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder))
-                    unet.train()
-                    if args.train_text_encoder:
-                        text_encoder.train()
+                    validation_samples(args, step, samples, accelerator, assemble())
+                    for model in trained:
+                        model.train()
                 if step >= args.max_train_steps:
                     break
     seconds = time.monotonic() - started
     accelerator.wait_for_everyone()
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        base,
-        unet=accelerator.unwrap_model(unet),
-        text_encoder=accelerator.unwrap_model(text_encoder),
-        vae=vae,
-        tokenizer=tokenizer,
-        safety_checker=None,
-        requires_safety_checker=False,
-        local_files_only=True,
-    )
+    pipeline = assemble()
     lora = metadata = None
     if args.lora:
         from peft import get_peft_model_state_dict
 
         models = {"unet": accelerator.unwrap_model(unet)}
         if args.train_text_encoder:
-            models["text_encoder"] = accelerator.unwrap_model(text_encoder)
+            models.update({name: accelerator.unwrap_model(m) for name, m in zip(encoders.names, text_models)})
         lora = {name: get_peft_model_state_dict(model) for name, model in models.items()}
         metadata = {name: model.peft_config["default"].to_dict() for name, model in models.items()}
     accelerator.free_memory()
@@ -306,16 +309,14 @@ def train_dreambooth(
 
 
 @torch.no_grad()
-def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, scheduler, vae, tokenizer, unet, text_encoder) -> None:
+def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, pipe) -> None:
     """Images of ``args.validation_prompt`` from the model as it is at ``step``: how training goes."""
     from diffusers import DDIMScheduler
 
-    unet.eval()
-    text_encoder.eval()
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler.from_config(scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).eval()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator("cpu").manual_seed(args.seed if args.seed is not None else 0)
     with accelerator.autocast():
@@ -327,15 +328,15 @@ def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, sc
     log.info("Validation: %d sample(s) of %r at step %d.", len(images), args.validation_prompt, step)
 
 
-def add_lora_adapters(unet, text_encoder, args: TrainingArgs, weight_dtype: torch.dtype) -> None:
-    """Freeze ``unet`` (and ``text_encoder`` when given) and add trainable LoRA adapters. The
+def add_lora_adapters(unet, text_encoders: list, args: TrainingArgs, weight_dtype: torch.dtype) -> None:
+    """Freeze ``unet`` and ``text_encoders`` and add trainable LoRA adapters to them. The
     frozen base is cast to ``weight_dtype`` (half the memory under mixed precision); the adapters
     stay in fp32, as diffusers' LoRA scripts keep them."""
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
     alpha = args.lora_alpha or args.lora_rank
-    models = [(unet, UNET_LORA_TARGETS)] + ([(text_encoder, TEXT_LORA_TARGETS)] if text_encoder is not None else [])
+    models = [(unet, UNET_LORA_TARGETS)] + [(model, TEXT_LORA_TARGETS) for model in text_encoders]
     for model, targets in models:
         model.requires_grad_(False)
         if weight_dtype != torch.float32:

@@ -16,13 +16,13 @@ from PIL import Image
 
 from dreambuild.errors import InputError, NSFWContentError, TemplateWithoutWeightsError
 from dreambuild.images import load_rgb
-from dreambuild.layout import LORA_WEIGHTS, check_diffusers_layout, pipeline_digest
+from dreambuild.layout import LORA_WEIGHTS, check_diffusers_layout, is_sdxl, pipeline_digest
 from templates.inference.catalog import TEMPLATES
 from templates.inference.control import ControlPreprocessor
 from templates.inference.locations import WeightLocations
 from templates.inference.loras import LoraAdapters
 from templates.inference.outputs import write_images
-from templates.inference.pipelines import Device, Pipelines, compile_requested, is_sdxl, load_controlnet, load_pipelines
+from templates.inference.pipelines import Device, Pipelines, compile_requested, load_controlnet, load_pipelines
 from templates.inference.prompts import PromptEncoder
 from templates.inference.request import GenerationRequest, denoising_steps, resolve_size
 from templates.inference.safety import SafetyChecker

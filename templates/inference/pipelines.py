@@ -3,7 +3,6 @@ from it with ``from_pipe`` (the same UNet, VAE and text encoders; no second copy
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from dreambuild.layout import is_sdxl
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,6 @@ class Pipelines:
     @property
     def native_size(self) -> int:
         return self.base.unet.config.sample_size * self.base.vae_scale_factor
-
-
-def is_sdxl(weights: Path) -> bool:
-    """Whether ``weights`` is an SDXL pipeline (by its model_index.json's class)."""
-    return "XL" in json.loads((weights / "model_index.json").read_text()).get("_class_name", "")
 
 
 def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, compile_unet: bool = False) -> Pipelines:
