@@ -213,7 +213,7 @@ def test_validation_samples_are_taken_during_training(trainer_predict_server, ph
     assert "Validation: 1 sample(s) of 'a photo of a cjw toy' at step 4." in body["logs"]
 
 
-def test_sdxl_lora_and_full_fine_tunes(trainer_predict_server, tiny_sdxl, photos, tmp_path):
+def test_sdxl_lora_and_full_fine_tunes(trainer_predict_server, tiny_sdxl, tiny_base, photos, tmp_path):
     """An SDXL base (as ckpt_base): LoRA adapters on the UNet and both text encoders, validation
     samples from the SDXL pipeline, the base's native size by default; and a full fine-tune."""
     import numpy as np
@@ -241,6 +241,23 @@ def test_sdxl_lora_and_full_fine_tunes(trainer_predict_server, tiny_sdxl, photos
     plain = image()
     pipe.load_lora_weights(weights, weight_name="pytorch_lora_weights.safetensors")
     assert not np.array_equal(image(), plain)
+    # A template with this SDXL base baked in runs the output, fused; on the SD 1.5 base it refuses it.
+    from templates.inference.generator import ImageGenerator
+    from templates.inference.locations import WeightLocations
+    from templates.inference.request import GenerationRequest
+
+    request = GenerationRequest(prompt="a photo of a cjw toy", num_inference_steps=2, seed=0, disable_safety_check=True)
+    missing = tmp_path / "none"
+    outputs = {}
+    for name, base, lora in (("lora", tiny_sdxl, weights), ("base", missing, tiny_sdxl)):
+        generator = ImageGenerator("vanilla", WeightLocations(lora, missing, missing, missing, base=base))
+        generator.setup()
+        outputs[name] = [p.read_bytes() for p in generator.generate(request)]
+    assert outputs["lora"] != outputs["base"]
+    on_sd15 = ImageGenerator("vanilla", WeightLocations(weights, missing, missing, missing, base=tiny_base))
+    on_sd15.setup()
+    with pytest.raises(Exception, match="was trained on base sha256:"):
+        on_sd15.generate(request)
 
     full = predict(trainer_predict_server, tmp_path, instance_data=photos, ckpt_base=ckpt, train_text_encoder=True)
     assert full["status"] == "succeeded", full.get("error")
