@@ -95,10 +95,10 @@ def test_template_cog_yaml_is_valid_and_points_at_its_class(name):
     for spec in row.annotators:
         assert any(d == spec or d.startswith(spec + " --include") for d in downloads), spec
     if row.base:  # the files the trainer's base takes, so that a LoRA's base digest matches
-        from trainer.fetch_base_model import ALLOW, DEFAULT_REPO, IGNORE
+        from trainer.fetch_base_model import ALLOW, DEFAULT_REPO, IGNORE, SDXL_REPO
 
         (line,) = [d for d in downloads if d.startswith(row.base + " ")]
-        assert row.base == DEFAULT_REPO and env["DREAMBUILD_BASE"] == "/opt/dreambuild/base"
+        assert row.base in (DEFAULT_REPO, SDXL_REPO) and env["DREAMBUILD_BASE"] == "/opt/dreambuild/base"
         assert re.findall(r'--include "([^"]+)"', line) == ALLOW and re.findall(r'--exclude "([^"]+)"', line) == IGNORE
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from dreambuild.layout import check_diffusers_layout
 
 DEFAULT_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"  # --dest base-model-sdxl: base_model=sdxl
 # The trainer needs no safety checker (templates bring their own) and no legacy checkpoints.
 # SDXL adds a second tokenizer and text encoder (stabilityai/stable-diffusion-xl-base-1.0 --dest base-model-sdxl).
 ALLOW = ["model_index.json", "*/*.json", "tokenizer/*", "tokenizer_2/*", "*/diffusion_pytorch_model.safetensors",

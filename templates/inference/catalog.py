@@ -25,8 +25,9 @@ class Template:
 
 TEMPLATES: dict[str, Template] = {t.name: t for t in (
     Template("vanilla", "Vanilla"),
-    # vanilla with SD 1.5 baked in, the trainer's own base: it builds LoRA trainings' outputs too.
+    # vanilla with a base baked in, the trainer's own (base_model sd15 / sdxl): it builds LoRA outputs too.
     Template("vanilla-sd15", "Vanilla", base="stable-diffusion-v1-5/stable-diffusion-v1-5"),
+    Template("vanilla-sdxl", "Vanilla", base="stabilityai/stable-diffusion-xl-base-1.0"),
     Template("controlnet-canny", "ControlNetCanny", "canny", "lllyasviel/control_v11p_sd15_canny",
              inputs=("low_threshold", "high_threshold"), guide="Canny edges"),
     Template("controlnet-pose", "ControlNetPose", "openpose", "lllyasviel/control_v11p_sd15_openpose",
