@@ -61,16 +61,6 @@ def lora_base_problem(loc: WeightLocations) -> str | None:
     return None
 
 
-def fuse_lora(pipe, path: Path) -> None:
-    """Apply the fine-tune's LoRA to the base once, for good: fused into the weights and the
-    adapter layers removed, so predictions run at the base's speed (LoRA on top still works)."""
-    started = time.perf_counter()
-    pipe.load_lora_weights(path.parent, weight_name=path.name, adapter_name="fine-tune", use_safetensors=True)
-    pipe.fuse_lora(adapter_names=["fine-tune"], lora_scale=1.0)
-    pipe.unload_lora_weights()
-    log.info("Fused the fine-tune's LoRA %s into the base in %.2f s.", path, time.perf_counter() - started)
-
-
 class ImageGenerator:
     """One template's generation state; Cog calls :meth:`setup` once, then :meth:`generate`."""
 
@@ -120,9 +110,7 @@ class ImageGenerator:
             else:
                 self.no_controlnet = f"ControlNet weights not found at {loc.controlnet} (set DREAMBUILD_CONTROLNET)"
                 log.warning("%s: predictions with a control_image fail.", self.no_controlnet)
-        self.pipes = load_pipelines(pipeline, controlnet, self.device, compile_unet=compile_requested())
-        if lora_output is not None:
-            fuse_lora(self.pipes.base, lora_output)
+        self.pipes = load_pipelines(pipeline, controlnet, self.device, compile_unet=compile_requested(), fuse=lora_output)
         self.prompts = PromptEncoder(self.pipes.base)
         self.loras = LoraAdapters(self.pipes.base)
         args = loc.weights / "args.json"
