@@ -42,13 +42,13 @@ def _trainer_server(tmp_path_factory, tiny_base, workdir, train):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one test module uses it: its memory is freed after it
 def trainer_predict_server(tmp_path_factory, tiny_base, trainer_workdir):
     """The trainer in the real Cog HTTP server, predict mode, with Cog's schema."""
     yield from _trainer_server(tmp_path_factory, tiny_base, trainer_workdir, train=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one test module uses it: its memory is freed after it
 def trainer_train_server(tmp_path_factory, tiny_base, trainer_workdir):
     """The trainer in the real Cog HTTP server, train mode (`--x-mode train`)."""
     yield from _trainer_server(tmp_path_factory, tiny_base, trainer_workdir, train=True)
@@ -165,20 +165,20 @@ def start_template(tmp_path_factory, template, *, weights, controlnet=None, anno
     return start_cog_server(f"templates/cog_models.py:{TEMPLATE_CLASSES[template]}", project, env=env)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one test module uses it: its memory is freed after it
 def vanilla_server(tmp_path_factory, fine_tune, safety_checker):
     with start_template(tmp_path_factory, "vanilla", weights=fine_tune, safety_checker=safety_checker) as server:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one test module uses it: its memory is freed after it
 def canny_server(tmp_path_factory, fine_tune, tiny_controlnet, safety_checker):
     with start_template(tmp_path_factory, "controlnet-canny", weights=fine_tune, controlnet=tiny_controlnet,
                         safety_checker=safety_checker) as server:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one test module uses it: its memory is freed after it
 def pose_server(tmp_path_factory, fine_tune, tiny_controlnet, annotators, safety_checker):
     with start_template(tmp_path_factory, "controlnet-pose", weights=fine_tune, controlnet=tiny_controlnet,
                         annotators=annotators, safety_checker=safety_checker) as server:

@@ -7,20 +7,40 @@ OpenAPI document.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
+from builder.service.database import DatabaseUnavailable
 from builder.service.http import FILENAME, fail, stream_to
 from builder.service.training import TrainingRecord
 
 if TYPE_CHECKING:
     from builder.service.app import Service
+
+
+DATABASE_WAIT_SECONDS = 60  # a trainer's callback waits out a database restart this long
+
+
+async def _through_outage(call, *args, **kwargs):
+    """``call`` (a database operation), retried while the database restarts: a trainer finishing
+    during an outage keeps its output and its end instead of failing (its upload or webhook would
+    otherwise get a 503). Awaits between attempts, so other requests go on."""
+    deadline = time.monotonic() + DATABASE_WAIT_SECONDS
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except DatabaseUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 def internal_router(service: Service) -> APIRouter:
@@ -41,7 +61,7 @@ def internal_router(service: Service) -> APIRouter:
         folder.mkdir(parents=True, exist_ok=True)
         await stream_to(request, folder / filename, config.max_output_bytes, None)
         if filename == "output.zip":  # complete: the pipeline builds from it
-            service.db.update_training(training_id, weights=filename)
+            await _through_outage(service.db.update_training, training_id, weights=filename)
         location = f"{config.base_url}/v1/trainings/{training_id}/weights"
         return JSONResponse({}, status_code=201, headers={"Location": location})
 
@@ -63,7 +83,7 @@ def internal_router(service: Service) -> APIRouter:
 
     @router.put("/internal/{secret}/files/{training_id}/{filename}")
     async def receive_training_output(secret: str, training_id: str, filename: str, request: Request) -> JSONResponse:
-        training_for(secret, training_id)
+        await _through_outage(training_for, secret, training_id)
         return await receive_output(training_id, filename, request)
 
     @router.get("/internal/{secret}/files/{training_id}/{filename}")
@@ -138,12 +158,12 @@ def internal_router(service: Service) -> APIRouter:
 
     @router.post("/internal/{secret}/cog/{training_id}")
     async def cog_update(secret: str, training_id: str, request: Request) -> dict:
-        training_for(secret, training_id)
+        await _through_outage(training_for, secret, training_id)
         body = await request.json()
         changes: dict[str, Any] = {"logs": body.get("logs") or ""}
         if body.get("status") in ("succeeded", "failed", "canceled"):
             changes.update(cog_status=body["status"], cog_error=body.get("error"), cog_metrics=body.get("metrics") or {})
-        service.db.update_training(training_id, **changes)
+        await _through_outage(service.db.update_training, training_id, **changes)
         return {}
 
     return router
