@@ -131,8 +131,10 @@ def train_dreambooth(
     vae = (AutoencoderKL.from_pretrained(vae_dir, local_files_only=True) if vae_dir
            else AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True))
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", local_files_only=True)
-    # SDXL's VAE overflows in fp16 (its config says force_upcast): it stays in fp32 then.
-    vae_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else plan.weight_dtype
+    # SDXL's own VAE overflows in fp16: it stays in fp32 unless an fp16-safe one replaces it (the
+    # rule of diffusers' SDXL scripts). Not by config.force_upcast: AutoencoderKL defaults it to
+    # True, so SD 1.5's VAE would needlessly run in fp32 too.
+    vae_dtype = torch.float32 if xl and vae_dir is None else plan.weight_dtype
 
     vae.requires_grad_(False)
     for model in encoders.models:
