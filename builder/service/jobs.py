@@ -21,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from builder.service.config import ServiceConfig
@@ -55,13 +58,31 @@ def conninfo(database_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+@dataclass
 class WorkerState:
     """What a worker's jobs run with (set by ``dreambuild worker``; the API only defers)."""
 
     pipeline: Any = None
     notifier: Any = None
     predictor: Any = None
-    current: dict[str, str] = {}
+    current: dict[str, str] = field(default_factory=dict)  # job id → the training or prediction it runs
+    takers: dict[str, str] = field(default_factory=dict)  # job id → the procrastinate worker (a role) running it
+
+    def busy(self, worker_name: str) -> bool:
+        """Whether a job taken by this procrastinate worker still runs (it may outlive the worker:
+        procrastinate stops a worker whose database connection broke, not the job's thread)."""
+        return worker_name in self.takers.values()
+
+    @contextmanager
+    def running(self, context, what: str) -> Iterator[None]:
+        """``what`` (a training or prediction id) runs as this job."""
+        job_id = str(context.job.id)
+        self.current[job_id], self.takers[job_id] = what, context.worker_name
+        try:
+            yield
+        finally:
+            self.current.pop(job_id, None)
+            self.takers.pop(job_id, None)
 
 
 def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
@@ -75,11 +96,8 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
     @app.task(name="dreambuild.advance", pass_context=True)
     async def advance(context, training_id: str) -> None:
         """Run the training's current stage; queue the next one."""
-        state.current[str(context.job.id)] = training_id
-        try:
+        with state.running(context, training_id):
             following = await asyncio.to_thread(state.pipeline.advance, training_id)
-        finally:
-            state.current.pop(str(context.job.id), None)
         doc = state.pipeline.db.get_training(training_id)
         if doc is not None and (following or (state.pipeline.stopping.is_set() and doc["stage"] != "done")):
             await defer_stage_async(app, doc)  # next stage, or the same one elsewhere (this worker is stopping)
@@ -88,11 +106,8 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
     async def predict(context, prediction_id: str) -> None:
         """Run a prediction on this worker's model servers (a prediction waiting for its training
         is queued again when the training ends)."""
-        state.current[str(context.job.id)] = prediction_id
-        try:
+        with state.running(context, prediction_id):
             await asyncio.to_thread(state.predictor.run, prediction_id)
-        finally:
-            state.current.pop(str(context.job.id), None)
 
     @app.task(name="dreambuild.deliver")
     async def deliver(delivery_id: str) -> None:
@@ -101,8 +116,17 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
     @app.periodic(cron="* * * * * */5", periodic_id="recover")
     @app.task(name="dreambuild.recover", queue=MAINTENANCE)
     async def recover(timestamp: int) -> None:
-        """Jobs of dead workers back to their queues (the other workers take them)."""
+        """Jobs of dead workers back to their queues (the other workers take them). A job whose
+        procrastinate worker went silent while the dreambuild worker running it still beats (and
+        lists the job) is not dead: a database outage made procrastinate stop that worker, but
+        the job's thread ran on, and running it a second time would kill its trainer."""
+        from builder.service.database import Workers
+
+        live = await asyncio.to_thread(Workers(state.pipeline.db).live, STALLED_SECONDS)
+        running = {job for worker in live for job in worker.get("jobs", [])}
         for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_SECONDS):
+            if str(job.id) in running:
+                continue
             log.warning("job %s (%s %s) was on a worker that stopped answering: queued again", job.id, job.task_name, job.task_kwargs)
             await app.job_manager.retry_job(job)
 

@@ -111,7 +111,6 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
     state.notifier = Notifier(config, db, lambda delivery_id, at: defer_delivery(app, delivery_id, at))
     schemas = TrainerSchemas(config, db)
     state.pipeline = Pipeline(config, db, schemas, state.notifier, local_files=False, gpu=gpu, worker=name)
-    state.current = {}
     if "predict" in queues:
         from builder.service.files import FileStore
         from builder.service.model_servers import ModelServers
@@ -158,6 +157,8 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
             if not stop.is_set():
                 log.warning("worker %s (%s): the queue is unavailable (%s); again in %ss", name, role, problem, RETRY_SECONDS)
                 await asyncio.sleep(RETRY_SECONDS)
+            while state.busy(f"{name}-{role}") and not stop.is_set():
+                await asyncio.sleep(1)  # one training per GPU: its job outlived the worker that took it
 
     async with app.open_async():
         runs = [asyncio.create_task(serve(role, q), name=role) for role, q in queues.items()]
@@ -169,7 +170,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
                 doc = {"id": worker_id, "name": name, "host": socket.gethostname(), "pid": os.getpid(), "gpu": gpu,
                        "queues": sorted(q for qs in queues.values() for q in qs), "roles": sorted(queues),
                        "trainer_versions": [v for v in config.trainers if train_queue(v) in queues.get("train", [])],
-                       "current": sorted(set(state.current.values())),
+                       "current": sorted(set(state.current.values())), "jobs": sorted(state.current),
                        "loaded": state.predictor.servers.loaded() if state.predictor else []}
                 try:
                     await asyncio.to_thread(workers.beat, worker_id, doc)
