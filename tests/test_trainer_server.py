@@ -151,7 +151,8 @@ def test_lora_training_writes_only_adapters_that_change_the_output(trainer_predi
 
 def test_captions_beside_the_photos_are_the_prompts(trainer_predict_server, photos, tmp_path):
     """A .txt beside a photo is its caption (after caption_prefix): the same run with captions
-    trains other weights than without (the frozen text encoder saw other prompts)."""
+    trains other weights than without (the frozen text encoder saw other prompts). With
+    token_string, a prompt that does not name the subject is refused before training."""
     from tests.helpers import SAMPLE_PHOTOS
 
     for sub in "abc":
@@ -159,11 +160,18 @@ def test_captions_beside_the_photos_are_the_prompts(trainer_predict_server, phot
     captions = {f"photos/{p.with_suffix('.txt').name}": f"a red toy number {i} on a table".encode() for i, p in enumerate(SAMPLE_PHOTOS)}
     captioned = data_url(photos_zip(tmp_path / "captioned.zip", extra=captions))
     same_run = {"train_text_encoder": False, "center_crop": True}
-    with_captions = predict(trainer_predict_server, tmp_path, instance_data=captioned, caption_prefix="a photo of cjw,", **same_run)
+    with_captions = predict(trainer_predict_server, tmp_path, instance_data=captioned, caption_prefix="a photo of cjw,",
+                            token_string="cjw", **same_run)
     assert with_captions["status"] == "succeeded", with_captions.get("error")
     logs = with_captions["logs"]
     assert f"Captions: {len(SAMPLE_PHOTOS)} of {len(SAMPLE_PHOTOS)} instance image(s) have one" in logs and "skipped" not in logs
     _, captioned_weights = output_dir(with_captions, tmp_path / "a")
+    assert json.loads((captioned_weights / "args.json").read_text())["token_string"] == "cjw"
+    untagged = predict(trainer_predict_server, tmp_path, instance_data=captioned, token_string="cjw", **same_run)
+    assert untagged["status"] == "failed" and "does not contain token_string 'cjw'" in untagged["error"]
+    assert "the caption of " in untagged["error"] and "a red toy number" in untagged["error"]
+    spaced = predict(trainer_predict_server, tmp_path, instance_data=photos, token_string="c jw", **same_run)
+    assert spaced["status"] == "failed" and "token_string must be one word" in spaced["error"]
     plain = predict(trainer_predict_server, tmp_path, instance_data=photos, **same_run)
     _, plain_weights = output_dir(plain, tmp_path / "b")
     again = predict(trainer_predict_server, tmp_path, instance_data=photos, **same_run)
@@ -174,13 +182,18 @@ def test_captions_beside_the_photos_are_the_prompts(trainer_predict_server, phot
 
 def test_a_re_run_resumes_from_the_last_checkpoint(trainer_predict_server, trainer_workdir, photos, tmp_path):
     """Interrupted (here: canceled) after a checkpoint, the same training run again continues at
-    the saved step; its checkpoints are removed once it completes."""
+    the saved step, inside the interrupted epoch, and ends with exactly the weights of a run that
+    was never interrupted; its checkpoints are removed once it completes."""
     import threading
     import time
 
     client = trainer_predict_server.client
-    inputs = {**QUICK, "instance_data": photos, "max_train_steps": 300, "checkpointing_steps": 3, "learning_rate": 1e-4}
+    inputs = {**QUICK, "instance_data": photos, "max_train_steps": 300, "checkpointing_steps": 4, "learning_rate": 1e-4,
+              "train_batch_size": 2}
     root = trainer_workdir / "dreambuild-checkpoints"
+    uninterrupted = predict(trainer_predict_server, tmp_path, **inputs)
+    assert uninterrupted["status"] == "succeeded" and "Resuming" not in uninterrupted["logs"], uninterrupted.get("error")
+    assert not list(root.glob("*/step-*"))
     first: dict = {}
     thread = threading.Thread(target=lambda: first.update(client.run_prediction("checkpointed-1", inputs)))
     thread.start()
@@ -192,7 +205,7 @@ def test_a_re_run_resumes_from_the_last_checkpoint(trainer_predict_server, train
     assert first.get("status") == "canceled", first.get("status")
     (saved,) = root.glob("*/step-*")  # only the newest is kept
     step = int(saved.name.removeprefix("step-"))
-    assert step % 3 == 0 and 0 < step < 300
+    assert step % 4 == 0 and 0 < step < 300  # 3 batches an epoch: mostly inside one
 
     body = predict(trainer_predict_server, tmp_path, **inputs)
     assert body["status"] == "succeeded", body.get("error")
@@ -200,6 +213,10 @@ def test_a_re_run_resumes_from_the_last_checkpoint(trainer_predict_server, train
     resumed = int(logs.split("Resuming from the checkpoint at step ")[1].split(" ")[0])
     assert resumed >= step and f"step {resumed + 1}/300" in logs and "step 300/300" in logs and "step 1/300" not in logs
     assert not saved.parent.exists()  # completed: its checkpoints are gone
+    _, resumed_weights = output_dir(body, tmp_path / "resumed")
+    _, whole_weights = output_dir(uninterrupted, tmp_path / "whole")
+    for component in ("unet", "text_encoder"):
+        assert same(tensors(resumed_weights, component), tensors(whole_weights, component)), component
 
 
 def test_validation_samples_are_taken_during_training(trainer_predict_server, photos, tmp_path):

@@ -9,6 +9,7 @@ OpenAPI schema is present.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,7 @@ class TrainingArgs:
     base_model: str | None = None  # a base baked in the trainer, by name (sd15, sdxl); None: the default
     vae: str | None = None  # an alternative VAE baked in the trainer, by name
     caption_prefix: str | None = None  # before every caption (a .txt beside an image), e.g. "a photo of cjw,"
+    token_string: str | None = None  # the subject's trigger word (cog-sdxl's name): in every training prompt
     num_class_images: int = 50
     with_prior_preservation: bool = True
     prior_loss_weight: float = 1.0
@@ -126,10 +128,18 @@ class TrainingArgs:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.resolution is not None and self.resolution % 8:
             raise InputError(f"resolution must be a multiple of 8, got {self.resolution}")
+        if self.token_string is not None and (not self.token_string.strip() or any(c.isspace() for c in self.token_string.strip())):
+            raise InputError(f"token_string must be one word without spaces, got {self.token_string!r}")
         for name in ("learning_rate", "lora_lr", "text_encoder_lr", "lora_alpha"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise InputError(f"{name} must be greater than 0, got {value}")
+
+    def check_token(self, prompt: str, what: str) -> None:
+        """A prompt without the trigger word teaches the model nothing about it: refused, naming it."""
+        token = (self.token_string or "").strip()
+        if not re.search(rf"(?<!\w){re.escape(token)}(?!\w)", prompt):
+            raise InputError(f"{what} does not contain token_string {token!r}: {prompt!r}")
 
     @property
     def lora(self) -> bool:

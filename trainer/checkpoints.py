@@ -6,7 +6,8 @@ run with that key loads the newest and continues at its step -> removed when the
 
 A checkpoint is written under a temporary name and renamed, so a crash while saving leaves the
 previous one whole; only the newest is kept (a full SD 1.5 state with its optimizer is ~10 GB).
-The data order restarts with a fresh epoch on resume (the loader's position is not saved).
+The data order is a function of the seed and the epoch (``loop.epoch_order``), so a resumed run
+continues inside the interrupted epoch with the batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations

@@ -146,6 +146,10 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
             raise ImageDataError("class_data contains no images")
         class_files += supplied.klass
     instance_images = load_all(photos.instance, args.resolution)
+    captions = read_captions(photos.instance, args.caption_prefix)
+    if args.token_string:  # before anything slow: each photo's prompt must name the subject
+        for (_, name), caption in zip(photos.instance, captions):
+            args.check_token(caption or args.instance_prompt, f"the caption of {name}" if caption else "instance_prompt")
     if not args.with_prior_preservation:
         if class_files:
             log.info("with_prior_preservation is off: ignoring %d supplied class image(s).", len(class_files))
@@ -165,7 +169,6 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
         if not class_images:
             raise ImageDataError("with_prior_preservation needs class images: set num_class_images > 0 or supply class_data")
 
-    captions = read_captions(photos.instance, args.caption_prefix)
     if any(captions):
         log.info("Captions: %d of %d instance image(s) have one (a .txt beside the image); the others use instance_prompt.",
                  sum(1 for c in captions if c), len(captions))

@@ -79,6 +79,14 @@ class PhotoDataset(torch.utils.data.Dataset):
         return item
 
 
+def epoch_order(size: int, seed: int | None, epoch: int) -> list[int]:
+    """The photos' order in an epoch: a function of the seed and the epoch alone (not of the
+    global RNG, which a resumed run restores to the checkpoint's state), so that a training
+    resumed from a checkpoint sees the batches the uninterrupted one would have."""
+    generator = torch.Generator().manual_seed((seed if seed is not None else 0) * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator).tolist()
+
+
 def _collate(examples: list[dict]) -> dict:
     batch = {
         "pixels": [e["instance"] for e in examples],
@@ -171,13 +179,13 @@ def train_dreambooth(
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
     dataset = PhotoDataset(instance, klass if prior else [], args.resolution, args.center_crop)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, collate_fn=_collate)
+    batches_per_epoch = math.ceil(len(dataset) / args.train_batch_size)
 
     text_models = list(encoders.models)  # accelerate's wrappers of them when they train
     if args.train_text_encoder:
-        unet, *text_models, optimizer, loader, lr_scheduler = accelerator.prepare(unet, *text_models, optimizer, loader, lr_scheduler)
+        unet, *text_models, optimizer, lr_scheduler = accelerator.prepare(unet, *text_models, optimizer, lr_scheduler)
     else:
-        unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
         for model in text_models:
             model.to(accelerator.device, dtype=plan.weight_dtype)
     vae.to(accelerator.device, dtype=vae_dtype)
@@ -207,7 +215,7 @@ def train_dreambooth(
                 latent_cache[key] = p
         return params
 
-    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     log.info(
         "Training %d steps%s: %d instance image(s), %d class image(s), batch %d, %d step(s) per epoch, lr %.3g%s.",
         args.max_train_steps, f" of LoRA rank {args.lora_rank} ({sum(p.numel() for p in trainable):,} parameters)" if args.lora else "",
@@ -235,8 +243,13 @@ def train_dreambooth(
     trained = [unet, *text_models] if args.train_text_encoder else [unet]
     for model in trained:
         model.train()
+    # One optimizer step is gradient_accumulation_steps batches, across epochs: a resumed run
+    # continues inside the epoch where the checkpoint was taken, in that epoch's order.
+    epoch, skip = divmod(step * args.gradient_accumulation_steps, batches_per_epoch)
     while step < args.max_train_steps:
-        for batch in loader:
+        order = epoch_order(len(dataset), args.seed, epoch)[skip * args.train_batch_size:]
+        epoch, skip = epoch + 1, 0
+        for batch in torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=order, collate_fn=_collate):
             with accelerator.accumulate(*trained):
                 posterior = latent_params(batch["pixels"], batch["keys"])
                 mean, logvar = posterior.chunk(2, dim=1)
