@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # an accidental hub download fails loudly
 
@@ -120,18 +121,30 @@ def loras(tmp_path_factory, tiny_base):
     }
 
 
-@pytest.fixture(scope="session")
-def lora_output(tmp_path_factory, tiny_base, loras):
-    """A LoRA training's output for the tiny base: the adapters and args.json naming the base."""
+def _lora_output(dest: Path, base: Path, adapters: Path) -> Path:
     import json
     import shutil
 
     from dreambuild.layout import LORA_WEIGHTS, pipeline_digest
 
-    dest = tmp_path_factory.mktemp("lora-output")
-    shutil.copy(loras["diffusers"], dest / LORA_WEIGHTS)
-    (dest / "args.json").write_text(json.dumps({"instance_prompt": INSTANCE_PROMPT, "lora_rank": 4, "base_digest": pipeline_digest(tiny_base)}))
+    shutil.copy(adapters, dest / LORA_WEIGHTS)
+    (dest / "args.json").write_text(json.dumps({"instance_prompt": INSTANCE_PROMPT, "lora_rank": 4, "base_digest": pipeline_digest(base)}))
     return dest
+
+
+@pytest.fixture(scope="session")
+def lora_output(tmp_path_factory, tiny_base, loras):
+    """A LoRA training's output for the tiny base: the adapters and args.json naming the base."""
+    return _lora_output(tmp_path_factory.mktemp("lora-output"), tiny_base, loras["diffusers"])
+
+
+@pytest.fixture(scope="session")
+def sdxl_lora_output(tmp_path_factory, tiny_sdxl):
+    """A LoRA training's output for the tiny SDXL base (UNet and both text encoders)."""
+    from fixtures.tiny_models import build_tiny_lora
+
+    root = tmp_path_factory.mktemp("sdxl-lora-output")
+    return _lora_output(root, tiny_sdxl, build_tiny_lora(tmp_path_factory.mktemp("sdxl-lora") / "a.safetensors", tiny_sdxl))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from builder.build import build_image
@@ -34,30 +35,33 @@ def test_predict_runs_a_built_image_without_docker(tmp_path, registry, templates
     assert Path(again.stdout.split()[0]).read_bytes() == png.read_bytes()
 
 
-def test_a_lora_output_builds_in_one_small_layer_and_runs(tmp_path, tmp_path_factory, registry, templates, tiny_base, fine_tune,
-                                                          lora_output, builder_settings):
-    """A LoRA training's output on a template with its base baked in: one layer of the adapters'
-    size, run by `dreambuild predict`, unlike the base; a template without a base refuses it."""
-    import pytest
-
+@pytest.mark.parametrize("base", ["sd15", "sdxl"])
+def test_a_lora_output_builds_in_one_small_layer_and_runs(request, base, tmp_path, tmp_path_factory, registry, templates,
+                                                          builder_settings):
+    """A LoRA training's output (SD 1.5, SDXL) on a template with its base baked in: one layer of
+    the adapters' size, run by `dreambuild predict`, unlike the base; a template without a base
+    refuses it."""
     from dreambuild.errors import InputError
     from fixtures.services import buildah_template
 
-    digest = buildah_template(tmp_path_factory.mktemp("buildah-base"), registry, "dreambuild/vanilla-sd-tiny", baked={"base": tiny_base})
-    template = f"{registry.host}/dreambuild/vanilla-sd-tiny@{digest}"
-    built = build_image(lora_output, template, f"{registry.host}/alice/lora-toy", settings=builder_settings)
+    base_dir = request.getfixturevalue("tiny_base" if base == "sd15" else "tiny_sdxl")
+    lora_output = request.getfixturevalue("lora_output" if base == "sd15" else "sdxl_lora_output")
+    name = f"dreambuild/vanilla-{base}-tiny"
+    digest = buildah_template(tmp_path_factory.mktemp("buildah-base"), registry, name, baked={"base": base_dir})
+    template = f"{registry.host}/{name}@{digest}"
+    built = build_image(lora_output, template, f"{registry.host}/alice/lora-{base}", settings=builder_settings)
     adapters = sum(p.stat().st_size for p in lora_output.iterdir())
     raw = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{built.image}"],
                                     capture_output=True, text=True, check=True).stdout)
     assert raw["layers"][-1]["digest"] == built.weights_layer
     assert raw["layers"][-1]["size"] < adapters + 10_000  # the adapters and args.json: no pipeline in it
 
-    args = ["-i", "num_inference_steps=2", "-i", "seed=3", "-i", "disable_safety_check=true"]
+    args = ["-i", "prompt=a photo of a cjw toy", "-i", "num_inference_steps=2", "-i", "seed=3", "-i", "disable_safety_check=true"]
     lora = run_predict(built.image, *args, "-o", str(tmp_path / "lora"), home=builder_settings.home)
     assert lora.returncode == 0, lora.stderr
-    base = run_predict(templates["docker"], "--weights", str(fine_tune), *args, "-o", str(tmp_path / "base"), home=builder_settings.home)
-    assert base.returncode == 0, base.stderr
-    assert Path(lora.stdout.split()[0]).read_bytes() != Path(base.stdout.split()[0]).read_bytes()
+    plain = run_predict(templates["docker"], "--weights", str(base_dir), *args, "-o", str(tmp_path / "base"), home=builder_settings.home)
+    assert plain.returncode == 0, plain.stderr
+    assert Path(lora.stdout.split()[0]).read_bytes() != Path(plain.stdout.split()[0]).read_bytes()
 
     with pytest.raises(InputError, match="has no base model baked in"):
         build_image(lora_output, templates["docker"], f"{registry.host}/alice/lora-nowhere", settings=builder_settings)
