@@ -722,3 +722,25 @@ def test_lora_trainings_need_a_template_with_the_trainers_base():
     _check_lora_template(config, "tr", "t", {"lora_rank": 4, "ckpt_base": "https://example.com/base.zip"})  # its own base
     config.trainers["tr"].base_digest = "sha256:aa"
     _check_lora_template(config, "tr", "t", {"lora_rank": 4})
+
+
+def test_the_api_docs_render_offline_in_a_browser(tmp_path, service):
+    """/docs loads Swagger UI from the service itself (no CDN: nothing else is reachable here),
+    and a real headless Chromium renders the operations from the service's OpenAPI 3.1."""
+    import re
+    import shutil
+
+    page = httpx.get(f"{service.url}/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(assets) == 3 and all(a.startswith("/docs/assets/") for a in assets), assets  # script, style, icon
+    for asset in assets:
+        fetched = httpx.get(service.url + asset)
+        assert fetched.status_code == 200 and fetched.content, asset
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is missing: ./dev test installs it"
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=15000", "--dump-dom", f"{service.url}/docs"],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'class="swagger-ui' in dom and "opblock" in dom, dom[-2000:]
+    assert "/v1/trainings" in dom and "Unable to render this definition" not in dom

@@ -22,6 +22,7 @@ from builder.service.api import public_router
 from builder.service.config import ALL_OWNERS, ServiceConfig
 from builder.service.database import Database, DatabaseUnavailable, Leases
 from builder.service.deliveries import LocalScheduler, Notifier
+from builder.service.docs import mount_docs
 from builder.service.files import FileStore, files_router
 from builder.service.http import fail
 from builder.service.internal import internal_router
@@ -234,8 +235,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         yield
         service.stop()
 
-    app = FastAPI(title="dreambuild", version="1", lifespan=lifespan,
+    app = FastAPI(title="dreambuild", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Self-hosted Replicate Dreambooth API: train → build → push → webhook.")
+    mount_docs(app)  # Swagger UI from packaged assets: no CDN
     app.state.service = service
 
     @app.exception_handler(RequestValidationError)
