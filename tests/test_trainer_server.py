@@ -213,6 +213,8 @@ def test_a_re_run_resumes_from_the_last_checkpoint(trainer_predict_server, train
     resumed = int(logs.split("Resuming from the checkpoint at step ")[1].split(" ")[0])
     assert resumed >= step and f"step {resumed + 1}/300" in logs and "step 300/300" in logs and "step 1/300" not in logs
     assert not saved.parent.exists()  # completed: its checkpoints are gone
+    (tmp_path / "resumed").mkdir()
+    (tmp_path / "whole").mkdir()
     _, resumed_weights = output_dir(body, tmp_path / "resumed")
     _, whole_weights = output_dir(uninterrupted, tmp_path / "whole")
     for component in ("unet", "text_encoder"):

@@ -249,7 +249,11 @@ def train_dreambooth(
     while step < args.max_train_steps:
         order = epoch_order(len(dataset), args.seed, epoch)[skip * args.train_batch_size:]
         epoch, skip = epoch + 1, 0
-        for batch in torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=order, collate_fn=_collate):
+        # Its own generator: a DataLoader draws a seed when iterated, which must not consume the
+        # global RNG (restored from a checkpoint; an extra draw would change every later step).
+        batches = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=order, collate_fn=_collate,
+                                              generator=torch.Generator())
+        for batch in batches:
             with accelerator.accumulate(*trained):
                 posterior = latent_params(batch["pixels"], batch["keys"])
                 mean, logvar = posterior.chunk(2, dim=1)
