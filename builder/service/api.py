@@ -9,22 +9,31 @@ URLs, like the peers' presigned URLs, so a trainer can download them without a t
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
+from builder.service.database import DatabaseUnavailable
 from builder.service.http import FILENAME, check_http_url, fail, stream_to
 from builder.service.prediction_api import public_version
+from builder.service.previews import media_type, read_image, zip_images
 from builder.service.retention import delete_training_files, delete_upload
 from builder.service.schemas import SchemaUnavailable, file_inputs, input_problems
 from builder.service.training import FINISHED, TrainingRecord, new_training, now_iso, public_training
 from builder.service.webhooks import new_secret, secret_setting
+from dreambuild.errors import InputError
 
 if TYPE_CHECKING:
     from builder.service.app import Service
@@ -131,6 +140,35 @@ def _record(body: TrainingRequest, events: list[str] | None = None) -> TrainingR
                         template_version=body.template_version, notes=body.notes, webhook=body.webhook_completed, events=events)
 
 
+EVENTS_POLL_SECONDS = 0.5  # how often a stream reads the record (one indexed row)
+EVENTS_KEEPALIVE_SECONDS = 15.0
+
+
+async def _training_stream(service: Service, training_id: str, request: Request) -> AsyncIterator[str]:
+    """``event: training`` with the public record whenever it changes; a comment now and then so
+    that proxies keep the connection; ends once the training is done (or deleted)."""
+    last, quiet_since = None, time.monotonic()
+    while not await request.is_disconnected():
+        try:
+            doc = await asyncio.to_thread(service.db.get_training, training_id)
+        except DatabaseUnavailable as exc:  # a restart: the stream waits it out
+            yield f"event: unavailable\ndata: {json.dumps(str(exc))}\n\n"
+            await asyncio.sleep(2)
+            continue
+        if doc is None:
+            return
+        body = json.dumps(public_training(doc, service.config.base_url))
+        if body != last:
+            last, quiet_since = body, time.monotonic()
+            yield f"event: training\ndata: {body}\n\n"
+        elif time.monotonic() - quiet_since > EVENTS_KEEPALIVE_SECONDS:
+            quiet_since = time.monotonic()
+            yield ": keep-alive\n\n"
+        if doc["stage"] == "done":
+            return
+        await asyncio.sleep(EVENTS_POLL_SECONDS)
+
+
 def public_router(service: Service) -> APIRouter:
     """The routes users call; all but an upload's download need an API token."""
     router = APIRouter()
@@ -203,6 +241,39 @@ def public_router(service: Service) -> APIRouter:
             raise fail(404, f"training {training_id} has no weights")
         return FileResponse(path, media_type="application/zip", filename="output.zip")
 
+    def images_zip(doc: TrainingRecord, source: str, token_owners: list[str]) -> tuple[Path | None, str]:
+        """The zip holding a training's images of ``source``, and the folder they are in."""
+        if source == "photos":  # only an upload to this service (an outside URL is not fetched for a preview)
+            return service.upload_path(str(doc["input"].get("instance_data") or ""), token_owners), ""
+        path = config.files / doc["id"] / "output.zip"
+        return (path if doc.get("weights") and path.is_file() else None), "samples/"
+
+    @router.get("/v1/trainings/{training_id}/images/{source}",
+                summary="List a training's images: its photos (instance_data uploaded here) or the samples in its output.zip")
+    def training_images(training_id: str, source: Literal["photos", "samples"], token_owners: list[str] = Depends(owners)) -> dict:
+        doc = service.training_for(training_id, token_owners)
+        path, under = images_zip(doc, source, token_owners)
+        try:
+            names = zip_images(path, under) if path else []
+        except InputError as exc:
+            raise fail(422, str(exc)) from None
+        base = f"{config.base_url}/v1/trainings/{training_id}/images/{source}/"
+        return {"images": [{"name": name.removeprefix(under), "url": base + quote(name.removeprefix(under))} for name in names]}
+
+    @router.get("/v1/trainings/{training_id}/images/{source}/{name:path}", summary="One of a training's images (see the list)")
+    def training_image(training_id: str, source: Literal["photos", "samples"], name: str, token_owners: list[str] = Depends(owners)) -> Response:
+        doc = service.training_for(training_id, token_owners)
+        path, under = images_zip(doc, source, token_owners)
+        try:
+            data = read_image(path, under + name, under) if path else None
+        except InputError as exc:
+            raise fail(422, str(exc)) from None
+        if data is None:
+            raise fail(404, f"training {training_id} has no image {name!r} in its {source}")
+        return Response(data, media_type=media_type(name), headers={"X-Content-Type-Options": "nosniff",
+                                                                    "Content-Security-Policy": "default-src 'none'",
+                                                                    "Cache-Control": "private, max-age=3600"})
+
     @router.delete("/v1/trainings/{training_id}", status_code=204,
                    summary="Delete a finished training: its output.zip and its record")
     def delete_training(training_id: str, token_owners: list[str] = Depends(owners)) -> None:
@@ -211,6 +282,28 @@ def public_router(service: Service) -> APIRouter:
             raise fail(409, f"training {training_id} has not ended: cancel it first")
         delete_training_files(config, service.db, doc)
         service.db.delete_training(training_id)
+
+    @router.get("/v1/models", summary="List your models (those with a built version), the most recently built first")
+    def list_models(token_owners: list[str] = Depends(owners)) -> dict:
+        owners_filter = None if ALL_OWNERS in token_owners else token_owners
+        results = []
+        for owner, name in service.db.list_models(owners_filter):
+            latest = service.db.latest_version(owner, name)
+            results.append({"owner": owner, "name": name, "latest_version": public_version(latest) if latest else None})
+        return {"previous": None, "next": None, "results": results}
+
+    @router.get("/v1/catalog", summary="The trainers and templates a training may name (versions and names)")
+    def catalog(token_owners: list[str] = Depends(owners)) -> dict:
+        return {"trainers": [{"version": version, "name": entry.name} for version, entry in config.trainers.items()],
+                "templates": [{"version": version, "name": entry.name, "base_digest": entry.base_digest}
+                              for version, entry in config.templates.items()]}
+
+    @router.get("/v1/trainings/{training_id}/events", summary="The training each time it changes (server-sent events), "
+                "until it is done", response_class=StreamingResponse)
+    async def training_events(training_id: str, request: Request, token_owners: list[str] = Depends(owners)) -> StreamingResponse:
+        service.training_for(training_id, token_owners)  # 404 for another owner's, before the stream starts
+        return StreamingResponse(_training_stream(service, training_id, request), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @router.get("/v1/models/{owner}/{name}/versions", summary="List a model's built versions")
     def list_versions(owner: str, name: str, token_owners: list[str] = Depends(owners)) -> dict:

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from builder.cog.client import describe_validation
+from builder.dashboard.routes import mount_dashboard
 from builder.service.api import public_router
 from builder.service.config import ALL_OWNERS, ServiceConfig
 from builder.service.database import Database, DatabaseUnavailable, Leases
@@ -238,6 +239,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app = FastAPI(title="dreambuild", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Self-hosted Replicate Dreambooth API: train → build → push → webhook.")
     mount_docs(app)  # Swagger UI from packaged assets: no CDN
+    mount_dashboard(app)  # the web dashboard at /
     app.state.service = service
 
     @app.exception_handler(RequestValidationError)

@@ -294,6 +294,14 @@ class Database:
                           .order_by(versions.c.seq.desc()))
         return [doc for (doc,) in rows]
 
+    def list_models(self, owners: list[str] | None) -> list[tuple[str, str]]:
+        """(owner, name) of every model with a version, the most recently built first."""
+        newest = func.max(versions.c.seq)
+        query = select(versions.c.owner, versions.c.name).group_by(versions.c.owner, versions.c.name).order_by(newest.desc())
+        if owners is not None:
+            query = query.where(versions.c.owner.in_(owners))
+        return [(owner, name) for owner, name in self._read(query)]
+
     def delete_version(self, owner: str, name: str, version_id: str) -> None:
         with self._tx() as conn:
             conn.execute(versions.delete().where((versions.c.owner == owner) & (versions.c.name == name) & (versions.c.id == version_id)))

@@ -1,0 +1,479 @@
+// The dashboard: hash routes → views that read the public API with the user's token → DOM.
+// The token lives in sessionStorage (this tab, this session) and is sent only in the
+// Authorization header: never in a URL, a snippet or a log.
+"use strict";
+
+const TOKEN_KEY = "dreambuild.token";
+const main = document.getElementById("main");
+let cleanups = [];  // what the current view must stop (timers, streams) when another is shown
+
+// --- helpers ------------------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key in el && key !== "list") el[key] = value;
+    else el.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child !== undefined && child !== null && child !== false) el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+class ApiError extends Error {
+  constructor(status, detail) { super(detail); this.status = status; }
+}
+
+async function api(path, options = {}) {
+  const headers = { Authorization: `Bearer ${token()}`, ...(options.headers || {}) };
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    options = { ...options, body: JSON.stringify(options.json) };
+  }
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) { signOut("Your token was refused: sign in again."); throw new ApiError(401, "signed out"); }
+  const text = await response.text();
+  const body = text ? JSON.parse(text) : null;
+  if (!response.ok) throw new ApiError(response.status, (body && body.detail) || response.statusText);
+  return body;
+}
+
+function shortId(id) { return String(id || "").replace(/^sha256:/, "").slice(0, 12); }
+function when(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
+function seconds(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "";
+  s = Math.round(s);
+  const m = Math.floor(s / 60), r = s % 60;
+  return m >= 60 ? `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m` : m ? `${m}m${String(r).padStart(2, "0")}s` : `${r}s`;
+}
+function duration(doc) {
+  if (!doc.created_at) return "";
+  const end = doc.completed_at ? new Date(doc.completed_at) : new Date();
+  return seconds((end - new Date(doc.started_at || doc.created_at)) / 1000);
+}
+function statusBadge(status) { return h("span", { className: `status ${status}` }, status); }
+function finished(doc) { return ["succeeded", "failed", "canceled"].includes(doc.status); }
+function errorBox(error) { return h("p", { className: "error", role: "alert" }, error.message || String(error)); }
+function shellQuote(text) { return `'${String(text).replace(/'/g, `'"'"'`)}'`; }
+
+// The trainer's progress from its log lines ("step 40/400 loss … elapsed 0m12s eta 1m48s").
+function progress(doc) {
+  const matches = [...(doc.logs || "").matchAll(/step (\d+)\/(\d+).*?eta (?:(\d+)h)?(\d+)m(\d+)s/g)];
+  if (!matches.length) return null;
+  const [, step, total, hours, minutes, secs] = matches[matches.length - 1];
+  return { step: +step, total: +total, eta: (+hours || 0) * 3600 + +minutes * 60 + +secs };
+}
+
+function progressBar(doc) {
+  const p = progress(doc);
+  const done = doc.status === "succeeded" ? 1 : p ? p.step / p.total : 0;
+  const fill = h("div");
+  fill.style.width = `${Math.round(done * 100)}%`;
+  const label = p ? `${p.step}/${p.total}` + (finished(doc) || doc.stage !== "training" ? "" : ` · ETA ${seconds(p.eta)}`) : "";
+  return h("span", { className: "progress-cell" }, h("span", { className: "progress", title: label }, fill), " ",
+           h("span", { className: "muted progress-label" }, label));
+}
+
+// Server-sent events over fetch (EventSource cannot send the Authorization header).
+function streamEvents(path, onEvent) {
+  const controller = new AbortController();
+  (async () => {
+    const response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` }, signal: controller.signal });
+    if (!response.ok) throw new ApiError(response.status, response.statusText);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let event = "message", data = "";
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event: ")) event = line.slice(7);
+          else if (line.startsWith("data: ")) data += line.slice(6);
+        }
+        if (data) onEvent(event, JSON.parse(data));
+      }
+    }
+  })().catch((error) => { if (error.name !== "AbortError") console.warn("event stream ended:", error); });
+  return () => controller.abort();
+}
+
+function every(ms, fn) {
+  const timer = setInterval(fn, ms);
+  cleanups.push(() => clearInterval(timer));
+}
+
+// --- sign in ------------------------------------------------------------------------------
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  location.hash = "#/signin";
+  if (message) sessionStorage.setItem("dreambuild.message", message);
+  render();
+}
+
+function signInView() {
+  const input = h("input", { type: "password", id: "token", autocomplete: "off", placeholder: "your API token" });
+  const problem = h("p", { className: "error", role: "alert" }, sessionStorage.getItem("dreambuild.message") || "");
+  sessionStorage.removeItem("dreambuild.message");
+  const form = h("form", { className: "card", id: "signin" },
+    h("h1", {}, "Sign in"),
+    h("label", { htmlFor: "token" }, "API token"), input,
+    h("p", { className: "help" }, "The token the operator gave you. It stays in this browser tab's session."),
+    h("button", { className: "primary", type: "submit" }, "Sign in"), problem);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const response = await fetch("/v1/trainings?limit=1", { headers: { Authorization: `Bearer ${input.value.trim()}` } });
+    if (!response.ok) { problem.textContent = response.status === 401 ? "That token is not valid." : `The service answered ${response.status}.`; return; }
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    location.hash = "#/trainings";
+  });
+  return form;
+}
+
+// --- trainings ----------------------------------------------------------------------------
+
+async function trainingsView() {
+  const body = h("tbody");
+  const table = h("table", { id: "trainings" },
+    h("thead", {}, h("tr", {}, ["Training", "Model", "Status", "Stage", "Progress", "Duration", "Created"].map((t) => h("th", {}, t)))), body);
+  async function refresh() {
+    const page = await api("/v1/trainings?limit=100");
+    body.replaceChildren(...page.results.map((doc) => h("tr", { dataset: { id: doc.id } },
+      h("td", {}, h("a", { href: `#/trainings/${doc.id}` }, shortId(doc.id))),
+      h("td", {}, doc.destination), h("td", {}, statusBadge(doc.status)), h("td", {}, doc.stage),
+      h("td", {}, progressBar(doc)), h("td", {}, duration(doc)), h("td", { className: "muted" }, when(doc.created_at)))));
+    if (!page.results.length) body.append(h("tr", {}, h("td", { colSpan: 7, className: "muted" }, "No trainings yet: start one under New training.")));
+  }
+  await refresh();
+  every(5000, () => refresh().catch(() => {}));  // the list only; a training's own page is live
+  return h("div", {}, h("h1", {}, "Trainings"), table);
+}
+
+async function trainingView(id) {
+  const view = h("div", { id: "training" });
+  const logs = h("pre", { id: "logs" });
+  const summary = h("div", { className: "card" });
+  const cancel = h("button", { id: "cancel", type: "button" }, "Cancel");
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    try { show(await api(`/v1/trainings/${id}/cancel`, { method: "POST" })); } catch (error) { view.append(errorBox(error)); }
+  });
+  function show(doc) {
+    const delivery = doc.webhook_delivery;
+    summary.replaceChildren(h("dl", {},
+      h("dt", {}, "Status"), h("dd", { id: "status" }, statusBadge(doc.status), doc.error ? h("span", { className: "error" }, " " + doc.error) : ""),
+      h("dt", {}, "Stage"), h("dd", { id: "stage" }, doc.stage),
+      h("dt", {}, "Progress"), h("dd", {}, progressBar(doc)),
+      h("dt", {}, "Duration"), h("dd", {}, duration(doc)),
+      h("dt", {}, "Model"), h("dd", {}, doc.model_version
+        ? h("a", { href: `#/models/${doc.destination}` }, `${doc.destination}:${shortId(doc.model_version)}`) : doc.destination),
+      h("dt", {}, "Instance prompt"), h("dd", {}, doc.input.instance_prompt || ""),
+      h("dt", {}, "Steps"), h("dd", {}, doc.input.max_train_steps ?? "default"),
+      h("dt", {}, "Webhook"), h("dd", { id: "webhook" }, !doc.webhook_completed ? "none" : !delivery ? "not sent yet"
+        : `${delivery.state}${delivery.status ? ` (HTTP ${delivery.status})` : ""}, ${delivery.attempts} attempt(s)`),
+      h("dt", {}, "Created"), h("dd", {}, when(doc.created_at))));
+    cancel.hidden = finished(doc);
+    logs.textContent = doc.logs || "(no logs yet)";
+    logs.scrollTop = logs.scrollHeight;
+  }
+  show(await api(`/v1/trainings/${id}`));
+  cleanups.push(streamEvents(`/v1/trainings/${id}/events`, (event, data) => { if (event === "training") show(data); }));
+  view.append(h("h1", {}, `Training ${shortId(id)}`), summary, cancel, h("h2", {}, "Logs"), logs);
+  return view;
+}
+
+// --- new training -------------------------------------------------------------------------
+
+function uploadWithProgress(name, blob, bar) {
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open("POST", `/v1/uploads/${encodeURIComponent(name)}`);
+    request.setRequestHeader("Authorization", `Bearer ${token()}`);
+    request.upload.onprogress = (event) => { if (event.lengthComputable) bar.value = event.loaded / event.total; };
+    request.onload = () => {
+      const body = request.responseText ? JSON.parse(request.responseText) : {};
+      if (request.status === 201) { bar.value = 1; resolve(body); } else reject(new ApiError(request.status, body.detail || request.statusText));
+    };
+    request.onerror = () => reject(new ApiError(0, "the upload failed: the service did not answer"));
+    request.send(blob);
+  });
+}
+
+async function newTrainingView() {
+  const catalog = await api("/v1/catalog");
+  let files = [];
+  const field = (id, label, input, help) => [h("label", { htmlFor: id }, label), input, help ? h("p", { className: "help" }, help) : ""];
+  const picker = h("input", { type: "file", id: "photos", multiple: true, accept: "image/*,.zip" });
+  const listing = h("p", { className: "muted", id: "photo-list" }, "No photos yet.");
+  const drop = h("div", { className: "drop", id: "drop" }, "Drop 5–30 photos of the subject (or one zip) here, or ", picker, listing);
+  const setFiles = (chosen) => {
+    files = [...chosen];
+    listing.textContent = files.length ? `${files.length} file(s): ${files.map((f) => f.name).join(", ")}` : "No photos yet.";
+    updateCurl();
+  };
+  picker.addEventListener("change", () => setFiles(picker.files));
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => { event.preventDefault(); drop.classList.remove("over"); setFiles(event.dataTransfer.files); });
+  const inputs = {
+    instance_prompt: h("input", { type: "text", id: "instance_prompt", value: "a photo of a cjw person", required: true }),
+    class_prompt: h("input", { type: "text", id: "class_prompt", value: "a photo of a person", required: true }),
+    max_train_steps: h("input", { type: "number", id: "max_train_steps", value: 2000, min: 1 }),
+  };
+  const prior = h("input", { type: "checkbox", id: "with_prior_preservation", checked: true });
+  const trainer = h("select", { id: "trainer" }, catalog.trainers.map((t) => h("option", { value: t.version }, t.name)));
+  const template = h("select", { id: "template" }, catalog.templates.map((t) => h("option", { value: t.version }, t.name)));
+  const model = h("input", { type: "text", id: "model", placeholder: "owner/name", required: true });
+  const webhook = h("input", { type: "url", id: "webhook", placeholder: "https://example.com/hook (optional)" });
+  const bar = h("progress", { id: "upload-progress", max: 1, value: 0 });
+  const curl = h("pre", { className: "snippet", id: "curl" });
+  const problem = h("div", { id: "new-problem" });
+  let uploaded = null;
+
+  function request(instanceData) {
+    const body = {
+      input: { instance_prompt: inputs.instance_prompt.value, class_prompt: inputs.class_prompt.value,
+               max_train_steps: Number(inputs.max_train_steps.value), with_prior_preservation: prior.checked,
+               instance_data: instanceData },
+      model: model.value, trainer_version: trainer.value, template_version: template.value,
+    };
+    if (webhook.value) body.webhook_completed = webhook.value;
+    return body;
+  }
+  function updateCurl() {
+    const data = uploaded ? uploaded.url : "<the URL of your zip, from POST /v1/uploads/photos.zip>";
+    curl.textContent = `curl -X POST ${location.origin}/v1/trainings \\\n  -H "Authorization: Bearer $DREAMBUILD_API_TOKEN" \\\n`
+      + `  -H "Content-Type: application/json" \\\n  -d ${shellQuote(JSON.stringify(request(data), null, 2))}`;
+  }
+  const form = h("form", { className: "card", id: "new-training" },
+    drop, bar,
+    field("instance_prompt", "Instance prompt", inputs.instance_prompt, "Names the subject with a rare identifier (cjw)."),
+    field("class_prompt", "Class prompt", inputs.class_prompt, "The subject's class, without the identifier."),
+    field("max_train_steps", "Steps", inputs.max_train_steps),
+    field("with_prior_preservation", "Prior preservation", prior, "Also train on generated images of the class, so that the "
+          + "model keeps knowing the class (slower; recommended for people)."),
+    field("trainer", "Trainer", trainer), field("template", "Template", template),
+    field("model", "Destination model", model, "owner/name: the new version is pushed there."),
+    field("webhook", "Webhook URL", webhook, "Called with the training when it completes."),
+    h("p", {}, h("button", { className: "primary", type: "submit", id: "start" }, "Start training")), problem);
+  form.addEventListener("input", updateCurl);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    problem.replaceChildren();
+    if (!files.length) { problem.append(errorBox(new Error("Add the subject's photos first."))); return; }
+    try {
+      const single = files.length === 1 && /\.zip$/i.test(files[0].name);
+      const blob = single ? files[0] : await storedZip(files);
+      uploaded = await uploadWithProgress(single ? files[0].name.replace(/[^\w.-]/g, "_") : "photos.zip", blob, bar);
+      updateCurl();
+      const created = await api("/v1/trainings", { method: "POST", json: request(uploaded.url) });
+      location.hash = `#/trainings/${created.id}`;
+    } catch (error) {
+      problem.append(errorBox(error));
+    }
+  });
+  updateCurl();
+  return h("div", {}, h("h1", {}, "New training"), form, h("h2", {}, "The same request with curl"), curl);
+}
+
+// --- models and versions ------------------------------------------------------------------
+
+async function modelsView() {
+  const page = await api("/v1/models");
+  return h("div", {}, h("h1", {}, "Models"), h("table", { id: "models" },
+    h("thead", {}, h("tr", {}, ["Model", "Latest version", "Built"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, page.results.length ? page.results.map((m) => h("tr", {},
+      h("td", {}, h("a", { href: `#/models/${m.owner}/${m.name}` }, `${m.owner}/${m.name}`)),
+      h("td", {}, m.latest_version ? shortId(m.latest_version.id) : ""),
+      h("td", { className: "muted" }, m.latest_version ? when(m.latest_version.created_at) : "")))
+      : h("tr", {}, h("td", { colSpan: 3, className: "muted" }, "No models yet: a training's version appears here.")))));
+}
+
+async function modelView(owner, name) {
+  const [versions, catalog] = await Promise.all([api(`/v1/models/${owner}/${name}/versions`), api("/v1/catalog")]);
+  const templates = Object.fromEntries(catalog.templates.map((t) => [t.version, t.name]));
+  return h("div", {}, h("h1", {}, `${owner}/${name}`), h("table", { id: "versions" },
+    h("thead", {}, h("tr", {}, ["Version", "Template", "Training", "Notes", "Created", ""].map((t) => h("th", {}, t)))),
+    h("tbody", {}, versions.results.map((v) => h("tr", {},
+      h("td", { title: v.id }, shortId(v.id)), h("td", {}, templates[v.template_version] || shortId(v.template_version)),
+      h("td", {}, v.training_id ? h("a", { href: `#/trainings/${v.training_id}` }, shortId(v.training_id)) : ""),
+      h("td", {}, v.notes || ""), h("td", { className: "muted" }, when(v.created_at)),
+      h("td", {}, h("a", { href: `#/try/${owner}/${name}/${v.id}` }, "Try it")))))));
+}
+
+// --- try it: a form from the version's Cog schema ----------------------------------------
+
+function inputSchema(version) {
+  const schemas = (version.openapi_schema.components || {}).schemas || {};
+  const resolve = (prop) => {
+    const ref = prop.$ref || (prop.allOf && prop.allOf[0] && prop.allOf[0].$ref);
+    return ref ? { ...schemas[ref.split("/").pop()], ...prop } : prop;
+  };
+  const input = schemas.Input || { properties: {} };
+  return Object.entries(input.properties || {}).map(([name, prop]) => [name, resolve(prop), (input.required || []).includes(name)])
+    .sort((a, b) => (a[1]["x-order"] ?? 0) - (b[1]["x-order"] ?? 0));
+}
+
+function control(name, prop) {
+  const id = `in-${name}`;
+  const value = prop.default;
+  if (prop.enum) {
+    return h("select", { id, name }, prop.enum.map((option) => h("option", { value: option, selected: option === value }, option)));
+  }
+  if (prop.type === "boolean") return h("input", { type: "checkbox", id, name, checked: Boolean(value) });
+  if (prop.type === "integer" || prop.type === "number") {
+    const step = prop.type === "integer" ? 1 : "any";
+    const number = h("input", { type: "number", id, name, step, min: prop.minimum, max: prop.maximum, value: value ?? "" });
+    if (prop.minimum === undefined || prop.maximum === undefined) return number;
+    const slider = h("input", { type: "range", min: prop.minimum, max: prop.maximum, step: prop.type === "integer" ? 1 : (prop.maximum - prop.minimum) / 100,
+                                value: value ?? prop.minimum, "aria-label": name });
+    slider.addEventListener("input", () => { number.value = slider.value; });
+    number.addEventListener("input", () => { slider.value = number.value; });
+    return h("span", {}, slider, number);
+  }
+  if (prop.format === "uri") return h("input", { type: "file", id, name });
+  const long = /prompt/.test(name);
+  return long ? h("textarea", { id, name, rows: 2 }, value ?? "") : h("input", { type: "text", id, name, value: value ?? "" });
+}
+
+async function readInput(fields) {
+  const input = {};
+  for (const [name, prop, required] of fields) {
+    const el = document.getElementById(`in-${name}`);
+    if (prop.format === "uri") {
+      if (el.files.length) {
+        const form = new FormData();
+        form.append("content", el.files[0]);
+        input[name] = (await api("/v1/files", { method: "POST", body: form })).urls.get;
+      }
+    } else if (prop.type === "boolean") {
+      input[name] = el.checked;
+    } else if (el.value === "") {
+      if (required) throw new Error(`${name} is required`);
+    } else if (prop.type === "integer" || prop.type === "number") {
+      input[name] = Number(el.value);
+    } else {
+      input[name] = el.value;
+    }
+  }
+  return input;
+}
+
+function snippets(reference, input) {
+  const python = `import replicate\n\nclient = replicate.Client(base_url="${location.origin}")  # the token: $REPLICATE_API_TOKEN\n`
+    + `output = client.run(\n    "${reference}",\n    input=${JSON.stringify(input, null, 4).replace(/\n/g, "\n    ")
+      .replace(/\btrue\b/g, "True").replace(/\bfalse\b/g, "False").replace(/\bnull\b/g, "None")},\n)\nprint(output)`;
+  const curl = `curl -X POST ${location.origin}/v1/predictions \\\n  -H "Authorization: Bearer $DREAMBUILD_API_TOKEN" \\\n`
+    + `  -H "Content-Type: application/json" -H "Prefer: wait" \\\n  -d ${shellQuote(JSON.stringify({ version: reference, input }, null, 2))}`;
+  return [python, curl];
+}
+
+function outputsOf(prediction) {
+  const output = prediction.output;
+  return (Array.isArray(output) ? output : output ? [output] : []).filter((o) => typeof o === "string");
+}
+
+async function tryView(owner, name, versionId) {
+  const version = await api(`/v1/models/${owner}/${name}/versions/${versionId}`);
+  const reference = `${owner}/${name}:${version.id}`;
+  const fields = inputSchema(version);
+  const gallery = h("div", { className: "gallery", id: "gallery" });
+  const result = h("div", { id: "result" });
+  const python = h("pre", { className: "snippet", id: "python-snippet" });
+  const curl = h("pre", { className: "snippet", id: "curl-snippet" });
+  const run = h("button", { className: "primary", type: "submit", id: "run" }, "Run");
+  const form = h("form", { className: "card", id: "try" },
+    fields.map(([field, prop, required]) => [
+      h("label", { htmlFor: `in-${field}` }, field + (required ? " *" : "")), control(field, prop),
+      prop.description ? h("p", { className: "help" }, prop.description) : ""]),
+    h("p", {}, run));
+  if (!fields.length) form.prepend(h("p", { className: "muted" }, "This version recorded no input schema."));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    run.disabled = true;
+    result.replaceChildren(h("p", { className: "muted" }, "Running…"));
+    gallery.replaceChildren();
+    try {
+      const input = await readInput(fields);
+      [python.textContent, curl.textContent] = snippets(reference, input);
+      let prediction = await api("/v1/predictions", { method: "POST", json: { version: reference, input } });
+      while (!finished(prediction)) {
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        prediction = await api(`/v1/predictions/${prediction.id}`);
+      }
+      const seed = (prediction.logs || "").match(/seed[:= ]+(\d+)/i);
+      result.replaceChildren(h("dl", {},
+        h("dt", {}, "Status"), h("dd", { id: "prediction-status" }, statusBadge(prediction.status), prediction.error ? h("span", { className: "error" }, " " + prediction.error) : ""),
+        h("dt", {}, "Seed"), h("dd", { id: "seed" }, input.seed ?? (seed ? seed[1] : "random")),
+        h("dt", {}, "Predict time"), h("dd", { id: "predict-time" }, seconds((prediction.metrics || {}).predict_time)),
+        h("dt", {}, "Prediction"), h("dd", {}, prediction.id)));
+      gallery.replaceChildren(...outputsOf(prediction).map((url) => h("a", { href: url, target: "_blank" }, h("img", { src: url, alt: "output" }))));
+    } catch (error) {
+      result.replaceChildren(errorBox(error));
+    } finally {
+      run.disabled = false;
+    }
+  });
+  [python.textContent, curl.textContent] = snippets(reference, {});
+  return h("div", {}, h("h1", {}, `Try ${owner}/${name}:${shortId(version.id)}`), form, result, gallery,
+           h("h2", {}, "With Replicate's Python client"), python, h("h2", {}, "With curl"), curl);
+}
+
+// --- predictions --------------------------------------------------------------------------
+
+async function predictionsView() {
+  const page = await api("/v1/predictions");
+  return h("div", {}, h("h1", {}, "Predictions"), h("table", { id: "predictions" },
+    h("thead", {}, h("tr", {}, ["", "Prediction", "Model", "Status", "Time", "Created"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, page.results.length ? page.results.map((p) => {
+      const first = outputsOf(p)[0];
+      return h("tr", {},
+        h("td", {}, first ? h("a", { href: first, target: "_blank" }, h("img", { className: "thumb", src: first, alt: "output" })) : ""),
+        h("td", {}, p.id), h("td", {}, p.model || ""), h("td", {}, statusBadge(p.status)),
+        h("td", {}, seconds((p.metrics || {}).predict_time)), h("td", { className: "muted" }, when(p.created_at)));
+    }) : h("tr", {}, h("td", { colSpan: 6, className: "muted" }, "No predictions yet: try a model.")))));
+}
+
+// --- routing ------------------------------------------------------------------------------
+
+const ROUTES = [
+  [/^#\/trainings\/([\w-]+)$/, trainingView],
+  [/^#\/trainings$/, trainingsView],
+  [/^#\/new$/, newTrainingView],
+  [/^#\/models\/([\w.-]+)\/([\w.-]+)$/, modelView],
+  [/^#\/models$/, modelsView],
+  [/^#\/try\/([\w.-]+)\/([\w.-]+)\/([\w:]+)$/, tryView],
+  [/^#\/predictions$/, predictionsView],
+];
+
+async function render() {
+  cleanups.forEach((stop) => stop());
+  cleanups = [];
+  const signedIn = Boolean(token());
+  document.getElementById("nav").hidden = !signedIn;
+  if (!signedIn) { main.replaceChildren(signInView()); return; }
+  const hash = location.hash === "" || location.hash === "#/signin" ? "#/trainings" : location.hash;
+  const route = ROUTES.find(([pattern]) => pattern.test(hash));
+  if (!route) { main.replaceChildren(h("p", {}, "Nothing here. ", h("a", { href: "#/trainings" }, "Trainings"))); return; }
+  main.replaceChildren(h("p", { className: "muted" }, "Loading…"));
+  try {
+    main.replaceChildren(await route[1](...hash.match(route[0]).slice(1)));
+  } catch (error) {
+    if (error.status !== 401) main.replaceChildren(errorBox(error));
+  }
+}
+
+document.getElementById("sign-out").addEventListener("click", () => signOut());
+window.addEventListener("hashchange", render);
+render();
