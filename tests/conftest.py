@@ -314,3 +314,15 @@ def database_target(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "db.sqlite"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_base, registry, templates):
+    """`dreambuild serve` with the tiny trainer, the vanilla template and tokens for alice and bob
+    (tests/test_service.py's service_config), one per test module that uses it."""
+    from tests.test_service import Service, service_config
+
+    root = tmp_path_factory.mktemp("service")
+    server = Service(root, service_config(root, tiny_base, registry, templates)).start()
+    yield server
+    server.stop()

@@ -13,17 +13,9 @@ import httpx
 import pytest
 
 from tests.helpers import SAMPLE_PHOTOS
-from tests.test_service import ALICE, BOB, Service, service_config
+from tests.test_service import ALICE, BOB
 
 selenium = pytest.importorskip("selenium", reason="the test extra installs selenium")
-
-
-@pytest.fixture(scope="module")
-def dashboard_service(tmp_path_factory, tiny_base, registry, templates):
-    root = tmp_path_factory.mktemp("dashboard")
-    server = Service(root, service_config(root, tiny_base, registry, templates)).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -70,8 +62,8 @@ def text_of(driver, selector: str) -> str:
     return driver.find_element("css selector", selector).text
 
 
-def test_train_watch_and_try_a_model_in_the_browser(browser, dashboard_service, tmp_path):
-    url = dashboard_service.url
+def test_train_watch_and_try_a_model_in_the_browser(browser, service, tmp_path):
+    url = service.url
     driver = browser
     sign_in(driver, url, "not-a-token")
     wait_until(driver, lambda d: "not valid" in text_of(d, "#signin"), 20, "the refusal of a bad token")
@@ -102,6 +94,11 @@ def test_train_watch_and_try_a_model_in_the_browser(browser, dashboard_service, 
     assert "step 4/4" in text_of(driver, "#logs") and "4/4" in text_of(driver, ".progress-label")
     assert "done" in text_of(driver, "#stage") or "webhook" in text_of(driver, "#stage")
     assert not driver.find_element("id", "cancel").is_displayed()
+    shown = wait_until(driver, lambda d: d.execute_script(
+        "const imgs = [...document.querySelectorAll('#photos img')];"
+        "return imgs.length && imgs.every((img) => img.complete && img.naturalWidth > 0) && imgs.length;"), 30, "the photos")
+    assert shown == len(SAMPLE_PHOTOS)  # zipped in the browser, read back from the upload
+    assert "No samples" in text_of(driver, "#samples")  # none were asked for
     record = httpx.get(f"{url}/v1/trainings/{training_id}", headers=ALICE).json()
     assert record["input"]["instance_data"].startswith(f"{url}/v1/uploads/") and record["input"]["with_prior_preservation"] is False
 
@@ -158,19 +155,20 @@ def test_train_watch_and_try_a_model_in_the_browser(browser, dashboard_service, 
     assert [m["name"] for m in httpx.get(f"{url}/v1/models", headers=ALICE).json()["results"]] == ["dash"]
 
 
-def test_the_event_stream_follows_a_training_to_its_end(dashboard_service, tmp_path):
+def test_the_event_stream_follows_a_training_to_its_end(service, tmp_path):
     """The stream a training page reads: the record as server-sent events each time it changes,
     ending by itself once the training is done; another owner's is 404; the catalog and the page."""
     from tests.helpers import photos_zip
     from tests.test_service import TRAIN_INPUT
 
-    url = dashboard_service.url
+    url = service.url
     catalog = httpx.get(f"{url}/v1/catalog", headers=ALICE).json()
     assert [t["name"] for t in catalog["trainers"]] == ["dreambooth"] and [t["name"] for t in catalog["templates"]] == ["vanilla"]
     assert httpx.get(f"{url}/v1/catalog").status_code == 401
     uploaded = httpx.post(f"{url}/v1/uploads/photos.zip", content=photos_zip(tmp_path / "photos.zip").read_bytes(), headers=ALICE).json()
     created = httpx.post(f"{url}/v1/trainings", headers=ALICE, json={
-        "input": {**TRAIN_INPUT, "instance_data": uploaded["url"]}, "model": "alice/streamed",
+        "input": {**TRAIN_INPUT, "instance_data": uploaded["url"], "save_sample_prompt": "a photo of a cjw toy", "save_infer_steps": 2},
+        "model": "alice/streamed",
         "trainer_version": catalog["trainers"][0]["version"], "template_version": catalog["templates"][0]["version"]}).json()
     assert httpx.get(f"{url}/v1/trainings/{created['id']}/events", headers=BOB).status_code == 404
     with httpx.stream("GET", f"{url}/v1/trainings/{created['id']}/events", headers=ALICE, timeout=600) as response:
@@ -183,5 +181,37 @@ def test_the_event_stream_follows_a_training_to_its_end(dashboard_service, tmp_p
     assert states[-1]["stage"] == "done" and states[-1]["status"] == "succeeded"
     assert "training" in {s["stage"] for s in states}
     assert any("step 4/4" in s["logs"] for s in states)
+    # Its images: the photos of the upload, the samples of output.zip; nothing else is reachable.
+    images = f"{url}/v1/trainings/{created['id']}/images"
+    photos = httpx.get(f"{images}/photos", headers=ALICE).json()["images"]
+    assert sorted(p["name"] for p in photos) == sorted(f"photos/{p.name}" for p in SAMPLE_PHOTOS)
+    first = httpx.get(photos[0]["url"], headers=ALICE)
+    assert first.headers["content-type"] == "image/jpeg" and first.content == SAMPLE_PHOTOS[0].parent.joinpath(
+        photos[0]["name"].removeprefix("photos/")).read_bytes()
+    samples = httpx.get(f"{images}/samples", headers=ALICE).json()["images"]
+    assert samples and all(httpx.get(s["url"], headers=ALICE).content[:8] == b"\x89PNG\r\n\x1a\n" for s in samples)
+    assert httpx.get(photos[0]["url"], headers=BOB).status_code == 404
+    for name in ("..%2Foutput.zip", "args.json", "..%2Fargs.json", "%2E%2E/%2E%2E/output.zip", "photos/missing.jpg"):
+        assert httpx.get(f"{images}/samples/{name}", headers=ALICE).status_code == 404, name
+    assert httpx.get(f"{images}/weights", headers=ALICE).status_code == 422
     page = httpx.get(f"{url}/")
     assert "default-src 'self'" in page.headers["content-security-policy"] and '<script src="/ui/app.js">' in page.text
+
+
+def test_cancel_from_the_training_page(browser, service, tmp_path):
+    from tests.helpers import photos_zip
+    from tests.test_service import TRAIN_INPUT
+
+    url = service.url
+    catalog = httpx.get(f"{url}/v1/catalog", headers=ALICE).json()
+    uploaded = httpx.post(f"{url}/v1/uploads/photos.zip", content=photos_zip(tmp_path / "photos.zip").read_bytes(), headers=ALICE).json()
+    created = httpx.post(f"{url}/v1/trainings", headers=ALICE, json={
+        "input": {**TRAIN_INPUT, "instance_data": uploaded["url"], "max_train_steps": 100_000}, "model": "alice/long",
+        "trainer_version": catalog["trainers"][0]["version"], "template_version": catalog["templates"][0]["version"]}).json()
+    sign_in(browser, url, "tok-alice")
+    wait_until(browser, lambda d: d.find_element("id", "trainings"), 20, "the trainings list")
+    browser.get(f"{url}/#/trainings/{created['id']}")
+    wait_until(browser, lambda d: "ETA" in text_of(d, ".progress-label"), 300, "the trainer's progress")  # live, with its ETA
+    browser.find_element("id", "cancel").click()
+    wait_until(browser, lambda d: "canceled" in text_of(d, "#status"), 120, "the training to be canceled")
+    assert httpx.get(f"{url}/v1/trainings/{created['id']}", headers=ALICE).json()["status"] == "canceled"

@@ -72,6 +72,11 @@ def test_serve_from_the_wheel_starts_and_says_what_is_missing(wheel_venv):
         token = (wheel_venv / "home" / "token").read_text().strip()  # DREAMBUILD_HOME honoured
         listed = httpx.get(f"http://127.0.0.1:{port}/v1/trainings", headers={"Authorization": f"Bearer {token}"})
         assert listed.status_code == 200 and "no trainer in the catalog" in log.read_text()
+        # The dashboard's and Swagger UI's files are in the wheel (package data, not a checkout).
+        for path, marker in (("/", "/ui/app.js"), ("/ui/app.js", "streamEvents"), ("/ui/zip.js", "storedZip"),
+                             ("/docs/assets/swagger-ui-bundle.js", "SwaggerUIBundle")):
+            page = httpx.get(f"http://127.0.0.1:{port}{path}")
+            assert page.status_code == 200 and marker in page.text, path
     finally:
         proc.terminate()
         proc.wait(20)

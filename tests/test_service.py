@@ -97,13 +97,6 @@ def service_config(root: Path, tiny_base, registry, templates, **extra) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_base, registry, templates):
-    root = tmp_path_factory.mktemp("service")
-    server = Service(root, service_config(root, tiny_base, registry, templates)).start()
-    yield server
-    server.stop()
-
 
 def seed_request(service, receiver, instance_data: str, **extra) -> dict:
     return {

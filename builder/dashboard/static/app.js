@@ -169,7 +169,14 @@ async function trainingView(id) {
     cancel.disabled = true;
     try { show(await api(`/v1/trainings/${id}/cancel`, { method: "POST" })); } catch (error) { view.append(errorBox(error)); }
   });
+  const photos = h("div", { className: "gallery", id: "photos" });
+  const samples = h("div", { className: "gallery", id: "samples" }, h("p", { className: "muted" }, "When the training ends."));
+  let samplesShown = false;
   function show(doc) {
+    if (doc.status === "succeeded" && !samplesShown) {
+      samplesShown = true;
+      showImages(id, "samples", samples, "No samples: set validation_prompt or save_sample_prompt when training.");
+    }
     const delivery = doc.webhook_delivery;
     summary.replaceChildren(h("dl", {},
       h("dt", {}, "Status"), h("dd", { id: "status" }, statusBadge(doc.status), doc.error ? h("span", { className: "error" }, " " + doc.error) : ""),
@@ -189,8 +196,27 @@ async function trainingView(id) {
   }
   show(await api(`/v1/trainings/${id}`));
   cleanups.push(streamEvents(`/v1/trainings/${id}/events`, (event, data) => { if (event === "training") show(data); }));
-  view.append(h("h1", {}, `Training ${shortId(id)}`), summary, cancel, h("h2", {}, "Logs"), logs);
+  showImages(id, "photos", photos, "No photos to show: instance_data was not uploaded to this service.");
+  view.append(h("h1", {}, `Training ${shortId(id)}`), summary, cancel, h("h2", {}, "Photos"), photos,
+              h("h2", {}, "Samples"), samples, h("h2", {}, "Logs"), logs);
   return view;
+}
+
+// A training's images (they need the token, which an <img> cannot send: fetched, shown as blobs).
+async function showImages(id, source, into, none) {
+  try {
+    const list = await api(`/v1/trainings/${id}/images/${source}`);
+    const images = await Promise.all(list.images.map(async (image) => {
+      const response = await fetch(image.url, { headers: { Authorization: `Bearer ${token()}` } });
+      if (!response.ok) throw new ApiError(response.status, `${image.name}: ${response.statusText}`);
+      const url = URL.createObjectURL(await response.blob());
+      cleanups.push(() => URL.revokeObjectURL(url));
+      return h("img", { src: url, alt: image.name, title: image.name, className: source === "photos" ? "photo" : "" });
+    }));
+    into.replaceChildren(...(images.length ? images : [h("p", { className: "muted" }, none)]));
+  } catch (error) {
+    into.replaceChildren(errorBox(error));
+  }
 }
 
 // --- new training -------------------------------------------------------------------------
