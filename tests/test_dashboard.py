@@ -215,3 +215,31 @@ def test_cancel_from_the_training_page(browser, service, tmp_path):
     browser.find_element("id", "cancel").click()
     wait_until(browser, lambda d: "canceled" in text_of(d, "#status"), 120, "the training to be canceled")
     assert httpx.get(f"{url}/v1/trainings/{created['id']}", headers=ALICE).json()["status"] == "canceled"
+
+
+def test_a_zip_dropped_on_the_page_is_uploaded_as_it_is(browser, service, tmp_path):
+    """Dropping one zip (a drop event with a file, as a desktop drag gives) uploads it unchanged."""
+    import base64
+
+    from tests.helpers import photos_zip
+
+    url = service.url
+    archive = photos_zip(tmp_path / "mine.zip").read_bytes()
+    sign_in(browser, url, "tok-alice")
+    wait_until(browser, lambda d: d.find_element("id", "trainings"), 20, "the trainings list")
+    browser.get(f"{url}/#/new")
+    wait_until(browser, lambda d: d.find_element("id", "drop"), 20, "the drop zone")
+    browser.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "my photos.zip", { type: "application/zip" }));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    """, base64.b64encode(archive).decode())
+    assert "1 file(s): my photos.zip" in text_of(browser, "#photo-list")
+    browser.find_element("id", "model").send_keys("alice/dropped")
+    browser.find_element("id", "start").click()
+    wait_until(browser, lambda d: "#/trainings/" in d.current_url, 60, "the new training's page")
+    training = httpx.get(f"{url}/v1/trainings/{browser.current_url.rsplit('/', 1)[1]}", headers=ALICE).json()
+    httpx.post(training["urls"]["cancel"], headers=ALICE)
+    assert training["input"]["instance_data"].endswith("/my_photos.zip")
+    assert httpx.get(training["input"]["instance_data"]).content == archive
