@@ -118,6 +118,7 @@ def test_train_watch_and_try_a_model_in_the_browser(browser, service, tmp_path):
     prompt = driver.find_element("id", "in-prompt")
     prompt.clear()
     prompt.send_keys("a photo of a cjw toy")
+    driver.find_element("id", "in-image").send_keys(str(SAMPLE_PHOTOS[0]))  # a file input: uploaded through /v1/files
     if driver.find_elements("id", "in-disable_safety_check"):
         driver.find_element("id", "in-disable_safety_check").click()
     driver.find_element("id", "run").click()
@@ -127,6 +128,7 @@ def test_train_watch_and_try_a_model_in_the_browser(browser, service, tmp_path):
     assert "succeeded" in text_of(driver, "#prediction-status") and text_of(driver, "#seed") == "3"
     python = text_of(driver, "#python-snippet")
     assert "client.run(" in python and "alice/dash:sha256:" in python and '"seed": 3' in python
+    assert f'"image": "{url}/v1/files/' in python  # the photo went up as a file of the service
     curl = text_of(driver, "#curl-snippet")
     assert "tok-alice" not in python + curl
     # The snippets run as shown, with the token from the environment.
