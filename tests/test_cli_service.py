@@ -11,7 +11,7 @@ import pytest
 from builder.service.config import local_trainer_version
 from dreambuild.errors import DreambuildError
 from tests.helpers import photos_zip
-from tests.test_service import receiver, service  # noqa: F401  (module fixtures: a service of our own)
+from tests.test_service import receiver  # noqa: F401  (a module fixture; `service` is conftest's, one per module)
 
 CLI = str(Path(sys.executable).parent / "dreambuild")
 

@@ -39,7 +39,8 @@ async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers });
   if (response.status === 401) { signOut("Your token was refused: sign in again."); throw new ApiError(401, "signed out"); }
   const text = await response.text();
-  const body = text ? JSON.parse(text) : null;
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { body = { detail: text.slice(0, 500) }; }  // a proxy's error page
   if (!response.ok) throw new ApiError(response.status, (body && body.detail) || response.statusText);
   return body;
 }
@@ -80,17 +81,18 @@ function progressBar(doc) {
            h("span", { className: "muted progress-label" }, label));
 }
 
-// Server-sent events over fetch (EventSource cannot send the Authorization header).
-function streamEvents(path, onEvent) {
+// Server-sent events over fetch (EventSource cannot send the Authorization header). A stream
+// that breaks (the network, a restart of the service) is opened again while `more()` says so.
+function streamEvents(path, onEvent, more = () => true) {
   const controller = new AbortController();
-  (async () => {
+  async function once() {
     const response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` }, signal: controller.signal });
     if (!response.ok) throw new ApiError(response.status, response.statusText);
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) break;
+      if (done) return;
       buffer += value;
       let end;
       while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -104,7 +106,17 @@ function streamEvents(path, onEvent) {
         if (data) onEvent(event, JSON.parse(data));
       }
     }
-  })().catch((error) => { if (error.name !== "AbortError") console.warn("event stream ended:", error); });
+  }
+  (async () => {
+    while (!controller.signal.aborted) {
+      try { await once(); } catch (error) {
+        if (error.name === "AbortError" || error.status === 404 || error.status === 401) return;
+        console.warn("event stream broke, opening it again:", error.message);
+      }
+      if (!more()) return;
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+    }
+  })();
   return () => controller.abort();
 }
 
@@ -194,8 +206,10 @@ async function trainingView(id) {
     logs.textContent = doc.logs || "(no logs yet)";
     logs.scrollTop = logs.scrollHeight;
   }
-  show(await api(`/v1/trainings/${id}`));
-  cleanups.push(streamEvents(`/v1/trainings/${id}/events`, (event, data) => { if (event === "training") show(data); }));
+  let current = await api(`/v1/trainings/${id}`);
+  show(current);
+  cleanups.push(streamEvents(`/v1/trainings/${id}/events`, (event, data) => { if (event === "training") show(current = data); },
+                             () => current.stage !== "done"));
   showImages(id, "photos", photos, "No photos to show: instance_data was not uploaded to this service.");
   view.append(h("h1", {}, `Training ${shortId(id)}`), summary, cancel, h("h2", {}, "Photos"), photos,
               h("h2", {}, "Samples"), samples, h("h2", {}, "Logs"), logs);
