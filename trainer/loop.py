@@ -82,8 +82,9 @@ class PhotoDataset(torch.utils.data.Dataset):
 def epoch_order(size: int, seed: int | None, epoch: int) -> list[int]:
     """The photos' order in an epoch: a function of the seed and the epoch alone (not of the
     global RNG, which a resumed run restores to the checkpoint's state), so that a training
-    resumed from a checkpoint sees the batches the uninterrupted one would have."""
-    generator = torch.Generator().manual_seed((seed if seed is not None else 0) * 1_000_003 + epoch)
+    resumed from a checkpoint sees the batches the uninterrupted one would have. Without a seed,
+    the process's own random one: the order is random, as the training is."""
+    generator = torch.Generator().manual_seed((seed if seed is not None else torch.initial_seed()) * 1_000_003 + epoch)
     return torch.randperm(size, generator=generator).tolist()
 
 

@@ -23,24 +23,32 @@ def media_type(name: str) -> str | None:
     return MEDIA_TYPES.get(Path(name).suffix.lower())
 
 
-def zip_images(path: Path, under: str = "") -> list[str]:
-    """The image members of the zip at ``path`` below ``under``, in archive order."""
+def _images(archive: zipfile.ZipFile, under: str) -> list[str]:
+    return [info.filename for info in archive.infolist() if not info.is_dir() and info.filename.startswith(under)
+            and media_type(info.filename) and not info.filename.startswith(CLASS_FOLDER)
+            and not Path(info.filename).name.startswith(".")][:PREVIEW_MAX_IMAGES]
+
+
+def _open(path: Path) -> zipfile.ZipFile:
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = [info.filename for info in archive.infolist() if not info.is_dir() and info.filename.startswith(under)
-                     and media_type(info.filename) and not info.filename.startswith(CLASS_FOLDER)
-                     and not Path(info.filename).name.startswith(".")]
+        return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise InputError(f"{path.name} is not a readable zip: {exc}") from None
-    return names[:PREVIEW_MAX_IMAGES]
+
+
+def zip_images(path: Path, under: str = "") -> list[str]:
+    """The image members of the zip at ``path`` below ``under``, in archive order."""
+    with _open(path) as archive:
+        return _images(archive, under)
 
 
 def read_image(path: Path, name: str, under: str = "") -> bytes | None:
     """The bytes of image member ``name`` (one :func:`zip_images` lists), or None if it is not one."""
-    if name not in zip_images(path, under):
-        return None
-    with zipfile.ZipFile(path) as archive, archive.open(name) as member:
-        data = member.read(PREVIEW_MAX_BYTES + 1)
+    with _open(path) as archive:
+        if name not in _images(archive, under):
+            return None
+        with archive.open(name) as member:
+            data = member.read(PREVIEW_MAX_BYTES + 1)
     if len(data) > PREVIEW_MAX_BYTES:
         raise InputError(f"{name} is over {PREVIEW_MAX_BYTES // 2**20} MiB: not shown")
     return data
