@@ -116,7 +116,36 @@ def pipeline_digest(root: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def digest_file(root: Path) -> Path:
+    """Where a baked base keeps its :func:`pipeline_digest`: beside its folder (``base`` →
+    ``base.digest``), so the pipeline's own folder stays a plain diffusers layout."""
+    return root.with_name(root.name + ".digest")
+
+
+def baked_pipeline_digest(root: Path) -> str:
+    """:func:`pipeline_digest` of a base, read from its :func:`digest_file` when one was written
+    where the base was baked (the templates' ``cog.yaml``, ``trainer.fetch_base_model``) and no
+    weight file is newer than it: a template then starts without hashing gigabytes (SDXL: ~7 GB).
+    Computed otherwise."""
+    recorded = digest_file(root)
+    try:
+        written = recorded.stat().st_mtime
+        value = recorded.read_text().strip()
+    except OSError:
+        return pipeline_digest(root)
+    fresh = value.startswith("sha256:") and len(value) == 71 and all(
+        path.stat().st_mtime <= written for path in root.rglob("*.safetensors"))
+    return value if fresh else pipeline_digest(root)
+
+
+def write_pipeline_digest(root: Path) -> str:
+    """Compute a base's digest and keep it in its :func:`digest_file`; return it."""
+    value = pipeline_digest(root)
+    digest_file(root).write_text(value + "\n")
+    return value
+
+
 if __name__ == "__main__":  # python -m dreambuild.layout DIR: a base's digest, for the service's catalog
     import sys
 
-    print(pipeline_digest(Path(sys.argv[1])))
+    print(baked_pipeline_digest(Path(sys.argv[1])))

@@ -70,6 +70,36 @@ def _pins(lines) -> dict[str, str]:
 TEMPLATES = TEMPLATE_CLASSES
 
 
+def _run_steps(config: dict) -> tuple[list[str], list[str]]:
+    """A template's `run` steps: its downloads, and the step that writes its base's digest."""
+    steps = config["build"]["run"]
+    digests = [line for line in steps if line.startswith("python -c ") and "base.digest" in line]
+    assert len(digests) <= 1 and steps[-len(digests) or len(steps):] == digests, "the digest step comes last"
+    return [line for line in steps if line not in digests], digests
+
+
+def test_the_baked_digest_step_computes_pipeline_digest(tiny_base, tmp_path):
+    """The `python -c` step of the templates with a base is a deliberate copy of
+    dreambuild.layout.pipeline_digest (Cog runs `run` steps before /src exists): same value."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    from dreambuild.layout import baked_pipeline_digest, pipeline_digest
+
+    steps = {_run_steps(yaml.safe_load((REPO / "templates" / name / "cog.yaml").read_text()))[1][0]
+             for name in TEMPLATES if CATALOG[name].base}
+    (step,) = steps  # one copy, the same in every template
+    words = shlex.split(step)
+    assert words[:2] == ["python", "-c"] and len(words) == 3
+    base = shutil.copytree(tiny_base, tmp_path / "opt" / "base")
+    code = words[2].replace("/opt/dreambuild/base", str(base))
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "opt" / "base.digest").read_text() == pipeline_digest(tiny_base) + "\n"
+    assert baked_pipeline_digest(base) == pipeline_digest(tiny_base)
+
+
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_template_cog_yaml_is_valid_and_points_at_its_class(name):
     import templates.cog_models as module
@@ -83,13 +113,15 @@ def test_template_cog_yaml_is_valid_and_points_at_its_class(name):
     env = dict(line.split("=", 1) for line in config["environment"])
     assert env["HF_HUB_OFFLINE"] == "1" and env["DREAMBUILD_WEIGHTS"] == "/src/weights"
     # Every baked directory the environment names is written by a `run` step, and vice versa.
-    baked = {re.search(r"--local-dir (\S+)", line).group(1) for line in config["build"]["run"]}
+    downloads, digests = _run_steps(config)
+    baked = {re.search(r"--local-dir (\S+)", line).group(1) for line in downloads}
     named = {v for k, v in env.items() if k in ("DREAMBUILD_SAFETY_CHECKER", "DREAMBUILD_CONTROLNET", "DREAMBUILD_ANNOTATORS", "DREAMBUILD_BASE")}
     assert baked == named
     # ... and they bake what the template's row in the catalog names.
     row = CATALOG[name]
     assert len(baked) == 1 + bool(row.controlnet) + bool(row.annotators) + bool(row.base)
-    downloads = [line.split("hf download ", 1)[1].split(" --local-dir")[0] for line in config["build"]["run"]]
+    assert len(digests) == bool(row.base)  # a base's digest is baked with it
+    downloads = [line.split("hf download ", 1)[1].split(" --local-dir")[0] for line in downloads]
     if row.controlnet:
         assert f"{row.controlnet} config.json diffusion_pytorch_model.safetensors" in downloads
     for spec in row.annotators:
@@ -113,7 +145,7 @@ def test_template_bake_steps_are_valid_hf_commands(name, tmp_path):
 
     config = yaml.safe_load((REPO / "templates" / name / "cog.yaml").read_text())
     hf = Path(sys.executable).parent / "hf"
-    for line in config["build"]["run"]:
+    for line in _run_steps(config)[0]:
         words = shlex.split(line)
         assert words[0] == "HF_HUB_OFFLINE=0" and words[1:3] == ["hf", "download"], line
         args = [a if a != words[words.index("--local-dir") + 1] else str(tmp_path / "out") for a in words[3:]]

@@ -41,3 +41,27 @@ def test_pipeline_root_in_a_single_folder(pipeline, tmp_path):
     shutil.move(pipeline, outer / "my-model")
     assert locate_pipeline_root(outer) == outer / "my-model"
     assert locate_pipeline_root(outer / "my-model") == outer / "my-model"
+
+
+def test_a_baked_digest_is_read_only_while_no_weight_file_is_newer(pipeline, tmp_path):
+    import os
+    import shutil
+
+    from dreambuild.layout import baked_pipeline_digest, digest_file, pipeline_digest, write_pipeline_digest
+
+    base = shutil.copytree(pipeline, tmp_path / "base")
+    real = pipeline_digest(base)
+    assert baked_pipeline_digest(base) == real  # none baked: computed
+    assert write_pipeline_digest(base) == real and digest_file(base) == tmp_path / "base.digest"
+    assert pipeline_digest(base) == real  # the file is outside the pipeline's folder
+    planted = "sha256:" + "0" * 64
+    digest_file(base).write_text(planted + "\n")
+    assert baked_pipeline_digest(base) == planted  # read, not computed
+    weights = sorted(base.rglob("*.safetensors"))[0]
+    written = digest_file(base).stat().st_mtime
+    os.utime(weights, (written + 10, written + 10))
+    assert baked_pipeline_digest(base) == real  # a weight file changed after it: computed again
+    for garbled in ("", "sha256:abc", "md5:" + "0" * 67):
+        digest_file(base).write_text(garbled)
+        os.utime(digest_file(base), (written + 20, written + 20))
+        assert baked_pipeline_digest(base) == real, garbled

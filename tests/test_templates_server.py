@@ -387,6 +387,24 @@ def test_a_lora_output_on_another_base_or_none_fails_every_prediction_clearly(tm
             generator.generate(GenerationRequest(prompt="a cjw toy", num_inference_steps=2, disable_safety_check=True))
 
 
+def test_a_template_reads_its_bases_baked_digest(tmp_path, lora_output, tiny_base):
+    """Setup compares the LoRA's base with the digest baked beside the base (base.digest, written
+    at image build time), not with a hash of the base: a planted digest is what it reports."""
+    import shutil
+
+    from dreambuild.layout import digest_file, write_pipeline_digest
+    from templates.inference.generator import lora_base_problem
+    from templates.inference.locations import WeightLocations
+
+    base = shutil.copytree(tiny_base, tmp_path / "base")
+    missing = tmp_path / "none"
+    loc = WeightLocations(lora_output, missing, missing, missing, base=base)
+    write_pipeline_digest(base)
+    assert lora_base_problem(loc) is None
+    digest_file(base).write_text("sha256:" + "e" * 64)
+    assert f"this template's base is sha256:{'e' * 64}" in lora_base_problem(loc)
+
+
 # --- templates without their weights ----------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dreambuild.layout import check_diffusers_layout
+from dreambuild.layout import check_diffusers_layout, write_pipeline_digest
 
 DEFAULT_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"  # --dest base-model-sdxl: base_model=sdxl
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         index.update(safety_checker=[None, None], requires_safety_checker=False)
         index_path.write_text(json.dumps(index, indent=2))
     check_diffusers_layout(ns.dest, f"{ns.repo} in {ns.dest}")
-    print(f"base model ready in {ns.dest}")
+    # Its digest, kept beside it (base-model.digest): LoRA trainings record it without hashing the base each time.
+    print(f"base model ready in {ns.dest} ({write_pipeline_digest(ns.dest)})")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 
 from dreambuild.archives import ArchiveLimits, extract_zip
 from dreambuild.errors import ImageDataError, InputError, ModelLayoutError
-from dreambuild.layout import check_diffusers_layout, is_sdxl, locate_pipeline_root, native_size, pipeline_digest
+from dreambuild.layout import baked_pipeline_digest, check_diffusers_layout, is_sdxl, locate_pipeline_root, native_size
 from trainer.archive import write_weights_zip
 from trainer.args import TrainingArgs
 from trainer.checkpoints import Checkpoints, checkpoints_root, training_key
@@ -181,7 +181,7 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
     if result.lora is not None:
         save_lora(weights, result.lora, result.lora_metadata or {}, saved_dtype, args, xl=is_sdxl(base))
         # A LoRA runs only on the base it was trained on: templates compare this digest with theirs.
-        recorded["base_digest"] = pipeline_digest(base)
+        recorded["base_digest"] = baked_pipeline_digest(base)
     else:
         result.pipeline.to(dtype=saved_dtype)
         result.pipeline.save_pretrained(weights, safe_serialization=True)

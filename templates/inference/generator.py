@@ -16,7 +16,7 @@ from PIL import Image
 
 from dreambuild.errors import InputError, NSFWContentError, TemplateWithoutWeightsError
 from dreambuild.images import load_rgb
-from dreambuild.layout import LORA_WEIGHTS, check_diffusers_layout, is_sdxl, pipeline_digest
+from dreambuild.layout import LORA_WEIGHTS, baked_pipeline_digest, check_diffusers_layout, is_sdxl
 from templates.inference.catalog import TEMPLATES
 from templates.inference.control import ControlPreprocessor
 from templates.inference.locations import WeightLocations
@@ -53,7 +53,7 @@ def lora_base_problem(loc: WeightLocations) -> str | None:
     if not recorded:
         return f"the LoRA in {loc.weights.resolve()} does not name its base (no base_digest in args.json): retrain it with this trainer"
     started = time.perf_counter()
-    baked = pipeline_digest(loc.base)
+    baked = baked_pipeline_digest(loc.base)
     log.info("Base %s: %s (digest in %.2f s).", loc.base, baked, time.perf_counter() - started)
     if recorded != baked:
         return (f"the LoRA in {loc.weights.resolve()} was trained on base {recorded}, and this template's base is {baked}: "
