@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -108,11 +109,21 @@ def build_oci(weights: WeightsSource, template: ResolvedImage, dest: ImageStore,
     """Push template + weights to ``dest`` under ``tag``; return the manifest, layer, and whether it was uploaded."""
     layers = template.manifest.json.get("layers", [])
     on_step(f"template: {len(layers)} layers and config of {template.reference}")
-    moved = [ensure_blob(template.store, dest, layer["digest"]) for layer in layers]
+    # The template's layers are made present (a HEAD or a mount each: one round trip, which is
+    # most of a LoRA build) in parallel with the weights layer's upload; the manifest waits for all.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(layers))), thread_name_prefix="template-layer") as pool:
+        pending = [pool.submit(ensure_blob, template.store, dest, layer["digest"]) for layer in layers]
+        try:
+            on_step(f"weights layer ({compression})")
+            layer, uploaded = push_weights_layer(weights, dest, compression=compression, cache=cache, attempts=attempts,
+                                                 on_bytes=on_bytes)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+        moved = [future.result() for future in pending]
     if moved:
         on_step("template layers: " + ", ".join(f"{moved.count(kind)} {kind}" for kind in ("present", "mounted", "copied") if kind in moved))
-    on_step(f"weights layer ({compression})")
-    layer, uploaded = push_weights_layer(weights, dest, compression=compression, cache=cache, attempts=attempts, on_bytes=on_bytes)
     on_step(f"weights layer {layer.digest} {'uploaded' if uploaded else 'already in ' + str(dest)}")
     config = canonical_json(derive_config(template.config, layer, image_labels(template, layer.diff_id, notes)))
     dest.put_blob(config)

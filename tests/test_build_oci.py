@@ -233,3 +233,21 @@ def test_a_connection_cut_mid_upload_restarts_the_layer(tmp_path, registry, temp
     assert proxy.cut == 1 and result.weights_uploaded
     image = inspect(f"{registry.host}/alice/cut@{result.digest}")
     assert image["Layers"][-1] == result.weights_layer
+
+
+def test_a_small_layer_goes_in_the_closing_put_and_a_cut_there_restarts_it(tmp_path, registry, templates, builder_settings):
+    """A LoRA-sized weights layer (3 MiB) is sent in the upload's closing PUT (no PATCH, no
+    thread); a connection cut inside that PUT restarts the upload and the image is whole."""
+    from fixtures.services import CuttingProxy
+    from tests.helpers import write_tree, zip_dir
+
+    files = {**small_pipeline_files(), "unet/diffusion_pytorch_model.safetensors": __import__("os").urandom(3 * 2**20)}
+    archive = zip_dir(write_tree(tmp_path / "small", files), tmp_path / "small.zip")
+    proxy = CuttingProxy(registry.host, cuts=1, after=2**20, method="PUT")
+    try:
+        result = build_image(archive, templates["oci"], f"{proxy.host}/alice/small-cut", settings=builder_settings)
+    finally:
+        proxy.stop()
+    assert proxy.cut == 1 and result.weights_uploaded  # the first PUT carried more than 1 MiB: the layer itself
+    image = inspect(f"{registry.host}/alice/small-cut@{result.digest}")
+    assert image["Layers"][-1] == result.weights_layer
