@@ -15,7 +15,8 @@ trained fp16 weights nearly are), zipped as the trainer writes output.zip (store
 - buildah: unzip + `buildah bud` + `buildah push` of the same two-line Dockerfile
 - oci rebuild: the same weights again (layer found in the registry, nothing read or sent)
 - oci LoRA: a LoRA training's output (``--lora-mib`` of adapters + args.json, as the trainer
-  writes it with lora_rank > 0) on the same template with a base baked in
+  writes it with lora_rank > 0) on the same template with a base baked in, into a new
+  repository (as the full build); then four more new LoRAs into it, and the median of the five
 
 Prints each as seconds and as a ratio to the floor. Targets: oci <= 1.5x floor, >= 3x faster
 than buildah, rebuild <= 5 % of the first oci build; the LoRA build under 1 s and >= 100x
@@ -143,9 +144,11 @@ def main() -> None:
         (base_dir / "model_index.json").write_text("{}")  # the builder reads only the template's DREAMBUILD_BASE
         lora_template = f"{registry.host}/dreambuild/vanilla-base@" + buildah_template(
             root / "template-base", registry, "dreambuild/vanilla-base", fmt="docker", baked={"base": base_dir})
-        lora = synthetic_lora(root / "lora-output.zip", int(args.lora_mib * 2**20))
-        results["oci LoRA"], _ = timed(
-            lambda: build_image(lora, lora_template, f"{registry.host}/bench/lora-model", backend="oci", settings=settings))
+        loras = [synthetic_lora(root / f"lora-output-{i}.zip", int(args.lora_mib * 2**20)) for i in range(5)]
+        lora_times = [timed(lambda: build_image(lora, lora_template, f"{registry.host}/bench/lora-model", backend="oci",
+                                                settings=settings))[0] for lora in loras]
+        results["oci LoRA"] = lora_times[0]  # the first: into a new repository, as the full build
+        results["oci LoRA, median of 5"] = sorted(lora_times)[2]  # each a new LoRA, uploaded
         if not args.skip_slow:
             podman = start_podman(root / "podman", [registry.host])
             os.environ["DOCKER_HOST"] = podman.docker_host
@@ -164,8 +167,9 @@ def main() -> None:
               f"vs the registry's ingest: {results['oci'] / results['registry ingest (no builder)']:.2f}x")
         print(f"oci to a layout vs floor: {results['oci to an OCI layout'] / base:.2f}x")
         print(f"oci rebuild / oci: {100 * results['oci rebuild (same weights)'] / results['oci']:.1f} % (target <= 5 %)")
-        print(f"oci LoRA ({args.lora_mib:g} MiB): {results['oci LoRA']:.2f} s (target < 1 s), "
-              f"{results['oci'] / results['oci LoRA']:.0f}x faster than the full build (target >= 100x)")
+        print(f"oci LoRA ({args.lora_mib:g} MiB): {results['oci LoRA']:.2f} s (target < 1 s; median of 5: "
+              f"{results['oci LoRA, median of 5']:.2f} s), {results['oci'] / results['oci LoRA']:.0f}x faster than the full "
+              "build (target >= 100x)")
         if "buildah bud + push" in results:
             print(f"buildah / oci: {results['buildah bud + push'] / results['oci']:.1f}x faster (target >= 3x)")
             print(f"docker (podman) / oci: {results['docker (podman)'] / results['oci']:.1f}x faster")
