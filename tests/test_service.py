@@ -62,8 +62,14 @@ class Service:
         return self
 
     def stop(self) -> None:
+        """SIGTERM, as systemd stops it; a service still running 20 s later fails the test (and is killed)."""
         self.proc.terminate()
-        self.proc.wait(20)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def wait(self, training_id: str, headers=ALICE, timeout: float = 600) -> dict:
         deadline = time.monotonic() + timeout
@@ -375,6 +381,11 @@ def test_sigterm_stops_the_trainer_and_the_training_resumes(tmp_path, service, r
     assert service.wait(created["id"])["status"] == "canceled"
 
 
+def _create(service, receiver, url: str, model: str) -> dict:
+    """A training of ``model`` on the uploaded photos at ``url``, created by alice."""
+    return httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, url, model=model), headers=ALICE).json()
+
+
 def _wait_stage(service, training_id: str, stages: tuple[str, ...], timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -394,8 +405,8 @@ def test_sigkill_in_a_stage_then_restart_completes_once(tmp_path, service, recei
     proxy = None
     if stage == "webhook":
         receiver.script = [5.0]  # the first delivery hangs: the service dies while delivering
-    if stage == "building":  # push through a link that holds the first upload: the service dies mid-push
-        proxy = CuttingProxy(registry.host, cuts=1, delay=8.0)
+    if stage == "building":  # push through a link that holds the weights upload (its PUT): the service dies mid-push
+        proxy = CuttingProxy(registry.host, cuts=1, delay=8.0, method="PUT")
         service.config["registry"] = proxy.host
         service.stop()
         service.start()
@@ -445,13 +456,13 @@ def test_cancel_during_the_build_is_honoured(tmp_path, service, receiver, regist
     from fixtures.services import CuttingProxy
 
     url = upload(service, photos_zip(tmp_path / "photos.zip"))
-    proxy = CuttingProxy(registry.host, cuts=1, delay=6.0)  # holds the weights upload: the build is slow
+    # Holds the weights upload (the tiny model's layer goes whole in the upload's first PUT): the build is slow.
+    proxy = CuttingProxy(registry.host, cuts=1, delay=6.0, method="PUT")
     service.config["registry"] = proxy.host
     try:
         service.stop()
         service.start()
-        created = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, url, model="alice/cancel-build"),
-                             headers=ALICE).json()
+        created = _create(service, receiver, url, "alice/cancel-build")
         _wait_stage(service, created["id"], ("building",))
         deadline = time.monotonic() + 60
         while not proxy.cut and time.monotonic() < deadline:  # the weights upload has begun
@@ -465,6 +476,33 @@ def test_cancel_during_the_build_is_honoured(tmp_path, service, receiver, regist
         proxy.stop()
     assert done["status"] == "canceled" and done["model_version"] is None
     assert httpx.get(f"{service.url}/v1/models/alice/cancel-build/versions", headers=ALICE).json()["results"] == []
+
+
+def test_a_cancel_or_a_shutdown_during_the_trainers_setup_does_not_wait_for_it(tmp_path, service, receiver):
+    """A trainer whose setup never ends: a cancel ends the training, and the service stops
+    within its fixture's 20 s (both waited for the setup before: up to the runner's timeout)."""
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    entry = service.config["trainers"][local_trainer_version()]
+    entry["predictor"] = "tests/slow_setup_trainer.py:Predictor"
+    try:
+        service.stop()
+        service.start()
+        canceled = _create(service, receiver, url, "alice/slow-cancel")
+        _wait_stage(service, canceled["id"], ("training",))
+        time.sleep(2)  # the trainer's server is in its setup
+        httpx.post(canceled["urls"]["cancel"], headers=ALICE)
+        assert service.wait(canceled["id"], timeout=60)["status"] == "canceled"
+        stopped = _create(service, receiver, url, "alice/slow-stop")
+        _wait_stage(service, stopped["id"], ("training",))
+        time.sleep(2)
+        service.stop()  # terminate, then wait 20 s: subprocess.TimeoutExpired when the shutdown waits for the setup
+    finally:
+        del entry["predictor"]
+        if service.proc.poll() is None:
+            service.stop()
+        service.start()
+    httpx.post(stopped["urls"]["cancel"], headers=ALICE)  # it resumed with the real trainer
+    assert service.wait(stopped["id"], timeout=300)["status"] == "canceled"
 
 
 def test_cog_http_runner_uses_a_running_cog_server(tmp_path, service, receiver, tiny_base):

@@ -131,14 +131,17 @@ def _json(data: bytes) -> dict:
 
 
 def wait_ready(client: CogClient, *, alive: Callable[[], bool], logs: Callable[[], str], timeout: float,
-               interval: float = 0.3) -> dict:
+               interval: float = 0.3, abort: Callable[[], None] | None = None) -> dict:
     """Wait until the server's setup has finished (READY) and return Cog's setup result.
 
     Raises :class:`CogError` with the end of the server's logs when it exits, its setup fails
-    (SETUP_FAILED, DEFUNCT), or it is not ready within ``timeout`` seconds.
+    (SETUP_FAILED, DEFUNCT), or it is not ready within ``timeout`` seconds; ``abort`` is called
+    between checks and raises to stop waiting (a cancel or a shutdown during a long setup).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if abort is not None:
+            abort()
         if not alive():
             raise CogError(f"the {client.what} exited during setup: {logs()[-3000:]}")
         health = client.health() or {}

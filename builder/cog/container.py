@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from builder.cog.client import CogClient, CogError, wait_ready
 from dreambuild.errors import BuildError, DreambuildError
@@ -82,9 +83,10 @@ def _gpu_request(gpus: bool | list[str]) -> list | None:
 
 
 def start_cog_container(image: str, *, name: str, command: list[str] | None = None, env: dict[str, str] | None = None,
-                        gpus: bool | list[str] = True, timeout: float = 1800, what: str = "model image") -> CogContainer:
+                        gpus: bool | list[str] = True, timeout: float = 1800, what: str = "model image",
+                        abort: Callable[[], None] | None = None) -> CogContainer:
     """Run a Cog model image (GPUs requested: all, or only the device ids listed; Cog's port
-    published on loopback) and wait until its server is READY."""
+    published on loopback) and wait until its server is READY (``abort``: see ``wait_ready``)."""
     import docker
     import docker.errors
 
@@ -100,6 +102,8 @@ def start_cog_container(image: str, *, name: str, command: list[str] | None = No
     deadline = time.monotonic() + timeout
     try:
         while not running.url:
+            if abort is not None:
+                abort()
             if not running.alive():
                 raise CogError(f"the {what} container exited during setup: {running.logs()[-500:]}")
             if time.monotonic() > deadline:
@@ -110,7 +114,8 @@ def start_cog_container(image: str, *, name: str, command: list[str] | None = No
             else:
                 time.sleep(0.3)
         client = CogClient(running.url, what=f"{what} container")
-        wait_ready(client, alive=running.alive, logs=running.logs, timeout=max(1.0, deadline - time.monotonic()), interval=1)
+        wait_ready(client, alive=running.alive, logs=running.logs, timeout=max(1.0, deadline - time.monotonic()), interval=1,
+                   abort=abort)
     except BaseException:
         running.stop()
         raise

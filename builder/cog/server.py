@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from builder.checkout import REPO_ROOT
 from builder.cog.client import CogClient, CogError, wait_ready
@@ -114,13 +115,15 @@ def start_cog_server(
     timeout: float = 600.0,
     schema: bool | dict = True,
     code_root: Path = REPO_ROOT,
+    abort: Callable[[], None] | None = None,
 ) -> CogServer:
     """Start ``python -m cog.server.http`` for ``ref`` (``path/to/file.py:Name`` under
     ``code_root``, the checkout by default, or an image's unpacked ``/src``) with ``project`` as
     its working directory, and wait until setup has finished.
 
     With ``schema`` the OpenAPI schema is written first, so that coglet validates inputs: generated
-    (``True``), or given (a dict: a schema generated before for the same code).
+    (``True``), or given (a dict: a schema generated before for the same code). ``abort``: see
+    :func:`~builder.cog.client.wait_ready` (the server is stopped when it raises).
     """
     project.mkdir(parents=True, exist_ok=True)
     if isinstance(schema, dict):
@@ -150,7 +153,7 @@ def start_cog_server(
                                    preexec_fn=_die_with_parent)
     server = CogServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
     try:
-        server.setup = wait_ready(server.client, alive=server.alive, logs=server.logs, timeout=timeout)
+        server.setup = wait_ready(server.client, alive=server.alive, logs=server.logs, timeout=timeout, abort=abort)
     except BaseException:
         server.stop()
         raise

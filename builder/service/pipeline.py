@@ -116,6 +116,21 @@ class Pipeline:
         if self.stopping.is_set():
             raise Interrupted
 
+    def _setup_abort(self, training_id: str) -> Callable[[], None]:
+        """While a trainer's server sets up (a minute or more on a GPU machine loading its base), a
+        shutdown or a cancel stops it rather than waiting for it: raises Interrupted or Canceled."""
+        checked = 0.0
+
+        def abort() -> None:
+            nonlocal checked
+            self._check_stopping()
+            if time.monotonic() - checked >= 1.0:  # the database at most once a second
+                checked = time.monotonic()
+                doc = self.db.get_training(training_id)
+                if doc is None or doc.get("cancel_requested"):
+                    raise Canceled
+        return abort
+
     def _finish(self, training_id: str, status: str, error: str) -> TrainingRecord:
         self.leases.release(training_id)
         return self.db.update_training(training_id, status=status, error=error, stage="webhook", completed_at=now_iso())
@@ -157,7 +172,8 @@ class Pipeline:
         try:
             inputs = self._fetch_inputs(doc, workdir / "inputs")
             run = start_run(entry, doc["id"], inputs, webhook=self.internal_url(doc, "cog"), upload_url=self.internal_url(doc, "files") + "/",
-                            workdir=workdir, schema=self.schemas.get(doc["trainer_version"]), url=url, gpu=self.gpu)
+                            workdir=workdir, schema=self.schemas.get(doc["trainer_version"]), url=url, gpu=self.gpu,
+                            abort=self._setup_abort(doc["id"]))
         except BaseException:
             self._forget_inputs(doc, workdir / "inputs")
             raise

@@ -21,6 +21,7 @@ import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from builder.cog.client import CogClient, CogError
 from builder.cog.container import CogContainer, remove_container, start_cog_container
@@ -77,29 +78,31 @@ def clear_stale(entry: TrainerEntry, training_id: str, pid: int | None, host: st
 
 
 def _start_server(entry: TrainerEntry, prediction_id: str, upload_url: str, workdir: Path,
-                  schema: dict | None, gpu: str | None) -> CogServer | CogContainer | None:
+                  schema: dict | None, gpu: str | None, abort: Callable[[], None] | None) -> CogServer | CogContainer | None:
     if entry.runner == "local":
         env = {"DREAMBUILD_WORKDIR": str(workdir / "trainer-work"), **entry.env}
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu  # the worker's own GPU, nothing else
-        return start_cog_server(entry.predictor, workdir / "cog", env=env, upload_url=upload_url, schema=schema or True)
+        return start_cog_server(entry.predictor, workdir / "cog", env=env, upload_url=upload_url, schema=schema or True, abort=abort)
     if entry.runner == "cog-http":
         return None
     if not entry.image:
         raise CogError(f"trainer {entry.name!r} uses the docker runner but names no image")
     gpus = [gpu] if gpu is not None and entry.gpus else entry.gpus
     return start_cog_container(entry.image, name=container_name(prediction_id), env={**entry.env, UPLOAD_URL_VARIABLE: upload_url},
-                               gpus=gpus, what="trainer image", command=["python", "-c", LAUNCH])
+                               gpus=gpus, what="trainer image", command=["python", "-c", LAUNCH], abort=abort)
 
 
 def start_run(entry: TrainerEntry, prediction_id: str, inputs: dict, *, webhook: str, upload_url: str, workdir: Path,
-              schema: dict | None = None, url: str | None = None, gpu: str | None = None) -> Run:
+              schema: dict | None = None, url: str | None = None, gpu: str | None = None,
+              abort: Callable[[], None] | None = None) -> Run:
     """Start the trainer's prediction; updates go to ``webhook``, output.zip to ``upload_url``.
     ``schema``: the trainer's Cog schema, read before (the local runner need not generate it);
-    ``url``: the cog-http server leased for this run; ``gpu``: the worker's GPU (local, docker)."""
+    ``url``: the cog-http server leased for this run; ``gpu``: the worker's GPU (local, docker);
+    ``abort``: called while the trainer's server starts, raises to stop it (cancel, shutdown)."""
     if entry.runner == "cog-http" and not url:
         raise CogError(f"trainer {entry.name!r} uses the cog-http runner but has no url")
-    owned = _start_server(entry, prediction_id, upload_url, workdir, schema, gpu)
+    owned = _start_server(entry, prediction_id, upload_url, workdir, schema, gpu, abort)
     url = owned.url if owned else url
     run = Run(client=CogClient(url, what=TRAINER), prediction_id=prediction_id, owned=owned)
     try:
