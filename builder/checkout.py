@@ -9,6 +9,8 @@ image writer and the demo run them from the checkout; they are not part of the i
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -29,3 +31,19 @@ def require_checkout(what: str) -> Path:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     return REPO_ROOT
+
+
+def sources_digest(*patterns: str, extra: str = "") -> str:
+    """A digest of the checkout's files matching ``patterns`` (globs under the root) and ``extra``:
+    a key for what is computed from them."""
+    digest = hashlib.sha256(extra.encode() + b"\0")
+    for path in sorted({p for pattern in patterns for p in REPO_ROOT.glob(pattern) if p.is_file()}):
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def user_cache(name: str) -> Path:
+    """``$XDG_CACHE_HOME/dreambuild/<name>`` (``~/.cache`` by default): what this machine computed
+    from a checkout's sources, content-addressed, shared by every data directory and clone."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "dreambuild" / name

@@ -14,6 +14,7 @@ RUN uv export --frozen --extra builder --no-emit-project --no-hashes -o /out/req
 
 FROM python:3.11-slim-bookworm
 COPY --from=wheel /out /tmp/dist
+# pip writes the packages' bytecode as it installs (its default), so the API starts without compiling.
 RUN pip install --no-cache-dir -r /tmp/dist/requirements.txt "$(ls /tmp/dist/dreambuild-*.whl)[builder]" && rm -rf /tmp/dist
 RUN useradd --system --uid 10001 --home-dir /var/lib/dreambuild --create-home dreambuild
 USER dreambuild

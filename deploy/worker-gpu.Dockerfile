@@ -5,7 +5,9 @@ FROM python:3.11-slim-bookworm
 RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /opt/dreambuild
 COPY pyproject.toml uv.lock README.md ./
-# The trainer and builder extras at uv.lock's versions (PyPI's torch wheels carry CUDA).
+# The trainer and builder extras at uv.lock's versions (PyPI's torch wheels carry CUDA), with
+# bytecode: uv writes none by default, and every trainer start would compile torch and diffusers.
+ENV UV_COMPILE_BYTECODE=1
 RUN uv sync --frozen --no-install-project --extra trainer --extra builder --python /usr/local/bin/python3.11
 COPY builder builder
 COPY dreambuild dreambuild

@@ -70,9 +70,13 @@ def _pins(lines) -> dict[str, str]:
 TEMPLATES = TEMPLATE_CLASSES
 
 
+COMPILE_STEP = "python -c \"import compileall,sysconfig;compileall.compile_dir(sysconfig.get_paths()['purelib'],quiet=1,workers=0)\""
+
+
 def _run_steps(config: dict) -> tuple[list[str], list[str]]:
-    """A template's `run` steps: its downloads, and the step that writes its base's digest."""
-    steps = config["build"]["run"]
+    """A template's `run` steps after the bytecode step: its downloads, and the step that writes its base's digest."""
+    assert config["build"]["run"][0] == COMPILE_STEP
+    steps = config["build"]["run"][1:]
     digests = [line for line in steps if line.startswith("python -c ") and "base.digest" in line]
     assert len(digests) <= 1 and steps[-len(digests) or len(steps):] == digests, "the digest step comes last"
     return [line for line in steps if line not in digests], digests
@@ -98,6 +102,31 @@ def test_the_baked_digest_step_computes_pipeline_digest(tiny_base, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "opt" / "base.digest").read_text() == pipeline_digest(tiny_base) + "\n"
     assert baked_pipeline_digest(base) == pipeline_digest(tiny_base)
+
+
+def test_every_image_installs_its_packages_with_bytecode(tmp_path):
+    """The first `run` step of every cog.yaml compiles the packages Cog installed (its pip step writes
+    no .pyc, so each cold start would compile torch, diffusers and transformers again): run here
+    against a fresh environment's site-packages, it writes their bytecode."""
+    import shlex
+    import subprocess
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    for path in [REPO / "cog.yaml", *sorted((REPO / "templates").glob("*/cog.yaml"))]:
+        assert yaml.safe_load(path.read_text())["build"]["run"][0] == COMPILE_STEP, path
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "env")], check=True)
+    python = tmp_path / "env" / "bin" / "python"
+    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True,
+                                  text=True, check=True).stdout.strip())
+    assert purelib.is_relative_to(tmp_path)
+    (purelib / "some_package").mkdir(parents=True)
+    (purelib / "some_package" / "__init__.py").write_text("VALUE = 1\n")
+    words = shlex.split(COMPILE_STEP)
+    subprocess.run([str(python), *words[1:]], check=True, env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
+    tag = sys.implementation.cache_tag or sysconfig.get_config_var("py_version_nodot")
+    assert (purelib / "some_package" / "__pycache__" / f"__init__.{tag}.pyc").is_file()
 
 
 @pytest.mark.parametrize("name", TEMPLATES)

@@ -65,3 +65,7 @@ def test_the_dockerfiles_copy_only_what_their_ignore_files_send():
     # The same install as tests/test_packaging.py: the locked builder extra and the wheel, no torch.
     assert "uv export --frozen --extra builder --no-emit-project" in service and "[builder]" in service
     assert "--extra trainer" not in service and "--extra all" not in service
+    # Both install with bytecode (a cold start must not compile torch or FastAPI): pip by default, uv when asked.
+    assert "--no-compile" not in service and "pip install" in service
+    worker = (DEPLOY / "worker-gpu.Dockerfile").read_text()
+    assert worker.index("ENV UV_COMPILE_BYTECODE=1") < worker.index("RUN uv sync")

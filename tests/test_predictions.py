@@ -14,6 +14,7 @@ import replicate
 from PIL import Image
 from replicate.exceptions import ModelError, ReplicateError
 
+from builder.cog.client import CogClient
 from tests.helpers import photos_zip
 from tests.test_service import ALICE, BOB, Service, seed_request, service_config, upload
 from tests.webhook_receiver import start_receiver
@@ -333,13 +334,18 @@ def test_the_docker_model_runner_fails_clearly_where_containers_cannot_run(tmp_p
         other.stop()
 
 
-def test_a_pool_of_running_model_servers_serves_its_version(tmp_path, tiny_base, registry, templates, builder_settings, toy):
+def test_a_pool_of_running_model_servers_serves_its_version(tmp_path, tiny_base, registry, templates, builder_settings, service, toy):
     """model_urls: Cog servers already running a version (other GPU boxes); each is leased by one
     prediction at a time, nothing is started or stopped, so no setup."""
     from builder.service.model_servers import ModelServers
 
     outside = ModelServers(builder_settings, 1)  # a Cog server of the version, started by someone else
-    model, _ = outside.acquire(toy["version"], toy["image"])
+    # ... with the schema known for the version (a cold start generates none): the server serves it.
+    known = httpx.get(f"{service.url}/v1/models/alice/toy/versions/{toy['version']}", headers=ALICE).json()["openapi_schema"]
+    known["components"]["schemas"]["Input"]["properties"]["prompt"]["description"] = "the version's stored schema"
+    model, _ = outside.acquire(toy["version"], toy["image"], schema=known)
+    assert CogClient(model.server.url).openapi()["components"]["schemas"]["Input"]["properties"]["prompt"]["description"] == \
+        "the version's stored schema"
     config = service_config(tmp_path, tiny_base, registry, templates, model_urls={toy["version"]: [model.server.url]})
     other = Service(tmp_path, config).start()
     try:

@@ -105,3 +105,20 @@ def test_schema_errors_name_the_reference(tmp_path):
 
     with pytest.raises(CogError, match="trainer/cog_model.py:Nope"):
         write_schema(tmp_path, predict="trainer/cog_model.py:Nope")
+
+
+def test_the_checkouts_trainer_schema_is_generated_once_per_source(tmp_path, monkeypatch):
+    """Every service root and restart reads the trainer's schema from the user's cache, keyed by
+    the sources: generated (a subprocess importing the trainer) only when they change."""
+    import json
+
+    from builder.service.schemas import input_schema, local_schema
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    schema = local_schema("trainer/cog_model.py:Predictor")
+    (cached,) = (tmp_path / "dreambuild" / "schemas").glob("*.json")
+    assert json.loads(cached.read_text()) == schema and "instance_prompt" in input_schema(schema)["properties"]
+    cached.write_text(json.dumps({**schema, "info": {"title": "read from the cache"}}))
+    assert local_schema("trainer/cog_model.py:Predictor")["info"]["title"] == "read from the cache"
+    with pytest.raises(Exception, match="trainer/cog_model.py:Nope"):  # another reference is another key
+        local_schema("trainer/cog_model.py:Nope")

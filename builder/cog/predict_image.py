@@ -121,7 +121,7 @@ def predict(image: str, pairs: list[str], out_dir: Path, *, weights: Path | None
         env["DREAMBUILD_WEIGHTS"] = str(Path(weights).resolve())
     with tempfile.TemporaryDirectory(prefix="dreambuild-predict-") as project:
         on_step(f"starting {entry} in a local Cog server")
-        server = start_cog_server(entry, Path(project), env=env, code_root=unpacked.src)
+        server = start_cog_server(entry, Path(project), env=env, code_root=unpacked.src, schema=unpacked.labelled_schema() or True)
         return _predict_once(server.url, inputs, out_dir, server.stop, on_step)
 
 

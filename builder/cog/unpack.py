@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -26,6 +27,8 @@ from builder.oci.resolve import resolve_image
 from builder.oci.stores import ImageStore
 from builder.settings import BuilderSettings
 from dreambuild.errors import RegistryError
+
+SCHEMA_LABEL = "run.cog.openapi_schema"  # written by `cog build`; a version built on a template inherits it
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -238,6 +241,16 @@ class UnpackedImage:
             if variable not in mapped and (baked / folder).is_dir():
                 mapped[variable] = str(baked / folder)
         return mapped
+
+    def labelled_schema(self) -> dict | None:
+        """The Cog schema ``cog build`` wrote into the image's ``run.cog.openapi_schema`` label, if
+        it is there and JSON: the model's server needs no schema generated from /src then."""
+        label = ((self.config.get("config") or {}).get("Labels") or {}).get(SCHEMA_LABEL)
+        try:
+            schema = json.loads(label) if label else None
+        except ValueError:
+            return None
+        return schema if isinstance(schema, dict) and schema else None
 
 
 def unpack_src(image: str, settings: BuilderSettings | None = None) -> UnpackedImage:

@@ -1,6 +1,7 @@
 """Warm model servers of one worker: a version's image → its ``/src`` from the layer cache
 (:func:`builder.cog.unpack.unpack_src`, as ``dreambuild predict``: layers pulled once, shared by
-every version of a template) → a local Cog server started once (setup: the pipeline loaded;
+every version of a template) → a local Cog server started once, with the version's stored Cog
+schema (setup: the pipeline loaded;
 ``model_runner: docker``: the image itself as a container, with only the worker's GPU) →
 kept for the next prediction on that version → stopped when ``max_loaded_models`` are loaded and
 another version is needed (the least recently used idle one), or when it crashed.
@@ -79,10 +80,12 @@ class ModelServers:
         with self._guard:
             return list(self._loaded)
 
-    def acquire(self, version: str, image: str, holder: str | None = None) -> tuple[LoadedModel, bool]:
+    def acquire(self, version: str, image: str, holder: str | None = None, schema: dict | None = None) -> tuple[LoadedModel, bool]:
         """The version's server, locked for one prediction; and whether it was started for it
         (a cold start). A version of ``model_urls`` gets one of its running servers, leased to
-        ``holder`` (the prediction: a re-run of it gets its lease back), waited for while all are busy."""
+        ``holder`` (the prediction: a re-run of it gets its lease back), waited for while all are busy.
+        ``schema``: the version's Cog schema, known since it was built (a cold start then
+        generates none)."""
         if version in self.pools:
             resources = [f"model:{url}" for url in self.pools[version]]
             holder = holder or uuid.uuid4().hex
@@ -103,7 +106,7 @@ class ModelServers:
                     break
                 self._guard.wait(0.2)  # busy, starting elsewhere, or every slot busy
         try:
-            model = self._start(version, image)
+            model = self._start(version, image, schema)
         finally:
             with self._guard:
                 self._starting.discard(version)
@@ -147,7 +150,7 @@ class ModelServers:
         victim.lock.release()
         return True
 
-    def _start(self, version: str, image: str) -> LoadedModel:
+    def _start(self, version: str, image: str, schema: dict | None) -> LoadedModel:
         started = time.monotonic()
         if self.runner == "docker":  # the image as it is (its own Python and CUDA), with only this worker's GPU
             container = start_cog_container(image, name=f"dreambuild-model-{uuid.uuid4().hex[:12]}",
@@ -163,7 +166,8 @@ class ModelServers:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
         project = Path(tempfile.mkdtemp(prefix=f"dreambuild-model-{version.removeprefix('sha256:')[:12]}-"))
         try:
-            server = start_cog_server(entry, project, env=env, code_root=unpacked.src)
+            # The schema known for the version, else the image's label, else generated from /src.
+            server = start_cog_server(entry, project, env=env, code_root=unpacked.src, schema=schema or unpacked.labelled_schema() or True)
         except BaseException:
             shutil.rmtree(project, ignore_errors=True)
             raise

@@ -160,7 +160,8 @@ class Predictor:
             raise PredictionFailed(f"version {doc['version']} of {doc['model']} no longer exists")
         queued = time.time() - doc["created"]
         try:
-            model, cold = self.servers.acquire(version["id"], version["image"], holder=f"prediction:{doc['id']}")
+            model, cold = self.servers.acquire(version["id"], version["image"], holder=f"prediction:{doc['id']}",
+                                               schema=version.get("openapi_schema") or None)
         except DreambuildError as exc:
             raise PredictionFailed(f"model version {version['id']} could not start: {exc}") from None
         broken = False

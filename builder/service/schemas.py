@@ -3,7 +3,7 @@
 version → schema, read once, published in the database (``trainer_schema/<version>``: an API
 without the trainer's code reads what a worker published) and cached as
 ``data_dir/schemas/<version>.json`` (``local``: generated from the checkout's trainer, as
-``cog build`` would; ``cog-http``: the server's ``/openapi.json``;
+``cog build`` would, once per source for every data directory; ``cog-http``: the server's ``/openapi.json``;
 ``docker``: the image's ``run.cog.openapi_schema`` label, read from its registry without pulling)
 → at creation: unknown keys, JSON types, ranges, choices and required inputs (422 naming the
 field) → file inputs (Cog ``Path``: ``format: uri``), which must be http(s) URLs. The local runner
@@ -21,15 +21,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from builder.checkout import sources_digest, user_cache
 from builder.cog.client import CogClient
 from builder.cog.server import write_schema
+from builder.cog.unpack import SCHEMA_LABEL
 from builder.oci.resolve import resolve_image
 from builder.service.config import ServiceConfig, TrainerEntry
 from builder.service.database import Database
 from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)
-SCHEMA_LABEL = "run.cog.openapi_schema"
 
 
 class SchemaUnavailable(DreambuildError):
@@ -96,8 +97,7 @@ class TrainerSchemas:
 
 def _read(entry: TrainerEntry, config: ServiceConfig) -> dict:
     if entry.runner == "local":
-        with tempfile.TemporaryDirectory(prefix="dreambuild-schema-") as project:
-            return json.loads(write_schema(Path(project), predict=entry.predictor).read_text())
+        return local_schema(entry.predictor)
     if entry.runner == "cog-http":
         if not entry.pool:
             raise SchemaUnavailable("the cog-http runner has no url")
@@ -112,6 +112,31 @@ def _read(entry: TrainerEntry, config: ServiceConfig) -> dict:
         return json.loads(label)
     except ValueError:
         raise SchemaUnavailable(f"the image's {SCHEMA_LABEL} label is not JSON") from None
+
+
+def local_schema(predictor: str) -> dict:
+    """The schema of this checkout's ``predictor`` (``trainer/cog_model.py:Predictor``): generated
+    by a subprocess that imports the trainer (seconds), once per source, then read from the user's
+    cache (:func:`builder.checkout.user_cache`), keyed by the trainer's and the core's sources and
+    Cog's version, for every data directory and restart."""
+    from importlib.metadata import version as installed
+
+    key = sources_digest("trainer/*.py", "dreambuild/*.py", "cog.yaml", extra=f"{predictor}\0cog {installed('cog')}")
+    cached = user_cache("schemas") / f"{key}.json"
+    try:
+        return json.loads(cached.read_text())
+    except (OSError, ValueError):
+        pass
+    with tempfile.TemporaryDirectory(prefix="dreambuild-schema-") as project:
+        schema = json.loads(write_schema(Path(project), predict=predictor).read_text())
+    try:  # written whole or not at all: readers never see a partial file
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(schema))
+        tmp.replace(cached)
+    except OSError as exc:  # a read-only home: generated again next time
+        log.warning("could not cache the trainer's schema at %s: %s", cached, exc)
+    return schema
 
 
 def model_schema(image: str, settings, db: Database | None = None) -> tuple[dict, str]:
