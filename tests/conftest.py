@@ -1,5 +1,6 @@
 import os
 from pathlib import Path
+from typing import Callable
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # an accidental hub download fails loudly
 
@@ -10,16 +11,51 @@ from fixtures.tiny_models import build_tiny_sd
 from templates.inference.catalog import TEMPLATES as CATALOG
 
 
+def built(tmp_path_factory, name: str, build: Callable[..., Path], **kwargs) -> Path:
+    """``build(dest, **kwargs)`` of fixtures/tiny_models.py, made once per version of that file, of
+    the libraries that write the weights and of ``kwargs``, in the user's cache; each session gets
+    its own copy (tests may write beside a model, never into the cache)."""
+    import shutil
+    import uuid
+    from importlib.metadata import version
+
+    from builder.checkout import sources_digest, user_cache
+
+    libraries = " ".join(f"{lib} {version(lib)}" for lib in ("torch", "diffusers", "transformers", "controlnet-aux"))
+    key = sources_digest("fixtures/tiny_models.py", extra=f"{build.__name__} {sorted(kwargs.items())} {libraries}")
+    cached = user_cache("test-models") / key[:32]
+    if not cached.is_dir():
+        tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
+        build(tmp, **kwargs)
+        try:
+            tmp.rename(cached)  # whole or not at all
+        except OSError:  # another session put it there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return shutil.copytree(cached, tmp_path_factory.mktemp("models") / name)
+
+
+# The test files xdist starts first (pyproject: a file per worker, in this order): the longest,
+# so that no worker is left running one of them while the other has finished. Seconds on two
+# cores in the run recorded in the README; the other files follow in their own order.
+LONGEST_FIRST = ("test_workers.py", "test_service.py", "test_predictions.py", "test_trainer_server.py", "test_predict.py",
+                 "test_templates_server.py", "test_templates_controlnet.py", "test_dashboard.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
     """The trainer's default base: a tiny random SD pipeline (seed 0)."""
-    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+    return built(tmp_path_factory, "tiny-sd", build_tiny_sd)
 
 
 @pytest.fixture(scope="session")
 def other_base(tmp_path_factory):
     """A second tiny pipeline with different weights (seed 1), to tell bases apart."""
-    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-other", seed=1)
+    return built(tmp_path_factory, "tiny-sd-other", build_tiny_sd, seed=1)
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +63,7 @@ def tiny_sdxl(tmp_path_factory):
     """A tiny random SDXL pipeline (two text encoders, text-and-time conditioning)."""
     from fixtures.tiny_models import build_tiny_sdxl
 
-    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+    return built(tmp_path_factory, "tiny-sdxl", build_tiny_sdxl)
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +119,7 @@ def tiny_controlnet(tmp_path_factory, tiny_base):
 def annotators(tmp_path_factory):
     from fixtures.tiny_models import build_openpose_annotators
 
-    return build_openpose_annotators(tmp_path_factory.mktemp("models") / "annotators")
+    return built(tmp_path_factory, "annotators", build_openpose_annotators)
 
 
 @pytest.fixture(scope="session")
@@ -91,21 +127,21 @@ def aux_annotators(tmp_path_factory):
     """Random HED, M-LSD, NormalBae and PiDiNet checkpoints (full size: built once)."""
     from fixtures.tiny_models import build_aux_annotators
 
-    return build_aux_annotators(tmp_path_factory.mktemp("models") / "aux-annotators")
+    return built(tmp_path_factory, "aux-annotators", build_aux_annotators)
 
 
 @pytest.fixture(scope="session")
 def depth_estimator(tmp_path_factory):
     from fixtures.tiny_models import build_tiny_depth_estimator
 
-    return build_tiny_depth_estimator(tmp_path_factory.mktemp("models") / "depth")
+    return built(tmp_path_factory, "depth", build_tiny_depth_estimator)
 
 
 @pytest.fixture(scope="session")
 def segmenter(tmp_path_factory):
     from fixtures.tiny_models import build_tiny_segmenter
 
-    return build_tiny_segmenter(tmp_path_factory.mktemp("models") / "seg")
+    return built(tmp_path_factory, "seg", build_tiny_segmenter)
 
 
 @pytest.fixture(scope="session")
@@ -151,14 +187,14 @@ def sdxl_lora_output(tmp_path_factory, tiny_sdxl):
 def safety_checker(tmp_path_factory):
     from fixtures.tiny_models import build_tiny_safety_checker
 
-    return build_tiny_safety_checker(tmp_path_factory.mktemp("models") / "safety-checker")
+    return built(tmp_path_factory, "safety-checker", build_tiny_safety_checker)
 
 
 @pytest.fixture(scope="session")
 def flag_all_safety_checker(tmp_path_factory):
     from fixtures.tiny_models import build_tiny_safety_checker
 
-    return build_tiny_safety_checker(tmp_path_factory.mktemp("models") / "safety-checker-flags", flag_everything=True)
+    return built(tmp_path_factory, "safety-checker-flags", build_tiny_safety_checker, flag_everything=True)
 
 
 TEMPLATE_CLASSES = {name: row.cog_class for name, row in CATALOG.items()}
