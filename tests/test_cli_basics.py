@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -22,3 +23,23 @@ def test_serve_uses_dreambuild_home_like_the_client(tmp_path, monkeypatch):
     config = tmp_path / "service.yaml"
     config.write_text(f"data_dir: {tmp_path / 'file'}\n")
     assert load_config(config).data_dir == tmp_path / "file"  # so does the configuration file
+
+
+def test_a_long_path_is_printed_on_one_line(tmp_path):
+    """Messages are not broken at 80 columns when stderr is a file (a service's log): the token's
+    path, the docs URL and the upload URL are read back from it whole."""
+    from builder.cog.server import free_port
+
+    data = tmp_path / ("a-data-directory-whose-path-is-longer-than-a-terminal-line-" * 2)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([CLI, "serve", "--port", str(free_port()), "--data-dir", str(data)], cwd=tmp_path, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "--upload-url" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert f"API token (all owners): {data / 'token'}\n" in log.read_text(), log.read_text()

@@ -16,7 +16,9 @@ from dreambuild.errors import DreambuildError
 
 app = typer.Typer(help="dreambuild: train Stable Diffusion with DreamBooth and ship it as a Cog model image.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-err = Console(stderr=True)
+# soft_wrap: a message is one line whatever its length (Rich would break it at 80 columns when not
+# on a terminal, splitting the paths and URLs of a service's log).
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _version(show: bool) -> None:
