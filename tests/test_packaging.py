@@ -34,8 +34,9 @@ def wheel_venv(tmp_path_factory):
                     str(root / "requirements.txt")], check=True, cwd=REPO, env=env, timeout=120)
     subprocess.run([uv, "venv", "-q", "--python", "3.11", str(root / "venv")], check=True, env=env, timeout=120)
     python = str(root / "venv" / "bin" / "python")
-    subprocess.run([uv, "pip", "install", "-q", "--python", python, "-r", str(root / "requirements.txt"), f"{wheel}[builder]"],
-                   check=True, env=env, timeout=900)
+    # With bytecode, as the service image's pip installs it (deploy/service.Dockerfile).
+    subprocess.run([uv, "pip", "install", "-q", "--compile-bytecode", "--python", python, "-r", str(root / "requirements.txt"),
+                    f"{wheel}[builder]"], check=True, env=env, timeout=900)
     return root
 
 
@@ -51,6 +52,8 @@ def test_the_wheel_installs_the_api_server_without_torch_or_a_checkout(wheel_ven
                             "print([m for m in ('torch', 'trainer', 'templates', 'fixtures') if u.find_spec(m)])"],
                            capture_output=True, text=True, cwd=wheel_venv, timeout=60)
     assert "site-packages" in found.stdout and found.stdout.strip().endswith("[]"), found.stdout + found.stderr
+    site = Path(found.stdout.splitlines()[0]).parent.parent
+    assert list((site / "builder" / "service" / "__pycache__").glob("app.*.pyc")) and list((site / "fastapi" / "__pycache__").glob("*.pyc"))
     assert _cli(wheel_venv, "--version").stdout.startswith("dreambuild ")
 
 

@@ -82,6 +82,7 @@ def test_predict_a_template_with_local_weights_and_errors(tmp_path, templates, f
         failed = run_predict(*args, home=builder_settings.home)
         errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
         assert failed.returncode == 1 and len(errors) == 1 and message in errors[0] and "Traceback" not in failed.stderr, failed.stderr
+        assert "in a local Cog server" not in failed.stderr  # refused by the schema before the model loads
 
 
 def test_predict_with_a_docker_engine(tmp_path, templates, podman, fine_tune, builder_settings):

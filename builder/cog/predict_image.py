@@ -4,7 +4,7 @@ image → with a Docker engine: the image as a container (:mod:`builder.cog.cont
 its ``/src`` and ``/opt/dreambuild`` from the layer cache (:mod:`builder.cog.unpack`) and the
 entry point its ``cog.yaml`` names in a local Cog server (:mod:`builder.cog.server`) with this
 Python environment and the image's environment (paths mapped) → inputs typed by the model's
-schema → one prediction (:class:`builder.cog.client.CogClient`) → output files.
+schema (locally: checked before the model loads) → one prediction (:class:`builder.cog.client.CogClient`) → output files.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import yaml
 
 from builder.cog.client import CogClient
 from builder.cog.container import engine_available, start_cog_container
-from builder.cog.server import start_cog_server
+from builder.cog.server import start_cog_server, write_schema
 from builder.cog.unpack import unpack_src
 from builder.settings import BuilderSettings
 from dreambuild.errors import InputError
@@ -120,16 +120,18 @@ def predict(image: str, pairs: list[str], out_dir: Path, *, weights: Path | None
     if weights is not None:
         env["DREAMBUILD_WEIGHTS"] = str(Path(weights).resolve())
     with tempfile.TemporaryDirectory(prefix="dreambuild-predict-") as project:
+        # The inputs are typed and checked before the model loads: a wrong one fails in seconds.
+        schema = unpacked.labelled_schema() or json.loads(write_schema(Path(project), predict=entry, code_root=unpacked.src).read_text())
+        typed = coerce(inputs, schema)
         on_step(f"starting {entry} in a local Cog server")
-        server = start_cog_server(entry, Path(project), env=env, code_root=unpacked.src, schema=unpacked.labelled_schema() or True)
-        return _predict_once(server.url, inputs, out_dir, server.stop, on_step)
+        server = start_cog_server(entry, Path(project), env=env, code_root=unpacked.src, schema=schema)
+        return _predict_once(server.url, typed, out_dir, server.stop, on_step)
 
 
-def _predict_once(url: str, inputs: dict[str, str], out_dir: Path, stop: Callable[[], None], on_step) -> list[Path]:
-    """Type the inputs by the model's schema, run one prediction, stop the server, write outputs."""
+def _predict_once(url: str, typed: dict, out_dir: Path, stop: Callable[[], None], on_step) -> list[Path]:
+    """Run one prediction, stop the server, write outputs."""
     client = CogClient(url, what="model")
     try:
-        typed = coerce(inputs, client.openapi())
         on_step("predicting")
         result = client.predict(typed)
     finally:
@@ -141,4 +143,9 @@ def _predict_in_docker(image: str, inputs: dict[str, str], out_dir: Path, *, gpu
     """``docker run`` the image (its own Python and CUDA), one prediction, then remove it."""
     on_step(f"running {image} with the Docker engine")
     container = start_cog_container(image, name=f"dreambuild-predict-{uuid.uuid4().hex[:12]}", gpus=gpus, what="model image")
-    return _predict_once(container.url, inputs, out_dir, container.stop, on_step)
+    try:
+        typed = coerce(inputs, CogClient(container.url, what="model").openapi())
+    except BaseException:
+        container.stop()
+        raise
+    return _predict_once(container.url, typed, out_dir, container.stop, on_step)
