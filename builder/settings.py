@@ -40,7 +40,7 @@ class BuilderSettings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "BuilderSettings":
         env = os.environ if env is None else env
-        home = Path(env.get("DREAMBUILD_HOME") or ".dreambuild").expanduser()
+        home = Path(env.get("DREAMBUILD_HOME") or ".dreambuild").expanduser().absolute()  # the model servers' cwd is elsewhere
         registry = (env.get("DREAMBUILD_REGISTRY") or "").strip().rstrip("/") or None
         templates = _split(env.get("DREAMBUILD_TEMPLATE_REPOSITORIES"))
         if not templates:

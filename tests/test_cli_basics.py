@@ -25,6 +25,20 @@ def test_serve_uses_dreambuild_home_like_the_client(tmp_path, monkeypatch):
     assert load_config(config).data_dir == tmp_path / "file"  # so does the configuration file
 
 
+def test_relative_data_directories_are_read_where_they_are_given(tmp_path, monkeypatch):
+    """`dreambuild serve` in a checkout uses ./.dreambuild: the model servers, which run in folders
+    of their own, must be given the same place (the demo's last step failed on a relative one)."""
+    from builder.settings import BuilderSettings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DREAMBUILD_HOME", raising=False)
+    assert load_config(None).data_dir == tmp_path / ".dreambuild"
+    assert load_config(None, data_dir=Path("rel")).data_dir == tmp_path / "rel"
+    assert load_config(None, data_dir=Path("rel")).builder_settings().cache == tmp_path / "rel" / "cache"
+    assert BuilderSettings.from_env({"DREAMBUILD_HOME": "home"}).cache == tmp_path / "home" / "cache"
+    assert BuilderSettings.from_env({}).layout == tmp_path / ".dreambuild" / "images"
+
+
 def test_a_long_path_is_printed_on_one_line(tmp_path):
     """Messages are not broken at 80 columns when stderr is a file (a service's log): the token's
     path, the docs URL and the upload URL are read back from it whole."""

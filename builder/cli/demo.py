@@ -104,7 +104,7 @@ def run_demo(out: Path, say=print) -> dict:
     require_checkout("the demo")
     from fixtures.tiny_models import build_tiny_safety_checker, build_tiny_sd
 
-    out = Path(out)
+    out = Path(out).absolute()  # ./dev demo writes demo-out/ beside the checkout: relative by default
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = time.monotonic()

@@ -75,7 +75,7 @@ class TokenEntry(BaseModel):
 
 
 class ServiceConfig(BaseModel):
-    data_dir: Path = Path(".dreambuild")
+    data_dir: Path = Field(Path(".dreambuild"), validate_default=True)
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = Field(None, description="How trainers reach this service (default http://host:port).")
@@ -121,6 +121,13 @@ class ServiceConfig(BaseModel):
     file_expiry_hours: float | None = Field(24, description="Files of predictions (uploaded inputs, outputs) are deleted "
                                             "this long after they were made; the prediction then shows data_removed "
                                             "(none: kept until DELETE).")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_absolute(cls, value: Path) -> Path:
+        # Read where it was given: the model and trainer servers run in folders of their own,
+        # where a relative path would name another place.
+        return Path(value).expanduser().absolute()
 
     @field_validator("model_urls")
     @classmethod
