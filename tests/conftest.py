@@ -15,6 +15,7 @@ def built(tmp_path_factory, name: str, build: Callable[..., Path], **kwargs) -> 
     """``build(dest, **kwargs)`` of fixtures/tiny_models.py, made once per version of that file, of
     the libraries that write the weights and of ``kwargs``, in the user's cache; each session gets
     its own copy (tests may write beside a model, never into the cache)."""
+    import hashlib
     import shutil
     import uuid
     from importlib.metadata import version
@@ -22,9 +23,13 @@ def built(tmp_path_factory, name: str, build: Callable[..., Path], **kwargs) -> 
     from builder.checkout import sources_digest, user_cache
 
     libraries = " ".join(f"{lib} {version(lib)}" for lib in ("torch", "diffusers", "transformers", "controlnet-aux"))
-    key = sources_digest("fixtures/tiny_models.py", extra=f"{build.__name__} {sorted(kwargs.items())} {libraries}")
-    cached = user_cache("test-models") / key[:32]
+    generator = sources_digest("fixtures/tiny_models.py", extra=libraries)[:16]
+    call = hashlib.sha256(f"{build.__name__} {sorted(kwargs.items())}".encode()).hexdigest()[:16]
+    cached = user_cache("test-models") / f"{generator}-{call}"
     if not cached.is_dir():
+        for old in cached.parent.glob("*-*"):  # another generator's models (the annotators are 0.8 GB)
+            if not old.name.startswith((generator, ".")):
+                shutil.rmtree(old, ignore_errors=True)
         tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
         build(tmp, **kwargs)
         try:

@@ -447,3 +447,35 @@ def test_runner_deadlines_fail_a_training_that_hangs_or_whose_server_goes(tmp_pa
         api.stop()
         for server in servers:
             server.stop()
+
+
+def test_jobs_deferred_from_a_running_jobs_thread_all_arrive(pg_url, tmp_path):
+    """A job's blocking work (a stage, a prediction, a delivery attempt) runs in a thread and defers
+    the next jobs from there while the worker's event loop uses the same connection pool: through
+    jobs.in_thread every deferral arrives and nothing fails (through asyncio.to_thread, procrastinate
+    opened a second event loop on the pool: deferrals failed with "Database error", and under load a
+    procrastinate worker stopped with "Lock is not acquired", leaving a training at its webhook stage)."""
+    import asyncio
+
+    from builder.service.config import ServiceConfig
+    from builder.service.jobs import apply_schema, create_queue_app, defer_delivery, in_thread
+
+    config = ServiceConfig.model_validate({"database_url": pg_url, "workers": "external", "data_dir": str(tmp_path)})
+    apply_schema(config)
+
+    async def main() -> list:
+        app = create_queue_app(config)
+        async with app.open_async():
+            async def busy() -> None:  # the worker's own queries meanwhile (fetching jobs, heartbeats)
+                for _ in range(200):
+                    await app.connector.execute_query_all_async("SELECT 1 AS one")
+
+            def deferring(n: int) -> None:
+                for i in range(20):
+                    defer_delivery(app, f"delivery-{n}-{i}", time.time())
+
+            results = await asyncio.gather(busy(), *[in_thread(deferring, n) for n in range(4)], return_exceptions=True)
+            rows = await app.connector.execute_query_all_async("SELECT count(*) AS n FROM procrastinate_jobs")
+        return [r for r in results if isinstance(r, BaseException)] + [rows[0]["n"]]
+
+    assert asyncio.run(asyncio.wait_for(main(), 120)) == [80]

@@ -18,7 +18,6 @@ it queued the job, a pending delivery whose job was lost.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -34,6 +33,17 @@ STALLED_SECONDS = 20.0  # a worker silent this long is dead (it heartbeats every
 HEARTBEAT_SECONDS = 5.0
 ORPHAN_SECONDS = 10.0  # a training this old with no job gets one
 BUILD, WEBHOOKS, MAINTENANCE, PREDICT = "build", "webhooks", "maintenance", "predict"
+
+
+async def in_thread(fn, *args: Any) -> Any:
+    """``fn(*args)`` in a thread of the worker's pool from which jobs may be deferred: procrastinate's
+    synchronous ``defer`` there runs its query on this event loop (asgiref's threadlocal). From an
+    ``asyncio.to_thread`` thread it would open a second event loop on the same connection pool
+    ("Lock is not acquired": deferrals lost, a procrastinate worker stopped, a training left at
+    its webhook stage); tests/test_workers.py keeps the two apart."""
+    from procrastinate.utils import sync_to_async
+
+    return await sync_to_async(fn, *args)
 
 
 def train_queue(trainer_version: str) -> str:
@@ -97,7 +107,7 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
     async def advance(context, training_id: str) -> None:
         """Run the training's current stage; queue the next one."""
         with state.running(context, training_id):
-            following = await asyncio.to_thread(state.pipeline.advance, training_id)
+            following = await in_thread(state.pipeline.advance, training_id)
         doc = state.pipeline.db.get_training(training_id)
         if doc is not None and (following or (state.pipeline.stopping.is_set() and doc["stage"] != "done")):
             await defer_stage_async(app, doc)  # next stage, or the same one elsewhere (this worker is stopping)
@@ -107,11 +117,11 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
         """Run a prediction on this worker's model servers (a prediction waiting for its training
         is queued again when the training ends)."""
         with state.running(context, prediction_id):
-            await asyncio.to_thread(state.predictor.run, prediction_id)
+            await in_thread(state.predictor.run, prediction_id)
 
     @app.task(name="dreambuild.deliver")
     async def deliver(delivery_id: str) -> None:
-        await asyncio.to_thread(state.notifier.attempt, delivery_id)
+        await in_thread(state.notifier.attempt, delivery_id)
 
     @app.periodic(cron="* * * * * */5", periodic_id="recover")
     @app.task(name="dreambuild.recover", queue=MAINTENANCE)
@@ -122,7 +132,7 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
         the job's thread ran on, and running it a second time would kill its trainer."""
         from builder.service.database import Workers
 
-        live = await asyncio.to_thread(Workers(state.pipeline.db).live, STALLED_SECONDS)
+        live = await in_thread(Workers(state.pipeline.db).live, STALLED_SECONDS)
         running = {job for worker in live for job in worker.get("jobs", [])}
         for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_SECONDS):
             if str(job.id) in running:
@@ -201,7 +211,7 @@ def defer_prediction(app, doc: dict, db=None) -> None:
 
 
 async def defer_prediction_async(app, doc: dict, db=None) -> None:
-    await asyncio.to_thread(defer_prediction, app, doc, db)
+    await in_thread(defer_prediction, app, doc, db)
 
 
 def defer_delivery(app, delivery_id: str, at: float) -> None:
@@ -215,18 +225,18 @@ async def reconcile_jobs(app, state: WorkerState) -> None:
         "SELECT lock FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock IS NOT NULL")
     locked = {row["lock"] for row in rows}
     now = time.time()
-    for doc in await asyncio.to_thread(db.unfinished_trainings):
+    for doc in await in_thread(db.unfinished_trainings):
         if f"training:{doc['id']}" in locked or (doc["status"] in FINISHED and doc["stage"] == "done"):
             continue
         if now - min((doc.get("stage_started") or {}).values(), default=now) < ORPHAN_SECONDS:
             continue  # just created: its API is queuing it now
         if doc["stage"] == "webhook":
-            await asyncio.to_thread(state.pipeline.advance, doc["id"])  # record its completed webhook, mark it done
+            await in_thread(state.pipeline.advance, doc["id"])  # record its completed webhook, mark it done
             continue
         log.warning("training %s (stage %s) had no job: queued", doc["id"], doc["stage"])
         await defer_stage_async(app, doc)
     await _reconcile_predictions(app, db)
-    for delivery_id, at in await asyncio.to_thread(state.notifier.pending):
+    for delivery_id, at in await in_thread(state.notifier.pending):
         if f"webhook:{delivery_id}" not in locked and at < now - ORPHAN_SECONDS:
             await _delivery_job(app, delivery_id, now).defer_async(delivery_id=delivery_id)
 
@@ -237,12 +247,12 @@ async def _reconcile_predictions(app, db) -> None:
     from builder.service.database import Workers
     from builder.service.predictor import waiting_on
 
-    live = {w["name"] for w in await asyncio.to_thread(Workers(db).live, STALLED_SECONDS)}
+    live = {w["name"] for w in await in_thread(Workers(db).live, STALLED_SECONDS)}
     rows = await app.connector.execute_query_all_async(
         "SELECT id, lock, queue_name, status FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock LIKE 'prediction:%%'")
     jobs = {row["lock"]: row for row in rows}
     now = time.time()
-    for doc in await asyncio.to_thread(db.unfinished_predictions):
+    for doc in await in_thread(db.unfinished_predictions):
         job = jobs.get(f"prediction:{doc['id']}")
         orphaned = job is not None and job["status"] == "todo" and job["queue_name"].startswith(PREDICT + "-") \
             and job["queue_name"].removeprefix(PREDICT + "-") not in live
@@ -251,7 +261,7 @@ async def _reconcile_predictions(app, db) -> None:
             log.warning("prediction %s waited for a worker that is gone: queued for any worker", doc["id"])
         elif job is not None or now - doc.get("created", now) < ORPHAN_SECONDS:
             continue
-        if not doc.get("version") and waiting_on(doc, await asyncio.to_thread(db.get_training, doc["training_id"])) == "wait":
+        if not doc.get("version") and waiting_on(doc, await in_thread(db.get_training, doc["training_id"])) == "wait":
             continue
         await defer_prediction_async(app, {"id": doc["id"]})
 

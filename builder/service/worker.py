@@ -32,6 +32,7 @@ from builder.service.jobs import (
     create_queue_app,
     defer_delivery,
     defer_prediction,
+    in_thread,
     train_queue,
     worker_predict_queue,
 )
@@ -130,7 +131,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
     if "train" in queues:  # publish the schemas an API without the trainers' code validates with
         for version in config.trainers:
             try:
-                await asyncio.to_thread(schemas.get, version)
+                await in_thread(schemas.get, version)
             except DreambuildError as exc:
                 log.warning("trainer version %s: %s", version, exc)
     worker_id = uuid.uuid4().hex[:12]
@@ -173,7 +174,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
                        "current": sorted(set(state.current.values())), "jobs": sorted(state.current),
                        "loaded": state.predictor.servers.loaded() if state.predictor else []}
                 try:
-                    await asyncio.to_thread(workers.beat, worker_id, doc)
+                    await in_thread(workers.beat, worker_id, doc)
                 except DreambuildError as exc:
                     log.warning("worker heartbeat: %s", exc)
                 try:
@@ -190,7 +191,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
         await asyncio.gather(*runs, return_exceptions=True)
         await beating
         if state.predictor is not None:
-            await asyncio.to_thread(state.predictor.servers.stop_all)
+            await in_thread(state.predictor.servers.stop_all)
     try:
         workers.remove(worker_id)
     except DreambuildError:
