@@ -37,6 +37,7 @@ from builder.cog.client import CogClient  # noqa: E402
 from builder.cog.server import start_cog_server, write_schema  # noqa: E402
 from fixtures.tiny_models import build_tiny_safety_checker, build_tiny_sd  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
 TEMPLATE, TRAINER = "templates/cog_models.py:Vanilla", "trainer/cog_model.py:Predictor"
 FAST = {"prompt": "a photo of a cjw toy", "num_inference_steps": 2, "width": 64, "height": 64, "seed": 1}
 
@@ -56,19 +57,24 @@ def measure(env: dict[str, str], root: Path, models: dict[str, Path], schemas: d
     """One round of every measurement in the environment ``env`` adds."""
     out: dict[str, float] = {}
     full_env = {**os.environ, **env}
-    out["imports"] = timed(lambda: subprocess.run([sys.executable, "-c", "import torch, diffusers, transformers, cog"], env=full_env,
-                                                  check=True))
+    out["imports"] = timed(lambda: subprocess.run([sys.executable, "-c", "import torch, diffusers, transformers, cog"], env=full_env, check=True))
     project = Path(tempfile.mkdtemp(dir=root))
-    old = dict(os.environ)
-    os.environ.update(env)  # write_schema's subprocess inherits it
-    try:
-        out["schema"] = timed(lambda: write_schema(project / "schema", predict=TEMPLATE))
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
-    template_env = {**env, "DREAMBUILD_WEIGHTS": str(models["weights"]), "DREAMBUILD_SAFETY_CHECKER": str(models["safety"]),
-                    "DREAMBUILD_BASE": str(root / "none"), "DREAMBUILD_CONTROLNET": str(root / "none"),
-                    "DREAMBUILD_ANNOTATORS": str(root / "none")}
+    out["schema"] = timed(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "dreambuild.cog_schema", "--predict", TEMPLATE, "--out", str(project / "schema")],
+            cwd=REPO,
+            env={**full_env, "PYTHONPATH": str(REPO)},
+            check=True,
+        )
+    )
+    template_env = {
+        **env,
+        "DREAMBUILD_WEIGHTS": str(models["weights"]),
+        "DREAMBUILD_SAFETY_CHECKER": str(models["safety"]),
+        "DREAMBUILD_BASE": str(root / "none"),
+        "DREAMBUILD_CONTROLNET": str(root / "none"),
+        "DREAMBUILD_ANNOTATORS": str(root / "none"),
+    }
     started = time.perf_counter()
     server = start_cog_server(TEMPLATE, project / "template", env=template_env, schema=schemas["template"])
     out["template server"] = time.perf_counter() - started
@@ -94,8 +100,10 @@ def main() -> None:
         root = Path(tmp)
         models = {"weights": build_tiny_sd(root / "tiny-sd"), "safety": build_tiny_safety_checker(root / "safety")}
         (root / "tiny-sd" / "args.json").write_text(json.dumps({"instance_prompt": "a photo of a cjw toy", "resolution": 64}))
-        schemas = {"template": json.loads(write_schema(root / "s1", predict=TEMPLATE).read_text()),
-                   "trainer": json.loads(write_schema(root / "s2", predict=TRAINER).read_text())}
+        schemas = {
+            "template": json.loads(write_schema(root / "s1", predict=TEMPLATE).read_text()),
+            "trainer": json.loads(write_schema(root / "s2", predict=TRAINER).read_text()),
+        }
         rounds: dict[str, list[dict[str, float]]] = {"no bytecode": [], "bytecode": []}
         for _ in range(args.repeat):  # interleaved, so that a busy moment of the machine hits both
             rounds["no bytecode"].append(measure(without_bytecode(root), root, models, schemas))

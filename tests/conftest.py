@@ -14,7 +14,8 @@ from templates.inference.catalog import TEMPLATES as CATALOG
 def built(tmp_path_factory, name: str, build: Callable[..., Path], **kwargs) -> Path:
     """``build(dest, **kwargs)`` of fixtures/tiny_models.py, made once per version of that file, of
     the libraries that write the weights and of ``kwargs``, in the user's cache; each session gets
-    its own copy (tests may write beside a model, never into the cache)."""
+    its own tree of hard links to it (0.8 GB of annotators are not copied; tests may add files
+    beside a model, and no test writes into a model's files)."""
     import hashlib
     import shutil
     import uuid
@@ -36,7 +37,13 @@ def built(tmp_path_factory, name: str, build: Callable[..., Path], **kwargs) -> 
             tmp.rename(cached)  # whole or not at all
         except OSError:  # another session put it there first
             shutil.rmtree(tmp, ignore_errors=True)
-    return shutil.copytree(cached, tmp_path_factory.mktemp("models") / name)
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system
+            shutil.copy2(src, dst)
+
+    return shutil.copytree(cached, tmp_path_factory.mktemp("models") / name, copy_function=link)
 
 
 # The test files xdist starts first (pyproject: a file per worker, in this order): the longest,

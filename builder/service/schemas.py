@@ -88,10 +88,7 @@ class TrainerSchemas:
         if self.db is not None and not published:  # for API replicas and workers that cannot read it themselves
             self.db.set_setting(key, json.dumps(schema))
         if not cached.is_file():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
-            tmp.write_text(json.dumps(schema))
-            tmp.replace(cached)
+            _write_whole(cached, schema)
         return schema
 
 
@@ -129,14 +126,19 @@ def local_schema(predictor: str) -> dict:
         pass
     with tempfile.TemporaryDirectory(prefix="dreambuild-schema-") as project:
         schema = json.loads(write_schema(Path(project), predict=predictor).read_text())
-    try:  # written whole or not at all: readers never see a partial file
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}")
-        tmp.write_text(json.dumps(schema))
-        tmp.replace(cached)
+    try:
+        _write_whole(cached, schema)
     except OSError as exc:  # a read-only home: generated again next time
         log.warning("could not cache the trainer's schema at %s: %s", cached, exc)
     return schema
+
+
+def _write_whole(path: Path, schema: dict) -> None:
+    """Written whole or not at all: a reader never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(schema))
+    tmp.replace(path)
 
 
 def model_schema(image: str, settings, db: Database | None = None) -> tuple[dict, str]:
