@@ -270,6 +270,10 @@ def test_another_owners_upload_is_refused_at_creation(tmp_path, service, receive
     extra = {"input": {**TRAIN_INPUT, "instance_data": upload(service, photos_zip(tmp_path / "mine.zip")), "class_data": bobs}}
     response = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, "", **extra), headers=ALICE)
     assert response.status_code == 422 and "input.class_data" in response.json()["detail"]
+    # A file of /v1/files (where Replicate's clients put a file handle): the owner's own only.
+    bobs_file = httpx.post(f"{service.url}/v1/files", files={"content": ("p.zip", b"PK\x05\x06" + b"\0" * 18)}, headers=BOB).json()
+    response = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, bobs_file["urls"]["get"]), headers=ALICE)
+    assert response.status_code == 422 and "is not a file of this token's owners" in response.json()["detail"]
     assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before
     # The trainer's schema was read once, for its version, and kept.
     assert (Path(service.config["data_dir"]) / "schemas" / f"{local_trainer_version()}.json").is_file()

@@ -55,7 +55,7 @@ def _logging(level: int, log_format: str) -> None:
     else:
         fail(f"--log-format {log_format!r}: choose text or json")
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    for chatty in ("httpx", "httpcore"):  # one line per request the service itself makes
+    for chatty in ("httpx", "httpcore", "alembic.runtime.plugins"):  # a line per request the service makes; alembic's set-up
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
@@ -101,13 +101,38 @@ def serve(
         fail(str(exc))
     if token_file:
         err.print(f"API token (all owners): {token_file}", highlight=False)
-    if not settings.trainers:
-        err.print("warning: no trainer in the catalog (this install has no checkout's trainer): list trainers in the "
-                  "configuration (README, 'The trainings service'); until then every training is refused", highlight=False)
+    for line in setup_lines(settings):
+        err.print(line, highlight=False)
     err.print(f"dreambuild service on {settings.base_url} (docs: {settings.base_url}/docs)", highlight=False)
     err.print(f"Cog servers of cog-http trainers: --upload-url {app_.state.service.cog_upload_url}", highlight=False)
     # log_config=None: uvicorn's loggers (the access log among them) go through the handler above.
     uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info", access_log=access_log, log_config=None)
+
+
+def setup_lines(settings) -> list[str]:
+    """What a service starts with, for its first lines: data, catalog, where models go, and how
+    to fill what is missing."""
+    lines = [f"data: {settings.data_dir}"]
+    if not settings.trainers:
+        lines.append("warning: no trainer in the catalog (this install has no checkout's trainer): list trainers in the "
+                     "configuration (README, 'The trainings service'); until then every training is refused")
+    for version, entry in settings.trainers.items():
+        where = {"local": "", "cog-http": f", {len(entry.pool)} server(s)", "docker": f", image {entry.image}"}[entry.runner]
+        line = f"trainer: {entry.name} {version[:12]} (runner {entry.runner}{where})"
+        if entry.runner == "local":
+            base = entry.local_base()
+            line += f", base {base}" + ("" if (base / "model_index.json").is_file() else
+                                        " MISSING: `python -m trainer.fetch_base_model` writes SD 1.5 there, or set "
+                                        "DREAMBUILD_BASE_MODEL (README, 'Your own service')")
+        lines.append(line)
+    templates = settings.template_catalog()
+    lines += [f"template: {entry.name} {version[:12]}" + (f" (base {entry.base_digest[:19]}: LoRA too)" if entry.base_digest else "")
+              for version, entry in templates.items()]
+    if not templates:
+        lines.append("templates: none, so every training is refused: add one with `dreambuild templates add vanilla` "
+                     "(README, 'Your own service')")
+    lines.append(f"models go to: {settings.registry or f'oci:{settings.layout}'}")
+    return lines
 
 
 @app.command()
@@ -219,6 +244,107 @@ def build(
         print(result.image)
 
 
+# --- templates and the catalog ----------------------------------------------------------------
+
+templates_app = typer.Typer(help="Template images in the embedded store, which the embedded catalog offers.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
+CONFIG_OPTION = typer.Option(None, "--config", help="Service configuration (YAML); default: embedded defaults.")
+DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Data directory (default: the configuration's data_dir, else "
+                                                        "DREAMBUILD_HOME, else ./.dreambuild).")
+
+
+@templates_app.command("add")
+def templates_add(
+    template: str = typer.Argument(..., help="A template of this checkout (templates/<name>): vanilla, vanilla-sd15, controlnet-canny, …"),
+    bake: list[str] = typer.Option([], "--bake", help="KEY=DIR baked under /opt/dreambuild: safety-checker, controlnet, "
+                                                      "annotators, base (repeatable)."),
+    config: Path = CONFIG_OPTION,
+    data_dir: Path = DATA_DIR_OPTION,
+) -> None:
+    """Write a template of this checkout into the embedded image store (no Docker, no Cog build):
+    the embedded service's catalog offers it at once; print its version."""
+    from builder.checkout import REPO_ROOT, require_checkout
+    from builder.cli.template_image import make_template_image, template_env
+    from builder.service.config import load_config
+
+    try:
+        require_checkout("templates add")
+        settings = load_config(config, data_dir=data_dir)
+        baked = {}
+        for pair in bake:
+            key, sep, directory = pair.partition("=")
+            if not sep or not key or not directory:
+                fail(f"--bake {pair!r} is not KEY=DIR")
+            baked[key] = Path(directory).expanduser().absolute()
+        env = template_env(template) if (REPO_ROOT / "templates" / template / "cog.yaml").is_file() else []
+        if "DREAMBUILD_BASE=/opt/dreambuild/base" in env and "base" not in baked and (REPO_ROOT / "base-model").is_dir():
+            baked["base"] = REPO_ROOT / "base-model"  # where `python -m trainer.fetch_base_model` put the trainer's base
+            err.print(f"base: {baked['base']} (the local trainer's default)", highlight=False)
+        version = make_template_image(settings.layout, template, baked=baked)
+    except DreambuildError as exc:
+        fail(str(exc))
+    if any(line.startswith("DREAMBUILD_SAFETY_CHECKER=") for line in env) and "safety-checker" not in baked:
+        err.print("note: no safety checker baked: its predictions fail unless disable_safety_check is true (bake one with "
+                  "--bake safety-checker=DIR; `hf download CompVis/stable-diffusion-safety-checker --local-dir DIR`)", highlight=False)
+    err.print(f"template {template} in oci:{settings.layout}:dreambuild/{template} (the embedded catalog offers it)", highlight=False)
+    print(version.removeprefix("sha256:"))
+
+
+@templates_app.command("list")
+def templates_list(config: Path = CONFIG_OPTION, data_dir: Path = DATA_DIR_OPTION) -> None:
+    """This checkout's templates and the version of each in the embedded store (or "-")."""
+    from builder.checkout import has_checkout
+    from builder.cli.template_image import checkout_templates
+    from builder.service.config import layout_templates, load_config
+
+    try:
+        settings = load_config(config, data_dir=data_dir)
+    except DreambuildError as exc:
+        fail(str(exc))
+    stored = {entry.name: (version, entry) for version, entry in layout_templates(settings.layout).items()}
+    for name in sorted(set(checkout_templates() if has_checkout() else []) | set(stored)):
+        version, entry = stored.get(name, ("-", None))
+        base = f"  base {entry.base_digest}" if entry and entry.base_digest else ""
+        print(f"{name:20} {version}{base}")
+
+
+@app.command()
+def catalog(
+    local: bool = typer.Option(False, "--local", help="Read the configuration here (--config, or embedded defaults) "
+                                                      "instead of asking the running service."),
+    config: Path = CONFIG_OPTION,
+    data_dir: Path = DATA_DIR_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print GET /v1/catalog's JSON."),
+    url: str = typer.Option(None, "--url", help="Service URL (default DREAMBUILD_URL or http://127.0.0.1:8000)."),
+    token: str = typer.Option(None, "--token", help="API token (default DREAMBUILD_TOKEN or .dreambuild/token)."),
+) -> None:
+    """The trainers and templates a training may name: versions, names, bases, what each builds."""
+    try:
+        if local or config is not None:
+            from builder.service.config import load_config
+
+            settings = load_config(config, data_dir=data_dir)
+            listing = {"trainers": [{"version": v, "name": e.name, "runner": e.runner, "base_digest": e.base_digest}
+                                    for v, e in settings.trainers.items()],
+                       "templates": [{"version": v, "name": e.name, "base_digest": e.base_digest,
+                                      "builds": ["full", "lora"] if e.base_digest else ["full"]}
+                                     for v, e in settings.template_catalog().items()]}
+        else:
+            listing = _client(url, token).request("GET", "/v1/catalog")
+    except DreambuildError as exc:
+        fail(str(exc))
+    if as_json:
+        _print_json(listing)
+        return
+    print("trainers:" if listing["trainers"] else "trainers: none")
+    for t in listing["trainers"]:
+        print(f"  {t['version']}  {t['name']}  runner {t.get('runner', '?')}" + (f"  base {t['base_digest']}" if t.get("base_digest") else ""))
+    print("templates:" if listing["templates"] else "templates: none (add one: dreambuild templates add vanilla)")
+    for t in listing["templates"]:
+        print(f"  {t['version']}  {t['name']}  builds {'+'.join(t.get('builds') or ['full'])}"
+              + (f"  base {t['base_digest']}" if t.get("base_digest") else ""))
+
+
 # --- the service's client commands -----------------------------------------------------------
 
 URL_OPTION = typer.Option(None, "--url", help="Service URL (default DREAMBUILD_URL or http://127.0.0.1:8000).")
@@ -272,6 +398,10 @@ def train(
             if value is not None:
                 request[key] = value
         training = client.request("POST", "/v1/trainings", json=request)
+        chosen = [f"{key.removesuffix('_version')} {training[key]}" for key in ("trainer_version", "template_version")
+                  if not request.get(key)]
+        if chosen:
+            err.print(f"{training['id']}: the catalog's default {' and '.join(chosen)}", highlight=False)
         if not wait:
             print(training["id"])
             return

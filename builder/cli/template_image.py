@@ -1,11 +1,16 @@
 """A template image written straight into an OCI image layout, without Docker or Cog.
 
-For machines with no container engine (the demo, CI): ``/src`` holds what ``cog build -f
-templates/<name>/cog.yaml`` copies from the repository (``templates/``, ``dreambuild/``, the
-template's ``cog.yaml`` as ``/src/cog.yaml``); a second layer holds the weights a real template
-bakes under ``/opt/dreambuild`` (here: whatever directories are given, e.g. a tiny safety
-checker). No Python is installed in it: ``dreambuild predict`` runs it with the local
-environment. The layers are deterministic, so the same checkout gives the same template version.
+For machines with no container engine (``dreambuild templates add``, the demo, CI): ``/src``
+holds what ``cog build -f templates/<name>/cog.yaml`` copies from the repository (``templates/``,
+``dreambuild/``, the template's ``cog.yaml`` as ``/src/cog.yaml``); further layers hold the
+weights a real template bakes under ``/opt/dreambuild`` (here: the directories given, e.g. a
+safety checker, or the base of a LoRA template with its ``base.digest``); the environment is the
+cog.yaml's, as ``cog build`` sets it. No Python is installed in it: the service and ``dreambuild
+predict`` run it with the local environment. The layers are deterministic, so the same checkout
+and weights give the same template version.
+
+checkout template + baked folders → layers → config (env, labels) → manifest → the layout's
+``dreambuild/<template>``.
 """
 
 from __future__ import annotations
@@ -15,13 +20,32 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from builder.checkout import REPO_ROOT
+from builder.cog.unpack import BASE_LABEL
 from builder.oci.layer import Layer, write_layer
 from builder.oci.layout import OciLayout
 from builder.oci.manifest import OCI_CONFIG, OCI_MANIFEST, Manifest, canonical_json
 from builder.weights import tree_entries, walk_tree
+from dreambuild.errors import InputError
+from dreambuild.layout import baked_pipeline_digest, check_diffusers_layout
 
-ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "DREAMBUILD_WEIGHTS=/src/weights"]
+PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What a template may bake under /opt/dreambuild, by the variable of its cog.yaml that names it.
+BAKEABLE = {"safety-checker": "DREAMBUILD_SAFETY_CHECKER", "controlnet": "DREAMBUILD_CONTROLNET",
+            "annotators": "DREAMBUILD_ANNOTATORS", "base": "DREAMBUILD_BASE"}
+
+
+def checkout_templates() -> list[str]:
+    """The templates this checkout can write (``templates/<name>/cog.yaml``)."""
+    return sorted(p.parent.name for p in (REPO_ROOT / "templates").glob("*/cog.yaml"))
+
+
+def template_env(template: str) -> list[str]:
+    """The image's ``Env``: the cog.yaml's ``environment``, as ``cog build`` writes it."""
+    cog = yaml.safe_load((REPO_ROOT / "templates" / template / "cog.yaml").read_text())
+    return [PATH] + list(cog.get("environment") or [])
 
 
 def _layer_from(layout: OciLayout, root: Path, prefix: str) -> Layer:
@@ -39,8 +63,30 @@ def make_template_image(layout_path: Path, template: str = "vanilla", *, baked: 
                         name: str | None = None) -> str:
     """Write the repo's ``template`` as ``dreambuild/<template>`` into the layout; return its digest.
 
-    ``baked`` maps names under /opt/dreambuild (e.g. ``safety-checker``) to local directories.
+    ``baked`` maps names under /opt/dreambuild (``safety-checker``, ``controlnet``, ``annotators``,
+    ``base``) to local directories. A template whose cog.yaml bakes a base (vanilla-sd15,
+    vanilla-sdxl) needs ``base``: a diffusers pipeline, whose digest goes beside it
+    (``base.digest``, read by the template's setup) and into the ``io.dreambuild.base.digest`` label.
     """
+    if template not in checkout_templates():
+        raise InputError(f"no template {template!r} in this checkout (templates/: {', '.join(checkout_templates())})")
+    baked = dict(baked or {})
+    unknown = sorted(set(baked) - set(BAKEABLE))
+    if unknown:
+        raise InputError(f"cannot bake {', '.join(unknown)}: a template bakes {', '.join(BAKEABLE)}")
+    env = template_env(template)
+    labels = {"io.dreambuild.template.name": template}
+    if any(line.startswith("DREAMBUILD_BASE=") for line in env):
+        if "base" not in baked:
+            raise InputError(f"template {template!r} bakes a base pipeline for LoRA outputs: give it (--bake base=DIR; "
+                             f"`python -m trainer.fetch_base_model` writes SD 1.5 to ./base-model)")
+        check_diffusers_layout(Path(baked["base"]), "--bake base")
+        labels[BASE_LABEL] = baked_pipeline_digest(Path(baked["base"]))
+    elif "base" in baked:
+        raise InputError(f"template {template!r} bakes no base (only vanilla-sd15 and vanilla-sdxl do)")
+    for key, directory in baked.items():
+        if not Path(directory).is_dir():
+            raise InputError(f"--bake {key}={directory}: not a directory")
     layout = OciLayout(layout_path, create=True)
     cog_yaml = REPO_ROOT / "templates" / template / "cog.yaml"
     with tempfile.TemporaryDirectory(prefix="dreambuild-template-") as stage:
@@ -50,14 +96,17 @@ def make_template_image(layout_path: Path, template: str = "vanilla", *, baked: 
         shutil.copytree(REPO_ROOT / "dreambuild", src / "dreambuild", ignore=ignore)
         shutil.copy(cog_yaml, src / "cog.yaml")
         layers = [_layer_from(layout, src, "src")]
-    for baked_name, directory in sorted((baked or {}).items()):
+    for baked_name, directory in sorted(baked.items()):
         layers.append(_layer_from(layout, Path(directory), f"opt/dreambuild/{baked_name}"))
+    if BASE_LABEL in labels:  # what the template's setup reads instead of hashing the base at each start
+        with tempfile.TemporaryDirectory(prefix="dreambuild-template-") as stage:
+            (Path(stage) / "base.digest").write_text(labels[BASE_LABEL] + "\n")
+            layers.append(_layer_from(layout, Path(stage), "opt/dreambuild"))
     config = canonical_json({
         "architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
-        "config": {"Env": ENV, "WorkingDir": "/src", "Cmd": ["python", "-m", "cog.server.http"],
-                   "Labels": {"io.dreambuild.template.name": template}},
+        "config": {"Env": env, "WorkingDir": "/src", "Cmd": ["python", "-m", "cog.server.http"], "Labels": labels},
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [{"created_by": "dreambuild template " + template}] * len(layers),
+        "history": [{"created_by": f"dreambuild templates add {template}"}] * len(layers),
     })
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                 "config": {"mediaType": OCI_CONFIG, "digest": layout.put_blob(config), "size": len(config)},

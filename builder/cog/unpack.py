@@ -29,6 +29,7 @@ from builder.settings import BuilderSettings
 from dreambuild.errors import RegistryError
 
 SCHEMA_LABEL = "run.cog.openapi_schema"  # written by `cog build`; a version built on a template inherits it
+BASE_LABEL = "io.dreambuild.base.digest"  # the base a template bakes (`dreambuild templates add`): LoRAs of it build on it
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,8 +46,11 @@ class TrainingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input: dict[str, Any] = Field(..., description="The trainer's inputs (instance_prompt, instance_data, ...).")
-    trainer_version: str = Field(..., description="A trainer version from the catalog.")
-    template_version: str = Field(..., description="A template version from the catalog.")
+    trainer_version: str | None = Field(None, description="A trainer version from the catalog (default: its only trainer).")
+    template_version: str | None = Field(None, description="A template version from the catalog (default: "
+                                         "default_template_version, else the only template, else the one for what "
+                                         "is trained: for a LoRA (lora_rank > 0) the template baking the trainer's "
+                                         "base, else the vanilla template).")
     model: str = Field(..., description="owner/name of the model to push the new version to.")
     notes: str | None = Field(None, description="Notes recorded on the new version.")
     webhook_completed: str | None = Field(None, description="URL to POST the training to when it ends.")
@@ -72,12 +77,16 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
     owner = body.model.split("/")[0]
     if not service.may_use(owners, owner):
         raise fail(403, f"this token may not push to owner {owner!r}")
-    trainer = config.catalog_key(config.trainers, body.trainer_version)
+    trainer = config.catalog_key(config.trainers, body.trainer_version) if body.trainer_version else _default_trainer(config)
     if trainer is None:
         raise fail(422, f"unknown trainer_version {body.trainer_version!r}; known: {', '.join(config.trainers) or 'none'}")
-    template = config.catalog_key(config.templates, body.template_version)
-    if template is None:
-        raise fail(422, f"unknown template_version {body.template_version!r}; known: {', '.join(config.templates) or 'none'}")
+    templates = config.template_catalog()
+    if body.template_version:
+        template = config.catalog_key(templates, body.template_version)
+        if template is None:
+            raise fail(422, f"unknown template_version {body.template_version!r}; known: {', '.join(templates) or 'none'}")
+    else:
+        template = default_template(config, trainer, body.input)
     if body.webhook_completed is not None:
         check_http_url(body.webhook_completed, "webhook_completed")
         _check_egress(config, body.webhook_completed, "webhook_completed")
@@ -88,35 +97,76 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
     problems = input_problems(schema, body.input)
     if problems:
         raise fail(422, "; ".join(problems))
-    if isinstance(body.input.get("lora_rank"), int) and body.input["lora_rank"] > 0:
+    if _is_lora(body.input):
         _check_lora_template(config, trainer, template, body.input)
-    for name in sorted(file_inputs(schema) & set(body.input)):
-        values = body.input[name] if isinstance(body.input[name], list) else [body.input[name]]
+    inputs, files = dict(body.input), {}
+    for name in sorted(file_inputs(schema) & set(inputs)):
+        values = inputs[name] if isinstance(inputs[name], list) else [inputs[name]]
         for value in values:
-            if value is not None:
-                _check_file_input(service, name, value, owners)
-    return body.model_copy(update={"trainer_version": trainer, "template_version": template})
+            if value is not None and (file := _check_file_input(service, name, value, owners)):
+                files[value] = file
+    for name in files and sorted(file_inputs(schema) & set(inputs)):  # all checked: now link the files
+        values = [_file_as_upload(service, files[v], owners) if v in files else v
+                  for v in (inputs[name] if isinstance(inputs[name], list) else [inputs[name]])]
+        inputs[name] = values if isinstance(inputs[name], list) else values[0]
+    return body.model_copy(update={"trainer_version": trainer, "template_version": template, "input": inputs})
+
+
+def _is_lora(inputs: dict) -> bool:
+    return isinstance(inputs.get("lora_rank"), int) and inputs["lora_rank"] > 0
+
+
+def _default_trainer(config) -> str:
+    if len(config.trainers) == 1:
+        return next(iter(config.trainers))
+    names = ", ".join(f"{entry.name} ({version[:12]})" for version, entry in config.trainers.items()) or "none"
+    raise fail(422, f"trainer_version is required: the catalog has several trainers or none ({names}); `dreambuild catalog` lists them")
+
+
+def default_template(config, trainer: str, inputs: dict) -> str:
+    """The template a training builds on when it names none: the configured default, the only
+    one, or the one for what is trained (a LoRA: the template baking the trainer's base; a full
+    fine-tune: vanilla). 422 saying how to add or name one otherwise."""
+    templates = config.template_catalog()
+    if config.default_template_version:
+        return config.catalog_key(templates, config.default_template_version) or config.default_template_version
+    if len(templates) == 1:
+        return next(iter(templates))
+    if _is_lora(inputs):
+        base = config.trainers[trainer].base_digest
+        fits = [v for v, entry in templates.items() if entry.base_digest and base in (None, entry.base_digest)]
+    else:
+        fits = [v for v, entry in templates.items() if entry.name.removeprefix("dreambuild/") == "vanilla"]
+    if len(fits) == 1:
+        return fits[0]
+    if not templates:
+        raise fail(422, "template_version: the catalog has no template to build on; add one with "
+                        "`dreambuild templates add vanilla` (README, 'The trainings service')")
+    names = ", ".join(f"{entry.name} ({version[:12]})" for version, entry in templates.items())
+    raise fail(422, f"template_version is required: no single template fits this training among {names}")
 
 
 def _check_lora_template(config, trainer: str, template: str, inputs: dict) -> None:
     """A LoRA training's output builds only on a template with its base baked in: refused before
     any work when the catalog says the template has no base, or another than the trainer's."""
-    base = config.templates[template].base_digest
+    entry = config.template_catalog()[template]
     rank = inputs["lora_rank"]
-    if base is None:
-        raise fail(422, f"input.lora_rank={rank} trains LoRA adapters, and template {config.templates[template].name!r} "
+    if entry.base_digest is None:
+        raise fail(422, f"input.lora_rank={rank} trains LoRA adapters, and template {entry.name!r} "
                         "has no base baked in to apply them to (no base_digest in the catalog): use lora_rank 0, or a "
                         "template with the trainer's base")
     trained_on = config.trainers[trainer].base_digest
-    if trained_on and not inputs.get("ckpt_base") and trained_on != base:
+    if trained_on and not inputs.get("ckpt_base") and trained_on != entry.base_digest:
         raise fail(422, f"input.lora_rank={rank}: the trainer's base is {trained_on}, and template "
-                        f"{config.templates[template].name!r} bakes {base}; a LoRA runs only on the base it was trained on")
+                        f"{entry.name!r} bakes {entry.base_digest}; a LoRA runs only on the base it was trained on")
 
 
-def _check_file_input(service: Service, name: str, value: object, owners: list[str]) -> None:
-    """A file input reaches the trainer only as an http(s) URL, and an upload URL of this
-    service only when the token's owners made that upload (never a path on the service's disk)."""
-    problem = f"input.{name} must be an http(s) URL or an upload URL of this service"
+def _check_file_input(service: Service, name: str, value: object, owners: list[str]) -> dict | None:
+    """A file input reaches the trainer only as an http(s) URL the egress policy allows, an
+    upload URL of this service, or a file of this service (``/v1/files``: where Replicate's
+    clients put a file handle), each only when the token's owners made it (never a path on the
+    service's disk). Returns the file's record for the last case."""
+    problem = f"input.{name} must be an http(s) URL, an upload URL or a file URL of this service"
     try:
         url = check_http_url(value, f"input.{name}")
     except HTTPException:
@@ -124,8 +174,32 @@ def _check_file_input(service: Service, name: str, value: object, owners: list[s
     if url.startswith(service.config.base_url + "/v1/uploads/"):
         if not service.upload_path(url, owners):
             raise fail(422, f"input.{name} {url!r} is not an upload of this token's owners")
+    elif url.startswith(service.config.base_url + "/v1/files/"):
+        file_id = service.files.file_id_of(url)
+        doc = service.files.get(file_id, owners) if file_id else None
+        if doc is None or not Path(doc["path"]).is_file():
+            raise fail(422, f"input.{name} {url!r} is not a file of this token's owners")
+        return doc
     else:
         _check_egress(service.config, url, f"input.{name}")
+    return None
+
+
+def _file_as_upload(service: Service, doc: dict, owners: list[str]) -> str:
+    """A file (``/v1/files``) handed to the trainer as an upload (a capability URL it reads
+    without a token): hard-linked into the uploads, so neither expiry nor DELETE of one removes
+    the other, and nothing goes over the network."""
+    upload_id = secrets.token_urlsafe(24)
+    folder = service.config.data_dir / "uploads" / upload_id
+    folder.mkdir(parents=True)
+    name = doc["name"] if FILENAME.fullmatch(doc["name"] or "") else "file"
+    try:
+        os.link(doc["path"], folder / name)
+    except OSError:  # another filesystem
+        shutil.copyfile(doc["path"], folder / name)
+    service.db.add_upload({"id": upload_id, "owner": doc["owner"], "owners": owners, "name": name,
+                           "path": str(folder / name), "size": (folder / name).stat().st_size, "created_at": now_iso()})
+    return f"{service.config.base_url}/v1/uploads/{upload_id}/{name}"
 
 
 def _check_egress(config, url: str, what: str) -> None:
@@ -188,11 +262,7 @@ def public_router(service: Service) -> APIRouter:
                  summary="Create a training (Replicate's route, as the replicate client calls it)")
     def create_replicate_training(owner: str, name: str, version_id: str, body: ReplicateTrainingRequest,
                                   token_owners: list[str] = Depends(owners)) -> dict:
-        template = config.default_template_version or (next(iter(config.templates)) if len(config.templates) == 1 else None)
-        if template is None:
-            raise fail(422, "no default_template_version is configured for Replicate-style trainings")
-        seed = TrainingRequest(input=body.input, trainer_version=version_id, template_version=template,
-                               model=body.destination, webhook_completed=body.webhook)
+        seed = TrainingRequest(input=body.input, trainer_version=version_id, model=body.destination, webhook_completed=body.webhook)
         doc = _record(validate(service, seed, token_owners), events=body.webhook_events_filter or ["completed"])
         doc.update(api="replicate", trainer_model=f"{owner}/{name}")
         service.db.create_training(doc)
@@ -294,9 +364,11 @@ def public_router(service: Service) -> APIRouter:
 
     @router.get("/v1/catalog", summary="The trainers and templates a training may name (versions and names)")
     def catalog(token_owners: list[str] = Depends(owners)) -> dict:
-        return {"trainers": [{"version": version, "name": entry.name} for version, entry in config.trainers.items()],
-                "templates": [{"version": version, "name": entry.name, "base_digest": entry.base_digest}
-                              for version, entry in config.templates.items()]}
+        return {"trainers": [{"version": version, "name": entry.name, "runner": entry.runner, "base_digest": entry.base_digest}
+                             for version, entry in config.trainers.items()],
+                "templates": [{"version": version, "name": entry.name, "base_digest": entry.base_digest,
+                               "builds": ["full", "lora"] if entry.base_digest else ["full"]}
+                              for version, entry in config.template_catalog().items()]}
 
     @router.get("/v1/trainings/{training_id}/events", summary="The training each time it changes (server-sent events), "
                 "until it is done", response_class=StreamingResponse)

@@ -9,26 +9,45 @@ images go to that layout; a local token is created on first start.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import json
 import os
 import secrets
+import typing
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from builder.checkout import REPO_ROOT, has_checkout
+from builder.cog.unpack import BASE_LABEL
 from builder.egress import EgressPolicy
 from builder.oci.layout import OciLayout
 from builder.oci.references import LayoutRef, normalize_digest, parse_image_ref
 from builder.settings import BuilderSettings
 from dreambuild.errors import DreambuildError, InputError
+from dreambuild.layout import baked_pipeline_digest, digest_file
 
 ALL_OWNERS = "*"
 
 
-class TrainerEntry(BaseModel):
+class _Strict(BaseModel):
+    # A misspelled key (``prot: 8000``) is an error naming it, never a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+def _base_digest(value: str | None) -> str | None:
+    if value is None:
+        return None
+    digest = normalize_digest(str(value))
+    if digest is None:
+        raise ValueError(f"{value!r} is not a base digest (sha256:<64 hex>, as `python -m dreambuild.layout DIR` prints it)")
+    return digest
+
+
+class TrainerEntry(_Strict):
     """A trainer version: a Cog model whose prediction returns output.zip."""
 
     name: str
@@ -46,13 +65,22 @@ class TrainerEntry(BaseModel):
     base_digest: str | None = Field(None, description="The trainer's built-in base (pipeline_digest), when known: a LoRA "
                                     "training is refused at creation on a template whose base differs.")
 
+    _digest = field_validator("base_digest")(_base_digest)
+
+    def local_base(self) -> Path:
+        """local runner: the base pipeline the trainer fine-tunes by default: ``env:``'s
+        ``DREAMBUILD_BASE_MODEL``, else the service's, else ``base-model/`` in the checkout (where
+        ``python -m trainer.fetch_base_model`` writes SD 1.5)."""
+        chosen = self.env.get("DREAMBUILD_BASE_MODEL") or os.environ.get("DREAMBUILD_BASE_MODEL")
+        return Path(chosen).expanduser().absolute() if chosen else REPO_ROOT / "base-model"
+
     @property
     def pool(self) -> list[str]:
         """cog-http: the servers' base URLs."""
         return [u.rstrip("/") for u in ([self.url] if self.url else []) + self.urls]
 
 
-class TemplateEntry(BaseModel):
+class TemplateEntry(_Strict):
     """A template version: a weight-less Cog model image in a repository."""
 
     name: str
@@ -60,6 +88,8 @@ class TemplateEntry(BaseModel):
     base_digest: str | None = Field(None, description="The base pipeline baked in this template (DREAMBUILD_BASE), as "
                                     "dreambuild.layout.pipeline_digest names it: LoRA trainings (lora_rank > 0) of that "
                                     "base build on it. None: full fine-tunes only.")
+
+    _digest = field_validator("base_digest")(_base_digest)
 
     def reference(self, version: str) -> str:
         """The template image of ``version``, pinned by digest (in a layout: by digest alone)."""
@@ -69,12 +99,12 @@ class TemplateEntry(BaseModel):
         return str(ref.pinned(normalize_digest(version)))
 
 
-class TokenEntry(BaseModel):
+class TokenEntry(_Strict):
     token: str
     owners: list[str]
 
 
-class ServiceConfig(BaseModel):
+class ServiceConfig(_Strict):
     data_dir: Path = Field(Path(".dreambuild"), validate_default=True)
     host: str = "127.0.0.1"
     port: int = 8000
@@ -121,6 +151,16 @@ class ServiceConfig(BaseModel):
     file_expiry_hours: float | None = Field(24, description="Files of predictions (uploaded inputs, outputs) are deleted "
                                             "this long after they were made; the prediction then shows data_removed "
                                             "(none: kept until DELETE).")
+
+    # Embedded defaults with no templates configured: the catalog's templates are the layout's,
+    # read again when asked, so `dreambuild templates add` needs no restart.
+    _templates_from_layout: bool = PrivateAttr(False)
+
+    def template_catalog(self) -> dict[str, TemplateEntry]:
+        """The catalog's templates, by version."""
+        if self._templates_from_layout:
+            self.templates = layout_templates(self.layout)
+        return self.templates
 
     @field_validator("data_dir")
     @classmethod
@@ -206,25 +246,73 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
     data.update({k: v for k, v in overrides.items() if v is not None})
     if "data_dir" not in data and os.environ.get("DREAMBUILD_HOME"):
         data["data_dir"] = os.environ["DREAMBUILD_HOME"]  # where the CLI looks for the token, too
+    if not isinstance(data, dict):
+        raise InputError(f"service configuration {path}: a mapping of keys (data_dir:, port:, …) was expected")
     try:
         config = ServiceConfig.model_validate(data)
-    except ValueError as exc:
-        raise InputError(f"service configuration {path or '(defaults)'}: {exc}") from None
+    except ValidationError as exc:
+        raise InputError(f"service configuration {path or '(defaults)'}: {config_errors(exc)}") from None
     if not config.trainers and has_checkout():  # installed from a wheel, there is no local trainer to offer
         config.trainers[local_trainer_version()] = TrainerEntry(name="dreambooth (this checkout)")
-    if not config.templates:
-        config.templates.update(layout_templates(config.layout))
+    for entry in config.trainers.values():
+        base = entry.local_base()
+        if entry.runner == "local" and entry.base_digest is None and digest_file(base).is_file():
+            entry.base_digest = baked_pipeline_digest(base)  # recorded beside it by trainer.fetch_base_model
+    if not config.templates and config.workers == "embedded":  # a layout is one machine's
+        config._templates_from_layout = True
+        config.template_catalog()
     return config
 
 
+def config_errors(exc: ValidationError) -> str:
+    """Pydantic's errors as ``key.path: message`` lines; an unknown key names the nearest valid one."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            known = _keys_at(error["loc"][:-1])
+            near = difflib.get_close_matches(str(error["loc"][-1]), known, n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(known)}"
+            lines.append(f"{where}: unknown key ({hint})")
+        else:
+            lines.append(f"{where or '(top level)'}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys a configuration block at ``loc`` may hold (ServiceConfig's, or an entry's)."""
+    model: type[BaseModel] = ServiceConfig
+    parts = list(loc)
+    while parts:
+        annotation = model.model_fields[str(parts.pop(0))].annotation
+        nested = [arg for arg in typing.get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+        parts = parts[1:]  # the dict's key (a version) or the list's index
+    return sorted(model.model_fields)
+
+
 def layout_templates(layout: Path) -> dict[str, TemplateEntry]:
-    """Templates in the embedded OCI layout (images named ``dreambuild/<template>``), by digest."""
+    """Templates in the embedded OCI layout (images named ``dreambuild/<template>``, as
+    ``dreambuild templates add`` writes them), by digest, with the base each bakes (its label)."""
     try:
-        named = OciLayout(layout).named()
+        store = OciLayout(layout)
+        named = store.named()
     except DreambuildError:
         return {}
-    return {normalize_digest(digest).removeprefix("sha256:"): TemplateEntry(name=name, repository=f"oci:{layout}:{name}")
-            for name, digest in named.items() if name.startswith("dreambuild/") and normalize_digest(digest)}
+    found = {}
+    for name, digest in named.items():
+        if not name.startswith("dreambuild/") or not normalize_digest(digest):
+            continue
+        try:
+            config = json.loads(store.read_blob(store.manifest(digest).json["config"]["digest"]))
+            base = ((config.get("config") or {}).get("Labels") or {}).get(BASE_LABEL)
+        except (DreambuildError, ValueError, KeyError, TypeError):
+            continue  # not an image this service can run: left out of the catalog
+        found[normalize_digest(digest).removeprefix("sha256:")] = TemplateEntry(
+            name=name.removeprefix("dreambuild/"), repository=f"oci:{layout}:{name}", base_digest=base)
+    return found
 
 
 def ensure_local_token(config: ServiceConfig) -> Path | None:

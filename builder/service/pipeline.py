@@ -287,7 +287,7 @@ class Pipeline:
     def _build(self, doc: TrainingRecord) -> TrainingRecord:
         if doc.get("cancel_requested"):
             raise Canceled
-        template = self.config.templates[doc["template_version"]].reference(doc["template_version"])
+        template = self.config.template_catalog()[doc["template_version"]].reference(doc["template_version"])
         settings = self.config.builder_settings()
 
         def step(message: str) -> None:

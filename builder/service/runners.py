@@ -80,7 +80,8 @@ def clear_stale(entry: TrainerEntry, training_id: str, pid: int | None, host: st
 def _start_server(entry: TrainerEntry, prediction_id: str, upload_url: str, workdir: Path,
                   schema: dict | None, gpu: str | None, abort: Callable[[], None] | None) -> CogServer | CogContainer | None:
     if entry.runner == "local":
-        env = {"DREAMBUILD_WORKDIR": str(workdir / "trainer-work"), **entry.env}
+        env = {"DREAMBUILD_WORKDIR": str(workdir / "trainer-work"), **entry.env,
+               "DREAMBUILD_BASE_MODEL": str(entry.local_base())}  # absolute: the server runs in its own folder
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu  # the worker's own GPU, nothing else
         return start_cog_server(entry.predictor, workdir / "cog", env=env, upload_url=upload_url, schema=schema or True, abort=abort)
