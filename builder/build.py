@@ -152,7 +152,8 @@ def build_image(weights: str | Path, template: str, model: str | ImageRef, *, no
         reporter.weights_total(source.total_bytes())
         dest = open_store(dest_ref, settings, create=True)
         if kind == "oci":
-            manifest, layer, uploaded = build_oci(source, resolved, dest, tag, notes=notes, compression=chosen_compression,
+            manifest, layer, uploaded = build_oci(source, resolved, dest, tag, notes=notes, model=dest_ref.repository,
+                                                  compression=chosen_compression,
                                                   cache=LayerCache(settings.cache / "layers.json"), attempts=settings.retries,
                                                   on_step=step, on_bytes=reporter.weights_bytes)
             digest = manifest.digest
@@ -160,7 +161,7 @@ def build_image(weights: str | Path, template: str, model: str | ImageRef, *, no
             from builder.docker_build import build_docker
 
             diff_id = write_layer(source.entries(), lambda chunk: None).diff_id
-            labels = image_labels(resolved, diff_id, notes)
+            labels = image_labels(resolved, diff_id, notes, dest_ref.repository)
             step("docker build + push")
             digest = build_docker(source, resolved.reference, dest_ref, tag, labels=labels, workdir=workdir, on_log=step)
             manifest = dest.manifest(digest)

@@ -23,6 +23,7 @@ from builder.oci.layout import OciLayout
 from builder.oci.manifest import (
     BASE_DIGEST,
     BASE_NAME,
+    LABEL_MODEL,
     LABEL_NOTES,
     LABEL_TEMPLATE,
     LABEL_WEIGHTS,
@@ -73,8 +74,9 @@ class LayerCache:
         os.replace(tmp, self.path)
 
 
-def image_labels(template: ResolvedImage, diff_id: str, notes: str) -> dict[str, str]:
-    return {LABEL_NOTES: notes, LABEL_TEMPLATE: template.reference, LABEL_WEIGHTS: diff_id}
+def image_labels(template: ResolvedImage, diff_id: str, notes: str, model: str | None) -> dict[str, str]:
+    labels = {LABEL_NOTES: notes, LABEL_TEMPLATE: template.reference, LABEL_WEIGHTS: diff_id}
+    return {**labels, LABEL_MODEL: model} if model else labels
 
 
 def push_weights_layer(weights: WeightsSource, dest: ImageStore, *, compression: Compression, cache: LayerCache,
@@ -103,7 +105,7 @@ def push_weights_layer(weights: WeightsSource, dest: ImageStore, *, compression:
 
 
 def build_oci(weights: WeightsSource, template: ResolvedImage, dest: ImageStore, tag: str | None, *, notes: str,
-              compression: Compression, cache: LayerCache, attempts: int = 3,
+              model: str | None = None, compression: Compression, cache: LayerCache, attempts: int = 3,
               on_step: Callable[[str], None] = lambda message: None,
               on_bytes: Callable[[int], None] | None = None) -> tuple[Manifest, Layer, bool]:
     """Push template + weights to ``dest`` under ``tag``; return the manifest, layer, and whether it was uploaded."""
@@ -125,7 +127,7 @@ def build_oci(weights: WeightsSource, template: ResolvedImage, dest: ImageStore,
     if moved:
         on_step("template layers: " + ", ".join(f"{moved.count(kind)} {kind}" for kind in ("present", "mounted", "copied") if kind in moved))
     on_step(f"weights layer {layer.digest} {'uploaded' if uploaded else 'already in ' + str(dest)}")
-    config = canonical_json(derive_config(template.config, layer, image_labels(template, layer.diff_id, notes)))
+    config = canonical_json(derive_config(template.config, layer, image_labels(template, layer.diff_id, notes, model)))
     dest.put_blob(config)
     annotations = {BASE_NAME: template.reference.split("@")[0], BASE_DIGEST: template.manifest.digest}
     kind = "oci" if isinstance(dest, OciLayout) else None  # an OCI layout holds OCI manifests only

@@ -49,7 +49,7 @@ def built(tmp_path_factory, name: str, build: Callable[..., Path], **kwargs) -> 
 # The test files xdist starts first (pyproject: a file per worker, in this order): the longest,
 # so that no worker is left running one of them while the other has finished. Seconds on two
 # cores in the run recorded in the README; the other files follow in their own order.
-LONGEST_FIRST = ("test_workers.py", "test_service.py", "test_predictions.py", "test_trainer_server.py", "test_predict.py",
+LONGEST_FIRST = ("test_workers.py", "test_journey.py", "test_service.py", "test_predictions.py", "test_trainer_server.py", "test_predict.py",
                  "test_templates_server.py", "test_templates_controlnet.py", "test_dashboard.py")
 
 

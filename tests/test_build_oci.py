@@ -85,6 +85,11 @@ def test_identical_rebuild_uploads_nothing_and_gives_the_same_digest(tmp_path, r
     # Other notes: another image over the same layer, which is not uploaded again.
     noted = build_image(pipeline_zip, templates["oci"], model, notes="v2", settings=builder_settings, backend="oci")
     assert noted.digest != first.digest and noted.weights_layer == first.weights_layer and not noted.weights_uploaded
+    # The same weights for another model: another version id (the image names its model), so a
+    # bare version id names one model, as Replicate's do.
+    elsewhere = build_image(pipeline_zip, templates["oci"], f"{registry.host}/bob/rebuild", settings=builder_settings, backend="oci")
+    assert elsewhere.digest != first.digest and elsewhere.weights_layer == first.weights_layer
+    assert inspect(elsewhere.image)["Labels"]["io.dreambuild.model"] == "bob/rebuild"
 
 
 def test_build_into_an_oci_layout(tmp_path, registry, templates, pipeline_zip, builder_settings):

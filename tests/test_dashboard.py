@@ -67,6 +67,8 @@ def test_train_watch_and_try_a_model_in_the_browser(browser, service, tmp_path):
     driver = browser
     sign_in(driver, url, "not-a-token")
     wait_until(driver, lambda d: "not valid" in text_of(d, "#signin"), 20, "the refusal of a bad token")
+    # Signed out: no navigation and no "Sign out" (hidden, whatever the header's own layout says).
+    assert not driver.find_element("id", "nav").is_displayed() and not driver.find_element("id", "sign-out").is_displayed()
     sign_in(driver, url, "tok-alice")
     wait_until(driver, lambda d: d.find_element("id", "trainings"), 20, "the trainings list")
     assert driver.execute_script("return location.href").endswith("#/trainings")  # the token is in no URL
@@ -144,6 +146,10 @@ def test_train_watch_and_try_a_model_in_the_browser(browser, service, tmp_path):
     wait_until(driver, lambda d: d.execute_script(
         "const img = document.querySelector('#predictions img.thumb'); return img && img.complete && img.naturalWidth > 0;"),
         30, "the prediction's thumbnail")
+    # Each row leads to the prediction's page: its status, version, input, outputs and logs.
+    driver.find_element("css selector", "#predictions tbody a[href^='#/predictions/']").click()
+    wait_until(driver, lambda d: "succeeded" in text_of(d, "#prediction-status"), 20, "the prediction's page")
+    assert "alice/dash:" in text_of(driver, "#prediction") and driver.find_elements("css selector", ".gallery img")
     severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not severe, severe  # no script error, no blocked resource (the page's policy allows only itself)
 

@@ -740,23 +740,32 @@ def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_fa
         server.stop()
 
 
-def test_lora_trainings_need_a_template_with_the_trainers_base():
-    from types import SimpleNamespace
-
+def test_lora_trainings_need_a_template_with_the_trainers_base_and_find_it_by_default(tmp_path):
     from fastapi import HTTPException
 
-    from builder.service.api import _check_lora_template
+    from builder.service.api import _check_lora_template, default_template
+    from builder.service.config import ServiceConfig
 
-    config = SimpleNamespace(templates={"t": SimpleNamespace(name="sd15", base_digest="sha256:aa"),
-                                        "plain": SimpleNamespace(name="vanilla", base_digest=None)},
-                             trainers={"tr": SimpleNamespace(base_digest="sha256:bb")})
+    aa, bb = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    t, plain, tr = "1" * 64, "2" * 64, "3" * 64
+    config = ServiceConfig(data_dir=tmp_path, trainers={tr: {"name": "dreambooth", "base_digest": bb}},
+                           templates={t: {"name": "vanilla-sd15", "repository": "r/sd15", "base_digest": aa},
+                                      plain: {"name": "vanilla", "repository": "r/vanilla"}})
     with pytest.raises(HTTPException, match="has no base baked in"):
-        _check_lora_template(config, "tr", "plain", {"lora_rank": 4})
-    with pytest.raises(HTTPException, match="the trainer's base is sha256:bb, and template 'sd15' bakes sha256:aa"):
-        _check_lora_template(config, "tr", "t", {"lora_rank": 4})
-    _check_lora_template(config, "tr", "t", {"lora_rank": 4, "ckpt_base": "https://example.com/base.zip"})  # its own base
-    config.trainers["tr"].base_digest = "sha256:aa"
-    _check_lora_template(config, "tr", "t", {"lora_rank": 4})
+        _check_lora_template(config, tr, plain, {"lora_rank": 4})
+    with pytest.raises(HTTPException, match=f"the trainer's base is {bb}, and template 'vanilla-sd15' bakes {aa}"):
+        _check_lora_template(config, tr, t, {"lora_rank": 4})
+    _check_lora_template(config, tr, t, {"lora_rank": 4, "ckpt_base": "https://example.com/base.zip"})  # its own base
+    # No template named: a full fine-tune builds on vanilla; a LoRA on the template baking the
+    # trainer's base, and none fits while the bases differ.
+    assert default_template(config, tr, {}) == plain
+    with pytest.raises(HTTPException, match="template_version is required: no single template fits"):
+        default_template(config, tr, {"lora_rank": 4})
+    config.trainers[tr].base_digest = aa
+    _check_lora_template(config, tr, t, {"lora_rank": 4})
+    assert default_template(config, tr, {"lora_rank": 4}) == t
+    config.default_template_version = "sha256:" + plain  # the operator's choice wins
+    assert default_template(config, tr, {"lora_rank": 4}) == plain
 
 
 def test_the_api_docs_render_offline_in_a_browser(tmp_path, service):

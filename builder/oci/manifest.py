@@ -28,6 +28,9 @@ INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 LABEL_NOTES = "io.dreambuild.notes"
 LABEL_TEMPLATE = "io.dreambuild.template"
 LABEL_WEIGHTS = "io.dreambuild.weights.digest"
+# The model (owner/name) an image was built for: the same weights built for two models are two
+# versions with two ids, as Replicate's version ids are unique, and a bare id names one model.
+LABEL_MODEL = "io.dreambuild.model"
 BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"
 WEIGHTS_COMMAND = "COPY weights /src/weights # dreambuild"

@@ -76,8 +76,13 @@ class LayoutRef:
     def __str__(self) -> str:
         return f"oci:{self.path}" + (f":{self.name}" if self.name else "") + (f"@{self.digest}" if self.digest else "")
 
+    @property
+    def repository(self) -> str | None:
+        """The image's name without its tag (``owner/model``), as a registry's repository."""
+        return _without_tag(self.name) if self.name else None
+
     def pinned(self, digest: str) -> "LayoutRef":
-        return replace(self, name=_without_tag(self.name) if self.name else None, digest=digest)
+        return replace(self, name=self.repository, digest=digest)
 
 
 ImageRef = RegistryRef | LayoutRef

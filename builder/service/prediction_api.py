@@ -116,6 +116,9 @@ def prediction_router(service: Service) -> APIRouter:
             digest = normalize_digest(reference)
             visible = [v for v in db.versions_with_id(digest) if service.may_use(token_owners, v["model"].split("/")[0])] \
                 if digest else []
+            if len({v["model"] for v in visible}) > 1:  # images built before they named their model
+                raise fail(422, f"version {reference!r} is in several of your models ({', '.join(sorted({v['model'] for v in visible}))}): "
+                                "name it as owner/name:version")
             found = visible[0] if visible else None
         if found is None:
             raise unknown

@@ -480,9 +480,26 @@ async function predictionsView() {
       const first = outputsOf(p)[0];
       return h("tr", {},
         h("td", {}, first ? h("a", { href: first, target: "_blank" }, h("img", { className: "thumb", src: first, alt: "output" })) : ""),
-        h("td", {}, p.id), h("td", {}, p.model || ""), h("td", {}, statusBadge(p.status)),
+        h("td", {}, h("a", { href: `#/predictions/${p.id}` }, shortId(p.id))), h("td", {}, p.model || ""),
+        h("td", {}, statusBadge(p.status), p.error ? h("div", { className: "error" }, p.error) : ""),
         h("td", {}, seconds((p.metrics || {}).predict_time)), h("td", { className: "muted" }, when(p.created_at)));
     }) : h("tr", {}, h("td", { colSpan: 6, className: "muted" }, "No predictions yet: try a model.")))));
+}
+
+async function predictionView(id) {
+  const p = await api(`/v1/predictions/${id}`);
+  const [owner, name] = (p.model || "/").split("/");
+  const version = p.version ? h("a", { href: `#/try/${owner}/${name}/${p.version}` }, `${p.model}:${shortId(p.version)}`) : (p.model || "");
+  return h("div", {}, h("h1", {}, `Prediction ${shortId(p.id)}`),
+    h("dl", { id: "prediction" },
+      h("dt", {}, "Status"), h("dd", { id: "prediction-status" }, statusBadge(p.status)),
+      ...(p.error ? [h("dt", {}, "Error"), h("dd", { id: "prediction-error", className: "error" }, p.error)] : []),
+      h("dt", {}, "Version"), h("dd", {}, version),
+      h("dt", {}, "Predict time"), h("dd", {}, seconds((p.metrics || {}).predict_time)),
+      h("dt", {}, "Created"), h("dd", {}, when(p.created_at)),
+      h("dt", {}, "Input"), h("dd", {}, h("pre", {}, JSON.stringify(p.input, null, 2)))),
+    h("div", { className: "gallery" }, ...outputsOf(p).map((url) => h("a", { href: url, target: "_blank" }, h("img", { src: url, alt: "output" })))),
+    h("h2", {}, "Logs"), h("pre", { id: "prediction-logs" }, p.logs || ""));
 }
 
 // --- routing ------------------------------------------------------------------------------
@@ -494,6 +511,7 @@ const ROUTES = [
   [/^#\/models\/([\w.-]+)\/([\w.-]+)$/, modelView],
   [/^#\/models$/, modelsView],
   [/^#\/try\/([\w.-]+)\/([\w.-]+)\/([\w:]+)$/, tryView],
+  [/^#\/predictions\/([\w-]+)$/, predictionView],
   [/^#\/predictions$/, predictionsView],
 ];
 

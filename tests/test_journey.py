@@ -1,0 +1,211 @@
+"""The user's path, literally: the README's commands as a newcomer types them, from a copy of
+the checkout, with relative paths and the default directories.
+
+copy of the checkout → ``./dev demo`` (creates .venv, runs the demo) → the README's "Your own
+service, step by step" block, line by line (``dreambuild serve`` with no configuration, ``train``
+without version ids, ``run``, ``predictions list``) → the official Python and JavaScript
+clients' train-then-run against that service, each with its default settings.
+
+The only changes to what the README says: the two hub downloads are replaced by tiny local models
+at the paths they write, ``serve`` gets a free port (``DREAMBUILD_URL`` tells the client commands),
+and ``train`` and ``run`` get tiny sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import replicate
+from PIL import Image
+
+from builder.checkout import REPO_ROOT
+from builder.cog.server import free_port
+from dreambuild.layout import write_pipeline_digest
+from tests.helpers import photos_zip
+
+STEP_BY_STEP = "## Your own service, step by step"
+HUB_DOWNLOADS = (["python", "-m", "trainer.fetch_base_model"], ["hf", "download", "CompVis/stable-diffusion-safety-checker"])
+TINY = {"train": ["-i", "max_train_steps=2", "-i", "resolution=64", "-i", "with_prior_preservation=false"],
+        "run": ["-i", "num_inference_steps=2", "-i", "width=64", "-i", "height=64", "-i", "disable_safety_check=true"]}
+
+
+def readme_commands(heading: str) -> list[list[str]]:
+    """The first bash block after ``heading`` in the README: one command per line (continuations
+    joined) as its words, comments and blank lines left out."""
+    text = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text[text.index(heading):], re.S).group(1)
+    return [words for line in block.replace("\\\n", " ").splitlines() if (words := shlex.split(line, comments=True))]
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory, tiny_base, safety_checker):
+    """A copy of the checkout's files (what a clone has), with ./dev's uv, after ``./dev demo``."""
+    root = tmp_path_factory.mktemp("journey") / "dreambuild"
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        if (REPO_ROOT / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, root / name)
+    shutil.copytree(REPO_ROOT / ".dev-tools", root / ".dev-tools", symlinks=True)  # uv, as ./dev installed it
+    # The tiny models the demo builds (same generator, same arguments), already built for the suite.
+    _link_tree(tiny_base, root / ".dreambuild" / "cache" / "tiny-sd")
+    _link_tree(safety_checker, root / ".dreambuild" / "cache" / "safety-checker")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "DREAMBUILD_HOME", "DREAMBUILD_URL")}
+    started = time.monotonic()
+    demo = subprocess.run(["./dev", "demo"], cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+    return {"root": root, "env": env, "demo": demo, "demo_seconds": time.monotonic() - started}
+
+
+def test_dev_demo_as_written(checkout):
+    """The README's first command, no arguments: the environment, then the whole pipeline."""
+    demo, root = checkout["demo"], checkout["root"]
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "Traceback" not in demo.stderr
+    summary = json.loads((root / "demo-out" / "summary.json").read_text())  # its default output folder
+    assert summary["status"] == "succeeded" and summary["version"].startswith("sha256:")
+    assert summary["image"].endswith("@" + summary["version"]) and summary["image"].startswith("oci:")
+    assert summary["webhook"]["received"] and summary["webhook"]["signature_valid"] and summary["webhook"]["version"] == summary["version"]
+    assert set(summary["timings_seconds"]) >= {"stage_queued", "stage_training", "stage_building", "stage_webhook", "predict"}
+    # The last step ran the new version through the service: a cold start, so its setup is timed.
+    assert summary["prediction"]["status"] == "succeeded" and summary["prediction"]["metrics"]["setup_time"] > 0
+    (png,) = summary["outputs"]
+    assert Path(png).parent == root / "demo-out" and Image.open(png).size == (64, 64)
+    print(f"journey: ./dev demo {checkout['demo_seconds']:.0f} s (environment created, then the demo)")
+
+
+@pytest.fixture(scope="module")
+def own_service(checkout, tmp_path_factory):
+    """The step-by-step block up to ``dreambuild serve &``, as written; the rest is the test's."""
+    root = checkout["root"]
+    assert checkout["demo"].returncode == 0, "./dev demo failed: its environment is the journey's"
+    commands = readme_commands(STEP_BY_STEP)
+    port = free_port()
+    env = {**checkout["env"], "DREAMBUILD_URL": f"http://127.0.0.1:{port}"}
+    # What the hub downloads write, from the tiny models (fetch_base_model also records the digest).
+    _link_tree(root / ".dreambuild" / "cache" / "tiny-sd", root / "base-model")
+    write_pipeline_digest(root / "base-model")
+    _link_tree(root / ".dreambuild" / "cache" / "safety-checker", root / "safety-checker")
+    photos_zip(root / "photos.zip")  # the user's photos
+    outputs, server, log = {}, None, (tmp_path_factory.mktemp("serve") / "serve.log").open("w+")
+    rest = list(commands)
+    for command in commands:
+        rest.pop(0)
+        if any(command[:len(download)] == download for download in HUB_DOWNLOADS):
+            continue
+        if command == ["source", ".venv/bin/activate"]:
+            env.update(VIRTUAL_ENV=str(root / ".venv"), PATH=f"{root / '.venv' / 'bin'}:{env['PATH']}")
+            continue
+        if command == ["dreambuild", "serve", "&"]:
+            server = subprocess.Popen(["dreambuild", "serve", "--port", str(port)], cwd=root, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+            _wait_ready(env["DREAMBUILD_URL"], server, log)
+            break
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"
+        outputs[shlex.join(command)] = done
+    assert server is not None, "the README's block has no `dreambuild serve &`"
+    yield {"root": root, "env": env, "url": env["DREAMBUILD_URL"], "rest": rest, "outputs": outputs, "log": log,
+           "token": (root / ".dreambuild" / "token").read_text().strip()}
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+    log.close()
+
+
+def _wait_ready(url: str, server: subprocess.Popen, log) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"dreambuild serve exited: {log.read()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("dreambuild serve did not answer within 180 s")
+
+
+def test_your_own_service_step_by_step(own_service):
+    root, env, timings = own_service["root"], own_service["env"], {}
+    added = {command: out.stdout.strip() for command, out in own_service["outputs"].items() if " templates add " in f" {command}"}
+    assert len(added) == 2 and all(re.fullmatch(r"[0-9a-f]{64}", v) for v in added.values()), added
+    own_service["log"].seek(0)
+    started_with = own_service["log"].read()
+    assert "base " + str(root / "base-model") in started_with and "MISSING" not in started_with, started_with
+    assert "template: vanilla " in started_with and "template: vanilla-sd15 " in started_with and "LoRA too" in started_with
+    results = {}
+    for command in own_service["rest"]:
+        args = command + TINY.get(command[1], [])
+        started = time.monotonic()
+        done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        timings[" ".join(args[:2])] = time.monotonic() - started
+        assert done.returncode == 0, f"{shlex.join(args)}: {done.stdout[-1000:]} {done.stderr[-3000:]}"
+        assert "Traceback" not in done.stderr, done.stderr
+        results[args[1]] = done
+    catalog = results["catalog"].stdout
+    assert "dreambooth (this checkout)" in catalog and "vanilla-sd15  builds full+lora" in catalog, catalog
+    # train named no versions: it took the catalog's trainer and the vanilla template, and said so.
+    vanilla = added["dreambuild templates add vanilla --bake safety-checker=safety-checker"]
+    assert f"template sha256:{vanilla}" in results["train"].stderr or f"template {vanilla}" in results["train"].stderr, results["train"].stderr
+    image = results["train"].stdout.strip().splitlines()[-1]
+    assert image.startswith(f"oci:{root / '.dreambuild' / 'images'}:alice/toy@sha256:"), image
+    (written,) = results["run"].stdout.split()
+    assert Path(written) == Path("out") / "output-0.png" or Path(written) == root / "out" / "output-0.png"
+    assert Image.open(root / "out" / "output-0.png").size == (64, 64)
+    listed = results["predictions"].stdout.splitlines()
+    assert listed and all("alice/toy" in line for line in listed) and "succeeded" in listed[0]
+    print("journey: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
+def test_the_official_clients_train_then_run_with_their_defaults(own_service, tmp_path):
+    """Python: trainings.create with an open file (the client uploads it to /v1/files), then
+    run with the client's default timeouts. JavaScript: files.create, trainings.create, run."""
+    url, token, root = own_service["url"], own_service["token"], own_service["root"]
+    trainer = httpx.get(f"{url}/v1/catalog", headers={"Authorization": f"Bearer {token}"}).json()["trainers"][0]["version"]
+    client = replicate.Client(api_token=token, base_url=url)
+    with open(root / "photos.zip", "rb") as photos:
+        training = client.trainings.create(model="dreambuild/dreambooth", version=trainer, destination="alice/pyclient",
+                                           input={"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy",
+                                                  "instance_data": photos, "max_train_steps": 2, "resolution": 64,
+                                                  "with_prior_preservation": False})
+    while training.status not in ("succeeded", "failed", "canceled"):
+        time.sleep(1)
+        training.reload()
+    assert training.status == "succeeded", training.error
+    assert training.output["version"].startswith("alice/pyclient:sha256:")
+    output = client.run(training.output["version"], input={"prompt": "a photo of a cjw toy", "num_inference_steps": 2,
+                                                           "width": 64, "height": 64, "seed": 1, "disable_safety_check": True})
+    (image,) = output
+    assert httpx.get(str(image)).content[1:4] == b"PNG"  # a signed URL: no token
+
+    done = subprocess.run(["node", str(REPO_ROOT / "tests" / "js" / "train_then_run.mjs"), url, token, trainer, "alice/jsclient",
+                           str(root / "photos.zip")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["training"]["status"] == "succeeded", result
+    assert result["training"]["version"].startswith("alice/jsclient:sha256:")
+    assert result["outputs"] == [{"status": 200, "png": True}], result
