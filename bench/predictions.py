@@ -116,6 +116,19 @@ def throughput(url: str, version: str, batch: int) -> float:
     return batch / (time.perf_counter() - started)
 
 
+def embedded_config(root: Path, home: Path) -> tuple[str, dict]:
+    """The tiny pipeline and safety checker under ``root``, the vanilla template in ``home``'s
+    embedded layout, and an embedded service's configuration on them: (template version, config)."""
+    from builder.cli.template_image import make_template_image
+    from fixtures.tiny_models import build_tiny_safety_checker, build_tiny_sd
+
+    base, checker = build_tiny_sd(root / "tiny-sd"), build_tiny_safety_checker(root / "checker")
+    template = make_template_image(home / "data" / "images", "vanilla", baked={"safety-checker": checker}).removeprefix("sha256:")
+    trainers = {local_trainer_version(): {"name": "dreambooth", "runner": "local", "env": {"DREAMBUILD_BASE_MODEL": str(base)}}}
+    return template, {"data_dir": str(home / "data"), "port": free_port(), "trainers": trainers,
+                      "tokens": [{"token": "bench-token", "owners": ["bench"]}]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=30, help="warm predictions per path")
@@ -123,16 +136,9 @@ def main() -> None:
     parser.add_argument("--skip-workers", action="store_true")
     args = parser.parse_args()
 
-    from builder.cli.template_image import make_template_image
-    from fixtures.tiny_models import build_tiny_safety_checker, build_tiny_sd
-
     root = Path(tempfile.mkdtemp(prefix="dreambuild-bench-predictions-"))
-    base, checker = build_tiny_sd(root / "tiny-sd"), build_tiny_safety_checker(root / "checker")
     home = root / "embedded"
-    template = make_template_image(home / "data" / "images", "vanilla", baked={"safety-checker": checker}).removeprefix("sha256:")
-    trainers = {local_trainer_version(): {"name": "dreambooth", "runner": "local", "env": {"DREAMBUILD_BASE_MODEL": str(base)}}}
-    config = {"data_dir": str(home / "data"), "port": free_port(), "trainers": trainers,
-              "tokens": [{"token": "bench-token", "owners": ["bench"]}]}
+    template, config = embedded_config(root, home)
     api, url = serve(home, config)
     try:
         version = trained_version(url, root, template)

@@ -57,3 +57,58 @@ def test_a_long_path_is_printed_on_one_line(tmp_path):
         proc.terminate()
         proc.wait(20)
     assert f"API token (all owners): {data / 'token'}\n" in log.read_text(), log.read_text()
+
+
+def test_a_misspelled_configuration_key_is_refused_naming_the_nearest(tmp_path):
+    import pytest
+
+    from dreambuild.errors import InputError
+
+    config = tmp_path / "service.yaml"
+    config.write_text("prot: 8000\ntrainers:\n  " + "a" * 64 + ": {name: t, runer: local}\n")
+    with pytest.raises(InputError) as refused:
+        load_config(config)
+    assert "prot: unknown key (did you mean 'port'?)" in str(refused.value)
+    assert f"trainers.{'a' * 64}.runer: unknown key (did you mean 'runner'?)" in str(refused.value)
+    config.write_text(f"templates: {{{'b' * 64}: {{name: v, repository: r/v, base_digest: 'sha256:…'}}}}\n")
+    with pytest.raises(InputError, match="is not a base digest"):
+        load_config(config)
+
+
+def test_every_yaml_block_of_the_readme_loads(tmp_path, monkeypatch):
+    """The README's configurations are real examples: each loads as written."""
+    import re
+
+    from builder.checkout import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    for index, block in enumerate(blocks):
+        path = tmp_path / f"block-{index}.yaml"
+        path.write_text(block)
+        load_config(path)
+    deploy = load_config(REPO_ROOT / "deploy" / "service.yaml")  # and the one deploy/ ships
+    assert deploy.trainers and deploy.template_repositories
+
+
+def test_users_get_public_urls_and_workers_internal_ones(tmp_path):
+    config = tmp_path / "service.yaml"
+    config.write_text("public_url: https://dreambuild.example.com/\ninternal_url: http://api:8000\n")
+    settings = load_config(config)
+    assert settings.base_url == "https://dreambuild.example.com" and settings.internal_base_url == "http://api:8000"
+    assert settings.to_internal("https://dreambuild.example.com/v1/uploads/x/p.zip") == "http://api:8000/v1/uploads/x/p.zip"
+    assert settings.to_internal("https://other.example.com/p.zip") == "https://other.example.com/p.zip"
+    assert load_config(None, data_dir=tmp_path).internal_base_url == "http://127.0.0.1:8000"  # the default: as users
+
+
+def test_every_configuration_key_is_shown_in_the_readme():
+    import re
+
+    from builder.checkout import REPO_ROOT
+    from builder.service.config import ServiceConfig, TemplateEntry, TokenEntry, TrainerEntry
+
+    shown = "\n".join(re.findall(r"```yaml\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S))
+    missing = {model.__name__: [key for key in model.model_fields if not re.search(rf"\b{key}:", shown)]
+               for model in (ServiceConfig, TrainerEntry, TemplateEntry, TokenEntry)}
+    assert missing == {name: [] for name in missing}

@@ -50,3 +50,29 @@ def test_registry_from_settings_and_errors_are_one_line(tmp_path, registry, temp
         errors = [line for line in lines if line.startswith("error: ")]
         assert errors == lines[-1:] and "Traceback" not in failed.stderr, failed.stderr
         assert re.search(message, errors[0]), errors[0]
+
+
+def test_templates_add_to_a_registry_then_the_catalog_reads_it(tmp_path, registry, tiny_base, safety_checker):
+    """`dreambuild templates add --to`: the checkout's template pushed to a registry, where a
+    service's template_repositories find it (with the base a LoRA template bakes)."""
+    from builder.service.config import load_config
+
+    environ = {**os.environ, "DREAMBUILD_HOME": str(tmp_path / "home")}
+    versions = {}
+    for template, bake in (("vanilla", []), ("vanilla-sd15", ["--bake", f"base={tiny_base}"])):
+        done = subprocess.run([CLI, "templates", "add", template, "--bake", f"safety-checker={safety_checker}", *bake,
+                               "--to", f"{registry.host}/dreambuild/{template}"], capture_output=True, text=True, env=environ, timeout=300)
+        assert done.returncode == 0, done.stderr
+        versions[template] = done.stdout.strip()
+        assert inspect(f"{registry.host}/dreambuild/{template}:latest")["Digest"] == f"sha256:{versions[template]}"
+    config = tmp_path / "service.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'service'}\ntemplate_repositories: [{registry.host}/dreambuild/vanilla, "
+                      f"{registry.host}/dreambuild/vanilla-sd15, {registry.host}/dreambuild/missing]\n")
+    catalog = load_config(config).template_catalog()
+    assert {name: version for version, entry in catalog.items() for name in [entry.name]} == versions
+    sd15 = catalog[versions["vanilla-sd15"]]
+    assert sd15.base_digest and sd15.base_digest.startswith("sha256:") and catalog[versions["vanilla"]].base_digest is None
+    assert sd15.reference(versions["vanilla-sd15"]) == f"{registry.host}/dreambuild/vanilla-sd15@sha256:{versions['vanilla-sd15']}"
+    refused = subprocess.run([CLI, "templates", "add", "vanilla", "--to", "oci:/tmp/x:y"], capture_output=True, text=True,
+                             env=environ, timeout=120)
+    assert refused.returncode == 1 and "name a registry repository" in refused.stderr and "Traceback" not in refused.stderr

@@ -198,7 +198,8 @@ def test_image_requirements_match_pyproject_pins():
     shared = set(extra) & set(image)
     assert shared >= {"torch", "diffusers", "transformers", "accelerate"}
     assert {k: extra[k] for k in shared} == {k: image[k] for k in shared}
-    assert set(image) - set(extra) == {"bitsandbytes"}
+    gpu = _pins(pyproject["project"]["optional-dependencies"]["gpu"])
+    assert {k: image[k] for k in set(image) - set(extra)} == gpu  # the GPU extra: bitsandbytes
 
 
 def test_template_requirements_match_pyproject_pins():

@@ -47,7 +47,13 @@ def test_the_compose_file_has_the_roles_of_the_readme():
 def test_the_deployment_configuration_is_a_valid_service_configuration():
     config = ServiceConfig.model_validate(yaml.safe_load((DEPLOY / "service.yaml").read_text()))
     assert config.workers == "external" and config.database_url.startswith("postgresql://")
-    assert config.public_url == "http://api:8000" and config.registry == "registry:5000"
+    # Users get URLs they can reach (the published port); trainers and workers the compose network's.
+    assert config.public_url == "http://localhost:8000" and config.internal_url == "http://api:8000"
+    assert config.registry == "registry:5000" and config.trainers and config.template_repositories
+    assert all(repo.startswith("registry:5000/dreambuild/") for repo in config.template_repositories)
+    # compose's one-shot `templates` service pushes exactly the repositories the catalog reads.
+    pushed = re.findall(r"--to (\S+)", " ".join(compose()["services"]["templates"]["command"]))
+    assert pushed == config.template_repositories
 
 
 def test_the_dockerfiles_copy_only_what_their_ignore_files_send():
@@ -69,3 +75,66 @@ def test_the_dockerfiles_copy_only_what_their_ignore_files_send():
     assert "--no-compile" not in service and "pip install" in service
     worker = (DEPLOY / "worker-gpu.Dockerfile").read_text()
     assert worker.index("ENV UV_COMPILE_BYTECODE=1") < worker.index("RUN uv sync")
+
+
+def _closure(extras: list[str]) -> set[str]:
+    """The distributions installed for dreambuild's ``extras``: their requirements and theirs,
+    as this environment's metadata declares them (normalized names)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    wanted = [("dreambuild", extra) for extra in extras]
+    seen: set[tuple[str, str]] = set()
+    names: set[str] = set()
+    while wanted:
+        name, extra = wanted.pop()
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        names.add(canonicalize_name(name))
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                wanted += [(requirement.name, "")] + [(requirement.name, e) for e in requirement.extras]
+    return names
+
+
+def _imports(*folders: str) -> set[str]:
+    """Top-level modules imported anywhere (lazily too) in the folders' Python files."""
+    import ast
+    import sys
+
+    found = set()
+    for folder in folders:
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    found |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found.add(node.module.split(".")[0])
+    return {name for name in found if name not in sys.stdlib_module_names}
+
+
+def test_the_gpu_worker_image_installs_what_its_roles_import():
+    """train runs trainer/, predict the templates' /src (templates/) with the worker's Python,
+    build and webhooks builder/: every module they import comes with the extras the image installs
+    (the image once had no compel: every prediction failed at import)."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    extras = re.findall(r"--extra (\w+)", (DEPLOY / "worker-gpu.Dockerfile").read_text())
+    installed = _closure(sorted(set(extras)))
+    ours = {"builder", "dreambuild", "trainer", "templates", "fixtures", "bench", "tests"}
+    providers = packages_distributions()
+    missing = {module: providers.get(module) for module in _imports("trainer", "templates", "dreambuild", "builder") - ours
+               if not {canonicalize_name(d) for d in providers.get(module, [module])} & installed}
+    assert missing == {}, f"imported but not installed by the extras {extras}: {missing}"
+    assert "compel" in _imports("templates") and "compel" in installed  # the check sees what it must see
+    assert "compel" not in _closure(["trainer", "builder"])

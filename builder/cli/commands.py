@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -71,6 +72,8 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Directory for summary.
         run_demo(out)
     except DreambuildError as exc:
         fail(str(exc))
+    except (OSError, httpx.HTTPError) as exc:  # a timeout, a refused connection, a full disk
+        fail(f"the demo stopped: {type(exc).__name__}" + (f": {exc}" if str(exc) else ""))
     except ImportError as exc:  # a builder-only install: no ML stack
         fail(f"the demo needs the ML stack ({exc.name or exc} is not installed): install dreambuild[all], "
              "or run ./dev demo in a checkout")
@@ -258,13 +261,15 @@ def templates_add(
     template: str = typer.Argument(..., help="A template of this checkout (templates/<name>): vanilla, vanilla-sd15, controlnet-canny, …"),
     bake: list[str] = typer.Option([], "--bake", help="KEY=DIR baked under /opt/dreambuild: safety-checker, controlnet, "
                                                       "annotators, base (repeatable)."),
+    to: str = typer.Option(None, "--to", help="Also push it to this registry repository (registry/repo[:tag]), which "
+                                              "a service lists in template_repositories (many machines)."),
     config: Path = CONFIG_OPTION,
     data_dir: Path = DATA_DIR_OPTION,
 ) -> None:
     """Write a template of this checkout into the embedded image store (no Docker, no Cog build):
     the embedded service's catalog offers it at once; print its version."""
     from builder.checkout import REPO_ROOT, require_checkout
-    from builder.cli.template_image import make_template_image, template_env
+    from builder.cli.template_image import make_template_image, push_template, template_env
     from builder.service.config import load_config
 
     try:
@@ -281,12 +286,15 @@ def templates_add(
             baked["base"] = REPO_ROOT / "base-model"  # where `python -m trainer.fetch_base_model` put the trainer's base
             err.print(f"base: {baked['base']} (the local trainer's default)", highlight=False)
         version = make_template_image(settings.layout, template, baked=baked)
+        if to:
+            push_template(settings.layout, template, to, settings.builder_settings())
     except DreambuildError as exc:
         fail(str(exc))
     if any(line.startswith("DREAMBUILD_SAFETY_CHECKER=") for line in env) and "safety-checker" not in baked:
         err.print("note: no safety checker baked: its predictions fail unless disable_safety_check is true (bake one with "
                   "--bake safety-checker=DIR; `hf download CompVis/stable-diffusion-safety-checker --local-dir DIR`)", highlight=False)
-    err.print(f"template {template} in oci:{settings.layout}:dreambuild/{template} (the embedded catalog offers it)", highlight=False)
+    err.print(f"template {template} in oci:{settings.layout}:dreambuild/{template} (the embedded catalog offers it)"
+              + (f" and {to} (for template_repositories)" if to else ""), highlight=False)
     print(version.removeprefix("sha256:"))
 
 

@@ -27,6 +27,8 @@ from builder.cog.unpack import BASE_LABEL
 from builder.oci.layer import Layer, write_layer
 from builder.oci.layout import OciLayout
 from builder.oci.manifest import OCI_CONFIG, OCI_MANIFEST, Manifest, canonical_json
+from builder.oci.references import RegistryRef, parse_image_ref
+from builder.oci.stores import RegistryAccess, ensure_blob, open_store
 from builder.weights import tree_entries, walk_tree
 from dreambuild.errors import InputError
 from dreambuild.layout import baked_pipeline_digest, check_diffusers_layout
@@ -115,3 +117,19 @@ def make_template_image(layout_path: Path, template: str = "vanilla", *, baked: 
     result = Manifest.parse(data, OCI_MANIFEST, str(layout))
     layout.put_manifest(result, name or f"dreambuild/{template}")
     return result.digest
+
+
+def push_template(layout_path: Path, template: str, to: str, access: RegistryAccess) -> str:
+    """Copy ``dreambuild/<template>`` from the layout to ``to`` (``registry/repo[:tag]``, tag
+    default ``latest``), blob by blob; return its digest (the same: the manifest is unchanged)."""
+    ref = parse_image_ref(to, what="--to")
+    if not isinstance(ref, RegistryRef) or ref.digest:
+        raise InputError(f"--to {to!r}: name a registry repository (registry/repo[:tag]), where the service's "
+                         "template_repositories read it")
+    layout = OciLayout(layout_path)
+    manifest = layout.manifest(f"dreambuild/{template}")
+    dest = open_store(ref, access)
+    for blob in [manifest.json["config"], *manifest.json["layers"]]:
+        ensure_blob(layout, dest, blob["digest"])
+    dest.put_manifest(manifest, ref.tag or "latest")
+    return manifest.digest

@@ -209,9 +209,11 @@ def _check_egress(config, url: str, what: str) -> None:
         raise fail(422, str(exc)) from None
 
 
-def _record(body: TrainingRequest, events: list[str] | None = None) -> TrainingRecord:
+def _record(config, body: TrainingRequest, events: list[str] | None = None) -> TrainingRecord:
+    template = config.template_catalog()[body.template_version].reference(body.template_version)
     return new_training(model=body.model, input=body.input, trainer_version=body.trainer_version,
-                        template_version=body.template_version, notes=body.notes, webhook=body.webhook_completed, events=events)
+                        template_version=body.template_version, template_image=template, notes=body.notes,
+                        webhook=body.webhook_completed, events=events)
 
 
 EVENTS_POLL_SECONDS = 0.5  # how often a stream reads the record (one indexed row)
@@ -253,7 +255,7 @@ def public_router(service: Service) -> APIRouter:
 
     @router.post("/v1/trainings", status_code=201, summary="Create a training (the seed's payload)")
     def create_training(body: TrainingRequest, request: Request, token_owners: list[str] = Depends(owners)) -> dict:
-        doc = _record(validate(service, body, token_owners))
+        doc = _record(config, validate(service, body, token_owners))
         service.db.create_training(doc)
         service.submit(doc)
         return public_training(doc, config.base_url)
@@ -263,7 +265,7 @@ def public_router(service: Service) -> APIRouter:
     def create_replicate_training(owner: str, name: str, version_id: str, body: ReplicateTrainingRequest,
                                   token_owners: list[str] = Depends(owners)) -> dict:
         seed = TrainingRequest(input=body.input, trainer_version=version_id, model=body.destination, webhook_completed=body.webhook)
-        doc = _record(validate(service, seed, token_owners), events=body.webhook_events_filter or ["completed"])
+        doc = _record(config, validate(service, seed, token_owners), events=body.webhook_events_filter or ["completed"])
         doc.update(api="replicate", trainer_model=f"{owner}/{name}")
         service.db.create_training(doc)
         service.submit(doc)

@@ -136,7 +136,7 @@ class Service:
     @property
     def cog_upload_url(self) -> str:
         """The ``--upload-url`` for Cog servers of cog-http trainers."""
-        return f"{self.config.base_url}/internal/{self.upload_secret}/files/"
+        return f"{self.config.internal_base_url}/internal/{self.upload_secret}/files/"
 
     def owners(self, request: Request) -> list[str]:
         """The owners the request's API token may act for (401 without a known token)."""

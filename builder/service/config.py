@@ -12,8 +12,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import os
 import secrets
+import time
 import typing
 from pathlib import Path
 from typing import Literal
@@ -31,6 +33,7 @@ from dreambuild.errors import DreambuildError, InputError
 from dreambuild.layout import baked_pipeline_digest, digest_file
 
 ALL_OWNERS = "*"
+log = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
@@ -108,7 +111,11 @@ class ServiceConfig(_Strict):
     data_dir: Path = Field(Path(".dreambuild"), validate_default=True)
     host: str = "127.0.0.1"
     port: int = 8000
-    public_url: str | None = Field(None, description="How trainers reach this service (default http://host:port).")
+    public_url: str | None = Field(None, description="How users reach this service: the URLs in its answers (files, "
+                                   "uploads, outputs, trainings). Default http://host:port.")
+    internal_url: str | None = Field(None, description="How trainers, model servers and workers reach this service "
+                                     "(its internal routes, the inputs handed to trainers), when not as users do: "
+                                     "http://api:8000 on a compose network. Default: public_url.")
     database_url: str | None = Field(None, description="postgresql://user:password@host/db (many machines); "
                                      "none: SQLite in the data directory (the embedded default).")
     workers: Literal["embedded", "external"] = Field("embedded", description="embedded: trainings run in the API's process "
@@ -125,6 +132,10 @@ class ServiceConfig(_Strict):
                                     "connect to for users although they are loopback, private or link-local (README: egress policy).")
     trainers: dict[str, TrainerEntry] = Field(default_factory=dict)
     templates: dict[str, TemplateEntry] = Field(default_factory=dict)
+    template_repositories: list[str] = Field(default_factory=list, description="Repositories (registry/repo[:tag], "
+                                             "tag default latest) whose image is a template the catalog offers, as "
+                                             "`dreambuild templates add NAME --to REPO` pushes them: read when the "
+                                             "catalog is, at most every 30 s; a version once seen stays offered.")
     tokens: list[TokenEntry] = Field(default_factory=list)
     default_template_version: str | None = Field(None, description="Template for trainings created through Replicate's "
                                                  "model-scoped route (default: the only template in the catalog).")
@@ -155,11 +166,15 @@ class ServiceConfig(_Strict):
     # Embedded defaults with no templates configured: the catalog's templates are the layout's,
     # read again when asked, so `dreambuild templates add` needs no restart.
     _templates_from_layout: bool = PrivateAttr(False)
+    _repositories_read: float | None = PrivateAttr(None)
 
     def template_catalog(self) -> dict[str, TemplateEntry]:
         """The catalog's templates, by version."""
         if self._templates_from_layout:
             self.templates = layout_templates(self.layout)
+        if self.template_repositories and (self._repositories_read is None or time.monotonic() - self._repositories_read > 30):
+            self._repositories_read = time.monotonic()
+            self.templates.update(repository_templates(self.template_repositories, self.builder_settings()))
         return self.templates
 
     @field_validator("data_dir")
@@ -211,7 +226,17 @@ class ServiceConfig(_Strict):
 
     @property
     def base_url(self) -> str:
+        """The users' URL of this service (``public_url``)."""
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def internal_base_url(self) -> str:
+        """How this service's own trainers, model servers and workers reach it (``internal_url``)."""
+        return (self.internal_url or self.base_url).rstrip("/")
+
+    def to_internal(self, url: str) -> str:
+        """A URL of this service as users have it, as trainers and workers reach it."""
+        return self.internal_base_url + url[len(self.base_url):] if url.startswith(self.base_url + "/") else url
 
     @property
     def database(self) -> str | Path:
@@ -258,7 +283,7 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
         base = entry.local_base()
         if entry.runner == "local" and entry.base_digest is None and digest_file(base).is_file():
             entry.base_digest = baked_pipeline_digest(base)  # recorded beside it by trainer.fetch_base_model
-    if not config.templates and config.workers == "embedded":  # a layout is one machine's
+    if not config.templates and not config.template_repositories and config.workers == "embedded":  # a layout is one machine's
         config._templates_from_layout = True
         config.template_catalog()
     return config
@@ -313,6 +338,33 @@ def layout_templates(layout: Path) -> dict[str, TemplateEntry]:
         found[normalize_digest(digest).removeprefix("sha256:")] = TemplateEntry(
             name=name.removeprefix("dreambuild/"), repository=f"oci:{layout}:{name}", base_digest=base)
     return found
+
+
+def repository_templates(repositories: list[str], settings: BuilderSettings) -> dict[str, TemplateEntry]:
+    """The template each repository's tag names now, by digest (a repository that cannot be read
+    is logged and left out until the next read)."""
+    from builder.oci.resolve import resolve_image
+
+    found = {}
+    for text in repositories:
+        repository = text if ":" in text.rsplit("/", 1)[-1] or "@" in text else f"{text}:latest"
+        try:
+            image = resolve_image(repository, settings, what="template repository")
+        except DreambuildError as exc:
+            log.warning("template repository %s: %s", text, exc)
+            continue
+        labels = (image.config.get("config") or {}).get("Labels") or {}
+        name = labels.get("io.dreambuild.template.name") or repository.rsplit("/", 1)[-1].split(":")[0]
+        digest = image.reference.rsplit("@", 1)[1]
+        found[digest.removeprefix("sha256:")] = TemplateEntry(name=name, repository=_repository_of(repository),
+                                                              base_digest=labels.get(BASE_LABEL))
+    return found
+
+
+def _repository_of(reference: str) -> str:
+    """``registry/repo`` of ``registry/repo:tag``."""
+    head, _, last = reference.rpartition("/")
+    return f"{head}/{last.split(':')[0].split('@')[0]}"
 
 
 def ensure_local_token(config: ServiceConfig) -> Path | None:

@@ -74,7 +74,7 @@ class Pipeline:
         self.on_training_end: Callable[[str], None] = lambda training_id: None
 
     def internal_url(self, doc: TrainingRecord, what: str) -> str:
-        return f"{self.config.base_url}/internal/{doc['secret']}/{what}/{doc['id']}"
+        return f"{self.config.internal_base_url}/internal/{doc['secret']}/{what}/{doc['id']}"
 
     def run(self, training_id: str) -> None:
         """Every stage left, one after the other (the embedded mode's worker)."""
@@ -257,7 +257,7 @@ class Pipeline:
             fetched = []
             for index, url in enumerate(values):
                 if not isinstance(url, str) or url.startswith(uploads):
-                    fetched.append(url)
+                    fetched.append(self.config.to_internal(url) if isinstance(url, str) else url)  # as the trainer reaches it
                     continue
                 filename, folder = _file_name(url), f"{name}-{index}"
                 target = (self.config.files / doc["id"] / "inputs" if self.local_files else scratch) / folder / filename
@@ -287,7 +287,7 @@ class Pipeline:
     def _build(self, doc: TrainingRecord) -> TrainingRecord:
         if doc.get("cancel_requested"):
             raise Canceled
-        template = self.config.template_catalog()[doc["template_version"]].reference(doc["template_version"])
+        template = doc.get("template_image") or self.config.template_catalog()[doc["template_version"]].reference(doc["template_version"])
         settings = self.config.builder_settings()
 
         def step(message: str) -> None:

@@ -201,7 +201,7 @@ class Predictor:
         try:
             # Logs and the end only: start and output would be database writes no one reads.
             client.start_prediction(doc["id"], inputs, events=["logs", "completed"],
-                                    webhook=f"{self.config.base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog")
+                                    webhook=f"{self.config.internal_base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog")
             return self._follow(doc, model, client, woken, time.monotonic() + self.config.prediction_timeout_minutes * 60)
         finally:
             self._updates.pop(doc["id"], None)
@@ -253,7 +253,7 @@ class Predictor:
             for index, item in enumerate(values):
                 file_id = self.files.file_id_of(item) if isinstance(item, str) else None
                 if file_id:
-                    item = self.files.signed_url(file_id, self.config.prediction_timeout_minutes * 60 + 300)
+                    item = self.config.to_internal(self.files.signed_url(file_id, self.config.prediction_timeout_minutes * 60 + 300))
                 elif isinstance(item, str) and item.startswith(("http://", "https://")) and (key in named or not named):
                     target = scratch / f"{key}-{index}" / safe_name(item.split("?")[0], "input")
                     fetch(item, target, policy=self.config.egress, what=f"input.{key}", max_bytes=self.config.max_upload_bytes)
@@ -288,7 +288,7 @@ class Predictor:
         """Store an output file; its id."""
         if self.local_files:
             return self.files.add_bytes(doc["owner"], name, mime, data, prediction_id=doc["id"])["id"]
-        url = f"{self.config.base_url}/internal/{doc['secret']}/predictions/{doc['id']}/outputs/{name}"
+        url = f"{self.config.internal_base_url}/internal/{doc['secret']}/predictions/{doc['id']}/outputs/{name}"
         try:
             response = httpx.put(url, content=data, headers={"content-type": mime}, timeout=120)
         except httpx.HTTPError as exc:

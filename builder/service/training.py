@@ -43,6 +43,7 @@ class TrainingRecord(TypedDict):
     input: dict[str, Any]  # the trainer's inputs
     trainer_version: str  # a key of the trainer catalog
     template_version: str  # a key of the template catalog
+    template_image: NotRequired[str | None]  # that template, pinned, as the catalog named it at creation (what the build uses)
     notes: str | None
     webhook_completed: str | None
     webhook_events_filter: list[str]
@@ -70,12 +71,12 @@ class TrainingRecord(TypedDict):
 
 
 def new_training(*, model: str, input: dict[str, Any], trainer_version: str, template_version: str, notes: str | None,
-                 webhook: str | None, events: list[str] | None = None) -> TrainingRecord:
+                 webhook: str | None, events: list[str] | None = None, template_image: str | None = None) -> TrainingRecord:
     """A new training record (queued) for a validated request."""
     return {
         "id": uuid.uuid4().hex[:26], "owner": model.split("/")[0], "model": model, "status": "starting",
         "stage": "queued", "input": input, "trainer_version": trainer_version,
-        "template_version": template_version, "notes": notes, "webhook_completed": webhook,
+        "template_version": template_version, "template_image": template_image, "notes": notes, "webhook_completed": webhook,
         "webhook_events_filter": events or ["completed"], "created_at": now_iso(), "logs": "", "metrics": {},
         "secret": secrets.token_urlsafe(24),
     }
