@@ -112,3 +112,58 @@ def test_every_configuration_key_is_shown_in_the_readme():
     missing = {model.__name__: [key for key in model.model_fields if not re.search(rf"\b{key}:", shown)]
                for model in (ServiceConfig, TrainerEntry, TemplateEntry, TokenEntry)}
     assert missing == {name: [] for name in missing}
+
+
+def test_an_unexpected_failure_is_one_line_too(monkeypatch, capsys):
+    import pytest
+
+    from builder.cli import commands
+
+    def broken() -> None:
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(commands, "app", broken)
+    monkeypatch.delenv("DREAMBUILD_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        commands.run()
+    assert exited.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: unexpected RuntimeError: the disk went away")
+    monkeypatch.setenv("DREAMBUILD_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        commands.run()
+
+
+def test_the_readmes_service_configuration_serves(tmp_path):
+    """The README's complete configuration, as written, is a service that starts and answers
+    (its own folder and port given on the command line, as the README's flags allow)."""
+    import re
+
+    import httpx
+
+    from builder.checkout import REPO_ROOT
+    from builder.cog.server import free_port
+
+    example = re.findall(r"```yaml\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S)[0]
+    (tmp_path / "service.yaml").write_text(example)
+    port = free_port()
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen([CLI, "serve", "--config", "service.yaml", "--data-dir", "data", "--host", "127.0.0.1",
+                                   "--port", str(port)], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                catalog = httpx.get(f"http://127.0.0.1:{port}/v1/catalog", headers={"Authorization": "Bearer r8_alice_secret"})
+                break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+        assert catalog.status_code == 200, catalog.text
+        assert {t["name"] for t in catalog.json()["templates"]} == {"controlnet-pose", "vanilla-sd15"}
+        assert "dreambooth-sd15" in {t["name"] for t in catalog.json()["trainers"]}
+        assert (tmp_path / "data" / "dreambuild.sqlite").is_file()  # where --data-dir said, relative to where it ran
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -138,3 +138,19 @@ def test_the_gpu_worker_image_installs_what_its_roles_import():
     assert missing == {}, f"imported but not installed by the extras {extras}: {missing}"
     assert "compel" in _imports("templates") and "compel" in installed  # the check sees what it must see
     assert "compel" not in _closure(["trainer", "builder"])
+
+
+def test_the_service_image_installs_what_the_api_and_cpu_workers_import():
+    """The API and the CPU workers (build, webhooks) run builder/ with the builder extra alone (no
+    torch): every module builder's service, image and CLI code imports comes with it."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    assert "[builder]" in (DEPLOY / "service.Dockerfile").read_text()
+    installed = _closure(["builder"])
+    providers = packages_distributions()
+    ours = {"builder", "dreambuild", "trainer", "templates", "fixtures", "bench", "tests"}
+    missing = {module: providers.get(module) for module in _imports("builder") - ours
+               if not {canonicalize_name(d) for d in providers.get(module, [module])} & installed}
+    assert missing == {}, f"imported by builder/ but not installed by the builder extra: {missing}"

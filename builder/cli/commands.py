@@ -539,3 +539,18 @@ def predictions_cancel(prediction_id: str, url: str = URL_OPTION, token: str = T
     except DreambuildError as exc:
         fail(str(exc))
     print(f"{prediction['id']}: cancel requested ({prediction['status']})")
+
+
+def run() -> None:
+    """The console script: the commands, and for what none of them expected, one line too (the
+    traceback only with DREAMBUILD_DEBUG=1): a user never gets a stack of frames as an answer."""
+    import os
+
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - the last resort; every expected failure is handled where it happens
+        if os.environ.get("DREAMBUILD_DEBUG"):
+            raise
+        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} (DREAMBUILD_DEBUG=1 shows where)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)

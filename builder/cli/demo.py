@@ -99,7 +99,8 @@ def run_demo(out: Path, say=print) -> dict:
     from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
     from builder.cli.template_image import make_template_image
-    from builder.service.config import local_trainer_version
+    from builder.service.config import TrainerEntry, local_trainer_version
+    from builder.service.schemas import local_schema
 
     require_checkout("the demo")
     from fixtures.tiny_models import build_tiny_safety_checker, build_tiny_sd
@@ -117,6 +118,12 @@ def run_demo(out: Path, say=print) -> dict:
     template_version = make_template_image(data_dir / "images", "vanilla", baked={"safety-checker": checker})
     timings["template_image"] = time.monotonic() - t
     say(f"template image: oci:{data_dir / 'images'}:dreambuild/vanilla@{template_version}")
+
+    t = time.monotonic()
+    # The trainer's Cog schema, generated once per source (then read from ~/.cache/dreambuild): on
+    # a fresh, loaded machine generating it inside the first POST /v1/trainings took most of a minute.
+    local_schema(TrainerEntry(name="dreambooth").predictor)
+    timings["trainer_schema"] = time.monotonic() - t
 
     config, server, token = _start_service(data_dir, base)
     receiver = _Receiver()
