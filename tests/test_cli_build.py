@@ -52,7 +52,7 @@ def test_registry_from_settings_and_errors_are_one_line(tmp_path, registry, temp
         assert re.search(message, errors[0]), errors[0]
 
 
-def test_templates_add_to_a_registry_then_the_catalog_reads_it(tmp_path, registry, tiny_base, safety_checker):
+def test_templates_add_to_a_registry_then_the_catalog_reads_it(tmp_path, registry, templates, tiny_base, safety_checker):
     """`dreambuild templates add --to`: the checkout's template pushed to a registry, where a
     service's template_repositories find it (with the base a LoRA template bakes)."""
     from builder.service.config import load_config
@@ -73,6 +73,15 @@ def test_templates_add_to_a_registry_then_the_catalog_reads_it(tmp_path, registr
     sd15 = catalog[versions["vanilla-sd15"]]
     assert sd15.base_digest and sd15.base_digest.startswith("sha256:") and catalog[versions["vanilla"]].base_digest is None
     assert sd15.reference(versions["vanilla-sd15"]) == f"{registry.host}/dreambuild/vanilla-sd15@sha256:{versions['vanilla-sd15']}"
+    # The other way: a template built elsewhere (here by buildah; Cog's the same) copied into a
+    # service's embedded store, which offers it.
+    other = {**environ, "DREAMBUILD_HOME": str(tmp_path / "other")}
+    for reference, name in ((templates["oci"], "vanilla-oci"), (f"{registry.host}/dreambuild/vanilla-sd15:latest", "vanilla-sd15")):
+        pulled = subprocess.run([CLI, "templates", "add", reference], capture_output=True, text=True, env=other, timeout=300)
+        assert pulled.returncode == 0, pulled.stderr
+        offered = load_config(None, data_dir=tmp_path / "other").template_catalog()[pulled.stdout.strip()]
+        assert offered.name == name and offered.repository.endswith(f":dreambuild/{name}")
+    assert offered.base_digest == sd15.base_digest  # the label came along: LoRA trainings build on it
     refused = subprocess.run([CLI, "templates", "add", "vanilla", "--to", "oci:/tmp/x:y"], capture_output=True, text=True,
                              env=environ, timeout=120)
     assert refused.returncode == 1 and "name a registry repository" in refused.stderr and "Traceback" not in refused.stderr

@@ -258,7 +258,9 @@ DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Data directory (default
 
 @templates_app.command("add")
 def templates_add(
-    template: str = typer.Argument(..., help="A template of this checkout (templates/<name>): vanilla, vanilla-sd15, controlnet-canny, …"),
+    template: str = typer.Argument(..., help="A template of this checkout (templates/<name>: vanilla, vanilla-sd15, "
+                                            "controlnet-canny, …), or an image reference of one built with Cog "
+                                            "(registry/repo@sha256:… or :tag), copied in."),
     bake: list[str] = typer.Option([], "--bake", help="KEY=DIR baked under /opt/dreambuild: safety-checker, controlnet, "
                                                       "annotators, base (repeatable)."),
     to: str = typer.Option(None, "--to", help="Also push it to this registry repository (registry/repo[:tag]), which "
@@ -269,12 +271,21 @@ def templates_add(
     """Write a template of this checkout into the embedded image store (no Docker, no Cog build):
     the embedded service's catalog offers it at once; print its version."""
     from builder.checkout import REPO_ROOT, require_checkout
-    from builder.cli.template_image import make_template_image, push_template, template_env
+    from builder.cli.template_image import make_template_image, pull_template, push_template, template_env
     from builder.service.config import load_config
 
     try:
-        require_checkout("templates add")
         settings = load_config(config, data_dir=data_dir)
+        if "/" in template:  # an image reference: a template built and pushed with Cog
+            if bake:
+                fail("--bake writes a template of this checkout; an image built with Cog bakes its own weights")
+            name, version = pull_template(template, settings.layout, settings.builder_settings())
+            if to:
+                push_template(settings.layout, name, to, settings.builder_settings())
+            err.print(f"template {name} in oci:{settings.layout}:dreambuild/{name} (the embedded catalog offers it)", highlight=False)
+            print(version.removeprefix("sha256:"))
+            return
+        require_checkout("templates add")
         baked = {}
         for pair in bake:
             key, sep, directory = pair.partition("=")

@@ -133,3 +133,20 @@ def push_template(layout_path: Path, template: str, to: str, access: RegistryAcc
         ensure_blob(layout, dest, blob["digest"])
     dest.put_manifest(manifest, ref.tag or "latest")
     return manifest.digest
+
+
+def pull_template(reference: str, layout_path: Path, access: RegistryAccess) -> tuple[str, str]:
+    """Copy a template image built elsewhere (``cog build`` + ``cog push``: registry/repo@sha256:…
+    or :tag) into the layout as ``dreambuild/<its name>``, blob by blob (an index: its linux/amd64
+    image); return (name, digest)."""
+    from builder.oci.resolve import resolve_image
+
+    image = resolve_image(reference, access, what="template")
+    labels = (image.config.get("config") or {}).get("Labels") or {}
+    repository = reference.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+    name = labels.get("io.dreambuild.template.name") or repository
+    layout = OciLayout(layout_path, create=True)
+    for blob in [image.manifest.json["config"], *image.manifest.json["layers"]]:
+        ensure_blob(image.store, layout, blob["digest"])
+    layout.put_manifest(image.manifest, f"dreambuild/{name}")
+    return name, image.manifest.digest
