@@ -201,7 +201,9 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
     assert "setup_time" in first.metrics
     db = Database(api.config["database_url"])
     try:
-        warm = wait_for(lambda: [w["name"] for w in Workers(db).live(20) if version in (w.get("loaded") or [])], 30, "the heartbeat")
+        # The worker heartbeats as soon as the first prediction ends: loaded, and idle.
+        warm = wait_for(lambda: [w["name"] for w in Workers(db).live(20) if version in (w.get("loaded") or []) and not w.get("current")],
+                        30, "the heartbeat")
         second = client.predictions.create(version=version, input=fast, wait=True)
         assert second.status == "succeeded" and "setup_time" not in second.metrics, second.metrics
         assert db.get_prediction(second.id)["worker"] == warm[0] == db.get_prediction(first.id)["worker"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +77,9 @@ class WorkerState:
     predictor: Any = None
     current: dict[str, str] = field(default_factory=dict)  # job id → the training or prediction it runs
     takers: dict[str, str] = field(default_factory=dict)  # job id → the procrastinate worker (a role) running it
+    # Called when a job starts or ends: the worker then heartbeats at once, so that the API routes
+    # the next prediction by what it runs now, not by a heartbeat up to 5 s old.
+    changed: Callable[[], None] = lambda: None
 
     def busy(self, worker_name: str) -> bool:
         """Whether a job taken by this procrastinate worker still runs (it may outlive the worker:
@@ -88,11 +91,13 @@ class WorkerState:
         """``what`` (a training or prediction id) runs as this job."""
         job_id = str(context.job.id)
         self.current[job_id], self.takers[job_id] = what, context.worker_name
+        self.changed()
         try:
             yield
         finally:
             self.current.pop(job_id, None)
             self.takers.pop(job_id, None)
+            self.changed()
 
 
 def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):

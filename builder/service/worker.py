@@ -166,8 +166,12 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
         log.warning("worker %s: queues %s%s", name, ", ".join(q for qs in queues.values() for q in qs),
                     f", GPU {gpu}" if gpu is not None else "")
 
+        beat_now = asyncio.Event()
+        state.changed = lambda: loop.call_soon_threadsafe(beat_now.set)
+
         async def beat() -> None:
             while not stop.is_set():
+                beat_now.clear()
                 doc = {"id": worker_id, "name": name, "host": socket.gethostname(), "pid": os.getpid(), "gpu": gpu,
                        "queues": sorted(q for qs in queues.values() for q in qs), "roles": sorted(queues),
                        "trainer_versions": [v for v in config.trainers if train_queue(v) in queues.get("train", [])],
@@ -177,10 +181,10 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
                     await in_thread(workers.beat, worker_id, doc)
                 except DreambuildError as exc:
                     log.warning("worker heartbeat: %s", exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
-                except TimeoutError:
-                    pass
+                waits = [asyncio.create_task(stop.wait()), asyncio.create_task(beat_now.wait())]
+                await asyncio.wait(waits, timeout=HEARTBEAT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+                for task in waits:
+                    task.cancel()
 
         beating = asyncio.create_task(beat())
         await stop.wait()
