@@ -209,3 +209,36 @@ def test_the_official_clients_train_then_run_with_their_defaults(own_service, tm
     assert result["training"]["status"] == "succeeded", result
     assert result["training"]["version"].startswith("alice/jsclient:sha256:")
     assert result["outputs"] == [{"status": 200, "png": True}], result
+
+
+def test_the_readmes_curl_examples(own_service):
+    """The trainings service's and the predictions' curl blocks, run by bash as written (the
+    service's port for 8000; two training steps instead of 2000), after the step-by-step block
+    (alice/toy exists; photos.zip is there; photo.png is the user's)."""
+    root, env, url = own_service["root"], own_service["env"], own_service["url"]
+    text = (REPO_ROOT / "README.md").read_text()
+    script = ["set -euo pipefail"]
+    for heading in ("## The trainings service", "### Predictions"):
+        block = re.search(r"```bash\n(.*?)```", text[text.index(heading):], re.S).group(1)
+        script += [line for line in block.splitlines() if not line.startswith("dreambuild serve")]
+    source = "\n".join(script).replace("http://127.0.0.1:8000", url)
+    source = source.replace('"max_train_steps": 2000', '"max_train_steps": 2, "with_prior_preservation": false')
+    Image.new("RGB", (64, 64), (30, 90, 200)).save(root / "photo.png")
+    done = subprocess.run(["bash", "-c", source], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers, decoder, rest = [], json.JSONDecoder(), done.stdout.strip()
+    while rest:
+        value, end = decoder.raw_decode(rest)
+        answers.append(value)
+        rest = rest[end:].strip()
+    training, waited, with_file, queued = answers
+    assert training["model"] == "yourusername/yourmodel" and training["input"]["instance_data"].startswith(f"{url}/v1/uploads/")
+    assert waited["status"] == "succeeded" and waited["model"] == "alice/toy" and waited["output"][0].startswith(f"{url}/v1/files/")
+    assert with_file["model"] == "alice/toy" and queued["model"] == "yourusername/yourmodel" and "detail" not in with_file
+    headers = {"Authorization": f"Bearer {own_service['token']}"}
+    for prediction in (with_file, queued):
+        deadline = time.monotonic() + 300
+        while (doc := httpx.get(f"{url}/v1/predictions/{prediction['id']}", headers=headers).json())["status"] not in (
+                "succeeded", "failed", "canceled") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert doc["status"] == "succeeded", doc.get("error")
