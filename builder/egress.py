@@ -61,18 +61,17 @@ class EgressPolicy:
         return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
 
     def check_static(self, url: str, what: str) -> None:
-        """What can be judged without DNS: a literal address or a local name in ``url``."""
+        """What can be judged without DNS: a literal address (in any notation) or a local name in ``url``."""
         host = (urlsplit(url).hostname or "").lower().rstrip(".")
         if self._allowed_host(host):
             return
-        try:
-            literal = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
+        literal = literal_address(host)
+        if literal is None:
             if host in LOCAL_NAMES or host.endswith((".localhost", ".internal")):
-                raise EgressRefused(_refusal(what, url, host)) from None
+                raise EgressRefused(_refusal(what, url, host))
             return
         if self._refused(str(literal)):
-            raise EgressRefused(_refusal(what, url, host))
+            raise EgressRefused(_refusal(what, url, host if host == str(literal) else f"{host} ({literal})"))
 
     def check(self, url: str, what: str) -> list[str]:
         """``url``'s host, resolved: every address it has must be allowed. Returns them, for
@@ -91,6 +90,21 @@ class EgressPolicy:
                 raise EgressRefused(_refusal(what, url, f"{host} ({info[4][0]})"))
         # IPv4 first: the connection is pinned to the first, and hosts without an IPv6 route are common.
         return [info[4][0] for info in sorted(infos, key=lambda info: info[0] != socket.AF_INET)]
+
+
+def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` is, when it is written as one, read as the resolver reads it: IPv6
+    (an IPv4-mapped one too, judged by its IPv4 address), dotted IPv4, and the forms ``inet_aton``
+    also takes, which ``ipaddress`` does not: integer (2130706433), hex (0x7f000001), octal
+    (0177.0.0.1) and short (127.1). None for a name."""
+    try:
+        return ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, UnicodeError, ValueError):
+        return None
 
 
 def pinned(url: str, addresses: list[str]) -> tuple[str, dict[str, str], dict]:

@@ -36,8 +36,10 @@ def load_rgb(path: Path, name: str, *, shorter_side: int | None = None) -> Image
             image.load()
     except Image.DecompressionBombError:  # PIL's own hard limit (179 MP), met while opening
         raise ImageDataError(f"image {name!r} is over the limit of {MAX_PIXELS / 1e6:.0f} MP: scale it down first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDataError(f"image {name!r} cannot be read: {exc}") from None
+    except UnidentifiedImageError:  # its message is the file's path on this machine: the user's name says it
+        raise ImageDataError(f"image {name!r} cannot be read: not an image in a format this reads (PNG, JPEG, WebP, …)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDataError(f"image {name!r} cannot be read: {str(exc).replace(str(path), name)}") from None
     if shorter_side and min(image.size) > shorter_side:
         w, h = image.size
         size = (shorter_side, int(shorter_side * h / w)) if w <= h else (int(shorter_side * w / h), shorter_side)

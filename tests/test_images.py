@@ -59,8 +59,16 @@ def test_every_mode_becomes_rgb(tmp_path, mode, color):
 def test_unreadable_image_is_named(tmp_path):
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    with pytest.raises(ImageDataError, match="'photos/broken.jpg' cannot be read"):
+    with pytest.raises(ImageDataError, match="'photos/broken.jpg' cannot be read") as refused:
         load_rgb(path, "photos/broken.jpg")
+    assert str(tmp_path) not in str(refused.value)  # the user's name for it, never this machine's path
+    truncated = tmp_path / "cut.png"
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, "PNG")
+    truncated.write_bytes(buffer.getvalue()[:80])
+    with pytest.raises(ImageDataError, match="'photos/cut.png' cannot be read") as refused:
+        load_rgb(truncated, "photos/cut.png")
+    assert str(tmp_path) not in str(refused.value)
 
 
 def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path):

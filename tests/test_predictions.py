@@ -98,6 +98,9 @@ def test_replicate_run_with_a_file_input_on_a_trained_version(tmp_path, service,
     assert isinstance(output, list) and len(output) == 1
     fetched = httpx.get(str(output[0]))  # no Authorization: a signed, expiring URL
     assert fetched.status_code == 200 and Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+    # An image of the allow-list, shown inline, but unsniffed and sandboxed like all user content.
+    assert fetched.headers["content-type"] == "image/png" and fetched.headers["content-disposition"].startswith("inline")
+    assert fetched.headers["x-content-type-options"] == "nosniff" and "sandbox" in fetched.headers["content-security-policy"]
     # The signature is checked: the same URL with another expiry or signature is refused.
     assert httpx.get(str(output[0]).replace("signature=", "signature=x")).status_code == 404
     # The version the client fetched: its Cog schema, as Replicate's clients read it.

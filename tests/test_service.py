@@ -788,3 +788,76 @@ def test_the_api_docs_render_offline_in_a_browser(tmp_path, service):
                          capture_output=True, text=True, timeout=120).stdout
     assert 'class="swagger-ui' in dom and "opblock" in dom, dom[-2000:]
     assert "/v1/trainings" in dom and "Unable to render this definition" not in dom
+
+
+def test_values_no_store_keeps_are_refused_at_entry_and_nothing_is_stored(tmp_path, service, receiver):
+    """NaN, Infinity and NUL characters (PostgreSQL refuses them; a Cog server refuses non-finite
+    numbers after acceptance), paging parameters out of range, a Cancel-After past any use: a 422
+    naming the field, on a connection that stays usable, with nothing recorded."""
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    before = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
+    with httpx.Client(base_url=service.url, headers={**ALICE, "Content-Type": "application/json"}) as client:
+        for field, body in (
+            ("input.learning_rate", seed_request(service, receiver, url, input={**TRAIN_INPUT, "instance_data": url,
+                                                                                "learning_rate": float("nan")})),
+            ("input.prior_loss_weight", seed_request(service, receiver, url, input={**TRAIN_INPUT, "instance_data": url,
+                                                                                    "prior_loss_weight": float("inf")})),
+            ("notes", seed_request(service, receiver, url, notes="a\x00b")),
+        ):
+            refused = client.post("/v1/trainings", content=json.dumps(body))  # Python's JSON writes NaN and Infinity
+            assert refused.status_code == 422 and refused.json()["detail"].startswith(f"{field}: "), refused.text
+        for body in ({"version": "alice/toy", "input": {"guidance_scale": float("-inf")}},
+                     {"version": "alice/toy", "input": {"prompt": "\x00"}}):
+            refused = client.post("/v1/predictions", content=json.dumps(body))
+            assert refused.status_code == 422 and refused.json()["detail"].startswith("input."), refused.text
+        refused = client.post("/v1/predictions", content=json.dumps({"version": "alice/toy", "input": {}}),
+                              headers={"Cancel-After": "9" * 400 + "s"})
+        assert refused.status_code == 422 and "longer than the maximum" in refused.json()["detail"]
+        for path in ("/v1/predictions?cursor=99999999999999999999", "/v1/trainings?cursor=99999999999999999999",
+                     "/v1/trainings?cursor=-1", "/v1/predictions?limit=0", "/v1/trainings?limit=100000"):
+            answer = client.get(path)
+            assert answer.status_code == 422 and ("cursor" in answer.json()["detail"] or "limit" in answer.json()["detail"]), path
+        assert client.get("/v1/trainings").status_code == 200  # the same connection, still served
+    stored = Path(service.config["data_dir"]) / "prediction-files"
+    files_before = sorted(stored.iterdir()) if stored.is_dir() else []
+    refused = httpx.post(f"{service.url}/v1/files", files={"content": ("a.png", b"x" * 4096)},
+                         data={"metadata": json.dumps({"note": "a\x00b"})}, headers=ALICE)
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("metadata.note: contains a NUL"), refused.text
+    assert (sorted(stored.iterdir()) if stored.is_dir() else []) == files_before  # no file left without its record
+    assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before
+
+
+def test_user_content_never_runs_on_the_services_origin(service):
+    """An upload named notes.html holding a script is served as an attachment of no renderable
+    type, unsniffed and sandboxed; /docs and the dashboard cannot be framed."""
+    page = b"<html><script>fetch('/steal?' + sessionStorage.getItem('dreambuild-token'))</script></html>"
+    url = httpx.post(f"{service.url}/v1/uploads/notes.html", content=page, headers=ALICE).json()["url"]
+    served = httpx.get(url)  # a capability URL: no token
+    assert served.status_code == 200 and served.content == page
+    assert served.headers["content-type"] == "application/octet-stream"
+    assert served.headers["content-disposition"].startswith("attachment")
+    assert served.headers["x-content-type-options"] == "nosniff" and "sandbox" in served.headers["content-security-policy"]
+    for path in ("/docs", "/"):
+        answer = httpx.get(f"{service.url}{path}")
+        assert answer.headers["content-type"].startswith("text/html")
+        assert answer.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+
+
+def test_every_notation_of_a_private_address_is_refused_at_creation(tmp_path, service, receiver):
+    """Integer, hex, octal, short and IPv4-mapped forms of a loopback address are what the resolver
+    makes of them: refused at creation (422) as webhooks and file inputs, nothing stored. (This
+    service allows 127.0.0.1 for its receiver: 127.0.0.2, which it does not, is written here.)"""
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    before = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
+    port = service.url.rsplit(":", 1)[1]
+    for host in ("2130706434", "0x7f000002", "0177.0.0.2", "127.2", "[::ffff:7f00:2]", "169.254.169.254", "0xa9fea9fe"):
+        hostile = f"http://{host}:{port}/x"
+        refused = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, url, webhook_completed=hostile),
+                             headers=ALICE)
+        assert refused.status_code == 422 and "non-public address" in refused.json()["detail"], (host, refused.text)
+        refused = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, hostile), headers=ALICE)
+        assert refused.status_code == 422 and "non-public address" in refused.json()["detail"], (host, refused.text)
+        refused = httpx.post(f"{service.url}/v1/predictions", json={"version": "alice/toy", "input": {}, "webhook": hostile},
+                             headers=ALICE)
+        assert refused.status_code == 422 and "non-public address" in refused.json()["detail"], (host, refused.text)
+    assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before

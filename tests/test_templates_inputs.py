@@ -200,3 +200,46 @@ def test_output_formats(tmp_path):
     assert low.stat().st_size < jpg.stat().st_size
     with pytest.raises(InputError, match="unknown output_format 'gif'"):
         write_images([image], tmp_path, "gif")
+
+
+# Scheduler configurations as bases ship them: SD 1.5's (PNDM, skip_prk_steps on), SDXL's (Euler),
+# and a fine-tune saved with DDIM's (no skip_prk_steps: PNDM's default, off).
+SHIPPED_SCHEDULER_CONFIGS = {
+    "sd15": {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+             "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+             "trained_betas": None, "clip_sample": False},
+    "sdxl": {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+             "clip_sample": False, "interpolation_type": "linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+             "sample_max_value": 1.0, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+             "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False},
+    "ddim": {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+             "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "steps_offset": 1, "trained_betas": None},
+}
+
+
+def test_every_scheduler_runs_the_schemas_fewest_steps_on_every_shipped_config():
+    """Each scheduler denoises 1 and 2 steps (the schema's minimum is 1) from each base's own
+    configuration: PNDM failed with a raw broadcast error on a DDIM-config base below 4 steps."""
+    import warnings
+
+    import torch
+
+    from templates.inference.schedulers import SCHEDULERS, make_scheduler
+
+    failed = []
+    for config_name, config in SHIPPED_SCHEDULER_CONFIGS.items():
+        for name in SCHEDULERS:
+            for steps in (1, 2):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        scheduler = make_scheduler(name, config, seed=0)
+                        scheduler.set_timesteps(steps)
+                        sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+                        for t in scheduler.timesteps:
+                            scheduler.scale_model_input(sample, t)
+                            sample = scheduler.step(torch.zeros_like(sample), t, sample).prev_sample
+                    assert torch.isfinite(sample).all()
+                except Exception as exc:  # noqa: BLE001 - every failure is listed
+                    failed.append(f"{config_name} {name} {steps}: {type(exc).__name__}: {str(exc)[:80]}")
+    assert failed == []

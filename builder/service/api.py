@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
 import os
 import secrets
 import shutil
@@ -28,7 +29,7 @@ from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
 from builder.service.database import DatabaseUnavailable
-from builder.service.http import FILENAME, check_http_url, fail, stream_to
+from builder.service.http import FILENAME, CheckedJSONRoute, Cursor, Limit, check_http_url, fail, stream_to, user_content_headers
 from builder.service.prediction_api import public_version
 from builder.service.previews import media_type, read_image, zip_images
 from builder.service.retention import delete_training_files, delete_upload
@@ -247,7 +248,7 @@ async def _training_stream(service: Service, training_id: str, request: Request)
 
 def public_router(service: Service) -> APIRouter:
     """The routes users call; all but an upload's download need an API token."""
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedJSONRoute)
     config = service.config
 
     def owners(request: Request) -> list[str]:
@@ -276,12 +277,10 @@ def public_router(service: Service) -> APIRouter:
         return public_training(service.training_for(training_id, token_owners), config.base_url)
 
     @router.get("/v1/trainings", summary="List trainings, newest first")
-    def list_trainings(cursor: str | None = None, limit: int = 50, token_owners: list[str] = Depends(owners)) -> dict:
-        if cursor is not None and not cursor.isdigit():
-            raise fail(422, "cursor must come from a previous page's next")
+    def list_trainings(cursor: Cursor = None, limit: Limit = 50, token_owners: list[str] = Depends(owners)) -> dict:
         limit = max(1, min(limit, 100))
         owners_filter = None if ALL_OWNERS in token_owners else token_owners
-        page, after = service.db.list_trainings(owners_filter, before=int(cursor) if cursor else None, limit=limit)
+        page, after = service.db.list_trainings(owners_filter, before=cursor, limit=limit)
         next_url = f"{config.base_url}/v1/trainings?cursor={after}&limit={limit}" if after else None
         return {"previous": None, "next": next_url, "results": [public_training(d, config.base_url) for d in page]}
 
@@ -311,7 +310,8 @@ def public_router(service: Service) -> APIRouter:
         path = config.files / training_id / "output.zip"
         if not doc.get("weights") or not path.is_file():
             raise fail(404, f"training {training_id} has no weights")
-        return FileResponse(path, media_type="application/zip", filename="output.zip")
+        kind, headers = user_content_headers("application/zip", "output.zip")
+        return FileResponse(path, media_type=kind, headers=headers)
 
     def images_zip(doc: TrainingRecord, source: str, token_owners: list[str]) -> tuple[Path | None, str]:
         """The zip holding a training's images of ``source``, and the folder they are in."""
@@ -342,9 +342,8 @@ def public_router(service: Service) -> APIRouter:
             raise fail(422, str(exc)) from None
         if data is None:
             raise fail(404, f"training {training_id} has no image {name!r} in its {source}")
-        return Response(data, media_type=media_type(name), headers={"X-Content-Type-Options": "nosniff",
-                                                                    "Content-Security-Policy": "default-src 'none'",
-                                                                    "Cache-Control": "private, max-age=3600"})
+        kind, headers = user_content_headers(media_type(name), Path(name).name)
+        return Response(data, media_type=kind, headers={**headers, "Cache-Control": "private, max-age=3600"})
 
     @router.delete("/v1/trainings/{training_id}", status_code=204,
                    summary="Delete a finished training: its output.zip and its record")
@@ -444,6 +443,7 @@ def public_router(service: Service) -> APIRouter:
         path = service.upload_path(f"{config.base_url}/v1/uploads/{upload_id}/{filename}")
         if path is None:
             raise fail(404, "upload not found")
-        return FileResponse(path)
+        kind, headers = user_content_headers(mimetypes.guess_type(filename)[0], filename)
+        return FileResponse(path, media_type=kind, headers=headers)
 
     return router

@@ -25,7 +25,7 @@ from builder.service.database import Database, DatabaseUnavailable, Leases
 from builder.service.deliveries import LocalScheduler, Notifier
 from builder.service.docs import mount_docs
 from builder.service.files import FileStore, files_router
-from builder.service.http import fail
+from builder.service.http import PageHeaders, fail
 from builder.service.internal import internal_router
 from builder.service.model_servers import ModelServers
 from builder.service.operations import operations_router
@@ -249,6 +249,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(DatabaseUnavailable)
     async def _database_down(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        log.warning("%s %s: %s (%s)", request.method, request.url.path, exc, exc.detail)
         # Nothing was half-written: each change is one transaction. The client may retry.
         return JSONResponse({"detail": f"{exc}; try again shortly"}, status_code=503, headers={"Retry-After": "5"})
 
@@ -260,6 +261,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return config.max_upload_bytes if path.startswith(("/v1/uploads", "/v1/files")) else config.max_body_bytes
 
     app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(PageHeaders)
     app.include_router(public_router(service))
     app.include_router(prediction_router(service))
     app.include_router(files_router(service))

@@ -108,7 +108,12 @@ _LOCK_KEY = 0x64726D62  # "drmb": the advisory lock held while migrating Postgre
 
 
 class DatabaseUnavailable(DreambuildError):
-    """The database cannot be reached (the API answers 503)."""
+    """The database cannot be reached (the API answers 503). Its message is for clients and names
+    no host or port; ``detail`` (the driver's first line) is for the operator's log."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("the database is unavailable")
+        self.detail = detail
 
 
 def database_url(target: str | Path) -> str:
@@ -175,7 +180,7 @@ class Database:
                     yield conn
         except DBAPIError as exc:
             if exc.connection_invalidated or _is_connection_error(exc):
-                raise DatabaseUnavailable(f"the database is unavailable: {_first_line(exc.orig)}") from None
+                raise DatabaseUnavailable(_first_line(exc.orig)) from None
             raise
 
     def _read(self, statement) -> list:
@@ -187,7 +192,7 @@ class Database:
                 if exc.connection_invalidated and attempt == 1:
                     continue  # a connection the database closed (it restarted): once more, on a new one
                 if exc.connection_invalidated or _is_connection_error(exc):
-                    raise DatabaseUnavailable(f"the database is unavailable: {_first_line(exc.orig)}") from None
+                    raise DatabaseUnavailable(_first_line(exc.orig)) from None
                 raise
         raise AssertionError("unreachable")
 

@@ -28,7 +28,7 @@ from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from builder.service.config import ALL_OWNERS
-from builder.service.http import FILENAME, fail
+from builder.service.http import FILENAME, CheckedJSONRoute, fail, unstorable, user_content_headers
 from builder.service.training import now_iso
 
 if TYPE_CHECKING:
@@ -78,17 +78,17 @@ class FileStore:
         folder.mkdir(parents=True)
         path = folder / name
         digest = hashlib.sha256()
-        try:
+        try:  # a file is kept only with its record: a failed write or insert leaves nothing behind
             with open(path, "wb") as handle:
                 write(_Hashing(handle, digest))
+            return self.db.add_file({
+                "id": file_id, "owner": owner, "name": name, "content_type": content_type, "size": path.stat().st_size,
+                "etag": digest.hexdigest(), "checksums": {"sha256": digest.hexdigest()}, "metadata": metadata or {},
+                "created_at": now_iso(), "expires_at": None, "path": str(path), "prediction_id": prediction_id,
+            })
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return self.db.add_file({
-            "id": file_id, "owner": owner, "name": name, "content_type": content_type, "size": path.stat().st_size,
-            "etag": digest.hexdigest(), "checksums": {"sha256": digest.hexdigest()}, "metadata": metadata or {},
-            "created_at": now_iso(), "expires_at": None, "path": str(path), "prediction_id": prediction_id,
-        })
 
     def add_bytes(self, owner: str, name: str, content_type: str, data: bytes, **extra) -> dict[str, Any]:
         return self.add(owner, name, content_type, lambda handle: handle.write(data), **extra)
@@ -142,7 +142,7 @@ def public_file(store: FileStore, doc: dict[str, Any]) -> dict[str, Any]:
 
 def files_router(service: Service) -> APIRouter:
     """``/v1/files``: upload, get, list, delete (API token), download (signed URL)."""
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedJSONRoute)
     store = service.files
 
     @router.post("/v1/files", status_code=201, summary="Upload a file for a prediction's input (multipart: content)")
@@ -165,6 +165,8 @@ def files_router(service: Service) -> APIRouter:
             raise fail(422, "metadata must be a JSON object")
         filename = form.get("filename") if isinstance(form.get("filename"), str) else content.filename
         content_type = form.get("type") if isinstance(form.get("type"), str) else content.content_type
+        if problem := unstorable({"metadata": metadata, "filename": filename, "type": content_type}):
+            raise fail(422, problem)
         limit = service.config.max_upload_bytes
 
         def write(handle) -> None:
@@ -208,6 +210,7 @@ def files_router(service: Service) -> APIRouter:
         if not path.is_file():
             raise fail(404, "file not found, or its download URL has expired")
         expiry = datetime.fromtimestamp(int(expires), timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")
-        return FileResponse(path, media_type=doc["content_type"], headers={"Expires": expiry, "Cache-Control": "private"})
+        kind, headers = user_content_headers(doc["content_type"], doc["name"])
+        return FileResponse(path, media_type=kind, headers={**headers, "Expires": expiry, "Cache-Control": "private"})
 
     return router

@@ -1,22 +1,74 @@
-"""HTTP helpers shared by the service's routers: errors for the user, request bodies streamed
-to disk under a limit."""
+"""HTTP helpers shared by the service's routers: errors for the user, JSON bodies checked for
+what no store keeps, request bodies streamed to disk under a limit."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Query, Request, Response
+from fastapi.routing import APIRoute
 
+# A list route's paging, checked where it enters (a cursor past SQLite's integers answered 500).
+Cursor = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="From a previous page's next.")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Results per page.")]
 FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # an uploaded file's name, as stored (use fullmatch)
 
 
 def fail(status: int, detail: str) -> HTTPException:
     """An HTTP error whose ``detail`` names the problem for the user."""
     return HTTPException(status_code=status, detail=detail)
+
+
+def unstorable(value: Any, path: str = "") -> str | None:
+    """The first value no store keeps and JSON does not define, named by its path: a non-finite
+    number (Python's JSON reads NaN and Infinity; PostgreSQL refuses them, a Cog server too) or a
+    NUL character (PostgreSQL's text and JSON cannot hold one). None when there is none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path or 'the body'}: {value} is not a finite number (JSON has no NaN or Infinity)"
+    if isinstance(value, str) and "\x00" in value:
+        return f"{path or 'the body'}: contains a NUL character (\\u0000), which cannot be stored"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return f"{path or 'the body'}: a key contains a NUL character (\\u0000), which cannot be stored"
+            if problem := unstorable(item, where):
+                return problem
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if problem := unstorable(item, f"{path}[{index}]"):
+                return problem
+    return None
+
+
+class CheckedJSONRoute(APIRoute):
+    """A public route whose JSON body is refused (422 naming the field) when it holds what
+    :func:`unstorable` finds, before its handler runs: SQLite kept such values and PostgreSQL
+    answered 500; a model's Cog server refused them after acceptance, which cost its warm server."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+                body = await request.body()  # kept by the request: the handler reads it again
+                try:
+                    value = json.loads(body) if body else None
+                except ValueError:
+                    value = None  # FastAPI answers malformed JSON itself
+                if problem := unstorable(value):
+                    raise fail(422, problem)
+            return await handler(request)
+
+        return checked
 
 
 def check_http_url(value: object, field: str) -> str:
@@ -54,3 +106,57 @@ async def stream_to(request: Request, target: Path, limit: int, cleanup: Path | 
         if cleanup:
             shutil.rmtree(cleanup, ignore_errors=True)
         raise
+
+
+# --- what the service's origin serves to browsers ----------------------------------------------
+
+# Headers of every HTML page (the dashboard, /docs): never framed (a page where users paste tokens
+# must not be overlaid by another site), never sniffed, no referrer leaving with a URL.
+PAGE_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+PAGE_POLICY = "frame-ancestors 'none'"
+
+
+class PageHeaders:
+    """ASGI middleware: :data:`PAGE_HEADERS` on every ``text/html`` response, and a
+    Content-Security-Policy with ``frame-ancestors 'none'`` where the page set none of its own."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def start(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                names = {name.lower() for name, _ in headers}
+                kind = next((value for name, value in headers if name.lower() == b"content-type"), b"")
+                if kind.startswith(b"text/html"):
+                    headers += [(k.lower().encode(), v.encode()) for k, v in PAGE_HEADERS.items() if k.lower().encode() not in names]
+                    if b"content-security-policy" not in names:
+                        headers.append((b"content-security-policy", PAGE_POLICY.encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, start)
+
+
+# User content (uploads, files, outputs, a training's images) is served from the dashboard's
+# origin: only these types are shown inline (a browser renders them, never runs them); anything
+# else is an attachment of no type a browser renders, and every answer is sandboxed and unsniffed,
+# so no tenant's file runs script where the dashboard keeps its token.
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+USER_CONTENT_POLICY = "sandbox; default-src 'none'; img-src 'self'"
+
+
+def user_content_headers(content_type: str | None, name: str) -> tuple[str, dict[str, str]]:
+    """The media type and headers to serve a user's file ``name`` of ``content_type`` with."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    inline = kind in INLINE_TYPES
+    safe = name if FILENAME.fullmatch(name or "") else "file"
+    return (kind if inline else "application/octet-stream"), {
+        "Content-Disposition": f'{"inline" if inline else "attachment"}; filename="{safe}"',
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": USER_CONTENT_POLICY,
+    }

@@ -8,6 +8,7 @@ recent trainings, webhook deliveries by outcome, workers seen.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200)
 RECENT = 1000  # stage durations: of the newest trainings, as the scrape must stay cheap
 
+log = logging.getLogger(__name__)
+
 
 def operations_router(service: Service) -> APIRouter:
     router = APIRouter(include_in_schema=False)
@@ -35,7 +38,8 @@ def operations_router(service: Service) -> APIRouter:
         problems = {}
         try:
             service.db.ping()
-        except DatabaseUnavailable as exc:
+        except DatabaseUnavailable as exc:  # no token is needed here: what failed goes to the log, not to the client
+            log.warning("readyz: %s (%s)", exc, exc.detail)
             problems["database"] = str(exc)
         if service.queue is not None and "database" not in problems:
             from builder.service.jobs import queue_depths
@@ -43,7 +47,8 @@ def operations_router(service: Service) -> APIRouter:
             try:
                 queue_depths(service.config)
             except Exception as exc:  # psycopg's errors, a missing schema: all mean the queue is not usable
-                problems["queue"] = f"the queue is unavailable: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                log.warning("readyz: the queue is unavailable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                problems["queue"] = "the queue is unavailable"
         elif "database" in problems and service.queue is not None:
             problems["queue"] = "the queue is unavailable: it lives in the database"
         if problems:

@@ -100,7 +100,7 @@ class Pipeline:
                         self.db.get_training(training_id)["stage"])
             return None
         except DatabaseUnavailable as exc:  # not the training's fault: it is queued again once the database is back
-            log.warning("training %s stopped at its stage: %s", training_id, exc)
+            log.warning("training %s stopped at its stage: %s (%s)", training_id, exc, exc.detail)
             return None
         except Canceled:
             doc = self._finish(training_id, "canceled", "canceled")

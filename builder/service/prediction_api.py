@@ -11,6 +11,7 @@ the egress policy allows) → a prediction record → a worker (:mod:`builder.se
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
-from builder.service.http import check_http_url, fail
+from builder.service.http import CheckedJSONRoute, Cursor, Limit, check_http_url, fail
 from builder.service.prediction import new_prediction
 from builder.service.predictor import waiting_on
 from builder.service.schemas import file_inputs, input_problems
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from builder.service.app import Service
 
 MAX_WAIT = 60
+MAX_CANCEL_AFTER = 7 * 24 * 3600.0  # a week: longer than any prediction_timeout_minutes worth setting
 # A wait ends this long before the time the client asked for, counted from the request's arrival:
 # the official Python client reads for just 0.5 s more than the wait it asks (60.5 s for a bare
 # ``Prefer: wait``), so on a loaded machine the answer could otherwise come after it gave up.
@@ -92,11 +94,13 @@ def parse_duration(text: str | None) -> float | None:
         seconds = sum(float(n) * scale[u] for n, u in parts)
     if seconds < 5:
         raise fail(422, f"Cancel-After {text!r} is shorter than the minimum of 5 seconds")
+    if not math.isfinite(seconds) or seconds > MAX_CANCEL_AFTER:
+        raise fail(422, f"Cancel-After {text[:40]!r} is longer than the maximum of {MAX_CANCEL_AFTER // 3600:.0f} hours")
     return seconds
 
 
 def prediction_router(service: Service) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=CheckedJSONRoute)
     config, db, files = service.config, service.db, service.files
 
     def find_version(reference: str, token_owners: list[str]) -> dict:
@@ -247,15 +251,13 @@ def prediction_router(service: Service) -> APIRouter:
         return service.predictor.public(prediction_for(prediction_id, token_owners))
 
     @router.get("/v1/predictions", summary="List predictions, newest first (filter: model=owner/name, status)")
-    def list_predictions(cursor: str | None = None, limit: int = 50, model: str | None = None, status: str | None = None,
+    def list_predictions(cursor: Cursor = None, limit: Limit = 50, model: str | None = None, status: str | None = None,
                          token_owners: list[str] = Depends(service.owners)) -> dict:
-        if cursor is not None and not cursor.isdigit():
-            raise fail(422, "cursor must come from a previous page's next")
         if status is not None and status not in ("starting", "processing", *FINISHED):
             raise fail(422, f"status {status!r} is not one of starting, processing, {', '.join(FINISHED)}")
         limit = max(1, min(limit, 100))
         owners_filter = None if ALL_OWNERS in token_owners else token_owners
-        page, after = db.list_predictions(owners_filter, model=model, status=status, before=int(cursor) if cursor else None,
+        page, after = db.list_predictions(owners_filter, model=model, status=status, before=cursor,
                                           limit=limit)
         query = "".join(f"&{k}={v}" for k, v in (("model", model), ("status", status)) if v)
         next_url = f"{config.base_url}/v1/predictions?cursor={after}&limit={limit}{query}" if after else None

@@ -94,7 +94,7 @@ async def _open(config: ServiceConfig) -> Database:
             apply_schema(config)
             return db
         except DatabaseUnavailable as exc:
-            problem = str(exc)
+            problem = exc.detail
         except Exception as exc:  # procrastinate's schema step speaks psycopg
             import psycopg
 

@@ -19,7 +19,9 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "K_EULER_ANCESTRAL": ("EulerAncestralDiscreteScheduler", {}),
     "K_EULER": ("EulerDiscreteScheduler", {}),
     "KLMS": ("LMSDiscreteScheduler", {}),
-    "PNDM": ("PNDMScheduler", {}),
+    # PLMS steps only, as SD's own scheduler config ships it: the Runge-Kutta warm-up needs more
+    # steps than the schema's minimum, and a base whose config is DDIM's (no skip_prk_steps) failed.
+    "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
     "UniPCMultistep": ("UniPCMultistepScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "Euler": ("EulerDiscreteScheduler", {}),
