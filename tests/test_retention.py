@@ -26,15 +26,15 @@ def test_the_sweep_deletes_what_expired(tmp_path):
         (config.files / training_id / "output.zip").write_bytes(b"PK")
         db.create_training({"id": training_id, "owner": "alice", "status": status, "stage": "done" if status != "processing" else "training",
                             "completed_at": _iso(now - timedelta(hours=age)), "weights": str(config.files / training_id / "output.zip")})
-    assert sweep(config, db, now) == {"uploads": 1, "trainings": 1, "files": 0}
+    assert sweep(config, db, now) == {"uploads": 1, "trainings": 1, "files": 0, "orphans": 0}
     assert [u["id"] for u in db.list_uploads()] == ["new"] and not (tmp_path / "uploads" / "old").exists()
     assert not (config.files / "t-old").exists() and (config.files / "t-new").exists() and (config.files / "t-running").exists()
     old = db.get_training("t-old")
     assert old["weights"] is None and old["files_deleted_at"]
-    assert sweep(config, db, now) == {"uploads": 0, "trainings": 0, "files": 0}
+    assert sweep(config, db, now) == {"uploads": 0, "trainings": 0, "files": 0, "orphans": 0}
     # No expiry configured: nothing is ever deleted by the sweep.
     kept = ServiceConfig(data_dir=tmp_path, upload_expiry_hours=None, output_expiry_hours=None, file_expiry_hours=None)
-    assert sweep(kept, db, now + timedelta(days=999)) == {"uploads": 0, "trainings": 0, "files": 0}
+    assert sweep(kept, db, now + timedelta(days=999)) == {"uploads": 0, "trainings": 0, "files": 0, "orphans": 0}
 
 
 def test_the_sweep_deletes_prediction_files_and_marks_their_predictions(tmp_path):
@@ -46,8 +46,34 @@ def test_the_sweep_deletes_prediction_files_and_marks_their_predictions(tmp_path
     (folder / "output-0.png").write_bytes(b"png")
     db.create_prediction({"id": "p1", "owner": "alice", "model": "alice/toy", "status": "succeeded", "output": ["dreambuild-file:f1"]})
     db.add_file({"id": "f1", "owner": "alice", "name": "output-0.png", "path": str(folder / "output-0.png"), "prediction_id": "p1"})
-    assert sweep(config, db, now + timedelta(hours=23)) == {"uploads": 0, "trainings": 0, "files": 0}
+    assert sweep(config, db, now + timedelta(hours=23)) == {"uploads": 0, "trainings": 0, "files": 0, "orphans": 0}
     assert db.get_file("f1") and folder.exists()
-    assert sweep(config, db, now + timedelta(hours=25)) == {"uploads": 0, "trainings": 0, "files": 1}
+    assert sweep(config, db, now + timedelta(hours=25)) == {"uploads": 0, "trainings": 0, "files": 1, "orphans": 0}
     assert db.get_file("f1") is None and not folder.exists()
     assert db.get_prediction("p1")["data_removed"] and db.get_prediction("p1")["output"] is None
+
+
+def test_the_sweep_deletes_folders_left_without_a_record_after_an_hour(tmp_path):
+    """A process killed between writing an upload or a file and recording it left a folder that
+    nothing listed, deleted or expired: the sweep removes it once it is an hour old, and never a
+    folder with its record (or one that may still be written)."""
+    import os
+
+    config = ServiceConfig(data_dir=tmp_path, upload_expiry_hours=None, output_expiry_hours=None, file_expiry_hours=None)
+    db = Database(config.database)
+    now = datetime.now(timezone.utc)
+    folders = {}
+    for root, name in (("uploads", "lost-upload"), ("uploads", "kept-upload"), ("prediction-files", "lostfile"),
+                       ("prediction-files", "keptfile"), ("prediction-files", "writing")):
+        folder = tmp_path / root / name
+        folder.mkdir(parents=True)
+        (folder / "data.bin").write_bytes(b"x" * 1024)
+        if name != "writing":  # "writing": its folder is old, its file still growing
+            os.utime(folder / "data.bin", (now.timestamp() - 7200, now.timestamp() - 7200))
+        os.utime(folder, (now.timestamp() - 7200, now.timestamp() - 7200))
+        folders[name] = folder
+    db.add_upload({"id": "kept-upload", "owner": "alice", "owners": ["alice"], "name": "data.bin",
+                   "path": str(folders["kept-upload"] / "data.bin"), "size": 1024, "created_at": _iso(now)})
+    db.add_file({"id": "keptfile", "owner": "alice", "name": "data.bin", "path": str(folders["keptfile"] / "data.bin")})
+    assert sweep(config, db, now) == {"uploads": 0, "trainings": 0, "files": 0, "orphans": 2}
+    assert {name for name, folder in folders.items() if folder.exists()} == {"kept-upload", "keptfile", "writing"}

@@ -5,7 +5,8 @@ inputs the service fetched are gone once its trainer stops) and its record; a ve
 registry, whose operator prunes it). Expiry (``upload_expiry_hours``, ``output_expiry_hours``,
 ``file_expiry_hours``; none: kept): a sweep every few minutes deletes older uploads, finished
 trainings' files, and predictions' files (inputs uploaded to /v1/files and outputs; the
-prediction then shows ``data_removed``, as Replicate's do).
+prediction then shows ``data_removed``, as Replicate's do), and any upload or file folder left
+without its record (a process killed between writing and recording) an hour after it was written.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from builder.service.training import FINISHED, TrainingRecord, now_iso
 
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 300
+ORPHAN_SECONDS = 3600  # a folder younger than this may be a request still writing, before its record
 
 
 def delete_upload(config: ServiceConfig, db: Database, upload_id: str) -> None:
@@ -62,10 +64,27 @@ def sweep(config: ServiceConfig, db: Database, now: datetime | None = None) -> d
                 db.update_prediction(doc["prediction_id"], data_removed=True, output=None)
             except KeyError:
                 pass
-    if uploads or outputs or expired:
-        log.warning("retention: deleted %d expired upload(s), the files of %d training(s) and %d prediction file(s)",
-                    len(uploads), len(outputs), len(expired))
-    return {"uploads": len(uploads), "trainings": len(outputs), "files": len(expired)}
+    orphans = _orphans(config.data_dir / "uploads", db.get_upload, now) + _orphans(config.data_dir / "prediction-files", db.get_file, now)
+    for folder in orphans:
+        shutil.rmtree(folder, ignore_errors=True)
+    if uploads or outputs or expired or orphans:
+        log.warning("retention: deleted %d expired upload(s), the files of %d training(s), %d prediction file(s) and "
+                    "%d folder(s) without a record", len(uploads), len(outputs), len(expired), len(orphans))
+    return {"uploads": len(uploads), "trainings": len(outputs), "files": len(expired), "orphans": len(orphans)}
+
+
+def _orphans(root: Path, record, now: datetime) -> list[Path]:
+    """Folders under ``root`` (one per upload or file, named by its id) untouched for
+    :data:`ORPHAN_SECONDS` (the folder and what is in it: a slow upload still being written is
+    not) whose record ``record(id)`` does not exist."""
+    if not root.is_dir():
+        return []
+    cutoff = now.timestamp() - ORPHAN_SECONDS
+
+    def touched(folder: Path) -> float:
+        return max([folder.stat().st_mtime, *(item.stat().st_mtime for item in folder.iterdir())])
+
+    return [folder for folder in root.iterdir() if folder.is_dir() and touched(folder) < cutoff and record(folder.name) is None]
 
 
 class Sweeper:
