@@ -73,6 +73,9 @@ def test_a_misspelled_configuration_key_is_refused_naming_the_nearest(tmp_path):
     config.write_text(f"templates: {{{'b' * 64}: {{name: v, repository: r/v, base_digest: 'sha256:…'}}}}\n")
     with pytest.raises(InputError, match="is not a base digest"):
         load_config(config)
+    config.write_text("- port: 8000\n")  # a list, not a mapping
+    with pytest.raises(InputError, match="a mapping of keys"):
+        load_config(config, port=9000)
 
 
 def test_every_yaml_block_of_the_readme_loads(tmp_path, monkeypatch):

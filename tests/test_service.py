@@ -766,6 +766,9 @@ def test_lora_trainings_need_a_template_with_the_trainers_base_and_find_it_by_de
     assert default_template(config, tr, {"lora_rank": 4}) == t
     config.default_template_version = "sha256:" + plain  # the operator's choice wins
     assert default_template(config, tr, {"lora_rank": 4}) == plain
+    config.default_template_version = "9" * 64  # one the catalog lacks: a 422, not a 500 further on
+    with pytest.raises(HTTPException, match="is not in the catalog"):
+        default_template(config, tr, {})
 
 
 def test_the_api_docs_render_offline_in_a_browser(tmp_path, service):

@@ -340,14 +340,9 @@ def catalog(
     """The trainers and templates a training may name: versions, names, bases, what each builds."""
     try:
         if local or config is not None:
-            from builder.service.config import load_config
+            from builder.service.config import catalog_listing, load_config
 
-            settings = load_config(config, data_dir=data_dir)
-            listing = {"trainers": [{"version": v, "name": e.name, "runner": e.runner, "base_digest": e.base_digest}
-                                    for v, e in settings.trainers.items()],
-                       "templates": [{"version": v, "name": e.name, "base_digest": e.base_digest,
-                                      "builds": ["full", "lora"] if e.base_digest else ["full"]}
-                                     for v, e in settings.template_catalog().items()]}
+            listing = catalog_listing(load_config(config, data_dir=data_dir))
         else:
             listing = _client(url, token).request("GET", "/v1/catalog")
     except DreambuildError as exc:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
-from builder.service.config import ALL_OWNERS
+from builder.service.config import ALL_OWNERS, catalog_listing
 from builder.service.database import DatabaseUnavailable
 from builder.service.http import FILENAME, CheckedJSONRoute, Cursor, Limit, check_http_url, fail, stream_to, user_content_headers
 from builder.service.prediction_api import public_version
@@ -130,14 +130,18 @@ def default_template(config, trainer: str, inputs: dict) -> str:
     fine-tune: vanilla). 422 saying how to add or name one otherwise."""
     templates = config.template_catalog()
     if config.default_template_version:
-        return config.catalog_key(templates, config.default_template_version) or config.default_template_version
+        chosen = config.catalog_key(templates, config.default_template_version)
+        if chosen is None:
+            raise fail(422, f"default_template_version {config.default_template_version!r} is not in the catalog "
+                            f"(known: {', '.join(templates) or 'none'})")
+        return chosen
     if len(templates) == 1:
         return next(iter(templates))
     if _is_lora(inputs):
         base = config.trainers[trainer].base_digest
         fits = [v for v, entry in templates.items() if entry.base_digest and base in (None, entry.base_digest)]
     else:
-        fits = [v for v, entry in templates.items() if entry.name.removeprefix("dreambuild/") == "vanilla"]
+        fits = [v for v, entry in templates.items() if entry.name == "vanilla"]
     if len(fits) == 1:
         return fits[0]
     if not templates:
@@ -365,11 +369,7 @@ def public_router(service: Service) -> APIRouter:
 
     @router.get("/v1/catalog", summary="The trainers and templates a training may name (versions and names)")
     def catalog(token_owners: list[str] = Depends(owners)) -> dict:
-        return {"trainers": [{"version": version, "name": entry.name, "runner": entry.runner, "base_digest": entry.base_digest}
-                             for version, entry in config.trainers.items()],
-                "templates": [{"version": version, "name": entry.name, "base_digest": entry.base_digest,
-                               "builds": ["full", "lora"] if entry.base_digest else ["full"]}
-                              for version, entry in config.template_catalog().items()]}
+        return catalog_listing(config)
 
     @router.get("/v1/trainings/{training_id}/events", summary="The training each time it changes (server-sent events), "
                 "until it is done", response_class=StreamingResponse)

@@ -166,12 +166,19 @@ class ServiceConfig(_Strict):
     # Embedded defaults with no templates configured: the catalog's templates are the layout's,
     # read again when asked, so `dreambuild templates add` needs no restart.
     _templates_from_layout: bool = PrivateAttr(False)
+    _layout_read: tuple | None = PrivateAttr(None)  # the layout index's (mtime, size) when last read
     _repositories_read: float | None = PrivateAttr(None)
 
     def template_catalog(self) -> dict[str, TemplateEntry]:
         """The catalog's templates, by version."""
         if self._templates_from_layout:
-            self.templates = layout_templates(self.layout)
+            try:
+                stat = (self.layout / "index.json").stat()
+                stamp = (stat.st_mtime_ns, stat.st_size)
+            except OSError:
+                stamp = None
+            if stamp is None or stamp != self._layout_read:  # written again (a template added, a model pushed)
+                self.templates, self._layout_read = layout_templates(self.layout), stamp
         if self.template_repositories and (self._repositories_read is None or time.monotonic() - self._repositories_read > 30):
             self._repositories_read = time.monotonic()
             self.templates.update(repository_templates(self.template_repositories, self.builder_settings()))
@@ -268,11 +275,11 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise InputError(f"service configuration {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"service configuration {path}: a mapping of keys (data_dir:, port:, …) was expected")
     data.update({k: v for k, v in overrides.items() if v is not None})
     if "data_dir" not in data and os.environ.get("DREAMBUILD_HOME"):
         data["data_dir"] = os.environ["DREAMBUILD_HOME"]  # where the CLI looks for the token, too
-    if not isinstance(data, dict):
-        raise InputError(f"service configuration {path}: a mapping of keys (data_dir:, port:, …) was expected")
     try:
         config = ServiceConfig.model_validate(data)
     except ValidationError as exc:
@@ -287,6 +294,15 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
         config._templates_from_layout = True
         config.template_catalog()
     return config
+
+
+def catalog_listing(config: ServiceConfig) -> dict:
+    """The catalog as ``GET /v1/catalog`` and ``dreambuild catalog`` show it."""
+    return {"trainers": [{"version": version, "name": entry.name, "runner": entry.runner, "base_digest": entry.base_digest}
+                         for version, entry in config.trainers.items()],
+            "templates": [{"version": version, "name": entry.name, "base_digest": entry.base_digest,
+                           "builds": ["full", "lora"] if entry.base_digest else ["full"]}
+                          for version, entry in config.template_catalog().items()]}
 
 
 def config_errors(exc: ValidationError) -> str:
