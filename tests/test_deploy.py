@@ -54,6 +54,10 @@ def test_the_deployment_configuration_is_a_valid_service_configuration():
     # compose's one-shot `templates` service pushes exactly the repositories the catalog reads.
     pushed = re.findall(r"--to (\S+)", " ".join(compose()["services"]["templates"]["command"]))
     assert pushed == config.template_repositories
+    # Compose waits longer than the service's own grace before it SIGKILLs (its default is 10 s).
+    for name in ("api", "worker", "worker-gpu-0", "worker-gpu-1"):
+        waits = compose()["services"][name]["stop_grace_period"]
+        assert int(waits.removesuffix("s")) > config.shutdown_grace_seconds, name
 
 
 def test_the_dockerfiles_copy_only_what_their_ignore_files_send():

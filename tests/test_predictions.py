@@ -366,3 +366,41 @@ def test_a_pool_of_running_model_servers_serves_its_version(tmp_path, tiny_base,
         other.stop()
         outside.release(model)
         outside.stop_all()
+
+
+def test_sigterm_lets_a_running_prediction_end_then_hands_the_next_back(tmp_path, tiny_base, registry, templates, toy):
+    """A graceful stop loses no prediction: one running at SIGTERM ends within
+    shutdown_grace_seconds although the service's listener is closed by then (its end comes back
+    on the Cog request itself), and with no grace left one is handed back and runs again after
+    the restart."""
+    config = service_config(tmp_path, tiny_base, registry, templates)
+    other = Service(tmp_path, config).start()
+    slow = {**FAST, "num_inference_steps": 60, "width": 128, "height": 128}
+
+    def running() -> str:
+        created = httpx.post(f"{other.url}/v1/predictions", json={"version": toy["version"], "input": slow}, headers=ALICE).json()
+        deadline = time.monotonic() + 120
+        while prediction(other, created["id"])["status"] != "processing":
+            assert time.monotonic() < deadline, prediction(other, created["id"])
+            time.sleep(0.1)
+        return created["id"]
+
+    try:
+        record_version(config, "alice/toy", toy["version"], toy["image"])
+        ended = running()
+        other.stop()
+        log = (tmp_path / "service.log").read_text()
+        assert "1 running prediction(s) may end within 30s" in log and "handed back" not in log
+        other.config["shutdown_grace_seconds"] = 0
+        other.start()
+        done = prediction(other, ended)
+        assert done["status"] == "succeeded" and done["completed_at"], done
+        assert httpx.get(done["output"][0]).status_code == 200
+        handed = running()
+        other.stop()
+        assert f"prediction {handed} handed back by the shutdown" in (tmp_path / "service.log").read_text()
+        other.start()  # resumed: it runs again from its inputs
+        again = wait_done(other, handed, 120)
+        assert again["status"] == "succeeded" and httpx.get(again["output"][0]).status_code == 200, again
+    finally:
+        other.stop()

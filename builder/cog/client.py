@@ -2,8 +2,8 @@
 and ``dreambuild predict``, whether the server is a local subprocess, a container or a URL.
 
 readiness (``GET /health-check`` until READY) → ``GET /openapi.json`` → a prediction
-(``POST /predictions`` and wait, or ``PUT /predictions/{id}`` with ``Prefer: respond-async``)
-→ cancel. coglet answers 409 for a moment after a prediction while it frees its slot; that is
+(``POST /predictions`` or ``PUT /predictions/{id}`` and wait, or ``PUT`` with ``Prefer:
+respond-async``) → cancel. coglet answers 409 for a moment after a prediction while it frees its slot; that is
 retried here, and nowhere else. Every failure is one :class:`CogError` with a one-line message.
 """
 
@@ -102,11 +102,16 @@ class CogClient:
         }, headers={"Prefer": "respond-async"})
         self._accepted(status, body)
 
-    def run_prediction(self, prediction_id: str, inputs: dict, *, timeout: float = 3600) -> dict:
+    def run_prediction(self, prediction_id: str, inputs: dict, *, timeout: float = 3600, webhook: str | None = None,
+                       events: list[str] = EVENTS) -> dict:
         """Run prediction ``prediction_id`` and wait for its end (another thread may
-        :meth:`cancel` it by id); return Cog's response, whatever its status."""
-        status, body = self.request("PUT", f"/predictions/{prediction_id}", {"id": prediction_id, "input": inputs},
-                                    attempts=40, retry_delay=0.25, timeout=timeout)
+        :meth:`cancel` it by id); return Cog's response, whatever its status. With ``webhook``,
+        Cog also sends the ``events`` there meanwhile (its logs, say): the end still comes back
+        on this request, so it arrives whether or not the webhook's receiver is listening."""
+        body = {"id": prediction_id, "input": inputs}
+        if webhook:
+            body.update(webhook=webhook, webhook_events_filter=events)
+        status, body = self.request("PUT", f"/predictions/{prediction_id}", body, attempts=40, retry_delay=0.25, timeout=timeout)
         self._accepted(status, body)
         return body
 

@@ -126,6 +126,7 @@ class Service:
     def stop(self) -> None:
         self.sweeper.stop()
         if self.worker is not None:
+            self.predictor.stop(self.config.shutdown_grace_seconds)  # their grace runs while trainings stop
             self.worker.shutdown()
             self.predictions.shutdown()
             self.scheduler.stop()

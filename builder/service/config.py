@@ -158,6 +158,9 @@ class ServiceConfig(_Strict):
                                              "running (other GPU boxes): version id → their URLs, each leased by one "
                                              "prediction at a time; nothing is started or stopped for these versions.")
     prediction_timeout_minutes: float = Field(30.0, description="A prediction running longer fails.")
+    shutdown_grace_seconds: float = Field(30.0, ge=0, description="A stopping service or worker lets running predictions "
+                                          "end this long; then they are canceled and handed back (they run again "
+                                          "from their inputs at the next start, or on another worker).")
     file_url_seconds: int = Field(3600, ge=60, description="How long signed download URLs of files and outputs work.")
     file_expiry_hours: float | None = Field(24, description="Files of predictions (uploaded inputs, outputs) are deleted "
                                             "this long after they were made; the prediction then shows data_removed "

@@ -347,12 +347,15 @@ class Database:
         rows = self._read(select(predictions.c.doc).where(predictions.c.id == prediction_id))
         return rows[0][0] if rows else None
 
-    def update_prediction(self, prediction_id: str, **changes: Any) -> dict[str, Any]:
-        """Apply ``changes`` atomically (row-locked, as trainings); ``logs_append`` appends."""
+    def update_prediction(self, prediction_id: str, *, if_status: str | None = None, **changes: Any) -> dict[str, Any]:
+        """Apply ``changes`` atomically (row-locked, as trainings); ``logs_append`` appends. With
+        ``if_status``, only while the prediction has that status (else it is returned unchanged)."""
         with self._tx() as conn:
             doc = conn.execute(select(predictions.c.doc).where(predictions.c.id == prediction_id).with_for_update()).scalar()
             if doc is None:
                 raise KeyError(prediction_id)
+            if if_status is not None and doc["status"] != if_status:
+                return doc
             extra = changes.pop("logs_append", None)
             if extra:
                 doc["logs"] = (doc.get("logs") or "") + extra

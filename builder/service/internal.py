@@ -143,16 +143,14 @@ def internal_router(service: Service) -> APIRouter:
 
     @router.post("/internal/{secret}/predictions/{prediction_id}/cog")
     async def cog_prediction_update(secret: str, prediction_id: str, request: Request) -> dict:
-        """Cog's webhook for a prediction a worker runs: its logs, and its result at the end."""
+        """Cog's webhook for a prediction a worker runs: its logs (its end comes back to the worker
+        on the prediction's own request)."""
         doc = service.db.get_prediction(prediction_id)
         if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret) or doc["status"] != "processing":
             raise fail(404, "not found")
         body = await request.json()
-        changes: dict[str, Any] = {"logs": body.get("logs") or ""}
-        if body.get("status") in ("succeeded", "failed", "canceled"):
-            changes.update(cog_status=body["status"], cog_output=body.get("output"), cog_error=body.get("error"),
-                           cog_metrics=body.get("metrics") or {})
-        service.db.update_prediction(prediction_id, **changes)
+        # Only while it runs: a late webhook must not overwrite the logs its end recorded.
+        service.db.update_prediction(prediction_id, if_status="processing", logs=body.get("logs") or "")
         service.predictor.notify(prediction_id)
         return {}
 

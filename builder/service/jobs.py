@@ -122,7 +122,9 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
         """Run a prediction on this worker's model servers (a prediction waiting for its training
         is queued again when the training ends)."""
         with state.running(context, prediction_id):
-            await in_thread(state.predictor.run, prediction_id)
+            outcome = await in_thread(state.predictor.run, prediction_id)
+        if outcome == "again":  # this worker is stopping: another takes it (its lock waits for this job's end)
+            await defer_prediction_async(app, {"id": prediction_id})
 
     @app.task(name="dreambuild.deliver")
     async def deliver(delivery_id: str) -> None:

@@ -6,7 +6,9 @@ outputs stored as files → the record finished → webhooks.
 
 Re-running is safe: a prediction interrupted by a restart starts again from its inputs (a Cog
 prediction has no partial result worth keeping), and only a prediction still ``starting`` or
-``processing`` is run.
+``processing`` is run. A stopping worker lets a running prediction end within
+``shutdown_grace_seconds`` — its end comes back on the request that started it, not through the
+service's listener, which a stopping service has closed — then hands it back as ``starting``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class Canceled(Exception):
     pass
 
 
+class Interrupted(Exception):
+    """The worker is stopping and the prediction did not end within its grace: handed back."""
+
+
 def waiting_on(doc: dict, training: dict | None) -> str | None:
     """For a prediction queued on a training: ``None`` when it may run (its version is set),
     ``"wait"`` while the training runs, else why it cannot run."""
@@ -80,6 +86,7 @@ class Predictor:
         self._updates: dict[str, threading.Event] = {}  # predictions running here, woken by Cog's webhook
         self._ended: dict[str, list] = {}  # predictions API requests wait for (Prefer: wait): their wake-ups
         self._guard = threading.Lock()
+        self._stop_at: float | None = None  # set by stop(): when running predictions are handed back
 
     def notify(self, prediction_id: str) -> None:
         """Cog's webhook for a prediction arrived (embedded: in this process): look now, not at the next poll."""
@@ -94,7 +101,12 @@ class Predictor:
         self.notifier.prediction_event(doc, event, self.public(doc), webhook_id)
 
     def run(self, prediction_id: str) -> str | None:
-        """Run the prediction if it is due; ``"wait"`` when it waits for its training."""
+        """Run the prediction if it is due; ``"wait"`` when it waits for its training,
+        ``"again"`` when this worker is stopping and hands it back (not started, or interrupted
+        after its grace: it runs again from its inputs, here at the next start or on another
+        worker)."""
+        if self.stopping:
+            return "again"
         doc = self.db.get_prediction(prediction_id)
         if doc is None or doc["status"] in FINISHED:
             return None
@@ -103,6 +115,11 @@ class Predictor:
             if doc is None:
                 return "wait"
             doc = self._predict(doc)
+        except Interrupted:
+            self.db.update_prediction(prediction_id, status="starting", started_at=None, worker=None, logs="")
+            log.warning("prediction %s handed back by the shutdown (not done after shutdown_grace_seconds=%g): it runs "
+                        "again from its inputs", prediction_id, self.config.shutdown_grace_seconds)
+            return "again"
         except Canceled:
             doc = self._finish(prediction_id, "canceled", None)
         except DreambuildError as exc:
@@ -113,9 +130,21 @@ class Predictor:
         self._event(doc, "completed")
         return None
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop_at is not None
+
+    def stop(self, grace: float) -> None:
+        """Start no prediction from now on; a running one may end within ``grace`` seconds,
+        then it is canceled and handed back (see :meth:`run`)."""
+        if self._stop_at is None:  # the first call's grace counts
+            self._stop_at = time.monotonic() + grace
+
+    def _handing_back(self) -> bool:
+        return self._stop_at is not None and time.monotonic() >= self._stop_at
+
     def _finish(self, prediction_id: str, status: str, error: str | None, **changes) -> dict:
-        # cog_output: Cog's outputs as data URLs, stored as files by now; not kept twice.
-        doc = self.db.update_prediction(prediction_id, status=status, error=error, completed_at=now_iso(), cog_output=None, **changes)
+        doc = self.db.update_prediction(prediction_id, status=status, error=error, completed_at=now_iso(), **changes)
         with self._guard:
             waiting = self._ended.pop(prediction_id, [])
         for wake in waiting:
@@ -173,7 +202,7 @@ class Predictor:
                 inputs = self._inputs(doc, version, Path(scratch))
                 try:
                     result = self._watch(doc, model, inputs)
-                except (ModelCrashed, CogError):
+                except (ModelCrashed, CogError, Interrupted):
                     broken = True  # the next prediction gets a fresh server
                     raise
         finally:
@@ -193,31 +222,49 @@ class Predictor:
         return doc
 
     def _watch(self, doc: dict, model, inputs: dict) -> dict:
-        """Run the Cog prediction asynchronously, its updates arriving by Cog's webhook on the
-        service's internal route (logs and the result into the record), while watching for
-        cancel, Cancel-After, the deadline and the server's health; return Cog's final state."""
-        client = model.client
+        """Run the Cog prediction, its end coming back on the request that started it (so a
+        stopping service, its listener closed, still gets it) and its logs by Cog's webhook on the
+        service's internal route meanwhile, while watching for cancel, Cancel-After, the
+        deadline, a shutdown and the server's health; return Cog's final state."""
         woken = self._updates.setdefault(doc["id"], threading.Event())
+        timeout = self.config.prediction_timeout_minutes * 60
+        ended: dict = {}
+
+        def run() -> None:
+            try:
+                ended["result"] = model.client.run_prediction(
+                    doc["id"], inputs, timeout=timeout + 60, events=["logs"],
+                    webhook=f"{self.config.internal_base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog")
+            except Exception as exc:  # noqa: BLE001 - judged by the watching thread
+                ended["error"] = exc
+            woken.set()
+
+        threading.Thread(target=run, name=f"cog-{doc['id']}", daemon=True).start()
         try:
-            # Logs and the end only: start and output would be database writes no one reads.
-            client.start_prediction(doc["id"], inputs, events=["logs", "completed"],
-                                    webhook=f"{self.config.internal_base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog")
-            return self._follow(doc, model, client, woken, time.monotonic() + self.config.prediction_timeout_minutes * 60)
+            return self._follow(doc, model, woken, ended, time.monotonic() + timeout)
         finally:
             self._updates.pop(doc["id"], None)
 
-    def _follow(self, doc: dict, model, client, woken: threading.Event, deadline: float) -> dict:
+    def _follow(self, doc: dict, model, woken: threading.Event, ended: dict, deadline: float) -> dict:
+        client = model.client
         sent_logs, last_sent, canceled = "", 0.0, False
         next_check, idle, wait = time.monotonic() + HEALTH_SECONDS, 0, FIRST_POLL
         while True:
-            # Woken by the webhook here (embedded); else polled, often at first: most predictions are short.
+            # Woken by the end or a logs webhook (embedded); else polled, often at first: most predictions are short.
             woken.wait(wait)
             woken.clear()
             wait = min(POLL, wait * 1.5)
+            if "result" in ended:
+                result = ended["result"]
+                logs = result.get("logs") or (self.db.get_prediction(doc["id"]) or doc).get("logs") or ""
+                return {**result, "logs": logs}
+            if "error" in ended:
+                if not model.server.alive():
+                    raise ModelCrashed(f"the model's Cog server stopped: {model.server.logs()[-500:]}")
+                if isinstance(ended["error"], CogError):  # refused the input, or unreachable
+                    raise ended["error"]
+                raise ModelCrashed(f"the model's Cog server lost the prediction: {ended['error']}")
             current = self.db.get_prediction(doc["id"]) or doc
-            if current.get("cog_status") in FINISHED:
-                return {"status": current["cog_status"], "output": current.get("cog_output"), "error": current.get("cog_error"),
-                        "metrics": current.get("cog_metrics") or {}, "logs": current.get("logs") or ""}
             if current.get("logs") != sent_logs and time.monotonic() - last_sent >= LOGS_INTERVAL:
                 # Best effort, one attempt each: the next one carries the logs again.
                 sent_logs, last_sent = current.get("logs"), time.monotonic()
@@ -226,8 +273,11 @@ class Predictor:
                 try:
                     self._check_cancel(current)
                 except Canceled:
-                    client.cancel(doc["id"])  # Cog reports it canceled, by its webhook
+                    client.cancel(doc["id"])  # Cog ends it as canceled, on the prediction's request
                     canceled, deadline = True, min(deadline, time.monotonic() + 30)
+            if self._handing_back():
+                client.cancel(doc["id"])
+                raise Interrupted
             if not model.server.alive():
                 raise ModelCrashed(f"the model's Cog server stopped: {model.server.logs()[-500:]}")
             if time.monotonic() > deadline:
@@ -239,8 +289,8 @@ class Predictor:
                 next_check = time.monotonic() + HEALTH_SECONDS
                 health = client.health()
                 idle = idle + 1 if health and health.get("status") == "READY" else 0
-                if idle >= 2:  # twice in a row: a final webhook in flight has had its time
-                    raise ModelCrashed("the model's Cog server is idle but never reported the prediction's end")
+                if idle >= 2:  # twice in a row: its answer in flight has had its time
+                    raise ModelCrashed("the model's Cog server is idle but never answered the prediction")
 
     def _inputs(self, doc: dict, version: dict, scratch: Path) -> dict:
         """The inputs as the Cog server gets them: this service's files as signed URLs (owner
@@ -328,15 +378,19 @@ class PredictionWorker:
     def __init__(self, predictor: Predictor, concurrency: int) -> None:
         self.predictor = predictor
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prediction")
+        self._running: set[str] = set()
 
     def submit(self, prediction_id: str) -> None:
         self._pool.submit(self._run, prediction_id)
 
     def _run(self, prediction_id: str) -> None:
+        self._running.add(prediction_id)
         try:
             self.predictor.run(prediction_id)
         except Exception:  # the record stays unfinished: the next start runs it again
             log.exception("prediction %s could not run", prediction_id)
+        finally:
+            self._running.discard(prediction_id)
 
     def resume(self) -> list[str]:
         """Predictions left unfinished by the last process: run (or wait) again."""
@@ -351,5 +405,12 @@ class PredictionWorker:
             self.submit(doc["id"])
 
     def shutdown(self) -> None:
+        """Wait for the running predictions (at most ``shutdown_grace_seconds``, then they are
+        handed back); those not started stay queued for the next start."""
+        grace = self.predictor.config.shutdown_grace_seconds
+        self.predictor.stop(grace)
+        if self._running:
+            log.warning("shutting down: %d running prediction(s) may end within %gs (shutdown_grace_seconds): %s",
+                        len(self._running), grace, ", ".join(sorted(self._running)))
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.predictor.servers.stop_all()

@@ -5,7 +5,8 @@ versions it runs (``train-<version>``, one job at a time: one training per GPU),
 at a time), ``webhooks`` and ``maintenance`` (several at once: a receiver that is down never holds
 anything else) → the same pipeline stages as the embedded worker → a heartbeat in ``workers``
 every few seconds (what ``dreambuild workers`` lists). SIGTERM stops the running training where
-it is and queues it again for another worker; SIGKILL is found by procrastinate's heartbeats.
+it is and queues it again for another worker, and lets a running prediction end within
+``shutdown_grace_seconds`` before queuing it again; SIGKILL is found by procrastinate's heartbeats.
 """
 
 from __future__ import annotations
@@ -188,8 +189,11 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
 
         beating = asyncio.create_task(beat())
         await stop.wait()
-        log.warning("worker %s stopping: running trainings stop where they are and are queued again", name)
+        log.warning("worker %s stopping: running trainings stop where they are and are queued again; running predictions "
+                    "may end within %gs (shutdown_grace_seconds), then are queued again", name, config.shutdown_grace_seconds)
         state.pipeline.stopping.set()
+        if state.predictor is not None:
+            state.predictor.stop(config.shutdown_grace_seconds)  # running predictions: their grace, then handed back
         for task in runs:
             task.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
