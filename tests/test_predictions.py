@@ -4,6 +4,8 @@ real Cog model servers kept warm (a budget of one loaded model) and a real webho
 
 import io
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -310,6 +312,9 @@ def test_versions_that_cannot_run_fail_their_predictions_clearly(service, regist
                           timeout=90).json()
         body = wait_done(service, body["id"])
         assert body["status"] == "failed" and message in body["error"] and "Traceback (most recent" not in body["error"], body
+        # No path of this machine: the weights the template looked for are named by their path in the image.
+        assert str(service.root) not in body["error"] and "/tmp/" not in body["error"], body
+    assert "(no model_index.json in /src/weights)" in body["error"], body
     assert "not found" in wait_done(service, httpx.post(f"{service.url}/v1/models/alice/gone/predictions", json={"input": {}},
                                                         headers=ALICE).json()["id"])["error"]
     good = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
@@ -402,5 +407,27 @@ def test_sigterm_lets_a_running_prediction_end_then_hands_the_next_back(tmp_path
         other.start()  # resumed: it runs again from its inputs
         again = wait_done(other, handed, 120)
         assert again["status"] == "succeeded" and httpx.get(again["output"][0]).status_code == 200, again
+        # A model server killed during a prediction: the prediction fails saying so in one line
+        # (no coglet JSON line, no path of this machine), and the next one gets a fresh server.
+        crashed = running()
+        (server,) = [pid for pid in _children(other.proc.pid) if b"cog.server.http" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        os.killpg(server, signal.SIGKILL)
+        failed = wait_done(other, crashed, 60)
+        assert failed["status"] == "failed" and failed["error"].startswith("the model's Cog server stopped: "), failed
+        assert "{" not in failed["error"] and str(tmp_path) not in failed["error"] and "/tmp" not in failed["error"], failed
+        after = httpx.post(f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
+                           headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+        assert wait_done(other, after["id"])["status"] == "succeeded"
     finally:
         other.stop()
+
+
+def _children(pid: int) -> list[int]:
+    """The process's descendants (Linux /proc)."""
+    found, pending = [], [pid]
+    while pending:
+        for task in Path(f"/proc/{pending.pop()}/task").iterdir():
+            kids = [int(k) for k in (task / "children").read_text().split()]
+            found += kids
+            pending += kids
+    return found

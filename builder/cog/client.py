@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
+from builder.cog.messages import log_error, prediction_error
 from dreambuild.errors import DreambuildError
 
 EVENTS = ["start", "output", "logs", "completed"]
@@ -32,15 +33,6 @@ def describe_validation(detail: object) -> str:
         return "; ".join(f"{'.'.join(str(p) for p in list(d.get('loc') or [])[1:]) or 'body'}: {d.get('msg', 'invalid')}"
                          for d in detail if isinstance(d, dict))
     return str(detail)
-
-
-def prediction_error(error: object) -> str:
-    """Cog's error of a failed prediction, without the ``Prediction failed:`` prefixes coglet adds
-    (once per layer that re-raised it), so that callers say it once in their own words."""
-    text = str(error or "").strip()
-    while text.lower().startswith("prediction failed:"):
-        text = text[len("prediction failed:"):].strip()
-    return text or "no reason given"
 
 
 @dataclass(frozen=True)
@@ -148,11 +140,12 @@ def wait_ready(client: CogClient, *, alive: Callable[[], bool], logs: Callable[[
         if abort is not None:
             abort()
         if not alive():
-            raise CogError(f"the {client.what} exited during setup: {logs()[-3000:]}")
+            raise CogError(f"the {client.what} exited during setup: {log_error(logs()) or 'no error in its log'}")
         health = client.health() or {}
         if health.get("status") == "READY":
             return health.get("setup") or {}
         if health.get("status") in ("SETUP_FAILED", "DEFUNCT"):
-            raise CogError(f"the {client.what}'s setup failed: {str((health.get('setup') or {}).get('logs', ''))[-3000:]}")
+            setup_logs = str((health.get("setup") or {}).get("logs", ""))
+            raise CogError(f"the {client.what}'s setup failed: {log_error(setup_logs) or prediction_error(setup_logs[-500:])}")
         time.sleep(interval)
-    raise CogError(f"the {client.what} was not ready after {timeout:.0f}s: {logs()[-3000:]}")
+    raise CogError(f"the {client.what} was not ready after {timeout:.0f}s: {log_error(logs()) or 'no error in its log'}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from builder.cog.client import CogClient, CogError, wait_ready
+from builder.cog.messages import log_error
 from dreambuild.errors import BuildError, DreambuildError
 
 
@@ -105,7 +106,7 @@ def start_cog_container(image: str, *, name: str, command: list[str] | None = No
             if abort is not None:
                 abort()
             if not running.alive():
-                raise CogError(f"the {what} container exited during setup: {running.logs()[-500:]}")
+                raise CogError(f"the {what} container exited during setup: {log_error(running.logs()) or 'no error in its log'}")
             if time.monotonic() > deadline:
                 raise CogError(f"the {what} container published no port within {timeout:.0f}s")
             ports = (container.ports or {}).get("5000/tcp") or []

@@ -8,6 +8,7 @@ Used by the service's ``local`` runner, by ``dreambuild predict`` without Docker
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -19,6 +20,8 @@ from typing import Callable
 
 from builder.checkout import REPO_ROOT
 from builder.cog.client import CogClient, CogError, wait_ready
+
+log = logging.getLogger(__name__)
 
 UPLOAD_URL_VARIABLE = "DREAMBUILD_COG_UPLOAD_URL"
 # `python -m cog.server.http --upload-url URL`, with the URL (which holds a per-training secret)
@@ -154,6 +157,10 @@ def start_cog_server(
     server = CogServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
     try:
         server.setup = wait_ready(server.client, alive=server.alive, logs=server.logs, timeout=timeout, abort=abort)
+    except CogError:  # its message has the log's last error; the whole end is the operator's
+        server.stop()
+        log.warning("the Cog server of %s failed to start; the end of its log:\n%s", ref, server.logs()[-3000:])
+        raise
     except BaseException:
         server.stop()
         raise

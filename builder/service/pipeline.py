@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from builder.build import Reporter, build_image, model_ref
-from builder.cog.client import CogError, prediction_error
+from builder.cog.client import CogError
+from builder.cog.messages import log_error, prediction_error, without_host_paths
 from builder.egress import fetch
 from builder.service.config import ServiceConfig
 from builder.service.database import Database, DatabaseUnavailable, Leases
@@ -133,6 +134,8 @@ class Pipeline:
 
     def _finish(self, training_id: str, status: str, error: str) -> TrainingRecord:
         self.leases.release(training_id)
+        # Errors are the user's to read: no path of this machine (the trainer's work directory, its temporary files).
+        error = without_host_paths(error) if error else error
         return self.db.update_training(training_id, status=status, error=error, stage="webhook", completed_at=now_iso())
 
     def _complete(self, doc: TrainingRecord) -> None:
@@ -230,7 +233,9 @@ class Pipeline:
             if doc.get("cog_status") in ("succeeded", "failed", "canceled"):
                 return doc
             if not run.alive():
-                raise CogError(f"the {TRAINER} stopped: {run.logs()[-500:]}")
+                tail = run.logs()
+                log.warning("training %s: the trainer's server stopped; the end of its log:\n%s", doc["id"], tail[-3000:])
+                raise CogError(f"the {TRAINER} stopped: {log_error(tail) or 'no error in its log'}")
             if time.monotonic() > deadline:
                 run.cancel()
                 raise TrainerFailed(f"the trainer did not finish within timeout_minutes={entry.timeout_minutes:g}")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import httpx
 
-from builder.cog.client import CogError, prediction_error
+from builder.cog.client import CogError
+from builder.cog.messages import log_error, prediction_error, without_host_paths
 from builder.egress import fetch
 from builder.service.config import ServiceConfig
 from builder.service.database import Database
@@ -144,6 +145,8 @@ class Predictor:
         return self._stop_at is not None and time.monotonic() >= self._stop_at
 
     def _finish(self, prediction_id: str, status: str, error: str | None, **changes) -> dict:
+        # Errors are the user's to read: no path of this machine (temporary inputs, the layer cache, the model's files).
+        error = without_host_paths(error) if error else error
         doc = self.db.update_prediction(prediction_id, status=status, error=error, completed_at=now_iso(), **changes)
         with self._guard:
             waiting = self._ended.pop(prediction_id, [])
@@ -202,6 +205,11 @@ class Predictor:
                 inputs = self._inputs(doc, version, Path(scratch))
                 try:
                     result = self._watch(doc, model, inputs)
+                    if result.get("status") == "failed" and result.get("error") == "Worker crashed":
+                        # coglet's word for a predictor process that died: it poisoned the server's only slot
+                        raise ModelCrashed(self._crashed(doc, model, "the model's process crashed (out of memory, or a "
+                                                                     "fault in native code); the next prediction starts "
+                                                                     "a fresh server"))
                 except (ModelCrashed, CogError, Interrupted):
                     broken = True  # the next prediction gets a fresh server
                     raise
@@ -260,7 +268,7 @@ class Predictor:
                 return {**result, "logs": logs}
             if "error" in ended:
                 if not model.server.alive():
-                    raise ModelCrashed(f"the model's Cog server stopped: {model.server.logs()[-500:]}")
+                    raise ModelCrashed(self._crashed(doc, model))
                 if isinstance(ended["error"], CogError):  # refused the input, or unreachable
                     raise ended["error"]
                 raise ModelCrashed(f"the model's Cog server lost the prediction: {ended['error']}")
@@ -279,7 +287,7 @@ class Predictor:
                 client.cancel(doc["id"])
                 raise Interrupted
             if not model.server.alive():
-                raise ModelCrashed(f"the model's Cog server stopped: {model.server.logs()[-500:]}")
+                raise ModelCrashed(self._crashed(doc, model))
             if time.monotonic() > deadline:
                 client.cancel(doc["id"])
                 raise ModelCrashed("the model did not stop after its cancel" if canceled else
@@ -291,6 +299,13 @@ class Predictor:
                 idle = idle + 1 if health and health.get("status") == "READY" else 0
                 if idle >= 2:  # twice in a row: its answer in flight has had its time
                     raise ModelCrashed("the model's Cog server is idle but never answered the prediction")
+
+    def _crashed(self, doc: dict, model, what: str | None = None) -> str:
+        """Why the model's server failed, for the user (the last error of its log); its log's end
+        goes to this service's log, for the operator."""
+        logs = model.server.logs()
+        log.warning("prediction %s: the model's Cog server failed; the end of its log:\n%s", doc["id"], logs[-3000:])
+        return what or f"the model's Cog server stopped: {log_error(logs) or 'no error in its log'}"
 
     def _inputs(self, doc: dict, version: dict, scratch: Path) -> dict:
         """The inputs as the Cog server gets them: this service's files as signed URLs (owner
