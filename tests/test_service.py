@@ -796,7 +796,12 @@ def test_the_api_docs_render_offline_in_a_browser(tmp_path, service):
 def test_values_no_store_keeps_are_refused_at_entry_and_nothing_is_stored(tmp_path, service, receiver):
     """NaN, Infinity and NUL characters (PostgreSQL refuses them; a Cog server refuses non-finite
     numbers after acceptance), paging parameters out of range, a Cancel-After past any use: a 422
-    naming the field, on a connection that stays usable, with nothing recorded."""
+    naming the field, on a connection that stays usable, with nothing recorded. (test_workers runs
+    the same against PostgreSQL.)"""
+    refuse_what_no_store_keeps(tmp_path, service, receiver)
+
+
+def refuse_what_no_store_keeps(tmp_path, service, receiver) -> None:
     url = upload(service, photos_zip(tmp_path / "photos.zip"))
     before = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
     with httpx.Client(base_url=service.url, headers={**ALICE, "Content-Type": "application/json"}) as client:
@@ -820,6 +825,11 @@ def test_values_no_store_keeps_are_refused_at_entry_and_nothing_is_stored(tmp_pa
                      "/v1/trainings?cursor=-1", "/v1/predictions?limit=0", "/v1/trainings?limit=100000"):
             answer = client.get(path)
             assert answer.status_code == 422 and ("cursor" in answer.json()["detail"] or "limit" in answer.json()["detail"]), path
+        # NUL in the URL: a name, a filter (a query PostgreSQL would refuse to run).
+        for path, field in (("/v1/predictions?model=alice/t%00y", "query.model"), ("/v1/trainings?cursor=1%00", "query.cursor"),
+                            ("/v1/models/alice/t%00y", "path"), ("/v1/uploads/a%00b.zip", "path")):
+            answer = client.request("POST" if "uploads" in path else "GET", path, content=b"PK")
+            assert answer.status_code == 422 and answer.json()["detail"].startswith(f"{field}: contains a NUL"), (path, answer.text)
         assert client.get("/v1/trainings").status_code == 200  # the same connection, still served
     stored = Path(service.config["data_dir"]) / "prediction-files"
     files_before = sorted(stored.iterdir()) if stored.is_dir() else []

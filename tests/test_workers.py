@@ -16,7 +16,7 @@ import pytest
 from builder.cog.server import free_port
 from builder.service.config import local_trainer_version
 from tests.helpers import photos_zip
-from tests.test_service import ALICE, CLI, Service, hooks_for, seed_request, upload
+from tests.test_service import ALICE, CLI, Service, hooks_for, refuse_what_no_store_keeps, seed_request, upload
 from tests.webhook_receiver import start_receiver
 
 
@@ -326,6 +326,14 @@ def test_a_receiver_that_is_down_does_not_hold_the_next_training(tmp_path, clust
                  and httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"]["state"] == "delivered", 60, "re-sent")
     finally:
         down.stop()
+
+
+def test_values_postgresql_cannot_store_are_refused_at_entry_too(tmp_path, cluster, receiver):
+    """The SQLite test's hostile inputs (NaN, Infinity, NUL in bodies, metadata, file names and
+    URLs; paging out of range) against PostgreSQL, which refuses what SQLite keeps: the same 422s,
+    nothing stored, nothing left on disk."""
+    api, _ = cluster
+    refuse_what_no_store_keeps(tmp_path, api, receiver)
 
 
 def test_operations_routes(cluster):

@@ -52,12 +52,19 @@ def unstorable(value: Any, path: str = "") -> str | None:
 class CheckedJSONRoute(APIRoute):
     """A public route whose JSON body is refused (422 naming the field) when it holds what
     :func:`unstorable` finds, before its handler runs: SQLite kept such values and PostgreSQL
-    answered 500; a model's Cog server refused them after acceptance, which cost its warm server."""
+    answered 500; a model's Cog server refused them after acceptance, which cost its warm server.
+    A NUL in its path or query (a name, a filter PostgreSQL cannot compare) is refused the same way."""
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
 
         async def checked(request: Request) -> Response:
+            for where, values in (("path", [request.url.path]), ("query", request.query_params.multi_items())):
+                for value in values:
+                    name, text = value if isinstance(value, tuple) else ("", value)
+                    if "\x00" in name or "\x00" in text:
+                        raise fail(422, f"{where}{'.' + name.replace(chr(0), '') if name else ''}: contains a NUL "
+                                        "character (%00), which cannot be stored")
             if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
                 body = await request.body()  # kept by the request: the handler reads it again
                 try:
