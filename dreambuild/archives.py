@@ -24,10 +24,21 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """Upper bounds for one archive."""
+    """Upper bounds for one archive. With ``max_ratio``, the whole expands to at most that many
+    times the archive's own size (but always to ``ratio_floor`` bytes): what a zip bomb exceeds
+    by far, and an archive of already compressed files (photos) never comes near."""
 
     max_files: int = 10_000
     max_total_bytes: int = 8 * 2**30
+    max_entry_bytes: int | None = None
+    max_ratio: float | None = None
+    ratio_floor: int = 64 * 2**20
+
+    def budget(self, archive_bytes: int) -> int:
+        """The most this archive may expand to."""
+        if self.max_ratio is None:
+            return self.max_total_bytes
+        return min(self.max_total_bytes, max(self.ratio_floor, int(self.max_ratio * archive_bytes)))
 
 
 def entry_parts(label: str, name: str) -> tuple[str, ...]:
@@ -84,11 +95,17 @@ def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimit
             raise ArchiveError(
                 f"{label} has {len(infos)} entries, more than the limit of {limits.max_files}"
             )
+        for info in infos:
+            if limits.max_entry_bytes is not None and info.file_size > limits.max_entry_bytes:
+                raise ArchiveError(f"{label}: entry {_short(info.filename)!r} expands to {info.file_size} bytes, more than "
+                                   f"the limit of {limits.max_entry_bytes} for one file")
         declared = sum(i.file_size for i in infos)
-        if declared > limits.max_total_bytes:
-            raise ArchiveError(
-                f"{label} expands to {declared} bytes, more than the limit of {limits.max_total_bytes}"
-            )
+        budget = limits.budget(archive.stat().st_size)
+        if declared > budget:
+            raise ArchiveError(f"{label} expands to {declared} bytes, more than the limit of {budget}" + (
+                f" ({limits.max_ratio:g} times its size of {archive.stat().st_size} bytes: "
+                "already compressed files, such as photos, expand far less; a zip bomb?)"
+                if budget < limits.max_total_bytes else ""))
         planned: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
         for info in infos:
             parts = entry_parts(label, info.filename)
@@ -114,10 +131,10 @@ def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimit
                     while chunk := src.read(_COPY_CHUNK):
                         written += len(chunk)
                         written_total += len(chunk)
-                        if written > info.file_size or written_total > limits.max_total_bytes:
+                        if written > info.file_size or written_total > budget:
                             raise ArchiveError(
                                 f"{label}: entry {info.filename!r} expands past its declared size or the "
-                                f"archive limit of {limits.max_total_bytes} bytes (zip bomb?)"
+                                f"archive limit of {budget} bytes (zip bomb?)"
                             )
                         out.write(chunk)
             except FileExistsError:

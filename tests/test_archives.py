@@ -119,3 +119,29 @@ def test_unextractable_entries_are_named_without_server_paths(tmp_path, entries,
         extract_zip(archive, tmp_path / "work" / "out", label="instance_data")
     assert str(tmp_path) not in str(info.value) and str(info.value).startswith("instance_data: entry ")
     assert not (tmp_path / "work" / "out").exists()
+
+
+def test_an_archive_of_photos_may_not_expand_far_past_its_size(tmp_path):
+    """The trainer's photo limits: a small zip cannot become gigabytes (refused before anything is
+    written, from the sizes it declares; a lying one stops at the same budget while written), nor can one entry be larger than any image it reads;
+    real photos (compressed already) pass."""
+    from dreambuild.images import MAX_PIXELS
+    from tests.helpers import photos_zip
+    from trainer.images import PHOTO_LIMITS
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for n in range(3):
+            zf.writestr(f"photo{n}.png", b"\0" * (25 << 20))  # 75 MiB of zeros, about 75 KB zipped
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(ArchiveError, match=r"instance_data expands to 78643200 bytes, more than the limit of 67108864 "
+                                           r"\(50 times its size"):
+        extract_zip(bomb, tmp_path / "out", label="instance_data", limits=PHOTO_LIMITS)
+    assert not (tmp_path / "out").exists()
+    one = make_zip(tmp_path / "one.zip", {"huge.tif": b"II*"})
+    _patch_declared_size(one, MAX_PIXELS * 4 + 2**20 + 1)  # larger than any image the trainer reads
+    with pytest.raises(ArchiveError, match=r"instance_data: entry 'huge.tif' expands to \d+ bytes, more than the limit of "
+                                           r"\d+ for one file"):
+        extract_zip(one, tmp_path / "out", label="instance_data", limits=PHOTO_LIMITS)
+    assert not (tmp_path / "out").exists()
+    assert extract_zip(photos_zip(tmp_path / "photos.zip"), tmp_path / "photos", label="instance_data", limits=PHOTO_LIMITS)

@@ -13,13 +13,21 @@ from pathlib import Path
 
 from PIL import Image
 
+from dreambuild.archives import ArchiveLimits
 from dreambuild.errors import ImageDataError
-from dreambuild.images import load_rgb
+from dreambuild.images import MAX_PIXELS, load_rgb
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 CLASS_FOLDER = "dataset_class"
+
+# An archive of photos, bounded by what the trainer reads: one file at most an image at the pixel
+# limit stored uncompressed (8-bit RGBA, plus headers); photos are compressed already (JPEG, PNG,
+# WebP; BMP and TIFF deflate 2-5x), so an archive of them expands at most 50 times its size
+# (beyond 64 MiB).
+PHOTO_LIMITS = ArchiveLimits(max_files=2_000, max_total_bytes=2 * 2**30, max_entry_bytes=MAX_PIXELS * 4 + 2**20,
+                             max_ratio=50, ratio_floor=64 * 2**20)
 
 
 @dataclass

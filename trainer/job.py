@@ -29,13 +29,12 @@ from trainer.args import TrainingArgs
 from trainer.checkpoints import Checkpoints, checkpoints_root, training_key
 from trainer.class_images import generate_class_images
 from trainer.device import plan_device
-from trainer.images import IMAGE_SUFFIXES, find_images, load_all, read_captions
+from trainer.images import IMAGE_SUFFIXES, PHOTO_LIMITS, find_images, load_all, read_captions
 from trainer.loop import train_dreambooth
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_MODEL = "/src/base-model"
-PHOTO_LIMITS = ArchiveLimits(max_files=2_000, max_total_bytes=2 * 2**30)
 CHECKPOINT_LIMITS = ArchiveLimits(max_files=500, max_total_bytes=24 * 2**30)
 
 _previous_workdir: Path | None = None
