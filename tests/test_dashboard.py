@@ -251,3 +251,21 @@ def test_a_zip_dropped_on_the_page_is_uploaded_as_it_is(browser, service, tmp_pa
     httpx.post(training["urls"]["cancel"], headers=ALICE)
     assert training["input"]["instance_data"].endswith("/my_photos.zip")
     assert httpx.get(training["input"]["instance_data"]).content == archive
+
+
+def test_a_tenants_page_never_runs_in_a_signed_in_tab(browser, service):
+    """Issue 26, class 3, in the browser: an upload holding a script (as HTML, and as SVG, which
+    browsers also run), opened in the tab where the dashboard keeps its token, is downloaded, not
+    rendered: its script never runs, so it reads no token."""
+    script = b"<script>document.title = 'PWNED ' + sessionStorage.getItem('dreambuild.token')</script>"
+    pages = {"notes.html": b"<html><body>" + script + b"</body></html>",
+             "logo.svg": b'<svg xmlns="http://www.w3.org/2000/svg">' + script.replace(b"<script>", b"<script><![CDATA[")
+             .replace(b"</script>", b"]]></script>") + b"</svg>"}
+    sign_in(browser, service.url, "tok-alice")
+    wait_until(browser, lambda d: d.find_element("id", "trainings"), 20, "the trainings list")
+    assert browser.execute_script("return sessionStorage.getItem('dreambuild.token')") == "tok-alice"
+    for name, page in pages.items():
+        url = httpx.post(f"{service.url}/v1/uploads/{name}", content=page, headers=ALICE).json()["url"]
+        browser.get(url)
+        time.sleep(1)  # a script that runs has had its time
+        assert "PWNED" not in browser.title and "PWNED" not in browser.page_source, (name, browser.title)
