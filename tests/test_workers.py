@@ -68,6 +68,7 @@ def cluster(tmp_path_factory, postgres, tiny_base, registry, templates):
         "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
         "tokens": [{"token": "tok-alice", "owners": ["alice"]}, {"token": "tok-bob", "owners": ["bob"]}],
         "webhook_backoff": 0.2, "webhook_backoff_max": 1.0, "egress_allow": ["127.0.0.1"],
+        "shutdown_grace_seconds": 0,  # a stopping worker hands its running prediction back at once
     }
     api = Service(root, config)
     api.args = ["--log-format", "json"]
@@ -181,13 +182,14 @@ def test_a_long_training_is_not_taken_from_a_live_worker_and_cancel_reaches_it(t
 
 def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_path, cluster, receiver):
     """replicate.run against the API; a worker (sharing no disk with it) runs the model, sends the
-    output to the API's file store; the next prediction goes to the worker that has it loaded."""
+    output to the API's file store; the next prediction goes to the worker that has it loaded; a
+    worker stopped during a prediction hands it back to the other."""
     import replicate
     from PIL import Image
 
     from builder.service.database import Database, Workers
 
-    api, _ = cluster
+    api, workers = cluster
     url = upload(api, photos_zip(tmp_path / "photos.zip"))
     created = httpx.post(f"{api.url}/v1/trainings", json=seed_request(api, receiver, url, model="alice/served"), headers=ALICE).json()
     version = api.wait(created["id"])["version"]
@@ -208,8 +210,21 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
         second = client.predictions.create(version=version, input=fast, wait=True)
         assert second.status == "succeeded" and "setup_time" not in second.metrics, second.metrics
         assert db.get_prediction(second.id)["worker"] == warm[0] == db.get_prediction(first.id)["worker"]
+        # SIGTERM to the worker running a prediction (no grace here): handed back to the queue, the
+        # other worker runs it to its end; nothing is lost.
+        slow = client.predictions.create(version=version, input={**fast, "num_inference_steps": 60, "width": 128, "height": 128})
+        running = wait_for(lambda: (db.get_prediction(slow.id) or {}).get("worker") if db.get_prediction(slow.id)["status"] ==
+                           "processing" else None, 60, "the slow prediction to run")
+        (stopped,) = [w for w in workers if w.name == running]
+        stopped.stop()
+        assert f"prediction {slow.id} handed back by the shutdown" in stopped.log()
+        slow.wait()
+        assert slow.status == "succeeded" and db.get_prediction(slow.id)["worker"] != running, slow.error
     finally:
         db.close()
+        for worker in workers:
+            if worker.proc.poll() is not None:
+                worker.start()  # the next tests have both
     assert httpx.get(second.output[0]).content[:4] == b"\x89PNG"
 
 
