@@ -49,8 +49,7 @@ COMPONENTS = {"unet": 0.70, "text_encoder": 0.20, "vae": 0.10}
 
 def synthetic_archive(path: Path, total_bytes: int) -> Path:
     """A diffusers layout of random safetensors, zipped like output.zip (ZIP_STORED)."""
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-             **{name: ["diffusers", "Model"] for name in COMPONENTS}}
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1", **{name: ["diffusers", "Model"] for name in COMPONENTS}}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("model_index.json", json.dumps(index))
         for name, share in COMPONENTS.items():
@@ -90,7 +89,7 @@ def registry_ingest(registry: str, archive: Path) -> float:
     from builder.oci.registry import BlobUpload, RegistryClient
 
     data = archive.read_bytes()
-    chunks = [data[i:i + 8 * 2**20] for i in range(0, len(data), 8 * 2**20)]
+    chunks = [data[i : i + 8 * 2**20] for i in range(0, len(data), 8 * 2**20)]
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     started = time.perf_counter()
     upload = BlobUpload(RegistryClient(registry), "bench/ingest")
@@ -137,25 +136,31 @@ def main() -> None:
         results["oci to an OCI layout"], _ = timed(lambda: build_image(archive, template, f"oci:{root}/layout:bench/model", settings=settings))
         results["oci"], first = timed(lambda: build_image(archive, template, f"{registry.host}/bench/oci-model", backend="oci", settings=settings))
         results["oci rebuild (same weights)"], again = timed(
-            lambda: build_image(archive, template, f"{registry.host}/bench/oci-model", backend="oci", settings=settings))
+            lambda: build_image(archive, template, f"{registry.host}/bench/oci-model", backend="oci", settings=settings)
+        )
         assert again.digest == first.digest and not again.weights_uploaded
         base_dir = root / "base"
         base_dir.mkdir()
         (base_dir / "model_index.json").write_text("{}")  # the builder reads only the template's DREAMBUILD_BASE
         lora_template = f"{registry.host}/dreambuild/vanilla-base@" + buildah_template(
-            root / "template-base", registry, "dreambuild/vanilla-base", fmt="docker", baked={"base": base_dir})
+            root / "template-base", registry, "dreambuild/vanilla-base", fmt="docker", baked={"base": base_dir}
+        )
         loras = [synthetic_lora(root / f"lora-output-{i}.zip", int(args.lora_mib * 2**20)) for i in range(5)]
-        lora_times = [timed(lambda: build_image(lora, lora_template, f"{registry.host}/bench/lora-model", backend="oci",
-                                                settings=settings))[0] for lora in loras]
+        lora_times = [
+            timed(lambda: build_image(lora, lora_template, f"{registry.host}/bench/lora-model", backend="oci", settings=settings))[0]
+            for lora in loras
+        ]
         results["oci LoRA"] = lora_times[0]  # the first: into a new repository, as the full build
         results["oci LoRA, median of 5"] = sorted(lora_times)[2]  # each a new LoRA, uploaded
         if not args.skip_slow:
             podman = start_podman(root / "podman", [registry.host])
             os.environ["DOCKER_HOST"] = podman.docker_host
             results["docker (podman)"], _ = timed(
-                lambda: build_image(archive, template, f"{registry.host}/bench/docker-model", backend="docker", settings=settings))
-            results["buildah bud + push"] = buildah_build(root / "buildah", archive, template, registry.host,
-                                                          containers_env(root / "buildah", [registry.host]))
+                lambda: build_image(archive, template, f"{registry.host}/bench/docker-model", backend="docker", settings=settings)
+            )
+            results["buildah bud + push"] = buildah_build(
+                root / "buildah", archive, template, registry.host, containers_env(root / "buildah", [registry.host])
+            )
         base = results["floor (read + sha256)"]
         size = archive.stat().st_size
         print(f"\n{size / 2**30:.2f} GiB archive, one local registry, {os.cpu_count()} cores\n")
@@ -163,13 +168,17 @@ def main() -> None:
         for name, seconds in results.items():
             print(f"{name:32} {seconds:9.2f} {seconds / base:9.2f} {size / 2**20 / seconds:8.0f}")
         print()
-        print(f"oci vs floor: {results['oci'] / base:.2f}x (target <= 1.5x); "
-              f"vs the registry's ingest: {results['oci'] / results['registry ingest (no builder)']:.2f}x")
+        print(
+            f"oci vs floor: {results['oci'] / base:.2f}x (target <= 1.5x); "
+            f"vs the registry's ingest: {results['oci'] / results['registry ingest (no builder)']:.2f}x"
+        )
         print(f"oci to a layout vs floor: {results['oci to an OCI layout'] / base:.2f}x")
         print(f"oci rebuild / oci: {100 * results['oci rebuild (same weights)'] / results['oci']:.1f} % (target <= 5 %)")
-        print(f"oci LoRA ({args.lora_mib:g} MiB): {results['oci LoRA']:.2f} s (target < 1 s; median of 5: "
-              f"{results['oci LoRA, median of 5']:.2f} s), {results['oci'] / results['oci LoRA']:.0f}x faster than the full "
-              "build (target >= 100x)")
+        print(
+            f"oci LoRA ({args.lora_mib:g} MiB): {results['oci LoRA']:.2f} s (target < 1 s; median of 5: "
+            f"{results['oci LoRA, median of 5']:.2f} s), {results['oci'] / results['oci LoRA']:.0f}x faster than the full "
+            "build (target >= 100x)"
+        )
         if "buildah bud + push" in results:
             print(f"buildah / oci: {results['buildah bud + push'] / results['oci']:.1f}x faster (target >= 3x)")
             print(f"docker (podman) / oci: {results['docker (podman)'] / results['oci']:.1f}x faster")

@@ -82,12 +82,19 @@ def main() -> None:
         (schemas / f"{IDLE_TRAINER}.json").write_text((schemas / f"{local_trainer_version()}.json").read_text())
         upload = httpx.post(f"{url}/v1/uploads/photos.zip", content=(root / "photos.zip").read_bytes(), headers=TOKEN).json()["url"]
         photos = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "instance_data": upload}
-        queued = {"input": {**photos, "max_train_steps": 4, "resolution": 64, "with_prior_preservation": False},
-                  "trainer_version": IDLE_TRAINER, "template_version": template, "model": "bench/queued"}
+        queued = {
+            "input": {**photos, "max_train_steps": 4, "resolution": 64, "with_prior_preservation": False},
+            "trainer_version": IDLE_TRAINER,
+            "template_version": template,
+            "model": "bench/queued",
+        }
         idle = timed_creations(url, queued, version, args.n)
-        long = {"input": {**photos, "max_train_steps": 100000, "resolution": 256, "train_batch_size": 2,
-                          "with_prior_preservation": False}, "trainer_version": local_trainer_version(),
-                "template_version": template, "model": "bench/long"}
+        long = {
+            "input": {**photos, "max_train_steps": 100000, "resolution": 256, "train_batch_size": 2, "with_prior_preservation": False},
+            "trainer_version": local_trainer_version(),
+            "template_version": template,
+            "model": "bench/long",
+        }
         created = httpx.post(f"{url}/v1/trainings", json=long, headers=TOKEN, timeout=120).json()
         while "step " not in httpx.get(f"{url}/v1/trainings/{created['id']}", headers=TOKEN).json()["logs"]:
             time.sleep(0.5)  # training: its first progress line is out
@@ -102,8 +109,10 @@ def main() -> None:
     print(f"  {'request':22} {'idle p50':>9} {'idle p99':>9} {'training p50':>13} {'training p99':>13} {'p50 ratio':>10}")
     for name in idle:
         a, b = idle[name], busy[name]
-        print(f"  {name:22} {statistics.median(a) * 1000:7.1f}ms {percentile(a, 0.99) * 1000:7.1f}ms "
-              f"{statistics.median(b) * 1000:11.1f}ms {percentile(b, 0.99) * 1000:11.1f}ms {statistics.median(b) / statistics.median(a):9.2f}x")
+        print(
+            f"  {name:22} {statistics.median(a) * 1000:7.1f}ms {percentile(a, 0.99) * 1000:7.1f}ms "
+            f"{statistics.median(b) * 1000:11.1f}ms {percentile(b, 0.99) * 1000:11.1f}ms {statistics.median(b) / statistics.median(a):9.2f}x"
+        )
 
 
 if __name__ == "__main__":

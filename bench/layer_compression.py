@@ -44,7 +44,7 @@ def measure(data: bytes, choice: str) -> tuple[float, float, float]:
     if compressor is None:
         return float("inf"), float("inf"), 1.0
     started = time.perf_counter()
-    parts = [compressor.compress(data[i:i + 8 * 2**20]) for i in range(0, len(data), 8 * 2**20)]
+    parts = [compressor.compress(data[i : i + 8 * 2**20]) for i in range(0, len(data), 8 * 2**20)]
     parts.append(compressor.flush())
     compress_s = time.perf_counter() - started
     blob = b"".join(parts)

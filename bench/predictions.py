@@ -50,9 +50,19 @@ def trained_version(url: str, root: Path, template: str) -> dict:
         for path in sorted((REPO / "samples" / "subject").iterdir()):
             archive.write(path, path.name)
     upload = httpx.post(f"{url}/v1/uploads/photos.zip", content=photos.read_bytes(), headers=TOKEN).json()["url"]
-    body = {"input": {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "instance_data": upload,
-                      "max_train_steps": 4, "resolution": 64, "with_prior_preservation": False},
-            "trainer_version": local_trainer_version(), "template_version": template, "model": "bench/tiny"}
+    body = {
+        "input": {
+            "instance_prompt": "a photo of a cjw toy",
+            "class_prompt": "a photo of a toy",
+            "instance_data": upload,
+            "max_train_steps": 4,
+            "resolution": 64,
+            "with_prior_preservation": False,
+        },
+        "trainer_version": local_trainer_version(),
+        "template_version": template,
+        "model": "bench/tiny",
+    }
     created = httpx.post(f"{url}/v1/trainings", json=body, headers=TOKEN, timeout=300)  # the first reads the trainer schema
     created.raise_for_status()
     while True:
@@ -67,8 +77,7 @@ def trained_version(url: str, root: Path, template: str) -> dict:
 
 def through_service(url: str, version: str) -> tuple[float, dict]:
     started = time.perf_counter()
-    body = httpx.post(f"{url}/v1/predictions", json={"version": version, "input": INPUT}, headers={**TOKEN, "Prefer": "wait"},
-                      timeout=120).json()
+    body = httpx.post(f"{url}/v1/predictions", json={"version": version, "input": INPUT}, headers={**TOKEN, "Prefer": "wait"}, timeout=120).json()
     elapsed = time.perf_counter() - started
     if body.get("status") != "succeeded":
         raise RuntimeError(f"prediction not done: {body}")
@@ -102,8 +111,7 @@ def alternating(url: str, version: dict, home: Path, n: int) -> tuple[list[float
 def throughput(url: str, version: str, batch: int) -> float:
     """Predictions completed per second, ``batch`` submitted at once."""
     started = time.perf_counter()
-    ids = [httpx.post(f"{url}/v1/predictions", json={"version": version, "input": INPUT}, headers=TOKEN).json()["id"]
-           for _ in range(batch)]
+    ids = [httpx.post(f"{url}/v1/predictions", json={"version": version, "input": INPUT}, headers=TOKEN).json()["id"] for _ in range(batch)]
     pending = set(ids)
     while pending:
         for prediction_id in list(pending):
@@ -125,8 +133,12 @@ def embedded_config(root: Path, home: Path) -> tuple[str, dict]:
     base, checker = build_tiny_sd(root / "tiny-sd"), build_tiny_safety_checker(root / "checker")
     template = make_template_image(home / "data" / "images", "vanilla", baked={"safety-checker": checker}).removeprefix("sha256:")
     trainers = {local_trainer_version(): {"name": "dreambooth", "runner": "local", "env": {"DREAMBUILD_BASE_MODEL": str(base)}}}
-    return template, {"data_dir": str(home / "data"), "port": free_port(), "trainers": trainers,
-                      "tokens": [{"token": "bench-token", "owners": ["bench"]}]}
+    return template, {
+        "data_dir": str(home / "data"),
+        "port": free_port(),
+        "trainers": trainers,
+        "tokens": [{"token": "bench-token", "owners": ["bench"]}],
+    }
 
 
 def main() -> None:
@@ -157,16 +169,23 @@ def main() -> None:
         print(f"  {name:32} {value * 1000:8.1f} ms   ×{value / rows['direct Cog server (baseline)']:.2f}")
     overhead = rows["through the service"] - rows["direct Cog server (baseline)"]
     print(f"  service overhead per prediction: {overhead * 1000:.1f} ms p50 (goal ≤ 50 ms)")
-    print(f"cold start (first prediction of the version): {cold:.2f} s total, setup {first['metrics'].get('setup_time')} s; "
-          f"warm p50 {rows['through the service']:.3f} s: ×{cold / rows['through the service']:.0f}")
+    print(
+        f"cold start (first prediction of the version): {cold:.2f} s total, setup {first['metrics'].get('setup_time')} s; "
+        f"warm p50 {rows['through the service']:.3f} s: ×{cold / rows['through the service']:.0f}"
+    )
     if args.skip_workers:
         return
     postgres = start_postgres()
     try:
         home = root / "external"
         home.mkdir()
-        config = {**config, "data_dir": str(home / "data"), "port": free_port(), "workers": "external",
-                  "database_url": postgres.create_database("bench")}
+        config = {
+            **config,
+            "data_dir": str(home / "data"),
+            "port": free_port(),
+            "workers": "external",
+            "database_url": postgres.create_database("bench"),
+        }
         api, url = serve(home, config)
         db = Database(config["database_url"])
         db.add_version("bench", "tiny", version)
@@ -175,8 +194,12 @@ def main() -> None:
             figures = {}
             for count in (1, 2):
                 name = f"w{count}"
-                workers.append(start([CLI, "worker", "--config", str(home / "service.yaml"), "--roles", "predict", "--name", name,
-                                      "--data-dir", str(home / name)], home / f"{name}.log"))
+                workers.append(
+                    start(
+                        [CLI, "worker", "--config", str(home / "service.yaml"), "--roles", "predict", "--name", name, "--data-dir", str(home / name)],
+                        home / f"{name}.log",
+                    )
+                )
                 for _ in range(10):  # warm-up: until every worker has the version loaded
                     throughput(url, version["id"], 2 * count)
                     time.sleep(6)  # a heartbeat

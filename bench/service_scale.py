@@ -72,18 +72,32 @@ def base_config(root: Path, schema: dict) -> dict:
     for version in (IDLE_TRAINER, local_trainer_version()):
         (root / "data" / "schemas" / f"{version}.json").write_text(json.dumps(schema))
     return {
-        "data_dir": str(root / "data"), "port": free_port(), "max_concurrent": 4, "registry": "127.0.0.1:9",
+        "data_dir": str(root / "data"),
+        "port": free_port(),
+        "max_concurrent": 4,
+        "registry": "127.0.0.1:9",
         "trainers": {IDLE_TRAINER: {"name": "idle", "runner": "cog-http", "urls": ["http://127.0.0.1:9"]}},
         "templates": {TEMPLATE: {"name": "vanilla", "repository": "127.0.0.1:9/dreambuild/vanilla"}},
-        "tokens": [{"token": "bench-token", "owners": ["bench"]}], "upload_expiry_hours": None, "egress_allow": ["127.0.0.1"],
+        "tokens": [{"token": "bench-token", "owners": ["bench"]}],
+        "upload_expiry_hours": None,
+        "egress_allow": ["127.0.0.1"],
     }
 
 
 def request_body(version: str = IDLE_TRAINER, steps: int = 4) -> dict:
-    return {"input": {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "with_prior_preservation": False,
-                      "instance_data": "https://example.com/photos.zip",
-                      "max_train_steps": steps, "resolution": 64},
-            "trainer_version": version, "template_version": TEMPLATE, "model": "bench/model"}
+    return {
+        "input": {
+            "instance_prompt": "a photo of a cjw toy",
+            "class_prompt": "a photo of a toy",
+            "with_prior_preservation": False,
+            "instance_data": "https://example.com/photos.zip",
+            "max_train_steps": steps,
+            "resolution": 64,
+        },
+        "trainer_version": version,
+        "template_version": TEMPLATE,
+        "model": "bench/model",
+    }
 
 
 def reads(url: str, seconds: float, rate: float) -> dict:
@@ -111,8 +125,7 @@ def reads(url: str, seconds: float, rate: float) -> dict:
     elapsed = time.perf_counter() - began
     client.close()
     ordered = sorted(latencies)
-    return {"p50_ms": 1000 * ordered[len(ordered) // 2], "p99_ms": 1000 * ordered[int(len(ordered) * 0.99)],
-            "achieved_rps": len(ordered) / elapsed}
+    return {"p50_ms": 1000 * ordered[len(ordered) // 2], "p99_ms": 1000 * ordered[int(len(ordered) * 0.99)], "achieved_rps": len(ordered) / elapsed}
 
 
 def submissions(url: str, seconds: float) -> float:
@@ -144,7 +157,7 @@ def scheduling(url: str, db_target, count: int = 6) -> float:
         created = httpx.post(f"{url}/v1/trainings", json=request_body(), headers=TOKEN).json()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            started = (db.get_training(created["id"]).get("stage_started") or {})
+            started = db.get_training(created["id"]).get("stage_started") or {}
             if "training" in started:
                 waits.append(started["training"] - started["queued"])
                 break
@@ -159,11 +172,18 @@ def scheduling(url: str, db_target, count: int = 6) -> float:
 
 def recovery(root: Path, config: dict, tiny_base: Path) -> float:
     """Seconds from SIGKILLing the worker that trains to the other worker having taken it over."""
-    config = {**config, "trainers": {**config["trainers"], local_trainer_version(): {
-        "name": "dreambooth", "runner": "local", "env": {"DREAMBUILD_BASE_MODEL": str(tiny_base)}}}}
+    config = {
+        **config,
+        "trainers": {
+            **config["trainers"],
+            local_trainer_version(): {"name": "dreambooth", "runner": "local", "env": {"DREAMBUILD_BASE_MODEL": str(tiny_base)}},
+        },
+    }
     api, url = serve(root, config)
-    workers = {name: start([CLI, "worker", "--config", str(root / "service.yaml"), "--name", name, "--data-dir", str(root / name)],
-                           root / f"{name}.log") for name in ("a", "b")}
+    workers = {
+        name: start([CLI, "worker", "--config", str(root / "service.yaml"), "--name", name, "--data-dir", str(root / name)], root / f"{name}.log")
+        for name in ("a", "b")
+    }
     db = Database(config["database_url"])
     try:
         time.sleep(10)
@@ -217,8 +237,21 @@ def main() -> None:
             api, url = serve(home, config)
             try:
                 if not mode.startswith("embedded"):
-                    extra.append(start([CLI, "worker", "--config", str(home / "service.yaml"), "--roles", "train,build,webhooks",
-                                        "--data-dir", str(home / "worker")], home / "worker.log"))
+                    extra.append(
+                        start(
+                            [
+                                CLI,
+                                "worker",
+                                "--config",
+                                str(home / "service.yaml"),
+                                "--roles",
+                                "train,build,webhooks",
+                                "--data-dir",
+                                str(home / "worker"),
+                            ],
+                            home / "worker.log",
+                        )
+                    )
                     time.sleep(8)
                 row = reads(url, args.seconds, args.rate)
                 # On an idle queue first: the submissions leave thousands of trainings queued.
@@ -240,19 +273,25 @@ def main() -> None:
     finally:
         postgres.remove()
     base = results["embedded (SQLite)"]
-    print(f"API GET at {args.rate:.0f} req/s for {args.seconds:.0f} s, submissions from 8 clients; baseline: embedded (SQLite); "
-          "(Nx): times as fast as the baseline")
+    print(
+        f"API GET at {args.rate:.0f} req/s for {args.seconds:.0f} s, submissions from 8 clients; baseline: embedded (SQLite); "
+        "(Nx): times as fast as the baseline"
+    )
     print("| mode | GET p50 ms | GET p99 ms | achieved req/s | submissions/s | queued → trainer s | worker SIGKILL → taken over s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for mode, row in results.items():
+
         def ratio(key: str, lower_is_better: bool = True) -> str:
             value = row[key]
             if mode == "embedded (SQLite)":
                 return f"{value:.1f}"
             return f"{value:.1f} ({(base[key] / value if lower_is_better else value / base[key]):.2f}x)"
+
         recovered = f"{row['recovery_s']:.1f} (goal ≤ 60)" if "recovery_s" in row else "n/a"
-        print(f"| {mode} | {ratio('p50_ms')} | {ratio('p99_ms')} | {row['achieved_rps']:.0f} | "
-              f"{ratio('submissions_per_s', lower_is_better=False)} | {row['queued_to_trainer_s']:.2f} (goal ≤ 1) | {recovered} |")
+        print(
+            f"| {mode} | {ratio('p50_ms')} | {ratio('p99_ms')} | {row['achieved_rps']:.0f} | "
+            f"{ratio('submissions_per_s', lower_is_better=False)} | {row['queued_to_trainer_s']:.2f} (goal ≤ 1) | {recovered} |"
+        )
 
 
 if __name__ == "__main__":

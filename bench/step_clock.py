@@ -46,11 +46,17 @@ def install_clock(steps: int, warmup: int, out: Path) -> None:
         elif state["calls"] == steps:
             seconds = sync() - state["start"]
             measured = steps - warmup
-            out.write_text(json.dumps({
-                "steps": measured, "seconds": seconds, "steps_per_s": measured / seconds,
-                "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                "device": torch.cuda.get_device_name() if cuda else "cpu",
-            }))
+            out.write_text(
+                json.dumps(
+                    {
+                        "steps": measured,
+                        "seconds": seconds,
+                        "steps_per_s": measured / seconds,
+                        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                        "device": torch.cuda.get_device_name() if cuda else "cpu",
+                    }
+                )
+            )
         return backward(self, loss, **kwargs)
 
     accelerate.Accelerator.backward = timed_backward

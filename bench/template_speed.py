@@ -80,8 +80,9 @@ def bench_plain_diffusers(weights: Path, device: torch.device, dtype: torch.dtyp
     sync(device)
     setup = time.perf_counter() - started
     pipe.set_progress_bar_config(disable=True)
-    seconds = time_images(lambda: pipe(PROMPT, width=size, height=size, num_inference_steps=steps,
-                                       generator=torch.Generator("cpu").manual_seed(0)), device, repeats)
+    seconds = time_images(
+        lambda: pipe(PROMPT, width=size, height=size, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(0)), device, repeats
+    )
     result = {"setup_s": setup, "s_per_image": seconds, "peak_gib": peak_memory_gib(device)}
     pipe = None  # freed before the cache is emptied
     if device.type == "cuda":
@@ -117,8 +118,9 @@ def control_photo(size: int):
     return path
 
 
-def bench_template(weights: Path, device: torch.device, size: int, steps: int, repeats: int, compile_unet: bool,
-                   controlnet: Path | None = None) -> dict:
+def bench_template(
+    weights: Path, device: torch.device, size: int, steps: int, repeats: int, compile_unet: bool, controlnet: Path | None = None
+) -> dict:
     os.environ["DREAMBUILD_TORCH_COMPILE"] = "1" if compile_unet else "0"
     reset_peak(device)
     missing = weights.parent / "not-baked"
@@ -128,8 +130,15 @@ def bench_template(weights: Path, device: torch.device, size: int, steps: int, r
     generator.setup()
     sync(device)
     setup = time.perf_counter() - started
-    request = GenerationRequest(prompt=PROMPT, width=size, height=size, num_inference_steps=steps, seed=0, disable_safety_check=True,
-                                control_image=control_photo(size) if controlnet else None)
+    request = GenerationRequest(
+        prompt=PROMPT,
+        width=size,
+        height=size,
+        num_inference_steps=steps,
+        seed=0,
+        disable_safety_check=True,
+        control_image=control_photo(size) if controlnet else None,
+    )
     first = time.perf_counter()
     generator.generate(request)  # includes compilation when compiling
     first = time.perf_counter() - first
@@ -162,8 +171,10 @@ def main() -> None:
         build_sd(weights, shape=ns.shape, dtype=dtype, device=device.type)
         print(f"generated {ns.shape}-shaped random weights in {time.perf_counter() - started:.1f} s: {weights}")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"device: {name}; torch {torch.__version__}; {ns.shape} shape, {ns.size}x{ns.size}, {ns.steps} steps, "
-          f"{str(dtype).removeprefix('torch.')}, median of {ns.repeats}")
+    print(
+        f"device: {name}; torch {torch.__version__}; {ns.shape} shape, {ns.size}x{ns.size}, {ns.steps} steps, "
+        f"{str(dtype).removeprefix('torch.')}, median of {ns.repeats}"
+    )
 
     print(f"{'variant':45} {'setup s':>8} {'s/image':>8} {'steps/s':>8} {'peak GiB':>9} {'vs plain':>9}", flush=True)
     rows: dict[str, dict] = {}
@@ -172,22 +183,26 @@ def main() -> None:
         rows[label] = row
         row["steps_per_s"] = ns.steps / row["s_per_image"]
         baseline = rows["plain diffusers (in-run baseline)"]["s_per_image"]
-        print(f"{label:45} {row['setup_s']:8.2f} {row['s_per_image']:8.3f} {row['steps_per_s']:8.1f} "
-              f"{row['peak_gib']:9.2f} {baseline / row['s_per_image']:8.2f}x", flush=True)
+        print(
+            f"{label:45} {row['setup_s']:8.2f} {row['s_per_image']:8.3f} {row['steps_per_s']:8.1f} "
+            f"{row['peak_gib']:9.2f} {baseline / row['s_per_image']:8.2f}x",
+            flush=True,
+        )
 
     record("plain diffusers (in-run baseline)", bench_plain_diffusers(weights, device, dtype, ns.size, ns.steps, ns.repeats))
     record("dreambuild template core", bench_template(weights, device, ns.size, ns.steps, ns.repeats, compile_unet=False))
     read, total = read_seconds(weights)
     setup = rows["dreambuild template core"]["setup_s"]
-    print(f"  setup {setup:.2f} s vs reading the {total / 2**30:.2f} GiB of safetensors {read:.2f} s: "
-          f"{setup / read:.2f}x (goal <= 1.5x)", flush=True)
+    print(f"  setup {setup:.2f} s vs reading the {total / 2**30:.2f} GiB of safetensors {read:.2f} s: {setup / read:.2f}x (goal <= 1.5x)", flush=True)
     rows["dreambuild template core"].update(read_s=read, weights_bytes=total)
     if ns.controlnet:
         controlnet = ns.cache / f"{ns.shape}-random-controlnet-{str(dtype).removeprefix('torch.')}"
         if not (controlnet / "config.json").is_file():
             build_tiny_controlnet(controlnet, weights, dtype=dtype)
-        record("controlnet-canny template (txt2img + Canny)",
-               bench_template(weights, device, ns.size, ns.steps, ns.repeats, compile_unet=False, controlnet=controlnet))
+        record(
+            "controlnet-canny template (txt2img + Canny)",
+            bench_template(weights, device, ns.size, ns.steps, ns.repeats, compile_unet=False, controlnet=controlnet),
+        )
     if ns.compile and device.type == "cuda":
         row = bench_template(weights, device, ns.size, ns.steps, ns.repeats, compile_unet=True)
         record("dreambuild template core + torch.compile", row)

@@ -53,8 +53,11 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     started = time.perf_counter()
     base = build_sd(root / "sd15", shape="sd15", device="cuda" if cuda else "cpu")
-    print(f"SD-1.5-shaped random base built in {time.perf_counter() - started:.1f}s "
-          f"({torch.cuda.get_device_name() if cuda else 'CPU'}, torch {torch.__version__})", flush=True)
+    print(
+        f"SD-1.5-shaped random base built in {time.perf_counter() - started:.1f}s "
+        f"({torch.cuda.get_device_name() if cuda else 'CPU'}, torch {torch.__version__})",
+        flush=True,
+    )
     os.environ["DREAMBUILD_BASE_MODEL"] = str(base)
     os.environ["DREAMBUILD_WORKDIR"] = str(root / "work")
     from trainer.job import run_job
@@ -65,8 +68,15 @@ def main() -> None:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        inputs = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "with_prior_preservation": False,
-                  "max_train_steps": args.steps, "resolution": args.resolution, "seed": 0, **VARIANTS[name]}
+        inputs = {
+            "instance_prompt": "a photo of a cjw toy",
+            "class_prompt": "a photo of a toy",
+            "with_prior_preservation": False,
+            "max_train_steps": args.steps,
+            "resolution": args.resolution,
+            "seed": 0,
+            **VARIANTS[name],
+        }
         try:
             result = run_job(inputs, photos)
         except Exception as exc:  # a variant that cannot run here is reported, not fatal

@@ -58,11 +58,35 @@ def build_base(family: str, shape: str, dest: Path, cuda: bool) -> Path:
 
 
 def their_command(script: str, base: Path, photos: Path, out: Path, opts: argparse.Namespace, lora: bool, resolution: int) -> list[str]:
-    command = [str(BASELINES / script), "--pretrained_model_name_or_path", str(base), "--instance_data_dir", str(photos),
-               "--instance_prompt", PROMPT, "--output_dir", str(out), "--resolution", str(resolution),
-               "--train_batch_size", str(opts.batch), "--max_train_steps", str(opts.steps),
-               "--learning_rate", "1e-4" if lora else "5e-6", "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
-               "--mixed_precision", opts.precision, "--seed", "0", "--checkpointing_steps", str(opts.steps + 1)]
+    command = [
+        str(BASELINES / script),
+        "--pretrained_model_name_or_path",
+        str(base),
+        "--instance_data_dir",
+        str(photos),
+        "--instance_prompt",
+        PROMPT,
+        "--output_dir",
+        str(out),
+        "--resolution",
+        str(resolution),
+        "--train_batch_size",
+        str(opts.batch),
+        "--max_train_steps",
+        str(opts.steps),
+        "--learning_rate",
+        "1e-4" if lora else "5e-6",
+        "--lr_scheduler",
+        "constant",
+        "--lr_warmup_steps",
+        "0",
+        "--mixed_precision",
+        opts.precision,
+        "--seed",
+        "0",
+        "--checkpointing_steps",
+        str(opts.steps + 1),
+    ]
     if lora:
         command += ["--rank", "4"]
     if opts.text_encoder:
@@ -73,20 +97,40 @@ def their_command(script: str, base: Path, photos: Path, out: Path, opts: argpar
 
 
 def our_inputs(opts: argparse.Namespace, lora: bool, resolution: int) -> dict:
-    return {"instance_prompt": PROMPT, "class_prompt": "a photo of a toy", "with_prior_preservation": False,
-            "max_train_steps": opts.steps, "resolution": resolution, "train_batch_size": opts.batch, "seed": 0,
-            "mixed_precision": opts.precision, "use_8bit_adam": opts.adam8bit, "train_text_encoder": opts.text_encoder,
-            "learning_rate": 5e-6, "lora_rank": 4 if lora else 0, "lora_lr": 1e-4, "checkpointing_steps": 0}
+    return {
+        "instance_prompt": PROMPT,
+        "class_prompt": "a photo of a toy",
+        "with_prior_preservation": False,
+        "max_train_steps": opts.steps,
+        "resolution": resolution,
+        "train_batch_size": opts.batch,
+        "seed": 0,
+        "mixed_precision": opts.precision,
+        "use_8bit_adam": opts.adam8bit,
+        "train_text_encoder": opts.text_encoder,
+        "learning_rate": 5e-6,
+        "lora_rank": 4 if lora else 0,
+        "lora_lr": 1e-4,
+        "checkpointing_steps": 0,
+    }
 
 
 def timed_run(args: list[str], out: Path, env: dict, opts: argparse.Namespace, log: Path) -> dict | None:
-    command = [sys.executable, str(REPO / "bench" / "step_clock.py"), "--steps", str(opts.steps), "--warmup", str(opts.warmup),
-               "--out", str(out), *args]
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "step_clock.py"),
+        "--steps",
+        str(opts.steps),
+        "--warmup",
+        str(opts.warmup),
+        "--out",
+        str(out),
+        *args,
+    ]
     with open(log, "w") as handle:
         done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
     if done.returncode != 0 or not out.is_file():
-        print(f"  failed (exit {done.returncode}); the last lines of {log}:\n    "
-              + "\n    ".join(log.read_text().splitlines()[-12:]), flush=True)
+        print(f"  failed (exit {done.returncode}); the last lines of {log}:\n    " + "\n    ".join(log.read_text().splitlines()[-12:]), flush=True)
         return None
     return json.loads(out.read_text())
 
@@ -123,8 +167,13 @@ def main() -> None:
             family, script, lora = PAIRS[name]
             base = build_base(family, opts.shape, root / f"base-{family}", cuda)
             resolution = opts.resolution or native_size(base)
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "DREAMBUILD_BASE_MODEL": str(base), "DREAMBUILD_WORKDIR": str(root / "work"),
-                   "PYTHONPATH": str(REPO)}
+            env = {
+                **os.environ,
+                "HF_HUB_OFFLINE": "1",
+                "DREAMBUILD_BASE_MODEL": str(base),
+                "DREAMBUILD_WORKDIR": str(root / "work"),
+                "PYTHONPATH": str(REPO),
+            }
             results = {}
             for side in ("diffusers", "dreambuild"):
                 print(f"{name}: {side} ...", flush=True)
@@ -141,17 +190,21 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     device = next((r[s]["device"] for _, _, r in rows for s in r if r[s]), "none")
-    print(f"\n{device}, torch {torch.__version__}; {opts.steps} steps ({opts.warmup} warm-up), batch {opts.batch}, "
-          f"{opts.precision}{' + AdamW8bit' if opts.adam8bit else ' + AdamW'}, text encoder "
-          f"{'trained' if opts.text_encoder else 'frozen'}, shapes {opts.shape}\n")
+    print(
+        f"\n{device}, torch {torch.__version__}; {opts.steps} steps ({opts.warmup} warm-up), batch {opts.batch}, "
+        f"{opts.precision}{' + AdamW8bit' if opts.adam8bit else ' + AdamW'}, text encoder "
+        f"{'trained' if opts.text_encoder else 'frozen'}, shapes {opts.shape}\n"
+    )
     print(f"{'pair':10} {'px':>5} {'diffusers st/s':>15} {'ours st/s':>10} {'speed':>7} {'diffusers GiB':>14} {'ours GiB':>9} {'memory':>7}")
     for name, resolution, results in rows:
         theirs, ours = results.get("diffusers"), results.get("dreambuild")
         speed = f"{ours['steps_per_s'] / theirs['steps_per_s']:.2f}x" if theirs and ours else "-"
         gib = [f"{r['peak_gib']:.1f}" if r and r["peak_gib"] is not None else "-" for r in (theirs, ours)]
         memory = f"{ours['peak_gib'] / theirs['peak_gib']:.2f}x" if theirs and ours and ours["peak_gib"] else "-"
-        print(f"{name:10} {resolution:5} {theirs['steps_per_s'] if theirs else float('nan'):15.2f} "
-              f"{ours['steps_per_s'] if ours else float('nan'):10.2f} {speed:>7} {gib[0]:>14} {gib[1]:>9} {memory:>7}")
+        print(
+            f"{name:10} {resolution:5} {theirs['steps_per_s'] if theirs else float('nan'):15.2f} "
+            f"{ours['steps_per_s'] if ours else float('nan'):10.2f} {speed:>7} {gib[0]:>14} {gib[1]:>9} {memory:>7}"
+        )
     print("\nspeed: ours / diffusers' steps per second (goal >= 1.2x); memory: ours / theirs peak (goal <= 1.00x)")
 
 

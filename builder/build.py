@@ -117,9 +117,18 @@ def choose_backend(requested: str, template: ResolvedImage, dest: ImageRef) -> s
     return requested
 
 
-def build_image(weights: str | Path, template: str, model: str | ImageRef, *, notes: str = "", backend: str = "auto",
-                compression: str | None = None, settings: BuilderSettings | None = None,
-                reporter: Reporter | None = None, workdir: Path | None = None) -> BuildResult:
+def build_image(
+    weights: str | Path,
+    template: str,
+    model: str | ImageRef,
+    *,
+    notes: str = "",
+    backend: str = "auto",
+    compression: str | None = None,
+    settings: BuilderSettings | None = None,
+    reporter: Reporter | None = None,
+    workdir: Path | None = None,
+) -> BuildResult:
     """Build ``template`` + ``weights`` as ``model`` and push it; see the module docstring."""
     started = time.monotonic()
     settings = settings or BuilderSettings.from_env()
@@ -144,18 +153,29 @@ def build_image(weights: str | Path, template: str, model: str | ImageRef, *, no
         resolved = resolve_template(template, settings)
         step(f"template {resolved.reference} ({family(resolved.manifest)} manifest)")
         if source.kind == "lora" and template_base(resolved) is None:
-            raise InputError(f"the weights are LoRA adapters, and template {resolved.reference} has no base model baked in "
-                             "to apply them to (no DREAMBUILD_BASE in its environment): use a template built with the LoRA's base")
+            raise InputError(
+                f"the weights are LoRA adapters, and template {resolved.reference} has no base model baked in "
+                "to apply them to (no DREAMBUILD_BASE in its environment): use a template built with the LoRA's base"
+            )
         if chosen_compression.algorithm == "zstd" and family(resolved.manifest) == "docker":
             raise InputError("zstd layers need an OCI template; this template has a Docker v2 manifest (use gzip or none)")
         kind = choose_backend(backend, resolved, dest_ref)
         reporter.weights_total(source.total_bytes())
         dest = open_store(dest_ref, settings, create=True)
         if kind == "oci":
-            manifest, layer, uploaded = build_oci(source, resolved, dest, tag, notes=notes, model=dest_ref.repository,
-                                                  compression=chosen_compression,
-                                                  cache=LayerCache(settings.cache / "layers.json"), attempts=settings.retries,
-                                                  on_step=step, on_bytes=reporter.weights_bytes)
+            manifest, layer, uploaded = build_oci(
+                source,
+                resolved,
+                dest,
+                tag,
+                notes=notes,
+                model=dest_ref.repository,
+                compression=chosen_compression,
+                cache=LayerCache(settings.cache / "layers.json"),
+                attempts=settings.retries,
+                on_step=step,
+                on_bytes=reporter.weights_bytes,
+            )
             digest = manifest.digest
         else:
             from builder.docker_build import build_docker
@@ -168,9 +188,16 @@ def build_image(weights: str | Path, template: str, model: str | ImageRef, *, no
             uploaded = True
         pushed = dest_ref.pinned(digest)
         return BuildResult(
-            image=str(pushed), digest=digest, size=image_size(manifest),
-            weights_layer=manifest.json["layers"][-1]["digest"], seconds=round(time.monotonic() - started, 3),
-            backend=kind, template=resolved.reference, weights_uploaded=uploaded, tag=tag, steps=steps,
+            image=str(pushed),
+            digest=digest,
+            size=image_size(manifest),
+            weights_layer=manifest.json["layers"][-1]["digest"],
+            seconds=round(time.monotonic() - started, 3),
+            backend=kind,
+            template=resolved.reference,
+            weights_uploaded=uploaded,
+            tag=tag,
+            steps=steps,
         )
     finally:
         if source is not None:

@@ -24,8 +24,16 @@ def dockerfile(template: str) -> str:
     return f"FROM {template}\nCOPY weights /src/weights\n"
 
 
-def build_docker(weights: WeightsSource, template: str, dest: RegistryRef, tag: str, *, labels: dict[str, str],
-                 workdir: Path, on_log: Callable[[str], None] = lambda line: None) -> str:
+def build_docker(
+    weights: WeightsSource,
+    template: str,
+    dest: RegistryRef,
+    tag: str,
+    *,
+    labels: dict[str, str],
+    workdir: Path,
+    on_log: Callable[[str], None] = lambda line: None,
+) -> str:
     """Build and push ``dest:tag``; return the pushed manifest digest."""
     import docker.errors
 

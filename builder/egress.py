@@ -124,8 +124,10 @@ def pinned(url: str, addresses: list[str]) -> tuple[str, dict[str, str], dict]:
 
 
 def _refusal(what: str, url: str, where: str) -> str:
-    return (f"{what} {url!r} points to {where}, a loopback, private, link-local or otherwise non-public address, "
-            "which this service does not connect to (the operator can allow it with egress_allow)")
+    return (
+        f"{what} {url!r} points to {where}, a loopback, private, link-local or otherwise non-public address, "
+        "which this service does not connect to (the operator can allow it with egress_allow)"
+    )
 
 
 def fetch(url: str, dest: Path, *, policy: EgressPolicy | None, what: str, max_bytes: int, timeout: float = 60) -> Path:

@@ -79,8 +79,15 @@ def image_labels(template: ResolvedImage, diff_id: str, notes: str, model: str |
     return {**labels, LABEL_MODEL: model} if model else labels
 
 
-def push_weights_layer(weights: WeightsSource, dest: ImageStore, *, compression: Compression, cache: LayerCache,
-                       attempts: int, on_bytes: Callable[[int], None] | None = None) -> tuple[Layer, bool]:
+def push_weights_layer(
+    weights: WeightsSource,
+    dest: ImageStore,
+    *,
+    compression: Compression,
+    cache: LayerCache,
+    attempts: int,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[Layer, bool]:
     """Make ``dest`` hold the weights layer; return it and whether it was uploaded now."""
     key = cache.key(weights, compression, "src/weights")
     cached = cache.get(key)
@@ -104,10 +111,20 @@ def push_weights_layer(weights: WeightsSource, dest: ImageStore, *, compression:
     raise AssertionError("unreachable")
 
 
-def build_oci(weights: WeightsSource, template: ResolvedImage, dest: ImageStore, tag: str | None, *, notes: str,
-              model: str | None = None, compression: Compression, cache: LayerCache, attempts: int = 3,
-              on_step: Callable[[str], None] = lambda message: None,
-              on_bytes: Callable[[int], None] | None = None) -> tuple[Manifest, Layer, bool]:
+def build_oci(
+    weights: WeightsSource,
+    template: ResolvedImage,
+    dest: ImageStore,
+    tag: str | None,
+    *,
+    notes: str,
+    model: str | None = None,
+    compression: Compression,
+    cache: LayerCache,
+    attempts: int = 3,
+    on_step: Callable[[str], None] = lambda message: None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[Manifest, Layer, bool]:
     """Push template + weights to ``dest`` under ``tag``; return the manifest, layer, and whether it was uploaded."""
     layers = template.manifest.json.get("layers", [])
     on_step(f"template: {len(layers)} layers and config of {template.reference}")
@@ -117,8 +134,7 @@ def build_oci(weights: WeightsSource, template: ResolvedImage, dest: ImageStore,
         pending = [pool.submit(ensure_blob, template.store, dest, layer["digest"]) for layer in layers]
         try:
             on_step(f"weights layer ({compression})")
-            layer, uploaded = push_weights_layer(weights, dest, compression=compression, cache=cache, attempts=attempts,
-                                                 on_bytes=on_bytes)
+            layer, uploaded = push_weights_layer(weights, dest, compression=compression, cache=cache, attempts=attempts, on_bytes=on_bytes)
         except BaseException:
             for future in pending:
                 future.cancel()

@@ -20,8 +20,19 @@ from pathlib import Path
 
 # A copy of templates/inference/catalog.py's names (the host side does not import the Cog models'
 # sources; tests/test_templates_inputs.py keeps the two equal).
-TEMPLATE_NAMES = ("vanilla", "vanilla-sd15", "vanilla-sdxl", "controlnet-canny", "controlnet-pose", "controlnet-depth",
-                  "controlnet-hed", "controlnet-mlsd", "controlnet-normal", "controlnet-scribble", "controlnet-seg")
+TEMPLATE_NAMES = (
+    "vanilla",
+    "vanilla-sd15",
+    "vanilla-sdxl",
+    "controlnet-canny",
+    "controlnet-pose",
+    "controlnet-depth",
+    "controlnet-hed",
+    "controlnet-mlsd",
+    "controlnet-normal",
+    "controlnet-scribble",
+    "controlnet-seg",
+)
 
 
 def _split(value: str | None) -> list[str]:

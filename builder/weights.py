@@ -93,8 +93,8 @@ class ZipWeights:
                 raise ArchiveError(f"{label}: entry {info.filename!r} appears twice")
             entries[parts] = None if info.is_dir() else info
         self._root = self._find_root(entries)
-        self._files = {p[len(self._root):]: i for p, i in entries.items() if p[: len(self._root)] == self._root and i}
-        dirs = {p[len(self._root):] for p, i in entries.items() if p[: len(self._root)] == self._root and i is None}
+        self._files = {p[len(self._root) :]: i for p, i in entries.items() if p[: len(self._root)] == self._root and i}
+        dirs = {p[len(self._root) :] for p, i in entries.items() if p[: len(self._root)] == self._root and i is None}
         for parts in self._files:
             dirs.update(parts[:n] for n in range(1, len(parts)))
         clash = dirs & self._files.keys()
@@ -131,8 +131,7 @@ class ZipWeights:
             if is_dir:
                 yield LayerEntry("/".join(parts), True)
             else:
-                yield LayerEntry("/".join(parts), False, info.file_size,
-                                   lambda info=info: _ZipEntryReader(self._zip, info, self.label))
+                yield LayerEntry("/".join(parts), False, info.file_size, lambda info=info: _ZipEntryReader(self._zip, info, self.label))
 
     def total_bytes(self) -> int:
         return sum(i.file_size for i in self._files.values())

@@ -81,7 +81,7 @@ def extract_zip(archive: Path, dest: Path, *, label: str, limits: ArchiveLimits 
 
 
 def _short(name: str, keep: int = 120) -> str:
-    return name if len(name) <= keep else f"{name[:keep // 2]}…{name[-keep // 2:]}"
+    return name if len(name) <= keep else f"{name[: keep // 2]}…{name[-keep // 2 :]}"
 
 
 def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimits) -> list[Path]:
@@ -92,20 +92,25 @@ def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimit
     with zf:
         infos = zf.infolist()
         if len(infos) > limits.max_files:
-            raise ArchiveError(
-                f"{label} has {len(infos)} entries, more than the limit of {limits.max_files}"
-            )
+            raise ArchiveError(f"{label} has {len(infos)} entries, more than the limit of {limits.max_files}")
         for info in infos:
             if limits.max_entry_bytes is not None and info.file_size > limits.max_entry_bytes:
-                raise ArchiveError(f"{label}: entry {_short(info.filename)!r} expands to {info.file_size} bytes, more than "
-                                   f"the limit of {limits.max_entry_bytes} for one file")
+                raise ArchiveError(
+                    f"{label}: entry {_short(info.filename)!r} expands to {info.file_size} bytes, more than "
+                    f"the limit of {limits.max_entry_bytes} for one file"
+                )
         declared = sum(i.file_size for i in infos)
         budget = limits.budget(archive.stat().st_size)
         if declared > budget:
-            raise ArchiveError(f"{label} expands to {declared} bytes, more than the limit of {budget}" + (
-                f" ({limits.max_ratio:g} times its size of {archive.stat().st_size} bytes: "
-                "already compressed files, such as photos, expand far less; a zip bomb?)"
-                if budget < limits.max_total_bytes else ""))
+            raise ArchiveError(
+                f"{label} expands to {declared} bytes, more than the limit of {budget}"
+                + (
+                    f" ({limits.max_ratio:g} times its size of {archive.stat().st_size} bytes: "
+                    "already compressed files, such as photos, expand far less; a zip bomb?)"
+                    if budget < limits.max_total_bytes
+                    else ""
+                )
+            )
         planned: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
         for info in infos:
             parts = entry_parts(label, info.filename)
@@ -133,15 +138,15 @@ def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimit
                         written_total += len(chunk)
                         if written > info.file_size or written_total > budget:
                             raise ArchiveError(
-                                f"{label}: entry {info.filename!r} expands past its declared size or the "
-                                f"archive limit of {budget} bytes (zip bomb?)"
+                                f"{label}: entry {info.filename!r} expands past its declared size or the archive limit of {budget} bytes (zip bomb?)"
                             )
                         out.write(chunk)
             except FileExistsError:
                 if target.is_file() and not info.is_dir():
                     raise ArchiveError(f"{label}: entry {_short(info.filename)!r} appears twice") from None
-                raise ArchiveError(f"{label}: entry {_short(info.filename)!r} clashes with another entry: "
-                                   "the same name as a file and as a folder") from None
+                raise ArchiveError(
+                    f"{label}: entry {_short(info.filename)!r} clashes with another entry: the same name as a file and as a folder"
+                ) from None
             except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
                 raise ArchiveError(f"{label} is a corrupt zip archive: entry {info.filename!r} ({exc})") from None
             except RuntimeError as exc:  # zipfile raises RuntimeError for encrypted entries
@@ -149,8 +154,6 @@ def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimit
             except NotImplementedError as exc:
                 raise ArchiveError(f"{label}: entry {info.filename!r} uses an unsupported compression ({exc})") from None
             except OSError as exc:  # a name too long, a file where a folder should be: said without server paths
-                raise ArchiveError(f"{label}: entry {_short(info.filename)!r} cannot be extracted: "
-                                   f"{exc.strerror or type(exc).__name__}") from None
+                raise ArchiveError(f"{label}: entry {_short(info.filename)!r} cannot be extracted: {exc.strerror or type(exc).__name__}") from None
             files.append(target)
         return files
-

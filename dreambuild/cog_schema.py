@@ -37,8 +37,13 @@ def _input_schema(info: Any, title: str) -> dict[str, Any]:
             prop["default"] = field.type.json_encode(field.default)
         elif field.type.repetition not in optional:
             required.append(name)
-        for key, value in (("minimum", field.ge), ("maximum", field.le), ("minLength", field.min_length),
-                           ("maxLength", field.max_length), ("pattern", field.regex)):
+        for key, value in (
+            ("minimum", field.ge),
+            ("maximum", field.le),
+            ("minLength", field.min_length),
+            ("maxLength", field.max_length),
+            ("pattern", field.regex),
+        ):
             if value is not None:
                 prop[key] = value
         if field.choices is not None:

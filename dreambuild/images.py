@@ -30,8 +30,10 @@ def load_rgb(path: Path, name: str, *, shorter_side: int | None = None) -> Image
         with opened:
             width, height = opened.size
             if width * height > MAX_PIXELS:
-                raise ImageDataError(f"image {name!r} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
-                                     f"over the limit of {MAX_PIXELS / 1e6:.0f} MP: scale it down first")
+                raise ImageDataError(
+                    f"image {name!r} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
+                    f"over the limit of {MAX_PIXELS / 1e6:.0f} MP: scale it down first"
+                )
             image = ImageOps.exif_transpose(opened)
             image.load()
     except Image.DecompressionBombError:  # PIL's own hard limit (179 MP), met while opening

@@ -68,9 +68,7 @@ def check_diffusers_listing(index_json: bytes, files: Iterable[str], label: str)
     if not isinstance(index, dict) or "_class_name" not in index:
         raise ModelLayoutError(f"{label} is not a diffusers pipeline: model_index.json has no _class_name")
     components = {
-        name: spec
-        for name, spec in index.items()
-        if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and None not in spec
+        name: spec for name, spec in index.items() if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and None not in spec
     }
     if not components:
         raise ModelLayoutError(f"{label} is not a diffusers pipeline: model_index.json names no components")
@@ -133,8 +131,7 @@ def baked_pipeline_digest(root: Path) -> str:
         value = recorded.read_text().strip()
     except OSError:
         return pipeline_digest(root)
-    fresh = value.startswith("sha256:") and len(value) == 71 and all(
-        path.stat().st_mtime <= written for path in root.rglob("*.safetensors"))
+    fresh = value.startswith("sha256:") and len(value) == 71 and all(path.stat().st_mtime <= written for path in root.rglob("*.safetensors"))
     return value if fresh else pipeline_digest(root)
 
 

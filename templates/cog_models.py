@@ -18,7 +18,31 @@ from templates.inference.generator import ImageGenerator  # noqa: E402
 from templates.inference.request import GenerationRequest  # noqa: E402
 
 # Literal lists: Cog reads choices from this file's source.
-SCHEDULERS = ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "K_EULER_ANCESTRAL", "K_EULER", "KLMS", "PNDM", "UniPCMultistep", "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE", "LMS Karras", "DPM2 Karras", "DPM2 a Karras", "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras"]
+SCHEDULERS = [
+    "DDIM",
+    "DPMSolverMultistep",
+    "HeunDiscrete",
+    "K_EULER_ANCESTRAL",
+    "K_EULER",
+    "KLMS",
+    "PNDM",
+    "UniPCMultistep",
+    "Euler a",
+    "Euler",
+    "LMS",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "DPM++ 2S a",
+    "DPM++ 2M",
+    "DPM++ SDE",
+    "LMS Karras",
+    "DPM2 Karras",
+    "DPM2 a Karras",
+    "DPM++ 2S a Karras",
+    "DPM++ 2M Karras",
+    "DPM++ SDE Karras",
+]
 PROMPT_SYNTAXES = ["auto", "compel", "a1111"]
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
 
@@ -42,20 +66,37 @@ class Vanilla(BaseRunner):
 
     def run(
         self,
-        prompt: Optional[str] = Input(description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.", default=None),
+        prompt: Optional[str] = Input(
+            description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.",
+            default=None,
+        ),
         negative_prompt: Optional[str] = Input(description="What not to see in the image (same syntax as prompt).", default=None),
-        prompt_syntax: str = Input(description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).", default="auto", choices=PROMPT_SYNTAXES),
+        prompt_syntax: str = Input(
+            description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).",
+            default="auto",
+            choices=PROMPT_SYNTAXES,
+        ),
         image: Optional[Path] = Input(description="Initial image for img2img, or for inpainting with mask; resized to width x height.", default=None),
         mask: Optional[Path] = Input(description="Inpainting mask for image: white pixels are repainted, black pixels are kept.", default=None),
-        width: Optional[int] = Input(description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
-        height: Optional[int] = Input(description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
+        width: Optional[int] = Input(
+            description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        height: Optional[int] = Input(
+            description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
         num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
         num_inference_steps: int = Input(description="Number of denoising steps.", default=50, ge=1, le=500),
         guidance_scale: float = Input(description="Scale for classifier-free guidance.", default=7.5, ge=1.0, le=20.0),
-        prompt_strength: float = Input(description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0),
-        scheduler: str = Input(description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS),
+        prompt_strength: float = Input(
+            description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0
+        ),
+        scheduler: str = Input(
+            description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS
+        ),
         seed: Optional[int] = Input(description="Random seed; image i uses seed + i. Random when empty (the seed is logged).", default=None),
-        lora_weights: Optional[Path] = Input(description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None),
+        lora_weights: Optional[Path] = Input(
+            description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None
+        ),
         lora_scale: float = Input(description="Strength of lora_weights: 0 leaves the model as it is.", default=1.0, ge=-1.0, le=3.0),
         extra_lora: Optional[Path] = Input(description="A second LoRA to combine with lora_weights (.safetensors).", default=None),
         extra_lora_scale: float = Input(description="Strength of extra_lora.", default=1.0, ge=-1.0, le=3.0),
@@ -77,21 +118,41 @@ class ControlNetCanny(BaseRunner):
 
     def run(
         self,
-        prompt: Optional[str] = Input(description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.", default=None),
+        prompt: Optional[str] = Input(
+            description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.",
+            default=None,
+        ),
         negative_prompt: Optional[str] = Input(description="What not to see in the image (same syntax as prompt).", default=None),
-        prompt_syntax: str = Input(description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).", default="auto", choices=PROMPT_SYNTAXES),
-        control_image: Optional[Path] = Input(description="Image to guide the output with Canny edges (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.", default=None),
+        prompt_syntax: str = Input(
+            description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).",
+            default="auto",
+            choices=PROMPT_SYNTAXES,
+        ),
+        control_image: Optional[Path] = Input(
+            description="Image to guide the output with Canny edges (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.",
+            default=None,
+        ),
         image: Optional[Path] = Input(description="Initial image for img2img, or for inpainting with mask; resized to width x height.", default=None),
         mask: Optional[Path] = Input(description="Inpainting mask for image: white pixels are repainted, black pixels are kept.", default=None),
-        width: Optional[int] = Input(description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
-        height: Optional[int] = Input(description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
+        width: Optional[int] = Input(
+            description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        height: Optional[int] = Input(
+            description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
         num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
         num_inference_steps: int = Input(description="Number of denoising steps.", default=50, ge=1, le=500),
         guidance_scale: float = Input(description="Scale for classifier-free guidance.", default=7.5, ge=1.0, le=20.0),
-        prompt_strength: float = Input(description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0),
-        scheduler: str = Input(description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS),
+        prompt_strength: float = Input(
+            description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0
+        ),
+        scheduler: str = Input(
+            description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS
+        ),
         seed: Optional[int] = Input(description="Random seed; image i uses seed + i. Random when empty (the seed is logged).", default=None),
-        lora_weights: Optional[Path] = Input(description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None),
+        lora_weights: Optional[Path] = Input(
+            description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None
+        ),
         lora_scale: float = Input(description="Strength of lora_weights: 0 leaves the model as it is.", default=1.0, ge=-1.0, le=3.0),
         extra_lora: Optional[Path] = Input(description="A second LoRA to combine with lora_weights (.safetensors).", default=None),
         extra_lora_scale: float = Input(description="Strength of extra_lora.", default=1.0, ge=-1.0, le=3.0),
@@ -99,7 +160,9 @@ class ControlNetCanny(BaseRunner):
         output_quality: int = Input(description="Quality of jpg and webp outputs, 0 to 100 (png is lossless).", default=80, ge=0, le=100),
         disable_safety_check: bool = Input(description="Skip the safety checker, which otherwise leaves out images it flags.", default=False),
         return_control_image: bool = Input(description="Also return the processed control image (first in the list).", default=False),
-        control_preprocess: bool = Input(description="Turn control_image into Canny edges first; false: control_image already is one (your own map or skeleton).", default=True),
+        control_preprocess: bool = Input(
+            description="Turn control_image into Canny edges first; false: control_image already is one (your own map or skeleton).", default=True
+        ),
         controlnet_conditioning_scale: float = Input(description="How strongly the control image steers the output.", default=1.0, ge=0.0, le=4.0),
         low_threshold: int = Input(description="Canny low threshold.", default=100, ge=1, le=255),
         high_threshold: int = Input(description="Canny high threshold.", default=200, ge=1, le=255),
@@ -118,21 +181,41 @@ class ControlNetPose(BaseRunner):
 
     def run(
         self,
-        prompt: Optional[str] = Input(description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.", default=None),
+        prompt: Optional[str] = Input(
+            description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.",
+            default=None,
+        ),
         negative_prompt: Optional[str] = Input(description="What not to see in the image (same syntax as prompt).", default=None),
-        prompt_syntax: str = Input(description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).", default="auto", choices=PROMPT_SYNTAXES),
-        control_image: Optional[Path] = Input(description="Image to guide the output with an OpenPose skeleton (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.", default=None),
+        prompt_syntax: str = Input(
+            description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).",
+            default="auto",
+            choices=PROMPT_SYNTAXES,
+        ),
+        control_image: Optional[Path] = Input(
+            description="Image to guide the output with an OpenPose skeleton (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.",
+            default=None,
+        ),
         image: Optional[Path] = Input(description="Initial image for img2img, or for inpainting with mask; resized to width x height.", default=None),
         mask: Optional[Path] = Input(description="Inpainting mask for image: white pixels are repainted, black pixels are kept.", default=None),
-        width: Optional[int] = Input(description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
-        height: Optional[int] = Input(description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
+        width: Optional[int] = Input(
+            description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        height: Optional[int] = Input(
+            description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
         num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
         num_inference_steps: int = Input(description="Number of denoising steps.", default=50, ge=1, le=500),
         guidance_scale: float = Input(description="Scale for classifier-free guidance.", default=7.5, ge=1.0, le=20.0),
-        prompt_strength: float = Input(description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0),
-        scheduler: str = Input(description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS),
+        prompt_strength: float = Input(
+            description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0
+        ),
+        scheduler: str = Input(
+            description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS
+        ),
         seed: Optional[int] = Input(description="Random seed; image i uses seed + i. Random when empty (the seed is logged).", default=None),
-        lora_weights: Optional[Path] = Input(description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None),
+        lora_weights: Optional[Path] = Input(
+            description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None
+        ),
         lora_scale: float = Input(description="Strength of lora_weights: 0 leaves the model as it is.", default=1.0, ge=-1.0, le=3.0),
         extra_lora: Optional[Path] = Input(description="A second LoRA to combine with lora_weights (.safetensors).", default=None),
         extra_lora_scale: float = Input(description="Strength of extra_lora.", default=1.0, ge=-1.0, le=3.0),
@@ -140,7 +223,10 @@ class ControlNetPose(BaseRunner):
         output_quality: int = Input(description="Quality of jpg and webp outputs, 0 to 100 (png is lossless).", default=80, ge=0, le=100),
         disable_safety_check: bool = Input(description="Skip the safety checker, which otherwise leaves out images it flags.", default=False),
         return_control_image: bool = Input(description="Also return the processed control image (first in the list).", default=False),
-        control_preprocess: bool = Input(description="Turn control_image into an OpenPose skeleton first; false: control_image already is one (your own map or skeleton).", default=True),
+        control_preprocess: bool = Input(
+            description="Turn control_image into an OpenPose skeleton first; false: control_image already is one (your own map or skeleton).",
+            default=True,
+        ),
         controlnet_conditioning_scale: float = Input(description="How strongly the control image steers the output.", default=1.0, ge=0.0, le=4.0),
         include_hand: bool = Input(description="Also detect hand keypoints in control_image.", default=False),
         include_face: bool = Input(description="Also detect face keypoints in control_image.", default=False),
@@ -159,21 +245,41 @@ class ControlNetDepth(BaseRunner):
 
     def run(
         self,
-        prompt: Optional[str] = Input(description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.", default=None),
+        prompt: Optional[str] = Input(
+            description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.",
+            default=None,
+        ),
         negative_prompt: Optional[str] = Input(description="What not to see in the image (same syntax as prompt).", default=None),
-        prompt_syntax: str = Input(description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).", default="auto", choices=PROMPT_SYNTAXES),
-        control_image: Optional[Path] = Input(description="Image to guide the output with a depth map (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.", default=None),
+        prompt_syntax: str = Input(
+            description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).",
+            default="auto",
+            choices=PROMPT_SYNTAXES,
+        ),
+        control_image: Optional[Path] = Input(
+            description="Image to guide the output with a depth map (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.",
+            default=None,
+        ),
         image: Optional[Path] = Input(description="Initial image for img2img, or for inpainting with mask; resized to width x height.", default=None),
         mask: Optional[Path] = Input(description="Inpainting mask for image: white pixels are repainted, black pixels are kept.", default=None),
-        width: Optional[int] = Input(description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
-        height: Optional[int] = Input(description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
+        width: Optional[int] = Input(
+            description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        height: Optional[int] = Input(
+            description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
         num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
         num_inference_steps: int = Input(description="Number of denoising steps.", default=50, ge=1, le=500),
         guidance_scale: float = Input(description="Scale for classifier-free guidance.", default=7.5, ge=1.0, le=20.0),
-        prompt_strength: float = Input(description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0),
-        scheduler: str = Input(description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS),
+        prompt_strength: float = Input(
+            description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0
+        ),
+        scheduler: str = Input(
+            description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS
+        ),
         seed: Optional[int] = Input(description="Random seed; image i uses seed + i. Random when empty (the seed is logged).", default=None),
-        lora_weights: Optional[Path] = Input(description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None),
+        lora_weights: Optional[Path] = Input(
+            description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None
+        ),
         lora_scale: float = Input(description="Strength of lora_weights: 0 leaves the model as it is.", default=1.0, ge=-1.0, le=3.0),
         extra_lora: Optional[Path] = Input(description="A second LoRA to combine with lora_weights (.safetensors).", default=None),
         extra_lora_scale: float = Input(description="Strength of extra_lora.", default=1.0, ge=-1.0, le=3.0),
@@ -181,7 +287,9 @@ class ControlNetDepth(BaseRunner):
         output_quality: int = Input(description="Quality of jpg and webp outputs, 0 to 100 (png is lossless).", default=80, ge=0, le=100),
         disable_safety_check: bool = Input(description="Skip the safety checker, which otherwise leaves out images it flags.", default=False),
         return_control_image: bool = Input(description="Also return the processed control image (first in the list).", default=False),
-        control_preprocess: bool = Input(description="Turn control_image into a depth map first; false: control_image already is one (your own map or skeleton).", default=True),
+        control_preprocess: bool = Input(
+            description="Turn control_image into a depth map first; false: control_image already is one (your own map or skeleton).", default=True
+        ),
         controlnet_conditioning_scale: float = Input(description="How strongly the control image steers the output.", default=1.0, ge=0.0, le=4.0),
     ) -> list[Path]:
         """Generate images with the fine-tuned model, guided by a depth map."""
@@ -198,21 +306,41 @@ class ControlNetHED(BaseRunner):
 
     def run(
         self,
-        prompt: Optional[str] = Input(description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.", default=None),
+        prompt: Optional[str] = Input(
+            description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.",
+            default=None,
+        ),
         negative_prompt: Optional[str] = Input(description="What not to see in the image (same syntax as prompt).", default=None),
-        prompt_syntax: str = Input(description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).", default="auto", choices=PROMPT_SYNTAXES),
-        control_image: Optional[Path] = Input(description="Image to guide the output with soft edges (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.", default=None),
+        prompt_syntax: str = Input(
+            description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).",
+            default="auto",
+            choices=PROMPT_SYNTAXES,
+        ),
+        control_image: Optional[Path] = Input(
+            description="Image to guide the output with soft edges (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.",
+            default=None,
+        ),
         image: Optional[Path] = Input(description="Initial image for img2img, or for inpainting with mask; resized to width x height.", default=None),
         mask: Optional[Path] = Input(description="Inpainting mask for image: white pixels are repainted, black pixels are kept.", default=None),
-        width: Optional[int] = Input(description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
-        height: Optional[int] = Input(description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
+        width: Optional[int] = Input(
+            description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        height: Optional[int] = Input(
+            description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
         num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
         num_inference_steps: int = Input(description="Number of denoising steps.", default=50, ge=1, le=500),
         guidance_scale: float = Input(description="Scale for classifier-free guidance.", default=7.5, ge=1.0, le=20.0),
-        prompt_strength: float = Input(description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0),
-        scheduler: str = Input(description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS),
+        prompt_strength: float = Input(
+            description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0
+        ),
+        scheduler: str = Input(
+            description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS
+        ),
         seed: Optional[int] = Input(description="Random seed; image i uses seed + i. Random when empty (the seed is logged).", default=None),
-        lora_weights: Optional[Path] = Input(description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None),
+        lora_weights: Optional[Path] = Input(
+            description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None
+        ),
         lora_scale: float = Input(description="Strength of lora_weights: 0 leaves the model as it is.", default=1.0, ge=-1.0, le=3.0),
         extra_lora: Optional[Path] = Input(description="A second LoRA to combine with lora_weights (.safetensors).", default=None),
         extra_lora_scale: float = Input(description="Strength of extra_lora.", default=1.0, ge=-1.0, le=3.0),
@@ -220,7 +348,9 @@ class ControlNetHED(BaseRunner):
         output_quality: int = Input(description="Quality of jpg and webp outputs, 0 to 100 (png is lossless).", default=80, ge=0, le=100),
         disable_safety_check: bool = Input(description="Skip the safety checker, which otherwise leaves out images it flags.", default=False),
         return_control_image: bool = Input(description="Also return the processed control image (first in the list).", default=False),
-        control_preprocess: bool = Input(description="Turn control_image into soft edges first; false: control_image already is one (your own map or skeleton).", default=True),
+        control_preprocess: bool = Input(
+            description="Turn control_image into soft edges first; false: control_image already is one (your own map or skeleton).", default=True
+        ),
         controlnet_conditioning_scale: float = Input(description="How strongly the control image steers the output.", default=1.0, ge=0.0, le=4.0),
     ) -> list[Path]:
         """Generate images with the fine-tuned model, guided by soft edges."""
@@ -237,21 +367,41 @@ class ControlNetMLSD(BaseRunner):
 
     def run(
         self,
-        prompt: Optional[str] = Input(description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.", default=None),
+        prompt: Optional[str] = Input(
+            description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.",
+            default=None,
+        ),
         negative_prompt: Optional[str] = Input(description="What not to see in the image (same syntax as prompt).", default=None),
-        prompt_syntax: str = Input(description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).", default="auto", choices=PROMPT_SYNTAXES),
-        control_image: Optional[Path] = Input(description="Image to guide the output with straight lines (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.", default=None),
+        prompt_syntax: str = Input(
+            description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).",
+            default="auto",
+            choices=PROMPT_SYNTAXES,
+        ),
+        control_image: Optional[Path] = Input(
+            description="Image to guide the output with straight lines (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.",
+            default=None,
+        ),
         image: Optional[Path] = Input(description="Initial image for img2img, or for inpainting with mask; resized to width x height.", default=None),
         mask: Optional[Path] = Input(description="Inpainting mask for image: white pixels are repainted, black pixels are kept.", default=None),
-        width: Optional[int] = Input(description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
-        height: Optional[int] = Input(description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
+        width: Optional[int] = Input(
+            description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        height: Optional[int] = Input(
+            description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
         num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
         num_inference_steps: int = Input(description="Number of denoising steps.", default=50, ge=1, le=500),
         guidance_scale: float = Input(description="Scale for classifier-free guidance.", default=7.5, ge=1.0, le=20.0),
-        prompt_strength: float = Input(description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0),
-        scheduler: str = Input(description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS),
+        prompt_strength: float = Input(
+            description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0
+        ),
+        scheduler: str = Input(
+            description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS
+        ),
         seed: Optional[int] = Input(description="Random seed; image i uses seed + i. Random when empty (the seed is logged).", default=None),
-        lora_weights: Optional[Path] = Input(description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None),
+        lora_weights: Optional[Path] = Input(
+            description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None
+        ),
         lora_scale: float = Input(description="Strength of lora_weights: 0 leaves the model as it is.", default=1.0, ge=-1.0, le=3.0),
         extra_lora: Optional[Path] = Input(description="A second LoRA to combine with lora_weights (.safetensors).", default=None),
         extra_lora_scale: float = Input(description="Strength of extra_lora.", default=1.0, ge=-1.0, le=3.0),
@@ -259,10 +409,14 @@ class ControlNetMLSD(BaseRunner):
         output_quality: int = Input(description="Quality of jpg and webp outputs, 0 to 100 (png is lossless).", default=80, ge=0, le=100),
         disable_safety_check: bool = Input(description="Skip the safety checker, which otherwise leaves out images it flags.", default=False),
         return_control_image: bool = Input(description="Also return the processed control image (first in the list).", default=False),
-        control_preprocess: bool = Input(description="Turn control_image into straight lines first; false: control_image already is one (your own map or skeleton).", default=True),
+        control_preprocess: bool = Input(
+            description="Turn control_image into straight lines first; false: control_image already is one (your own map or skeleton).", default=True
+        ),
         controlnet_conditioning_scale: float = Input(description="How strongly the control image steers the output.", default=1.0, ge=0.0, le=4.0),
         value_threshold: float = Input(description="M-LSD score threshold: higher keeps fewer, surer lines.", default=0.1, ge=0.01, le=2.0),
-        distance_threshold: float = Input(description="M-LSD distance threshold: lines shorter than this are dropped.", default=0.1, ge=0.01, le=20.0),
+        distance_threshold: float = Input(
+            description="M-LSD distance threshold: lines shorter than this are dropped.", default=0.1, ge=0.01, le=20.0
+        ),
     ) -> list[Path]:
         """Generate images with the fine-tuned model, guided by straight lines."""
         return _generate(self.generator, dict(locals()))
@@ -278,21 +432,41 @@ class ControlNetNormal(BaseRunner):
 
     def run(
         self,
-        prompt: Optional[str] = Input(description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.", default=None),
+        prompt: Optional[str] = Input(
+            description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.",
+            default=None,
+        ),
         negative_prompt: Optional[str] = Input(description="What not to see in the image (same syntax as prompt).", default=None),
-        prompt_syntax: str = Input(description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).", default="auto", choices=PROMPT_SYNTAXES),
-        control_image: Optional[Path] = Input(description="Image to guide the output with a normal map (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.", default=None),
+        prompt_syntax: str = Input(
+            description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).",
+            default="auto",
+            choices=PROMPT_SYNTAXES,
+        ),
+        control_image: Optional[Path] = Input(
+            description="Image to guide the output with a normal map (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.",
+            default=None,
+        ),
         image: Optional[Path] = Input(description="Initial image for img2img, or for inpainting with mask; resized to width x height.", default=None),
         mask: Optional[Path] = Input(description="Inpainting mask for image: white pixels are repainted, black pixels are kept.", default=None),
-        width: Optional[int] = Input(description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
-        height: Optional[int] = Input(description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
+        width: Optional[int] = Input(
+            description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        height: Optional[int] = Input(
+            description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
         num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
         num_inference_steps: int = Input(description="Number of denoising steps.", default=50, ge=1, le=500),
         guidance_scale: float = Input(description="Scale for classifier-free guidance.", default=7.5, ge=1.0, le=20.0),
-        prompt_strength: float = Input(description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0),
-        scheduler: str = Input(description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS),
+        prompt_strength: float = Input(
+            description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0
+        ),
+        scheduler: str = Input(
+            description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS
+        ),
         seed: Optional[int] = Input(description="Random seed; image i uses seed + i. Random when empty (the seed is logged).", default=None),
-        lora_weights: Optional[Path] = Input(description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None),
+        lora_weights: Optional[Path] = Input(
+            description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None
+        ),
         lora_scale: float = Input(description="Strength of lora_weights: 0 leaves the model as it is.", default=1.0, ge=-1.0, le=3.0),
         extra_lora: Optional[Path] = Input(description="A second LoRA to combine with lora_weights (.safetensors).", default=None),
         extra_lora_scale: float = Input(description="Strength of extra_lora.", default=1.0, ge=-1.0, le=3.0),
@@ -300,7 +474,9 @@ class ControlNetNormal(BaseRunner):
         output_quality: int = Input(description="Quality of jpg and webp outputs, 0 to 100 (png is lossless).", default=80, ge=0, le=100),
         disable_safety_check: bool = Input(description="Skip the safety checker, which otherwise leaves out images it flags.", default=False),
         return_control_image: bool = Input(description="Also return the processed control image (first in the list).", default=False),
-        control_preprocess: bool = Input(description="Turn control_image into a normal map first; false: control_image already is one (your own map or skeleton).", default=True),
+        control_preprocess: bool = Input(
+            description="Turn control_image into a normal map first; false: control_image already is one (your own map or skeleton).", default=True
+        ),
         controlnet_conditioning_scale: float = Input(description="How strongly the control image steers the output.", default=1.0, ge=0.0, le=4.0),
     ) -> list[Path]:
         """Generate images with the fine-tuned model, guided by a normal map."""
@@ -317,21 +493,41 @@ class ControlNetScribble(BaseRunner):
 
     def run(
         self,
-        prompt: Optional[str] = Input(description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.", default=None),
+        prompt: Optional[str] = Input(
+            description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.",
+            default=None,
+        ),
         negative_prompt: Optional[str] = Input(description="What not to see in the image (same syntax as prompt).", default=None),
-        prompt_syntax: str = Input(description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).", default="auto", choices=PROMPT_SYNTAXES),
-        control_image: Optional[Path] = Input(description="Image to guide the output with a scribble (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.", default=None),
+        prompt_syntax: str = Input(
+            description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).",
+            default="auto",
+            choices=PROMPT_SYNTAXES,
+        ),
+        control_image: Optional[Path] = Input(
+            description="Image to guide the output with a scribble (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.",
+            default=None,
+        ),
         image: Optional[Path] = Input(description="Initial image for img2img, or for inpainting with mask; resized to width x height.", default=None),
         mask: Optional[Path] = Input(description="Inpainting mask for image: white pixels are repainted, black pixels are kept.", default=None),
-        width: Optional[int] = Input(description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
-        height: Optional[int] = Input(description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
+        width: Optional[int] = Input(
+            description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        height: Optional[int] = Input(
+            description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
         num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
         num_inference_steps: int = Input(description="Number of denoising steps.", default=50, ge=1, le=500),
         guidance_scale: float = Input(description="Scale for classifier-free guidance.", default=7.5, ge=1.0, le=20.0),
-        prompt_strength: float = Input(description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0),
-        scheduler: str = Input(description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS),
+        prompt_strength: float = Input(
+            description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0
+        ),
+        scheduler: str = Input(
+            description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS
+        ),
         seed: Optional[int] = Input(description="Random seed; image i uses seed + i. Random when empty (the seed is logged).", default=None),
-        lora_weights: Optional[Path] = Input(description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None),
+        lora_weights: Optional[Path] = Input(
+            description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None
+        ),
         lora_scale: float = Input(description="Strength of lora_weights: 0 leaves the model as it is.", default=1.0, ge=-1.0, le=3.0),
         extra_lora: Optional[Path] = Input(description="A second LoRA to combine with lora_weights (.safetensors).", default=None),
         extra_lora_scale: float = Input(description="Strength of extra_lora.", default=1.0, ge=-1.0, le=3.0),
@@ -339,9 +535,14 @@ class ControlNetScribble(BaseRunner):
         output_quality: int = Input(description="Quality of jpg and webp outputs, 0 to 100 (png is lossless).", default=80, ge=0, le=100),
         disable_safety_check: bool = Input(description="Skip the safety checker, which otherwise leaves out images it flags.", default=False),
         return_control_image: bool = Input(description="Also return the processed control image (first in the list).", default=False),
-        control_preprocess: bool = Input(description="Turn control_image into a scribble first; false: control_image already is one (your own map or skeleton).", default=True),
+        control_preprocess: bool = Input(
+            description="Turn control_image into a scribble first; false: control_image already is one (your own map or skeleton).", default=True
+        ),
         controlnet_conditioning_scale: float = Input(description="How strongly the control image steers the output.", default=1.0, ge=0.0, le=4.0),
-        scribble_from_photo: bool = Input(description="control_image is a photo: derive the scribble from it (PiDiNet). Otherwise it is a drawing, dark strokes on light or light on dark.", default=False),
+        scribble_from_photo: bool = Input(
+            description="control_image is a photo: derive the scribble from it (PiDiNet). Otherwise it is a drawing, dark strokes on light or light on dark.",
+            default=False,
+        ),
     ) -> list[Path]:
         """Generate images with the fine-tuned model, guided by a scribble."""
         return _generate(self.generator, dict(locals()))
@@ -357,21 +558,41 @@ class ControlNetSeg(BaseRunner):
 
     def run(
         self,
-        prompt: Optional[str] = Input(description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.", default=None),
+        prompt: Optional[str] = Input(
+            description="Prompt. Weighting in either syntax (prompt_syntax): compel's (red)1.3, dragon++, beach-- or A1111's (red), ((red)), [red], (red:1.3); longer than 77 tokens is fine. Defaults to the instance prompt the model was trained with.",
+            default=None,
+        ),
         negative_prompt: Optional[str] = Input(description="What not to see in the image (same syntax as prompt).", default=None),
-        prompt_syntax: str = Input(description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).", default="auto", choices=PROMPT_SYNTAXES),
-        control_image: Optional[Path] = Input(description="Image to guide the output with an ADE20K segmentation (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.", default=None),
+        prompt_syntax: str = Input(
+            description="Weighting syntax of prompt and negative_prompt: compel, a1111 (AUTOMATIC1111: (word) x1.1, [word] /1.1, (word:1.3)), or auto (compel's marks such as )1.3 or word++ mean compel; brackets otherwise mean a1111).",
+            default="auto",
+            choices=PROMPT_SYNTAXES,
+        ),
+        control_image: Optional[Path] = Input(
+            description="Image to guide the output with an ADE20K segmentation (ControlNet); resized to width x height. With control_preprocess false, it is used as it is.",
+            default=None,
+        ),
         image: Optional[Path] = Input(description="Initial image for img2img, or for inpainting with mask; resized to width x height.", default=None),
         mask: Optional[Path] = Input(description="Inpainting mask for image: white pixels are repainted, black pixels are kept.", default=None),
-        width: Optional[int] = Input(description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
-        height: Optional[int] = Input(description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048),
+        width: Optional[int] = Input(
+            description="Output width in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        height: Optional[int] = Input(
+            description="Output height in pixels, a multiple of 8. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
         num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
         num_inference_steps: int = Input(description="Number of denoising steps.", default=50, ge=1, le=500),
         guidance_scale: float = Input(description="Scale for classifier-free guidance.", default=7.5, ge=1.0, le=20.0),
-        prompt_strength: float = Input(description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0),
-        scheduler: str = Input(description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS),
+        prompt_strength: float = Input(
+            description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0
+        ),
+        scheduler: str = Input(
+            description="Denoising scheduler (A1111 sampler names, or the public dream templates' names).", default="DDIM", choices=SCHEDULERS
+        ),
         seed: Optional[int] = Input(description="Random seed; image i uses seed + i. Random when empty (the seed is logged).", default=None),
-        lora_weights: Optional[Path] = Input(description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None),
+        lora_weights: Optional[Path] = Input(
+            description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None
+        ),
         lora_scale: float = Input(description="Strength of lora_weights: 0 leaves the model as it is.", default=1.0, ge=-1.0, le=3.0),
         extra_lora: Optional[Path] = Input(description="A second LoRA to combine with lora_weights (.safetensors).", default=None),
         extra_lora_scale: float = Input(description="Strength of extra_lora.", default=1.0, ge=-1.0, le=3.0),
@@ -379,7 +600,10 @@ class ControlNetSeg(BaseRunner):
         output_quality: int = Input(description="Quality of jpg and webp outputs, 0 to 100 (png is lossless).", default=80, ge=0, le=100),
         disable_safety_check: bool = Input(description="Skip the safety checker, which otherwise leaves out images it flags.", default=False),
         return_control_image: bool = Input(description="Also return the processed control image (first in the list).", default=False),
-        control_preprocess: bool = Input(description="Turn control_image into an ADE20K segmentation first; false: control_image already is one (your own map or skeleton).", default=True),
+        control_preprocess: bool = Input(
+            description="Turn control_image into an ADE20K segmentation first; false: control_image already is one (your own map or skeleton).",
+            default=True,
+        ),
         controlnet_conditioning_scale: float = Input(description="How strongly the control image steers the output.", default=1.0, ge=0.0, le=4.0),
     ) -> list[Path]:
         """Generate images with the fine-tuned model, guided by an ADE20K segmentation."""

@@ -37,6 +37,7 @@ def built(tmp_path_factory, name: str, build: Callable[..., Path], **kwargs) -> 
             tmp.rename(cached)  # whole or not at all
         except OSError:  # another session put it there first
             shutil.rmtree(tmp, ignore_errors=True)
+
     def link(src: str, dst: str) -> None:
         try:
             os.link(src, dst)
@@ -49,8 +50,17 @@ def built(tmp_path_factory, name: str, build: Callable[..., Path], **kwargs) -> 
 # The test files xdist starts first (pyproject: a file per worker, in this order): the longest,
 # so that no worker is left running one of them while the other has finished. Seconds on two
 # cores in the run recorded in the README; the other files follow in their own order.
-LONGEST_FIRST = ("test_workers.py", "test_journey.py", "test_service.py", "test_predictions.py", "test_trainer_server.py", "test_predict.py",
-                 "test_templates_server.py", "test_templates_controlnet.py", "test_dashboard.py")
+LONGEST_FIRST = (
+    "test_workers.py",
+    "test_journey.py",
+    "test_service.py",
+    "test_predictions.py",
+    "test_trainer_server.py",
+    "test_predict.py",
+    "test_templates_server.py",
+    "test_templates_controlnet.py",
+    "test_dashboard.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -234,15 +244,15 @@ def vanilla_server(tmp_path_factory, fine_tune, safety_checker):
 
 @pytest.fixture(scope="module")  # one test module uses it: its memory is freed after it
 def canny_server(tmp_path_factory, fine_tune, tiny_controlnet, safety_checker):
-    with start_template(tmp_path_factory, "controlnet-canny", weights=fine_tune, controlnet=tiny_controlnet,
-                        safety_checker=safety_checker) as server:
+    with start_template(tmp_path_factory, "controlnet-canny", weights=fine_tune, controlnet=tiny_controlnet, safety_checker=safety_checker) as server:
         yield server
 
 
 @pytest.fixture(scope="module")  # one test module uses it: its memory is freed after it
 def pose_server(tmp_path_factory, fine_tune, tiny_controlnet, annotators, safety_checker):
-    with start_template(tmp_path_factory, "controlnet-pose", weights=fine_tune, controlnet=tiny_controlnet,
-                        annotators=annotators, safety_checker=safety_checker) as server:
+    with start_template(
+        tmp_path_factory, "controlnet-pose", weights=fine_tune, controlnet=tiny_controlnet, annotators=annotators, safety_checker=safety_checker
+    ) as server:
         yield server
 
 
@@ -277,8 +287,10 @@ def templates(tmp_path_factory, registry):
     from fixtures.services import buildah_template
 
     root = tmp_path_factory.mktemp("buildah")
-    return {fmt: f"{registry.host}/dreambuild/vanilla-{fmt}@" + buildah_template(root, registry, f"dreambuild/vanilla-{fmt}", fmt=fmt)
-            for fmt in ("oci", "docker")}
+    return {
+        fmt: f"{registry.host}/dreambuild/vanilla-{fmt}@" + buildah_template(root, registry, f"dreambuild/vanilla-{fmt}", fmt=fmt)
+        for fmt in ("oci", "docker")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -337,6 +349,7 @@ def docker_login(tmp_path, monkeypatch):
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def postgres():

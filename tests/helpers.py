@@ -71,8 +71,9 @@ def small_pipeline_files(seed: int = 0) -> dict[str, bytes]:
 
     rng = random.Random(seed)
     return {
-        "model_index.json": json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-                                        "scheduler": ["diffusers", "DDIMScheduler"]}).encode(),
+        "model_index.json": json.dumps(
+            {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"]}
+        ).encode(),
         "unet/config.json": b"{}",
         "unet/diffusion_pytorch_model.safetensors": rng.randbytes(200_000),
         "scheduler/scheduler_config.json": b"{}",

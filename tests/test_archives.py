@@ -108,11 +108,14 @@ def test_truncated_zip_is_reported_as_corrupt(tmp_path):
         extract_zip(truncated, tmp_path / "out", label="data")
 
 
-@pytest.mark.parametrize("entries, message", [
-    ({"x" * 300 + ".jpg": b"1"}, "cannot be extracted: File name too long"),
-    ({"a": b"file", "a/b.jpg": b"1"}, "the same name as a file and as a folder"),
-    ({"a/b.jpg": b"1", "a": b"file"}, "the same name as a file and as a folder"),
-])
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"x" * 300 + ".jpg": b"1"}, "cannot be extracted: File name too long"),
+        ({"a": b"file", "a/b.jpg": b"1"}, "the same name as a file and as a folder"),
+        ({"a/b.jpg": b"1", "a": b"file"}, "the same name as a file and as a folder"),
+    ],
+)
 def test_unextractable_entries_are_named_without_server_paths(tmp_path, entries, message):
     archive = make_zip(tmp_path / "odd.zip", entries)
     with pytest.raises(ArchiveError, match=message) as info:
@@ -134,14 +137,20 @@ def test_an_archive_of_photos_may_not_expand_far_past_its_size(tmp_path):
         for n in range(3):
             zf.writestr(f"photo{n}.png", b"\0" * (25 << 20))  # 75 MiB of zeros, about 75 KB zipped
     assert bomb.stat().st_size < 1 << 20
-    with pytest.raises(ArchiveError, match=r"instance_data expands to 78643200 bytes, more than the limit of 67108864 "
-                                           r"\(50 times its size"):
+    with pytest.raises(
+        ArchiveError,
+        match=r"instance_data expands to 78643200 bytes, more than the limit of 67108864 "
+        r"\(50 times its size",
+    ):
         extract_zip(bomb, tmp_path / "out", label="instance_data", limits=PHOTO_LIMITS)
     assert not (tmp_path / "out").exists()
     one = make_zip(tmp_path / "one.zip", {"huge.tif": b"II*"})
     _patch_declared_size(one, MAX_PIXELS * 4 + 2**20 + 1)  # larger than any image the trainer reads
-    with pytest.raises(ArchiveError, match=r"instance_data: entry 'huge.tif' expands to \d+ bytes, more than the limit of "
-                                           r"\d+ for one file"):
+    with pytest.raises(
+        ArchiveError,
+        match=r"instance_data: entry 'huge.tif' expands to \d+ bytes, more than the limit of "
+        r"\d+ for one file",
+    ):
         extract_zip(one, tmp_path / "out", label="instance_data", limits=PHOTO_LIMITS)
     assert not (tmp_path / "out").exists()
     assert extract_zip(photos_zip(tmp_path / "photos.zip"), tmp_path / "photos", label="instance_data", limits=PHOTO_LIMITS)

@@ -26,13 +26,15 @@ def test_auto_picks_docker_when_an_engine_answers(engine, monkeypatch, tmp_path)
 
 
 def test_docker_backend_builds_and_pushes_the_same_image_content(tmp_path, engine, registry, templates, pipeline_zip, builder_settings):
-    result = build_image(pipeline_zip, templates["docker"], f"{registry.host}/alice/docker-built:v1", notes="via docker",
-                         settings=builder_settings)  # auto: the engine answers
+    result = build_image(
+        pipeline_zip, templates["docker"], f"{registry.host}/alice/docker-built:v1", notes="via docker", settings=builder_settings
+    )  # auto: the engine answers
     assert result.backend == "docker" and result.image == f"{registry.host}/alice/docker-built@{result.digest}"
     assert any(step.startswith("STEP 2/") and "COPY weights /src/weights" in step for step in result.steps)  # the engine's log
     assert_model_image(tmp_path, result, templates["docker"], registry.host, "via docker")
-    oci = build_image(pipeline_zip, templates["docker"], f"{registry.host}/alice/oci-built", notes="via docker",
-                      settings=builder_settings, backend="oci")
+    oci = build_image(
+        pipeline_zip, templates["docker"], f"{registry.host}/alice/oci-built", notes="via docker", settings=builder_settings, backend="oci"
+    )
     ours = {k: v for k, v in inspect(result.image)["Labels"].items() if k.startswith("io.dreambuild.")}
     theirs = {k: v for k, v in inspect(oci.image)["Labels"].items() if k.startswith("io.dreambuild.")}
     assert (ours.pop("io.dreambuild.model"), theirs.pop("io.dreambuild.model")) == ("alice/docker-built", "alice/oci-built")
@@ -42,8 +44,11 @@ def test_docker_backend_builds_and_pushes_the_same_image_content(tmp_path, engin
 def test_docker_backend_uses_the_docker_config_for_auth(engine, auth_registry, templates, pipeline_zip, docker_login, builder_settings):
     docker_login(auth_registry.host)
     result = build_image(pipeline_zip, templates["docker"], f"{auth_registry.host}/alice/private", settings=builder_settings, backend="docker")
-    image = json.loads(__import__("fixtures.services", fromlist=["skopeo"]).skopeo(
-        "inspect", "--tls-verify=false", "--creds", f"{REGISTRY_USER}:{REGISTRY_PASSWORD}", f"docker://{result.image}"))
+    image = json.loads(
+        __import__("fixtures.services", fromlist=["skopeo"]).skopeo(
+            "inspect", "--tls-verify=false", "--creds", f"{REGISTRY_USER}:{REGISTRY_PASSWORD}", f"docker://{result.image}"
+        )
+    )
     assert image["Digest"] == result.digest and len(image["Layers"]) == 2
     docker_login(auth_registry.host, password="wrong")
     with pytest.raises(RegistryError, match="docker push of .* failed") as info:

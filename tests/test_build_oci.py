@@ -58,8 +58,9 @@ def assert_model_image(tmp_path, result, template_ref: str, registry_host: str, 
 
 @pytest.mark.parametrize("fmt", ["oci", "docker"])
 def test_build_to_a_registry_mounts_the_template_and_adds_one_layer(tmp_path, registry, templates, pipeline_zip, builder_settings, fmt):
-    result = build_image(pipeline_zip, templates[fmt], f"{registry.host}/alice/model-{fmt}:v1", notes="first model",
-                         backend="oci", settings=builder_settings)
+    result = build_image(
+        pipeline_zip, templates[fmt], f"{registry.host}/alice/model-{fmt}:v1", notes="first model", backend="oci", settings=builder_settings
+    )
     assert result.image == f"{registry.host}/alice/model-{fmt}@{result.digest}" and result.tag == "v1"
     assert "template layers: 1 mounted" in result.steps and result.weights_uploaded
     raw = inspect(result.image, "--raw")
@@ -108,11 +109,17 @@ def test_build_into_an_oci_layout(tmp_path, registry, templates, pipeline_zip, b
 def test_template_from_a_layout_and_by_bare_version(tmp_path, registry, templates, pipeline_zip, builder_settings):
     # Put a template into a layout, then build from it by its bare sha256 version.
     layout = tmp_path / "templates"
-    skopeo("copy", "--src-tls-verify=false", f"docker://{templates['oci']}", f"oci:{layout}:dreambuild/vanilla:v1",
-           env=containers_env(tmp_path / "sk", [registry.host]))
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        f"docker://{templates['oci']}",
+        f"oci:{layout}:dreambuild/vanilla:v1",
+        env=containers_env(tmp_path / "sk", [registry.host]),
+    )
     version = json.loads(skopeo("inspect", f"oci:{layout}:dreambuild/vanilla:v1"))["Digest"]
-    settings = BuilderSettings.from_env({"DREAMBUILD_HOME": str(tmp_path / "home"),
-                                         "DREAMBUILD_TEMPLATE_REPOSITORIES": f"{registry.host}/dreambuild/none,oci:{layout}"})
+    settings = BuilderSettings.from_env(
+        {"DREAMBUILD_HOME": str(tmp_path / "home"), "DREAMBUILD_TEMPLATE_REPOSITORIES": f"{registry.host}/dreambuild/none,oci:{layout}"}
+    )
     result = build_image(pipeline_zip, version.removeprefix("sha256:"), f"{registry.host}/alice/from-layout", settings=settings)
     assert result.template == f"oci:{layout}:dreambuild/vanilla@{version}" or result.template == f"oci:{layout}@{version}"
     assert "template layers: 1 copied" in result.steps
@@ -125,10 +132,14 @@ def test_multi_platform_template_index(tmp_path, registry, templates, pipeline_z
     client = RegistryClient(registry.host)
     repository, digest = templates["oci"].split("/", 1)[1].split("@")
     amd64 = client.get_manifest(repository, digest)
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": amd64.media_type, "digest": amd64.digest, "size": len(amd64.data), "platform": {"os": "linux", "architecture": "arm64"}},
-        {"mediaType": amd64.media_type, "digest": amd64.digest, "size": len(amd64.data), "platform": {"os": "linux", "architecture": "amd64"}},
-    ]}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": amd64.media_type, "digest": amd64.digest, "size": len(amd64.data), "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": amd64.media_type, "digest": amd64.digest, "size": len(amd64.data), "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    }
     data = json.dumps(index).encode()
     client.put_manifest(repository, "multi", Manifest.parse(data, OCI_INDEX, "test"))
     result = build_image(pipeline_zip, f"{registry.host}/{repository}:multi", f"{registry.host}/alice/multi", settings=builder_settings)
@@ -191,10 +202,18 @@ def test_bad_inputs_fail_before_anything_is_uploaded(tmp_path, registry, templat
         with pytest.raises(InputError, match=message):
             build_image(archive, templates["oci"], model, settings=builder_settings)
     with pytest.raises(ImageNotFoundError, match=r"dreambuild/vanilla-oci@sha256:1{64} not found in registry"):
-        build_image(make_zip(tmp_path / "ok.zip", small_pipeline_files()),
-                    templates["oci"].split("@")[0] + "@sha256:" + "1" * 64, model, settings=builder_settings)
-    for bad_model, message in [("alice", "owner and a model"), ("Alice/Model", "lowercase"),
-                               (f"{registry.host}/alice/m@sha256:" + "2" * 64, "carries a digest"), ("oci:/tmp/x", "names no image")]:
+        build_image(
+            make_zip(tmp_path / "ok.zip", small_pipeline_files()),
+            templates["oci"].split("@")[0] + "@sha256:" + "1" * 64,
+            model,
+            settings=builder_settings,
+        )
+    for bad_model, message in [
+        ("alice", "owner and a model"),
+        ("Alice/Model", "lowercase"),
+        (f"{registry.host}/alice/m@sha256:" + "2" * 64, "carries a digest"),
+        ("oci:/tmp/x", "names no image"),
+    ]:
         with pytest.raises(ImageReferenceError, match=message):
             build_image(tmp_path / "ok.zip", templates["oci"], bad_model, settings=builder_settings)
     with pytest.raises(InputError, match="unknown layer compression"):

@@ -47,8 +47,9 @@ def test_a_long_path_is_printed_on_one_line(tmp_path):
     data = tmp_path / ("a-data-directory-whose-path-is-longer-than-a-terminal-line-" * 2)
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([CLI, "serve", "--port", str(free_port()), "--data-dir", str(data)], cwd=tmp_path, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [CLI, "serve", "--port", str(free_port()), "--data-dir", str(data)], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 60
         while "--upload-url" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
@@ -112,8 +113,10 @@ def test_every_configuration_key_is_shown_in_the_readme():
     from builder.service.config import ServiceConfig, TemplateEntry, TokenEntry, TrainerEntry
 
     shown = "\n".join(re.findall(r"```yaml\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S))
-    missing = {model.__name__: [key for key in model.model_fields if not re.search(rf"\b{key}:", shown)]
-               for model in (ServiceConfig, TrainerEntry, TemplateEntry, TokenEntry)}
+    missing = {
+        model.__name__: [key for key in model.model_fields if not re.search(rf"\b{key}:", shown)]
+        for model in (ServiceConfig, TrainerEntry, TemplateEntry, TokenEntry)
+    }
     assert missing == {name: [] for name in missing}
 
 
@@ -151,8 +154,12 @@ def test_the_readmes_service_configuration_serves(tmp_path):
     (tmp_path / "service.yaml").write_text(example)
     port = free_port()
     with open(tmp_path / "serve.log", "w") as log:
-        server = subprocess.Popen([CLI, "serve", "--config", "service.yaml", "--data-dir", "data", "--host", "127.0.0.1",
-                                   "--port", str(port)], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [CLI, "serve", "--config", "service.yaml", "--data-dir", "data", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and server.poll() is None:

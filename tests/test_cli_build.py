@@ -18,14 +18,33 @@ def run_cli(*args, home: Path, **env):
 
 
 def test_build_prints_the_pushed_reference_or_json(tmp_path, registry, templates, pipeline_zip):
-    done = run_cli("--weights", str(pipeline_zip), "--template", templates["oci"], "--model", f"{registry.host}/alice/cli:v1",
-                   "--notes", "from the CLI", home=tmp_path / "home")
+    done = run_cli(
+        "--weights",
+        str(pipeline_zip),
+        "--template",
+        templates["oci"],
+        "--model",
+        f"{registry.host}/alice/cli:v1",
+        "--notes",
+        "from the CLI",
+        home=tmp_path / "home",
+    )
     assert done.returncode == 0, done.stderr
     reference = done.stdout.strip()
     assert reference.startswith(f"{registry.host}/alice/cli@sha256:") and "weights layer" in done.stderr
     assert inspect(reference)["Labels"]["io.dreambuild.notes"] == "from the CLI"
-    again = run_cli("--weights", str(pipeline_zip), "--template", templates["oci"], "--model", f"{registry.host}/alice/cli:v1",
-                    "--notes", "from the CLI", "--json", home=tmp_path / "home")
+    again = run_cli(
+        "--weights",
+        str(pipeline_zip),
+        "--template",
+        templates["oci"],
+        "--model",
+        f"{registry.host}/alice/cli:v1",
+        "--notes",
+        "from the CLI",
+        "--json",
+        home=tmp_path / "home",
+    )
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout)
     assert result["image"] == reference and result["digest"] == reference.split("@")[1] and result["weights_uploaded"] is False
@@ -33,9 +52,17 @@ def test_build_prints_the_pushed_reference_or_json(tmp_path, registry, templates
 
 
 def test_registry_from_settings_and_errors_are_one_line(tmp_path, registry, templates, pipeline_zip):
-    done = run_cli("--weights", str(pipeline_zip.parent / "pipeline"), "--template", templates["oci"].split("@")[1],
-                   "--model", "bob/cli", home=tmp_path / "home", DREAMBUILD_REGISTRY=registry.host,
-                   DREAMBUILD_TEMPLATE_REPOSITORIES=f"{registry.host}/dreambuild/vanilla-oci")
+    done = run_cli(
+        "--weights",
+        str(pipeline_zip.parent / "pipeline"),
+        "--template",
+        templates["oci"].split("@")[1],
+        "--model",
+        "bob/cli",
+        home=tmp_path / "home",
+        DREAMBUILD_REGISTRY=registry.host,
+        DREAMBUILD_TEMPLATE_REPOSITORIES=f"{registry.host}/dreambuild/vanilla-oci",
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{registry.host}/bob/cli@sha256:")
     cases = [
@@ -60,14 +87,31 @@ def test_templates_add_to_a_registry_then_the_catalog_reads_it(tmp_path, registr
     environ = {**os.environ, "DREAMBUILD_HOME": str(tmp_path / "home")}
     versions = {}
     for template, bake in (("vanilla", []), ("vanilla-sd15", ["--bake", f"base={tiny_base}"])):
-        done = subprocess.run([CLI, "templates", "add", template, "--bake", f"safety-checker={safety_checker}", *bake,
-                               "--to", f"{registry.host}/dreambuild/{template}"], capture_output=True, text=True, env=environ, timeout=300)
+        done = subprocess.run(
+            [
+                CLI,
+                "templates",
+                "add",
+                template,
+                "--bake",
+                f"safety-checker={safety_checker}",
+                *bake,
+                "--to",
+                f"{registry.host}/dreambuild/{template}",
+            ],
+            capture_output=True,
+            text=True,
+            env=environ,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         versions[template] = done.stdout.strip()
         assert inspect(f"{registry.host}/dreambuild/{template}:latest")["Digest"] == f"sha256:{versions[template]}"
     config = tmp_path / "service.yaml"
-    config.write_text(f"data_dir: {tmp_path / 'service'}\ntemplate_repositories: [{registry.host}/dreambuild/vanilla, "
-                      f"{registry.host}/dreambuild/vanilla-sd15, {registry.host}/dreambuild/missing]\n")
+    config.write_text(
+        f"data_dir: {tmp_path / 'service'}\ntemplate_repositories: [{registry.host}/dreambuild/vanilla, "
+        f"{registry.host}/dreambuild/vanilla-sd15, {registry.host}/dreambuild/missing]\n"
+    )
     catalog = load_config(config).template_catalog()
     assert {name: version for version, entry in catalog.items() for name in [entry.name]} == versions
     sd15 = catalog[versions["vanilla-sd15"]]
@@ -82,6 +126,5 @@ def test_templates_add_to_a_registry_then_the_catalog_reads_it(tmp_path, registr
         offered = load_config(None, data_dir=tmp_path / "other").template_catalog()[pulled.stdout.strip()]
         assert offered.name == name and offered.repository.endswith(f":dreambuild/{name}")
     assert offered.base_digest == sd15.base_digest  # the label came along: LoRA trainings build on it
-    refused = subprocess.run([CLI, "templates", "add", "vanilla", "--to", "oci:/tmp/x:y"], capture_output=True, text=True,
-                             env=environ, timeout=120)
+    refused = subprocess.run([CLI, "templates", "add", "vanilla", "--to", "oci:/tmp/x:y"], capture_output=True, text=True, env=environ, timeout=120)
     assert refused.returncode == 1 and "name a registry repository" in refused.stderr and "Traceback" not in refused.stderr

@@ -30,10 +30,31 @@ def one_error(done) -> str:
 def test_train_wait_then_list_get_and_versions(tmp_path, service):  # noqa: F811
     photos = photos_zip(tmp_path / "photos.zip")
     template = next(iter(service.config["templates"]))
-    done = cli(service, "train", "-i", "instance_prompt=a photo of a cjw toy", "-i", "class_prompt=a photo of a toy",
-               "-i", f"instance_data=@{photos}", "-i", "max_train_steps=4", "-i", "resolution=64",
-               "-i", "with_prior_preservation=false", "--trainer-version", local_trainer_version(),
-               "--template-version", template, "--model", "alice/from-cli", "--notes", "via the CLI", "--wait")
+    done = cli(
+        service,
+        "train",
+        "-i",
+        "instance_prompt=a photo of a cjw toy",
+        "-i",
+        "class_prompt=a photo of a toy",
+        "-i",
+        f"instance_data=@{photos}",
+        "-i",
+        "max_train_steps=4",
+        "-i",
+        "resolution=64",
+        "-i",
+        "with_prior_preservation=false",
+        "--trainer-version",
+        local_trainer_version(),
+        "--template-version",
+        template,
+        "--model",
+        "alice/from-cli",
+        "--notes",
+        "via the CLI",
+        "--wait",
+    )
     assert done.returncode == 0, done.stderr
     image = done.stdout.strip()
     assert "/alice/from-cli@sha256:" in image
@@ -48,8 +69,20 @@ def test_train_wait_then_list_get_and_versions(tmp_path, service):  # noqa: F811
 
 def test_cli_errors_are_one_line(tmp_path, service):  # noqa: F811
     template = next(iter(service.config["templates"]))
-    base = ["train", "-i", "instance_prompt=x", "-i", "class_prompt=y", "--trainer-version", local_trainer_version(),
-            "--template-version", template, "--model", "alice/failing", "--wait"]
+    base = [
+        "train",
+        "-i",
+        "instance_prompt=x",
+        "-i",
+        "class_prompt=y",
+        "--trainer-version",
+        local_trainer_version(),
+        "--template-version",
+        template,
+        "--model",
+        "alice/failing",
+        "--wait",
+    ]
     assert "file /nope.zip does not exist" in one_error(cli(service, *base, "-i", "instance_data=@/nope.zip"))
     failed = one_error(cli(service, *base, "-i", "instance_data=http://127.0.0.1:9/none.zip", "-i", "resolution=64"))
     assert "failed" in failed and "none.zip" in failed
@@ -61,10 +94,28 @@ def test_cli_errors_are_one_line(tmp_path, service):  # noqa: F811
 
 def test_cancel_from_the_cli(tmp_path, service):  # noqa: F811
     template = next(iter(service.config["templates"]))
-    submitted = cli(service, "train", "-i", "instance_prompt=a photo of a cjw toy", "-i", "class_prompt=a photo of a toy",
-                    "-i", f"instance_data=@{photos_zip(tmp_path / 'photos.zip')}", "-i", "max_train_steps=5000", "-i", "resolution=64",
-                    "-i", "with_prior_preservation=false", "--trainer-version", local_trainer_version(),
-                    "--template-version", template, "--model", "alice/canceled")
+    submitted = cli(
+        service,
+        "train",
+        "-i",
+        "instance_prompt=a photo of a cjw toy",
+        "-i",
+        "class_prompt=a photo of a toy",
+        "-i",
+        f"instance_data=@{photos_zip(tmp_path / 'photos.zip')}",
+        "-i",
+        "max_train_steps=5000",
+        "-i",
+        "resolution=64",
+        "-i",
+        "with_prior_preservation=false",
+        "--trainer-version",
+        local_trainer_version(),
+        "--template-version",
+        template,
+        "--model",
+        "alice/canceled",
+    )
     assert submitted.returncode == 0, submitted.stderr
     training_id = submitted.stdout.strip()
     canceled = cli(service, "trainings", "cancel", training_id)

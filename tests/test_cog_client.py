@@ -96,10 +96,13 @@ def test_readiness_waits_for_ready_and_reports_failed_setup(scripted):
     with pytest.raises(CogError, match="setup failed: no weights"):
         wait_ready(CogClient(failed.url), alive=lambda: True, logs=str, timeout=10, interval=0.01)
     # A server that died: the last error of its log (coglet's JSON lines), not the raw lines.
-    died = "\n".join([
-        '{"level":"INFO","fields":{"message":"Traceback (most recent call last):","source":"Stderr"},"target":"coglet::setup"}',
-        '{"level":"INFO","fields":{"message":"torch.OutOfMemoryError: CUDA out of memory","source":"Stderr"},"target":"coglet::setup"}',
-        '{"level":"INFO","fields":{"message":"Shutting down"},"target":"coglet"}'])
+    died = "\n".join(
+        [
+            '{"level":"INFO","fields":{"message":"Traceback (most recent call last):","source":"Stderr"},"target":"coglet::setup"}',
+            '{"level":"INFO","fields":{"message":"torch.OutOfMemoryError: CUDA out of memory","source":"Stderr"},"target":"coglet::setup"}',
+            '{"level":"INFO","fields":{"message":"Shutting down"},"target":"coglet"}',
+        ]
+    )
     with pytest.raises(CogError, match=r"^the Cog server exited during setup: torch.OutOfMemoryError: CUDA out of memory$"):
         wait_ready(CogClient(ready.url), alive=lambda: False, logs=lambda: died, timeout=10)
     with pytest.raises(CogError, match="exited during setup: no error in its log$"):
@@ -108,20 +111,19 @@ def test_readiness_waits_for_ready_and_reports_failed_setup(scripted):
 
 def test_cog_failures_read_as_one_line_without_the_hosts_paths():
     """coglet's framing said once; a log's last error; every path of the host as the file's name."""
-    framed = ("worker setup failed: worker setup failed (slot 50fb30c7-c852): Setup failed: setup failed: "
-              "FileNotFoundError: [Errno 2] No such file or directory: '/srv/dreambuild/cache/weights.bin'")
-    assert prediction_error(framed) == ("FileNotFoundError: [Errno 2] No such file or directory: "
-                                        "'/srv/dreambuild/cache/weights.bin'")
+    framed = (
+        "worker setup failed: worker setup failed (slot 50fb30c7-c852): Setup failed: setup failed: "
+        "FileNotFoundError: [Errno 2] No such file or directory: '/srv/dreambuild/cache/weights.bin'"
+    )
+    assert prediction_error(framed) == ("FileNotFoundError: [Errno 2] No such file or directory: '/srv/dreambuild/cache/weights.bin'")
     assert prediction_error("Prediction failed: Prediction failed: CUDA out of memory") == "CUDA out of memory"
     coglet = '{"level":"ERROR","fields":{"message":"Worker initialization failed","error":"%s"},"target":"coglet"}' % framed
     assert log_error("starting\n" + coglet + "\nshutting down") == prediction_error(framed)
-    assert log_error("Traceback (most recent call last):\n  File \"/x.py\", line 1\nValueError: bad\nexiting") == "ValueError: bad"
+    assert log_error('Traceback (most recent call last):\n  File "/x.py", line 1\nValueError: bad\nexiting') == "ValueError: bad"
     assert log_error("nothing went wrong") is None
-    assert without_host_paths("cannot identify image file '/tmp/coglet/predictions/ab/inputs/in.png'") == \
-        "cannot identify image file 'in.png'"
+    assert without_host_paths("cannot identify image file '/tmp/coglet/predictions/ab/inputs/in.png'") == "cannot identify image file 'in.png'"
     # A path in an unpacked image (the layer cache) is the image's own; /src/ and URLs stay.
-    assert without_host_paths("no model_index.json in /var/lib/db/cache/images/sha256-ab/root/src/weights.") == \
-        "no model_index.json in /src/weights."
+    assert without_host_paths("no model_index.json in /var/lib/db/cache/images/sha256-ab/root/src/weights.") == "no model_index.json in /src/weights."
     kept = "see /src/predict.py and https://example.com/a/b?c=/d, or ./relative/path"
     assert without_host_paths(kept) == kept
 

@@ -78,7 +78,7 @@ def _run_steps(config: dict) -> tuple[list[str], list[str]]:
     assert config["build"]["run"][0] == COMPILE_STEP
     steps = config["build"]["run"][1:]
     digests = [line for line in steps if line.startswith("python -c ") and "base.digest" in line]
-    assert len(digests) <= 1 and steps[-len(digests) or len(steps):] == digests, "the digest step comes last"
+    assert len(digests) <= 1 and steps[-len(digests) or len(steps) :] == digests, "the digest step comes last"
     return [line for line in steps if line not in digests], digests
 
 
@@ -92,8 +92,7 @@ def test_the_baked_digest_step_computes_pipeline_digest(tiny_base, tmp_path):
 
     from dreambuild.layout import baked_pipeline_digest, pipeline_digest
 
-    steps = {_run_steps(yaml.safe_load((REPO / "templates" / name / "cog.yaml").read_text()))[1][0]
-             for name in TEMPLATES if CATALOG[name].base}
+    steps = {_run_steps(yaml.safe_load((REPO / "templates" / name / "cog.yaml").read_text()))[1][0] for name in TEMPLATES if CATALOG[name].base}
     (step,) = steps  # one copy, the same in every template
     words = shlex.split(step)
     assert words[:2] == ["python", "-c"] and len(words) == 3
@@ -118,8 +117,11 @@ def test_every_image_installs_its_packages_with_bytecode(tmp_path):
         assert yaml.safe_load(path.read_text())["build"]["run"][0] == COMPILE_STEP, path
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "env")], check=True)
     python = tmp_path / "env" / "bin" / "python"
-    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True,
-                                  text=True, check=True).stdout.strip())
+    purelib = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     assert purelib.is_relative_to(tmp_path)
     (purelib / "some_package").mkdir(parents=True)
     (purelib / "some_package" / "__init__.py").write_text("VALUE = 1\n")
@@ -178,8 +180,7 @@ def test_template_bake_steps_are_valid_hf_commands(name, tmp_path):
         words = shlex.split(line)
         assert words[0] == "HF_HUB_OFFLINE=0" and words[1:3] == ["hf", "download"], line
         args = [a if a != words[words.index("--local-dir") + 1] else str(tmp_path / "out") for a in words[3:]]
-        done = subprocess.run([str(hf), "download", *args], capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        done = subprocess.run([str(hf), "download", *args], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert done.returncode == 1 and "offline mode is enabled" in done.stdout + done.stderr, done.stderr
 
 

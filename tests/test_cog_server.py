@@ -7,7 +7,7 @@ import threading
 from builder.cog.client import CogClient
 from builder.cog.server import start_cog_server
 
-PREDICTOR = '''
+PREDICTOR = """
 from cog import BasePredictor, Path
 
 class Echo(BasePredictor):
@@ -15,7 +15,7 @@ class Echo(BasePredictor):
         out = Path("echo.txt")
         out.write_text(text)
         return out
-'''
+"""
 
 
 def _uploads_receiver():
@@ -54,8 +54,12 @@ def test_the_upload_url_is_used_but_not_in_any_process_arguments(tmp_path):
     (tmp_path / "code" / "echo.py").write_text(PREDICTOR)
     receiver, got = _uploads_receiver()
     secret = "s3cret-per-training-token"
-    server = start_cog_server("echo.py:Echo", tmp_path / "project", code_root=tmp_path / "code",
-                              upload_url=f"http://127.0.0.1:{receiver.server_port}/internal/{secret}/files/")
+    server = start_cog_server(
+        "echo.py:Echo",
+        tmp_path / "project",
+        code_root=tmp_path / "code",
+        upload_url=f"http://127.0.0.1:{receiver.server_port}/internal/{secret}/files/",
+    )
     try:
         assert _cmdlines_holding(secret.encode()) == []
         status, body = CogClient(server.url).request("POST", "/predictions", {"input": {"text": "hello"}})

@@ -96,9 +96,15 @@ def test_train_watch_and_try_a_model_in_the_browser(browser, service, tmp_path):
     assert "step 4/4" in text_of(driver, "#logs") and "4/4" in text_of(driver, ".progress-label")
     assert "done" in text_of(driver, "#stage") or "webhook" in text_of(driver, "#stage")
     assert not driver.find_element("id", "cancel").is_displayed()
-    shown = wait_until(driver, lambda d: d.execute_script(
-        "const imgs = [...document.querySelectorAll('#photos img')];"
-        "return imgs.length && imgs.every((img) => img.complete && img.naturalWidth > 0) && imgs.length;"), 30, "the photos")
+    shown = wait_until(
+        driver,
+        lambda d: d.execute_script(
+            "const imgs = [...document.querySelectorAll('#photos img')];"
+            "return imgs.length && imgs.every((img) => img.complete && img.naturalWidth > 0) && imgs.length;"
+        ),
+        30,
+        "the photos",
+    )
     assert shown == len(SAMPLE_PHOTOS)  # zipped in the browser, read back from the upload
     assert "No samples" in text_of(driver, "#samples")  # none were asked for
     record = httpx.get(f"{url}/v1/trainings/{training_id}", headers=ALICE).json()
@@ -124,9 +130,14 @@ def test_train_watch_and_try_a_model_in_the_browser(browser, service, tmp_path):
     if driver.find_elements("id", "in-disable_safety_check"):
         driver.find_element("id", "in-disable_safety_check").click()
     driver.find_element("id", "run").click()
-    wait_until(driver, lambda d: d.execute_script(
-        "const img = document.querySelector('#gallery img'); return img && img.complete && img.naturalWidth > 0 && img.naturalWidth;"),
-        300, "the output image")
+    wait_until(
+        driver,
+        lambda d: d.execute_script(
+            "const img = document.querySelector('#gallery img'); return img && img.complete && img.naturalWidth > 0 && img.naturalWidth;"
+        ),
+        300,
+        "the output image",
+    )
     assert "succeeded" in text_of(driver, "#prediction-status") and text_of(driver, "#seed") == "3"
     python = text_of(driver, "#python-snippet")
     assert "client.run(" in python and "alice/dash:sha256:" in python and '"seed": 3' in python
@@ -134,18 +145,29 @@ def test_train_watch_and_try_a_model_in_the_browser(browser, service, tmp_path):
     curl = text_of(driver, "#curl-snippet")
     assert "tok-alice" not in python + curl
     # The snippets run as shown, with the token from the environment.
-    ran = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "REPLICATE_API_TOKEN": "tok-alice"})
+    ran = subprocess.run(
+        [sys.executable, "-c", python], capture_output=True, text=True, timeout=300, env={**os.environ, "REPLICATE_API_TOKEN": "tok-alice"}
+    )
     assert ran.returncode == 0 and f"{url}/v1/files/" in ran.stdout, ran.stderr
-    ran = subprocess.run(["bash", "-c", curl + " --silent --max-time 120"], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "DREAMBUILD_API_TOKEN": "tok-alice"})
+    ran = subprocess.run(
+        ["bash", "-c", curl + " --silent --max-time 120"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DREAMBUILD_API_TOKEN": "tok-alice"},
+    )
     assert json.loads(ran.stdout)["status"] == "succeeded", ran.stdout + ran.stderr
 
     # The predictions history, with its thumbnail.
     driver.get(f"{url}/#/predictions")
-    wait_until(driver, lambda d: d.execute_script(
-        "const img = document.querySelector('#predictions img.thumb'); return img && img.complete && img.naturalWidth > 0;"),
-        30, "the prediction's thumbnail")
+    wait_until(
+        driver,
+        lambda d: d.execute_script(
+            "const img = document.querySelector('#predictions img.thumb'); return img && img.complete && img.naturalWidth > 0;"
+        ),
+        30,
+        "the prediction's thumbnail",
+    )
     # Each row leads to the prediction's page: its status, version, input, outputs and logs.
     driver.find_element("css selector", "#predictions tbody a[href^='#/predictions/']").click()
     wait_until(driver, lambda d: "succeeded" in text_of(d, "#prediction-status"), 20, "the prediction's page")
@@ -174,10 +196,16 @@ def test_the_event_stream_follows_a_training_to_its_end(service, tmp_path):
     assert [t["name"] for t in catalog["trainers"]] == ["dreambooth"] and [t["name"] for t in catalog["templates"]] == ["vanilla"]
     assert httpx.get(f"{url}/v1/catalog").status_code == 401
     uploaded = httpx.post(f"{url}/v1/uploads/photos.zip", content=photos_zip(tmp_path / "photos.zip").read_bytes(), headers=ALICE).json()
-    created = httpx.post(f"{url}/v1/trainings", headers=ALICE, json={
-        "input": {**TRAIN_INPUT, "instance_data": uploaded["url"], "save_sample_prompt": "a photo of a cjw toy", "save_infer_steps": 2},
-        "model": "alice/streamed",
-        "trainer_version": catalog["trainers"][0]["version"], "template_version": catalog["templates"][0]["version"]}).json()
+    created = httpx.post(
+        f"{url}/v1/trainings",
+        headers=ALICE,
+        json={
+            "input": {**TRAIN_INPUT, "instance_data": uploaded["url"], "save_sample_prompt": "a photo of a cjw toy", "save_infer_steps": 2},
+            "model": "alice/streamed",
+            "trainer_version": catalog["trainers"][0]["version"],
+            "template_version": catalog["templates"][0]["version"],
+        },
+    ).json()
     assert httpx.get(f"{url}/v1/trainings/{created['id']}/events", headers=BOB).status_code == 404
     with httpx.stream("GET", f"{url}/v1/trainings/{created['id']}/events", headers=ALICE, timeout=600) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -194,8 +222,10 @@ def test_the_event_stream_follows_a_training_to_its_end(service, tmp_path):
     photos = httpx.get(f"{images}/photos", headers=ALICE).json()["images"]
     assert sorted(p["name"] for p in photos) == sorted(f"photos/{p.name}" for p in SAMPLE_PHOTOS)
     first = httpx.get(photos[0]["url"], headers=ALICE)
-    assert first.headers["content-type"] == "image/jpeg" and first.content == SAMPLE_PHOTOS[0].parent.joinpath(
-        photos[0]["name"].removeprefix("photos/")).read_bytes()
+    assert (
+        first.headers["content-type"] == "image/jpeg"
+        and first.content == SAMPLE_PHOTOS[0].parent.joinpath(photos[0]["name"].removeprefix("photos/")).read_bytes()
+    )
     samples = httpx.get(f"{images}/samples", headers=ALICE).json()["images"]
     assert samples and all(httpx.get(s["url"], headers=ALICE).content[:8] == b"\x89PNG\r\n\x1a\n" for s in samples)
     assert httpx.get(photos[0]["url"], headers=BOB).status_code == 404
@@ -213,9 +243,16 @@ def test_cancel_from_the_training_page(browser, service, tmp_path):
     url = service.url
     catalog = httpx.get(f"{url}/v1/catalog", headers=ALICE).json()
     uploaded = httpx.post(f"{url}/v1/uploads/photos.zip", content=photos_zip(tmp_path / "photos.zip").read_bytes(), headers=ALICE).json()
-    created = httpx.post(f"{url}/v1/trainings", headers=ALICE, json={
-        "input": {**TRAIN_INPUT, "instance_data": uploaded["url"], "max_train_steps": 100_000}, "model": "alice/long",
-        "trainer_version": catalog["trainers"][0]["version"], "template_version": catalog["templates"][0]["version"]}).json()
+    created = httpx.post(
+        f"{url}/v1/trainings",
+        headers=ALICE,
+        json={
+            "input": {**TRAIN_INPUT, "instance_data": uploaded["url"], "max_train_steps": 100_000},
+            "model": "alice/long",
+            "trainer_version": catalog["trainers"][0]["version"],
+            "template_version": catalog["templates"][0]["version"],
+        },
+    ).json()
     sign_in(browser, url, "tok-alice")
     wait_until(browser, lambda d: d.find_element("id", "trainings"), 20, "the trainings list")
     browser.get(f"{url}/#/trainings/{created['id']}")
@@ -237,12 +274,15 @@ def test_a_zip_dropped_on_the_page_is_uploaded_as_it_is(browser, service, tmp_pa
     wait_until(browser, lambda d: d.find_element("id", "trainings"), 20, "the trainings list")
     browser.get(f"{url}/#/new")
     wait_until(browser, lambda d: d.find_element("id", "drop"), 20, "the drop zone")
-    browser.execute_script("""
+    browser.execute_script(
+        """
         const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
         const transfer = new DataTransfer();
         transfer.items.add(new File([bytes], "my photos.zip", { type: "application/zip" }));
         document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
-    """, base64.b64encode(archive).decode())
+    """,
+        base64.b64encode(archive).decode(),
+    )
     assert "1 file(s): my photos.zip" in text_of(browser, "#photo-list")
     browser.find_element("id", "model").send_keys("alice/dropped")
     browser.find_element("id", "start").click()
@@ -258,9 +298,12 @@ def test_a_tenants_page_never_runs_in_a_signed_in_tab(browser, service):
     browsers also run), opened in the tab where the dashboard keeps its token, is downloaded, not
     rendered: its script never runs, so it reads no token."""
     script = b"<script>document.title = 'PWNED ' + sessionStorage.getItem('dreambuild.token')</script>"
-    pages = {"notes.html": b"<html><body>" + script + b"</body></html>",
-             "logo.svg": b'<svg xmlns="http://www.w3.org/2000/svg">' + script.replace(b"<script>", b"<script><![CDATA[")
-             .replace(b"</script>", b"]]></script>") + b"</svg>"}
+    pages = {
+        "notes.html": b"<html><body>" + script + b"</body></html>",
+        "logo.svg": b'<svg xmlns="http://www.w3.org/2000/svg">'
+        + script.replace(b"<script>", b"<script><![CDATA[").replace(b"</script>", b"]]></script>")
+        + b"</svg>",
+    }
     sign_in(browser, service.url, "tok-alice")
     wait_until(browser, lambda d: d.find_element("id", "trainings"), 20, "the trainings list")
     assert browser.execute_script("return sessionStorage.getItem('dreambuild.token')") == "tok-alice"

@@ -62,8 +62,9 @@ def test_the_deployment_configuration_is_a_valid_service_configuration():
 
 def test_the_dockerfiles_copy_only_what_their_ignore_files_send():
     for dockerfile in DEPLOY.glob("*.Dockerfile"):
-        sent = {line.lstrip("!").rstrip("/") for line in (DEPLOY / f"{dockerfile.name}.dockerignore").read_text().splitlines()
-                if line.startswith("!")}
+        sent = {
+            line.lstrip("!").rstrip("/") for line in (DEPLOY / f"{dockerfile.name}.dockerignore").read_text().splitlines() if line.startswith("!")
+        }
         copied = set()
         for line in dockerfile.read_text().splitlines():
             match = re.match(r"COPY (?!--from)(.+) \S+$", line)
@@ -137,8 +138,11 @@ def test_the_gpu_worker_image_installs_what_its_roles_import():
     installed = _closure(sorted(set(extras)))
     ours = {"builder", "dreambuild", "trainer", "templates", "fixtures", "bench", "tests"}
     providers = packages_distributions()
-    missing = {module: providers.get(module) for module in _imports("trainer", "templates", "dreambuild", "builder") - ours
-               if not {canonicalize_name(d) for d in providers.get(module, [module])} & installed}
+    missing = {
+        module: providers.get(module)
+        for module in _imports("trainer", "templates", "dreambuild", "builder") - ours
+        if not {canonicalize_name(d) for d in providers.get(module, [module])} & installed
+    }
     assert missing == {}, f"imported but not installed by the extras {extras}: {missing}"
     assert "compel" in _imports("templates") and "compel" in installed  # the check sees what it must see
     assert "compel" not in _closure(["trainer", "builder"])
@@ -155,6 +159,9 @@ def test_the_service_image_installs_what_the_api_and_cpu_workers_import():
     installed = _closure(["builder"])
     providers = packages_distributions()
     ours = {"builder", "dreambuild", "trainer", "templates", "fixtures", "bench", "tests"}
-    missing = {module: providers.get(module) for module in _imports("builder") - ours
-               if not {canonicalize_name(d) for d in providers.get(module, [module])} & installed}
+    missing = {
+        module: providers.get(module)
+        for module in _imports("builder") - ours
+        if not {canonicalize_name(d) for d in providers.get(module, [module])} & installed
+    }
     assert missing == {}, f"imported by builder/ but not installed by the builder extra: {missing}"

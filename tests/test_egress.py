@@ -10,9 +10,22 @@ from builder.egress import EgressPolicy, EgressRefused, fetch
 from dreambuild.errors import InputError
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/x", "http://10.1.2.3/x", "http://192.168.1.1/", "http://169.254.169.254/latest",
-                                 "http://[::1]/x", "http://[::ffff:127.0.0.1]/x", "http://100.64.0.1/", "http://0.0.0.0/",
-                                 "http://localhost:5000/shutdown", "http://metadata.google.internal/", "http://224.0.0.1/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/x",
+        "http://10.1.2.3/x",
+        "http://192.168.1.1/",
+        "http://169.254.169.254/latest",
+        "http://[::1]/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "http://100.64.0.1/",
+        "http://0.0.0.0/",
+        "http://localhost:5000/shutdown",
+        "http://metadata.google.internal/",
+        "http://224.0.0.1/",
+    ],
+)
 def test_non_public_addresses_are_refused_by_default(url):
     with pytest.raises(EgressRefused, match="non-public address"):
         EgressPolicy().check_static(url, "webhook")
@@ -128,16 +141,33 @@ def _tls_files(tmp_path):
 
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("test ca")).issuer_name(name("test ca")).public_key(ca_key.public_key())
-          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    leaf = (x509.CertificateBuilder().subject_name(name("files.example")).issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(2).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("files.example")]), critical=False).sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("test ca"))
+        .issuer_name(name("test ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(name("files.example"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("files.example")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "leaf.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
+    (tmp_path / "leaf.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Photos)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -18,17 +18,20 @@ def _tree(root, files):
 
 
 def test_layout_rules(tmp_path):
-    _tree(tmp_path, {
-        "a.jpg": image_bytes(fmt="JPEG"),
-        "deep/er/b.PNG": image_bytes(),
-        "dataset_class/c1.png": image_bytes(),
-        "dataset_class/sub/c2.webp": image_bytes(fmt="WEBP"),
-        "other/dataset_class/d.png": image_bytes(),  # not top-level: an instance image
-        "__MACOSX/._a.jpg": b"junk",
-        ".hidden/e.png": image_bytes(),
-        ".f.png": image_bytes(),
-        "notes.txt": b"hello",
-    })
+    _tree(
+        tmp_path,
+        {
+            "a.jpg": image_bytes(fmt="JPEG"),
+            "deep/er/b.PNG": image_bytes(),
+            "dataset_class/c1.png": image_bytes(),
+            "dataset_class/sub/c2.webp": image_bytes(fmt="WEBP"),
+            "other/dataset_class/d.png": image_bytes(),  # not top-level: an instance image
+            "__MACOSX/._a.jpg": b"junk",
+            ".hidden/e.png": image_bytes(),
+            ".f.png": image_bytes(),
+            "notes.txt": b"hello",
+        },
+    )
     found = find_images(tmp_path)
     assert [n for _, n in found.instance] == ["a.jpg", "deep/er/b.PNG", "other/dataset_class/d.png"]
     assert [n for _, n in found.klass] == ["dataset_class/c1.png", "dataset_class/sub/c2.webp"]

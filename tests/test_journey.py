@@ -35,15 +35,17 @@ from tests.helpers import photos_zip
 
 STEP_BY_STEP = "## Your own service, step by step"
 HUB_DOWNLOADS = (["python", "-m", "trainer.fetch_base_model"], ["hf", "download", "CompVis/stable-diffusion-safety-checker"])
-TINY = {"train": ["-i", "max_train_steps=2", "-i", "resolution=64", "-i", "with_prior_preservation=false"],
-        "run": ["-i", "num_inference_steps=2", "-i", "width=64", "-i", "height=64", "-i", "disable_safety_check=true"]}
+TINY = {
+    "train": ["-i", "max_train_steps=2", "-i", "resolution=64", "-i", "with_prior_preservation=false"],
+    "run": ["-i", "num_inference_steps=2", "-i", "width=64", "-i", "height=64", "-i", "disable_safety_check=true"],
+}
 
 
 def readme_commands(heading: str) -> list[list[str]]:
     """The first bash block after ``heading`` in the README: one command per line (continuations
     joined) as its words, comments and blank lines left out."""
     text = (REPO_ROOT / "README.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", text[text.index(heading):], re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", text[text.index(heading) :], re.S).group(1)
     return [words for line in block.replace("\\\n", " ").splitlines() if (words := shlex.split(line, comments=True))]
 
 
@@ -110,22 +112,30 @@ def own_service(checkout, tmp_path_factory):
     rest = list(commands)
     for command in commands:
         rest.pop(0)
-        if any(command[:len(download)] == download for download in HUB_DOWNLOADS):
+        if any(command[: len(download)] == download for download in HUB_DOWNLOADS):
             continue
         if command == ["source", ".venv/bin/activate"]:
             env.update(VIRTUAL_ENV=str(root / ".venv"), PATH=f"{root / '.venv' / 'bin'}:{env['PATH']}")
             continue
         if command == ["dreambuild", "serve", "&"]:
-            server = subprocess.Popen(["dreambuild", "serve", "--port", str(port)], cwd=root, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+            server = subprocess.Popen(
+                ["dreambuild", "serve", "--port", str(port)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             _wait_ready(env["DREAMBUILD_URL"], server, log)
             break
         done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"
         outputs[shlex.join(command)] = done
     assert server is not None, "the README's block has no `dreambuild serve &`"
-    yield {"root": root, "env": env, "url": env["DREAMBUILD_URL"], "rest": rest, "outputs": outputs, "log": log,
-           "token": (root / ".dreambuild" / "token").read_text().strip()}
+    yield {
+        "root": root,
+        "env": env,
+        "url": env["DREAMBUILD_URL"],
+        "rest": rest,
+        "outputs": outputs,
+        "log": log,
+        "token": (root / ".dreambuild" / "token").read_text().strip(),
+    }
     os.killpg(server.pid, signal.SIGTERM)
     try:
         server.wait(30)
@@ -188,22 +198,37 @@ def test_the_official_clients_train_then_run_with_their_defaults(own_service, tm
     trainer = httpx.get(f"{url}/v1/catalog", headers={"Authorization": f"Bearer {token}"}).json()["trainers"][0]["version"]
     client = replicate.Client(api_token=token, base_url=url)
     with open(root / "photos.zip", "rb") as photos:
-        training = client.trainings.create(model="dreambuild/dreambooth", version=trainer, destination="alice/pyclient",
-                                           input={"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy",
-                                                  "instance_data": photos, "max_train_steps": 2, "resolution": 64,
-                                                  "with_prior_preservation": False})
+        training = client.trainings.create(
+            model="dreambuild/dreambooth",
+            version=trainer,
+            destination="alice/pyclient",
+            input={
+                "instance_prompt": "a photo of a cjw toy",
+                "class_prompt": "a photo of a toy",
+                "instance_data": photos,
+                "max_train_steps": 2,
+                "resolution": 64,
+                "with_prior_preservation": False,
+            },
+        )
     while training.status not in ("succeeded", "failed", "canceled"):
         time.sleep(1)
         training.reload()
     assert training.status == "succeeded", training.error
     assert training.output["version"].startswith("alice/pyclient:sha256:")
-    output = client.run(training.output["version"], input={"prompt": "a photo of a cjw toy", "num_inference_steps": 2,
-                                                           "width": 64, "height": 64, "seed": 1, "disable_safety_check": True})
+    output = client.run(
+        training.output["version"],
+        input={"prompt": "a photo of a cjw toy", "num_inference_steps": 2, "width": 64, "height": 64, "seed": 1, "disable_safety_check": True},
+    )
     (image,) = output
     assert httpx.get(str(image)).content[1:4] == b"PNG"  # a signed URL: no token
 
-    done = subprocess.run(["node", str(REPO_ROOT / "tests" / "js" / "train_then_run.mjs"), url, token, trainer, "alice/jsclient",
-                           str(root / "photos.zip")], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["node", str(REPO_ROOT / "tests" / "js" / "train_then_run.mjs"), url, token, trainer, "alice/jsclient", str(root / "photos.zip")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["training"]["status"] == "succeeded", result
@@ -219,7 +244,7 @@ def test_the_readmes_curl_examples(own_service):
     text = (REPO_ROOT / "README.md").read_text()
     script = ["set -euo pipefail"]
     for heading in ("## The trainings service", "### Predictions"):
-        block = re.search(r"```bash\n(.*?)```", text[text.index(heading):], re.S).group(1)
+        block = re.search(r"```bash\n(.*?)```", text[text.index(heading) :], re.S).group(1)
         script += [line for line in block.splitlines() if not line.startswith("dreambuild serve")]
     source = "\n".join(script).replace("http://127.0.0.1:8000", url)
     source = source.replace('"max_train_steps": 2000', '"max_train_steps": 2, "with_prior_preservation": false')
@@ -239,6 +264,9 @@ def test_the_readmes_curl_examples(own_service):
     for prediction in (with_file, queued):
         deadline = time.monotonic() + 300
         while (doc := httpx.get(f"{url}/v1/predictions/{prediction['id']}", headers=headers).json())["status"] not in (
-                "succeeded", "failed", "canceled") and time.monotonic() < deadline:
+            "succeeded",
+            "failed",
+            "canceled",
+        ) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert doc["status"] == "succeeded", doc.get("error")

@@ -49,8 +49,15 @@ def test_layer_is_a_tar_of_src_weights_with_matching_digests(tmp_path, compressi
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
         members = tar.getmembers()
         names = [m.name for m in members]
-        assert names == ["src", "src/weights", "src/weights/args.json", "src/weights/model_index.json", "src/weights/unet",
-                         "src/weights/unet/config.json", "src/weights/unet/diffusion_pytorch_model.safetensors"]
+        assert names == [
+            "src",
+            "src/weights",
+            "src/weights/args.json",
+            "src/weights/model_index.json",
+            "src/weights/unet",
+            "src/weights/unet/config.json",
+            "src/weights/unet/diffusion_pytorch_model.safetensors",
+        ]
         assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" for m in members)
         assert {m.mode for m in members if m.isdir()} == {0o755} and {m.mode for m in members if m.isfile()} == {0o644}
         data = tar.extractfile("src/weights/unet/diffusion_pytorch_model.safetensors").read()

@@ -21,23 +21,52 @@ def run_predict(*args, home: Path):
 
 def test_predict_runs_a_built_image_without_docker(tmp_path, registry, templates, fine_tune, builder_settings):
     built = build_image(fine_tune, templates["docker"], f"{registry.host}/alice/predictable", settings=builder_settings)
-    done = run_predict(built.image, "-i", "prompt=a photo of a cjw toy", "-i", "num_inference_steps=2", "-i", "width=64",
-                       "-i", "height=64", "-i", "seed=3", "-i", "disable_safety_check=true", "-o", str(tmp_path / "out"),
-                       home=builder_settings.home)
+    done = run_predict(
+        built.image,
+        "-i",
+        "prompt=a photo of a cjw toy",
+        "-i",
+        "num_inference_steps=2",
+        "-i",
+        "width=64",
+        "-i",
+        "height=64",
+        "-i",
+        "seed=3",
+        "-i",
+        "disable_safety_check=true",
+        "-o",
+        str(tmp_path / "out"),
+        home=builder_settings.home,
+    )
     assert done.returncode == 0, done.stderr
     (png,) = [Path(line) for line in done.stdout.split()]
     assert png.parent == tmp_path / "out" and Image.open(png).size == (64, 64)
     # The weights were extracted once: the second run reuses the cache and gives the same image.
-    again = run_predict(built.image, "-i", "prompt=a photo of a cjw toy", "-i", "num_inference_steps=2", "-i", "width=64",
-                        "-i", "height=64", "-i", "seed=3", "-i", "disable_safety_check=true", "-o", str(tmp_path / "again"),
-                        home=builder_settings.home)
+    again = run_predict(
+        built.image,
+        "-i",
+        "prompt=a photo of a cjw toy",
+        "-i",
+        "num_inference_steps=2",
+        "-i",
+        "width=64",
+        "-i",
+        "height=64",
+        "-i",
+        "seed=3",
+        "-i",
+        "disable_safety_check=true",
+        "-o",
+        str(tmp_path / "again"),
+        home=builder_settings.home,
+    )
     assert again.returncode == 0, again.stderr
     assert Path(again.stdout.split()[0]).read_bytes() == png.read_bytes()
 
 
 @pytest.mark.parametrize("base", ["sd15", "sdxl"])
-def test_a_lora_output_builds_in_one_small_layer_and_runs(request, base, tmp_path, tmp_path_factory, registry, templates,
-                                                          builder_settings):
+def test_a_lora_output_builds_in_one_small_layer_and_runs(request, base, tmp_path, tmp_path_factory, registry, templates, builder_settings):
     """A LoRA training's output (SD 1.5, SDXL) on a template with its base baked in: one layer of
     the adapters' size, run by `dreambuild predict`, unlike the base; a template without a base
     refuses it."""
@@ -51,8 +80,11 @@ def test_a_lora_output_builds_in_one_small_layer_and_runs(request, base, tmp_pat
     template = f"{registry.host}/{name}@{digest}"
     built = build_image(lora_output, template, f"{registry.host}/alice/lora-{base}", settings=builder_settings)
     adapters = sum(p.stat().st_size for p in lora_output.iterdir())
-    raw = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{built.image}"],
-                                    capture_output=True, text=True, check=True).stdout)
+    raw = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{built.image}"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert raw["layers"][-1]["digest"] == built.weights_layer
     assert raw["layers"][-1]["size"] < adapters + 10_000  # the adapters and args.json: no pipeline in it
 
@@ -68,8 +100,22 @@ def test_a_lora_output_builds_in_one_small_layer_and_runs(request, base, tmp_pat
 
 
 def test_predict_a_template_with_local_weights_and_errors(tmp_path, templates, fine_tune, builder_settings):
-    done = run_predict(templates["docker"], "--weights", str(fine_tune), "-i", "num_inference_steps=1", "-i", "width=64",
-                       "-i", "height=64", "-i", "disable_safety_check=true", "-o", str(tmp_path / "out"), home=builder_settings.home)
+    done = run_predict(
+        templates["docker"],
+        "--weights",
+        str(fine_tune),
+        "-i",
+        "num_inference_steps=1",
+        "-i",
+        "width=64",
+        "-i",
+        "height=64",
+        "-i",
+        "disable_safety_check=true",
+        "-o",
+        str(tmp_path / "out"),
+        home=builder_settings.home,
+    )
     assert done.returncode == 0, done.stderr
     cases = [
         ([templates["docker"], "-i", "steps"], "input 'steps' is not key=value"),

@@ -113,8 +113,12 @@ def test_replicate_run_with_a_file_input_on_a_trained_version(tmp_path, service,
 def test_the_javascript_client_runs_a_version_with_a_file_input(tmp_path, service, toy):
     """The npm `replicate` package (tests/js, installed by ./dev test) with the machine's node."""
     script = Path(__file__).parent / "js" / "run_model.mjs"
-    done = subprocess.run(["node", str(script), service.url, "tok-alice", f"alice/toy:{toy['version']}", str(png(tmp_path))],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["node", str(script), service.url, "tok-alice", f"alice/toy:{toy['version']}", str(png(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     (output,) = json.loads(done.stdout.strip().splitlines()[-1])["outputs"]
     assert output["status"] == 200 and output["png"] and output["url"].startswith(f"{service.url}/v1/files/")
@@ -175,8 +179,7 @@ def test_bad_predictions_are_refused_clearly(service, toy):
     assert httpx.get(f"{service.url}/v1/files/{uploaded['id']}", headers=BOB).status_code == 404
     assert create({"version": toy["version"], "input": {"image": uploaded["urls"]["get"]}}, headers=BOB).status_code == 422
     # A file over the limit is refused on the bytes read, and nothing is kept.
-    big = httpx.post(f"{service.url}/v1/files", files={"content": ("big.bin", b"x" * (3 * 2**20), "application/octet-stream")},
-                     headers=ALICE)
+    big = httpx.post(f"{service.url}/v1/files", files={"content": ("big.bin", b"x" * (3 * 2**20), "application/octet-stream")}, headers=ALICE)
     assert big.status_code == 413
     with pytest.raises(ReplicateError):
         client(service, "tok-bob").run(f"alice/toy:{toy['version']}", input=FAST)
@@ -192,15 +195,16 @@ def test_cancel_and_cancel_after(service, toy):
     canceled = httpx.post(created["urls"]["cancel"], headers=ALICE).json()
     assert canceled["id"] == created["id"]
     assert wait_done(service, created["id"], 60)["status"] == "canceled"
-    timed = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": slow},
-                       headers={**ALICE, "Cancel-After": "5s"}).json()
+    timed = httpx.post(
+        f"{service.url}/v1/predictions", json={"version": toy["version"], "input": slow}, headers={**ALICE, "Cancel-After": "5s"}
+    ).json()
     assert wait_done(service, timed["id"], 120)["status"] == "canceled"
     # The server is still good for the next prediction.
-    after = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
-                       headers={**ALICE, "Prefer": "wait=60"}, timeout=90).json()
+    after = httpx.post(
+        f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST}, headers={**ALICE, "Prefer": "wait=60"}, timeout=90
+    ).json()
     assert after["status"] == "succeeded", after["error"]
-    bad = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
-                     headers={**ALICE, "Cancel-After": "soon"})
+    bad = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST}, headers={**ALICE, "Cancel-After": "soon"})
     assert bad.status_code == 422 and "Cancel-After" in bad.json()["detail"]
 
 
@@ -210,8 +214,12 @@ def test_queued_on_a_training_then_two_versions_alternate_with_one_loaded(tmp_pa
     training = train(service, receiver, tmp_path, "alice/second", wait=False, seed=1)
     # A client that reads exactly as long as the wait it asked for (the Python client adds 0.5 s)
     # still gets the answer: the wait ends before it, counted from the request's arrival.
-    queued = httpx.post(f"{service.url}/v1/predictions", json={"training": training["id"], "input": FAST},
-                        headers={**ALICE, "Prefer": "wait=6"}, timeout=httpx.Timeout(60, read=6.0)).json()
+    queued = httpx.post(
+        f"{service.url}/v1/predictions",
+        json={"training": training["id"], "input": FAST},
+        headers={**ALICE, "Prefer": "wait=6"},
+        timeout=httpx.Timeout(60, read=6.0),
+    ).json()
     assert queued["status"] == "starting" and queued["version"] == ""
     done = wait_done(service, queued["id"])
     built = service.wait(training["id"])
@@ -220,8 +228,9 @@ def test_queued_on_a_training_then_two_versions_alternate_with_one_loaded(tmp_pa
     outputs = {}
     for turn in range(2):
         for model in ("alice/toy", "alice/second"):
-            body = httpx.post(f"{service.url}/v1/models/{model}/predictions", json={"input": FAST},
-                              headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+            body = httpx.post(
+                f"{service.url}/v1/models/{model}/predictions", json={"input": FAST}, headers={**ALICE, "Prefer": "wait"}, timeout=90
+            ).json()
             assert body["status"] == "succeeded", body["error"]
             assert "setup_time" in body["metrics"]  # the other version was loaded: this one started again
             outputs.setdefault(model, []).append(httpx.get(body["output"][0]).content)
@@ -242,8 +251,12 @@ def test_queued_on_a_training_then_two_versions_alternate_with_one_loaded(tmp_pa
 
 
 def test_prediction_webhooks_are_signed_and_complete(service, receiver, toy):
-    body = {"version": toy["version"], "input": FAST, "webhook": f"{receiver.url}/predictions?who=alice",
-            "webhook_events_filter": ["start", "logs", "completed"]}
+    body = {
+        "version": toy["version"],
+        "input": FAST,
+        "webhook": f"{receiver.url}/predictions?who=alice",
+        "webhook_events_filter": ["start", "logs", "completed"],
+    }
     created = httpx.post(f"{service.url}/v1/predictions", json=body, headers=ALICE).json()
     wait_done(service, created["id"])
     deadline = time.monotonic() + 30
@@ -268,8 +281,9 @@ def test_a_model_failure_fails_its_prediction_and_the_worker_goes_on(service, to
     bad = client(service)
     with pytest.raises(ModelError):
         bad.run(f"alice/toy:{toy['version']}", input={**FAST, "width": 100})  # not a multiple of 8: the model refuses
-    good = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
-                      headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+    good = httpx.post(
+        f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST}, headers={**ALICE, "Prefer": "wait"}, timeout=90
+    ).json()
     assert good["status"] == "succeeded", good["error"]
 
 
@@ -284,8 +298,18 @@ def test_the_cli_runs_lists_gets_and_cancels(tmp_path, service, toy):
         return subprocess.run([cli_path, *args], capture_output=True, text=True, env=env, timeout=600)
 
     args = [a for k, v in FAST.items() for a in ("-i", f"{k}={str(v).lower() if isinstance(v, bool) else v}")]
-    done = cli("run", f"alice/toy:{toy['version']}", *args, "-i", f"image=@{png(tmp_path)}", "-i", "prompt_strength=0.5",
-               "-o", str(tmp_path / "out"), "--wait")
+    done = cli(
+        "run",
+        f"alice/toy:{toy['version']}",
+        *args,
+        "-i",
+        f"image=@{png(tmp_path)}",
+        "-i",
+        "prompt_strength=0.5",
+        "-o",
+        str(tmp_path / "out"),
+        "--wait",
+    )
     assert done.returncode == 0, done.stderr
     (written,) = [Path(line) for line in done.stdout.split()]
     assert written.parent == tmp_path / "out" and Image.open(written).size == (64, 64)
@@ -308,17 +332,21 @@ def test_versions_that_cannot_run_fail_their_predictions_clearly(service, regist
     record_version(service.config, "alice/gone", gone, f"{registry.host}/alice/gone@{gone}")
     record_version(service.config, "alice/hollow", templates["docker"].split("@")[1], templates["docker"])
     for model, message in (("alice/gone", "could not start"), ("alice/hollow", "has no Stable Diffusion weights")):
-        body = httpx.post(f"{service.url}/v1/models/{model}/predictions", json={"input": FAST}, headers={**ALICE, "Prefer": "wait"},
-                          timeout=90).json()
+        body = httpx.post(
+            f"{service.url}/v1/models/{model}/predictions", json={"input": FAST}, headers={**ALICE, "Prefer": "wait"}, timeout=90
+        ).json()
         body = wait_done(service, body["id"])
         assert body["status"] == "failed" and message in body["error"] and "Traceback (most recent" not in body["error"], body
         # No path of this machine: the weights the template looked for are named by their path in the image.
         assert str(service.root) not in body["error"] and "/tmp/" not in body["error"], body
     assert "(no model_index.json in /src/weights)" in body["error"], body
-    assert "not found" in wait_done(service, httpx.post(f"{service.url}/v1/models/alice/gone/predictions", json={"input": {}},
-                                                        headers=ALICE).json()["id"])["error"]
-    good = httpx.post(f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
-                      headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+    assert (
+        "not found"
+        in wait_done(service, httpx.post(f"{service.url}/v1/models/alice/gone/predictions", json={"input": {}}, headers=ALICE).json()["id"])["error"]
+    )
+    good = httpx.post(
+        f"{service.url}/v1/predictions", json={"version": toy["version"], "input": FAST}, headers={**ALICE, "Prefer": "wait"}, timeout=90
+    ).json()
     assert good["status"] == "succeeded", good["error"]
 
 
@@ -334,8 +362,9 @@ def test_the_docker_model_runner_fails_clearly_where_containers_cannot_run(tmp_p
     other.start()
     try:
         record_version(config, "alice/toy", toy["version"], toy["image"])
-        body = httpx.post(f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
-                          headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+        body = httpx.post(
+            f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST}, headers={**ALICE, "Prefer": "wait"}, timeout=90
+        ).json()
         failed = wait_done(other, body["id"])
         assert failed["status"] == "failed" and "could not start" in failed["error"] and "model image" in failed["error"], failed
         left = docker.DockerClient(base_url=podman.docker_host).containers.list(all=True, filters={"name": "dreambuild-model-"})
@@ -354,15 +383,18 @@ def test_a_pool_of_running_model_servers_serves_its_version(tmp_path, tiny_base,
     known = httpx.get(f"{service.url}/v1/models/alice/toy/versions/{toy['version']}", headers=ALICE).json()["openapi_schema"]
     known["components"]["schemas"]["Input"]["properties"]["prompt"]["description"] = "the version's stored schema"
     model, _ = outside.acquire(toy["version"], toy["image"], schema=known)
-    assert CogClient(model.server.url).openapi()["components"]["schemas"]["Input"]["properties"]["prompt"]["description"] == \
-        "the version's stored schema"
+    assert (
+        CogClient(model.server.url).openapi()["components"]["schemas"]["Input"]["properties"]["prompt"]["description"]
+        == "the version's stored schema"
+    )
     config = service_config(tmp_path, tiny_base, registry, templates, model_urls={toy["version"]: [model.server.url]})
     other = Service(tmp_path, config).start()
     try:
         record_version(config, "alice/toy", toy["version"], toy["image"])
         for _ in range(2):
-            body = httpx.post(f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
-                              headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+            body = httpx.post(
+                f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST}, headers={**ALICE, "Prefer": "wait"}, timeout=90
+            ).json()
             done = wait_done(other, body["id"])
             assert done["status"] == "succeeded" and "setup_time" not in done["metrics"], done
         # The service started no model server of its own, and left the pool's running.
@@ -415,8 +447,9 @@ def test_sigterm_lets_a_running_prediction_end_then_hands_the_next_back(tmp_path
         failed = wait_done(other, crashed, 60)
         assert failed["status"] == "failed" and failed["error"].startswith("the model's Cog server stopped: "), failed
         assert "{" not in failed["error"] and str(tmp_path) not in failed["error"] and "/tmp" not in failed["error"], failed
-        after = httpx.post(f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST},
-                           headers={**ALICE, "Prefer": "wait"}, timeout=90).json()
+        after = httpx.post(
+            f"{other.url}/v1/predictions", json={"version": toy["version"], "input": FAST}, headers={**ALICE, "Prefer": "wait"}, timeout=90
+        ).json()
         assert wait_done(other, after["id"])["status"] == "succeeded"
     finally:
         other.stop()

@@ -10,10 +10,19 @@ from tests.helpers import image_bytes, make_zip
 
 def test_only_the_subjects_images_are_listed_and_read(tmp_path):
     png = image_bytes()
-    archive = make_zip(tmp_path / "photos.zip", {
-        "photos/a.png": png, "photos/b.JPG": png, "photos/notes.txt": b"x", "photos/.hidden.png": png,
-        "dataset_class/c.png": png, "samples/s.png": png, "photos/drawing.svg": b"<svg onload='alert(1)'/>",
-    }, symlinks={"photos/link.png": "/etc/passwd"})
+    archive = make_zip(
+        tmp_path / "photos.zip",
+        {
+            "photos/a.png": png,
+            "photos/b.JPG": png,
+            "photos/notes.txt": b"x",
+            "photos/.hidden.png": png,
+            "dataset_class/c.png": png,
+            "samples/s.png": png,
+            "photos/drawing.svg": b"<svg onload='alert(1)'/>",
+        },
+        symlinks={"photos/link.png": "/etc/passwd"},
+    )
     assert previews.zip_images(archive) == ["photos/a.png", "photos/b.JPG", "samples/s.png", "photos/link.png"]
     assert previews.zip_images(archive, "samples/") == ["samples/s.png"]
     assert previews.read_image(archive, "photos/a.png") == png

@@ -16,22 +16,32 @@ from dreambuild.errors import ImageReferenceError, RegistryUnavailableError
 D = "sha256:" + "a" * 64
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("ubuntu", RegistryRef("docker.io", "library/ubuntu")),
-    ("r8.im/owner/model:v1", RegistryRef("r8.im", "owner/model", tag="v1")),
-    (f"localhost:5000/a/b@{D}", RegistryRef("localhost:5000", "a/b", digest=D)),
-    (f"ghcr.io/a/b:t@{D}", RegistryRef("ghcr.io", "a/b", tag="t", digest=D)),
-    ("oci:/data/images:alice/m:v2", LayoutRef(__import__("pathlib").Path("/data/images"), name="alice/m:v2")),
-    (f"oci:/data/images@{D}", LayoutRef(__import__("pathlib").Path("/data/images"), digest=D)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("ubuntu", RegistryRef("docker.io", "library/ubuntu")),
+        ("r8.im/owner/model:v1", RegistryRef("r8.im", "owner/model", tag="v1")),
+        (f"localhost:5000/a/b@{D}", RegistryRef("localhost:5000", "a/b", digest=D)),
+        (f"ghcr.io/a/b:t@{D}", RegistryRef("ghcr.io", "a/b", tag="t", digest=D)),
+        ("oci:/data/images:alice/m:v2", LayoutRef(__import__("pathlib").Path("/data/images"), name="alice/m:v2")),
+        (f"oci:/data/images@{D}", LayoutRef(__import__("pathlib").Path("/data/images"), digest=D)),
+    ],
+)
 def test_references_parse(text, expected):
     assert parse_image_ref(text) == expected
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "empty"), ("Owner/Model", "lowercase"), ("r8.im/a/b:bad tag!", "not a valid tag"),
-    ("r8.im/a/b@sha256:xyz", "not a sha256 digest"), ("oci:", "names no directory"), ("oci:/x:Bad", "not a valid image name"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty"),
+        ("Owner/Model", "lowercase"),
+        ("r8.im/a/b:bad tag!", "not a valid tag"),
+        ("r8.im/a/b@sha256:xyz", "not a sha256 digest"),
+        ("oci:", "names no directory"),
+        ("oci:/x:Bad", "not a valid image name"),
+    ],
+)
 def test_bad_references_are_named(text, message):
     with pytest.raises(ImageReferenceError, match=message):
         parse_image_ref(text)
@@ -46,11 +56,17 @@ def test_digest_normalization_and_plain_http_rule():
 def test_credentials_from_docker_config_auth_file_and_helper(tmp_path):
     docker_dir = tmp_path / "docker"
     docker_dir.mkdir()
-    (docker_dir / "config.json").write_text(json.dumps({
-        "auths": {"r.example:5000": {"auth": base64.b64encode(b"alice:pw").decode()},
-                  "https://index.docker.io/v1/": {"username": "hub", "password": "hubpw"}},
-        "credHelpers": {"helped.example": "dreambuildtest"},
-    }))
+    (docker_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "r.example:5000": {"auth": base64.b64encode(b"alice:pw").decode()},
+                    "https://index.docker.io/v1/": {"username": "hub", "password": "hubpw"},
+                },
+                "credHelpers": {"helped.example": "dreambuildtest"},
+            }
+        )
+    )
     helper = tmp_path / "bin" / "docker-credential-dreambuildtest"
     helper.parent.mkdir()
     helper.write_text('#!/bin/sh\nread server\n[ "$server" = helped.example ] || exit 1\necho \'{"Username":"bot","Secret":"tok"}\'\n')

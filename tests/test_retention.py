@@ -19,13 +19,30 @@ def test_the_sweep_deletes_what_expired(tmp_path):
         folder = tmp_path / "uploads" / upload_id
         folder.mkdir(parents=True)
         (folder / "photos.zip").write_bytes(b"PK")
-        db.add_upload({"id": upload_id, "owner": "alice", "owners": ["alice"], "name": "photos.zip",
-                       "path": str(folder / "photos.zip"), "size": 2, "created_at": _iso(now - timedelta(hours=age))})
+        db.add_upload(
+            {
+                "id": upload_id,
+                "owner": "alice",
+                "owners": ["alice"],
+                "name": "photos.zip",
+                "path": str(folder / "photos.zip"),
+                "size": 2,
+                "created_at": _iso(now - timedelta(hours=age)),
+            }
+        )
     for training_id, age, status in (("t-old", 49, "succeeded"), ("t-new", 2, "succeeded"), ("t-running", 99, "processing")):
         (config.files / training_id).mkdir(parents=True)
         (config.files / training_id / "output.zip").write_bytes(b"PK")
-        db.create_training({"id": training_id, "owner": "alice", "status": status, "stage": "done" if status != "processing" else "training",
-                            "completed_at": _iso(now - timedelta(hours=age)), "weights": str(config.files / training_id / "output.zip")})
+        db.create_training(
+            {
+                "id": training_id,
+                "owner": "alice",
+                "status": status,
+                "stage": "done" if status != "processing" else "training",
+                "completed_at": _iso(now - timedelta(hours=age)),
+                "weights": str(config.files / training_id / "output.zip"),
+            }
+        )
     assert sweep(config, db, now) == {"uploads": 1, "trainings": 1, "files": 0, "orphans": 0}
     assert [u["id"] for u in db.list_uploads()] == ["new"] and not (tmp_path / "uploads" / "old").exists()
     assert not (config.files / "t-old").exists() and (config.files / "t-new").exists() and (config.files / "t-running").exists()
@@ -63,8 +80,13 @@ def test_the_sweep_deletes_folders_left_without_a_record_after_an_hour(tmp_path)
     db = Database(config.database)
     now = datetime.now(timezone.utc)
     folders = {}
-    for root, name in (("uploads", "lost-upload"), ("uploads", "kept-upload"), ("prediction-files", "lostfile"),
-                       ("prediction-files", "keptfile"), ("prediction-files", "writing")):
+    for root, name in (
+        ("uploads", "lost-upload"),
+        ("uploads", "kept-upload"),
+        ("prediction-files", "lostfile"),
+        ("prediction-files", "keptfile"),
+        ("prediction-files", "writing"),
+    ):
         folder = tmp_path / root / name
         folder.mkdir(parents=True)
         (folder / "data.bin").write_bytes(b"x" * 1024)
@@ -72,8 +94,17 @@ def test_the_sweep_deletes_folders_left_without_a_record_after_an_hour(tmp_path)
             os.utime(folder / "data.bin", (now.timestamp() - 7200, now.timestamp() - 7200))
         os.utime(folder, (now.timestamp() - 7200, now.timestamp() - 7200))
         folders[name] = folder
-    db.add_upload({"id": "kept-upload", "owner": "alice", "owners": ["alice"], "name": "data.bin",
-                   "path": str(folders["kept-upload"] / "data.bin"), "size": 1024, "created_at": _iso(now)})
+    db.add_upload(
+        {
+            "id": "kept-upload",
+            "owner": "alice",
+            "owners": ["alice"],
+            "name": "data.bin",
+            "path": str(folders["kept-upload"] / "data.bin"),
+            "size": 1024,
+            "created_at": _iso(now),
+        }
+    )
     db.add_file({"id": "keptfile", "owner": "alice", "name": "data.bin", "path": str(folders["keptfile"] / "data.bin")})
     assert sweep(config, db, now) == {"uploads": 0, "trainings": 0, "files": 0, "orphans": 2}
     assert {name for name, folder in folders.items() if folder.exists()} == {"kept-upload", "keptfile", "writing"}

@@ -21,8 +21,14 @@ from tests.webhook_receiver import start_receiver
 
 CLI = str(Path(sys.executable).parent / "dreambuild")
 ALICE, BOB = {"Authorization": "Bearer tok-alice"}, {"Authorization": "Bearer tok-bob"}
-TRAIN_INPUT = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "max_train_steps": 4,
-               "resolution": 64, "with_prior_preservation": False, "seed": 0}
+TRAIN_INPUT = {
+    "instance_prompt": "a photo of a cjw toy",
+    "class_prompt": "a photo of a toy",
+    "max_train_steps": 4,
+    "resolution": 64,
+    "with_prior_preservation": False,
+    "seed": 0,
+}
 
 
 class Service:
@@ -46,9 +52,12 @@ class Service:
     def start_without_schemas(self) -> "Service":
         (self.root / "service.yaml").write_text(yaml.safe_dump(self.config))
         log = open(self.root / "service.log", "ab")
-        self.proc = subprocess.Popen([CLI, "serve", "--config", str(self.root / "service.yaml"), *self.args], stdout=log,
-                                     stderr=subprocess.STDOUT,
-                                     env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env})
+        self.proc = subprocess.Popen(
+            [CLI, "serve", "--config", str(self.root / "service.yaml"), *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env},
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.root / "service.log").read_text()
@@ -93,15 +102,19 @@ def service_config(root: Path, tiny_base, registry, templates, **extra) -> dict:
     tokens for alice and bob, and fast webhook retries."""
     template_repo, template_digest = templates["docker"].split("@")
     return {
-        "data_dir": str(root / "data"), "port": free_port(), "registry": registry.host,
+        "data_dir": str(root / "data"),
+        "port": free_port(),
+        "registry": registry.host,
         "trainers": {local_trainer_version(): {"name": "dreambooth", "runner": "local", "env": {"DREAMBUILD_BASE_MODEL": str(tiny_base)}}},
         "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
         "tokens": [{"token": "tok-alice", "owners": ["alice"]}, {"token": "tok-bob", "owners": ["bob"]}],
-        "webhook_backoff": 0.05, "webhook_attempts": 3, "max_body_bytes": 65536, "max_upload_bytes": 20 * 2**20,
+        "webhook_backoff": 0.05,
+        "webhook_attempts": 3,
+        "max_body_bytes": 65536,
+        "max_upload_bytes": 20 * 2**20,
         "egress_allow": ["127.0.0.1"],  # the webhook receiver and the file servers of these tests
         **extra,
     }
-
 
 
 def seed_request(service, receiver, instance_data: str, **extra) -> dict:
@@ -185,41 +198,41 @@ def test_tokens_see_only_their_owners(service, receiver):
 VALID = {**TRAIN_INPUT, "instance_data": "https://example.com/p.zip"}
 
 
-@pytest.mark.parametrize("change, status, message", [
-    ({"input": None}, 422, "input"),
-    ({"extra": 1}, 422, "extra: unknown field"),
-    ({"trainer_version": "f" * 64}, 422, "unknown trainer_version"),
-    ({"template_version": "e" * 64}, 422, "unknown template_version"),
-    ({"model": "Alice/Toy"}, 422, "must be owner/name"),
-    ({"model": "alice"}, 422, "must be owner/name"),
-    ({"model": "alice/x."}, 422, "must be owner/name"),  # the registry's grammar: no trailing separator
-    ({"model": "alice/crlf\n"}, 422, "must be owner/name"),  # `$` alone let a trailing newline through
-    ({"model": "alice/" + "x" * 250}, 422, "must be owner/name"),
-    ({"webhook_completed": "ftp://example.com/hook"}, 422, "not an http(s) URL"),
-    ({"webhook_completed": "http://127.0.0.1:abc/x"}, 422, "its port is not a number"),
-    ({"webhook_completed": "http:///no-host"}, 422, "not an http(s) URL"),
-    # The egress policy: the allow-list names 127.0.0.1 only.
-    ({"webhook_completed": "http://169.254.169.254/latest/meta-data"}, 422, "non-public address"),
-    ({"webhook_completed": "http://localhost:8000/shutdown"}, 422, "non-public address"),
-    ({"input": {**VALID, "instance_data": "http://10.0.0.8/photos.zip"}}, 422, "input.instance_data 'http://10.0.0.8/photos.zip' points to"),
-    ({"input": {**TRAIN_INPUT, "instance_data": "/etc/passwd"}}, 422, "instance_data must be an http(s) URL"),
-    # Every file input, found in the trainer's schema: never a path on the service's disk.
-    ({"input": {**VALID, "ckpt_base": "/srv/files/x/output.zip"}}, 422,
-     "input.ckpt_base must be an http(s) URL"),
-    ({"input": {**VALID, "class_data": "file:///etc/passwd"}}, 422,
-     "input.class_data must be an http(s) URL"),
-    # The input against the trainer version's Cog schema, at creation.
-    ({"input": {**VALID, "max_train_steps": "abc"}}, 422,
-     "input.max_train_steps: 'abc' is not of type 'integer'"),
-    ({"input": {**VALID, "resolution": 7}}, 422, "input.resolution: 7 is less than"),
-    # A LoRA training whose output no template could build: refused before any work.
-    ({"input": {**VALID, "lora_rank": 8}}, 422, "input.lora_rank=8 trains LoRA adapters, and template 'vanilla' has no base"),
-    ({"input": {**VALID, "learning_rat": 1}}, 422, "input.learning_rat: unknown input"),
-    ({"input": {**VALID, "lr_scheduler": "fast"}}, 422, "input.lr_scheduler: 'fast' is not one of"),
-    ({"input": {**VALID, "seed": "x"}}, 422, "input.seed: 'x' is not of type 'integer'"),
-    ({"input": TRAIN_INPUT}, 422, "input.instance_data: required"),
-    ({"notes": "x" * 70000}, 413, "over the limit"),
-])
+@pytest.mark.parametrize(
+    "change, status, message",
+    [
+        ({"input": None}, 422, "input"),
+        ({"extra": 1}, 422, "extra: unknown field"),
+        ({"trainer_version": "f" * 64}, 422, "unknown trainer_version"),
+        ({"template_version": "e" * 64}, 422, "unknown template_version"),
+        ({"model": "Alice/Toy"}, 422, "must be owner/name"),
+        ({"model": "alice"}, 422, "must be owner/name"),
+        ({"model": "alice/x."}, 422, "must be owner/name"),  # the registry's grammar: no trailing separator
+        ({"model": "alice/crlf\n"}, 422, "must be owner/name"),  # `$` alone let a trailing newline through
+        ({"model": "alice/" + "x" * 250}, 422, "must be owner/name"),
+        ({"webhook_completed": "ftp://example.com/hook"}, 422, "not an http(s) URL"),
+        ({"webhook_completed": "http://127.0.0.1:abc/x"}, 422, "its port is not a number"),
+        ({"webhook_completed": "http:///no-host"}, 422, "not an http(s) URL"),
+        # The egress policy: the allow-list names 127.0.0.1 only.
+        ({"webhook_completed": "http://169.254.169.254/latest/meta-data"}, 422, "non-public address"),
+        ({"webhook_completed": "http://localhost:8000/shutdown"}, 422, "non-public address"),
+        ({"input": {**VALID, "instance_data": "http://10.0.0.8/photos.zip"}}, 422, "input.instance_data 'http://10.0.0.8/photos.zip' points to"),
+        ({"input": {**TRAIN_INPUT, "instance_data": "/etc/passwd"}}, 422, "instance_data must be an http(s) URL"),
+        # Every file input, found in the trainer's schema: never a path on the service's disk.
+        ({"input": {**VALID, "ckpt_base": "/srv/files/x/output.zip"}}, 422, "input.ckpt_base must be an http(s) URL"),
+        ({"input": {**VALID, "class_data": "file:///etc/passwd"}}, 422, "input.class_data must be an http(s) URL"),
+        # The input against the trainer version's Cog schema, at creation.
+        ({"input": {**VALID, "max_train_steps": "abc"}}, 422, "input.max_train_steps: 'abc' is not of type 'integer'"),
+        ({"input": {**VALID, "resolution": 7}}, 422, "input.resolution: 7 is less than"),
+        # A LoRA training whose output no template could build: refused before any work.
+        ({"input": {**VALID, "lora_rank": 8}}, 422, "input.lora_rank=8 trains LoRA adapters, and template 'vanilla' has no base"),
+        ({"input": {**VALID, "learning_rat": 1}}, 422, "input.learning_rat: unknown input"),
+        ({"input": {**VALID, "lr_scheduler": "fast"}}, 422, "input.lr_scheduler: 'fast' is not one of"),
+        ({"input": {**VALID, "seed": "x"}}, 422, "input.seed: 'x' is not of type 'integer'"),
+        ({"input": TRAIN_INPUT}, 422, "input.instance_data: required"),
+        ({"notes": "x" * 70000}, 413, "over the limit"),
+    ],
+)
 def test_bad_requests_are_refused_and_store_nothing(service, receiver, change, status, message):
     before = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
     body = {**seed_request(service, receiver, "https://example.com/photos.zip"), **change}
@@ -249,7 +262,7 @@ def test_body_limits_hold_on_the_bytes_read(service, receiver):
 
     def chunks():
         for i in range(0, len(body), 8192):
-            yield body[i:i + 8192]
+            yield body[i : i + 8192]
 
     response = httpx.post(f"{service.url}/v1/trainings", content=chunks(), headers={**ALICE, "Content-Type": "application/json"})
     assert response.status_code == 413 and "over the limit of 65536" in response.json()["detail"], response.text
@@ -513,8 +526,12 @@ def test_cog_http_runner_uses_a_running_cog_server(tmp_path, service, receiver, 
     from builder.cog.server import start_cog_server
 
     upload_url = (Path(service.config["data_dir"]) / "cog-upload-url").read_text().strip()
-    cog = start_cog_server("trainer/cog_model.py:Predictor", tmp_path / "gpu-box", upload_url=upload_url,
-                           env={"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(tmp_path / "work")})
+    cog = start_cog_server(
+        "trainer/cog_model.py:Predictor",
+        tmp_path / "gpu-box",
+        upload_url=upload_url,
+        env={"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(tmp_path / "work")},
+    )
     version = "c" * 64
     service.config["trainers"][version] = {"name": "remote", "runner": "cog-http", "url": cog.url}
     try:
@@ -542,8 +559,13 @@ def test_the_replicate_client_drives_the_service(tmp_path, service, receiver):
     client = replicate.Client(api_token="tok-alice", base_url=service.url)
     url = upload(service, photos_zip(tmp_path / "photos.zip"))
     training = client.trainings.create(
-        model="dreambuild/dreambooth", version=local_trainer_version(), input={**TRAIN_INPUT, "instance_data": url},
-        destination="alice/from-client", webhook=f"{receiver.url}/replicate", webhook_events_filter=["start", "output", "logs", "completed"])
+        model="dreambuild/dreambooth",
+        version=local_trainer_version(),
+        input={**TRAIN_INPUT, "instance_data": url},
+        destination="alice/from-client",
+        webhook=f"{receiver.url}/replicate",
+        webhook_events_filter=["start", "output", "logs", "completed"],
+    )
     assert training.status == "starting" and training.destination == "alice/from-client"
     assert training.model == "dreambuild/dreambooth" and training.version == local_trainer_version()
     deadline = time.monotonic() + 300
@@ -564,8 +586,12 @@ def test_the_replicate_client_drives_the_service(tmp_path, service, receiver):
     for hook in hooks_for(receiver, training.id):
         replicate.webhook.Webhooks.validate(headers=hook.headers, body=hook.body, secret=secret)
     # Cancel through the client.
-    slow = client.trainings.create(model="dreambuild/dreambooth", version=local_trainer_version(),
-                                   input={**TRAIN_INPUT, "instance_data": url, "max_train_steps": 5000}, destination="alice/from-client")
+    slow = client.trainings.create(
+        model="dreambuild/dreambooth",
+        version=local_trainer_version(),
+        input={**TRAIN_INPUT, "instance_data": url, "max_train_steps": 5000},
+        destination="alice/from-client",
+    )
     client.trainings.cancel(slow.id)
     deadline = time.monotonic() + 120
     while slow.status != "canceled" and time.monotonic() < deadline:
@@ -580,8 +606,7 @@ def trainer_image(root: Path, registry, schema: str) -> str:
     """A trainer image as `cog build` labels it (no Python inside: it fails when run), pushed."""
     from fixtures.services import buildah_template
 
-    digest = buildah_template(root / "trainer-image", registry, "dreambuild-test/trainer", fmt="docker",
-                              labels={"run.cog.openapi_schema": schema})
+    digest = buildah_template(root / "trainer-image", registry, "dreambuild-test/trainer", fmt="docker", labels={"run.cog.openapi_schema": schema})
     return f"{registry.host}/dreambuild-test/trainer@{digest}"
 
 
@@ -597,8 +622,7 @@ def test_docker_runner_failures_end_the_training_clearly(tmp_path, service, rece
         service.stop()
         service.start()
         photos = upload(service, photos_zip(tmp_path / "photos.zip"))  # an upload: nothing to fetch before the trainer starts
-        created = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, photos, trainer_version=version),
-                             headers=ALICE)
+        created = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, photos, trainer_version=version), headers=ALICE)
         assert created.status_code == 201, created.text
         done = service.wait(created.json()["id"], timeout=300)
     finally:
@@ -637,13 +661,23 @@ def test_embedded_defaults_need_no_configuration(tmp_path, registry, templates):
     from fixtures.services import containers_env
 
     (tmp_path / "data").mkdir()
-    skopeo("copy", "--src-tls-verify=false", f"docker://{templates['oci']}", f"oci:{tmp_path}/data/images:dreambuild/vanilla",
-           env=containers_env(tmp_path / "sk", [registry.host]))
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        f"docker://{templates['oci']}",
+        f"oci:{tmp_path}/data/images:dreambuild/vanilla",
+        env=containers_env(tmp_path / "sk", [registry.host]),
+    )
     template_version = json.loads((tmp_path / "data" / "images" / "index.json").read_text())["manifests"][0]["digest"]
     port = free_port()
     log = tmp_path / "serve.log"
-    proc = subprocess.Popen([CLI, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")], cwd=tmp_path,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [CLI, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -660,8 +694,9 @@ def test_embedded_defaults_need_no_configuration(tmp_path, registry, templates):
         body = {"input": {}, "trainer_version": local_trainer_version(), "template_version": "a" * 64, "model": "anyone/model"}
         response = httpx.post(f"{url}/v1/trainings", json=body, headers=headers)
         assert response.status_code == 422 and "unknown template_version" in response.json()["detail"]  # the trainer is known
-        response = httpx.post(f"{url}/v1/trainings", json={**body, "template_version": template_version}, headers=headers,
-                              timeout=300)  # the first request waits while the trainer's schema is read
+        response = httpx.post(
+            f"{url}/v1/trainings", json={**body, "template_version": template_version}, headers=headers, timeout=300
+        )  # the first request waits while the trainer's schema is read
         assert response.status_code == 422 and "input.instance_prompt: required" in response.json()["detail"]  # its schema too
         body["input"] = {**TRAIN_INPUT, "instance_data": "https://example.com/photos.zip"}
         response = httpx.post(f"{url}/v1/trainings", json={**body, "template_version": template_version}, headers=headers)
@@ -718,7 +753,10 @@ def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_fa
     root = tmp_path_factory.mktemp("service-lora")
     config = service_config(root, tiny_base, registry, templates)
     config["templates"][digest.removeprefix("sha256:")] = {
-        "name": "vanilla-sd-tiny", "repository": f"{registry.host}/dreambuild/vanilla-sd-tiny", "base_digest": pipeline_digest(tiny_base)}
+        "name": "vanilla-sd-tiny",
+        "repository": f"{registry.host}/dreambuild/vanilla-sd-tiny",
+        "base_digest": pipeline_digest(tiny_base),
+    }
     config["trainers"][local_trainer_version()]["base_digest"] = pipeline_digest(tiny_base)
     server = Service(root, config).start()
     try:
@@ -731,8 +769,12 @@ def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_fa
         assert done["status"] == "succeeded", done["error"]
         raw = json.loads(skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{done['image']}"))
         assert raw["layers"][-1]["size"] < 300_000  # the adapters, not a pipeline
-        prediction = httpx.post(f"{server.url}/v1/predictions", headers={**ALICE, "Prefer": "wait=60"}, timeout=90, json={
-            "version": done["version"], "input": {"num_inference_steps": 2, "seed": 1, "disable_safety_check": True}})
+        prediction = httpx.post(
+            f"{server.url}/v1/predictions",
+            headers={**ALICE, "Prefer": "wait=60"},
+            timeout=90,
+            json={"version": done["version"], "input": {"num_inference_steps": 2, "seed": 1, "disable_safety_check": True}},
+        )
         body = prediction.json()
         assert prediction.status_code == 201 and body["status"] == "succeeded", body
         assert httpx.get(body["output"][0], headers=ALICE).content[:8] == b"\x89PNG\r\n\x1a\n"
@@ -748,9 +790,11 @@ def test_lora_trainings_need_a_template_with_the_trainers_base_and_find_it_by_de
 
     aa, bb = "sha256:" + "a" * 64, "sha256:" + "b" * 64
     t, plain, tr = "1" * 64, "2" * 64, "3" * 64
-    config = ServiceConfig(data_dir=tmp_path, trainers={tr: {"name": "dreambooth", "base_digest": bb}},
-                           templates={t: {"name": "vanilla-sd15", "repository": "r/sd15", "base_digest": aa},
-                                      plain: {"name": "vanilla", "repository": "r/vanilla"}})
+    config = ServiceConfig(
+        data_dir=tmp_path,
+        trainers={tr: {"name": "dreambooth", "base_digest": bb}},
+        templates={t: {"name": "vanilla-sd15", "repository": "r/sd15", "base_digest": aa}, plain: {"name": "vanilla", "repository": "r/vanilla"}},
+    )
     with pytest.raises(HTTPException, match="has no base baked in"):
         _check_lora_template(config, tr, plain, {"lora_rank": 4})
     with pytest.raises(HTTPException, match=f"the trainer's base is {bb}, and template 'vanilla-sd15' bakes {aa}"):
@@ -786,9 +830,21 @@ def test_the_api_docs_render_offline_in_a_browser(tmp_path, service):
         assert fetched.status_code == 200 and fetched.content, asset
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "chromium is missing: ./dev test installs it"
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-                          "--virtual-time-budget=15000", "--dump-dom", f"{service.url}/docs"],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            f"{service.url}/docs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert 'class="swagger-ui' in dom and "opblock" in dom, dom[-2000:]
     assert "/v1/trainings" in dom and "Unable to render this definition" not in dom
 
@@ -806,35 +862,44 @@ def refuse_what_no_store_keeps(tmp_path, service, receiver) -> None:
     before = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
     with httpx.Client(base_url=service.url, headers={**ALICE, "Content-Type": "application/json"}) as client:
         for field, body in (
-            ("input.learning_rate", seed_request(service, receiver, url, input={**TRAIN_INPUT, "instance_data": url,
-                                                                                "learning_rate": float("nan")})),
-            ("input.prior_loss_weight", seed_request(service, receiver, url, input={**TRAIN_INPUT, "instance_data": url,
-                                                                                    "prior_loss_weight": float("inf")})),
+            ("input.learning_rate", seed_request(service, receiver, url, input={**TRAIN_INPUT, "instance_data": url, "learning_rate": float("nan")})),
+            (
+                "input.prior_loss_weight",
+                seed_request(service, receiver, url, input={**TRAIN_INPUT, "instance_data": url, "prior_loss_weight": float("inf")}),
+            ),
             ("notes", seed_request(service, receiver, url, notes="a\x00b")),
         ):
             refused = client.post("/v1/trainings", content=json.dumps(body))  # Python's JSON writes NaN and Infinity
             assert refused.status_code == 422 and refused.json()["detail"].startswith(f"{field}: "), refused.text
-        for body in ({"version": "alice/toy", "input": {"guidance_scale": float("-inf")}},
-                     {"version": "alice/toy", "input": {"prompt": "\x00"}}):
+        for body in ({"version": "alice/toy", "input": {"guidance_scale": float("-inf")}}, {"version": "alice/toy", "input": {"prompt": "\x00"}}):
             refused = client.post("/v1/predictions", content=json.dumps(body))
             assert refused.status_code == 422 and refused.json()["detail"].startswith("input."), refused.text
-        refused = client.post("/v1/predictions", content=json.dumps({"version": "alice/toy", "input": {}}),
-                              headers={"Cancel-After": "9" * 400 + "s"})
+        refused = client.post("/v1/predictions", content=json.dumps({"version": "alice/toy", "input": {}}), headers={"Cancel-After": "9" * 400 + "s"})
         assert refused.status_code == 422 and "longer than the maximum" in refused.json()["detail"]
-        for path in ("/v1/predictions?cursor=99999999999999999999", "/v1/trainings?cursor=99999999999999999999",
-                     "/v1/trainings?cursor=-1", "/v1/predictions?limit=0", "/v1/trainings?limit=100000"):
+        for path in (
+            "/v1/predictions?cursor=99999999999999999999",
+            "/v1/trainings?cursor=99999999999999999999",
+            "/v1/trainings?cursor=-1",
+            "/v1/predictions?limit=0",
+            "/v1/trainings?limit=100000",
+        ):
             answer = client.get(path)
             assert answer.status_code == 422 and ("cursor" in answer.json()["detail"] or "limit" in answer.json()["detail"]), path
         # NUL in the URL: a name, a filter (a query PostgreSQL would refuse to run).
-        for path, field in (("/v1/predictions?model=alice/t%00y", "query.model"), ("/v1/trainings?cursor=1%00", "query.cursor"),
-                            ("/v1/models/alice/t%00y", "path"), ("/v1/uploads/a%00b.zip", "path")):
+        for path, field in (
+            ("/v1/predictions?model=alice/t%00y", "query.model"),
+            ("/v1/trainings?cursor=1%00", "query.cursor"),
+            ("/v1/models/alice/t%00y", "path"),
+            ("/v1/uploads/a%00b.zip", "path"),
+        ):
             answer = client.request("POST" if "uploads" in path else "GET", path, content=b"PK")
             assert answer.status_code == 422 and answer.json()["detail"].startswith(f"{field}: contains a NUL"), (path, answer.text)
         assert client.get("/v1/trainings").status_code == 200  # the same connection, still served
     stored = Path(service.config["data_dir"]) / "prediction-files"
     files_before = sorted(stored.iterdir()) if stored.is_dir() else []
-    refused = httpx.post(f"{service.url}/v1/files", files={"content": ("a.png", b"x" * 4096)},
-                         data={"metadata": json.dumps({"note": "a\x00b"})}, headers=ALICE)
+    refused = httpx.post(
+        f"{service.url}/v1/files", files={"content": ("a.png", b"x" * 4096)}, data={"metadata": json.dumps({"note": "a\x00b"})}, headers=ALICE
+    )
     assert refused.status_code == 422 and refused.json()["detail"].startswith("metadata.note: contains a NUL"), refused.text
     assert (sorted(stored.iterdir()) if stored.is_dir() else []) == files_before  # no file left without its record
     assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before
@@ -865,12 +930,10 @@ def test_every_notation_of_a_private_address_is_refused_at_creation(tmp_path, se
     port = service.url.rsplit(":", 1)[1]
     for host in ("2130706434", "0x7f000002", "0177.0.0.2", "127.2", "[::ffff:7f00:2]", "169.254.169.254", "0xa9fea9fe"):
         hostile = f"http://{host}:{port}/x"
-        refused = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, url, webhook_completed=hostile),
-                             headers=ALICE)
+        refused = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, url, webhook_completed=hostile), headers=ALICE)
         assert refused.status_code == 422 and "non-public address" in refused.json()["detail"], (host, refused.text)
         refused = httpx.post(f"{service.url}/v1/trainings", json=seed_request(service, receiver, hostile), headers=ALICE)
         assert refused.status_code == 422 and "non-public address" in refused.json()["detail"], (host, refused.text)
-        refused = httpx.post(f"{service.url}/v1/predictions", json={"version": "alice/toy", "input": {}, "webhook": hostile},
-                             headers=ALICE)
+        refused = httpx.post(f"{service.url}/v1/predictions", json={"version": "alice/toy", "input": {}, "webhook": hostile}, headers=ALICE)
         assert refused.status_code == 422 and "non-public address" in refused.json()["detail"], (host, refused.text)
     assert httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"] == before

@@ -43,8 +43,9 @@ def test_trainings_survive_reopening_and_page_newest_first(database_target):
 def test_predictions_and_files_page_filter_and_finish(database_target):
     store = Database(database_target)
     for i in range(4):
-        store.create_prediction({"id": f"p{i}", "owner": "bob" if i == 1 else "alice", "model": "alice/a" if i % 2 == 0 else "alice/b",
-                                 "status": "starting", "logs": ""})
+        store.create_prediction(
+            {"id": f"p{i}", "owner": "bob" if i == 1 else "alice", "model": "alice/a" if i % 2 == 0 else "alice/b", "status": "starting", "logs": ""}
+        )
     store.update_prediction("p2", status="succeeded", logs_append="done\n")
     page, cursor = store.list_predictions(["alice"], limit=1)
     assert [d["id"] for d in page] == ["p3"] and cursor is not None

@@ -21,8 +21,14 @@ def server(request, tmp_path_factory, fine_tune, tiny_controlnet, safety_checker
     name = request.param
     kind = TEMPLATES[name].preprocessor
     annotators = {"depth": "depth_estimator", "seg": "segmenter"}.get(kind, "aux_annotators")
-    with start_template(tmp_path_factory, name, weights=fine_tune, controlnet=tiny_controlnet,
-                        annotators=request.getfixturevalue(annotators), safety_checker=safety_checker) as server:
+    with start_template(
+        tmp_path_factory,
+        name,
+        weights=fine_tune,
+        controlnet=tiny_controlnet,
+        annotators=request.getfixturevalue(annotators),
+        safety_checker=safety_checker,
+    ) as server:
         server.template = name
         yield server
 
@@ -67,8 +73,11 @@ def test_controlnet_txt2img_is_the_asked_size_reproducible_and_guided(server):
 def test_return_control_image_is_the_processed_control_image(server):
     body = predict(server, prompt="a cjw toy", control_image=control_input(server.template), return_control_image=True)
     control = pixels(outputs(body)[0])
-    raw = np.asarray(Image.open(io.BytesIO(drawing() if server.template == "controlnet-scribble" else photo(size=(96, 80))))
-                     .convert("RGB").resize((64, 64), Image.Resampling.BILINEAR))
+    raw = np.asarray(
+        Image.open(io.BytesIO(drawing() if server.template == "controlnet-scribble" else photo(size=(96, 80))))
+        .convert("RGB")
+        .resize((64, 64), Image.Resampling.BILINEAR)
+    )
     assert control.shape == raw.shape and not np.array_equal(control, raw)  # it went through the annotator
     kind = TEMPLATES[server.template].preprocessor
     if kind in ("depth", "hed", "mlsd", "scribble"):  # grey-level maps
@@ -123,8 +132,7 @@ def test_lora_on_top(server, loras):
 def test_without_its_annotator_a_template_fails_only_what_needs_it(tmp_path_factory, fine_tune, tiny_controlnet, safety_checker):
     """Missing annotator files: a failed prediction naming them; control_preprocess false and
     plain predictions still run."""
-    with start_template(tmp_path_factory, "controlnet-depth", weights=fine_tune, controlnet=tiny_controlnet,
-                        safety_checker=safety_checker) as depth:
+    with start_template(tmp_path_factory, "controlnet-depth", weights=fine_tune, controlnet=tiny_controlnet, safety_checker=safety_checker) as depth:
         error = failed(depth, prompt="a cjw toy", control_image=png_url(photo()))
         assert "control_image preprocessing (depth) cannot run: depth annotator files missing in" in error
         assert "config.json, preprocessor_config.json" in error

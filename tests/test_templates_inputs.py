@@ -96,8 +96,23 @@ def test_choices_are_the_supported_ones():
     assert predict.PROMPT_SYNTAXES == ["auto", "compel", "a1111"]
     assert predict.OUTPUT_FORMATS == ["png", "jpg", "webp"]
     # A1111's sampler names, as the SD-Dockerized API lists them, where diffusers has the sampler.
-    for name in ("Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE", "LMS Karras",
-                 "DPM2 Karras", "DPM2 a Karras", "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras"):
+    for name in (
+        "Euler a",
+        "Euler",
+        "LMS",
+        "Heun",
+        "DPM2",
+        "DPM2 a",
+        "DPM++ 2S a",
+        "DPM++ 2M",
+        "DPM++ SDE",
+        "LMS Karras",
+        "DPM2 Karras",
+        "DPM2 a Karras",
+        "DPM++ 2S a Karras",
+        "DPM++ 2M Karras",
+        "DPM++ SDE Karras",
+    ):
         assert name in SCHEDULERS
     config = make_scheduler("DDIM", {}).config
     assert make_scheduler("DPM++ 2M Karras", config).config.use_karras_sigmas is True
@@ -149,8 +164,12 @@ def test_each_a1111_form_weighs_as_documented(tiny_base):
 
     plain = embeds("a red toy")
     seen = [plain]
-    for a1111, compel in [("a (red) toy", "a (red)1.1 toy"), ("a ((red)) toy", "a (red)1.21 toy"),
-                          ("a [red] toy", "a (red)0.909091 toy"), ("a (red:1.3) toy", "a (red)1.3 toy")]:
+    for a1111, compel in [
+        ("a (red) toy", "a (red)1.1 toy"),
+        ("a ((red)) toy", "a (red)1.21 toy"),
+        ("a [red] toy", "a (red)0.909091 toy"),
+        ("a (red:1.3) toy", "a (red)1.3 toy"),
+    ]:
         weighted = embeds(a1111)
         assert torch.equal(weighted, embeds(a1111, "a1111")) and torch.equal(weighted, embeds(compel, "compel")), a1111
         assert not any(torch.equal(weighted, other) for other in seen), a1111
@@ -205,15 +224,46 @@ def test_output_formats(tmp_path):
 # Scheduler configurations as bases ship them: SD 1.5's (PNDM, skip_prk_steps on), SDXL's (Euler),
 # and a fine-tune saved with DDIM's (no skip_prk_steps: PNDM's default, off).
 SHIPPED_SCHEDULER_CONFIGS = {
-    "sd15": {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-             "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
-             "trained_betas": None, "clip_sample": False},
-    "sdxl": {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-             "clip_sample": False, "interpolation_type": "linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
-             "sample_max_value": 1.0, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
-             "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False},
-    "ddim": {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-             "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "steps_offset": 1, "trained_betas": None},
+    "sd15": {
+        "_class_name": "PNDMScheduler",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "trained_betas": None,
+        "clip_sample": False,
+    },
+    "sdxl": {
+        "_class_name": "EulerDiscreteScheduler",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "interpolation_type": "linear",
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "sample_max_value": 1.0,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "trained_betas": None,
+        "use_karras_sigmas": False,
+    },
+    "ddim": {
+        "_class_name": "DDIMScheduler",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "trained_betas": None,
+    },
 }
 
 

@@ -199,8 +199,11 @@ def test_kohya_loras_and_a_second_lora(vanilla_server, loras):
     before = outputs(predict(vanilla_server, prompt="a cjw toy"))
     kohya = outputs(predict(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["kohya"])))
     first = outputs(predict(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["diffusers"])))
-    both = outputs(predict(vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["diffusers"]),
-                           extra_lora=lora_url(loras["other"]), extra_lora_scale=0.8))
+    both = outputs(
+        predict(
+            vanilla_server, prompt="a cjw toy", lora_weights=lora_url(loras["diffusers"]), extra_lora=lora_url(loras["other"]), extra_lora_scale=0.8
+        )
+    )
     assert len({digest(f[0]) for f in (before, kohya, first, both)}) == 4
     assert outputs(predict(vanilla_server, prompt="a cjw toy")) == before
 
@@ -259,8 +262,12 @@ def test_bad_input_fails_with_a_clear_error(vanilla_server, inputs, message):
 
 @pytest.mark.parametrize(
     "inputs, field",
-    [({"scheduler": "EULER_MAGIC"}, "scheduler"), ({"num_outputs": 11}, "num_outputs"), ({"num_inference_steps": 0}, "num_inference_steps"),
-     ({"width": "wide"}, "width")],
+    [
+        ({"scheduler": "EULER_MAGIC"}, "scheduler"),
+        ({"num_outputs": 11}, "num_outputs"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"width": "wide"}, "width"),
+    ],
 )
 def test_schema_rejects_unknown_choices_and_fields(vanilla_server, inputs, field):
     status, body = post(f"{vanilla_server.url}/predictions", {"input": {"prompt": "a cjw toy", **inputs}})

@@ -11,7 +11,13 @@ def test_a_job_after_one_with_another_precision(tmp_path, tiny_base, monkeypatch
     from trainer.job import run_job
 
     Accelerator(mixed_precision="bf16", cpu=True)  # what an earlier job in this process left behind
-    inputs = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "with_prior_preservation": False,
-              "max_train_steps": 2, "resolution": 64, "seed": 0}
+    inputs = {
+        "instance_prompt": "a photo of a cjw toy",
+        "class_prompt": "a photo of a toy",
+        "with_prior_preservation": False,
+        "max_train_steps": 2,
+        "resolution": 64,
+        "seed": 0,
+    }
     result = run_job(inputs, photos_zip(tmp_path / "photos.zip"))
     assert result.steps == 2 and result.archive.is_file()

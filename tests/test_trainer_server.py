@@ -52,8 +52,13 @@ def photos(tmp_path_factory):
 
 def test_prediction_trains_and_returns_a_loadable_pipeline(trainer_predict_server, tiny_base, photos, tmp_path):
     body = predict(
-        trainer_predict_server, tmp_path, instance_data=photos, train_text_encoder=True,
-        save_sample_prompt="a photo of a cjw toy", n_save_sample=2, save_infer_steps=3,
+        trainer_predict_server,
+        tmp_path,
+        instance_data=photos,
+        train_text_encoder=True,
+        save_sample_prompt="a photo of a cjw toy",
+        n_save_sample=2,
+        save_infer_steps=3,
     )
     assert body["status"] == "succeeded", body.get("error")
     archive, weights = output_dir(body, tmp_path)
@@ -95,14 +100,22 @@ def test_frozen_text_encoder_stays_unchanged(trainer_predict_server, tiny_base, 
 
 
 def test_prior_preservation_uses_supplied_class_images_and_generates_the_rest(trainer_predict_server, tmp_path):
-    instance = photos_zip(tmp_path / "photos.zip", extra={
-        "dataset_class/c1.png": image_bytes((10, 200, 10)),
-        "dataset_class/c2.png": image_bytes((10, 10, 200)),
-    })
+    instance = photos_zip(
+        tmp_path / "photos.zip",
+        extra={
+            "dataset_class/c1.png": image_bytes((10, 200, 10)),
+            "dataset_class/c2.png": image_bytes((10, 10, 200)),
+        },
+    )
     klass = make_zip(tmp_path / "class.zip", {"more/c3.jpg": image_bytes((90, 90, 90), fmt="JPEG")})
     body = predict(
-        trainer_predict_server, tmp_path, instance_data=data_url(instance), class_data=data_url(klass),
-        with_prior_preservation=True, num_class_images=5, sample_batch_size=2,
+        trainer_predict_server,
+        tmp_path,
+        instance_data=data_url(instance),
+        class_data=data_url(klass),
+        with_prior_preservation=True,
+        num_class_images=5,
+        sample_batch_size=2,
     )
     assert body["status"] == "succeeded", body.get("error")
     assert "Loaded 6 instance image(s) and 3 supplied class image(s)." in body["logs"]
@@ -119,8 +132,18 @@ def test_lora_training_writes_only_adapters_that_change_the_output(trainer_predi
 
     from dreambuild.layout import pipeline_digest
 
-    body = predict(trainer_predict_server, tmp_path, instance_data=photos, lora_rank=4, lora_alpha=8.0, lora_lr=5e-2,
-                   train_text_encoder=True, with_prior_preservation=True, num_class_images=2, sample_batch_size=2)
+    body = predict(
+        trainer_predict_server,
+        tmp_path,
+        instance_data=photos,
+        lora_rank=4,
+        lora_alpha=8.0,
+        lora_lr=5e-2,
+        train_text_encoder=True,
+        with_prior_preservation=True,
+        num_class_images=2,
+        sample_batch_size=2,
+    )
     assert body["status"] == "succeeded", body.get("error")
     assert "of LoRA rank 4" in body["logs"] and "generating 2 class image(s)" in body["logs"]
     archive, weights = output_dir(body, tmp_path)
@@ -160,8 +183,9 @@ def test_captions_beside_the_photos_are_the_prompts(trainer_predict_server, phot
     captions = {f"photos/{p.with_suffix('.txt').name}": f"a red toy number {i} on a table".encode() for i, p in enumerate(SAMPLE_PHOTOS)}
     captioned = data_url(photos_zip(tmp_path / "captioned.zip", extra=captions))
     same_run = {"train_text_encoder": False, "center_crop": True}
-    with_captions = predict(trainer_predict_server, tmp_path, instance_data=captioned, caption_prefix="a photo of cjw,",
-                            token_string="cjw", **same_run)
+    with_captions = predict(
+        trainer_predict_server, tmp_path, instance_data=captioned, caption_prefix="a photo of cjw,", token_string="cjw", **same_run
+    )
     assert with_captions["status"] == "succeeded", with_captions.get("error")
     logs = with_captions["logs"]
     assert f"Captions: {len(SAMPLE_PHOTOS)} of {len(SAMPLE_PHOTOS)} instance image(s) have one" in logs and "skipped" not in logs
@@ -189,8 +213,7 @@ def test_a_re_run_resumes_from_the_last_checkpoint(trainer_predict_server, train
 
     client = trainer_predict_server.client
     steps = 60  # 15 checkpoints: time to cancel after the first, whatever the machine's load
-    inputs = {**QUICK, "instance_data": photos, "max_train_steps": steps, "checkpointing_steps": 4, "learning_rate": 1e-4,
-              "train_batch_size": 2}
+    inputs = {**QUICK, "instance_data": photos, "max_train_steps": steps, "checkpointing_steps": 4, "learning_rate": 1e-4, "train_batch_size": 2}
     root = trainer_workdir / "dreambuild-checkpoints"
     uninterrupted = predict(trainer_predict_server, tmp_path, **inputs)
     assert uninterrupted["status"] == "succeeded" and "Resuming" not in uninterrupted["logs"], uninterrupted.get("error")
@@ -223,8 +246,16 @@ def test_a_re_run_resumes_from_the_last_checkpoint(trainer_predict_server, train
 
 
 def test_validation_samples_are_taken_during_training(trainer_predict_server, photos, tmp_path):
-    body = predict(trainer_predict_server, tmp_path, instance_data=photos, lora_rank=2, validation_prompt="a photo of a cjw toy",
-                   validation_steps=2, save_infer_steps=2, n_save_sample=1)
+    body = predict(
+        trainer_predict_server,
+        tmp_path,
+        instance_data=photos,
+        lora_rank=2,
+        validation_prompt="a photo of a cjw toy",
+        validation_steps=2,
+        save_infer_steps=2,
+        n_save_sample=1,
+    )
     assert body["status"] == "succeeded", body.get("error")
     archive, _ = output_dir(body, tmp_path)
     with zipfile.ZipFile(archive) as zf:
@@ -241,10 +272,22 @@ def test_sdxl_lora_and_full_fine_tunes(trainer_predict_server, tiny_sdxl, tiny_b
 
     from dreambuild.layout import pipeline_digest
 
-    ckpt = data_url(make_zip(tmp_path / "sdxl.zip", {p.relative_to(tiny_sdxl).as_posix(): p.read_bytes()
-                                                     for p in tiny_sdxl.rglob("*") if p.is_file()}))
-    body = predict(trainer_predict_server, tmp_path, instance_data=photos, ckpt_base=ckpt, lora_rank=4, lora_lr=5e-2, resolution=None,
-                   train_text_encoder=True, validation_prompt="a photo of a cjw toy", validation_steps=3, save_infer_steps=2)
+    ckpt = data_url(
+        make_zip(tmp_path / "sdxl.zip", {p.relative_to(tiny_sdxl).as_posix(): p.read_bytes() for p in tiny_sdxl.rglob("*") if p.is_file()})
+    )
+    body = predict(
+        trainer_predict_server,
+        tmp_path,
+        instance_data=photos,
+        ckpt_base=ckpt,
+        lora_rank=4,
+        lora_lr=5e-2,
+        resolution=None,
+        train_text_encoder=True,
+        validation_prompt="a photo of a cjw toy",
+        validation_steps=3,
+        save_infer_steps=2,
+    )
     assert body["status"] == "succeeded", body.get("error")
     assert "resolution: 64 (the base's native size)" in body["logs"]
     archive, weights = output_dir(body, tmp_path)
@@ -293,8 +336,12 @@ def catalog_trainer(tmp_path_factory, tiny_base, tiny_sdxl, other_base, trainer_
     """The trainer with a catalog of bases and VAEs by name, as a trainer image bakes them."""
     from builder.cog.server import start_cog_server
 
-    env = {"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(trainer_workdir),
-           "DREAMBUILD_BASE_MODELS": f"tiny={tiny_base},tinyxl={tiny_sdxl}", "DREAMBUILD_VAES": f"other={other_base / 'vae'}"}
+    env = {
+        "DREAMBUILD_BASE_MODEL": str(tiny_base),
+        "DREAMBUILD_WORKDIR": str(trainer_workdir),
+        "DREAMBUILD_BASE_MODELS": f"tiny={tiny_base},tinyxl={tiny_sdxl}",
+        "DREAMBUILD_VAES": f"other={other_base / 'vae'}",
+    }
     server = start_cog_server("trainer/cog_model.py:Predictor", tmp_path_factory.mktemp("trainer-catalog"), env=env)
     yield server
     server.stop()
@@ -308,8 +355,10 @@ def test_bases_and_vaes_are_chosen_by_name(catalog_trainer, tiny_sdxl, other_bas
     assert json.loads((weights / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
     assert json.loads((weights / "args.json").read_text())["base_model"] == "tinyxl"
     assert same(tensors(weights, "vae"), tensors(other_base, "vae"))  # the chosen VAE, not the base's
-    for inputs, message in (({"base_model": "sd3"}, "base_model 'sd3' is not baked in this trainer; known: tiny, tinyxl"),
-                            ({"vae": "fancy"}, "vae 'fancy' is not baked in this trainer; known: other")):
+    for inputs, message in (
+        ({"base_model": "sd3"}, "base_model 'sd3' is not baked in this trainer; known: tiny, tinyxl"),
+        ({"vae": "fancy"}, "vae 'fancy' is not baked in this trainer; known: other"),
+    ):
         failed = predict(catalog_trainer, tmp_path, instance_data=photos, **inputs)
         assert failed["status"] == "failed" and message in failed["error"]
 
@@ -418,8 +467,11 @@ def test_resolution_not_multiple_of_8_fails(trainer_predict_server, photos, tmp_
 
 @pytest.mark.parametrize(
     "inputs, message",
-    [({"max_train_steps": 0}, "0 is less than the minimum of 1"), ({"max_train_steps": "many"}, "is not of type \"integer\""),
-     ({"lr_scheduler": "exponential"}, "is not one of")],
+    [
+        ({"max_train_steps": 0}, "0 is less than the minimum of 1"),
+        ({"max_train_steps": "many"}, 'is not of type "integer"'),
+        ({"lr_scheduler": "exponential"}, "is not one of"),
+    ],
 )
 def test_schema_rejects_out_of_range_and_mistyped_inputs(trainer_predict_server, photos, inputs, message):
     status, body = post(f"{trainer_predict_server.url}/predictions", {"input": {**QUICK, "instance_data": photos, **inputs}})

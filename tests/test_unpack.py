@@ -31,8 +31,7 @@ def test_unpack_a_built_model_and_reuse_its_layers(tmp_path, registry, templates
     assert unpack_src(built.image, builder_settings).src == image.src
     # Another fine-tune on the same template: only its weights layer is new.
     other = write_tree(tmp_path / "other", small_pipeline_files(seed=1))
-    second = build_image(zip_dir(other, tmp_path / "other.zip"), templates["docker"], f"{registry.host}/alice/unpacked2",
-                         settings=builder_settings)
+    second = build_image(zip_dir(other, tmp_path / "other.zip"), templates["docker"], f"{registry.host}/alice/unpacked2", settings=builder_settings)
     unpack_src(second.image, builder_settings)
     assert len([p for p in layers.iterdir() if not p.name.startswith(".")]) == 3
     # A layout image, by the reference the builder prints.
@@ -61,21 +60,49 @@ def _tar(entries: list[tuple[str, bytes | None, str | None]]) -> bytes:
 def _layout_image(path, layers: list[bytes], name="test/image") -> str:
     layout = OciLayout(path, create=True)
     descriptors = [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layout.put_blob(t), "size": len(t)} for t in layers]
-    config = canonical_json({"architecture": "amd64", "os": "linux", "config": {"Env": ["A=1"]},
-                             "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in layers]}})
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": descriptors,
-                "config": {"mediaType": OCI_CONFIG, "digest": layout.put_blob(config), "size": len(config)}}
+    config = canonical_json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["A=1"]},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in layers]},
+        }
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "layers": descriptors,
+        "config": {"mediaType": OCI_CONFIG, "digest": layout.put_blob(config), "size": len(config)},
+    }
     data = json.dumps(manifest).encode()
     layout.put_manifest(Manifest.parse(data, OCI_MANIFEST, "test"), name)
     return f"oci:{path}:{name}"
 
 
 def test_whiteouts_and_hostile_entries(tmp_path, builder_settings):
-    lower = _tar([("src", None, None), ("src/a.txt", b"a", None), ("src/keep.txt", b"k", None), ("src/dir", None, None),
-                  ("src/dir/x", b"x", None), ("src/opaque", None, None), ("src/opaque/old", b"o", None), ("etc/passwd", b"no", None)])
-    upper = _tar([("src/.wh.a.txt", b"", None), ("src/.wh.dir", b"", None), ("src/opaque/.wh..wh..opq", b"", None),
-                  ("src/opaque/new", b"n", None), ("src/../../escape", b"e", None), ("src/link", None, "../../../etc/passwd"),
-                  ("src/ok-link", None, "keep.txt")])
+    lower = _tar(
+        [
+            ("src", None, None),
+            ("src/a.txt", b"a", None),
+            ("src/keep.txt", b"k", None),
+            ("src/dir", None, None),
+            ("src/dir/x", b"x", None),
+            ("src/opaque", None, None),
+            ("src/opaque/old", b"o", None),
+            ("etc/passwd", b"no", None),
+        ]
+    )
+    upper = _tar(
+        [
+            ("src/.wh.a.txt", b"", None),
+            ("src/.wh.dir", b"", None),
+            ("src/opaque/.wh..wh..opq", b"", None),
+            ("src/opaque/new", b"n", None),
+            ("src/../../escape", b"e", None),
+            ("src/link", None, "../../../etc/passwd"),
+            ("src/ok-link", None, "keep.txt"),
+        ]
+    )
     image = unpack_src(_layout_image(tmp_path / "layout", [lower, upper]), builder_settings)
     found = sorted(p.relative_to(image.src).as_posix() for p in image.src.rglob("*"))
     assert found == ["keep.txt", "ok-link", "opaque", "opaque/new"]
@@ -100,9 +127,18 @@ def test_links_never_lead_writes_out_of_the_cache(tmp_path, builder_settings):
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret").write_bytes(b"host file")
-    first = _tar([("src", None, None), ("src/abs", None, str(outside)), ("src/abs/file", b"through an absolute link", None),
-                  ("src/up", None, ".."), ("src/upup", None, "up/.."), ("src/upup/chained", b"through a chain", None),
-                  ("src/models", None, "/opt/dreambuild/models"), ("opt/dreambuild/models/m.bin", b"weights", None)])
+    first = _tar(
+        [
+            ("src", None, None),
+            ("src/abs", None, str(outside)),
+            ("src/abs/file", b"through an absolute link", None),
+            ("src/up", None, ".."),
+            ("src/upup", None, "up/.."),
+            ("src/upup/chained", b"through a chain", None),
+            ("src/models", None, "/opt/dreambuild/models"),
+            ("opt/dreambuild/models/m.bin", b"weights", None),
+        ]
+    )
     second = _tar([("src/abs/later", b"through a lower layer's link", None), ("src/up/../../x", b"up", None)])
     image = unpack_src(_layout_image(tmp_path / "layout", [first, second]), builder_settings)
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]

@@ -73,8 +73,15 @@ def _notifier(tmp_path, receiver, **config):
     scheduler = LocalScheduler()
     notifier = Notifier(settings, db, scheduler)
     scheduler.start(notifier.attempt)
-    doc = new_training(model="alice/m", input={}, trainer_version="a" * 64, template_version="b" * 64, notes=None,
-                       webhook=f"{receiver.url}/hook", events=["start", "completed"])
+    doc = new_training(
+        model="alice/m",
+        input={},
+        trainer_version="a" * 64,
+        template_version="b" * 64,
+        notes=None,
+        webhook=f"{receiver.url}/hook",
+        events=["start", "completed"],
+    )
     db.create_training(doc)
     return notifier, scheduler, db, doc
 
@@ -112,8 +119,9 @@ def test_a_delivery_is_retried_with_the_same_id_until_delivered_and_shown(tmp_pa
 
 
 def test_a_dead_receiver_is_given_up_after_its_time_and_holds_nothing(tmp_path, receiver):
-    notifier, scheduler, db, doc = _notifier(tmp_path, receiver, webhook_backoff=0.05, webhook_backoff_max=0.1,
-                                             webhook_retry_hours=1.0 / 3600)  # one second
+    notifier, scheduler, db, doc = _notifier(
+        tmp_path, receiver, webhook_backoff=0.05, webhook_backoff_max=0.1, webhook_retry_hours=1.0 / 3600
+    )  # one second
     try:
         receiver.script = [500] * 1000
         started = time.monotonic()

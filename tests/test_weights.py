@@ -40,8 +40,9 @@ def test_directory_may_hold_the_pipeline_folder(tmp_path, weights):
 def test_materialize_writes_the_same_files(tmp_path, weights):
     source = ZipWeights(zip_dir(weights, tmp_path / "w.zip", prefix="out/"))
     materialize(source, tmp_path / "ctx" / "weights")
-    assert {p.relative_to(tmp_path / "ctx" / "weights").as_posix(): p.read_bytes()
-            for p in (tmp_path / "ctx" / "weights").rglob("*") if p.is_file()} == small_pipeline_files()
+    assert {
+        p.relative_to(tmp_path / "ctx" / "weights").as_posix(): p.read_bytes() for p in (tmp_path / "ctx" / "weights").rglob("*") if p.is_file()
+    } == small_pipeline_files()
 
 
 def test_fingerprint_changes_with_the_content(tmp_path, weights):
@@ -110,7 +111,7 @@ def test_corrupt_archives(tmp_path, weights):
         ZipWeights(tmp_path / "text.zip")
     # Flip bytes inside the stored safetensors: the CRC check fails while the layer streams.
     offset = data.index(small_pipeline_files()["unet/diffusion_pytorch_model.safetensors"][:64]) + 1000
-    (tmp_path / "flipped.zip").write_bytes(data[:offset] + bytes(b ^ 0xFF for b in data[offset:offset + 16]) + data[offset + 16:])
+    (tmp_path / "flipped.zip").write_bytes(data[:offset] + bytes(b ^ 0xFF for b in data[offset : offset + 16]) + data[offset + 16 :])
     source = ZipWeights(tmp_path / "flipped.zip")
     with pytest.raises(ArchiveError, match="corrupt zip archive: entry 'unet/diffusion_pytorch_model.safetensors'"):
         write_layer(source.entries(), lambda chunk: None)
@@ -125,10 +126,10 @@ def test_declared_sizes_bound_a_bomb(tmp_path):
     raw = bytearray(archive.read_bytes())
     # Rewrite the declared uncompressed size of args.json (local + central headers) to 10 bytes.
     info = zipfile.ZipFile(archive).getinfo("args.json")
-    raw[info.header_offset + 22:info.header_offset + 26] = (10).to_bytes(4, "little")
+    raw[info.header_offset + 22 : info.header_offset + 26] = (10).to_bytes(4, "little")
     start = zipfile.ZipFile(archive).start_dir
     pos = raw.index(b"args.json", start) - 46
-    raw[pos + 24:pos + 28] = (10).to_bytes(4, "little")
+    raw[pos + 24 : pos + 28] = (10).to_bytes(4, "little")
     archive.write_bytes(bytes(raw))
     source = ZipWeights(archive)
     with pytest.raises(ArchiveError, match="args.json"):

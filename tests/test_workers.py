@@ -27,9 +27,12 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         log = open(self.root / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen([CLI, "worker", "--config", str(self.config), "--name", self.name, "--roles", self.roles,
-                                      "--data-dir", str(self.root / self.name)],
-                                     stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        self.proc = subprocess.Popen(
+            [CLI, "worker", "--config", str(self.config), "--name", self.name, "--roles", self.roles, "--data-dir", str(self.root / self.name)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         return self
 
     def log(self) -> str:
@@ -62,12 +65,17 @@ def cluster(tmp_path_factory, postgres, tiny_base, registry, templates):
     template_repo, template_digest = templates["docker"].split("@")
     database = postgres.create_database("cluster")
     config = {
-        "data_dir": str(root / "api"), "port": free_port(), "registry": registry.host, "database_url": database,
+        "data_dir": str(root / "api"),
+        "port": free_port(),
+        "registry": registry.host,
+        "database_url": database,
         "workers": "external",
         "trainers": {local_trainer_version(): {"name": "dreambooth", "runner": "local", "env": {"DREAMBUILD_BASE_MODEL": str(tiny_base)}}},
         "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
         "tokens": [{"token": "tok-alice", "owners": ["alice"]}, {"token": "tok-bob", "owners": ["bob"]}],
-        "webhook_backoff": 0.2, "webhook_backoff_max": 1.0, "egress_allow": ["127.0.0.1"],
+        "webhook_backoff": 0.2,
+        "webhook_backoff_max": 1.0,
+        "egress_allow": ["127.0.0.1"],
         "shutdown_grace_seconds": 0,  # a stopping worker hands its running prediction back at once
     }
     api = Service(root, config)
@@ -81,8 +89,7 @@ def cluster(tmp_path_factory, postgres, tiny_base, registry, templates):
 
 
 def live_workers(api) -> list[dict]:
-    listed = subprocess.run([CLI, "workers", "--config", str(api.root / "service.yaml"), "--json"], capture_output=True, text=True,
-                            timeout=60)
+    listed = subprocess.run([CLI, "workers", "--config", str(api.root / "service.yaml"), "--json"], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     return json.loads(listed.stdout)
 
@@ -114,8 +121,10 @@ def test_trainings_spread_over_both_workers(tmp_path, cluster, receiver):
     assert {w["name"] for w in listed} == {"w1", "w2"}
     assert all(w["trainer_versions"] == [local_trainer_version()] and w["roles"] == ["build", "predict", "train", "webhooks"] for w in listed)
     url = upload(api, photos_zip(tmp_path / "photos.zip"))
-    created = [httpx.post(f"{api.url}/v1/trainings", json=seed_request(api, receiver, url, model=f"alice/spread-{n}"),
-                          headers=ALICE).json() for n in range(2)]
+    created = [
+        httpx.post(f"{api.url}/v1/trainings", json=seed_request(api, receiver, url, model=f"alice/spread-{n}"), headers=ALICE).json()
+        for n in range(2)
+    ]
     # Both train at once, one on each worker; `dreambuild workers` shows what each runs.
     busy = wait_for(lambda: (lambda ws: len(ws) == 2 and ws)([w for w in live_workers(api) if w["current"]]), 180, "both workers busy")
     assert sorted(t for w in busy for t in w["current"]) == sorted(c["id"] for c in created)
@@ -205,16 +214,20 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
     db = Database(api.config["database_url"])
     try:
         # The worker heartbeats as soon as the first prediction ends: loaded, and idle.
-        warm = wait_for(lambda: [w["name"] for w in Workers(db).live(20) if version in (w.get("loaded") or []) and not w.get("current")],
-                        30, "the heartbeat")
+        warm = wait_for(
+            lambda: [w["name"] for w in Workers(db).live(20) if version in (w.get("loaded") or []) and not w.get("current")], 30, "the heartbeat"
+        )
         second = client.predictions.create(version=version, input=fast, wait=True)
         assert second.status == "succeeded" and "setup_time" not in second.metrics, second.metrics
         assert db.get_prediction(second.id)["worker"] == warm[0] == db.get_prediction(first.id)["worker"]
         # SIGTERM to the worker running a prediction (no grace here): handed back to the queue, the
         # other worker runs it to its end; nothing is lost.
         slow = client.predictions.create(version=version, input={**fast, "num_inference_steps": 60, "width": 128, "height": 128})
-        running = wait_for(lambda: (db.get_prediction(slow.id) or {}).get("worker") if db.get_prediction(slow.id)["status"] ==
-                           "processing" else None, 60, "the slow prediction to run")
+        running = wait_for(
+            lambda: (db.get_prediction(slow.id) or {}).get("worker") if db.get_prediction(slow.id)["status"] == "processing" else None,
+            60,
+            "the slow prediction to run",
+        )
         (stopped,) = [w for w in workers if w.name == running]
         stopped.stop()
         assert f"prediction {slow.id} handed back by the shutdown" in stopped.log()
@@ -236,9 +249,14 @@ def test_a_training_recorded_by_an_api_that_died_before_queuing_it_still_runs(cl
     from tests.test_service import TRAIN_INPUT
 
     api, _ = cluster
-    doc = new_training(model="alice/orphan", input={**TRAIN_INPUT, "instance_data": "https://example.com/none.zip"},
-                       trainer_version=local_trainer_version(), template_version=next(iter(api.config["templates"])), notes=None,
-                       webhook=f"{receiver.url}/orphan")
+    doc = new_training(
+        model="alice/orphan",
+        input={**TRAIN_INPUT, "instance_data": "https://example.com/none.zip"},
+        trainer_version=local_trainer_version(),
+        template_version=next(iter(api.config["templates"])),
+        notes=None,
+        webhook=f"{receiver.url}/orphan",
+    )
     doc["cancel_requested"] = True  # it need not train to show it is picked up: it ends canceled, with its webhook
     db = Database(api.config["database_url"])
     db.create_training(doc)
@@ -300,8 +318,7 @@ def test_a_hundred_concurrent_submissions_each_end_with_one_completed_webhook(tm
     url = upload(api, photos_zip(tmp_path / "photos.zip"))
     request = seed_request(api, receiver, url, model="alice/hundred")
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        responses = list(pool.map(lambda _: httpx.post(f"{api.url}/v1/trainings", json=request, headers=ALICE, timeout=60),
-                                  range(100)))
+        responses = list(pool.map(lambda _: httpx.post(f"{api.url}/v1/trainings", json=request, headers=ALICE, timeout=60), range(100)))
     assert [r.status_code for r in responses] == [201] * 100
     ids = [r.json()["id"] for r in responses]
     with concurrent.futures.ThreadPoolExecutor(20) as pool:  # canceled: the point is the queue and the webhooks, not 100 trainers
@@ -324,21 +341,35 @@ def test_a_receiver_that_is_down_does_not_hold_the_next_training(tmp_path, clust
         done = api.wait(first["id"])
         # Ended (stage done) while its webhook is still being retried: the delivery is its own job.
         assert done["status"] == "succeeded" and done["stage"] == "done"
-        shown = wait_for(lambda: (httpx.get(first["urls"]["get"], headers=ALICE).json().get("webhook_delivery") or {})
-                         .get("attempts", 0) >= 3 and httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"],
-                         60, "retries shown")
+        shown = wait_for(
+            lambda: (
+                (httpx.get(first["urls"]["get"], headers=ALICE).json().get("webhook_delivery") or {}).get("attempts", 0) >= 3
+                and httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"]
+            ),
+            60,
+            "retries shown",
+        )
         assert shown["state"] == "pending" and shown["status"] == 503
         assert {h.headers["webhook-id"] for h in down.received} == {f"{first['id']}-completed"}
         second = httpx.post(f"{api.url}/v1/trainings", json=seed_request(api, down, url, model="alice/second"), headers=ALICE).json()
         assert api.wait(second["id"])["status"] == "succeeded"
         # The receiver is back: a re-send is delivered at once.
         down.script = []
-        wait_for(lambda: (httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"] or {}).get("state")
-                 == "delivered", 60, "the retried delivery")
+        wait_for(
+            lambda: (httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"] or {}).get("state") == "delivered",
+            60,
+            "the retried delivery",
+        )
         resent = httpx.post(f"{api.url}/v1/trainings/{first['id']}/webhook", headers=ALICE)
         assert resent.status_code == 200
-        wait_for(lambda: httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"]["attempts"] == 1
-                 and httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"]["state"] == "delivered", 60, "re-sent")
+        wait_for(
+            lambda: (
+                httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"]["attempts"] == 1
+                and httpx.get(first["urls"]["get"], headers=ALICE).json()["webhook_delivery"]["state"] == "delivered"
+            ),
+            60,
+            "re-sent",
+        )
     finally:
         down.stop()
 
@@ -401,10 +432,14 @@ def test_a_pool_of_two_cog_http_servers_runs_two_trainings_at_once_without_409(t
     template_repo, template_digest = templates["docker"].split("@")
     version = "d" * 64
     config = {
-        "data_dir": str(tmp_path / "data"), "port": free_port(), "registry": registry.host, "max_concurrent": 3,
+        "data_dir": str(tmp_path / "data"),
+        "port": free_port(),
+        "registry": registry.host,
+        "max_concurrent": 3,
         "trainers": {version: {"name": "remote", "runner": "cog-http", "urls": []}},
         "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
-        "tokens": [{"token": "tok-alice", "owners": ["alice"]}], "egress_allow": ["127.0.0.1"],
+        "tokens": [{"token": "tok-alice", "owners": ["alice"]}],
+        "egress_allow": ["127.0.0.1"],
     }
     api = Service(tmp_path, config)
     servers = []
@@ -415,8 +450,7 @@ def test_a_pool_of_two_cog_http_servers_runs_two_trainings_at_once_without_409(t
         upload_url = (tmp_path / "data" / "cog-upload-url").read_text().strip()
         api.stop()
         env = {"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(tmp_path / "work")}
-        servers = [start_cog_server("trainer/cog_model.py:Predictor", tmp_path / f"gpu-{n}", upload_url=upload_url, env=env)
-                   for n in range(2)]
+        servers = [start_cog_server("trainer/cog_model.py:Predictor", tmp_path / f"gpu-{n}", upload_url=upload_url, env=env) for n in range(2)]
         api.config["trainers"][version]["urls"] = [s.url for s in servers]
         api.start()
         url = upload(api, photos_zip(tmp_path / "photos.zip"))
@@ -424,8 +458,11 @@ def test_a_pool_of_two_cog_http_servers_runs_two_trainings_at_once_without_409(t
         request["input"]["max_train_steps"] = 30
         created = [httpx.post(f"{api.url}/v1/trainings", json=request, headers=ALICE).json() for _ in range(3)]
         # Two train at once, each on its own server; the third waits for one to be free.
-        wait_for(lambda: sum("Training" in httpx.get(c["urls"]["get"], headers=ALICE).json()["logs"] for c in created) == 2,
-                 180, "two trainings on the two servers")
+        wait_for(
+            lambda: sum("Training" in httpx.get(c["urls"]["get"], headers=ALICE).json()["logs"] for c in created) == 2,
+            180,
+            "two trainings on the two servers",
+        )
         done = [api.wait(c["id"]) for c in created]
         assert [d["status"] for d in done] == ["succeeded"] * 3, [d["error"] for d in done]
         # The third waited for a server (metrics.trainer_wait_time) instead of being refused.
@@ -446,11 +483,17 @@ def test_runner_deadlines_fail_a_training_that_hangs_or_whose_server_goes(tmp_pa
     template_repo, template_digest = templates["docker"].split("@")
     slow, gone = "a1" * 32, "b2" * 32
     config = {
-        "data_dir": str(tmp_path / "data"), "port": free_port(), "registry": registry.host, "max_concurrent": 2,
-        "trainers": {slow: {"name": "slow", "runner": "cog-http", "urls": ["http://127.0.0.1:9"], "timeout_minutes": 0.25},
-                     gone: {"name": "gone", "runner": "cog-http", "urls": ["http://127.0.0.1:9"], "health_seconds": 1}},
+        "data_dir": str(tmp_path / "data"),
+        "port": free_port(),
+        "registry": registry.host,
+        "max_concurrent": 2,
+        "trainers": {
+            slow: {"name": "slow", "runner": "cog-http", "urls": ["http://127.0.0.1:9"], "timeout_minutes": 0.25},
+            gone: {"name": "gone", "runner": "cog-http", "urls": ["http://127.0.0.1:9"], "health_seconds": 1},
+        },
         "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
-        "tokens": [{"token": "tok-alice", "owners": ["alice"]}], "egress_allow": ["127.0.0.1"],
+        "tokens": [{"token": "tok-alice", "owners": ["alice"]}],
+        "egress_allow": ["127.0.0.1"],
     }
     api = Service(tmp_path, config)
     api.start_without_schemas()
@@ -497,6 +540,7 @@ def test_jobs_deferred_from_a_running_jobs_thread_all_arrive(pg_url, tmp_path):
     async def main() -> list:
         app = create_queue_app(config)
         async with app.open_async():
+
             async def busy() -> None:  # the worker's own queries meanwhile (fetching jobs, heartbeats)
                 for _ in range(200):
                     await app.connector.execute_query_all_async("SELECT 1 AS one")

@@ -25,8 +25,17 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Inputs that do not change what is trained up to a step: a re-run differing only in these resumes.
-NOT_IN_KEY = frozenset({"max_train_steps", "checkpointing_steps", "save_sample_prompt", "save_sample_negative_prompt",
-                        "n_save_sample", "save_guidance_scale", "save_infer_steps"})
+NOT_IN_KEY = frozenset(
+    {
+        "max_train_steps",
+        "checkpointing_steps",
+        "save_sample_prompt",
+        "save_sample_negative_prompt",
+        "n_save_sample",
+        "save_guidance_scale",
+        "save_infer_steps",
+    }
+)
 
 
 def checkpoints_root() -> Path:

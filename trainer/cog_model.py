@@ -40,32 +40,75 @@ class Predictor(BaseRunner):
         self,
         instance_prompt: str = Input(description="Prompt with an identifier naming the subject, e.g. 'a photo of a cjw person'."),
         class_prompt: str = Input(description="Prompt naming the subject's class without the identifier, e.g. 'a photo of a person'."),
-        instance_data: Path = Input(description="Zip of 5-30 subject photos (any depth). Images under a top-level dataset_class/ folder are class images."),
+        instance_data: Path = Input(
+            description="Zip of 5-30 subject photos (any depth). Images under a top-level dataset_class/ folder are class images."
+        ),
         class_data: Optional[Path] = Input(description="Optional zip of class images for prior preservation.", default=None),
-        base_model: Optional[str] = Input(description="A base baked in the trainer, by name (sd15, sdxl where baked); empty: the default base. ckpt_base overrides it.", default=None),
-        vae: Optional[str] = Input(description="An alternative VAE baked in the trainer, by name (e.g. sdxl-fp16-fix); empty: the base's own.", default=None),
-        caption_prefix: Optional[str] = Input(description="Text put before every caption (a .txt beside a photo in instance_data is its caption; photos without one use instance_prompt), e.g. 'a photo of cjw,'.", default=None),
-        token_string: Optional[str] = Input(description="The word that names the subject (its trigger word, e.g. TOK or cjw): every training prompt (instance_prompt, each caption after caption_prefix) must contain it; recorded in args.json for the model's users.", default=None),
-        num_class_images: int = Input(description="Class images used for prior preservation; missing ones are generated from class_prompt.", default=50, ge=0, le=10000),
+        base_model: Optional[str] = Input(
+            description="A base baked in the trainer, by name (sd15, sdxl where baked); empty: the default base. ckpt_base overrides it.",
+            default=None,
+        ),
+        vae: Optional[str] = Input(
+            description="An alternative VAE baked in the trainer, by name (e.g. sdxl-fp16-fix); empty: the base's own.", default=None
+        ),
+        caption_prefix: Optional[str] = Input(
+            description="Text put before every caption (a .txt beside a photo in instance_data is its caption; photos without one use instance_prompt), e.g. 'a photo of cjw,'.",
+            default=None,
+        ),
+        token_string: Optional[str] = Input(
+            description="The word that names the subject (its trigger word, e.g. TOK or cjw): every training prompt (instance_prompt, each caption after caption_prefix) must contain it; recorded in args.json for the model's users.",
+            default=None,
+        ),
+        num_class_images: int = Input(
+            description="Class images used for prior preservation; missing ones are generated from class_prompt.", default=50, ge=0, le=10000
+        ),
         with_prior_preservation: bool = Input(description="Add the prior-preservation loss on class images.", default=True),
         prior_loss_weight: float = Input(description="Weight of the prior-preservation loss.", default=1.0, ge=0.0),
         seed: Optional[int] = Input(description="Random seed for reproducible training; random when empty.", default=1337),
-        resolution: Optional[int] = Input(description="Training resolution in pixels (multiple of 8); photos are resized and cropped to it. Empty: the base's native size (512 for SD 1.5, 1024 for SDXL).", default=None, ge=64, le=2048),
+        resolution: Optional[int] = Input(
+            description="Training resolution in pixels (multiple of 8); photos are resized and cropped to it. Empty: the base's native size (512 for SD 1.5, 1024 for SDXL).",
+            default=None,
+            ge=64,
+            le=2048,
+        ),
         center_crop: bool = Input(description="Center-crop photos instead of random crops.", default=False),
         train_text_encoder: bool = Input(description="Also fine-tune the text encoder.", default=True),
         train_batch_size: int = Input(description="Photos per training step.", default=1, ge=1, le=64),
         sample_batch_size: int = Input(description="Batch size when generating class images.", default=4, ge=1, le=64),
         max_train_steps: int = Input(description="Number of optimizer steps.", default=2000, ge=1, le=100000),
-        checkpointing_steps: int = Input(description="Save the training state every N steps (0: never); running the same training again (same inputs and files) resumes from the newest one. Removed when the training completes.", default=0, ge=0, le=100000),
+        checkpointing_steps: int = Input(
+            description="Save the training state every N steps (0: never); running the same training again (same inputs and files) resumes from the newest one. Removed when the training completes.",
+            default=0,
+            ge=0,
+            le=100000,
+        ),
         gradient_accumulation_steps: int = Input(description="Batches accumulated per optimizer step.", default=1, ge=1, le=1024),
         gradient_checkpointing: bool = Input(description="Trade compute for memory with gradient checkpointing.", default=False),
         learning_rate: float = Input(description="Initial learning rate (after warmup).", default=1e-6, ge=0.0, le=1.0),
-        lora_rank: int = Input(description="LoRA rank: 0 fine-tunes the whole UNet (and text encoder); above 0 trains LoRA adapters of this rank instead: an output of a few MB (pytorch_lora_weights.safetensors).", default=0, ge=0, le=256),
-        lora_alpha: Optional[float] = Input(description="LoRA alpha (adapters are scaled by alpha / rank); empty: equal to lora_rank.", default=None, ge=0.0),
-        lora_lr: float = Input(description="Learning rate of the LoRA adapters when lora_rank > 0 (learning_rate is the full fine-tune's).", default=1e-4, ge=0.0, le=1.0),
-        text_encoder_lr: Optional[float] = Input(description="Learning rate of the text encoder (of its LoRA adapters when lora_rank > 0); empty: the UNet's.", default=None, ge=0.0, le=1.0),
+        lora_rank: int = Input(
+            description="LoRA rank: 0 fine-tunes the whole UNet (and text encoder); above 0 trains LoRA adapters of this rank instead: an output of a few MB (pytorch_lora_weights.safetensors).",
+            default=0,
+            ge=0,
+            le=256,
+        ),
+        lora_alpha: Optional[float] = Input(
+            description="LoRA alpha (adapters are scaled by alpha / rank); empty: equal to lora_rank.", default=None, ge=0.0
+        ),
+        lora_lr: float = Input(
+            description="Learning rate of the LoRA adapters when lora_rank > 0 (learning_rate is the full fine-tune's).", default=1e-4, ge=0.0, le=1.0
+        ),
+        text_encoder_lr: Optional[float] = Input(
+            description="Learning rate of the text encoder (of its LoRA adapters when lora_rank > 0); empty: the UNet's.",
+            default=None,
+            ge=0.0,
+            le=1.0,
+        ),
         scale_lr: bool = Input(description="Scale the learning rate by GPUs, accumulation steps and batch size.", default=False),
-        lr_scheduler: str = Input(description="Learning-rate schedule.", default="constant", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]),
+        lr_scheduler: str = Input(
+            description="Learning-rate schedule.",
+            default="constant",
+            choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+        ),
         lr_warmup_steps: int = Input(description="Warmup steps of the learning-rate schedule.", default=0, ge=0, le=100000),
         use_8bit_adam: bool = Input(description="Use bitsandbytes' 8-bit AdamW (CUDA only; AdamW on the CPU).", default=True),
         adam_beta1: float = Input(description="Adam beta1.", default=0.9, ge=0.0, le=1.0),
@@ -73,11 +116,20 @@ class Predictor(BaseRunner):
         adam_weight_decay: float = Input(description="AdamW weight decay.", default=1e-2, ge=0.0, le=1.0),
         adam_epsilon: float = Input(description="Adam epsilon.", default=1e-8, ge=0.0, le=1.0),
         max_grad_norm: float = Input(description="Gradient clipping norm.", default=1.0, ge=0.0),
-        mixed_precision: str = Input(description="Mixed precision on CUDA (full precision on the CPU).", default="fp16", choices=["no", "fp16", "bf16"]),
-        ckpt_base: Optional[Path] = Input(description="Optional zip of a diffusers pipeline to start from instead of the built-in base.", default=None),
-        validation_prompt: Optional[str] = Input(description="If set, sample images of this prompt are generated every validation_steps during training (n_save_sample images, save_infer_steps steps) and stored under samples/ as step-<N>-<i>.png.", default=None),
+        mixed_precision: str = Input(
+            description="Mixed precision on CUDA (full precision on the CPU).", default="fp16", choices=["no", "fp16", "bf16"]
+        ),
+        ckpt_base: Optional[Path] = Input(
+            description="Optional zip of a diffusers pipeline to start from instead of the built-in base.", default=None
+        ),
+        validation_prompt: Optional[str] = Input(
+            description="If set, sample images of this prompt are generated every validation_steps during training (n_save_sample images, save_infer_steps steps) and stored under samples/ as step-<N>-<i>.png.",
+            default=None,
+        ),
         validation_steps: int = Input(description="Steps between validation samples.", default=100, ge=1, le=100000),
-        save_sample_prompt: Optional[str] = Input(description="If set, sample images of this prompt are generated after training and stored under samples/.", default=None),
+        save_sample_prompt: Optional[str] = Input(
+            description="If set, sample images of this prompt are generated after training and stored under samples/.", default=None
+        ),
         save_sample_negative_prompt: Optional[str] = Input(description="Negative prompt for the sample images.", default=None),
         n_save_sample: int = Input(description="Number of sample images.", default=1, ge=1, le=64),
         save_guidance_scale: float = Input(description="Guidance scale of the sample images.", default=7.5, ge=0.0, le=50.0),
@@ -95,32 +147,71 @@ class Predictor(BaseRunner):
 def train(
     instance_prompt: str = Input(description="Prompt with an identifier naming the subject, e.g. 'a photo of a cjw person'."),
     class_prompt: str = Input(description="Prompt naming the subject's class without the identifier, e.g. 'a photo of a person'."),
-    instance_data: Path = Input(description="Zip of 5-30 subject photos (any depth). Images under a top-level dataset_class/ folder are class images."),
+    instance_data: Path = Input(
+        description="Zip of 5-30 subject photos (any depth). Images under a top-level dataset_class/ folder are class images."
+    ),
     class_data: Optional[Path] = Input(description="Optional zip of class images for prior preservation.", default=None),
-    base_model: Optional[str] = Input(description="A base baked in the trainer, by name (sd15, sdxl where baked); empty: the default base. ckpt_base overrides it.", default=None),
-    vae: Optional[str] = Input(description="An alternative VAE baked in the trainer, by name (e.g. sdxl-fp16-fix); empty: the base's own.", default=None),
-    caption_prefix: Optional[str] = Input(description="Text put before every caption (a .txt beside a photo in instance_data is its caption; photos without one use instance_prompt), e.g. 'a photo of cjw,'.", default=None),
-    token_string: Optional[str] = Input(description="The word that names the subject (its trigger word, e.g. TOK or cjw): every training prompt (instance_prompt, each caption after caption_prefix) must contain it; recorded in args.json for the model's users.", default=None),
-    num_class_images: int = Input(description="Class images used for prior preservation; missing ones are generated from class_prompt.", default=50, ge=0, le=10000),
+    base_model: Optional[str] = Input(
+        description="A base baked in the trainer, by name (sd15, sdxl where baked); empty: the default base. ckpt_base overrides it.", default=None
+    ),
+    vae: Optional[str] = Input(
+        description="An alternative VAE baked in the trainer, by name (e.g. sdxl-fp16-fix); empty: the base's own.", default=None
+    ),
+    caption_prefix: Optional[str] = Input(
+        description="Text put before every caption (a .txt beside a photo in instance_data is its caption; photos without one use instance_prompt), e.g. 'a photo of cjw,'.",
+        default=None,
+    ),
+    token_string: Optional[str] = Input(
+        description="The word that names the subject (its trigger word, e.g. TOK or cjw): every training prompt (instance_prompt, each caption after caption_prefix) must contain it; recorded in args.json for the model's users.",
+        default=None,
+    ),
+    num_class_images: int = Input(
+        description="Class images used for prior preservation; missing ones are generated from class_prompt.", default=50, ge=0, le=10000
+    ),
     with_prior_preservation: bool = Input(description="Add the prior-preservation loss on class images.", default=True),
     prior_loss_weight: float = Input(description="Weight of the prior-preservation loss.", default=1.0, ge=0.0),
     seed: Optional[int] = Input(description="Random seed for reproducible training; random when empty.", default=1337),
-    resolution: Optional[int] = Input(description="Training resolution in pixels (multiple of 8); photos are resized and cropped to it. Empty: the base's native size (512 for SD 1.5, 1024 for SDXL).", default=None, ge=64, le=2048),
+    resolution: Optional[int] = Input(
+        description="Training resolution in pixels (multiple of 8); photos are resized and cropped to it. Empty: the base's native size (512 for SD 1.5, 1024 for SDXL).",
+        default=None,
+        ge=64,
+        le=2048,
+    ),
     center_crop: bool = Input(description="Center-crop photos instead of random crops.", default=False),
     train_text_encoder: bool = Input(description="Also fine-tune the text encoder.", default=True),
     train_batch_size: int = Input(description="Photos per training step.", default=1, ge=1, le=64),
     sample_batch_size: int = Input(description="Batch size when generating class images.", default=4, ge=1, le=64),
     max_train_steps: int = Input(description="Number of optimizer steps.", default=2000, ge=1, le=100000),
-    checkpointing_steps: int = Input(description="Save the training state every N steps (0: never); running the same training again (same inputs and files) resumes from the newest one. Removed when the training completes.", default=0, ge=0, le=100000),
+    checkpointing_steps: int = Input(
+        description="Save the training state every N steps (0: never); running the same training again (same inputs and files) resumes from the newest one. Removed when the training completes.",
+        default=0,
+        ge=0,
+        le=100000,
+    ),
     gradient_accumulation_steps: int = Input(description="Batches accumulated per optimizer step.", default=1, ge=1, le=1024),
     gradient_checkpointing: bool = Input(description="Trade compute for memory with gradient checkpointing.", default=False),
     learning_rate: float = Input(description="Initial learning rate (after warmup).", default=1e-6, ge=0.0, le=1.0),
-    lora_rank: int = Input(description="LoRA rank: 0 fine-tunes the whole UNet (and text encoder); above 0 trains LoRA adapters of this rank instead: an output of a few MB (pytorch_lora_weights.safetensors).", default=0, ge=0, le=256),
-    lora_alpha: Optional[float] = Input(description="LoRA alpha (adapters are scaled by alpha / rank); empty: equal to lora_rank.", default=None, ge=0.0),
-    lora_lr: float = Input(description="Learning rate of the LoRA adapters when lora_rank > 0 (learning_rate is the full fine-tune's).", default=1e-4, ge=0.0, le=1.0),
-    text_encoder_lr: Optional[float] = Input(description="Learning rate of the text encoder (of its LoRA adapters when lora_rank > 0); empty: the UNet's.", default=None, ge=0.0, le=1.0),
+    lora_rank: int = Input(
+        description="LoRA rank: 0 fine-tunes the whole UNet (and text encoder); above 0 trains LoRA adapters of this rank instead: an output of a few MB (pytorch_lora_weights.safetensors).",
+        default=0,
+        ge=0,
+        le=256,
+    ),
+    lora_alpha: Optional[float] = Input(
+        description="LoRA alpha (adapters are scaled by alpha / rank); empty: equal to lora_rank.", default=None, ge=0.0
+    ),
+    lora_lr: float = Input(
+        description="Learning rate of the LoRA adapters when lora_rank > 0 (learning_rate is the full fine-tune's).", default=1e-4, ge=0.0, le=1.0
+    ),
+    text_encoder_lr: Optional[float] = Input(
+        description="Learning rate of the text encoder (of its LoRA adapters when lora_rank > 0); empty: the UNet's.", default=None, ge=0.0, le=1.0
+    ),
     scale_lr: bool = Input(description="Scale the learning rate by GPUs, accumulation steps and batch size.", default=False),
-    lr_scheduler: str = Input(description="Learning-rate schedule.", default="constant", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]),
+    lr_scheduler: str = Input(
+        description="Learning-rate schedule.",
+        default="constant",
+        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+    ),
     lr_warmup_steps: int = Input(description="Warmup steps of the learning-rate schedule.", default=0, ge=0, le=100000),
     use_8bit_adam: bool = Input(description="Use bitsandbytes' 8-bit AdamW (CUDA only; AdamW on the CPU).", default=True),
     adam_beta1: float = Input(description="Adam beta1.", default=0.9, ge=0.0, le=1.0),
@@ -130,9 +221,14 @@ def train(
     max_grad_norm: float = Input(description="Gradient clipping norm.", default=1.0, ge=0.0),
     mixed_precision: str = Input(description="Mixed precision on CUDA (full precision on the CPU).", default="fp16", choices=["no", "fp16", "bf16"]),
     ckpt_base: Optional[Path] = Input(description="Optional zip of a diffusers pipeline to start from instead of the built-in base.", default=None),
-    validation_prompt: Optional[str] = Input(description="If set, sample images of this prompt are generated every validation_steps during training (n_save_sample images, save_infer_steps steps) and stored under samples/ as step-<N>-<i>.png.", default=None),
+    validation_prompt: Optional[str] = Input(
+        description="If set, sample images of this prompt are generated every validation_steps during training (n_save_sample images, save_infer_steps steps) and stored under samples/ as step-<N>-<i>.png.",
+        default=None,
+    ),
     validation_steps: int = Input(description="Steps between validation samples.", default=100, ge=1, le=100000),
-    save_sample_prompt: Optional[str] = Input(description="If set, sample images of this prompt are generated after training and stored under samples/.", default=None),
+    save_sample_prompt: Optional[str] = Input(
+        description="If set, sample images of this prompt are generated after training and stored under samples/.", default=None
+    ),
     save_sample_negative_prompt: Optional[str] = Input(description="Negative prompt for the sample images.", default=None),
     n_save_sample: int = Input(description="Number of sample images.", default=1, ge=1, le=64),
     save_guidance_scale: float = Input(description="Guidance scale of the sample images.", default=7.5, ge=0.0, le=50.0),

@@ -17,8 +17,15 @@ DEFAULT_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"  # --dest base-model-sdxl: base_model=sdxl
 # The trainer needs no safety checker (templates bring their own) and no legacy checkpoints.
 # SDXL adds a second tokenizer and text encoder (stabilityai/stable-diffusion-xl-base-1.0 --dest base-model-sdxl).
-ALLOW = ["model_index.json", "*/*.json", "tokenizer/*", "tokenizer_2/*", "*/diffusion_pytorch_model.safetensors",
-         "text_encoder/model.safetensors", "text_encoder_2/model.safetensors"]
+ALLOW = [
+    "model_index.json",
+    "*/*.json",
+    "tokenizer/*",
+    "tokenizer_2/*",
+    "*/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+    "text_encoder_2/model.safetensors",
+]
 IGNORE = ["safety_checker/*"]
 
 

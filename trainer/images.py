@@ -26,8 +26,7 @@ CLASS_FOLDER = "dataset_class"
 # limit stored uncompressed (8-bit RGBA, plus headers); photos are compressed already (JPEG, PNG,
 # WebP; BMP and TIFF deflate 2-5x), so an archive of them expands at most 50 times its size
 # (beyond 64 MiB).
-PHOTO_LIMITS = ArchiveLimits(max_files=2_000, max_total_bytes=2 * 2**30, max_entry_bytes=MAX_PIXELS * 4 + 2**20,
-                             max_ratio=50, ratio_floor=64 * 2**20)
+PHOTO_LIMITS = ArchiveLimits(max_files=2_000, max_total_bytes=2 * 2**30, max_entry_bytes=MAX_PIXELS * 4 + 2**20, max_ratio=50, ratio_floor=64 * 2**20)
 
 
 @dataclass

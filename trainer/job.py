@@ -90,9 +90,7 @@ def new_workdir() -> Path:
     return _previous_workdir
 
 
-def run_job(
-    inputs: dict[str, Any], instance_data: Path, class_data: Path | None = None, ckpt_base: Path | None = None
-) -> JobResult:
+def run_job(inputs: dict[str, Any], instance_data: Path, class_data: Path | None = None, ckpt_base: Path | None = None) -> JobResult:
     """Validate, train and package. Raises a :class:`~dreambuild.errors.DreambuildError` on bad input."""
     started = time.monotonic()
     args = TrainingArgs.from_inputs(inputs)
@@ -119,8 +117,9 @@ def run_job(
     return result
 
 
-def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path | None, ckpt_base: Path | None,
-         checkpoints: Checkpoints | None = None) -> JobResult:
+def _run(
+    args: TrainingArgs, work: Path, instance_data: Path, class_data: Path | None, ckpt_base: Path | None, checkpoints: Checkpoints | None = None
+) -> JobResult:
     base = _resolve_base(work, ckpt_base, args.base_model)
     vae = None
     if args.vae is not None:
@@ -161,19 +160,21 @@ def _run(args: TrainingArgs, work: Path, instance_data: Path, class_data: Path |
         missing = args.num_class_images - len(class_images)
         if missing > 0:
             log.info("Prior preservation: generating %d class image(s) for %r.", missing, args.class_prompt)
-            class_images += generate_class_images(
-                base, args.class_prompt, missing, args.sample_batch_size, work / "generated_class", plan, args.seed
-            )
+            class_images += generate_class_images(base, args.class_prompt, missing, args.sample_batch_size, work / "generated_class", plan, args.seed)
             generated = missing
         if not class_images:
             raise ImageDataError("with_prior_preservation needs class images: set num_class_images > 0 or supply class_data")
 
     if any(captions):
-        log.info("Captions: %d of %d instance image(s) have one (a .txt beside the image); the others use instance_prompt.",
-                 sum(1 for c in captions if c), len(captions))
+        log.info(
+            "Captions: %d of %d instance image(s) have one (a .txt beside the image); the others use instance_prompt.",
+            sum(1 for c in captions if c),
+            len(captions),
+        )
     samples = work / "samples"
-    result = train_dreambooth(args, base, instance_images, class_images, plan, captions=captions, checkpoints=checkpoints,
-                              samples=samples, vae_dir=vae)
+    result = train_dreambooth(
+        args, base, instance_images, class_images, plan, captions=captions, checkpoints=checkpoints, samples=samples, vae_dir=vae
+    )
     weights = work / "weights"
     saved_dtype = torch.float16 if plan.mixed_precision != "no" else torch.float32  # templates run fp16 on GPUs
     recorded = {**args.to_json(), "base_model": "ckpt_base" if ckpt_base else (args.base_model or str(base))}
@@ -269,4 +270,3 @@ def _save_samples(pipeline, args: TrainingArgs, plan, out: Path) -> None:
     for i, image in enumerate(images):
         image.save(out / f"sample-{i}.png")
     log.info("Saved %d sample image(s) for %r.", len(images), args.save_sample_prompt)
-

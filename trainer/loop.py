@@ -137,8 +137,11 @@ def train_dreambooth(
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=True)
     encoders = TextEncoders.load(base, xl)
     # An alternative VAE (e.g. the fp16-safe SDXL one) replaces the base's, in training and output.
-    vae = (AutoencoderKL.from_pretrained(vae_dir, local_files_only=True) if vae_dir
-           else AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True))
+    vae = (
+        AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
+        if vae_dir
+        else AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
+    )
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", local_files_only=True)
     # SDXL's own VAE overflows in fp16: it stays in fp32 unless an fp16-safe one replaces it (the
     # rule of diffusers' SDXL scripts). Not by config.force_upcast: AutoencoderKL defaults it to
@@ -170,9 +173,7 @@ def train_dreambooth(
         import bitsandbytes as bnb
 
         optimizer_cls = bnb.optim.AdamW8bit
-    optimizer = optimizer_cls(
-        groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay, eps=args.adam_epsilon
-    )
+    optimizer = optimizer_cls(groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
@@ -219,9 +220,16 @@ def train_dreambooth(
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     log.info(
         "Training %d steps%s: %d instance image(s), %d class image(s), batch %d, %d step(s) per epoch, lr %.3g%s.",
-        args.max_train_steps, f" of LoRA rank {args.lora_rank} ({sum(p.numel() for p in trainable):,} parameters)" if args.lora else "",
-        len(instance), len(dataset.klass), args.train_batch_size, steps_per_epoch, lr, ", prior preservation" if prior else "",
+        args.max_train_steps,
+        f" of LoRA rank {args.lora_rank} ({sum(p.numel() for p in trainable):,} parameters)" if args.lora else "",
+        len(instance),
+        len(dataset.klass),
+        args.train_batch_size,
+        steps_per_epoch,
+        lr,
+        ", prior preservation" if prior else "",
     )
+
     def assemble():
         """A pipeline of the models as they are now (validation samples, the result)."""
         components = {"unet": accelerator.unwrap_model(unet), "vae": vae}
@@ -229,8 +237,7 @@ def train_dreambooth(
         components.update({name.replace("text_encoder", "tokenizer"): t for name, t in zip(encoders.names, encoders.tokenizers)})
         if encoders.xl:
             return StableDiffusionXLPipeline.from_pretrained(base, **components, local_files_only=True)
-        return StableDiffusionPipeline.from_pretrained(base, **components, safety_checker=None, requires_safety_checker=False,
-                                                       local_files_only=True)
+        return StableDiffusionPipeline.from_pretrained(base, **components, safety_checker=None, requires_safety_checker=False, local_files_only=True)
 
     step = 0
     resumed = checkpoints.latest() if checkpoints else None
@@ -248,12 +255,13 @@ def train_dreambooth(
     # continues inside the epoch where the checkpoint was taken, in that epoch's order.
     epoch, skip = divmod(step * args.gradient_accumulation_steps, batches_per_epoch)
     while step < args.max_train_steps:
-        order = epoch_order(len(dataset), args.seed, epoch)[skip * args.train_batch_size:]
+        order = epoch_order(len(dataset), args.seed, epoch)[skip * args.train_batch_size :]
         epoch, skip = epoch + 1, 0
         # Its own generator: a DataLoader draws a seed when iterated, which must not consume the
         # global RNG (restored from a checkpoint; an extra draw would change every later step).
-        batches = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=order, collate_fn=_collate,
-                                              generator=torch.Generator())
+        batches = torch.utils.data.DataLoader(
+            dataset, batch_size=args.train_batch_size, sampler=order, collate_fn=_collate, generator=torch.Generator()
+        )
         for batch in batches:
             with accelerator.accumulate(*trained):
                 posterior = latent_params(batch["pixels"], batch["keys"])
@@ -262,9 +270,7 @@ def train_dreambooth(
                 latents = (mean + std * torch.randn_like(mean)) * vae.config.scaling_factor
                 latents = latents.float()
                 noise = torch.randn_like(latents)
-                timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-                ).long()
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device).long()
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 texts = [prompt(key) for key in batch["keys"]]
                 if args.train_text_encoder:
@@ -274,8 +280,10 @@ def train_dreambooth(
                     pooled = torch.cat([frozen_embeddings[t][1] for t in texts]) if encoders.xl else None
                 extra = {}
                 if encoders.xl:  # SDXL: the pooled prompt and the size/crop micro-conditioning
-                    extra["added_cond_kwargs"] = {"text_embeds": pooled,
-                                                  "time_ids": sdxl_time_ids(args.resolution, len(texts), hidden.device, hidden.dtype)}
+                    extra["added_cond_kwargs"] = {
+                        "text_embeds": pooled,
+                        "time_ids": sdxl_time_ids(args.resolution, len(texts), hidden.device, hidden.dtype),
+                    }
                 model_pred = unet(noisy, timesteps, hidden, **extra).sample
                 if prediction_type == "epsilon":
                     target = noise
@@ -324,8 +332,7 @@ def train_dreambooth(
         lora = {name: get_peft_model_state_dict(model) for name, model in models.items()}
         metadata = {name: model.peft_config["default"].to_dict() for name, model in models.items()}
     accelerator.free_memory()
-    return TrainResult(pipeline=pipeline, steps=step, seconds=seconds, final_loss=loss_value, lora=lora,
-                       lora_metadata=metadata if lora else None)
+    return TrainResult(pipeline=pipeline, steps=step, seconds=seconds, final_loss=loss_value, lora=lora, lora_metadata=metadata if lora else None)
 
 
 @torch.no_grad()
@@ -340,8 +347,14 @@ def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, pi
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator("cpu").manual_seed(args.seed if args.seed is not None else 0)
     with accelerator.autocast():
-        images = pipe(args.validation_prompt, negative_prompt=args.save_sample_negative_prompt, num_images_per_prompt=args.n_save_sample,
-                      num_inference_steps=args.save_infer_steps, guidance_scale=args.save_guidance_scale, generator=generator).images
+        images = pipe(
+            args.validation_prompt,
+            negative_prompt=args.save_sample_negative_prompt,
+            num_images_per_prompt=args.n_save_sample,
+            num_inference_steps=args.save_infer_steps,
+            guidance_scale=args.save_guidance_scale,
+            generator=generator,
+        ).images
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         image.save(out / f"step-{step}-{i}.png")
@@ -363,4 +376,3 @@ def add_lora_adapters(unet, text_encoders: list, args: TrainingArgs, weight_dtyp
             model.to(dtype=weight_dtype)
         model.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets))
     cast_training_params([model for model, _ in models], dtype=torch.float32)
-

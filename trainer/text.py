@@ -27,15 +27,18 @@ class TextEncoders:
     @classmethod
     def load(cls, base: Path, xl: bool) -> "TextEncoders":
         names = ["text_encoder", "text_encoder_2"] if xl else ["text_encoder"]
-        tokenizers = [AutoTokenizer.from_pretrained(base, subfolder=name.replace("text_encoder", "tokenizer"), local_files_only=True)
-                      for name in names]
+        tokenizers = [
+            AutoTokenizer.from_pretrained(base, subfolder=name.replace("text_encoder", "tokenizer"), local_files_only=True) for name in names
+        ]
         classes = [CLIPTextModel, CLIPTextModelWithProjection] if xl else [CLIPTextModel]
         models = [c.from_pretrained(base, subfolder=name, local_files_only=True) for c, name in zip(classes, names)]
         return cls(names, tokenizers, models)
 
     def ids(self, text: str, device: torch.device) -> list[torch.Tensor]:
-        return [t(text, truncation=True, padding="max_length", max_length=t.model_max_length, return_tensors="pt").input_ids.to(device)
-                for t in self.tokenizers]
+        return [
+            t(text, truncation=True, padding="max_length", max_length=t.model_max_length, return_tensors="pt").input_ids.to(device)
+            for t in self.tokenizers
+        ]
 
     def encode(self, ids: list[torch.Tensor], models: list[torch.nn.Module] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states for the UNet's cross-attention, and SDXL's pooled embedding (None for SD).

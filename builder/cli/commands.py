@@ -15,8 +15,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from dreambuild.errors import DreambuildError
 
-app = typer.Typer(help="dreambuild: train Stable Diffusion with DreamBooth and ship it as a Cog model image.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="dreambuild: train Stable Diffusion with DreamBooth and ship it as a Cog model image.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 # soft_wrap: a message is one line whatever its length (Rich would break it at 80 columns when not
 # on a terminal, splitting the paths and URLs of a service's log).
 err = Console(stderr=True, soft_wrap=True)
@@ -34,8 +35,7 @@ def _version(show: bool) -> None:
 
 
 @app.callback()
-def main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                           help="Print the version and exit.")) -> None:
+def main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")) -> None:
     """dreambuild command line."""
 
 
@@ -75,8 +75,7 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Directory for summary.
     except (OSError, httpx.HTTPError) as exc:  # a timeout, a refused connection, a full disk
         fail(f"the demo stopped: {type(exc).__name__}" + (f": {exc}" if str(exc) else ""))
     except ImportError as exc:  # a builder-only install: no ML stack
-        fail(f"the demo needs the ML stack ({exc.name or exc} is not installed): install dreambuild[all], "
-             "or run ./dev demo in a checkout")
+        fail(f"the demo needs the ML stack ({exc.name or exc} is not installed): install dreambuild[all], or run ./dev demo in a checkout")
 
 
 @app.command()
@@ -84,8 +83,7 @@ def serve(
     config: Path = typer.Option(None, help="Service configuration (YAML); default: embedded defaults."),
     host: str = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
     port: int = typer.Option(None, help="Port (default 8000)."),
-    data_dir: Path = typer.Option(None, help="Data directory (default: the configuration's data_dir, else "
-                                             "DREAMBUILD_HOME, else ./.dreambuild)."),
+    data_dir: Path = typer.Option(None, help="Data directory (default: the configuration's data_dir, else DREAMBUILD_HOME, else ./.dreambuild)."),
     log_format: str = LOG_FORMAT,
     access_log: bool = typer.Option(True, help="Log every request (uvicorn's access log)."),
 ) -> None:
@@ -117,23 +115,28 @@ def setup_lines(settings) -> list[str]:
     to fill what is missing."""
     lines = [f"data: {settings.data_dir}"]
     if not settings.trainers:
-        lines.append("warning: no trainer in the catalog (this install has no checkout's trainer): list trainers in the "
-                     "configuration (README, 'The trainings service'); until then every training is refused")
+        lines.append(
+            "warning: no trainer in the catalog (this install has no checkout's trainer): list trainers in the "
+            "configuration (README, 'The trainings service'); until then every training is refused"
+        )
     for version, entry in settings.trainers.items():
         where = {"local": "", "cog-http": f", {len(entry.pool)} server(s)", "docker": f", image {entry.image}"}[entry.runner]
         line = f"trainer: {entry.name} {version[:12]} (runner {entry.runner}{where})"
         if entry.runner == "local":
             base = entry.local_base()
-            line += f", base {base}" + ("" if (base / "model_index.json").is_file() else
-                                        " MISSING: `python -m trainer.fetch_base_model` writes SD 1.5 there, or set "
-                                        "DREAMBUILD_BASE_MODEL (README, 'Your own service')")
+            line += f", base {base}" + (
+                ""
+                if (base / "model_index.json").is_file()
+                else " MISSING: `python -m trainer.fetch_base_model` writes SD 1.5 there, or set DREAMBUILD_BASE_MODEL (README, 'Your own service')"
+            )
         lines.append(line)
     templates = settings.template_catalog()
-    lines += [f"template: {entry.name} {version[:12]}" + (f" (base {entry.base_digest[:19]}: LoRA too)" if entry.base_digest else "")
-              for version, entry in templates.items()]
+    lines += [
+        f"template: {entry.name} {version[:12]}" + (f" (base {entry.base_digest[:19]}: LoRA too)" if entry.base_digest else "")
+        for version, entry in templates.items()
+    ]
     if not templates:
-        lines.append("templates: none, so every training is refused: add one with `dreambuild templates add vanilla` "
-                     "(README, 'Your own service')")
+        lines.append("templates: none, so every training is refused: add one with `dreambuild templates add vanilla` (README, 'Your own service')")
     lines.append(f"models go to: {settings.registry or f'oci:{settings.layout}'}")
     return lines
 
@@ -142,9 +145,12 @@ def setup_lines(settings) -> list[str]:
 def worker(
     config: Path = typer.Option(..., help="The service's configuration (workers: external, database_url: postgresql://…)."),
     gpu: str = typer.Option(None, help="The GPU this worker trains on (default: CUDA_VISIBLE_DEVICES); one worker per GPU."),
-    roles: str = typer.Option("train,build,webhooks,predict", help="What it runs: train (the trainer versions' queues), "
-                                                                   "build (build + push), webhooks, predict (hosted predictions, "
-                                                                   "models kept warm); a CPU-only worker: build,webhooks."),
+    roles: str = typer.Option(
+        "train,build,webhooks,predict",
+        help="What it runs: train (the trainer versions' queues), "
+        "build (build + push), webhooks, predict (hosted predictions, "
+        "models kept warm); a CPU-only worker: build,webhooks.",
+    ),
     trainer: list[str] = typer.Option([], help="Only these trainer versions (repeatable; default: every one in the catalog)."),
     data_dir: Path = typer.Option(None, help="This worker's own directory (work files, layer cache); shares nothing with the API."),
     name: str = typer.Option(None, help="How `dreambuild workers` names it (default host-pid[-gpuN])."),
@@ -184,8 +190,10 @@ def workers(
         err.print("no live workers", highlight=False)
     for w in live:
         versions = ",".join(v[:12] for v in w["trainer_versions"]) or "-"
-        print(f"{w['name']}\tgpu={w['gpu'] if w['gpu'] is not None else '-'}\troles={','.join(w['roles'])}\t"
-              f"trainers={versions}\tcurrent={','.join(w['current']) or 'idle'}\tseen={time.time() - w['last_seen']:.0f}s ago")
+        print(
+            f"{w['name']}\tgpu={w['gpu'] if w['gpu'] is not None else '-'}\troles={','.join(w['roles'])}\t"
+            f"trainers={versions}\tcurrent={','.join(w['current']) or 'idle'}\tseen={time.time() - w['last_seen']:.0f}s ago"
+        )
 
 
 @app.command()
@@ -203,8 +211,15 @@ def predict(
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:
-        written = run_prediction(image, inputs, out, weights=weights, engine=engine, gpus=gpus,
-                                 on_step=lambda message: err.print(f"[dim]•[/] {message}", highlight=False, soft_wrap=True))
+        written = run_prediction(
+            image,
+            inputs,
+            out,
+            weights=weights,
+            engine=engine,
+            gpus=gpus,
+            on_step=lambda message: err.print(f"[dim]•[/] {message}", highlight=False, soft_wrap=True),
+        )
     except DreambuildError as exc:
         fail(str(exc))
     for path in written:
@@ -214,22 +229,36 @@ def predict(
 @app.command()
 def build(
     weights: str = typer.Option(..., help="output.zip, a diffusers pipeline directory, or an http(s) URL of a zip."),
-    template: str = typer.Option(..., help="Template image (registry/repo@sha256:…, registry/repo:tag, oci:PATH:NAME) "
-                                           "or a bare sha256 version looked up in DREAMBUILD_TEMPLATE_REPOSITORIES."),
-    model: str = typer.Option(..., help="Destination: registry/owner/name[:tag], oci:PATH:owner/name[:tag], or owner/name "
-                                        "(DREAMBUILD_REGISTRY, else the embedded OCI layout)."),
+    template: str = typer.Option(
+        ...,
+        help="Template image (registry/repo@sha256:…, registry/repo:tag, oci:PATH:NAME) "
+        "or a bare sha256 version looked up in DREAMBUILD_TEMPLATE_REPOSITORIES.",
+    ),
+    model: str = typer.Option(
+        ...,
+        help="Destination: registry/owner/name[:tag], oci:PATH:owner/name[:tag], or owner/name (DREAMBUILD_REGISTRY, else the embedded OCI layout).",
+    ),
     notes: str = typer.Option("", help="Notes recorded in the image's labels."),
     backend: str = typer.Option("auto", help="oci (daemonless), docker (the engine at DOCKER_HOST), or auto."),
-    compression: str = typer.Option(None, help="Weights layer compression: none, gzip[:LEVEL], zstd[:LEVEL] "
-                                               "(default DREAMBUILD_LAYER_COMPRESSION or none)."),
+    compression: str = typer.Option(
+        None, help="Weights layer compression: none, gzip[:LEVEL], zstd[:LEVEL] (default DREAMBUILD_LAYER_COMPRESSION or none)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the reference."),
 ) -> None:
     """Layer weights onto a template image and push it; print the pushed reference (the model version)."""
     from builder.build import Reporter, build_image
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=as_json or not err.is_terminal,
+    ) as progress:
         task = progress.add_task("weights layer", total=None, visible=False)
         reporter = Reporter(
             step=lambda message: err.print(f"[dim]•[/] {message}", highlight=False, soft_wrap=True) if not as_json else None,
@@ -252,19 +281,27 @@ def build(
 templates_app = typer.Typer(help="Template images in the embedded store, which the embedded catalog offers.", no_args_is_help=True)
 app.add_typer(templates_app, name="templates")
 CONFIG_OPTION = typer.Option(None, "--config", help="Service configuration (YAML); default: embedded defaults.")
-DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Data directory (default: the configuration's data_dir, else "
-                                                        "DREAMBUILD_HOME, else ./.dreambuild).")
+DATA_DIR_OPTION = typer.Option(
+    None, "--data-dir", help="Data directory (default: the configuration's data_dir, else DREAMBUILD_HOME, else ./.dreambuild)."
+)
 
 
 @templates_app.command("add")
 def templates_add(
-    template: str = typer.Argument(..., help="A template of this checkout (templates/<name>: vanilla, vanilla-sd15, "
-                                            "controlnet-canny, …), or an image reference of one built with Cog "
-                                            "(registry/repo@sha256:… or :tag), copied in."),
-    bake: list[str] = typer.Option([], "--bake", help="KEY=DIR baked under /opt/dreambuild: safety-checker, controlnet, "
-                                                      "annotators, base (repeatable)."),
-    to: str = typer.Option(None, "--to", help="Also push it to this registry repository (registry/repo[:tag]), which "
-                                              "a service lists in template_repositories (many machines)."),
+    template: str = typer.Argument(
+        ...,
+        help="A template of this checkout (templates/<name>: vanilla, vanilla-sd15, "
+        "controlnet-canny, …), or an image reference of one built with Cog "
+        "(registry/repo@sha256:… or :tag), copied in.",
+    ),
+    bake: list[str] = typer.Option(
+        [], "--bake", help="KEY=DIR baked under /opt/dreambuild: safety-checker, controlnet, annotators, base (repeatable)."
+    ),
+    to: str = typer.Option(
+        None,
+        "--to",
+        help="Also push it to this registry repository (registry/repo[:tag]), which a service lists in template_repositories (many machines).",
+    ),
     config: Path = CONFIG_OPTION,
     data_dir: Path = DATA_DIR_OPTION,
 ) -> None:
@@ -302,10 +339,16 @@ def templates_add(
     except DreambuildError as exc:
         fail(str(exc))
     if any(line.startswith("DREAMBUILD_SAFETY_CHECKER=") for line in env) and "safety-checker" not in baked:
-        err.print("note: no safety checker baked: its predictions fail unless disable_safety_check is true (bake one with "
-                  "--bake safety-checker=DIR; `hf download CompVis/stable-diffusion-safety-checker --local-dir DIR`)", highlight=False)
-    err.print(f"template {template} in oci:{settings.layout}:dreambuild/{template} (the embedded catalog offers it)"
-              + (f" and {to} (for template_repositories)" if to else ""), highlight=False)
+        err.print(
+            "note: no safety checker baked: its predictions fail unless disable_safety_check is true (bake one with "
+            "--bake safety-checker=DIR; `hf download CompVis/stable-diffusion-safety-checker --local-dir DIR`)",
+            highlight=False,
+        )
+    err.print(
+        f"template {template} in oci:{settings.layout}:dreambuild/{template} (the embedded catalog offers it)"
+        + (f" and {to} (for template_repositories)" if to else ""),
+        highlight=False,
+    )
     print(version.removeprefix("sha256:"))
 
 
@@ -329,8 +372,9 @@ def templates_list(config: Path = CONFIG_OPTION, data_dir: Path = DATA_DIR_OPTIO
 
 @app.command()
 def catalog(
-    local: bool = typer.Option(False, "--local", help="Read the configuration here (--config, or embedded defaults) "
-                                                      "instead of asking the running service."),
+    local: bool = typer.Option(
+        False, "--local", help="Read the configuration here (--config, or embedded defaults) instead of asking the running service."
+    ),
     config: Path = CONFIG_OPTION,
     data_dir: Path = DATA_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print GET /v1/catalog's JSON."),
@@ -355,8 +399,10 @@ def catalog(
         print(f"  {t['version']}  {t['name']}  runner {t.get('runner', '?')}" + (f"  base {t['base_digest']}" if t.get("base_digest") else ""))
     print("templates:" if listing["templates"] else "templates: none (add one: dreambuild templates add vanilla)")
     for t in listing["templates"]:
-        print(f"  {t['version']}  {t['name']}  builds {'+'.join(t.get('builds') or ['full'])}"
-              + (f"  base {t['base_digest']}" if t.get("base_digest") else ""))
+        print(
+            f"  {t['version']}  {t['name']}  builds {'+'.join(t.get('builds') or ['full'])}"
+            + (f"  base {t['base_digest']}" if t.get("base_digest") else "")
+        )
 
 
 # --- the service's client commands -----------------------------------------------------------
@@ -407,13 +453,17 @@ def train(
         client = _client(url, token)
         request = json.loads(file.read_text()) if file else {}
         request.setdefault("input", {}).update(client.inputs(inputs))
-        for key, value in {"trainer_version": trainer_version, "template_version": template_version, "model": model,
-                           "notes": notes, "webhook_completed": webhook}.items():
+        for key, value in {
+            "trainer_version": trainer_version,
+            "template_version": template_version,
+            "model": model,
+            "notes": notes,
+            "webhook_completed": webhook,
+        }.items():
             if value is not None:
                 request[key] = value
         training = client.request("POST", "/v1/trainings", json=request)
-        chosen = [f"{key.removesuffix('_version')} {training[key]}" for key in ("trainer_version", "template_version")
-                  if not request.get(key)]
+        chosen = [f"{key.removesuffix('_version')} {training[key]}" for key in ("trainer_version", "template_version") if not request.get(key)]
         if chosen:
             err.print(f"{training['id']}: the catalog's default {' and '.join(chosen)}", highlight=False)
         if not wait:
@@ -515,8 +565,13 @@ def run_model(
 
 
 @predictions_app.command("list")
-def predictions_list(limit: int = typer.Option(20, help="How many, newest first."), model: str = typer.Option(None, help="Only this owner/name."),
-                     status: str = typer.Option(None, help="Only this status."), url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
+def predictions_list(
+    limit: int = typer.Option(20, help="How many, newest first."),
+    model: str = typer.Option(None, help="Only this owner/name."),
+    status: str = typer.Option(None, help="Only this status."),
+    url: str = URL_OPTION,
+    token: str = TOKEN_OPTION,
+) -> None:
     """The newest predictions: id, status, model, version, predict time."""
     params = {k: v for k, v in {"limit": limit, "model": model, "status": status}.items() if v is not None}
     try:
@@ -557,6 +612,5 @@ def run() -> None:
     except Exception as exc:  # noqa: BLE001 - the last resort; every expected failure is handled where it happens
         if os.environ.get("DREAMBUILD_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} (DREAMBUILD_DEBUG=1 shows where)",
-                  highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} (DREAMBUILD_DEBUG=1 shows where)", highlight=False, soft_wrap=True)
         sys.exit(1)

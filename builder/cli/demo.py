@@ -176,12 +176,17 @@ def run_demo(out: Path, say=print) -> dict:
         say(f"webhook: {'received, signature ' + signature if webhook['received'] else 'not received'}")
 
         t = time.monotonic()
-        say("predict: the new version through the service (POST /v1/predictions; its layers from the embedded layout, "
-            "a local Cog server kept warm) ...")
+        say(
+            "predict: the new version through the service (POST /v1/predictions; its layers from the embedded layout, "
+            "a local Cog server kept warm) ..."
+        )
         # No prompt: the template defaults to the instance prompt recorded in args.json.
-        prediction = api.post("/v1/predictions", json={"version": f"demo/cjw-toy:{training['version']}",
-                                                       "input": {"num_inference_steps": 20, "seed": 0}},
-                              headers={"Prefer": "wait"}, timeout=120).json()
+        prediction = api.post(
+            "/v1/predictions",
+            json={"version": f"demo/cjw-toy:{training['version']}", "input": {"num_inference_steps": 20, "seed": 0}},
+            headers={"Prefer": "wait"},
+            timeout=120,
+        ).json()
         while prediction.get("status") not in ("succeeded", "failed", "canceled"):
             if "id" not in prediction:
                 raise SystemExit(f"demo: the service refused the prediction: {prediction.get('detail')}")
@@ -215,8 +220,10 @@ def run_demo(out: Path, say=print) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     say(f"done: {out / 'summary.json'} and {', '.join(str(p) for p in written)}")
-    say("With real SD 1.5 weights on a GPU machine: build and push the trainer and template images with Cog "
+    say(
+        "With real SD 1.5 weights on a GPU machine: build and push the trainer and template images with Cog "
         "(README: 'Training with Cog on a GPU machine', 'Build, push, predict'), list them in the service's catalog "
         "(README: the trainings service), and send the same request with "
-        "resolution 512 and max_train_steps ~2000.")
+        "resolution 512 and max_train_steps ~2000."
+    )
     return summary

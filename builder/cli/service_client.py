@@ -46,8 +46,7 @@ def parse_value(text: str):
 class ServiceClient:
     def __init__(self, url: str | None = None, token: str | None = None) -> None:
         self.url = (url or os.environ.get("DREAMBUILD_URL") or DEFAULT_URL).rstrip("/")
-        self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {find_token(token)}"},
-                                  timeout=httpx.Timeout(60, read=3600))
+        self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {find_token(token)}"}, timeout=httpx.Timeout(60, read=3600))
 
     def request(self, method: str, path: str, **kwargs) -> dict:
         try:

@@ -35,8 +35,12 @@ from dreambuild.layout import baked_pipeline_digest, check_diffusers_layout
 
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What a template may bake under /opt/dreambuild, by the variable of its cog.yaml that names it.
-BAKEABLE = {"safety-checker": "DREAMBUILD_SAFETY_CHECKER", "controlnet": "DREAMBUILD_CONTROLNET",
-            "annotators": "DREAMBUILD_ANNOTATORS", "base": "DREAMBUILD_BASE"}
+BAKEABLE = {
+    "safety-checker": "DREAMBUILD_SAFETY_CHECKER",
+    "controlnet": "DREAMBUILD_CONTROLNET",
+    "annotators": "DREAMBUILD_ANNOTATORS",
+    "base": "DREAMBUILD_BASE",
+}
 
 
 def checkout_templates() -> list[str]:
@@ -61,8 +65,7 @@ def _layer_from(layout: OciLayout, root: Path, prefix: str) -> Layer:
     return layer
 
 
-def make_template_image(layout_path: Path, template: str = "vanilla", *, baked: dict[str, Path] | None = None,
-                        name: str | None = None) -> str:
+def make_template_image(layout_path: Path, template: str = "vanilla", *, baked: dict[str, Path] | None = None, name: str | None = None) -> str:
     """Write the repo's ``template`` as ``dreambuild/<template>`` into the layout; return its digest.
 
     ``baked`` maps names under /opt/dreambuild (``safety-checker``, ``controlnet``, ``annotators``,
@@ -80,8 +83,10 @@ def make_template_image(layout_path: Path, template: str = "vanilla", *, baked: 
     labels = {"io.dreambuild.template.name": template}
     if any(line.startswith("DREAMBUILD_BASE=") for line in env):
         if "base" not in baked:
-            raise InputError(f"template {template!r} bakes a base pipeline for LoRA outputs: give it (--bake base=DIR; "
-                             f"`python -m trainer.fetch_base_model` writes SD 1.5 to ./base-model)")
+            raise InputError(
+                f"template {template!r} bakes a base pipeline for LoRA outputs: give it (--bake base=DIR; "
+                f"`python -m trainer.fetch_base_model` writes SD 1.5 to ./base-model)"
+            )
         check_diffusers_layout(Path(baked["base"]), "--bake base")
         labels[BASE_LABEL] = baked_pipeline_digest(Path(baked["base"]))
     elif "base" in baked:
@@ -104,15 +109,22 @@ def make_template_image(layout_path: Path, template: str = "vanilla", *, baked: 
         with tempfile.TemporaryDirectory(prefix="dreambuild-template-") as stage:
             (Path(stage) / "base.digest").write_text(labels[BASE_LABEL] + "\n")
             layers.append(_layer_from(layout, Path(stage), "opt/dreambuild"))
-    config = canonical_json({
-        "architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
-        "config": {"Env": env, "WorkingDir": "/src", "Cmd": ["python", "-m", "cog.server.http"], "Labels": labels},
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [{"created_by": f"dreambuild templates add {template}"}] * len(layers),
-    })
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": layout.put_blob(config), "size": len(config)},
-                "layers": [{"mediaType": layer.media_type("oci"), "digest": layer.digest, "size": layer.size} for layer in layers]}
+    config = canonical_json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "1970-01-01T00:00:00Z",
+            "config": {"Env": env, "WorkingDir": "/src", "Cmd": ["python", "-m", "cog.server.http"], "Labels": labels},
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+            "history": [{"created_by": f"dreambuild templates add {template}"}] * len(layers),
+        }
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": layout.put_blob(config), "size": len(config)},
+        "layers": [{"mediaType": layer.media_type("oci"), "digest": layer.digest, "size": layer.size} for layer in layers],
+    }
     data = json.dumps(manifest, indent=2).encode()
     result = Manifest.parse(data, OCI_MANIFEST, str(layout))
     layout.put_manifest(result, name or f"dreambuild/{template}")
@@ -124,8 +136,7 @@ def push_template(layout_path: Path, template: str, to: str, access: RegistryAcc
     default ``latest``), blob by blob; return its digest (the same: the manifest is unchanged)."""
     ref = parse_image_ref(to, what="--to")
     if not isinstance(ref, RegistryRef) or ref.digest:
-        raise InputError(f"--to {to!r}: name a registry repository (registry/repo[:tag]), where the service's "
-                         "template_repositories read it")
+        raise InputError(f"--to {to!r}: name a registry repository (registry/repo[:tag]), where the service's template_repositories read it")
     layout = OciLayout(layout_path)
     manifest = layout.manifest(f"dreambuild/{template}")
     dest = open_store(ref, access)

@@ -30,8 +30,9 @@ def describe_validation(detail: object) -> str:
     """A 422 ``detail`` (pydantic's list of problems, as Cog and FastAPI answer) as one line:
     ``input.field: message; ...`` (the leading ``body`` of each location left out)."""
     if isinstance(detail, list):
-        return "; ".join(f"{'.'.join(str(p) for p in list(d.get('loc') or [])[1:]) or 'body'}: {d.get('msg', 'invalid')}"
-                         for d in detail if isinstance(d, dict))
+        return "; ".join(
+            f"{'.'.join(str(p) for p in list(d.get('loc') or [])[1:]) or 'body'}: {d.get('msg', 'invalid')}" for d in detail if isinstance(d, dict)
+        )
     return str(detail)
 
 
@@ -42,16 +43,24 @@ class CogClient:
     base_url: str
     what: str = "Cog server"  # how messages name it: "the trainer's Cog server", ...
 
-    def request(self, method: str, path: str, body: dict | None = None, *, headers: dict | None = None,
-                attempts: int = 20, retry_delay: float = 0.5, timeout: float = 60) -> tuple[int, dict]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        *,
+        headers: dict | None = None,
+        attempts: int = 20,
+        retry_delay: float = 0.5,
+        timeout: float = 60,
+    ) -> tuple[int, dict]:
         """One request; busy (409) and unreachable are retried ``attempts`` times; other HTTP
         errors are returned as (status, body) for the caller to judge."""
         data = json.dumps(body).encode() if body is not None else None
         url = f"{self.base_url.rstrip('/')}{path}"
         last = ""
         for _ in range(attempts):
-            request = urllib.request.Request(url, data=data, method=method,
-                                             headers={"Content-Type": "application/json", **(headers or {})})
+            request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})})
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     return response.status, _json(response.read())
@@ -89,13 +98,22 @@ class CogClient:
 
     def start_prediction(self, prediction_id: str, inputs: dict, *, webhook: str, events: list[str] = EVENTS) -> None:
         """Create prediction ``prediction_id`` asynchronously; updates go to ``webhook``."""
-        status, body = self.request("PUT", f"/predictions/{prediction_id}", {
-            "id": prediction_id, "input": inputs, "webhook": webhook, "webhook_events_filter": events,
-        }, headers={"Prefer": "respond-async"})
+        status, body = self.request(
+            "PUT",
+            f"/predictions/{prediction_id}",
+            {
+                "id": prediction_id,
+                "input": inputs,
+                "webhook": webhook,
+                "webhook_events_filter": events,
+            },
+            headers={"Prefer": "respond-async"},
+        )
         self._accepted(status, body)
 
-    def run_prediction(self, prediction_id: str, inputs: dict, *, timeout: float = 3600, webhook: str | None = None,
-                       events: list[str] = EVENTS) -> dict:
+    def run_prediction(
+        self, prediction_id: str, inputs: dict, *, timeout: float = 3600, webhook: str | None = None, events: list[str] = EVENTS
+    ) -> dict:
         """Run prediction ``prediction_id`` and wait for its end (another thread may
         :meth:`cancel` it by id); return Cog's response, whatever its status. With ``webhook``,
         Cog also sends the ``events`` there meanwhile (its logs, say): the end still comes back
@@ -127,8 +145,15 @@ def _json(data: bytes) -> dict:
         return {"detail": data[:200].decode(errors="replace")}
 
 
-def wait_ready(client: CogClient, *, alive: Callable[[], bool], logs: Callable[[], str], timeout: float,
-               interval: float = 0.3, abort: Callable[[], None] | None = None) -> dict:
+def wait_ready(
+    client: CogClient,
+    *,
+    alive: Callable[[], bool],
+    logs: Callable[[], str],
+    timeout: float,
+    interval: float = 0.3,
+    abort: Callable[[], None] | None = None,
+) -> dict:
     """Wait until the server's setup has finished (READY) and return Cog's setup result.
 
     Raises :class:`CogError` with the end of the server's logs when it exits, its setup fails

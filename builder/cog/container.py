@@ -83,9 +83,17 @@ def _gpu_request(gpus: bool | list[str]) -> list | None:
     return None
 
 
-def start_cog_container(image: str, *, name: str, command: list[str] | None = None, env: dict[str, str] | None = None,
-                        gpus: bool | list[str] = True, timeout: float = 1800, what: str = "model image",
-                        abort: Callable[[], None] | None = None) -> CogContainer:
+def start_cog_container(
+    image: str,
+    *,
+    name: str,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    gpus: bool | list[str] = True,
+    timeout: float = 1800,
+    what: str = "model image",
+    abort: Callable[[], None] | None = None,
+) -> CogContainer:
     """Run a Cog model image (GPUs requested: all, or only the device ids listed; Cog's port
     published on loopback) and wait until its server is READY (``abort``: see ``wait_ready``)."""
     import docker
@@ -93,7 +101,12 @@ def start_cog_container(image: str, *, name: str, command: list[str] | None = No
 
     try:
         container = docker_client().containers.run(
-            image, command, detach=True, name=name, environment=env or {}, ports={"5000/tcp": ("127.0.0.1", None)},
+            image,
+            command,
+            detach=True,
+            name=name,
+            environment=env or {},
+            ports={"5000/tcp": ("127.0.0.1", None)},
             device_requests=_gpu_request(gpus),
         )
     except docker.errors.DockerException as exc:
@@ -115,8 +128,7 @@ def start_cog_container(image: str, *, name: str, command: list[str] | None = No
             else:
                 time.sleep(0.3)
         client = CogClient(running.url, what=f"{what} container")
-        wait_ready(client, alive=running.alive, logs=running.logs, timeout=max(1.0, deadline - time.monotonic()), interval=1,
-                   abort=abort)
+        wait_ready(client, alive=running.alive, logs=running.logs, timeout=max(1.0, deadline - time.monotonic()), interval=1, abort=abort)
     except BaseException:
         running.stop()
         raise

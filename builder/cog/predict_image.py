@@ -90,8 +90,17 @@ def _write_outputs(output, out_dir: Path) -> list[Path]:
 ENGINES = ("auto", "local", "docker")
 
 
-def predict(image: str, pairs: list[str], out_dir: Path, *, weights: Path | None = None, engine: str = "auto",
-            gpus: bool = True, settings: BuilderSettings | None = None, on_step=lambda message: None) -> list[Path]:
+def predict(
+    image: str,
+    pairs: list[str],
+    out_dir: Path,
+    *,
+    weights: Path | None = None,
+    engine: str = "auto",
+    gpus: bool = True,
+    settings: BuilderSettings | None = None,
+    on_step=lambda message: None,
+) -> list[Path]:
     """Run one prediction of ``image`` with ``key=value`` inputs; return the written files.
 
     ``engine``: ``docker`` runs the image with the engine at DOCKER_HOST; ``local`` unpacks it

@@ -27,8 +27,10 @@ UPLOAD_URL_VARIABLE = "DREAMBUILD_COG_UPLOAD_URL"
 # `python -m cog.server.http --upload-url URL`, with the URL (which holds a per-training secret)
 # taken from the environment: a process's arguments are readable by every user (`ps`), its
 # environment only by its own.
-LAUNCH = (f"import os, runpy, sys; sys.argv += ['--upload-url', os.environ.pop({UPLOAD_URL_VARIABLE!r})]; "
-          "runpy.run_module('cog.server.http', run_name='__main__', alter_sys=True)")
+LAUNCH = (
+    f"import os, runpy, sys; sys.argv += ['--upload-url', os.environ.pop({UPLOAD_URL_VARIABLE!r})]; "
+    "runpy.run_module('cog.server.http', run_name='__main__', alter_sys=True)"
+)
 
 
 def free_port() -> int:
@@ -42,14 +44,14 @@ def _pythonpath(code_root: Path) -> str:
     return os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")]))
 
 
-def write_schema(project: Path, *, predict: str | None = None, train: str | None = None, python: str = sys.executable,
-                 code_root: Path = REPO_ROOT) -> Path:
+def write_schema(
+    project: Path, *, predict: str | None = None, train: str | None = None, python: str = sys.executable, code_root: Path = REPO_ROOT
+) -> Path:
     """Write ``project/.cog/openapi_schema.json`` for references relative to ``code_root``."""
     cmd = [python, "-m", "dreambuild.cog_schema", "--out", str(project)]
     cmd += ["--predict", predict] if predict else []
     cmd += ["--train", train] if train else []
-    done = subprocess.run(cmd, cwd=code_root, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": _pythonpath(code_root)})
+    done = subprocess.run(cmd, cwd=code_root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _pythonpath(code_root)})
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise CogError(f"could not build the Cog schema for {predict or train}: {last}")
@@ -145,15 +147,21 @@ def start_cog_server(
         "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
         "COG_TRAIN_TYPE_STUB" if train else "COG_PREDICT_TYPE_STUB": f"{code_root / path}:{name}",
     }
-    cmd = [python, "-c", LAUNCH if upload_url else "import runpy; runpy.run_module('cog.server.http', run_name='__main__', alter_sys=True)",
-           "--host", "127.0.0.1"]
+    cmd = [
+        python,
+        "-c",
+        LAUNCH if upload_url else "import runpy; runpy.run_module('cog.server.http', run_name='__main__', alter_sys=True)",
+        "--host",
+        "127.0.0.1",
+    ]
     cmd += ["--x-mode", "train"] if train else []
     if upload_url:
         full_env[UPLOAD_URL_VARIABLE] = upload_url
     log_path = project / f"cog-server-{port}.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(cmd, cwd=project, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                   preexec_fn=_die_with_parent)
+        process = subprocess.Popen(
+            cmd, cwd=project, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+        )
     server = CogServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
     try:
         server.setup = wait_ready(server.client, alive=server.alive, logs=server.logs, timeout=timeout, abort=abort)

@@ -37,8 +37,12 @@ COMPLETE = ".dreambuild-complete"
 # What a model needs to run: its code and weights, and the weights its template baked.
 PREFIXES = (("src",), ("opt", "dreambuild"))
 # templates.inference.locations' defaults under /opt/dreambuild, by the variable overriding each.
-BAKED_DEFAULTS = {"DREAMBUILD_CONTROLNET": "controlnet", "DREAMBUILD_ANNOTATORS": "annotators",
-                  "DREAMBUILD_SAFETY_CHECKER": "safety-checker", "DREAMBUILD_BASE": "base"}
+BAKED_DEFAULTS = {
+    "DREAMBUILD_CONTROLNET": "controlnet",
+    "DREAMBUILD_ANNOTATORS": "annotators",
+    "DREAMBUILD_SAFETY_CHECKER": "safety-checker",
+    "DREAMBUILD_BASE": "base",
+}
 
 
 class _LayerReader(io.RawIOBase):
@@ -143,8 +147,15 @@ def _extract_layer(reader: _LayerReader, dest: Path) -> None:
             elif member.islnk():
                 source_parts = _safe_parts(member.linkname)
                 source = dest.joinpath(*source_parts) if source_parts else None
-                if (source is not None and _wanted(source_parts) and source.is_file() and not source.is_symlink()
-                        and _inside(dest, source) and _place(dest, target) and not target.exists()):
+                if (
+                    source is not None
+                    and _wanted(source_parts)
+                    and source.is_file()
+                    and not source.is_symlink()
+                    and _inside(dest, source)
+                    and _place(dest, target)
+                    and not target.exists()
+                ):
                     os.link(source, target)
             # devices and fifos have no place in /src: skipped
     reader.drain()
@@ -198,7 +209,7 @@ def _merge(layer: Path, merged: Path) -> None:
             if name == COMPLETE or name == OPAQUE:
                 continue
             if name.startswith(WHITEOUT):
-                victim = out / name[len(WHITEOUT):]
+                victim = out / name[len(WHITEOUT) :]
                 if victim.is_dir() and not victim.is_symlink():
                     shutil.rmtree(victim)
                 elif victim.exists() or victim.is_symlink():
@@ -284,4 +295,3 @@ def unpack_src(image: str, settings: BuilderSettings | None = None) -> UnpackedI
 def image_env(config: dict) -> dict[str, str]:
     """The image's ``Env`` as a dict."""
     return dict(item.split("=", 1) for item in (config.get("config") or {}).get("Env") or [] if "=" in item)
-

@@ -11,8 +11,10 @@ from fastapi.staticfiles import StaticFiles
 STATIC = Path(__file__).parent / "static"
 # The page runs only its own script and talks only to this service: what a stolen page could do
 # with the token in its session is limited to this origin.
-POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
-          "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 def mount_dashboard(app: FastAPI) -> None:
@@ -21,5 +23,6 @@ def mount_dashboard(app: FastAPI) -> None:
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": POLICY,
-                                                            "X-Content-Type-Options": "nosniff"})
+        return FileResponse(
+            STATIC / "index.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff"}
+        )

@@ -146,9 +146,14 @@ def _header(name: str, *, directory: bool, size: int = 0) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def write_layer(entries: Iterable[LayerEntry], sink: Callable[[bytes], None], *,
-                compression: Compression = Compression(), prefix: str = "src/weights",
-                on_bytes: Callable[[int], None] | None = None) -> Layer:
+def write_layer(
+    entries: Iterable[LayerEntry],
+    sink: Callable[[bytes], None],
+    *,
+    compression: Compression = Compression(),
+    prefix: str = "src/weights",
+    on_bytes: Callable[[int], None] | None = None,
+) -> Layer:
     """Stream ``entries`` as a layer placing them under ``/prefix`` into ``sink``; return its digests.
 
     ``on_bytes`` is told how many bytes of file data were read, for progress.

@@ -82,8 +82,11 @@ class OciLayout:
 
     def named(self) -> dict[str, str]:
         """The named images: ref.name annotation → manifest digest (the last of a name wins)."""
-        return {(d.get("annotations") or {})[REF_NAME]: d["digest"] for d in self.index().get("manifests", [])
-                if (d.get("annotations") or {}).get(REF_NAME) and isinstance(d.get("digest"), str)}
+        return {
+            (d.get("annotations") or {})[REF_NAME]: d["digest"]
+            for d in self.index().get("manifests", [])
+            if (d.get("annotations") or {}).get(REF_NAME) and isinstance(d.get("digest"), str)
+        }
 
     def _write_index(self, index: dict) -> None:
         tmp = self.path / f".index-{uuid.uuid4().hex}.json"
@@ -167,8 +170,11 @@ class OciLayout:
             descriptor["annotations"] = {REF_NAME: tag}
         with self._locked():
             index = self.index()
-            kept = [d for d in index.get("manifests", [])
-                    if not (tag and (d.get("annotations") or {}).get(REF_NAME) == tag)
-                    and not (not tag and d.get("digest") == manifest.digest and not d.get("annotations"))]
+            kept = [
+                d
+                for d in index.get("manifests", [])
+                if not (tag and (d.get("annotations") or {}).get(REF_NAME) == tag)
+                and not (not tag and d.get("digest") == manifest.digest and not d.get("annotations"))
+            ]
             index["manifests"] = kept + [descriptor]
             self._write_index(index)

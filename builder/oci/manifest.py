@@ -113,8 +113,7 @@ _DOCKER_TO_OCI = {
 }
 
 
-def derive_manifest(template: Manifest, config: bytes, layer: Layer, annotations: dict[str, str], *,
-                    kind: str | None = None) -> Manifest:
+def derive_manifest(template: Manifest, config: bytes, layer: Layer, annotations: dict[str, str], *, kind: str | None = None) -> Manifest:
     """The template's manifest with the new config and the weights layer appended.
 
     ``kind`` "oci" converts a Docker-family template to OCI media types (same blobs), as an OCI

@@ -128,8 +128,7 @@ def parse_registry_ref(text: str, *, what: str = "image reference", default_regi
         registry = DOCKER_HUB
     if not _REPOSITORY.fullmatch(repository) or len(repository) > MAX_NAME:
         raise ImageReferenceError(
-            f"{what} {original!r}: repository {repository!r} must be lowercase letters, digits and separators (. _ -), "
-            "in components joined by /"
+            f"{what} {original!r}: repository {repository!r} must be lowercase letters, digits and separators (. _ -), in components joined by /"
         )
     return RegistryRef(registry=registry, repository=repository, tag=tag, digest=digest)
 
@@ -145,8 +144,9 @@ def parse_layout_ref(text: str, *, what: str = "image reference") -> LayoutRef:
     if name:
         repository, _, tag = name.rpartition(":") if ":" in name else (name, "", "")
         if not _REPOSITORY.fullmatch(repository) or (tag and not _TAG.fullmatch(tag)):
-            raise ImageReferenceError(f"{what} {text!r}: {name!r} is not a valid image name (owner/name[:tag], "
-                                      "lowercase letters, digits and separators)")
+            raise ImageReferenceError(
+                f"{what} {text!r}: {name!r} is not a valid image name (owner/name[:tag], lowercase letters, digits and separators)"
+            )
     return LayoutRef(path=Path(path).expanduser(), name=name or None, digest=digest)
 
 

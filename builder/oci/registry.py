@@ -81,8 +81,16 @@ def _tls_context_for(cert_file: str | None, cert_dir: str | None) -> ssl.SSLCont
 class RegistryClient:
     """One registry host; methods take the repository they act on."""
 
-    def __init__(self, registry: str, *, insecure: frozenset[str] = frozenset(), credentials: Credentials | None = None,
-                 retries: int = 5, backoff: float = 0.5, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        registry: str,
+        *,
+        insecure: frozenset[str] = frozenset(),
+        credentials: Credentials | None = None,
+        retries: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 60.0,
+    ) -> None:
         self.registry = registry
         host = "registry-1.docker.io" if registry == "docker.io" else registry
         self.base = ("http" if is_plain_http(registry, insecure) else "https") + "://" + host
@@ -176,8 +184,9 @@ class RegistryClient:
                 time.sleep(delay)
         raise RegistryUnavailableError(last + (f" (after {attempts} attempts)" if attempts > 1 else ""))
 
-    def request(self, method: str, path_or_url: str, scopes: frozenset[str], *, retry: bool = True,
-                headers: dict[str, str] | None = None, **kwargs) -> httpx.Response:
+    def request(
+        self, method: str, path_or_url: str, scopes: frozenset[str], *, retry: bool = True, headers: dict[str, str] | None = None, **kwargs
+    ) -> httpx.Response:
         """A request with auth: answers a 401 challenge once, then returns whatever comes."""
         url = urljoin(self.base, path_or_url)
         for _ in range(3):
@@ -208,8 +217,17 @@ class RegistryClient:
 
     def get_manifest(self, repository: str, reference: str) -> Manifest:
         what = f"{repository}{'@' if reference.startswith('sha256:') else ':'}{reference}"
-        response = self._check(self.request("GET", f"/v2/{repository}/manifests/{reference}", pull(repository),
-                                            headers={"Accept": ", ".join(MANIFEST_TYPES)}, follow_redirects=True), what, (200,))
+        response = self._check(
+            self.request(
+                "GET",
+                f"/v2/{repository}/manifests/{reference}",
+                pull(repository),
+                headers={"Accept": ", ".join(MANIFEST_TYPES)},
+                follow_redirects=True,
+            ),
+            what,
+            (200,),
+        )
         manifest = Manifest.parse(response.content, response.headers.get("Content-Type"), f"{self.registry}/{what}")
         if reference.startswith("sha256:") and manifest.digest != reference:
             raise RegistryError(f"registry {self.registry} returned a manifest for {what} whose digest is {manifest.digest}")
@@ -217,8 +235,9 @@ class RegistryClient:
 
     def get_blob(self, repository: str, digest: str) -> bytes:
         """A small blob (a config), checked against its digest."""
-        response = self._check(self.request("GET", f"/v2/{repository}/blobs/{digest}", pull(repository), follow_redirects=True),
-                               f"blob {digest} of {repository}", (200,))
+        response = self._check(
+            self.request("GET", f"/v2/{repository}/blobs/{digest}", pull(repository), follow_redirects=True), f"blob {digest} of {repository}", (200,)
+        )
         if len(response.content) > SMALL_BLOB_MAX or sha256_digest(response.content) != digest:
             raise RegistryError(f"registry {self.registry} returned a blob that does not match {digest}")
         return response.content
@@ -244,8 +263,12 @@ class RegistryClient:
 
     def mount_blob(self, repository: str, digest: str, source_repository: str) -> bool:
         """Cross-repository mount; False when the registry started an upload instead."""
-        response = self.request("POST", f"/v2/{repository}/blobs/uploads/", push(repository) | pull(source_repository),
-                                params={"mount": digest, "from": source_repository})
+        response = self.request(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/",
+            push(repository) | pull(source_repository),
+            params={"mount": digest, "from": source_repository},
+        )
         if response.status_code == 201:
             return True
         self._check(response, f"a blob mount into {repository}", (202,))
@@ -253,14 +276,12 @@ class RegistryClient:
         return False
 
     def start_upload(self, repository: str) -> str:
-        response = self._check(self.request("POST", f"/v2/{repository}/blobs/uploads/", push(repository)),
-                               f"an upload to {repository}", (202,))
+        response = self._check(self.request("POST", f"/v2/{repository}/blobs/uploads/", push(repository)), f"an upload to {repository}", (202,))
         return urljoin(self.base, response.headers["Location"])
 
     def finish_upload(self, repository: str, location: str, digest: str, content: bytes = b"", *, retry: bool = True) -> None:
         url = location + ("&" if "?" in location else "?") + f"digest={digest}"
-        response = self.request("PUT", url, push(repository), content=content, retry=retry,
-                                headers={"Content-Type": "application/octet-stream"})
+        response = self.request("PUT", url, push(repository), content=content, retry=retry, headers={"Content-Type": "application/octet-stream"})
         self._check(response, f"blob {digest} of {repository}", (201, 204))
 
     def _cancel(self, location: str | None, repository: str) -> None:
@@ -278,8 +299,9 @@ class RegistryClient:
         return digest
 
     def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> None:
-        response = self.request("PUT", f"/v2/{repository}/manifests/{reference}", push(repository),
-                                content=manifest.data, headers={"Content-Type": manifest.media_type})
+        response = self.request(
+            "PUT", f"/v2/{repository}/manifests/{reference}", push(repository), content=manifest.data, headers={"Content-Type": manifest.media_type}
+        )
         self._check(response, f"manifest {repository}:{reference}", (201, 200, 202))
         returned = response.headers.get("Docker-Content-Digest")
         if returned and returned != manifest.digest:
@@ -315,8 +337,14 @@ class BlobUpload:
 
     def _send(self) -> None:
         try:
-            response = self._client.request("PATCH", self._location, push(self._repository), retry=False,
-                                            content=self._body(), headers={"Content-Type": "application/octet-stream"})
+            response = self._client.request(
+                "PATCH",
+                self._location,
+                push(self._repository),
+                retry=False,
+                content=self._body(),
+                headers={"Content-Type": "application/octet-stream"},
+            )
             if response.status_code == 401:
                 self._client._tokens.clear()
                 raise RegistryUnavailableError(f"registry {self._client.registry}: the token expired during the upload")

@@ -41,6 +41,7 @@ from dreambuild.errors import InputError
 if TYPE_CHECKING:
     from builder.service.app import Service
 
+
 class TrainingRequest(BaseModel):
     """The seed's payload, exactly."""
 
@@ -48,10 +49,13 @@ class TrainingRequest(BaseModel):
 
     input: dict[str, Any] = Field(..., description="The trainer's inputs (instance_prompt, instance_data, ...).")
     trainer_version: str | None = Field(None, description="A trainer version from the catalog (default: its only trainer).")
-    template_version: str | None = Field(None, description="A template version from the catalog (default: "
-                                         "default_template_version, else the only template, else the one for what "
-                                         "is trained: for a LoRA (lora_rank > 0) the template baking the trainer's "
-                                         "base, else the vanilla template).")
+    template_version: str | None = Field(
+        None,
+        description="A template version from the catalog (default: "
+        "default_template_version, else the only template, else the one for what "
+        "is trained: for a LoRA (lora_rank > 0) the template baking the trainer's "
+        "base, else the vanilla template).",
+    )
     model: str = Field(..., description="owner/name of the model to push the new version to.")
     notes: str | None = Field(None, description="Notes recorded on the new version.")
     webhook_completed: str | None = Field(None, description="URL to POST the training to when it ends.")
@@ -66,7 +70,8 @@ class ReplicateTrainingRequest(BaseModel):
     destination: str = Field(..., description="owner/name of the model that receives the new version.")
     webhook: str | None = Field(None, description="URL for webhooks.")
     webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = Field(
-        None, description="Events to send (default: completed).")
+        None, description="Events to send (default: completed)."
+    )
 
 
 def validate(service: Service, body: TrainingRequest, owners: list[str]) -> TrainingRequest:
@@ -107,8 +112,10 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
             if value is not None and (file := _check_file_input(service, name, value, owners)):
                 files[value] = file
     for name in files and sorted(file_inputs(schema) & set(inputs)):  # all checked: now link the files
-        values = [_file_as_upload(service, files[v], owners) if v in files else v
-                  for v in (inputs[name] if isinstance(inputs[name], list) else [inputs[name]])]
+        values = [
+            _file_as_upload(service, files[v], owners) if v in files else v
+            for v in (inputs[name] if isinstance(inputs[name], list) else [inputs[name]])
+        ]
         inputs[name] = values if isinstance(inputs[name], list) else values[0]
     return body.model_copy(update={"trainer_version": trainer, "template_version": template, "input": inputs})
 
@@ -132,8 +139,9 @@ def default_template(config, trainer: str, inputs: dict) -> str:
     if config.default_template_version:
         chosen = config.catalog_key(templates, config.default_template_version)
         if chosen is None:
-            raise fail(422, f"default_template_version {config.default_template_version!r} is not in the catalog "
-                            f"(known: {', '.join(templates) or 'none'})")
+            raise fail(
+                422, f"default_template_version {config.default_template_version!r} is not in the catalog (known: {', '.join(templates) or 'none'})"
+            )
         return chosen
     if len(templates) == 1:
         return next(iter(templates))
@@ -145,8 +153,11 @@ def default_template(config, trainer: str, inputs: dict) -> str:
     if len(fits) == 1:
         return fits[0]
     if not templates:
-        raise fail(422, "template_version: the catalog has no template to build on; add one with "
-                        "`dreambuild templates add vanilla` (README, 'The trainings service')")
+        raise fail(
+            422,
+            "template_version: the catalog has no template to build on; add one with "
+            "`dreambuild templates add vanilla` (README, 'The trainings service')",
+        )
     names = ", ".join(f"{entry.name} ({version[:12]})" for version, entry in templates.items())
     raise fail(422, f"template_version is required: no single template fits this training among {names}")
 
@@ -157,13 +168,19 @@ def _check_lora_template(config, trainer: str, template: str, inputs: dict) -> N
     entry = config.template_catalog()[template]
     rank = inputs["lora_rank"]
     if entry.base_digest is None:
-        raise fail(422, f"input.lora_rank={rank} trains LoRA adapters, and template {entry.name!r} "
-                        "has no base baked in to apply them to (no base_digest in the catalog): use lora_rank 0, or a "
-                        "template with the trainer's base")
+        raise fail(
+            422,
+            f"input.lora_rank={rank} trains LoRA adapters, and template {entry.name!r} "
+            "has no base baked in to apply them to (no base_digest in the catalog): use lora_rank 0, or a "
+            "template with the trainer's base",
+        )
     trained_on = config.trainers[trainer].base_digest
     if trained_on and not inputs.get("ckpt_base") and trained_on != entry.base_digest:
-        raise fail(422, f"input.lora_rank={rank}: the trainer's base is {trained_on}, and template "
-                        f"{entry.name!r} bakes {entry.base_digest}; a LoRA runs only on the base it was trained on")
+        raise fail(
+            422,
+            f"input.lora_rank={rank}: the trainer's base is {trained_on}, and template "
+            f"{entry.name!r} bakes {entry.base_digest}; a LoRA runs only on the base it was trained on",
+        )
 
 
 def _check_file_input(service: Service, name: str, value: object, owners: list[str]) -> dict | None:
@@ -202,8 +219,17 @@ def _file_as_upload(service: Service, doc: dict, owners: list[str]) -> str:
         os.link(doc["path"], folder / name)
     except OSError:  # another filesystem
         shutil.copyfile(doc["path"], folder / name)
-    service.db.add_upload({"id": upload_id, "owner": doc["owner"], "owners": owners, "name": name,
-                           "path": str(folder / name), "size": (folder / name).stat().st_size, "created_at": now_iso()})
+    service.db.add_upload(
+        {
+            "id": upload_id,
+            "owner": doc["owner"],
+            "owners": owners,
+            "name": name,
+            "path": str(folder / name),
+            "size": (folder / name).stat().st_size,
+            "created_at": now_iso(),
+        }
+    )
     return f"{service.config.base_url}/v1/uploads/{upload_id}/{name}"
 
 
@@ -216,9 +242,16 @@ def _check_egress(config, url: str, what: str) -> None:
 
 def _record(config, body: TrainingRequest, events: list[str] | None = None) -> TrainingRecord:
     template = config.template_catalog()[body.template_version].reference(body.template_version)
-    return new_training(model=body.model, input=body.input, trainer_version=body.trainer_version,
-                        template_version=body.template_version, template_image=template, notes=body.notes,
-                        webhook=body.webhook_completed, events=events)
+    return new_training(
+        model=body.model,
+        input=body.input,
+        trainer_version=body.trainer_version,
+        template_version=body.template_version,
+        template_image=template,
+        notes=body.notes,
+        webhook=body.webhook_completed,
+        events=events,
+    )
 
 
 EVENTS_POLL_SECONDS = 0.5  # how often a stream reads the record (one indexed row)
@@ -265,10 +298,14 @@ def public_router(service: Service) -> APIRouter:
         service.submit(doc)
         return public_training(doc, config.base_url)
 
-    @router.post("/v1/models/{owner}/{name}/versions/{version_id}/trainings", status_code=201,
-                 summary="Create a training (Replicate's route, as the replicate client calls it)")
-    def create_replicate_training(owner: str, name: str, version_id: str, body: ReplicateTrainingRequest,
-                                  token_owners: list[str] = Depends(owners)) -> dict:
+    @router.post(
+        "/v1/models/{owner}/{name}/versions/{version_id}/trainings",
+        status_code=201,
+        summary="Create a training (Replicate's route, as the replicate client calls it)",
+    )
+    def create_replicate_training(
+        owner: str, name: str, version_id: str, body: ReplicateTrainingRequest, token_owners: list[str] = Depends(owners)
+    ) -> dict:
         seed = TrainingRequest(input=body.input, trainer_version=version_id, model=body.destination, webhook_completed=body.webhook)
         doc = _record(config, validate(service, seed, token_owners), events=body.webhook_events_filter or ["completed"])
         doc.update(api="replicate", trainer_model=f"{owner}/{name}")
@@ -304,8 +341,9 @@ def public_router(service: Service) -> APIRouter:
         if doc["stage"] != "done":
             raise fail(409, f"training {training_id} has not ended: its completed webhook is not due yet")
         if service.notifier.resend(doc) is None:
-            raise fail(409, f"training {training_id} has no completed webhook to send (it named no webhook_completed, "
-                            "or filtered the completed event out)")
+            raise fail(
+                409, f"training {training_id} has no completed webhook to send (it named no webhook_completed, or filtered the completed event out)"
+            )
         return public_training(service.db.get_training(training_id), config.base_url)
 
     @router.get("/v1/trainings/{training_id}/weights", summary="Download the training's output.zip")
@@ -324,8 +362,10 @@ def public_router(service: Service) -> APIRouter:
         path = config.files / doc["id"] / "output.zip"
         return (path if doc.get("weights") and path.is_file() else None), "samples/"
 
-    @router.get("/v1/trainings/{training_id}/images/{source}",
-                summary="List a training's images: its photos (instance_data uploaded here) or the samples in its output.zip")
+    @router.get(
+        "/v1/trainings/{training_id}/images/{source}",
+        summary="List a training's images: its photos (instance_data uploaded here) or the samples in its output.zip",
+    )
     def training_images(training_id: str, source: Literal["photos", "samples"], token_owners: list[str] = Depends(owners)) -> dict:
         doc = service.training_for(training_id, token_owners)
         path, under = images_zip(doc, source, token_owners)
@@ -349,8 +389,7 @@ def public_router(service: Service) -> APIRouter:
         kind, headers = user_content_headers(media_type(name), Path(name).name)
         return Response(data, media_type=kind, headers={**headers, "Cache-Control": "private, max-age=3600"})
 
-    @router.delete("/v1/trainings/{training_id}", status_code=204,
-                   summary="Delete a finished training: its output.zip and its record")
+    @router.delete("/v1/trainings/{training_id}", status_code=204, summary="Delete a finished training: its output.zip and its record")
     def delete_training(training_id: str, token_owners: list[str] = Depends(owners)) -> None:
         doc = service.training_for(training_id, token_owners)
         if doc["status"] not in FINISHED or doc["stage"] != "done":
@@ -371,12 +410,18 @@ def public_router(service: Service) -> APIRouter:
     def catalog(token_owners: list[str] = Depends(owners)) -> dict:
         return catalog_listing(config)
 
-    @router.get("/v1/trainings/{training_id}/events", summary="The training each time it changes (server-sent events), "
-                "until it is done", response_class=StreamingResponse)
+    @router.get(
+        "/v1/trainings/{training_id}/events",
+        summary="The training each time it changes (server-sent events), until it is done",
+        response_class=StreamingResponse,
+    )
     async def training_events(training_id: str, request: Request, token_owners: list[str] = Depends(owners)) -> StreamingResponse:
         service.training_for(training_id, token_owners)  # 404 for another owner's, before the stream starts
-        return StreamingResponse(_training_stream(service, training_id, request), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            _training_stream(service, training_id, request),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @router.get("/v1/models/{owner}/{name}/versions", summary="List a model's built versions")
     def list_versions(owner: str, name: str, token_owners: list[str] = Depends(owners)) -> dict:
@@ -401,8 +446,9 @@ def public_router(service: Service) -> APIRouter:
             raise fail(404, f"owner {owner!r} not found")
         return owner
 
-    @router.delete("/v1/models/{owner}/{name}/versions/{version_id}", status_code=204,
-                   summary="Delete a version's record (its image stays in the registry)")
+    @router.delete(
+        "/v1/models/{owner}/{name}/versions/{version_id}", status_code=204, summary="Delete a version's record (its image stays in the registry)"
+    )
     def delete_version(owner: str, name: str, version_id: str, token_owners: list[str] = Depends(owners)) -> None:
         digest = normalize_digest(version_id)
         if not digest or not service.may_use(token_owners, owner) or service.db.get_version(owner, name, digest) is None:
@@ -427,8 +473,17 @@ def public_router(service: Service) -> APIRouter:
         folder = config.data_dir / "uploads" / upload_id
         folder.mkdir(parents=True)
         size = await stream_to(request, folder / filename, config.max_upload_bytes, folder)
-        service.db.add_upload({"id": upload_id, "owner": token_owners[0], "owners": token_owners, "name": filename,
-                               "path": str(folder / filename), "size": size, "created_at": now_iso()})
+        service.db.add_upload(
+            {
+                "id": upload_id,
+                "owner": token_owners[0],
+                "owners": token_owners,
+                "name": filename,
+                "path": str(folder / filename),
+                "size": size,
+                "created_at": now_iso(),
+            }
+        )
         return {"id": upload_id, "name": filename, "size": size, "url": f"{config.base_url}/v1/uploads/{upload_id}/{filename}"}
 
     @router.delete("/v1/uploads/{upload_id}", status_code=204, summary="Delete an upload (its file and record)")

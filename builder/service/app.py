@@ -68,9 +68,15 @@ class Service:
             self.notifier = Notifier(config, self.db, self.scheduler)
             self.worker = Worker(Pipeline(config, self.db, self.schemas, self.notifier), config.max_concurrent)
         self.files = FileStore(config, self.db)
-        self.predictor = Predictor(config, self.db, self.files, self.notifier,
-                                   ModelServers(config.builder_settings(), config.max_loaded_models,
-                                                runner=config.model_runner, pools=config.model_urls, leases=Leases(self.db)))
+        self.predictor = Predictor(
+            config,
+            self.db,
+            self.files,
+            self.notifier,
+            ModelServers(
+                config.builder_settings(), config.max_loaded_models, runner=config.model_runner, pools=config.model_urls, leases=Leases(self.db)
+            ),
+        )
         self.predictions: PredictionWorker | None = None  # the embedded prediction worker
         if self.worker is not None:
             self.predictions = PredictionWorker(self.predictor, config.max_concurrent_predictions)
@@ -86,8 +92,7 @@ class Service:
             try:
                 defer_stage(self.queue, doc)
             except Exception as exc:  # recorded already: the workers' reconcile job queues it (an error would invite a duplicate)
-                log.warning("training %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"],
-                            type(exc).__name__, exc)
+                log.warning("training %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"], type(exc).__name__, exc)
         else:
             self.worker.submit(doc["id"])
 
@@ -99,8 +104,7 @@ class Service:
             try:
                 defer_prediction(self.queue, doc, self.db)
             except Exception as exc:  # recorded already: the workers' reconcile job queues it
-                log.warning("prediction %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"],
-                            type(exc).__name__, exc)
+                log.warning("prediction %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"], type(exc).__name__, exc)
         else:
             self.predictions.submit(doc["id"])
 
@@ -185,8 +189,10 @@ def _embedded_lock(data_dir: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise InputError(f"another dreambuild service runs on {data_dir} with its embedded worker: two would run the same "
-                         "trainings (more processes: `workers: external`, README \"Many machines\")") from None
+        raise InputError(
+            f"another dreambuild service runs on {data_dir} with its embedded worker: two would run the same "
+            'trainings (more processes: `workers: external`, README "Many machines")'
+        ) from None
     return fd
 
 
@@ -222,8 +228,13 @@ class BodyLimit:
 
 async def _send_json(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -237,8 +248,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
         yield
         service.stop()
 
-    app = FastAPI(title="dreambuild", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Self-hosted Replicate Dreambooth API: train → build → push → webhook.")
+    app = FastAPI(
+        title="dreambuild",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Self-hosted Replicate Dreambooth API: train → build → push → webhook.",
+    )
     mount_docs(app)  # Swagger UI from packaged assets: no CDN
     mount_dashboard(app)  # the web dashboard at /
     app.state.service = service

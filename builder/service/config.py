@@ -57,16 +57,25 @@ class TrainerEntry(_Strict):
     runner: Literal["local", "cog-http", "docker"] = "local"
     image: str | None = Field(None, description="Image reference (docker runner; recorded for the others).")
     url: str | None = Field(None, description="Base URL of a running Cog server (cog-http runner; same as urls: [url]).")
-    urls: list[str] = Field(default_factory=list, description="cog-http runner: a pool of Cog servers, each leased by one "
-                            "training at a time (trainings wait for a free one; none answers 409).")
+    urls: list[str] = Field(
+        default_factory=list,
+        description="cog-http runner: a pool of Cog servers, each leased by one "
+        "training at a time (trainings wait for a free one; none answers 409).",
+    )
     timeout_minutes: float = Field(24 * 60, description="A training's trainer stage fails after this long.")
-    health_seconds: float = Field(30, description="How often the trainer's Cog server is health-checked while it trains; "
-                                  "a server that stops answering, or forgets the training, fails it.")
+    health_seconds: float = Field(
+        30,
+        description="How often the trainer's Cog server is health-checked while it trains; "
+        "a server that stops answering, or forgets the training, fails it.",
+    )
     predictor: str = Field("trainer/cog_model.py:Predictor", description="Cog entry point under the repo (local runner).")
     env: dict[str, str] = Field(default_factory=dict, description="Environment of the trainer's Cog server.")
     gpus: bool = Field(True, description="docker runner: request GPUs (all of them, or a worker's own with --gpu).")
-    base_digest: str | None = Field(None, description="The trainer's built-in base (pipeline_digest), when known: a LoRA "
-                                    "training is refused at creation on a template whose base differs.")
+    base_digest: str | None = Field(
+        None,
+        description="The trainer's built-in base (pipeline_digest), when known: a LoRA "
+        "training is refused at creation on a template whose base differs.",
+    )
 
     _digest = field_validator("base_digest")(_base_digest)
 
@@ -88,9 +97,12 @@ class TemplateEntry(_Strict):
 
     name: str
     repository: str = Field(..., description="registry/repo or oci:PATH:NAME; the version digest is appended.")
-    base_digest: str | None = Field(None, description="The base pipeline baked in this template (DREAMBUILD_BASE), as "
-                                    "dreambuild.layout.pipeline_digest names it: LoRA trainings (lora_rank > 0) of that "
-                                    "base build on it. None: full fine-tunes only.")
+    base_digest: str | None = Field(
+        None,
+        description="The base pipeline baked in this template (DREAMBUILD_BASE), as "
+        "dreambuild.layout.pipeline_digest names it: LoRA trainings (lora_rank > 0) of that "
+        "base build on it. None: full fine-tunes only.",
+    )
 
     _digest = field_validator("base_digest")(_base_digest)
 
@@ -111,60 +123,92 @@ class ServiceConfig(_Strict):
     data_dir: Path = Field(Path(".dreambuild"), validate_default=True)
     host: str = "127.0.0.1"
     port: int = 8000
-    public_url: str | None = Field(None, description="How users reach this service: the URLs in its answers (files, "
-                                   "uploads, outputs, trainings). Default http://host:port.")
-    internal_url: str | None = Field(None, description="How trainers, model servers and workers reach this service "
-                                     "(its internal routes, the inputs handed to trainers), when not as users do: "
-                                     "http://api:8000 on a compose network. Default: public_url.")
-    database_url: str | None = Field(None, description="postgresql://user:password@host/db (many machines); "
-                                     "none: SQLite in the data directory (the embedded default).")
-    workers: Literal["embedded", "external"] = Field("embedded", description="embedded: trainings run in the API's process "
-                                                     "(max_concurrent at once); external: on `dreambuild worker` processes, "
-                                                     "through the queue in PostgreSQL (needs database_url).")
+    public_url: str | None = Field(
+        None, description="How users reach this service: the URLs in its answers (files, uploads, outputs, trainings). Default http://host:port."
+    )
+    internal_url: str | None = Field(
+        None,
+        description="How trainers, model servers and workers reach this service "
+        "(its internal routes, the inputs handed to trainers), when not as users do: "
+        "http://api:8000 on a compose network. Default: public_url.",
+    )
+    database_url: str | None = Field(
+        None, description="postgresql://user:password@host/db (many machines); none: SQLite in the data directory (the embedded default)."
+    )
+    workers: Literal["embedded", "external"] = Field(
+        "embedded",
+        description="embedded: trainings run in the API's process "
+        "(max_concurrent at once); external: on `dreambuild worker` processes, "
+        "through the queue in PostgreSQL (needs database_url).",
+    )
     max_concurrent: int = 1
     max_upload_bytes: int = 2 * 2**30
-    max_output_bytes: int = Field(32 * 2**30, description="Largest trainer output (output.zip): an SD 1.5 fp32 "
-                                  "fine-tune is ~4.3 GB, SDXL's several times that.")
+    max_output_bytes: int = Field(
+        32 * 2**30, description="Largest trainer output (output.zip): an SD 1.5 fp32 fine-tune is ~4.3 GB, SDXL's several times that."
+    )
     max_body_bytes: int = 2**20
     registry: str | None = Field(None, description="Registry for models; none: the embedded OCI layout.")
     insecure_registries: list[str] = Field(default_factory=list)
-    egress_allow: list[str] = Field(default_factory=list, description="Hosts, addresses and networks (CIDR) the service may "
-                                    "connect to for users although they are loopback, private or link-local (README: egress policy).")
+    egress_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts, addresses and networks (CIDR) the service may "
+        "connect to for users although they are loopback, private or link-local (README: egress policy).",
+    )
     trainers: dict[str, TrainerEntry] = Field(default_factory=dict)
     templates: dict[str, TemplateEntry] = Field(default_factory=dict)
-    template_repositories: list[str] = Field(default_factory=list, description="Repositories (registry/repo[:tag], "
-                                             "tag default latest) whose image is a template the catalog offers, as "
-                                             "`dreambuild templates add NAME --to REPO` pushes them: read when the "
-                                             "catalog is, at most every 30 s; a version once seen stays offered.")
+    template_repositories: list[str] = Field(
+        default_factory=list,
+        description="Repositories (registry/repo[:tag], "
+        "tag default latest) whose image is a template the catalog offers, as "
+        "`dreambuild templates add NAME --to REPO` pushes them: read when the "
+        "catalog is, at most every 30 s; a version once seen stays offered.",
+    )
     tokens: list[TokenEntry] = Field(default_factory=list)
-    default_template_version: str | None = Field(None, description="Template for trainings created through Replicate's "
-                                                 "model-scoped route (default: the only template in the catalog).")
-    upload_expiry_hours: float | None = Field(168, description="Uploads are deleted this long after they were made "
-                                              "(none: kept until DELETE).")
-    output_expiry_hours: float | None = Field(None, description="A finished training's output.zip "
-                                              "are deleted this long after it ended (none: kept until DELETE).")
+    default_template_version: str | None = Field(
+        None, description="Template for trainings created through Replicate's model-scoped route (default: the only template in the catalog)."
+    )
+    upload_expiry_hours: float | None = Field(168, description="Uploads are deleted this long after they were made (none: kept until DELETE).")
+    output_expiry_hours: float | None = Field(
+        None, description="A finished training's output.zip are deleted this long after it ended (none: kept until DELETE)."
+    )
     webhook_backoff: float = Field(2.0, description="Seconds before a webhook's second attempt; doubling after each.")
     webhook_backoff_max: float = Field(600.0, description="The longest wait between two attempts of a webhook.")
     webhook_retry_hours: float = Field(24.0, description="A webhook is retried this long before it is given up.")
     webhook_attempts: int | None = Field(None, description="At most this many attempts (none: as many as fit in webhook_retry_hours).")
-    max_loaded_models: int = Field(1, ge=1, description="Model versions a worker keeps loaded (warm Cog servers) for "
-                                   "predictions; the least recently used one is stopped for another.")
+    max_loaded_models: int = Field(
+        1,
+        ge=1,
+        description="Model versions a worker keeps loaded (warm Cog servers) for predictions; the least recently used one is stopped for another.",
+    )
     max_concurrent_predictions: int = Field(1, ge=1, description="Predictions the embedded worker runs at once.")
-    model_runner: Literal["local", "docker"] = Field("local", description="How a worker runs a version for predictions: "
-                                                     "local (its /src from the layer cache in a local Cog server, this "
-                                                     "Python environment) or docker (the image itself, with only the "
-                                                     "worker's GPU, on the engine at DOCKER_HOST).")
-    model_urls: dict[str, list[str]] = Field(default_factory=dict, description="Versions served by Cog servers already "
-                                             "running (other GPU boxes): version id → their URLs, each leased by one "
-                                             "prediction at a time; nothing is started or stopped for these versions.")
+    model_runner: Literal["local", "docker"] = Field(
+        "local",
+        description="How a worker runs a version for predictions: "
+        "local (its /src from the layer cache in a local Cog server, this "
+        "Python environment) or docker (the image itself, with only the "
+        "worker's GPU, on the engine at DOCKER_HOST).",
+    )
+    model_urls: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Versions served by Cog servers already "
+        "running (other GPU boxes): version id → their URLs, each leased by one "
+        "prediction at a time; nothing is started or stopped for these versions.",
+    )
     prediction_timeout_minutes: float = Field(30.0, description="A prediction running longer fails.")
-    shutdown_grace_seconds: float = Field(30.0, ge=0, description="A stopping service or worker lets running predictions "
-                                          "end this long; then they are canceled and handed back (they run again "
-                                          "from their inputs at the next start, or on another worker).")
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A stopping service or worker lets running predictions "
+        "end this long; then they are canceled and handed back (they run again "
+        "from their inputs at the next start, or on another worker).",
+    )
     file_url_seconds: int = Field(3600, ge=60, description="How long signed download URLs of files and outputs work.")
-    file_expiry_hours: float | None = Field(24, description="Files of predictions (uploaded inputs, outputs) are deleted "
-                                            "this long after they were made; the prediction then shows data_removed "
-                                            "(none: kept until DELETE).")
+    file_expiry_hours: float | None = Field(
+        24,
+        description="Files of predictions (uploaded inputs, outputs) are deleted "
+        "this long after they were made; the prediction then shows data_removed "
+        "(none: kept until DELETE).",
+    )
 
     # Embedded defaults with no templates configured: the catalog's templates are the layout's,
     # read again when asked, so `dreambuild templates add` needs no restart.
@@ -246,7 +290,7 @@ class ServiceConfig(_Strict):
 
     def to_internal(self, url: str) -> str:
         """A URL of this service as users have it, as trainers and workers reach it."""
-        return self.internal_base_url + url[len(self.base_url):] if url.startswith(self.base_url + "/") else url
+        return self.internal_base_url + url[len(self.base_url) :] if url.startswith(self.base_url + "/") else url
 
     @property
     def database(self) -> str | Path:
@@ -301,11 +345,16 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
 
 def catalog_listing(config: ServiceConfig) -> dict:
     """The catalog as ``GET /v1/catalog`` and ``dreambuild catalog`` show it."""
-    return {"trainers": [{"version": version, "name": entry.name, "runner": entry.runner, "base_digest": entry.base_digest}
-                         for version, entry in config.trainers.items()],
-            "templates": [{"version": version, "name": entry.name, "base_digest": entry.base_digest,
-                           "builds": ["full", "lora"] if entry.base_digest else ["full"]}
-                          for version, entry in config.template_catalog().items()]}
+    return {
+        "trainers": [
+            {"version": version, "name": entry.name, "runner": entry.runner, "base_digest": entry.base_digest}
+            for version, entry in config.trainers.items()
+        ],
+        "templates": [
+            {"version": version, "name": entry.name, "base_digest": entry.base_digest, "builds": ["full", "lora"] if entry.base_digest else ["full"]}
+            for version, entry in config.template_catalog().items()
+        ],
+    }
 
 
 def config_errors(exc: ValidationError) -> str:
@@ -355,7 +404,8 @@ def layout_templates(layout: Path) -> dict[str, TemplateEntry]:
         except (DreambuildError, ValueError, KeyError, TypeError):
             continue  # not an image this service can run: left out of the catalog
         found[normalize_digest(digest).removeprefix("sha256:")] = TemplateEntry(
-            name=name.removeprefix("dreambuild/"), repository=f"oci:{layout}:{name}", base_digest=base)
+            name=name.removeprefix("dreambuild/"), repository=f"oci:{layout}:{name}", base_digest=base
+        )
     return found
 
 
@@ -375,8 +425,7 @@ def repository_templates(repositories: list[str], settings: BuilderSettings) -> 
         labels = (image.config.get("config") or {}).get("Labels") or {}
         name = labels.get("io.dreambuild.template.name") or repository.rsplit("/", 1)[-1].split(":")[0]
         digest = image.reference.rsplit("@", 1)[1]
-        found[digest.removeprefix("sha256:")] = TemplateEntry(name=name, repository=_repository_of(repository),
-                                                              base_digest=labels.get(BASE_LABEL))
+        found[digest.removeprefix("sha256:")] = TemplateEntry(name=name, repository=_repository_of(repository), base_digest=labels.get(BASE_LABEL))
     return found
 
 

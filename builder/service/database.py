@@ -32,7 +32,8 @@ metadata = MetaData()
 # The tables as the newest migration leaves them (builder/service/migrations/versions/): the
 # migrations are the schema's history, these are what the code reads and writes.
 trainings = Table(
-    "trainings", metadata,
+    "trainings",
+    metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("id", Text, nullable=False, unique=True),
     Column("owner", Text, nullable=False),
@@ -43,7 +44,8 @@ trainings = Table(
     sqlite_autoincrement=True,
 )
 versions = Table(
-    "versions", metadata,
+    "versions",
+    metadata,
     Column("owner", Text, primary_key=True),
     Column("name", Text, primary_key=True),
     Column("id", Text, primary_key=True),
@@ -51,18 +53,21 @@ versions = Table(
     Column("doc", DOC, nullable=False),
 )
 uploads = Table(
-    "uploads", metadata,
+    "uploads",
+    metadata,
     Column("id", Text, primary_key=True),
     Column("owner", Text, nullable=False),
     Column("doc", DOC, nullable=False),
 )
 settings = Table(
-    "settings", metadata,
+    "settings",
+    metadata,
     Column("key", Text, primary_key=True),
     Column("value", Text, nullable=False),
 )
 deliveries = Table(  # one webhook event of a training: its id, payload and how sending it went
-    "webhook_deliveries", metadata,
+    "webhook_deliveries",
+    metadata,
     Column("id", Text, primary_key=True),  # the webhook-id header: the same on every attempt
     Column("training_id", Text, nullable=False, index=True),
     Column("status", Text, nullable=False),  # pending, delivered, failed
@@ -70,20 +75,23 @@ deliveries = Table(  # one webhook event of a training: its id, payload and how 
     Column("doc", DOC, nullable=False),
 )
 leases = Table(  # a resource (a cog-http trainer URL) held by one training at a time
-    "leases", metadata,
+    "leases",
+    metadata,
     Column("resource", Text, primary_key=True),
     Column("holder", Text, nullable=False),
     Column("acquired_at", Float, nullable=False),
 )
 workers = Table(  # workers seen: what they run and what they are doing
-    "workers", metadata,
+    "workers",
+    metadata,
     Column("id", Text, primary_key=True),
     Column("last_seen", Float, nullable=False),
     Column("doc", DOC, nullable=False),
 )
 
 predictions = Table(
-    "predictions", metadata,
+    "predictions",
+    metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("id", Text, nullable=False, unique=True),
     Column("owner", Text, nullable=False),
@@ -95,7 +103,8 @@ predictions = Table(
     sqlite_autoincrement=True,
 )
 files = Table(  # files users upload for predictions (POST /v1/files) and predictions' outputs
-    "files", metadata,
+    "files",
+    metadata,
     Column("id", Text, primary_key=True),
     Column("owner", Text, nullable=False),
     Column("created", Float, nullable=False),
@@ -160,8 +169,7 @@ class Database:
             # No pre-ping (it doubles the round trips of every query): after a PostgreSQL restart
             # the first query on a pooled connection fails, the pool replaces all of them, and
             # reads are retried once on a fresh one (writes answer 503 once instead).
-            self.engine = create_engine(url, pool_size=10, max_overflow=20,
-                                        connect_args={"connect_timeout": 5})
+            self.engine = create_engine(url, pool_size=10, max_overflow=20, connect_args={"connect_timeout": 5})
         self.url = url
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
         with self._tx() as conn:
@@ -295,8 +303,7 @@ class Database:
             return conn.execute(select(versions.c.doc).where(key)).scalar_one()
 
     def list_versions(self, owner: str, name: str) -> list[dict[str, Any]]:
-        rows = self._read(select(versions.c.doc).where((versions.c.owner == owner) & (versions.c.name == name))
-                          .order_by(versions.c.seq.desc()))
+        rows = self._read(select(versions.c.doc).where((versions.c.owner == owner) & (versions.c.name == name)).order_by(versions.c.seq.desc()))
         return [doc for (doc,) in rows]
 
     def list_models(self, owners: list[str] | None) -> list[tuple[str, str]]:
@@ -312,8 +319,7 @@ class Database:
             conn.execute(versions.delete().where((versions.c.owner == owner) & (versions.c.name == name) & (versions.c.id == version_id)))
 
     def get_version(self, owner: str, name: str, version_id: str) -> dict[str, Any] | None:
-        rows = self._read(select(versions.c.doc).where((versions.c.owner == owner) & (versions.c.name == name)
-                                                       & (versions.c.id == version_id)))
+        rows = self._read(select(versions.c.doc).where((versions.c.owner == owner) & (versions.c.name == name) & (versions.c.id == version_id)))
         return rows[0][0] if rows else None
 
     # --- uploads -----------------------------------------------------------------------------
@@ -334,13 +340,11 @@ class Database:
         rows = self._read(select(uploads.c.doc).where(uploads.c.id == upload_id))
         return rows[0][0] if rows else None
 
-
     # --- predictions -------------------------------------------------------------------------
 
     def create_prediction(self, doc: dict[str, Any]) -> dict[str, Any]:
         with self._tx() as conn:
-            conn.execute(predictions.insert().values(id=doc["id"], owner=doc["owner"], model=doc["model"], status=doc["status"],
-                                                     doc=doc))
+            conn.execute(predictions.insert().values(id=doc["id"], owner=doc["owner"], model=doc["model"], status=doc["status"], doc=doc))
         return doc
 
     def get_prediction(self, prediction_id: str) -> dict[str, Any] | None:
@@ -360,12 +364,12 @@ class Database:
             if extra:
                 doc["logs"] = (doc.get("logs") or "") + extra
             doc.update(changes)
-            conn.execute(predictions.update().where(predictions.c.id == prediction_id)
-                         .values(status=doc["status"], model=doc["model"], doc=doc))
+            conn.execute(predictions.update().where(predictions.c.id == prediction_id).values(status=doc["status"], model=doc["model"], doc=doc))
             return doc
 
-    def list_predictions(self, owners: list[str] | None, *, model: str | None = None, status: str | None = None,
-                         before: int | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], int | None]:
+    def list_predictions(
+        self, owners: list[str] | None, *, model: str | None = None, status: str | None = None, before: int | None = None, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], int | None]:
         """Newest first, as :meth:`list_trainings`; optionally of one model (owner/name) or status."""
         if owners is not None and not owners:
             return [], None
@@ -390,8 +394,7 @@ class Database:
 
     def unfinished_predictions(self) -> list[dict[str, Any]]:
         """Predictions to run again after a restart, oldest first."""
-        rows = self._read(select(predictions.c.doc).where(predictions.c.status.in_(("starting", "processing")))
-                          .order_by(predictions.c.seq))
+        rows = self._read(select(predictions.c.doc).where(predictions.c.status.in_(("starting", "processing"))).order_by(predictions.c.seq))
         return [doc for (doc,) in rows]
 
     def predictions_waiting_for(self, training_id: str) -> list[dict[str, Any]]:
@@ -459,8 +462,11 @@ class Deliveries:
     def add(self, doc: dict[str, Any], next_attempt_at: float) -> dict[str, Any]:
         """Record a delivery once: the same webhook id again (a re-run stage) keeps the first."""
         with self.db._tx() as conn:
-            conn.execute(self.db._insert(deliveries).values(id=doc["id"], training_id=doc["training_id"], status=doc["status"],
-                                                            next_attempt_at=next_attempt_at, doc=doc).on_conflict_do_nothing())
+            conn.execute(
+                self.db._insert(deliveries)
+                .values(id=doc["id"], training_id=doc["training_id"], status=doc["status"], next_attempt_at=next_attempt_at, doc=doc)
+                .on_conflict_do_nothing()
+            )
             return conn.execute(select(deliveries.c.doc).where(deliveries.c.id == doc["id"])).scalar_one()
 
     def get(self, delivery_id: str) -> dict[str, Any] | None:
@@ -485,8 +491,9 @@ class Deliveries:
 
     def pending(self) -> list[tuple[str, float]]:
         """Deliveries still to attempt, with when: (id, epoch seconds), soonest first."""
-        rows = self.db._read(select(deliveries.c.id, deliveries.c.next_attempt_at).where(deliveries.c.status == "pending")
-                             .order_by(deliveries.c.next_attempt_at))
+        rows = self.db._read(
+            select(deliveries.c.id, deliveries.c.next_attempt_at).where(deliveries.c.status == "pending").order_by(deliveries.c.next_attempt_at)
+        )
         return [(row[0], row[1]) for row in rows]
 
     def count(self) -> dict[str, int]:
@@ -507,8 +514,12 @@ class Leases:
             if held in resources:
                 return held
             for resource in resources:
-                inserted = conn.execute(self.db._insert(leases).values(resource=resource, holder=holder, acquired_at=time.time())
-                                        .on_conflict_do_nothing().returning(leases.c.resource)).scalar()
+                inserted = conn.execute(
+                    self.db._insert(leases)
+                    .values(resource=resource, holder=holder, acquired_at=time.time())
+                    .on_conflict_do_nothing()
+                    .returning(leases.c.resource)
+                ).scalar()
                 if inserted:
                     return inserted
         return None
@@ -530,8 +541,9 @@ class Workers:
     def beat(self, worker_id: str, doc: dict[str, Any]) -> None:
         with self.db._tx() as conn:
             insert = self.db._insert(workers).values(id=worker_id, last_seen=time.time(), doc=doc)
-            conn.execute(insert.on_conflict_do_update(index_elements=["id"], set_={"last_seen": insert.excluded.last_seen,
-                                                                                    "doc": insert.excluded.doc}))
+            conn.execute(
+                insert.on_conflict_do_update(index_elements=["id"], set_={"last_seen": insert.excluded.last_seen, "doc": insert.excluded.doc})
+            )
 
     def remove(self, worker_id: str) -> None:
         with self.db._tx() as conn:
@@ -539,6 +551,5 @@ class Workers:
 
     def live(self, within: float) -> list[dict[str, Any]]:
         """Workers seen in the last ``within`` seconds, with ``last_seen``."""
-        rows = self.db._read(select(workers.c.doc, workers.c.last_seen).where(workers.c.last_seen > time.time() - within)
-                             .order_by(workers.c.id))
+        rows = self.db._read(select(workers.c.doc, workers.c.last_seen).where(workers.c.last_seen > time.time() - within).order_by(workers.c.id))
         return [{**doc, "last_seen": last_seen} for doc, last_seen in rows]

@@ -54,12 +54,25 @@ class Notifier:
         return bool(url) and event in wanted
 
     def _record(self, doc: dict, event: str, url: str, payload: dict, webhook_id: str | None, kind: str = "training") -> dict:
-        delivery = self.deliveries.add({
-            # training_id: the training's or prediction's id (the row's subject; deleted with it)
-            "id": webhook_id or f"{doc['id']}-{event}", "training_id": doc["id"], "kind": kind, "owner": doc["owner"],
-            "event": event, "url": url, "payload": payload, "status": "pending", "attempts": 0,
-            "created_at": now_iso(), "first_attempt_at": None, "last_status": None, "last_error": None,
-        }, next_attempt_at=time.time())
+        delivery = self.deliveries.add(
+            {
+                # training_id: the training's or prediction's id (the row's subject; deleted with it)
+                "id": webhook_id or f"{doc['id']}-{event}",
+                "training_id": doc["id"],
+                "kind": kind,
+                "owner": doc["owner"],
+                "event": event,
+                "url": url,
+                "payload": payload,
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now_iso(),
+                "first_attempt_at": None,
+                "last_status": None,
+                "last_error": None,
+            },
+            next_attempt_at=time.time(),
+        )
         if delivery["status"] == "pending":
             self.schedule(delivery["id"], time.time())
         return delivery
@@ -83,12 +96,18 @@ class Notifier:
             status = "failed"
         else:
             status = "pending"
-        delivery = self.deliveries.update(delivery_id, next_attempt_at=now + delay, status=status, attempts=attempts,
-                                          first_attempt_at=first, last_attempt_at=now_iso(), last_status=result.status,
-                                          last_error=result.error)
+        delivery = self.deliveries.update(
+            delivery_id,
+            next_attempt_at=now + delay,
+            status=status,
+            attempts=attempts,
+            first_attempt_at=first,
+            last_attempt_at=now_iso(),
+            last_status=result.status,
+            last_error=result.error,
+        )
         if status == "pending":
-            log.warning("webhook %s to %s failed (%s); attempt %d in %.1fs", delivery_id, delivery["url"], result.error,
-                        attempts + 1, delay)
+            log.warning("webhook %s to %s failed (%s); attempt %d in %.1fs", delivery_id, delivery["url"], result.error, attempts + 1, delay)
             self.schedule(delivery_id, now + delay)
         if delivery["event"] == "completed":
             self._show(delivery)
@@ -107,8 +126,14 @@ class Notifier:
         delivery = self.deliveries.get(f"{doc['id']}-completed")
         if delivery is None:
             return None
-        delivery = self.deliveries.update(delivery["id"], next_attempt_at=time.time(), status="pending", attempts=0,
-                                          first_attempt_at=None, url=doc.get("webhook_completed") or delivery["url"])
+        delivery = self.deliveries.update(
+            delivery["id"],
+            next_attempt_at=time.time(),
+            status="pending",
+            attempts=0,
+            first_attempt_at=None,
+            url=doc.get("webhook_completed") or delivery["url"],
+        )
         self._show(delivery)
         self.schedule(delivery["id"], time.time())
         return delivery
@@ -119,9 +144,15 @@ class Notifier:
 
 def outcome(delivery: dict) -> dict:
     """How a delivery went, as the training shows it."""
-    return {"ok": delivery["status"] == "delivered", "state": delivery["status"], "attempts": delivery["attempts"],
-            "status": delivery.get("last_status"), "error": delivery.get("last_error"), "webhook_id": delivery["id"],
-            "last_attempt_at": delivery.get("last_attempt_at")}
+    return {
+        "ok": delivery["status"] == "delivered",
+        "state": delivery["status"],
+        "attempts": delivery["attempts"],
+        "status": delivery.get("last_status"),
+        "error": delivery.get("last_error"),
+        "webhook_id": delivery["id"],
+        "last_attempt_at": delivery.get("last_attempt_at"),
+    }
 
 
 class LocalScheduler:

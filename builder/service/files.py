@@ -70,8 +70,9 @@ class FileStore:
         self.config, self.db = config, db
         self._secret = db.setting("file_url_secret", lambda: secrets.token_urlsafe(32)).encode()
 
-    def add(self, owner: str, name: str, content_type: str, write, *, metadata: dict | None = None,
-            prediction_id: str | None = None) -> dict[str, Any]:
+    def add(
+        self, owner: str, name: str, content_type: str, write, *, metadata: dict | None = None, prediction_id: str | None = None
+    ) -> dict[str, Any]:
         """Store a file written by ``write(handle) -> size``; return its record."""
         file_id = uuid.uuid4().hex
         folder = files_root(self.config) / file_id
@@ -81,11 +82,22 @@ class FileStore:
         try:  # a file is kept only with its record: a failed write or insert leaves nothing behind
             with open(path, "wb") as handle:
                 write(_Hashing(handle, digest))
-            return self.db.add_file({
-                "id": file_id, "owner": owner, "name": name, "content_type": content_type, "size": path.stat().st_size,
-                "etag": digest.hexdigest(), "checksums": {"sha256": digest.hexdigest()}, "metadata": metadata or {},
-                "created_at": now_iso(), "expires_at": None, "path": str(path), "prediction_id": prediction_id,
-            })
+            return self.db.add_file(
+                {
+                    "id": file_id,
+                    "owner": owner,
+                    "name": name,
+                    "content_type": content_type,
+                    "size": path.stat().st_size,
+                    "etag": digest.hexdigest(),
+                    "checksums": {"sha256": digest.hexdigest()},
+                    "metadata": metadata or {},
+                    "created_at": now_iso(),
+                    "expires_at": None,
+                    "path": str(path),
+                    "prediction_id": prediction_id,
+                }
+            )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -113,7 +125,7 @@ class FileStore:
         prefix = f"{self.config.base_url}/v1/files/"
         if not isinstance(url, str) or not url.startswith(prefix):
             return None
-        tail = url[len(prefix):]
+        tail = url[len(prefix) :]
         return tail if FILENAME.fullmatch(tail) else None
 
     def _signature(self, file_id: str, expires: int) -> str:
@@ -125,8 +137,7 @@ class FileStore:
         expires = int(time.time() + (seconds or self.config.file_url_seconds))
         doc = self.db.get_file(file_id)
         name = doc["name"] if doc else "file"
-        return (f"{self.config.base_url}/v1/files/{file_id}/download/{name}"
-                f"?expires={expires}&signature={self._signature(file_id, expires)}")
+        return f"{self.config.base_url}/v1/files/{file_id}/download/{name}?expires={expires}&signature={self._signature(file_id, expires)}"
 
     def check_signature(self, file_id: str, expires: str, signature: str) -> bool:
         if not expires.isdigit() or int(expires) < time.time():
@@ -136,8 +147,9 @@ class FileStore:
 
 def public_file(store: FileStore, doc: dict[str, Any]) -> dict[str, Any]:
     """A file as Replicate's clients read it."""
-    return {key: doc[key] for key in ("id", "name", "content_type", "size", "etag", "checksums", "metadata", "created_at",
-                                      "expires_at")} | {"urls": {"get": store.api_url(doc["id"])}}
+    return {key: doc[key] for key in ("id", "name", "content_type", "size", "etag", "checksums", "metadata", "created_at", "expires_at")} | {
+        "urls": {"get": store.api_url(doc["id"])}
+    }
 
 
 def files_router(service: Service) -> APIRouter:
@@ -178,8 +190,7 @@ def files_router(service: Service) -> APIRouter:
                     raise fail(413, f"upload is over the limit of {limit} bytes")
                 handle.write(chunk)
 
-        doc = store.add(token_owners[0], safe_name(filename), content_type or "application/octet-stream", write,
-                        metadata=metadata)
+        doc = store.add(token_owners[0], safe_name(filename), content_type or "application/octet-stream", write, metadata=metadata)
         return public_file(store, doc)
 
     @router.get("/v1/files", summary="List your files, newest first")

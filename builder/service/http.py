@@ -63,8 +63,9 @@ class CheckedJSONRoute(APIRoute):
                 for value in values:
                     name, text = value if isinstance(value, tuple) else ("", value)
                     if "\x00" in name or "\x00" in text:
-                        raise fail(422, f"{where}{'.' + name.replace(chr(0), '') if name else ''}: contains a NUL "
-                                        "character (%00), which cannot be stored")
+                        raise fail(
+                            422, f"{where}{'.' + name.replace(chr(0), '') if name else ''}: contains a NUL character (%00), which cannot be stored"
+                        )
             if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
                 body = await request.body()  # kept by the request: the handler reads it again
                 try:

@@ -133,12 +133,14 @@ def internal_router(service: Service) -> APIRouter:
         with tempfile.TemporaryDirectory(prefix="dreambuild-output-") as scratch:
             received = Path(scratch) / filename
             await stream_to(request, received, config.max_output_bytes, None)
+
             def copy(handle) -> None:
                 with open(received, "rb") as source:
                     shutil.copyfileobj(source, handle)
 
-            saved = service.files.add(doc["owner"], filename, request.headers.get("content-type") or "application/octet-stream",
-                                      copy, prediction_id=prediction_id)
+            saved = service.files.add(
+                doc["owner"], filename, request.headers.get("content-type") or "application/octet-stream", copy, prediction_id=prediction_id
+            )
         return {"id": saved["id"]}
 
     @router.post("/internal/{secret}/predictions/{prediction_id}/cog")

@@ -104,8 +104,7 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
     """The procrastinate app with dreambuild's tasks; ``state`` where jobs run."""
     import procrastinate
 
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(config.database_url),
-                                                                     kwargs={"connect_timeout": 5}))
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(config.database_url), kwargs={"connect_timeout": 5}))
     state = state or WorkerState()
 
     @app.task(name="dreambuild.advance", pass_context=True)
@@ -156,15 +155,15 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
 
 
 def _training_job(app, doc: dict):
-    return app.tasks["dreambuild.advance"].configure(queue=stage_queue(doc), lock=f"training:{doc['id']}",
-                                                     queueing_lock=f"training:{doc['id']}")
+    return app.tasks["dreambuild.advance"].configure(queue=stage_queue(doc), lock=f"training:{doc['id']}", queueing_lock=f"training:{doc['id']}")
 
 
 def _delivery_job(app, delivery_id: str, at: float):
     from datetime import datetime, timezone
 
-    return app.tasks["dreambuild.deliver"].configure(queue=WEBHOOKS, lock=f"webhook:{delivery_id}",
-                                                     schedule_at=datetime.fromtimestamp(at, timezone.utc))
+    return app.tasks["dreambuild.deliver"].configure(
+        queue=WEBHOOKS, lock=f"webhook:{delivery_id}", schedule_at=datetime.fromtimestamp(at, timezone.utc)
+    )
 
 
 def defer_stage(app, doc: dict) -> None:
@@ -195,9 +194,13 @@ def prediction_queue(db, doc: dict) -> str:
         from sqlalchemy import text
 
         with db.engine.connect() as conn:  # a worker already sent work is not idle, whatever its last heartbeat said
-            waiting = {row[0] for row in conn.execute(text(
-                "SELECT DISTINCT queue_name FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND queue_name LIKE :q"),
-                {"q": PREDICT + "-%"})}
+            waiting = {
+                row[0]
+                for row in conn.execute(
+                    text("SELECT DISTINCT queue_name FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND queue_name LIKE :q"),
+                    {"q": PREDICT + "-%"},
+                )
+            }
         for worker in Workers(db).live(STALLED_SECONDS / 2):
             queue = worker_predict_queue(worker["name"])
             if doc["version"] in (worker.get("loaded") or []) and not worker.get("current") and queue not in waiting:
@@ -211,8 +214,9 @@ def defer_prediction(app, doc: dict, db=None) -> None:
 
     queue = prediction_queue(db, doc) if db is not None else PREDICT
     try:
-        app.tasks["dreambuild.predict"].configure(queue=queue, lock=f"prediction:{doc['id']}",
-                                                  queueing_lock=f"prediction:{doc['id']}").defer(prediction_id=doc["id"])
+        app.tasks["dreambuild.predict"].configure(queue=queue, lock=f"prediction:{doc['id']}", queueing_lock=f"prediction:{doc['id']}").defer(
+            prediction_id=doc["id"]
+        )
     except procrastinate.exceptions.AlreadyEnqueued:
         pass
 
@@ -228,8 +232,7 @@ def defer_delivery(app, delivery_id: str, at: float) -> None:
 async def reconcile_jobs(app, state: WorkerState) -> None:
     """Queue every unfinished training and pending delivery that has no job waiting or running."""
     db = state.pipeline.db
-    rows = await app.connector.execute_query_all_async(
-        "SELECT lock FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock IS NOT NULL")
+    rows = await app.connector.execute_query_all_async("SELECT lock FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock IS NOT NULL")
     locked = {row["lock"] for row in rows}
     now = time.time()
     for doc in await in_thread(db.unfinished_trainings):
@@ -256,13 +259,18 @@ async def _reconcile_predictions(app, db) -> None:
 
     live = {w["name"] for w in await in_thread(Workers(db).live, STALLED_SECONDS)}
     rows = await app.connector.execute_query_all_async(
-        "SELECT id, lock, queue_name, status FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock LIKE 'prediction:%%'")
+        "SELECT id, lock, queue_name, status FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock LIKE 'prediction:%%'"
+    )
     jobs = {row["lock"]: row for row in rows}
     now = time.time()
     for doc in await in_thread(db.unfinished_predictions):
         job = jobs.get(f"prediction:{doc['id']}")
-        orphaned = job is not None and job["status"] == "todo" and job["queue_name"].startswith(PREDICT + "-") \
+        orphaned = (
+            job is not None
+            and job["status"] == "todo"
+            and job["queue_name"].startswith(PREDICT + "-")
             and job["queue_name"].removeprefix(PREDICT + "-") not in live
+        )
         if orphaned:
             await app.job_manager.cancel_job_by_id_async(job["id"])
             log.warning("prediction %s waited for a worker that is gone: queued for any worker", doc["id"])

@@ -67,8 +67,15 @@ class LoadedModel:
 class ModelServers:
     """At most ``budget`` loaded versions; :meth:`acquire` a version's server, then :meth:`release` it."""
 
-    def __init__(self, settings: BuilderSettings, budget: int, gpu: str | None = None, runner: str = "local",
-                 pools: dict[str, list[str]] | None = None, leases=None) -> None:
+    def __init__(
+        self,
+        settings: BuilderSettings,
+        budget: int,
+        gpu: str | None = None,
+        runner: str = "local",
+        pools: dict[str, list[str]] | None = None,
+        leases=None,
+    ) -> None:
         self.settings, self.budget, self.gpu, self.runner = settings, budget, gpu, runner
         self.pools, self.leases = pools or {}, leases  # model_urls, leased through the database
         self._loaded: dict[str, LoadedModel] = {}
@@ -91,8 +98,7 @@ class ModelServers:
             holder = holder or uuid.uuid4().hex
             while (leased := self.leases.acquire(resources, holder)) is None:
                 time.sleep(0.2)
-            model = LoadedModel(version=version, server=RunningServer(leased.removeprefix("model:")), setup_time=0.0, project=None,
-                                lease=holder)
+            model = LoadedModel(version=version, server=RunningServer(leased.removeprefix("model:")), setup_time=0.0, project=None, lease=holder)
             model.lock.acquire()
             return model, False
         with self._guard:
@@ -153,8 +159,9 @@ class ModelServers:
     def _start(self, version: str, image: str, schema: dict | None) -> LoadedModel:
         started = time.monotonic()
         if self.runner == "docker":  # the image as it is (its own Python and CUDA), with only this worker's GPU
-            container = start_cog_container(image, name=f"dreambuild-model-{uuid.uuid4().hex[:12]}",
-                                            gpus=[self.gpu] if self.gpu is not None else True, what="model image")
+            container = start_cog_container(
+                image, name=f"dreambuild-model-{uuid.uuid4().hex[:12]}", gpus=[self.gpu] if self.gpu is not None else True, what="model image"
+            )
             return LoadedModel(version=version, server=container, setup_time=round(time.monotonic() - started, 3), project=None)
         unpacked = unpack_src(image, self.settings)
         try:

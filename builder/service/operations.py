@@ -93,8 +93,7 @@ class _Collector:
             depth.add_metric(["embedded"], sum(1 for d in db.unfinished_trainings() if d["stage"] == "queued"))
         yield depth
 
-        durations = HistogramMetricFamily("dreambuild_stage_seconds", f"Stage durations of the newest {RECENT} trainings.",
-                                          labels=["stage"])
+        durations = HistogramMetricFamily("dreambuild_stage_seconds", f"Stage durations of the newest {RECENT} trainings.", labels=["stage"])
         page, _ = db.list_trainings(None, limit=RECENT)
         for stage in STAGES[:-1]:
             values = [s[stage] for s in (stage_seconds(d) for d in page) if stage in s]

@@ -65,8 +65,17 @@ class Pipeline:
     ``local_files``: this process is the API's (embedded mode) and reads its file store
     directly; a worker on another machine moves files through the API's internal routes."""
 
-    def __init__(self, config: ServiceConfig, db: Database, schemas: TrainerSchemas, notifier: Notifier, *,
-                 local_files: bool = True, gpu: str | None = None, worker: str = "embedded") -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        db: Database,
+        schemas: TrainerSchemas,
+        notifier: Notifier,
+        *,
+        local_files: bool = True,
+        gpu: str | None = None,
+        worker: str = "embedded",
+    ) -> None:
         self.config, self.db, self.schemas, self.notifier = config, db, schemas, notifier
         self.local_files, self.gpu, self.worker = local_files, gpu, worker
         self.leases = Leases(db)
@@ -96,9 +105,11 @@ class Pipeline:
             if doc["stage"] == "building":
                 doc = self._build(doc)
         except Interrupted:
-            log.warning("training %s stopped by the shutdown at stage %s; it resumes there at the next start (or on another worker)",
-                        training_id,
-                        self.db.get_training(training_id)["stage"])
+            log.warning(
+                "training %s stopped by the shutdown at stage %s; it resumes there at the next start (or on another worker)",
+                training_id,
+                self.db.get_training(training_id)["stage"],
+            )
             return None
         except DatabaseUnavailable as exc:  # not the training's fault: it is queued again once the database is back
             log.warning("training %s stopped at its stage: %s (%s)", training_id, exc, exc.detail)
@@ -130,6 +141,7 @@ class Pipeline:
                 doc = self.db.get_training(training_id)
                 if doc is None or doc.get("cancel_requested"):
                     raise Canceled
+
         return abort
 
     def _finish(self, training_id: str, status: str, error: str) -> TrainingRecord:
@@ -168,15 +180,32 @@ class Pipeline:
         clear_stale(entry, doc["id"], doc.get("runner_pid"), doc.get("runner_host"))
         url, server_wait = self._lease(entry, doc)
         workdir = self.config.data_dir / "work" / doc["id"]
-        doc = self.db.update_training(doc["id"], stage="training", status="processing", started_at=doc.get("started_at") or now_iso(),
-                                      cog_status=None, runner_pid=None, weights=None, worker=self.worker)
+        doc = self.db.update_training(
+            doc["id"],
+            stage="training",
+            status="processing",
+            started_at=doc.get("started_at") or now_iso(),
+            cog_status=None,
+            runner_pid=None,
+            weights=None,
+            worker=self.worker,
+        )
         started = time.monotonic()
         self.notifier.event(doc, "start")
         try:
             inputs = self._fetch_inputs(doc, workdir / "inputs")
-            run = start_run(entry, doc["id"], inputs, webhook=self.internal_url(doc, "cog"), upload_url=self.internal_url(doc, "files") + "/",
-                            workdir=workdir, schema=self.schemas.get(doc["trainer_version"]), url=url, gpu=self.gpu,
-                            abort=self._setup_abort(doc["id"]))
+            run = start_run(
+                entry,
+                doc["id"],
+                inputs,
+                webhook=self.internal_url(doc, "cog"),
+                upload_url=self.internal_url(doc, "files") + "/",
+                workdir=workdir,
+                schema=self.schemas.get(doc["trainer_version"]),
+                url=url,
+                gpu=self.gpu,
+                abort=self._setup_abort(doc["id"]),
+            )
         except BaseException:
             self._forget_inputs(doc, workdir / "inputs")
             raise
@@ -247,8 +276,7 @@ class Pipeline:
                 if unreachable >= 3:
                     raise CogError(f"the {TRAINER} at {run.client.base_url} stopped answering health checks")
                 if idle >= 2:  # twice in a row: a final webhook in flight has had its time
-                    raise CogError(f"the {TRAINER} at {run.client.base_url} is idle but never reported the training's end "
-                                   "(restarted?)")
+                    raise CogError(f"the {TRAINER} at {run.client.base_url} is idle but never reported the training's end (restarted?)")
             time.sleep(POLL)
 
     def _fetch_inputs(self, doc: TrainingRecord, scratch: Path) -> dict:
@@ -301,21 +329,40 @@ class Pipeline:
             self._check_stopping()
 
         reporter = Reporter(step=step)
-        result = build_image(self._weights(doc), template, model_ref(doc["model"], settings), notes=doc.get("notes") or "",
-                             settings=settings, reporter=reporter, workdir=self.config.data_dir / "work" / doc["id"] / "build")
+        result = build_image(
+            self._weights(doc),
+            template,
+            model_ref(doc["model"], settings),
+            notes=doc.get("notes") or "",
+            settings=settings,
+            reporter=reporter,
+            workdir=self.config.data_dir / "work" / doc["id"] / "build",
+        )
         owner, name = doc["model"].split("/")
         try:  # the template's schema is its versions' (Replicate's clients read it as openapi_schema)
             schema, cog_version = model_schema(template, settings, self.db)
         except DreambuildError as exc:  # predictions then leave input checks to the model's Cog server
             log.warning("training %s: the version's schema cannot be read: %s", doc["id"], exc)
             schema, cog_version = None, ""
-        self.db.add_version(owner, name, {
-            "id": result.digest, "model": doc["model"], "image": result.image, "notes": doc.get("notes"),
-            "training_id": doc["id"], "trainer_version": doc["trainer_version"], "template_version": doc["template_version"],
-            "created_at": now_iso(), "openapi_schema": schema, "cog_version": cog_version,
-        })
-        doc = self.db.update_training(doc["id"], stage="webhook", status="succeeded", version=result.digest,
-                                      image=result.image, completed_at=now_iso())
+        self.db.add_version(
+            owner,
+            name,
+            {
+                "id": result.digest,
+                "model": doc["model"],
+                "image": result.image,
+                "notes": doc.get("notes"),
+                "training_id": doc["id"],
+                "trainer_version": doc["trainer_version"],
+                "template_version": doc["template_version"],
+                "created_at": now_iso(),
+                "openapi_schema": schema,
+                "cog_version": cog_version,
+            },
+        )
+        doc = self.db.update_training(
+            doc["id"], stage="webhook", status="succeeded", version=result.digest, image=result.image, completed_at=now_iso()
+        )
         self.notifier.event(doc, "output")
         return doc
 

@@ -20,14 +20,36 @@ FILE_REF = "dreambuild-file:"
 EVENTS = ("start", "output", "logs", "completed")
 
 
-def new_prediction(*, owner: str, model: str, version: str | None, input: dict[str, Any], training_id: str | None = None,
-                   webhook: str | None = None, events: list[str] | None = None, cancel_after: float | None = None) -> dict:
+def new_prediction(
+    *,
+    owner: str,
+    model: str,
+    version: str | None,
+    input: dict[str, Any],
+    training_id: str | None = None,
+    webhook: str | None = None,
+    events: list[str] | None = None,
+    cancel_after: float | None = None,
+) -> dict:
     """A new prediction record (status ``starting``) for a validated request."""
     return {
-        "id": uuid.uuid4().hex[:26], "owner": owner, "model": model, "version": version, "training_id": training_id,
-        "input": input, "status": "starting", "output": None, "logs": "", "error": None, "metrics": {},
-        "created_at": now_iso(), "created": time.time(), "started_at": None, "completed_at": None,
-        "webhook": webhook, "webhook_events_filter": list(events or EVENTS),
+        "id": uuid.uuid4().hex[:26],
+        "owner": owner,
+        "model": model,
+        "version": version,
+        "training_id": training_id,
+        "input": input,
+        "status": "starting",
+        "output": None,
+        "logs": "",
+        "error": None,
+        "metrics": {},
+        "created_at": now_iso(),
+        "created": time.time(),
+        "started_at": None,
+        "completed_at": None,
+        "webhook": webhook,
+        "webhook_events_filter": list(events or EVENTS),
         "cancel_at": time.time() + cancel_after if cancel_after else None,
         "secret": secrets.token_urlsafe(24),  # addresses the internal route a worker sends its outputs to
     }
@@ -40,7 +62,7 @@ def map_files(value: Any, change: Callable[[str], Any]) -> Any:
     if isinstance(value, list):
         return [map_files(v, change) for v in value]
     if isinstance(value, str) and value.startswith(FILE_REF):
-        return change(value[len(FILE_REF):])
+        return change(value[len(FILE_REF) :])
     return value
 
 

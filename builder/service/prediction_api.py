@@ -118,11 +118,13 @@ def prediction_router(service: Service) -> APIRouter:
                 found = db.get_version(owner, name, digest) if digest else None
         else:
             digest = normalize_digest(reference)
-            visible = [v for v in db.versions_with_id(digest) if service.may_use(token_owners, v["model"].split("/")[0])] \
-                if digest else []
+            visible = [v for v in db.versions_with_id(digest) if service.may_use(token_owners, v["model"].split("/")[0])] if digest else []
             if len({v["model"] for v in visible}) > 1:  # images built before they named their model
-                raise fail(422, f"version {reference!r} is in several of your models ({', '.join(sorted({v['model'] for v in visible}))}): "
-                                "name it as owner/name:version")
+                raise fail(
+                    422,
+                    f"version {reference!r} is in several of your models ({', '.join(sorted({v['model'] for v in visible}))}): "
+                    "name it as owner/name:version",
+                )
             found = visible[0] if visible else None
         if found is None:
             raise unknown
@@ -188,14 +190,21 @@ def prediction_router(service: Service) -> APIRouter:
             schema, model, version_id = version.get("openapi_schema"), version["model"], version["id"]
         check_input(schema, body.input, token_owners)
         events = body.webhook_events_filter or (["completed"] if body.webhook_completed and not body.webhook else None)
-        doc = new_prediction(owner=model.split("/")[0], model=model, version=version_id, input=body.input,
-                             training_id=training_id, webhook=webhook, events=events, cancel_after=cancel_after)
+        doc = new_prediction(
+            owner=model.split("/")[0],
+            model=model,
+            version=version_id,
+            input=body.input,
+            training_id=training_id,
+            webhook=webhook,
+            events=events,
+            cancel_after=cancel_after,
+        )
         db.create_prediction(doc)
         service.submit_prediction(doc)
         return doc
 
-    async def create(version_ref: str | None, training_id: str | None, body, request: Request, token_owners: list[str],
-                     wait: int | None) -> Any:
+    async def create(version_ref: str | None, training_id: str | None, body, request: Request, token_owners: list[str], wait: int | None) -> Any:
         arrived = asyncio.get_running_loop().time()
         seconds = parse_wait(request.headers.get("prefer"), wait)
         cancel_after = parse_duration(request.headers.get("cancel-after"))
@@ -231,13 +240,20 @@ def prediction_router(service: Service) -> APIRouter:
         return service.predictor.public(doc)
 
     @router.post("/v1/predictions", status_code=201, summary="Create a prediction (Replicate's route)")
-    async def create_prediction(body: PredictionRequest, request: Request, wait: int | None = None,
-                                token_owners: list[str] = Depends(service.owners)) -> dict:
+    async def create_prediction(
+        body: PredictionRequest, request: Request, wait: int | None = None, token_owners: list[str] = Depends(service.owners)
+    ) -> dict:
         return await create(body.version, body.training, body, request, token_owners, wait)
 
     @router.post("/v1/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction on a model's latest version")
-    async def create_model_prediction(owner: str, name: str, body: ModelPredictionRequest, request: Request, wait: int | None = None,
-                                      token_owners: list[str] = Depends(service.owners)) -> dict:
+    async def create_model_prediction(
+        owner: str,
+        name: str,
+        body: ModelPredictionRequest,
+        request: Request,
+        wait: int | None = None,
+        token_owners: list[str] = Depends(service.owners),
+    ) -> dict:
         return await create(f"{owner}/{name}", None, body, request, token_owners, wait)
 
     def prediction_for(prediction_id: str, token_owners: list[str]) -> dict:
@@ -251,14 +267,18 @@ def prediction_router(service: Service) -> APIRouter:
         return service.predictor.public(prediction_for(prediction_id, token_owners))
 
     @router.get("/v1/predictions", summary="List predictions, newest first (filter: model=owner/name, status)")
-    def list_predictions(cursor: Cursor = None, limit: Limit = 50, model: str | None = None, status: str | None = None,
-                         token_owners: list[str] = Depends(service.owners)) -> dict:
+    def list_predictions(
+        cursor: Cursor = None,
+        limit: Limit = 50,
+        model: str | None = None,
+        status: str | None = None,
+        token_owners: list[str] = Depends(service.owners),
+    ) -> dict:
         if status is not None and status not in ("starting", "processing", *FINISHED):
             raise fail(422, f"status {status!r} is not one of starting, processing, {', '.join(FINISHED)}")
         limit = max(1, min(limit, 100))
         owners_filter = None if ALL_OWNERS in token_owners else token_owners
-        page, after = db.list_predictions(owners_filter, model=model, status=status, before=cursor,
-                                          limit=limit)
+        page, after = db.list_predictions(owners_filter, model=model, status=status, before=cursor, limit=limit)
         query = "".join(f"&{k}={v}" for k, v in (("model", model), ("status", status)) if v)
         next_url = f"{config.base_url}/v1/predictions?cursor={after}&limit={limit}{query}" if after else None
         return {"previous": None, "next": next_url, "results": [service.predictor.public(d) for d in page]}
@@ -278,10 +298,20 @@ def prediction_router(service: Service) -> APIRouter:
         latest = db.latest_version(owner, name) if service.may_use(token_owners, owner) else None
         if latest is None:
             raise fail(404, f"model {owner}/{name} not found")
-        return {"url": f"{config.base_url}/v1/models/{owner}/{name}", "owner": owner, "name": name, "description": None,
-                "visibility": "private", "github_url": None, "paper_url": None, "license_url": None, "cover_image_url": None,
-                "default_example": None,
-                "run_count": sum(db.count_predictions(f"{owner}/{name}").values()), "latest_version": public_version(latest)}
+        return {
+            "url": f"{config.base_url}/v1/models/{owner}/{name}",
+            "owner": owner,
+            "name": name,
+            "description": None,
+            "visibility": "private",
+            "github_url": None,
+            "paper_url": None,
+            "license_url": None,
+            "cover_image_url": None,
+            "default_example": None,
+            "run_count": sum(db.count_predictions(f"{owner}/{name}").values()),
+            "latest_version": public_version(latest),
+        }
 
     return router
 

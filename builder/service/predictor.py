@@ -80,8 +80,17 @@ def waiting_on(doc: dict, training: dict | None) -> str | None:
 class Predictor:
     """Runs predictions on this worker's model servers."""
 
-    def __init__(self, config: ServiceConfig, db: Database, files: FileStore, notifier: Notifier, servers: ModelServers, *,
-                 local_files: bool = True, worker: str = "embedded") -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        db: Database,
+        files: FileStore,
+        notifier: Notifier,
+        servers: ModelServers,
+        *,
+        local_files: bool = True,
+        worker: str = "embedded",
+    ) -> None:
         self.config, self.db, self.files, self.notifier, self.servers = config, db, files, notifier, servers
         self.local_files, self.worker = local_files, worker  # a worker sends outputs to the API (no shared disk)
         self._updates: dict[str, threading.Event] = {}  # predictions running here, woken by Cog's webhook
@@ -118,8 +127,11 @@ class Predictor:
             doc = self._predict(doc)
         except Interrupted:
             self.db.update_prediction(prediction_id, status="starting", started_at=None, worker=None, logs="")
-            log.warning("prediction %s handed back by the shutdown (not done after shutdown_grace_seconds=%g): it runs "
-                        "again from its inputs", prediction_id, self.config.shutdown_grace_seconds)
+            log.warning(
+                "prediction %s handed back by the shutdown (not done after shutdown_grace_seconds=%g): it runs again from its inputs",
+                prediction_id,
+                self.config.shutdown_grace_seconds,
+            )
             return "again"
         except Canceled:
             doc = self._finish(prediction_id, "canceled", None)
@@ -192,8 +204,9 @@ class Predictor:
             raise PredictionFailed(f"version {doc['version']} of {doc['model']} no longer exists")
         queued = time.time() - doc["created"]
         try:
-            model, cold = self.servers.acquire(version["id"], version["image"], holder=f"prediction:{doc['id']}",
-                                               schema=version.get("openapi_schema") or None)
+            model, cold = self.servers.acquire(
+                version["id"], version["image"], holder=f"prediction:{doc['id']}", schema=version.get("openapi_schema") or None
+            )
         except DreambuildError as exc:
             raise PredictionFailed(f"model version {version['id']} could not start: {exc}") from None
         broken = False
@@ -207,17 +220,26 @@ class Predictor:
                     result = self._watch(doc, model, inputs)
                     if result.get("status") == "failed" and result.get("error") == "Worker crashed":
                         # coglet's word for a predictor process that died: it poisoned the server's only slot
-                        raise ModelCrashed(self._crashed(doc, model, "the model's process crashed (out of memory, or a "
-                                                                     "fault in native code); the next prediction starts "
-                                                                     "a fresh server"))
+                        raise ModelCrashed(
+                            self._crashed(
+                                doc,
+                                model,
+                                "the model's process crashed (out of memory, or a fault in native code); the next prediction starts a fresh server",
+                            )
+                        )
                 except (ModelCrashed, CogError, Interrupted):
                     broken = True  # the next prediction gets a fresh server
                     raise
         finally:
             self.servers.release(model, broken=broken)
         reported = {k: v for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float))}  # the model's own
-        metrics = {**reported, "predict_time": reported.get("predict_time"), "queue_time": round(queued, 3),
-                   **({"setup_time": model.setup_time} if cold else {}), **_peak_memory(model.server)}
+        metrics = {
+            **reported,
+            "predict_time": reported.get("predict_time"),
+            "queue_time": round(queued, 3),
+            **({"setup_time": model.setup_time} if cold else {}),
+            **_peak_memory(model.server),
+        }
         logs = result.get("logs") or ""
         if result.get("status") == "canceled":
             raise Canceled
@@ -241,8 +263,12 @@ class Predictor:
         def run() -> None:
             try:
                 ended["result"] = model.client.run_prediction(
-                    doc["id"], inputs, timeout=timeout + 60, events=["logs"],
-                    webhook=f"{self.config.internal_base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog")
+                    doc["id"],
+                    inputs,
+                    timeout=timeout + 60,
+                    events=["logs"],
+                    webhook=f"{self.config.internal_base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog",
+                )
             except Exception as exc:  # noqa: BLE001 - judged by the watching thread
                 ended["error"] = exc
             woken.set()
@@ -290,9 +316,11 @@ class Predictor:
                 raise ModelCrashed(self._crashed(doc, model))
             if time.monotonic() > deadline:
                 client.cancel(doc["id"])
-                raise ModelCrashed("the model did not stop after its cancel" if canceled else
-                                   f"the prediction did not finish within prediction_timeout_minutes="
-                                   f"{self.config.prediction_timeout_minutes:g}")
+                raise ModelCrashed(
+                    "the model did not stop after its cancel"
+                    if canceled
+                    else f"the prediction did not finish within prediction_timeout_minutes={self.config.prediction_timeout_minutes:g}"
+                )
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + HEALTH_SECONDS
                 health = client.health()
@@ -347,7 +375,6 @@ class Predictor:
             return FILE_REF + self._save(doc, name, mime, data)
 
         return store(output)
-
 
     def _save(self, doc: dict, name: str, mime: str, data: bytes) -> str:
         """Store an output file; its id."""
@@ -425,7 +452,11 @@ class PredictionWorker:
         grace = self.predictor.config.shutdown_grace_seconds
         self.predictor.stop(grace)
         if self._running:
-            log.warning("shutting down: %d running prediction(s) may end within %gs (shutdown_grace_seconds): %s",
-                        len(self._running), grace, ", ".join(sorted(self._running)))
+            log.warning(
+                "shutting down: %d running prediction(s) may end within %gs (shutdown_grace_seconds): %s",
+                len(self._running),
+                grace,
+                ", ".join(sorted(self._running)),
+            )
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.predictor.servers.stop_all()

@@ -24,9 +24,15 @@ def media_type(name: str) -> str | None:
 
 
 def _images(archive: zipfile.ZipFile, under: str) -> list[str]:
-    return [info.filename for info in archive.infolist() if not info.is_dir() and info.filename.startswith(under)
-            and media_type(info.filename) and not info.filename.startswith(CLASS_FOLDER)
-            and not Path(info.filename).name.startswith(".")][:PREVIEW_MAX_IMAGES]
+    return [
+        info.filename
+        for info in archive.infolist()
+        if not info.is_dir()
+        and info.filename.startswith(under)
+        and media_type(info.filename)
+        and not info.filename.startswith(CLASS_FOLDER)
+        and not Path(info.filename).name.startswith(".")
+    ][:PREVIEW_MAX_IMAGES]
 
 
 def _open(path: Path) -> zipfile.ZipFile:

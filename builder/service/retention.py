@@ -50,12 +50,17 @@ def sweep(config: ServiceConfig, db: Database, now: datetime | None = None) -> d
     uploads = [u for u in db.list_uploads() if _older(u.get("created_at"), config.upload_expiry_hours, now)]
     for upload in uploads:
         delete_upload(config, db, upload["id"])
-    outputs = [d for d in db.finished_trainings() if d["status"] in FINISHED and d.get("stage") == "done"
-               and not d.get("files_deleted_at") and _older(d.get("completed_at"), config.output_expiry_hours, now)]
+    outputs = [
+        d
+        for d in db.finished_trainings()
+        if d["status"] in FINISHED
+        and d.get("stage") == "done"
+        and not d.get("files_deleted_at")
+        and _older(d.get("completed_at"), config.output_expiry_hours, now)
+    ]
     for doc in outputs:
         delete_training_files(config, db, doc)
-    expired = db.files_before((now - timedelta(hours=config.file_expiry_hours)).timestamp()) \
-        if config.file_expiry_hours is not None else []
+    expired = db.files_before((now - timedelta(hours=config.file_expiry_hours)).timestamp()) if config.file_expiry_hours is not None else []
     for doc in expired:
         shutil.rmtree(Path(doc["path"]).parent, ignore_errors=True)
         db.delete_file(doc["id"])
@@ -68,8 +73,13 @@ def sweep(config: ServiceConfig, db: Database, now: datetime | None = None) -> d
     for folder in orphans:
         shutil.rmtree(folder, ignore_errors=True)
     if uploads or outputs or expired or orphans:
-        log.warning("retention: deleted %d expired upload(s), the files of %d training(s), %d prediction file(s) and "
-                    "%d folder(s) without a record", len(uploads), len(outputs), len(expired), len(orphans))
+        log.warning(
+            "retention: deleted %d expired upload(s), the files of %d training(s), %d prediction file(s) and %d folder(s) without a record",
+            len(uploads),
+            len(outputs),
+            len(expired),
+            len(orphans),
+        )
     return {"uploads": len(uploads), "trainings": len(outputs), "files": len(expired), "orphans": len(orphans)}
 
 
@@ -96,8 +106,7 @@ class Sweeper:
         self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
 
     def start(self) -> None:
-        if any(hours is not None for hours in (self.config.upload_expiry_hours, self.config.output_expiry_hours,
-                                               self.config.file_expiry_hours)):
+        if any(hours is not None for hours in (self.config.upload_expiry_hours, self.config.output_expiry_hours, self.config.file_expiry_hours)):
             self._thread.start()
 
     def stop(self) -> None:

@@ -77,11 +77,15 @@ def clear_stale(entry: TrainerEntry, training_id: str, pid: int | None, host: st
         remove_container(container_name(training_id))
 
 
-def _start_server(entry: TrainerEntry, prediction_id: str, upload_url: str, workdir: Path,
-                  schema: dict | None, gpu: str | None, abort: Callable[[], None] | None) -> CogServer | CogContainer | None:
+def _start_server(
+    entry: TrainerEntry, prediction_id: str, upload_url: str, workdir: Path, schema: dict | None, gpu: str | None, abort: Callable[[], None] | None
+) -> CogServer | CogContainer | None:
     if entry.runner == "local":
-        env = {"DREAMBUILD_WORKDIR": str(workdir / "trainer-work"), **entry.env,
-               "DREAMBUILD_BASE_MODEL": str(entry.local_base())}  # absolute: the server runs in its own folder
+        env = {
+            "DREAMBUILD_WORKDIR": str(workdir / "trainer-work"),
+            **entry.env,
+            "DREAMBUILD_BASE_MODEL": str(entry.local_base()),
+        }  # absolute: the server runs in its own folder
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu  # the worker's own GPU, nothing else
         return start_cog_server(entry.predictor, workdir / "cog", env=env, upload_url=upload_url, schema=schema or True, abort=abort)
@@ -90,13 +94,30 @@ def _start_server(entry: TrainerEntry, prediction_id: str, upload_url: str, work
     if not entry.image:
         raise CogError(f"trainer {entry.name!r} uses the docker runner but names no image")
     gpus = [gpu] if gpu is not None and entry.gpus else entry.gpus
-    return start_cog_container(entry.image, name=container_name(prediction_id), env={**entry.env, UPLOAD_URL_VARIABLE: upload_url},
-                               gpus=gpus, what="trainer image", command=["python", "-c", LAUNCH], abort=abort)
+    return start_cog_container(
+        entry.image,
+        name=container_name(prediction_id),
+        env={**entry.env, UPLOAD_URL_VARIABLE: upload_url},
+        gpus=gpus,
+        what="trainer image",
+        command=["python", "-c", LAUNCH],
+        abort=abort,
+    )
 
 
-def start_run(entry: TrainerEntry, prediction_id: str, inputs: dict, *, webhook: str, upload_url: str, workdir: Path,
-              schema: dict | None = None, url: str | None = None, gpu: str | None = None,
-              abort: Callable[[], None] | None = None) -> Run:
+def start_run(
+    entry: TrainerEntry,
+    prediction_id: str,
+    inputs: dict,
+    *,
+    webhook: str,
+    upload_url: str,
+    workdir: Path,
+    schema: dict | None = None,
+    url: str | None = None,
+    gpu: str | None = None,
+    abort: Callable[[], None] | None = None,
+) -> Run:
     """Start the trainer's prediction; updates go to ``webhook``, output.zip to ``upload_url``.
     ``schema``: the trainer's Cog schema, read before (the local runner need not generate it);
     ``url``: the cog-http server leased for this run; ``gpu``: the worker's GPU (local, docker);

@@ -57,6 +57,7 @@ class TrainerSchemas:
 
     def warm(self) -> None:
         """Read every trainer's schema in the background, so that the first request need not wait."""
+
         def run() -> None:
             for version in list(self.config.trainers):
                 try:
@@ -202,8 +203,7 @@ def input_problems(schema: dict, inputs: dict[str, Any]) -> list[str]:
 
     spec = input_schema(schema) or {}
     properties = spec.get("properties") or {}
-    problems = [f"input.{key}: unknown input (this model takes: {', '.join(sorted(properties))})"
-                for key in inputs if key not in properties]
+    problems = [f"input.{key}: unknown input (this model takes: {', '.join(sorted(properties))})" for key in inputs if key not in properties]
     problems += [f"input.{key}: required" for key in spec.get("required") or [] if key not in inputs]
     checked = {  # OpenAPI 3.0's `nullable` as JSON Schema, the rest as Cog wrote it
         "type": "object",

@@ -70,14 +70,34 @@ class TrainingRecord(TypedDict):
     webhook_delivery: NotRequired[WebhookDelivery]
 
 
-def new_training(*, model: str, input: dict[str, Any], trainer_version: str, template_version: str, notes: str | None,
-                 webhook: str | None, events: list[str] | None = None, template_image: str | None = None) -> TrainingRecord:
+def new_training(
+    *,
+    model: str,
+    input: dict[str, Any],
+    trainer_version: str,
+    template_version: str,
+    notes: str | None,
+    webhook: str | None,
+    events: list[str] | None = None,
+    template_image: str | None = None,
+) -> TrainingRecord:
     """A new training record (queued) for a validated request."""
     return {
-        "id": uuid.uuid4().hex[:26], "owner": model.split("/")[0], "model": model, "status": "starting",
-        "stage": "queued", "input": input, "trainer_version": trainer_version,
-        "template_version": template_version, "template_image": template_image, "notes": notes, "webhook_completed": webhook,
-        "webhook_events_filter": events or ["completed"], "created_at": now_iso(), "logs": "", "metrics": {},
+        "id": uuid.uuid4().hex[:26],
+        "owner": model.split("/")[0],
+        "model": model,
+        "status": "starting",
+        "stage": "queued",
+        "input": input,
+        "trainer_version": trainer_version,
+        "template_version": template_version,
+        "template_image": template_image,
+        "notes": notes,
+        "webhook_completed": webhook,
+        "webhook_events_filter": events or ["completed"],
+        "created_at": now_iso(),
+        "logs": "",
+        "metrics": {},
         "secret": secrets.token_urlsafe(24),
     }
 

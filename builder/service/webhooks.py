@@ -58,16 +58,14 @@ class Attempt:
     final: bool = False
 
 
-def attempt(url: str, payload: dict, *, secret: str, webhook_id: str, timeout: float = 10.0,
-            policy: EgressPolicy | None = None) -> Attempt:
+def attempt(url: str, payload: dict, *, secret: str, webhook_id: str, timeout: float = 10.0, policy: EgressPolicy | None = None) -> Attempt:
     """POST ``payload`` to ``url`` once; never raises. Retrying is the caller's (a delivery job's)."""
     body = json.dumps(payload, separators=(",", ":"), default=str)
     try:
         # Sent to the address checked now: the name may resolve elsewhere than at the last attempt.
         target, pin, extensions = pinned(url, policy.check(url, "webhook")) if policy is not None else (url, {}, {})
         with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-            response = client.post(target, content=body.encode(), headers={**signed_headers(secret, webhook_id, body), **pin},
-                                   extensions=extensions)
+            response = client.post(target, content=body.encode(), headers={**signed_headers(secret, webhook_id, body), **pin}, extensions=extensions)
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         return Attempt(False, None, f"{type(exc).__name__}: {exc}", final=True)
     except EgressRefused as exc:

@@ -73,8 +73,15 @@ def worker_queues(config: ServiceConfig, roles: set[str], trainers: list[str] | 
     return queues
 
 
-def run_worker(config: ServiceConfig, *, roles: set[str], gpu: str | None = None, trainers: list[str] | None = None,
-               name: str | None = None, webhook_concurrency: int = 8) -> None:
+def run_worker(
+    config: ServiceConfig,
+    *,
+    roles: set[str],
+    gpu: str | None = None,
+    trainers: list[str] | None = None,
+    name: str | None = None,
+    webhook_concurrency: int = 8,
+) -> None:
     """Run until SIGTERM/SIGINT."""
     if config.workers != "external":
         raise InputError("dreambuild worker needs `workers: external` and a PostgreSQL database_url in the configuration")
@@ -118,10 +125,17 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
         from builder.service.model_servers import ModelServers
         from builder.service.predictor import Predictor
 
-        state.predictor = Predictor(config, db, FileStore(config, db), state.notifier,
-                                    ModelServers(config.builder_settings(), config.max_loaded_models, gpu,
-                                                 runner=config.model_runner, pools=config.model_urls, leases=Leases(db)),
-                                    local_files=False, worker=name)
+        state.predictor = Predictor(
+            config,
+            db,
+            FileStore(config, db),
+            state.notifier,
+            ModelServers(
+                config.builder_settings(), config.max_loaded_models, gpu, runner=config.model_runner, pools=config.model_urls, leases=Leases(db)
+            ),
+            local_files=False,
+            worker=name,
+        )
 
     def training_ended(training_id: str) -> None:
         """Queue the predictions that waited for this training."""
@@ -141,16 +155,21 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    options = {"install_signal_handlers": False, "update_heartbeat_interval": HEARTBEAT_SECONDS,
-               "stalled_worker_timeout": STALLED_SECONDS, "fetch_job_polling_interval": 1.0}
+    options = {
+        "install_signal_handlers": False,
+        "update_heartbeat_interval": HEARTBEAT_SECONDS,
+        "stalled_worker_timeout": STALLED_SECONDS,
+        "fetch_job_polling_interval": 1.0,
+    }
 
     async def serve(role: str, queue_names: list[str]) -> None:
         """One role's procrastinate worker, started again whenever it ends before this worker stops
         (the database, and so the queue, went away: it waits for it to come back)."""
         while not stop.is_set():
             try:
-                await app.run_worker_async(queues=queue_names, concurrency=webhook_concurrency if role == "webhooks" else 1,
-                                           name=f"{name}-{role}", **options)
+                await app.run_worker_async(
+                    queues=queue_names, concurrency=webhook_concurrency if role == "webhooks" else 1, name=f"{name}-{role}", **options
+                )
                 problem = "it stopped"
             except asyncio.CancelledError:
                 raise
@@ -164,8 +183,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
 
     async with app.open_async():
         runs = [asyncio.create_task(serve(role, q), name=role) for role, q in queues.items()]
-        log.warning("worker %s: queues %s%s", name, ", ".join(q for qs in queues.values() for q in qs),
-                    f", GPU {gpu}" if gpu is not None else "")
+        log.warning("worker %s: queues %s%s", name, ", ".join(q for qs in queues.values() for q in qs), f", GPU {gpu}" if gpu is not None else "")
 
         beat_now = asyncio.Event()
         state.changed = lambda: loop.call_soon_threadsafe(beat_now.set)
@@ -173,11 +191,19 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
         async def beat() -> None:
             while not stop.is_set():
                 beat_now.clear()
-                doc = {"id": worker_id, "name": name, "host": socket.gethostname(), "pid": os.getpid(), "gpu": gpu,
-                       "queues": sorted(q for qs in queues.values() for q in qs), "roles": sorted(queues),
-                       "trainer_versions": [v for v in config.trainers if train_queue(v) in queues.get("train", [])],
-                       "current": sorted(set(state.current.values())), "jobs": sorted(state.current),
-                       "loaded": state.predictor.servers.loaded() if state.predictor else []}
+                doc = {
+                    "id": worker_id,
+                    "name": name,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "gpu": gpu,
+                    "queues": sorted(q for qs in queues.values() for q in qs),
+                    "roles": sorted(queues),
+                    "trainer_versions": [v for v in config.trainers if train_queue(v) in queues.get("train", [])],
+                    "current": sorted(set(state.current.values())),
+                    "jobs": sorted(state.current),
+                    "loaded": state.predictor.servers.loaded() if state.predictor else [],
+                }
                 try:
                     await in_thread(workers.beat, worker_id, doc)
                 except DreambuildError as exc:
@@ -189,8 +215,12 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
 
         beating = asyncio.create_task(beat())
         await stop.wait()
-        log.warning("worker %s stopping: running trainings stop where they are and are queued again; running predictions "
-                    "may end within %gs (shutdown_grace_seconds), then are queued again", name, config.shutdown_grace_seconds)
+        log.warning(
+            "worker %s stopping: running trainings stop where they are and are queued again; running predictions "
+            "may end within %gs (shutdown_grace_seconds), then are queued again",
+            name,
+            config.shutdown_grace_seconds,
+        )
         state.pipeline.stopping.set()
         if state.predictor is not None:
             state.predictor.stop(config.shutdown_grace_seconds)  # running predictions: their grace, then handed back

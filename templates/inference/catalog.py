@@ -23,36 +23,105 @@ class Template:
     base: str | None = None  # a base pipeline its image bakes (Hugging Face repo): LoRA outputs apply to it
 
 
-TEMPLATES: dict[str, Template] = {t.name: t for t in (
-    Template("vanilla", "Vanilla"),
-    # vanilla with a base baked in, the trainer's own (base_model sd15 / sdxl): it builds LoRA outputs too.
-    Template("vanilla-sd15", "Vanilla", base="stable-diffusion-v1-5/stable-diffusion-v1-5"),
-    Template("vanilla-sdxl", "Vanilla", base="stabilityai/stable-diffusion-xl-base-1.0"),
-    Template("controlnet-canny", "ControlNetCanny", "canny", "lllyasviel/control_v11p_sd15_canny",
-             inputs=("low_threshold", "high_threshold"), guide="Canny edges"),
-    Template("controlnet-pose", "ControlNetPose", "openpose", "lllyasviel/control_v11p_sd15_openpose",
-             ("lllyasviel/Annotators body_pose_model.pth hand_pose_model.pth facenet.pth",),
-             ("include_hand", "include_face"), "an OpenPose skeleton"),
-    Template("controlnet-depth", "ControlNetDepth", "depth", "lllyasviel/control_v11f1p_sd15_depth",
-             ("Intel/dpt-hybrid-midas",), guide="a depth map (DPT)"),
-    Template("controlnet-hed", "ControlNetHED", "hed", "lllyasviel/control_v11p_sd15_softedge",
-             ("lllyasviel/Annotators ControlNetHED.pth",), guide="soft edges (HED)"),
-    Template("controlnet-mlsd", "ControlNetMLSD", "mlsd", "lllyasviel/control_v11p_sd15_mlsd",
-             ("lllyasviel/Annotators mlsd_large_512_fp32.pth",), ("value_threshold", "distance_threshold"),
-             "straight lines (M-LSD)"),
-    Template("controlnet-normal", "ControlNetNormal", "normal", "lllyasviel/control_v11p_sd15_normalbae",
-             ("lllyasviel/Annotators scannet.pt",), guide="a normal map (NormalBae)"),
-    Template("controlnet-scribble", "ControlNetScribble", "scribble", "lllyasviel/control_v11p_sd15_scribble",
-             ("lllyasviel/Annotators table5_pidinet.pth",), ("scribble_from_photo",), "a scribble"),
-    Template("controlnet-seg", "ControlNetSeg", "seg", "lllyasviel/control_v11p_sd15_seg",
-             ("openmmlab/upernet-convnext-small",), guide="an ADE20K segmentation (UperNet)"),
-)}
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template("vanilla", "Vanilla"),
+        # vanilla with a base baked in, the trainer's own (base_model sd15 / sdxl): it builds LoRA outputs too.
+        Template("vanilla-sd15", "Vanilla", base="stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        Template("vanilla-sdxl", "Vanilla", base="stabilityai/stable-diffusion-xl-base-1.0"),
+        Template(
+            "controlnet-canny",
+            "ControlNetCanny",
+            "canny",
+            "lllyasviel/control_v11p_sd15_canny",
+            inputs=("low_threshold", "high_threshold"),
+            guide="Canny edges",
+        ),
+        Template(
+            "controlnet-pose",
+            "ControlNetPose",
+            "openpose",
+            "lllyasviel/control_v11p_sd15_openpose",
+            ("lllyasviel/Annotators body_pose_model.pth hand_pose_model.pth facenet.pth",),
+            ("include_hand", "include_face"),
+            "an OpenPose skeleton",
+        ),
+        Template(
+            "controlnet-depth",
+            "ControlNetDepth",
+            "depth",
+            "lllyasviel/control_v11f1p_sd15_depth",
+            ("Intel/dpt-hybrid-midas",),
+            guide="a depth map (DPT)",
+        ),
+        Template(
+            "controlnet-hed",
+            "ControlNetHED",
+            "hed",
+            "lllyasviel/control_v11p_sd15_softedge",
+            ("lllyasviel/Annotators ControlNetHED.pth",),
+            guide="soft edges (HED)",
+        ),
+        Template(
+            "controlnet-mlsd",
+            "ControlNetMLSD",
+            "mlsd",
+            "lllyasviel/control_v11p_sd15_mlsd",
+            ("lllyasviel/Annotators mlsd_large_512_fp32.pth",),
+            ("value_threshold", "distance_threshold"),
+            "straight lines (M-LSD)",
+        ),
+        Template(
+            "controlnet-normal",
+            "ControlNetNormal",
+            "normal",
+            "lllyasviel/control_v11p_sd15_normalbae",
+            ("lllyasviel/Annotators scannet.pt",),
+            guide="a normal map (NormalBae)",
+        ),
+        Template(
+            "controlnet-scribble",
+            "ControlNetScribble",
+            "scribble",
+            "lllyasviel/control_v11p_sd15_scribble",
+            ("lllyasviel/Annotators table5_pidinet.pth",),
+            ("scribble_from_photo",),
+            "a scribble",
+        ),
+        Template(
+            "controlnet-seg",
+            "ControlNetSeg",
+            "seg",
+            "lllyasviel/control_v11p_sd15_seg",
+            ("openmmlab/upernet-convnext-small",),
+            guide="an ADE20K segmentation (UperNet)",
+        ),
+    )
+}
 
 # Every template's inputs, and every ControlNet template's.
 SHARED_INPUTS = (
-    "prompt", "negative_prompt", "prompt_syntax", "image", "mask", "width", "height", "num_outputs",
-    "num_inference_steps", "guidance_scale", "prompt_strength", "scheduler", "seed", "disable_safety_check",
-    "lora_weights", "lora_scale", "extra_lora", "extra_lora_scale", "output_format", "output_quality",
+    "prompt",
+    "negative_prompt",
+    "prompt_syntax",
+    "image",
+    "mask",
+    "width",
+    "height",
+    "num_outputs",
+    "num_inference_steps",
+    "guidance_scale",
+    "prompt_strength",
+    "scheduler",
+    "seed",
+    "disable_safety_check",
+    "lora_weights",
+    "lora_scale",
+    "extra_lora",
+    "extra_lora_scale",
+    "output_format",
+    "output_quality",
 )
 CONTROLNET_INPUTS = ("control_image", "control_preprocess", "controlnet_conditioning_scale", "return_control_image")
 

@@ -57,8 +57,13 @@ def _load_detector(kind: str, annotators: Path, device: torch.device) -> Any:
     aux = controlnet_aux()
     if kind == "canny":
         return aux.CannyDetector()
-    detector = {"openpose": aux.OpenposeDetector, "hed": aux.HEDdetector, "mlsd": aux.MLSDdetector,
-                "normal": aux.NormalBaeDetector, "scribble": aux.PidiNetDetector}[kind]
+    detector = {
+        "openpose": aux.OpenposeDetector,
+        "hed": aux.HEDdetector,
+        "mlsd": aux.MLSDdetector,
+        "normal": aux.NormalBaeDetector,
+        "scribble": aux.PidiNetDetector,
+    }[kind]
     return detector.from_pretrained(str(annotators)).to(device)
 
 
@@ -106,8 +111,12 @@ class ControlPreprocessor:
                 raise ValueError(f"low_threshold={low} is above high_threshold={high}")
             return self.detector(image, low_threshold=low, high_threshold=high, **common)
         if self.kind == "openpose":
-            return self.detector(image, **{**common, "detect_resolution": POSE_DETECT_RESOLUTION},
-                                 include_hand=options.get("include_hand", False), include_face=options.get("include_face", False))
+            return self.detector(
+                image,
+                **{**common, "detect_resolution": POSE_DETECT_RESOLUTION},
+                include_hand=options.get("include_hand", False),
+                include_face=options.get("include_face", False),
+            )
         if self.kind == "mlsd":
             return self.detector(image, thr_v=options.get("value_threshold", 0.1), thr_d=options.get("distance_threshold", 0.1), **common)
         if self.kind == "scribble":  # ControlNet 1.1's Scribble_PIDI: thinned, thresholded soft edges

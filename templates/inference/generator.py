@@ -30,6 +30,7 @@ from templates.inference.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
 
+
 def template_message(weights: Path) -> str:
     if (weights / LORA_WEIGHTS).is_file():
         return (
@@ -56,8 +57,10 @@ def lora_base_problem(loc: WeightLocations) -> str | None:
     baked = baked_pipeline_digest(loc.base)
     log.info("Base %s: %s (digest in %.2f s).", loc.base, baked, time.perf_counter() - started)
     if recorded != baked:
-        return (f"the LoRA in {loc.weights.resolve()} was trained on base {recorded}, and this template's base is {baked}: "
-                "build it on a template with that base")
+        return (
+            f"the LoRA in {loc.weights.resolve()} was trained on base {recorded}, and this template's base is {baked}: "
+            "build it on a template with that base"
+        )
     return None
 
 
@@ -99,8 +102,10 @@ class ImageGenerator:
             return
         check_diffusers_layout(pipeline, f"weights in {pipeline}")
         if self.control_kind and is_sdxl(pipeline):
-            self.no_weights = (f"the weights in {pipeline} are an SDXL pipeline, and the {self.template} template's ControlNet is "
-                               "for SD 1.x: build SDXL fine-tunes on the vanilla template")
+            self.no_weights = (
+                f"the weights in {pipeline} are an SDXL pipeline, and the {self.template} template's ControlNet is "
+                "for SD 1.x: build SDXL fine-tunes on the vanilla template"
+            )
             log.warning(self.no_weights)
             return
         controlnet = None
@@ -118,7 +123,11 @@ class ImageGenerator:
             self.instance_prompt = json.loads(args.read_text()).get("instance_prompt")
         log.info(
             "Setup finished in %.2f s: %s template, weights %s, native size %dpx, on %s.",
-            time.perf_counter() - started, self.template, loc.weights, self.pipes.native_size, self.device.describe(),
+            time.perf_counter() - started,
+            self.template,
+            loc.weights,
+            self.pipes.native_size,
+            self.device.describe(),
         )
 
     def generate(self, request: GenerationRequest) -> list[Path]:
@@ -142,9 +151,14 @@ class ImageGenerator:
         pipe.scheduler = make_scheduler(request.scheduler, self.pipes.base.scheduler.config, seed)
         kwargs, control = self._images(request, mode, (width, height))
         log.info("Using seed: %d (image i uses seed + i)", seed)
-        loras = [(name, path, scale) for name, path, scale in (
-            ("lora_weights", request.lora_weights, request.lora_scale), ("extra_lora", request.extra_lora, request.extra_lora_scale),
-        ) if path is not None]
+        loras = [
+            (name, path, scale)
+            for name, path, scale in (
+                ("lora_weights", request.lora_weights, request.lora_scale),
+                ("extra_lora", request.extra_lora, request.extra_lora_scale),
+            )
+            if path is not None
+        ]
         try:
             self.loras.activate(loras)  # before encoding: a LoRA may adapt the text encoder too
             images, seconds = self._run(pipe, request, prompt, seed, kwargs)
@@ -152,7 +166,13 @@ class ImageGenerator:
             self.loras.deactivate()
         log.info(
             "Generated %d image(s), %s %dx%d, %d steps of %s in %.2f s.",
-            len(images), mode, width, height, request.num_inference_steps, request.scheduler, seconds,
+            len(images),
+            mode,
+            width,
+            height,
+            request.num_inference_steps,
+            request.scheduler,
+            seconds,
         )
         if not request.disable_safety_check:
             images = self._drop_flagged(images)
@@ -218,8 +238,5 @@ class ImageGenerator:
         if len(kept) < len(images):
             log.info("The safety checker flagged %d of %d image(s); they are left out.", len(images) - len(kept), len(images))
         if not kept:
-            raise NSFWContentError(
-                f"all {len(images)} generated image(s) were flagged as NSFW by the safety checker; "
-                "try a different prompt or seed"
-            )
+            raise NSFWContentError(f"all {len(images)} generated image(s) were flagged as NSFW by the safety checker; try a different prompt or seed")
         return kept

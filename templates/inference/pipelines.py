@@ -45,8 +45,7 @@ class Pipelines:
         return self.base.unet.config.sample_size * self.base.vae_scale_factor
 
 
-def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, compile_unet: bool = False,
-                   fuse: Path | None = None) -> Pipelines:
+def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, compile_unet: bool = False, fuse: Path | None = None) -> Pipelines:
     """Load ``weights`` (a diffusers Stable Diffusion 1.x/2.x or SDXL pipeline) and derive the
     mode pipelines.
 

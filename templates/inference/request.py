@@ -56,8 +56,7 @@ class GenerationRequest:
     @property
     def control_options(self) -> dict:
         """The inputs a control preprocessor reads."""
-        names = ("low_threshold", "high_threshold", "include_hand", "include_face", "value_threshold",
-                 "distance_threshold", "scribble_from_photo")
+        names = ("low_threshold", "high_threshold", "include_hand", "include_face", "value_threshold", "distance_threshold", "scribble_from_photo")
         return {name: getattr(self, name) for name in names}
 
     @property
@@ -86,7 +85,6 @@ def denoising_steps(steps: int, strength: float) -> int:
     effective = min(int(steps * strength), steps)
     if effective < 1:
         raise InputError(
-            f"prompt_strength={strength} with num_inference_steps={steps} leaves no denoising step; "
-            "raise prompt_strength or num_inference_steps"
+            f"prompt_strength={strength} with num_inference_steps={steps} leaves no denoising step; raise prompt_strength or num_inference_steps"
         )
     return effective

@@ -43,8 +43,7 @@ class SafetyChecker:
         """One flag per image: True when the checker finds NSFW content."""
         if self.problem:
             raise SafetyCheckerError(
-                f"{self.problem}; the safety checker is required unless disable_safety_check is true "
-                "(set DREAMBUILD_SAFETY_CHECKER to its directory)"
+                f"{self.problem}; the safety checker is required unless disable_safety_check is true (set DREAMBUILD_SAFETY_CHECKER to its directory)"
             )
         param = next(self.checker.parameters())
         features = self.feature_extractor(images, return_tensors="pt").pixel_values.to(param.device, param.dtype)
