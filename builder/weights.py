@@ -63,7 +63,7 @@ class _ZipEntryReader(io.RawIOBase):
 class ZipWeights:
     """Weights inside an ``output.zip``, read in place."""
 
-    def __init__(self, archive: Path, *, label: str = "weights", limits: ArchiveLimits = WEIGHTS_LIMITS) -> None:
+    def __init__(self, archive: Path, *, label: str = "weights", limits: ArchiveLimits = WEIGHTS_LIMITS) -> None:  # noqa: C901
         self.archive = Path(archive)
         self.label = label
         if not zipfile.is_zipfile(self.archive):

@@ -84,7 +84,7 @@ def _short(name: str, keep: int = 120) -> str:
     return name if len(name) <= keep else f"{name[: keep // 2]}…{name[-keep // 2 :]}"
 
 
-def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimits) -> list[Path]:
+def _extract_checked(archive: Path, dest: Path, label: str, limits: ArchiveLimits) -> list[Path]:  # noqa: C901
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:

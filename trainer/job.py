@@ -117,7 +117,7 @@ def run_job(inputs: dict[str, Any], instance_data: Path, class_data: Path | None
     return result
 
 
-def _run(
+def _run(  # noqa: C901
     args: TrainingArgs, work: Path, instance_data: Path, class_data: Path | None, ckpt_base: Path | None, checkpoints: Checkpoints | None = None
 ) -> JobResult:
     base = _resolve_base(work, ckpt_base, args.base_model)

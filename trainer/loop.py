@@ -100,7 +100,7 @@ def _collate(examples: list[dict]) -> dict:
     return batch
 
 
-def train_dreambooth(
+def train_dreambooth(  # noqa: C901
     args: TrainingArgs,
     base: Path,
     instance: list[Image.Image],

@@ -187,7 +187,7 @@ def ensure_layer(store: ImageStore, descriptor: dict, diff_id: str, cache: Path)
         raise
 
 
-def _merge(layer: Path, merged: Path) -> None:
+def _merge(layer: Path, merged: Path) -> None:  # noqa: C901
     """Apply one extracted layer onto ``merged`` by hard links, honouring whiteouts."""
     for root, dirs, files in os.walk(layer):
         rel = Path(root).relative_to(layer)

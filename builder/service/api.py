@@ -74,7 +74,7 @@ class ReplicateTrainingRequest(BaseModel):
     )
 
 
-def validate(service: Service, body: TrainingRequest, owners: list[str]) -> TrainingRequest:
+def validate(service: Service, body: TrainingRequest, owners: list[str]) -> TrainingRequest:  # noqa: C901
     """Check a training request against the token, the catalog and the service's uploads; return
     it with the versions as the catalog writes them."""
     config = service.config
@@ -283,7 +283,7 @@ async def _training_stream(service: Service, training_id: str, request: Request)
         await asyncio.sleep(EVENTS_POLL_SECONDS)
 
 
-def public_router(service: Service) -> APIRouter:
+def public_router(service: Service) -> APIRouter:  # noqa: C901
     """The routes users call; all but an upload's download need an API token."""
     router = APIRouter(route_class=CheckedJSONRoute)
     config = service.config

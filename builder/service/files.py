@@ -152,7 +152,7 @@ def public_file(store: FileStore, doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def files_router(service: Service) -> APIRouter:
+def files_router(service: Service) -> APIRouter:  # noqa: C901
     """``/v1/files``: upload, get, list, delete (API token), download (signed URL)."""
     router = APIRouter(route_class=CheckedJSONRoute)
     store = service.files

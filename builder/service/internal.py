@@ -43,7 +43,7 @@ async def _through_outage(call, *args, **kwargs):
             await asyncio.sleep(0.5)
 
 
-def internal_router(service: Service) -> APIRouter:
+def internal_router(service: Service) -> APIRouter:  # noqa: C901
     """``/internal/<secret>/...``: output uploads and Cog's webhook, per training."""
     router = APIRouter(include_in_schema=False)
     config = service.config

@@ -229,7 +229,7 @@ class Pipeline:
         metrics = {"predict_time": predict_time, **({"trainer_wait_time": server_wait} if server_wait >= 1 else {})}
         return self.db.update_training(doc["id"], stage="building", metrics=metrics, runner_pid=None)
 
-    def _watch(self, doc: TrainingRecord, entry, run, started: float) -> TrainingRecord:
+    def _watch(self, doc: TrainingRecord, entry, run, started: float) -> TrainingRecord:  # noqa: C901
         """Follow the trainer's prediction to its end: logs webhooks, cancel, shutdown, deadline
         and health checks (a server that stops answering, or is idle without having reported)."""
         sent_logs, last_sent = "", 0.0

@@ -99,7 +99,7 @@ def parse_duration(text: str | None) -> float | None:
     return seconds
 
 
-def prediction_router(service: Service) -> APIRouter:
+def prediction_router(service: Service) -> APIRouter:  # noqa: C901
     router = APIRouter(route_class=CheckedJSONRoute)
     config, db, files = service.config, service.db, service.files
 

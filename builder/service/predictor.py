@@ -279,7 +279,7 @@ class Predictor:
         finally:
             self._updates.pop(doc["id"], None)
 
-    def _follow(self, doc: dict, model, woken: threading.Event, ended: dict, deadline: float) -> dict:
+    def _follow(self, doc: dict, model, woken: threading.Event, ended: dict, deadline: float) -> dict:  # noqa: C901
         client = model.client
         sent_logs, last_sent, canceled = "", 0.0, False
         next_check, idle, wait = time.monotonic() + HEALTH_SECONDS, 0, FIRST_POLL

@@ -113,7 +113,7 @@ async def _open(config: ServiceConfig) -> Database:
         await asyncio.sleep(RETRY_SECONDS)
 
 
-async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | None, name: str, webhook_concurrency: int) -> None:
+async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | None, name: str, webhook_concurrency: int) -> None:  # noqa: C901
     db = await _open(config)
     state = WorkerState()
     app = create_queue_app(config, state)

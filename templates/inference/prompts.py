@@ -39,7 +39,7 @@ def detect_syntax(prompt: str) -> str:
     return "compel"
 
 
-def a1111_weights(prompt: str) -> list[tuple[str, float]]:
+def a1111_weights(prompt: str) -> list[tuple[str, float]]:  # noqa: C901
     """(text, weight) runs of an A1111 prompt, neighbours of equal weight merged; unclosed
     brackets apply to the end of the prompt, as in A1111."""
     runs: list[list] = []
