@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from builder.service.schema import FINISHED, Stage, Status
 from dreambuild.errors import DreambuildError
 
 app = typer.Typer(
@@ -470,14 +471,14 @@ def train(
             print(training["id"])
             return
         with err.status(f"{training['id']}: queued") as status:
-            while training["stage"] != "done":
+            while training["stage"] != Stage.DONE:
                 time.sleep(1)
                 training = client.request("GET", f"/v1/trainings/{training['id']}")
-                detail = {"training": _step_of(training["logs"]), "building": "building and pushing the image"}.get(training["stage"], "")
+                detail = {Stage.TRAINING: _step_of(training["logs"]), Stage.BUILDING: "building and pushing the image"}.get(training["stage"], "")
                 status.update(f"{training['id']}: {training['stage']} {detail}".rstrip())
     except (DreambuildError, OSError, ValueError) as exc:
         fail(str(exc))
-    if training["status"] != "succeeded":
+    if training["status"] != Status.SUCCEEDED:
         fail(f"training {training['id']} {training['status']}: {training.get('error')}")
     print(training["image"])
 
@@ -547,12 +548,12 @@ def run_model(
             print(prediction["id"])
             return
         with err.status(f"{prediction['id']}: {prediction['status']}") as status:
-            while prediction["status"] not in ("succeeded", "failed", "canceled"):
+            while prediction["status"] not in FINISHED:
                 time.sleep(0.5)
                 prediction = client.request("GET", f"/v1/predictions/{prediction['id']}")
                 last = (prediction.get("logs") or "").strip().splitlines()[-1:] or [""]
                 status.update(f"{prediction['id']}: {prediction['status']} {last[0][:80]}".rstrip())
-        if prediction["status"] != "succeeded":
+        if prediction["status"] != Status.SUCCEEDED:
             fail(f"prediction {prediction['id']} {prediction['status']}: {prediction.get('error')}")
         outputs = prediction["output"] if isinstance(prediction["output"], list) else [prediction["output"]]
         for item in outputs:

@@ -21,6 +21,7 @@ import httpx
 
 from builder.checkout import REPO_ROOT, require_checkout
 from builder.cog.server import free_port
+from builder.service.schema import FINISHED, Stage, Status
 
 SAMPLES = REPO_ROOT / "samples" / "subject"
 CACHE = REPO_ROOT / ".dreambuild" / "cache"
@@ -147,7 +148,7 @@ def run_demo(out: Path, say=print) -> dict:
         say(f"training {training['id']}: {DEMO_INPUT['max_train_steps']} steps of a tiny DreamBooth on CPU ...")
         seen: set[str] = set()
         started = time.monotonic()
-        while training["stage"] != "done":
+        while training["stage"] != Stage.DONE:
             if training["stage"] not in seen:
                 seen.add(training["stage"])
                 say(f"  stage: {training['stage']}")
@@ -155,7 +156,7 @@ def run_demo(out: Path, say=print) -> dict:
             training = api.get(f"/v1/trainings/{training['id']}").json()
         timings["service_total"] = time.monotonic() - started
         timings.update({f"stage_{stage}": seconds for stage, seconds in training["metrics"]["stage_seconds"].items()})
-        if training["status"] != "succeeded":
+        if training["status"] != Status.SUCCEEDED:
             raise SystemExit(f"demo: the training {training['status']}: {training['error']}\n{training['logs'][-2000:]}")
         say(f"model version: {training['image']}")
         deadline = time.monotonic() + 30
@@ -187,12 +188,12 @@ def run_demo(out: Path, say=print) -> dict:
             headers={"Prefer": "wait"},
             timeout=120,
         ).json()
-        while prediction.get("status") not in ("succeeded", "failed", "canceled"):
+        while prediction.get("status") not in FINISHED:
             if "id" not in prediction:
                 raise SystemExit(f"demo: the service refused the prediction: {prediction.get('detail')}")
             time.sleep(0.2)
             prediction = api.get(f"/v1/predictions/{prediction['id']}").json()
-        if prediction["status"] != "succeeded":
+        if prediction["status"] != Status.SUCCEEDED:
             raise SystemExit(f"demo: the prediction {prediction['status']}: {prediction['error']}")
         written = []
         for index, url in enumerate(prediction["output"]):

@@ -33,8 +33,9 @@ from builder.service.http import FILENAME, CheckedJSONRoute, Cursor, Limit, chec
 from builder.service.prediction_api import public_version
 from builder.service.previews import media_type, read_image, zip_images
 from builder.service.retention import delete_training_files, delete_upload
+from builder.service.schema import FINISHED, UNFINISHED, Stage, Status, WebhookEvent
 from builder.service.schemas import SchemaUnavailable, file_inputs, input_problems
-from builder.service.training import FINISHED, TrainingRecord, new_training, now_iso, public_training
+from builder.service.training import TrainingRecord, new_training, now_iso, public_training
 from builder.service.webhooks import new_secret, secret_setting
 from dreambuild.errors import InputError
 
@@ -69,9 +70,7 @@ class ReplicateTrainingRequest(BaseModel):
     input: dict[str, Any] = Field(..., description="The trainer's inputs.")
     destination: str = Field(..., description="owner/name of the model that receives the new version.")
     webhook: str | None = Field(None, description="URL for webhooks.")
-    webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = Field(
-        None, description="Events to send (default: completed)."
-    )
+    webhook_events_filter: list[WebhookEvent] | None = Field(None, description="Events to send (default: completed).")
 
 
 def validate(service: Service, body: TrainingRequest, owners: list[str]) -> TrainingRequest:  # noqa: C901
@@ -278,7 +277,7 @@ async def _training_stream(service: Service, training_id: str, request: Request)
         elif time.monotonic() - quiet_since > EVENTS_KEEPALIVE_SECONDS:
             quiet_since = time.monotonic()
             yield ": keep-alive\n\n"
-        if doc["stage"] == "done":
+        if doc["stage"] == Stage.DONE:
             return
         await asyncio.sleep(EVENTS_POLL_SECONDS)
 
@@ -307,7 +306,7 @@ def public_router(service: Service) -> APIRouter:  # noqa: C901
         owner: str, name: str, version_id: str, body: ReplicateTrainingRequest, token_owners: list[str] = Depends(owners)
     ) -> dict:
         seed = TrainingRequest(input=body.input, trainer_version=version_id, model=body.destination, webhook_completed=body.webhook)
-        doc = _record(config, validate(service, seed, token_owners), events=body.webhook_events_filter or ["completed"])
+        doc = _record(config, validate(service, seed, token_owners), events=body.webhook_events_filter or [WebhookEvent.COMPLETED])
         doc.update(api="replicate", trainer_model=f"{owner}/{name}")
         service.db.create_training(doc)
         service.submit(doc)
@@ -328,17 +327,17 @@ def public_router(service: Service) -> APIRouter:  # noqa: C901
     @router.post("/v1/trainings/{training_id}/cancel", summary="Cancel a training")
     def cancel_training(training_id: str, token_owners: list[str] = Depends(owners)) -> dict:
         doc = service.training_for(training_id, token_owners)
-        if doc["status"] in ("starting", "processing"):
+        if doc["status"] in UNFINISHED:
             changes: dict = {"cancel_requested": True}
-            if doc["stage"] == "queued":  # nothing runs yet: canceled now (the worker still sends its webhook)
-                changes.update(status="canceled", error="canceled", completed_at=now_iso())
+            if doc["stage"] == Stage.QUEUED:  # nothing runs yet: canceled now (the worker still sends its webhook)
+                changes.update(status=Status.CANCELED, error="canceled", completed_at=now_iso())
             doc = service.db.update_training(training_id, **changes)
         return public_training(doc, config.base_url)
 
     @router.post("/v1/trainings/{training_id}/webhook", summary="Send the finished training's completed webhook again")
     def resend_webhook(training_id: str, token_owners: list[str] = Depends(owners)) -> dict:
         doc = service.training_for(training_id, token_owners)
-        if doc["stage"] != "done":
+        if doc["stage"] != Stage.DONE:
             raise fail(409, f"training {training_id} has not ended: its completed webhook is not due yet")
         if service.notifier.resend(doc) is None:
             raise fail(
@@ -392,7 +391,7 @@ def public_router(service: Service) -> APIRouter:  # noqa: C901
     @router.delete("/v1/trainings/{training_id}", status_code=204, summary="Delete a finished training: its output.zip and its record")
     def delete_training(training_id: str, token_owners: list[str] = Depends(owners)) -> None:
         doc = service.training_for(training_id, token_owners)
-        if doc["status"] not in FINISHED or doc["stage"] != "done":
+        if doc["status"] not in FINISHED or doc["stage"] != Stage.DONE:
             raise fail(409, f"training {training_id} has not ended: cancel it first")
         delete_training_files(config, service.db, doc)
         service.db.delete_training(training_id)

@@ -23,7 +23,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from builder.service.training import FINISHED, TrainingRecord
+from builder.service.prediction import PredictionRecord
+from builder.service.schema import FINISHED, UNFINISHED, DeliveryState, Stage, Status
+from builder.service.training import TrainingRecord
 from dreambuild.errors import DreambuildError
 
 DOC = JSON().with_variant(JSONB(), "postgresql")
@@ -274,12 +276,12 @@ class Database:
     def unfinished_trainings(self) -> list[TrainingRecord]:
         """Trainings to resume after a restart, oldest first (including undelivered webhooks)."""
         rows = self._read(select(trainings.c.doc).order_by(trainings.c.seq))
-        return [d for (d,) in rows if d["status"] not in FINISHED or d.get("stage") != "done"]
+        return [d for (d,) in rows if d["status"] not in FINISHED or d.get("stage") != Stage.DONE]
 
     def finished_trainings(self) -> list[TrainingRecord]:
         """Trainings that have ended and been delivered (retention looks at these)."""
         rows = self._read(select(trainings.c.doc).where(trainings.c.status.in_(FINISHED)))
-        return [d for (d,) in rows if d.get("stage") == "done"]
+        return [d for (d,) in rows if d.get("stage") == Stage.DONE]
 
     def count_trainings(self) -> dict[str, int]:
         """How many trainings are in each status (for metrics)."""
@@ -342,16 +344,16 @@ class Database:
 
     # --- predictions -------------------------------------------------------------------------
 
-    def create_prediction(self, doc: dict[str, Any]) -> dict[str, Any]:
+    def create_prediction(self, doc: PredictionRecord) -> PredictionRecord:
         with self._tx() as conn:
             conn.execute(predictions.insert().values(id=doc["id"], owner=doc["owner"], model=doc["model"], status=doc["status"], doc=doc))
         return doc
 
-    def get_prediction(self, prediction_id: str) -> dict[str, Any] | None:
+    def get_prediction(self, prediction_id: str) -> PredictionRecord | None:
         rows = self._read(select(predictions.c.doc).where(predictions.c.id == prediction_id))
         return rows[0][0] if rows else None
 
-    def update_prediction(self, prediction_id: str, *, if_status: str | None = None, **changes: Any) -> dict[str, Any]:
+    def update_prediction(self, prediction_id: str, *, if_status: Status | None = None, **changes: Any) -> PredictionRecord:
         """Apply ``changes`` atomically (row-locked, as trainings); ``logs_append`` appends. With
         ``if_status``, only while the prediction has that status (else it is returned unchanged)."""
         with self._tx() as conn:
@@ -394,7 +396,7 @@ class Database:
 
     def unfinished_predictions(self) -> list[dict[str, Any]]:
         """Predictions to run again after a restart, oldest first."""
-        rows = self._read(select(predictions.c.doc).where(predictions.c.status.in_(("starting", "processing"))).order_by(predictions.c.seq))
+        rows = self._read(select(predictions.c.doc).where(predictions.c.status.in_(UNFINISHED)).order_by(predictions.c.seq))
         return [doc for (doc,) in rows]
 
     def predictions_waiting_for(self, training_id: str) -> list[dict[str, Any]]:
@@ -492,7 +494,9 @@ class Deliveries:
     def pending(self) -> list[tuple[str, float]]:
         """Deliveries still to attempt, with when: (id, epoch seconds), soonest first."""
         rows = self.db._read(
-            select(deliveries.c.id, deliveries.c.next_attempt_at).where(deliveries.c.status == "pending").order_by(deliveries.c.next_attempt_at)
+            select(deliveries.c.id, deliveries.c.next_attempt_at)
+            .where(deliveries.c.status == DeliveryState.PENDING)
+            .order_by(deliveries.c.next_attempt_at)
         )
         return [(row[0], row[1]) for row in rows]
 

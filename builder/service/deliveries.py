@@ -20,13 +20,14 @@ from typing import Callable
 
 from builder.service.config import ServiceConfig
 from builder.service.database import Database, Deliveries
+from builder.service.schema import DeliveryState, WebhookEvent
 from builder.service.training import TrainingRecord, now_iso, public_training
 from builder.service.webhooks import attempt, backoff, new_secret, secret_setting
 
 log = logging.getLogger(__name__)
 Schedule = Callable[[str, float], None]  # (delivery id, epoch seconds to attempt it at)
 # Events only best-effort: one attempt (a later logs event carries the logs again).
-ONE_ATTEMPT = ("logs",)
+ONE_ATTEMPT = (WebhookEvent.LOGS,)
 
 
 class Notifier:
@@ -38,7 +39,7 @@ class Notifier:
 
     def event(self, doc: TrainingRecord, event: str, webhook_id: str | None = None) -> dict | None:
         """Record and schedule ``event`` of the training, when it asked for that event."""
-        if not self._wanted(doc.get("webhook_completed"), doc.get("webhook_events_filter") or ["completed"], event):
+        if not self._wanted(doc.get("webhook_completed"), doc.get("webhook_events_filter") or [WebhookEvent.COMPLETED], event):
             return None
         return self._record(doc, event, doc["webhook_completed"], public_training(doc, self.config.base_url), webhook_id)
 
@@ -64,7 +65,7 @@ class Notifier:
                 "event": event,
                 "url": url,
                 "payload": payload,
-                "status": "pending",
+                "status": DeliveryState.PENDING,
                 "attempts": 0,
                 "created_at": now_iso(),
                 "first_attempt_at": None,
@@ -73,14 +74,14 @@ class Notifier:
             },
             next_attempt_at=time.time(),
         )
-        if delivery["status"] == "pending":
+        if delivery["status"] == DeliveryState.PENDING:
             self.schedule(delivery["id"], time.time())
         return delivery
 
     def attempt(self, delivery_id: str) -> dict | None:
         """One attempt of a pending delivery: record it, then schedule the next or end it."""
         delivery = self.deliveries.get(delivery_id)
-        if delivery is None or delivery["status"] != "pending":
+        if delivery is None or delivery["status"] != DeliveryState.PENDING:
             return delivery  # delivered, given up, or deleted with its training: a late job does nothing
         secret = self.db.setting(secret_setting(delivery["owner"]), new_secret)  # the secret of now (rotations apply)
         result = attempt(delivery["url"], delivery["payload"], secret=secret, webhook_id=delivery["id"], policy=self.config.egress)
@@ -91,11 +92,11 @@ class Notifier:
         out_of_time = now + delay - first > self.config.webhook_retry_hours * 3600
         out_of_attempts = self.config.webhook_attempts is not None and attempts >= self.config.webhook_attempts
         if result.ok:
-            status = "delivered"
+            status = DeliveryState.DELIVERED
         elif result.final or out_of_time or out_of_attempts or delivery["event"] in ONE_ATTEMPT:
-            status = "failed"
+            status = DeliveryState.FAILED
         else:
-            status = "pending"
+            status = DeliveryState.PENDING
         delivery = self.deliveries.update(
             delivery_id,
             next_attempt_at=now + delay,
@@ -106,10 +107,10 @@ class Notifier:
             last_status=result.status,
             last_error=result.error,
         )
-        if status == "pending":
+        if status == DeliveryState.PENDING:
             log.warning("webhook %s to %s failed (%s); attempt %d in %.1fs", delivery_id, delivery["url"], result.error, attempts + 1, delay)
             self.schedule(delivery_id, now + delay)
-        if delivery["event"] == "completed":
+        if delivery["event"] == WebhookEvent.COMPLETED:
             self._show(delivery)
         return delivery
 
@@ -129,7 +130,7 @@ class Notifier:
         delivery = self.deliveries.update(
             delivery["id"],
             next_attempt_at=time.time(),
-            status="pending",
+            status=DeliveryState.PENDING,
             attempts=0,
             first_attempt_at=None,
             url=doc.get("webhook_completed") or delivery["url"],
@@ -145,7 +146,7 @@ class Notifier:
 def outcome(delivery: dict) -> dict:
     """How a delivery went, as the training shows it."""
     return {
-        "ok": delivery["status"] == "delivered",
+        "ok": delivery["status"] == DeliveryState.DELIVERED,
         "state": delivery["status"],
         "attempts": delivery["attempts"],
         "status": delivery.get("last_status"),

@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from builder.service.database import DatabaseUnavailable
 from builder.service.http import FILENAME, fail, stream_to
+from builder.service.schema import FINISHED, Stage, Status
 from builder.service.training import TrainingRecord
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def internal_router(service: Service) -> APIRouter:  # noqa: C901
         entry = config.trainers.get(doc["trainer_version"]) if doc else None
         # Only a training that a cog-http trainer is running now, and only once: whoever holds
         # this URL cannot replace another training's finished output.
-        if doc is None or entry is None or entry.runner != "cog-http" or doc["stage"] != "training":
+        if doc is None or entry is None or entry.runner != "cog-http" or doc["stage"] != Stage.TRAINING:
             raise fail(404, "unknown prediction id")
         if filename == "output.zip" and doc.get("weights"):
             raise fail(409, f"{filename} of this training was already received")
@@ -126,7 +127,7 @@ def internal_router(service: Service) -> APIRouter:  # noqa: C901
     async def receive_prediction_output(secret: str, prediction_id: str, filename: str, request: Request) -> dict:
         """An output file of a prediction a worker runs, stored as a file of the prediction's owner."""
         doc = service.db.get_prediction(prediction_id)
-        if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret) or doc["status"] != "processing":
+        if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret) or doc["status"] != Status.PROCESSING:
             raise fail(404, "not found")
         if not FILENAME.fullmatch(filename):
             raise fail(422, "bad file name")
@@ -148,11 +149,11 @@ def internal_router(service: Service) -> APIRouter:  # noqa: C901
         """Cog's webhook for a prediction a worker runs: its logs (its end comes back to the worker
         on the prediction's own request)."""
         doc = service.db.get_prediction(prediction_id)
-        if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret) or doc["status"] != "processing":
+        if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret) or doc["status"] != Status.PROCESSING:
             raise fail(404, "not found")
         body = await request.json()
         # Only while it runs: a late webhook must not overwrite the logs its end recorded.
-        service.db.update_prediction(prediction_id, if_status="processing", logs=body.get("logs") or "")
+        service.db.update_prediction(prediction_id, if_status=Status.PROCESSING, logs=body.get("logs") or "")
         service.predictor.notify(prediction_id)
         return {}
 
@@ -161,7 +162,7 @@ def internal_router(service: Service) -> APIRouter:  # noqa: C901
         await _through_outage(training_for, secret, training_id)
         body = await request.json()
         changes: dict[str, Any] = {"logs": body.get("logs") or ""}
-        if body.get("status") in ("succeeded", "failed", "canceled"):
+        if body.get("status") in FINISHED:
             changes.update(cog_status=body["status"], cog_error=body.get("error"), cog_metrics=body.get("metrics") or {})
         await _through_outage(service.db.update_training, training_id, **changes)
         return {}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from builder.service.config import ServiceConfig
-from builder.service.training import FINISHED
+from builder.service.schema import FINISHED, Stage
 
 log = logging.getLogger(__name__)
 STALLED_SECONDS = 20.0  # a worker silent this long is dead (it heartbeats every HEARTBEAT_SECONDS)
@@ -57,7 +57,7 @@ def worker_predict_queue(worker_name: str) -> str:
 
 
 def stage_queue(doc: dict) -> str:
-    return train_queue(doc["trainer_version"]) if doc["stage"] in ("queued", "training") else BUILD
+    return train_queue(doc["trainer_version"]) if doc["stage"] in (Stage.QUEUED, Stage.TRAINING) else BUILD
 
 
 def conninfo(database_url: str) -> str:
@@ -113,7 +113,7 @@ def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
         with state.running(context, training_id):
             following = await in_thread(state.pipeline.advance, training_id)
         doc = state.pipeline.db.get_training(training_id)
-        if doc is not None and (following or (state.pipeline.stopping.is_set() and doc["stage"] != "done")):
+        if doc is not None and (following or (state.pipeline.stopping.is_set() and doc["stage"] != Stage.DONE)):
             await defer_stage_async(app, doc)  # next stage, or the same one elsewhere (this worker is stopping)
 
     @app.task(name="dreambuild.predict", pass_context=True)
@@ -236,11 +236,11 @@ async def reconcile_jobs(app, state: WorkerState) -> None:
     locked = {row["lock"] for row in rows}
     now = time.time()
     for doc in await in_thread(db.unfinished_trainings):
-        if f"training:{doc['id']}" in locked or (doc["status"] in FINISHED and doc["stage"] == "done"):
+        if f"training:{doc['id']}" in locked or (doc["status"] in FINISHED and doc["stage"] == Stage.DONE):
             continue
         if now - min((doc.get("stage_started") or {}).values(), default=now) < ORPHAN_SECONDS:
             continue  # just created: its API is queuing it now
-        if doc["stage"] == "webhook":
+        if doc["stage"] == Stage.WEBHOOK:
             await in_thread(state.pipeline.advance, doc["id"])  # record its completed webhook, mark it done
             continue
         log.warning("training %s (stage %s) had no job: queued", doc["id"], doc["stage"])

@@ -15,7 +15,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from builder.service.database import DatabaseUnavailable, Deliveries, Workers
-from builder.service.training import STAGES, stage_seconds
+from builder.service.schema import STAGES, Stage
+from builder.service.training import stage_seconds
 
 if TYPE_CHECKING:
     from builder.service.app import Service
@@ -90,7 +91,7 @@ class _Collector:
             for queue, count in sorted(queue_depths(self.service.config).items()):
                 depth.add_metric([queue], count)
         else:  # the embedded worker's queue: trainings not yet started
-            depth.add_metric(["embedded"], sum(1 for d in db.unfinished_trainings() if d["stage"] == "queued"))
+            depth.add_metric(["embedded"], sum(1 for d in db.unfinished_trainings() if d["stage"] == Stage.QUEUED))
         yield depth
 
         durations = HistogramMetricFamily("dreambuild_stage_seconds", f"Stage durations of the newest {RECENT} trainings.", labels=["stage"])

@@ -32,6 +32,7 @@ from builder.service.database import Database, DatabaseUnavailable, Leases
 from builder.service.deliveries import Notifier
 from builder.service.http import FILENAME
 from builder.service.runners import TRAINER, clear_stale, start_run
+from builder.service.schema import FINISHED, Stage, Status
 from builder.service.schemas import TrainerSchemas, file_inputs, model_schema
 from builder.service.training import TrainingRecord, now_iso
 from dreambuild.errors import DreambuildError
@@ -91,18 +92,18 @@ class Pipeline:
         while self.advance(training_id) is not None:
             pass
 
-    def advance(self, training_id: str) -> str | None:
+    def advance(self, training_id: str) -> Stage | None:
         """Run the stage the training is at; return the stage to run next (``building``), or
         None when nothing is left to run (done, or stopped by a shutdown: resumed where it is)."""
         doc = self.db.get_training(training_id)
-        if doc is None or doc["stage"] == "done":
+        if doc is None or doc["stage"] == Stage.DONE:
             return None
         try:
             self._check_stopping()
-            if doc["stage"] in ("queued", "training"):
+            if doc["stage"] in (Stage.QUEUED, Stage.TRAINING):
                 self._train(doc)
-                return "building"
-            if doc["stage"] == "building":
+                return Stage.BUILDING
+            if doc["stage"] == Stage.BUILDING:
                 doc = self._build(doc)
         except Interrupted:
             log.warning(
@@ -115,12 +116,12 @@ class Pipeline:
             log.warning("training %s stopped at its stage: %s (%s)", training_id, exc, exc.detail)
             return None
         except Canceled:
-            doc = self._finish(training_id, "canceled", "canceled")
+            doc = self._finish(training_id, Status.CANCELED, "canceled")
         except DreambuildError as exc:
-            doc = self._finish(training_id, "failed", str(exc))
+            doc = self._finish(training_id, Status.FAILED, str(exc))
         except Exception as exc:  # a bug must still end the training and tell the user
             log.exception("training %s failed", training_id)
-            doc = self._finish(training_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            doc = self._finish(training_id, Status.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         self._complete(doc)
         return None
 
@@ -148,14 +149,14 @@ class Pipeline:
         self.leases.release(training_id)
         # Errors are the user's to read: no path of this machine (the trainer's work directory, its temporary files).
         error = without_host_paths(error) if error else error
-        return self.db.update_training(training_id, status=status, error=error, stage="webhook", completed_at=now_iso())
+        return self.db.update_training(training_id, status=status, error=error, stage=Stage.WEBHOOK, completed_at=now_iso())
 
     def _complete(self, doc: TrainingRecord) -> None:
         """The training has ended: its completed webhook is recorded (and sent by its own job)."""
         # The trainer's copy of output.zip, its Cog project and the build context: kept elsewhere or done with.
         shutil.rmtree(self.config.data_dir / "work" / doc["id"], ignore_errors=True)
         self.notifier.event(doc, "completed")
-        self.db.update_training(doc["id"], stage="done")
+        self.db.update_training(doc["id"], stage=Stage.DONE)
         self.on_training_end(doc["id"])  # predictions queued on it run (or fail) now
 
     def _lease(self, entry, doc: TrainingRecord) -> tuple[str | None, float]:
@@ -182,8 +183,8 @@ class Pipeline:
         workdir = self.config.data_dir / "work" / doc["id"]
         doc = self.db.update_training(
             doc["id"],
-            stage="training",
-            status="processing",
+            stage=Stage.TRAINING,
+            status=Status.PROCESSING,
             started_at=doc.get("started_at") or now_iso(),
             cog_status=None,
             runner_pid=None,
@@ -219,15 +220,15 @@ class Pipeline:
             self._forget_inputs(doc, workdir / "inputs")
             if entry.runner == "cog-http":
                 self.leases.release(doc["id"])
-        if doc["cog_status"] == "canceled":
+        if doc["cog_status"] == Status.CANCELED:
             raise Canceled
-        if doc["cog_status"] == "failed":
+        if doc["cog_status"] == Status.FAILED:
             raise TrainerFailed(f"training failed: {prediction_error(doc.get('cog_error'))}")
         if not doc.get("weights"):
             raise TrainerFailed("the trainer finished without uploading output.zip")
         predict_time = (doc.get("cog_metrics") or {}).get("predict_time") or round(time.monotonic() - started, 3)
         metrics = {"predict_time": predict_time, **({"trainer_wait_time": server_wait} if server_wait >= 1 else {})}
-        return self.db.update_training(doc["id"], stage="building", metrics=metrics, runner_pid=None)
+        return self.db.update_training(doc["id"], stage=Stage.BUILDING, metrics=metrics, runner_pid=None)
 
     def _watch(self, doc: TrainingRecord, entry, run, started: float) -> TrainingRecord:  # noqa: C901
         """Follow the trainer's prediction to its end: logs webhooks, cancel, shutdown, deadline
@@ -259,7 +260,7 @@ class Pipeline:
             if self.stopping.is_set():
                 run.cancel()  # a server this run does not own (cog-http) must not go on for nothing
                 raise Interrupted
-            if doc.get("cog_status") in ("succeeded", "failed", "canceled"):
+            if doc.get("cog_status") in FINISHED:
                 return doc
             if not run.alive():
                 tail = run.logs()
@@ -361,7 +362,7 @@ class Pipeline:
             },
         )
         doc = self.db.update_training(
-            doc["id"], stage="webhook", status="succeeded", version=result.digest, image=result.image, completed_at=now_iso()
+            doc["id"], stage=Stage.WEBHOOK, status=Status.SUCCEEDED, version=result.digest, image=result.image, completed_at=now_iso()
         )
         self.notifier.event(doc, "output")
         return doc

@@ -12,12 +12,39 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, NotRequired, TypedDict
 
+from builder.service.schema import EVENTS, Status, WebhookEvent
 from builder.service.training import now_iso
 
 FILE_REF = "dreambuild-file:"
-EVENTS = ("start", "output", "logs", "completed")
+
+
+class PredictionRecord(TypedDict):
+    """A prediction as stored. The first keys are written at creation, the rest as it runs."""
+
+    id: str
+    owner: str
+    model: str  # owner/name
+    version: str | None  # None while it waits for its training's new version
+    training_id: str | None  # the training whose version it runs (queued on a training)
+    input: dict[str, Any]  # files as dreambuild-file:<id>, or URLs fetched under the egress policy
+    status: Status
+    output: Any  # Cog's output, files as dreambuild-file:<id>
+    logs: str
+    error: str | None
+    metrics: dict[str, Any]
+    created_at: str
+    created: float  # epoch seconds (queue_time)
+    started_at: str | None
+    completed_at: str | None
+    webhook: str | None
+    webhook_events_filter: list[WebhookEvent]
+    cancel_at: float | None  # Cancel-After, as epoch seconds
+    secret: str  # addresses the internal routes of its worker's Cog server and outputs
+    cancel_requested: NotRequired[bool]
+    worker: NotRequired[str | None]  # the worker that runs (or ran) it
+    data_removed: NotRequired[bool]  # its files expired or were deleted
 
 
 def new_prediction(
@@ -30,7 +57,7 @@ def new_prediction(
     webhook: str | None = None,
     events: list[str] | None = None,
     cancel_after: float | None = None,
-) -> dict:
+) -> PredictionRecord:
     """A new prediction record (status ``starting``) for a validated request."""
     return {
         "id": uuid.uuid4().hex[:26],
@@ -39,7 +66,7 @@ def new_prediction(
         "version": version,
         "training_id": training_id,
         "input": input,
-        "status": "starting",
+        "status": Status.STARTING,
         "output": None,
         "logs": "",
         "error": None,
@@ -66,7 +93,7 @@ def map_files(value: Any, change: Callable[[str], Any]) -> Any:
     return value
 
 
-def public_prediction(doc: dict, base_url: str, file_url: Callable[[str], str]) -> dict:
+def public_prediction(doc: PredictionRecord, base_url: str, file_url: Callable[[str], str]) -> dict:
     """The prediction object as the API and webhooks show it (the fields Replicate's clients read)."""
     return {
         "id": doc["id"],

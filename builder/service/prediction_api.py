@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -25,8 +25,9 @@ from builder.service.config import ALL_OWNERS
 from builder.service.http import CheckedJSONRoute, Cursor, Limit, check_http_url, fail
 from builder.service.prediction import new_prediction
 from builder.service.predictor import waiting_on
+from builder.service.schema import FINISHED, Status, WebhookEvent
 from builder.service.schemas import file_inputs, input_problems
-from builder.service.training import FINISHED, now_iso
+from builder.service.training import now_iso
 
 if TYPE_CHECKING:
     from builder.service.app import Service
@@ -37,7 +38,6 @@ MAX_CANCEL_AFTER = 7 * 24 * 3600.0  # a week: longer than any prediction_timeout
 # the official Python client reads for just 0.5 s more than the wait it asks (60.5 s for a bare
 # ``Prefer: wait``), so on a loaded machine the answer could otherwise come after it gave up.
 ANSWER_MARGIN = 5.0
-Event = Literal["start", "output", "logs", "completed"]
 
 
 class PredictionRequest(BaseModel):
@@ -50,7 +50,7 @@ class PredictionRequest(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict, description="The model's inputs.")
     webhook: str | None = Field(None, description="URL for webhooks.")
     webhook_completed: str | None = Field(None, description="Replicate's older name for webhook.")
-    webhook_events_filter: list[Event] | None = Field(None, description="Events to send (default: all).")
+    webhook_events_filter: list[WebhookEvent] | None = Field(None, description="Events to send (default: all).")
     stream: bool | None = Field(None, description="Accepted for the clients' sake; outputs are not streamed.")
 
 
@@ -60,7 +60,7 @@ class ModelPredictionRequest(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict)
     webhook: str | None = None
     webhook_completed: str | None = None
-    webhook_events_filter: list[Event] | None = None
+    webhook_events_filter: list[WebhookEvent] | None = None
     stream: bool | None = None
 
 
@@ -189,7 +189,7 @@ def prediction_router(service: Service) -> APIRouter:  # noqa: C901
             version = find_version(version_ref, token_owners)
             schema, model, version_id = version.get("openapi_schema"), version["model"], version["id"]
         check_input(schema, body.input, token_owners)
-        events = body.webhook_events_filter or (["completed"] if body.webhook_completed and not body.webhook else None)
+        events = body.webhook_events_filter or ([WebhookEvent.COMPLETED] if body.webhook_completed and not body.webhook else None)
         doc = new_prediction(
             owner=model.split("/")[0],
             model=model,
@@ -236,7 +236,7 @@ def prediction_router(service: Service) -> APIRouter:  # noqa: C901
                 doc = await run_in_threadpool(db.get_prediction, doc["id"])
         if seconds and doc["status"] not in FINISHED:
             # What Replicate answers when the wait runs out: the clients then poll.
-            doc = {**doc, "status": "starting"}
+            doc = {**doc, "status": Status.STARTING}
         return service.predictor.public(doc)
 
     @router.post("/v1/predictions", status_code=201, summary="Create a prediction (Replicate's route)")
@@ -271,11 +271,9 @@ def prediction_router(service: Service) -> APIRouter:  # noqa: C901
         cursor: Cursor = None,
         limit: Limit = 50,
         model: str | None = None,
-        status: str | None = None,
+        status: Status | None = None,
         token_owners: list[str] = Depends(service.owners),
     ) -> dict:
-        if status is not None and status not in ("starting", "processing", *FINISHED):
-            raise fail(422, f"status {status!r} is not one of starting, processing, {', '.join(FINISHED)}")
         limit = max(1, min(limit, 100))
         owners_filter = None if ALL_OWNERS in token_owners else token_owners
         page, after = db.list_predictions(owners_filter, model=model, status=status, before=cursor, limit=limit)
@@ -288,8 +286,8 @@ def prediction_router(service: Service) -> APIRouter:  # noqa: C901
         doc = prediction_for(prediction_id, token_owners)
         if doc["status"] not in FINISHED:
             changes: dict = {"cancel_requested": True}
-            if doc["status"] == "starting" and not doc.get("version"):  # waiting for its training: nothing runs
-                changes.update(status="canceled", completed_at=now_iso())
+            if doc["status"] == Status.STARTING and not doc.get("version"):  # waiting for its training: nothing runs
+                changes.update(status=Status.CANCELED, completed_at=now_iso())
             doc = db.update_prediction(prediction_id, **changes)
         return service.predictor.public(doc)
 

@@ -33,9 +33,10 @@ from builder.service.database import Database
 from builder.service.deliveries import Notifier
 from builder.service.files import FileStore, safe_name
 from builder.service.model_servers import ModelServers
-from builder.service.prediction import FILE_REF, public_prediction
+from builder.service.prediction import FILE_REF, PredictionRecord, public_prediction
+from builder.service.schema import FINISHED, Status, WebhookEvent
 from builder.service.schemas import file_inputs
-from builder.service.training import FINISHED, now_iso
+from builder.service.training import TrainingRecord, now_iso
 from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,14 @@ class Interrupted(Exception):
     """The worker is stopping and the prediction did not end within its grace: handed back."""
 
 
-def waiting_on(doc: dict, training: dict | None) -> str | None:
+def waiting_on(doc: PredictionRecord, training: TrainingRecord | None) -> str | None:
     """For a prediction queued on a training: ``None`` when it may run (its version is set),
     ``"wait"`` while the training runs, else why it cannot run."""
     if doc.get("version"):
         return None
     if training is None:
         return f"training {doc.get('training_id')} no longer exists"
-    if training["status"] == "succeeded" and training.get("version"):
+    if training["status"] == Status.SUCCEEDED and training.get("version"):
         return None
     if training["status"] in FINISHED:
         reason = training.get("error") or training["status"]
@@ -104,10 +105,10 @@ class Predictor:
         if event is not None:
             event.set()
 
-    def public(self, doc: dict) -> dict:
+    def public(self, doc: PredictionRecord) -> dict:
         return public_prediction(doc, self.config.base_url, self.files.signed_url)
 
-    def _event(self, doc: dict, event: str, webhook_id: str | None = None) -> None:
+    def _event(self, doc: PredictionRecord, event: WebhookEvent, webhook_id: str | None = None) -> None:
         self.notifier.prediction_event(doc, event, self.public(doc), webhook_id)
 
     def run(self, prediction_id: str) -> str | None:
@@ -126,7 +127,7 @@ class Predictor:
                 return "wait"
             doc = self._predict(doc)
         except Interrupted:
-            self.db.update_prediction(prediction_id, status="starting", started_at=None, worker=None, logs="")
+            self.db.update_prediction(prediction_id, status=Status.STARTING, started_at=None, worker=None, logs="")
             log.warning(
                 "prediction %s handed back by the shutdown (not done after shutdown_grace_seconds=%g): it runs again from its inputs",
                 prediction_id,
@@ -134,13 +135,13 @@ class Predictor:
             )
             return "again"
         except Canceled:
-            doc = self._finish(prediction_id, "canceled", None)
+            doc = self._finish(prediction_id, Status.CANCELED, None)
         except DreambuildError as exc:
-            doc = self._finish(prediction_id, "failed", str(exc))
+            doc = self._finish(prediction_id, Status.FAILED, str(exc))
         except Exception as exc:  # a bug must still end the prediction and tell the user
             log.exception("prediction %s failed", prediction_id)
-            doc = self._finish(prediction_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
-        self._event(doc, "completed")
+            doc = self._finish(prediction_id, Status.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        self._event(doc, WebhookEvent.COMPLETED)
         return None
 
     @property
@@ -156,7 +157,7 @@ class Predictor:
     def _handing_back(self) -> bool:
         return self._stop_at is not None and time.monotonic() >= self._stop_at
 
-    def _finish(self, prediction_id: str, status: str, error: str | None, **changes) -> dict:
+    def _finish(self, prediction_id: str, status: Status, error: str | None, **changes) -> PredictionRecord:
         # Errors are the user's to read: no path of this machine (temporary inputs, the layer cache, the model's files).
         error = without_host_paths(error) if error else error
         doc = self.db.update_prediction(prediction_id, status=status, error=error, completed_at=now_iso(), **changes)
@@ -180,11 +181,11 @@ class Predictor:
             if not waiting:
                 self._ended.pop(prediction_id, None)
 
-    def _check_cancel(self, doc: dict) -> None:
+    def _check_cancel(self, doc: PredictionRecord) -> None:
         if doc.get("cancel_requested") or (doc.get("cancel_at") and time.time() >= doc["cancel_at"]):
             raise Canceled
 
-    def _resolve_version(self, doc: dict) -> dict | None:
+    def _resolve_version(self, doc: PredictionRecord) -> PredictionRecord | None:
         """The prediction with its version set (None while its training still runs)."""
         self._check_cancel(doc)
         if doc.get("version"):
@@ -197,7 +198,7 @@ class Predictor:
             raise PredictionFailed(why)
         return self.db.update_prediction(doc["id"], version=training["version"], model=training["model"])
 
-    def _predict(self, doc: dict) -> dict:
+    def _predict(self, doc: PredictionRecord) -> PredictionRecord:
         owner, name = doc["model"].split("/")
         version = self.db.get_version(owner, name, doc["version"])
         if version is None:
@@ -211,14 +212,14 @@ class Predictor:
             raise PredictionFailed(f"model version {version['id']} could not start: {exc}") from None
         broken = False
         try:
-            doc = self.db.update_prediction(doc["id"], status="processing", started_at=now_iso(), worker=self.worker)
+            doc = self.db.update_prediction(doc["id"], status=Status.PROCESSING, started_at=now_iso(), worker=self.worker)
             self._check_cancel(doc)
-            self._event(doc, "start")
+            self._event(doc, WebhookEvent.START)
             with tempfile.TemporaryDirectory(prefix="dreambuild-inputs-") as scratch:
                 inputs = self._inputs(doc, version, Path(scratch))
                 try:
                     result = self._watch(doc, model, inputs)
-                    if result.get("status") == "failed" and result.get("error") == "Worker crashed":
+                    if result.get("status") == Status.FAILED and result.get("error") == "Worker crashed":
                         # coglet's word for a predictor process that died: it poisoned the server's only slot
                         raise ModelCrashed(
                             self._crashed(
@@ -241,17 +242,17 @@ class Predictor:
             **_peak_memory(model.server),
         }
         logs = result.get("logs") or ""
-        if result.get("status") == "canceled":
+        if result.get("status") == Status.CANCELED:
             raise Canceled
-        if result.get("status") != "succeeded":
+        if result.get("status") != Status.SUCCEEDED:
             self.db.update_prediction(doc["id"], logs=logs, metrics=metrics)
             raise PredictionFailed(f"the model failed: {prediction_error(result.get('error'))}")
         output = self._store_outputs(doc, result.get("output"))
-        doc = self._finish(doc["id"], "succeeded", None, output=output, logs=logs, metrics=metrics)
-        self._event(doc, "output")
+        doc = self._finish(doc["id"], Status.SUCCEEDED, None, output=output, logs=logs, metrics=metrics)
+        self._event(doc, WebhookEvent.OUTPUT)
         return doc
 
-    def _watch(self, doc: dict, model, inputs: dict) -> dict:
+    def _watch(self, doc: PredictionRecord, model, inputs: dict) -> dict:
         """Run the Cog prediction, its end coming back on the request that started it (so a
         stopping service, its listener closed, still gets it) and its logs by Cog's webhook on the
         service's internal route meanwhile, while watching for cancel, Cancel-After, the
@@ -279,7 +280,7 @@ class Predictor:
         finally:
             self._updates.pop(doc["id"], None)
 
-    def _follow(self, doc: dict, model, woken: threading.Event, ended: dict, deadline: float) -> dict:  # noqa: C901
+    def _follow(self, doc: PredictionRecord, model, woken: threading.Event, ended: dict, deadline: float) -> dict:  # noqa: C901
         client = model.client
         sent_logs, last_sent, canceled = "", 0.0, False
         next_check, idle, wait = time.monotonic() + HEALTH_SECONDS, 0, FIRST_POLL
@@ -302,7 +303,7 @@ class Predictor:
             if current.get("logs") != sent_logs and time.monotonic() - last_sent >= LOGS_INTERVAL:
                 # Best effort, one attempt each: the next one carries the logs again.
                 sent_logs, last_sent = current.get("logs"), time.monotonic()
-                self._event(current, "logs", f"{doc['id']}-logs-{len(sent_logs or '')}")
+                self._event(current, WebhookEvent.LOGS, f"{doc['id']}-logs-{len(sent_logs or '')}")
             if not canceled:
                 try:
                     self._check_cancel(current)
@@ -328,14 +329,14 @@ class Predictor:
                 if idle >= 2:  # twice in a row: its answer in flight has had its time
                     raise ModelCrashed("the model's Cog server is idle but never answered the prediction")
 
-    def _crashed(self, doc: dict, model, what: str | None = None) -> str:
+    def _crashed(self, doc: PredictionRecord, model, what: str | None = None) -> str:
         """Why the model's server failed, for the user (the last error of its log); its log's end
         goes to this service's log, for the operator."""
         logs = model.server.logs()
         log.warning("prediction %s: the model's Cog server failed; the end of its log:\n%s", doc["id"], logs[-3000:])
         return what or f"the model's Cog server stopped: {log_error(logs) or 'no error in its log'}"
 
-    def _inputs(self, doc: dict, version: dict, scratch: Path) -> dict:
+    def _inputs(self, doc: PredictionRecord, version: dict, scratch: Path) -> dict:
         """The inputs as the Cog server gets them: this service's files as signed URLs (owner
         checked at creation), other URLs fetched here under the egress policy as data URLs."""
         inputs = dict(doc["input"])
@@ -356,7 +357,7 @@ class Predictor:
             inputs[key] = converted if isinstance(value, list) else converted[0]
         return inputs
 
-    def _store_outputs(self, doc: dict, output):
+    def _store_outputs(self, doc: PredictionRecord, output):
         """Cog's outputs with every file (a data URL, as Cog returns them without an upload URL)
         stored as a file of the prediction's owner."""
         counter = iter(range(10**6))
@@ -376,7 +377,7 @@ class Predictor:
 
         return store(output)
 
-    def _save(self, doc: dict, name: str, mime: str, data: bytes) -> str:
+    def _save(self, doc: PredictionRecord, name: str, mime: str, data: bytes) -> str:
         """Store an output file; its id."""
         if self.local_files:
             return self.files.add_bytes(doc["owner"], name, mime, data, prediction_id=doc["id"])["id"]

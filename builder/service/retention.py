@@ -19,7 +19,8 @@ from pathlib import Path
 
 from builder.service.config import ServiceConfig
 from builder.service.database import Database
-from builder.service.training import FINISHED, TrainingRecord, now_iso
+from builder.service.schema import FINISHED, Stage
+from builder.service.training import TrainingRecord, now_iso
 
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 300
@@ -54,7 +55,7 @@ def sweep(config: ServiceConfig, db: Database, now: datetime | None = None) -> d
         d
         for d in db.finished_trainings()
         if d["status"] in FINISHED
-        and d.get("stage") == "done"
+        and d.get("stage") == Stage.DONE
         and not d.get("files_deleted_at")
         and _older(d.get("completed_at"), config.output_expiry_hours, now)
     ]

@@ -12,8 +12,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, NotRequired, TypedDict
 
-STAGES = ("queued", "training", "building", "webhook", "done")
-FINISHED = ("succeeded", "failed", "canceled")
+from builder.service.schema import STAGES, DeliveryState, Stage, Status, WebhookEvent
 
 
 def now_iso() -> str:
@@ -24,7 +23,7 @@ class WebhookDelivery(TypedDict):
     """How the completed webhook went (:func:`builder.service.deliveries.outcome`)."""
 
     ok: bool
-    state: str  # pending, delivered, failed
+    state: DeliveryState
     attempts: int
     status: int | None
     error: str | None
@@ -38,8 +37,8 @@ class TrainingRecord(TypedDict):
     id: str
     owner: str
     model: str  # owner/name of the destination model
-    status: str  # starting, processing, or one of FINISHED
-    stage: str  # one of STAGES
+    status: Status
+    stage: Stage
     input: dict[str, Any]  # the trainer's inputs
     trainer_version: str  # a key of the trainer catalog
     template_version: str  # a key of the template catalog
@@ -86,15 +85,15 @@ def new_training(
         "id": uuid.uuid4().hex[:26],
         "owner": model.split("/")[0],
         "model": model,
-        "status": "starting",
-        "stage": "queued",
+        "status": Status.STARTING,
+        "stage": Stage.QUEUED,
         "input": input,
         "trainer_version": trainer_version,
         "template_version": template_version,
         "template_image": template_image,
         "notes": notes,
         "webhook_completed": webhook,
-        "webhook_events_filter": events or ["completed"],
+        "webhook_events_filter": events or [WebhookEvent.COMPLETED],
         "created_at": now_iso(),
         "logs": "",
         "metrics": {},
