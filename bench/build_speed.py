@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builder.build import build_image  # noqa: E402
+from builder.image.build import build_image  # noqa: E402
 from builder.settings import BuilderSettings  # noqa: E402
 from dreambuild.archives import ArchiveLimits, extract_zip  # noqa: E402
 from fixtures.services import buildah_template, containers_env, run, start_podman, start_registry, storage_args  # noqa: E402

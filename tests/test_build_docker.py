@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from builder.build import build_image
 from builder.cog.container import engine_available
-from builder.docker_build import dockerfile
+from builder.image.build import build_image
+from builder.image.docker_build import dockerfile
 from dreambuild.errors import BuildError, InputError, RegistryError
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.test_build_oci import assert_model_image, inspect

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from builder.build import build_image
+from builder.image.build import build_image
 from builder.oci.manifest import OCI_INDEX, Manifest
 from builder.oci.registry import RegistryClient
 from builder.settings import BuilderSettings

@@ -9,9 +9,9 @@ import tarfile
 import pytest
 import zstandard
 
+from builder.image.weights import DirWeights
 from builder.oci import layer as layer_mod
 from builder.oci.layer import Compression, write_layer
-from builder.weights import DirWeights
 from dreambuild.errors import InputError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from builder.build import build_image
+from builder.image.build import build_image
 
 CLI = str(Path(sys.executable).parent / "dreambuild")
 

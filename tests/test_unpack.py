@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
-from builder.build import build_image
 from builder.cog.unpack import image_env, unpack_src
+from builder.image.build import build_image
 from builder.oci.layout import OciLayout
 from builder.oci.manifest import OCI_CONFIG, OCI_MANIFEST, Manifest, canonical_json
 from dreambuild.errors import RegistryError

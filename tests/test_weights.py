@@ -8,8 +8,8 @@ from functools import partial
 
 import pytest
 
+from builder.image.weights import WEIGHTS_LIMITS, DirWeights, ZipWeights, materialize, open_weights
 from builder.oci.layer import write_layer
-from builder.weights import WEIGHTS_LIMITS, DirWeights, ZipWeights, materialize, open_weights
 from dreambuild.archives import ArchiveLimits
 from dreambuild.errors import ArchiveError, InputError, ModelLayoutError
 from tests.helpers import make_zip, small_pipeline_files, write_tree, zip_dir

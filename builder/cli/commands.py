@@ -247,7 +247,7 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the reference."),
 ) -> None:
     """Layer weights onto a template image and push it; print the pushed reference (the model version)."""
-    from builder.build import Reporter, build_image
+    from builder.image.build import Reporter, build_image
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     with Progress(

@@ -24,12 +24,12 @@ import yaml
 
 from builder.checkout import REPO_ROOT
 from builder.cog.unpack import BASE_LABEL
+from builder.image.weights import tree_entries, walk_tree
 from builder.oci.layer import Layer, write_layer
 from builder.oci.layout import OciLayout
 from builder.oci.manifest import OCI_CONFIG, OCI_MANIFEST, Manifest, canonical_json
 from builder.oci.references import RegistryRef, parse_image_ref
 from builder.oci.stores import RegistryAccess, ensure_blob, open_store
-from builder.weights import tree_entries, walk_tree
 from dreambuild.errors import InputError
 from dreambuild.layout import baked_pipeline_digest, check_diffusers_layout
 

@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from builder.build import Reporter, build_image, model_ref
 from builder.cog.client import CogError
 from builder.cog.messages import log_error, prediction_error, without_host_paths
 from builder.egress import fetch
+from builder.image.build import Reporter, build_image, model_ref
 from builder.service.config import ServiceConfig
 from builder.service.database import Database, DatabaseUnavailable, Leases
 from builder.service.deliveries import Notifier

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from builder.image.weights import WeightsSource
 from builder.oci.layer import Compression, Layer, write_layer
 from builder.oci.layout import OciLayout
 from builder.oci.manifest import (
@@ -34,7 +35,6 @@ from builder.oci.manifest import (
 )
 from builder.oci.resolve import ResolvedImage
 from builder.oci.stores import ImageStore, ensure_blob
-from builder.weights import WeightsSource
 from dreambuild.errors import RegistryUnavailableError
 
 LAYER_FORMAT = "dreambuild-layer-1"  # bump when write_layer's output changes

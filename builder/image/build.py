@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Callable
 
 from builder.cog.container import engine_available
+from builder.image.oci_build import LayerCache, build_oci, image_labels
+from builder.image.weights import WeightsSource, open_weights
 from builder.oci.layer import Compression, write_layer
 from builder.oci.manifest import family, image_size
 from builder.oci.references import ImageRef, LayoutRef, RegistryRef, names_registry, parse_layout_ref, parse_registry_ref
 from builder.oci.resolve import ResolvedImage, resolve_image
 from builder.oci.stores import open_store
-from builder.oci_build import LayerCache, build_oci, image_labels
 from builder.settings import BuilderSettings
-from builder.weights import WeightsSource, open_weights
 from dreambuild.errors import ImageReferenceError, InputError
 
 BACKENDS = ("auto", "oci", "docker")
@@ -178,7 +178,7 @@ def build_image(
             )
             digest = manifest.digest
         else:
-            from builder.docker_build import build_docker
+            from builder.image.docker_build import build_docker
 
             diff_id = write_layer(source.entries(), lambda chunk: None).diff_id
             labels = image_labels(resolved, diff_id, notes, dest_ref.repository)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from builder.cog.container import docker_client
+from builder.image.weights import WeightsSource, materialize
 from builder.oci.references import RegistryRef
-from builder.weights import WeightsSource, materialize
 from dreambuild.errors import BuildError, RegistryError
 
 _PUSHED = re.compile(r"digest: (sha256:[0-9a-f]{64})")
