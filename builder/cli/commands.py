@@ -1,4 +1,5 @@
-"""The ``dreambuild`` command line. Every failure is one line on stderr and a non-zero exit."""
+"""The ``dreambuild`` command line. Every failure is one line on stderr and a non-zero exit
+(:func:`run`, the console script, turns an error into that line; commands just raise)."""
 
 from __future__ import annotations
 
@@ -71,8 +72,6 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="Directory for summary.
         from builder.cli.demo import run_demo
 
         run_demo(out)
-    except DreambuildError as exc:
-        fail(str(exc))
     except (OSError, httpx.HTTPError) as exc:  # a timeout, a refused connection, a full disk
         fail(f"the demo stopped: {type(exc).__name__}" + (f": {exc}" if str(exc) else ""))
     except ImportError as exc:  # a builder-only install: no ML stack
@@ -95,12 +94,9 @@ def serve(
     from builder.service.config import ensure_local_token, load_config
 
     _logging(logging.INFO, log_format)
-    try:
-        settings = load_config(config, host=host, port=port, data_dir=data_dir)
-        token_file = ensure_local_token(settings)
-        app_ = create_app(settings)
-    except DreambuildError as exc:
-        fail(str(exc))
+    settings = load_config(config, host=host, port=port, data_dir=data_dir)
+    token_file = ensure_local_token(settings)
+    app_ = create_app(settings)
     if token_file:
         err.print(f"API token (all owners): {token_file}", highlight=False)
     for line in setup_lines(settings):
@@ -162,11 +158,8 @@ def worker(
     from builder.service.worker import run_worker
 
     _logging(logging.WARNING, log_format)
-    try:
-        settings = load_config(config, data_dir=data_dir)
-        run_worker(settings, roles={r.strip() for r in roles.split(",") if r.strip()}, gpu=gpu, trainers=trainer or None, name=name)
-    except DreambuildError as exc:
-        fail(str(exc))
+    settings = load_config(config, data_dir=data_dir)
+    run_worker(settings, roles={r.strip() for r in roles.split(",") if r.strip()}, gpu=gpu, trainers=trainer or None, name=name)
 
 
 @app.command()
@@ -179,11 +172,8 @@ def workers(
     from builder.service.database import Database, Workers
     from builder.service.jobs import STALLED_SECONDS
 
-    try:
-        settings = load_config(config)
-        live = Workers(Database(settings.database)).live(within=STALLED_SECONDS)
-    except DreambuildError as exc:
-        fail(str(exc))
+    settings = load_config(config)
+    live = Workers(Database(settings.database)).live(within=STALLED_SECONDS)
     if as_json:
         print(json.dumps(live, indent=2))
         return
@@ -211,18 +201,15 @@ def predict(
     from builder.cog.predict_image import predict as run_prediction
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    try:
-        written = run_prediction(
-            image,
-            inputs,
-            out,
-            weights=weights,
-            engine=engine,
-            gpus=gpus,
-            on_step=lambda message: err.print(f"[dim]•[/] {message}", highlight=False, soft_wrap=True),
-        )
-    except DreambuildError as exc:
-        fail(str(exc))
+    written = run_prediction(
+        image,
+        inputs,
+        out,
+        weights=weights,
+        engine=engine,
+        gpus=gpus,
+        on_step=lambda message: err.print(f"[dim]•[/] {message}", highlight=False, soft_wrap=True),
+    )
     for path in written:
         print(path)
 
@@ -266,11 +253,7 @@ def build(
             weights_total=lambda total: progress.update(task, total=total, visible=True),
             weights_bytes=lambda n: progress.advance(task, n),
         )
-        try:
-            result = build_image(weights, template, model, notes=notes, backend=backend, compression=compression, reporter=reporter)
-        except DreambuildError as exc:
-            progress.stop()
-            fail(str(exc))
+        result = build_image(weights, template, model, notes=notes, backend=backend, compression=compression, reporter=reporter)
     if as_json:
         print(json.dumps({k: v for k, v in result.as_json().items() if k != "steps"}))
     else:
@@ -312,33 +295,30 @@ def templates_add(
     from builder.cli.template_image import make_template_image, pull_template, push_template, template_env
     from builder.service.config import load_config
 
-    try:
-        settings = load_config(config, data_dir=data_dir)
-        if "/" in template:  # an image reference: a template built and pushed with Cog
-            if bake:
-                fail("--bake writes a template of this checkout; an image built with Cog bakes its own weights")
-            name, version = pull_template(template, settings.layout, settings.builder_settings())
-            if to:
-                push_template(settings.layout, name, to, settings.builder_settings())
-            err.print(f"template {name} in oci:{settings.layout}:dreambuild/{name} (the embedded catalog offers it)", highlight=False)
-            print(version.removeprefix("sha256:"))
-            return
-        require_checkout("templates add")
-        baked = {}
-        for pair in bake:
-            key, sep, directory = pair.partition("=")
-            if not sep or not key or not directory:
-                fail(f"--bake {pair!r} is not KEY=DIR")
-            baked[key] = Path(directory).expanduser().absolute()
-        env = template_env(template) if (REPO_ROOT / "templates" / template / "cog.yaml").is_file() else []
-        if "DREAMBUILD_BASE=/opt/dreambuild/base" in env and "base" not in baked and (REPO_ROOT / "base-model").is_dir():
-            baked["base"] = REPO_ROOT / "base-model"  # where `python -m trainer.fetch_base_model` put the trainer's base
-            err.print(f"base: {baked['base']} (the local trainer's default)", highlight=False)
-        version = make_template_image(settings.layout, template, baked=baked)
+    settings = load_config(config, data_dir=data_dir)
+    if "/" in template:  # an image reference: a template built and pushed with Cog
+        if bake:
+            fail("--bake writes a template of this checkout; an image built with Cog bakes its own weights")
+        name, version = pull_template(template, settings.layout, settings.builder_settings())
         if to:
-            push_template(settings.layout, template, to, settings.builder_settings())
-    except DreambuildError as exc:
-        fail(str(exc))
+            push_template(settings.layout, name, to, settings.builder_settings())
+        err.print(f"template {name} in oci:{settings.layout}:dreambuild/{name} (the embedded catalog offers it)", highlight=False)
+        print(version.removeprefix("sha256:"))
+        return
+    require_checkout("templates add")
+    baked = {}
+    for pair in bake:
+        key, sep, directory = pair.partition("=")
+        if not sep or not key or not directory:
+            fail(f"--bake {pair!r} is not KEY=DIR")
+        baked[key] = Path(directory).expanduser().absolute()
+    env = template_env(template) if (REPO_ROOT / "templates" / template / "cog.yaml").is_file() else []
+    if "DREAMBUILD_BASE=/opt/dreambuild/base" in env and "base" not in baked and (REPO_ROOT / "base-model").is_dir():
+        baked["base"] = REPO_ROOT / "base-model"  # where `python -m trainer.fetch_base_model` put the trainer's base
+        err.print(f"base: {baked['base']} (the local trainer's default)", highlight=False)
+    version = make_template_image(settings.layout, template, baked=baked)
+    if to:
+        push_template(settings.layout, template, to, settings.builder_settings())
     if any(line.startswith("DREAMBUILD_SAFETY_CHECKER=") for line in env) and "safety-checker" not in baked:
         err.print(
             "note: no safety checker baked: its predictions fail unless disable_safety_check is true (bake one with "
@@ -360,10 +340,7 @@ def templates_list(config: Path = CONFIG_OPTION, data_dir: Path = DATA_DIR_OPTIO
     from builder.cli.template_image import checkout_templates
     from builder.service.config import layout_templates, load_config
 
-    try:
-        settings = load_config(config, data_dir=data_dir)
-    except DreambuildError as exc:
-        fail(str(exc))
+    settings = load_config(config, data_dir=data_dir)
     stored = {entry.name: (version, entry) for version, entry in layout_templates(settings.layout).items()}
     for name in sorted(set(checkout_templates() if has_checkout() else []) | set(stored)):
         version, entry = stored.get(name, ("-", None))
@@ -383,15 +360,12 @@ def catalog(
     token: str = typer.Option(None, "--token", help="API token (default DREAMBUILD_TOKEN or .dreambuild/token)."),
 ) -> None:
     """The trainers and templates a training may name: versions, names, bases, what each builds."""
-    try:
-        if local or config is not None:
-            from builder.service.config import catalog_listing, load_config
+    if local or config is not None:
+        from builder.service.config import catalog_listing, load_config
 
-            listing = catalog_listing(load_config(config, data_dir=data_dir))
-        else:
-            listing = _client(url, token).request("GET", "/v1/catalog")
-    except DreambuildError as exc:
-        fail(str(exc))
+        listing = catalog_listing(load_config(config, data_dir=data_dir))
+    else:
+        listing = _client(url, token).request("GET", "/v1/catalog")
     if as_json:
         _print_json(listing)
         return
@@ -476,7 +450,7 @@ def train(
                 training = client.request("GET", f"/v1/trainings/{training['id']}")
                 detail = {Stage.TRAINING: _step_of(training["logs"]), Stage.BUILDING: "building and pushing the image"}.get(training["stage"], "")
                 status.update(f"{training['id']}: {training['stage']} {detail}".rstrip())
-    except (DreambuildError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # a file named by -i key=@path, a malformed -i
         fail(str(exc))
     if training["status"] != Status.SUCCEEDED:
         fail(f"training {training['id']} {training['status']}: {training.get('error')}")
@@ -486,10 +460,7 @@ def train(
 @trainings_app.command("list")
 def trainings_list(limit: int = typer.Option(20, help="How many, newest first."), url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
     """The newest trainings: id, status, stage, model, version."""
-    try:
-        page = _client(url, token).request("GET", "/v1/trainings", params={"limit": limit})
-    except DreambuildError as exc:
-        fail(str(exc))
+    page = _client(url, token).request("GET", "/v1/trainings", params={"limit": limit})
     for t in page["results"]:
         print(f"{t['id']}  {t['status']:10} {t['stage']:9} {t['model']}  {t.get('model_version') or ''}".rstrip())
 
@@ -497,19 +468,13 @@ def trainings_list(limit: int = typer.Option(20, help="How many, newest first.")
 @trainings_app.command("get")
 def trainings_get(training_id: str, url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
     """One training, as JSON."""
-    try:
-        _print_json(_client(url, token).request("GET", f"/v1/trainings/{training_id}"))
-    except DreambuildError as exc:
-        fail(str(exc))
+    _print_json(_client(url, token).request("GET", f"/v1/trainings/{training_id}"))
 
 
 @trainings_app.command("cancel")
 def trainings_cancel(training_id: str, url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
     """Cancel a training (stops its trainer)."""
-    try:
-        training = _client(url, token).request("POST", f"/v1/trainings/{training_id}/cancel")
-    except DreambuildError as exc:
-        fail(str(exc))
+    training = _client(url, token).request("POST", f"/v1/trainings/{training_id}/cancel")
     print(f"{training['id']}: cancel requested ({training['status']})")
 
 
@@ -519,10 +484,7 @@ def versions_list(model: str = typer.Argument(..., help="owner/name"), url: str 
     owner, sep, name = model.partition("/")
     if not sep:
         fail(f"model {model!r} must be owner/name")
-    try:
-        page = _client(url, token).request("GET", f"/v1/models/{owner}/{name}/versions")
-    except DreambuildError as exc:
-        fail(str(exc))
+    page = _client(url, token).request("GET", f"/v1/models/{owner}/{name}/versions")
     for v in page["results"]:
         print(f"{v['id']}  {v['image']}  {v['training_id']}  {v.get('notes') or ''}".rstrip())
 
@@ -561,7 +523,7 @@ def run_model(
                 print(client.download(item, out / urlsplit(item).path.rsplit("/", 1)[-1]))
             else:
                 print(json.dumps(item))
-    except (DreambuildError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # a file named by -i key=@path, a malformed -i
         fail(str(exc))
 
 
@@ -575,10 +537,7 @@ def predictions_list(
 ) -> None:
     """The newest predictions: id, status, model, version, predict time."""
     params = {k: v for k, v in {"limit": limit, "model": model, "status": status}.items() if v is not None}
-    try:
-        page = _client(url, token).request("GET", "/v1/predictions", params=params)
-    except DreambuildError as exc:
-        fail(str(exc))
+    page = _client(url, token).request("GET", "/v1/predictions", params=params)
     for p in page["results"]:
         seconds = (p.get("metrics") or {}).get("predict_time")
         print(f"{p['id']}  {p['status']:10} {p['model']}  {p['version'] or '-'}  {f'{seconds:.2f}s' if seconds else ''}".rstrip())
@@ -587,30 +546,28 @@ def predictions_list(
 @predictions_app.command("get")
 def predictions_get(prediction_id: str, url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
     """One prediction, as JSON."""
-    try:
-        _print_json(_client(url, token).request("GET", f"/v1/predictions/{prediction_id}"))
-    except DreambuildError as exc:
-        fail(str(exc))
+    _print_json(_client(url, token).request("GET", f"/v1/predictions/{prediction_id}"))
 
 
 @predictions_app.command("cancel")
 def predictions_cancel(prediction_id: str, url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
     """Cancel a prediction."""
-    try:
-        prediction = _client(url, token).request("POST", f"/v1/predictions/{prediction_id}/cancel")
-    except DreambuildError as exc:
-        fail(str(exc))
+    prediction = _client(url, token).request("POST", f"/v1/predictions/{prediction_id}/cancel")
     print(f"{prediction['id']}: cancel requested ({prediction['status']})")
 
 
 def run() -> None:
-    """The console script: the commands, and for what none of them expected, one line too (the
-    traceback only with DREAMBUILD_DEBUG=1): a user never gets a stack of frames as an answer."""
+    """The console script, and the one place failures become the user's one line: a
+    :class:`DreambuildError` says what went wrong in the user's words; anything else is
+    unexpected (its traceback only with DREAMBUILD_DEBUG=1): a user never gets a stack of frames."""
     import os
 
     try:
         app()
-    except Exception as exc:  # noqa: BLE001 - the last resort; every expected failure is handled where it happens
+    except DreambuildError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the last resort
         if os.environ.get("DREAMBUILD_DEBUG"):
             raise
         err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} (DREAMBUILD_DEBUG=1 shows where)", highlight=False, soft_wrap=True)
