@@ -10,7 +10,8 @@ import pytest
 
 from builder.oci.credentials import lookup_credentials
 from builder.oci.references import LayoutRef, RegistryRef, normalize_digest, parse_image_ref
-from builder.oci.registry import RegistryClient, is_plain_http
+from builder.oci.registry import RegistryClient
+from builder.oci.transport import is_plain_http
 from dreambuild.errors import ImageReferenceError, RegistryUnavailableError
 
 D = "sha256:" + "a" * 64
