@@ -425,7 +425,7 @@ def test_sigterm_lets_a_running_prediction_end_then_hands_the_next_back(tmp_path
     try:
         record_version(config, "alice/toy", toy["version"], toy["image"])
         ended = running()
-        other.stop()
+        other.stop(timeout=60)  # the prediction's grace is 30 s, a loaded machine's stop a few more
         log = (tmp_path / "service.log").read_text()
         assert "1 running prediction(s) may end within 30s" in log and "handed back" not in log
         other.config["shutdown_grace_seconds"] = 0

@@ -70,11 +70,11 @@ class Service:
             raise RuntimeError("service did not start")
         return self
 
-    def stop(self) -> None:
-        """SIGTERM, as systemd stops it; a service still running 20 s later fails the test (and is killed)."""
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM, as systemd stops it; a service still running ``timeout`` s later fails the test (and is killed)."""
         self.proc.terminate()
         try:
-            self.proc.wait(20)
+            self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
