@@ -294,7 +294,7 @@ def public_router(service: Service) -> APIRouter:  # noqa: C901
     def create_training(body: TrainingRequest, request: Request, token_owners: list[str] = Depends(owners)) -> dict:
         doc = _record(config, validate(service, body, token_owners))
         service.db.create_training(doc)
-        service.submit(doc)
+        service.dispatch.submit_training(doc)
         return public_training(doc, config.base_url)
 
     @router.post(
@@ -309,7 +309,7 @@ def public_router(service: Service) -> APIRouter:  # noqa: C901
         doc = _record(config, validate(service, seed, token_owners), events=body.webhook_events_filter or [WebhookEvent.COMPLETED])
         doc.update(api="replicate", trainer_model=f"{owner}/{name}")
         service.db.create_training(doc)
-        service.submit(doc)
+        service.dispatch.submit_training(doc)
         return public_training(doc, config.base_url)
 
     @router.get("/v1/trainings/{training_id}", summary="Get a training")

@@ -1,6 +1,7 @@
-"""The service as an ASGI app: configuration → database → pipeline and worker → the public API
-(:mod:`builder.service.api`) and the routes for trainers' Cog servers
-(:mod:`builder.service.internal`). Starting it resumes unfinished trainings.
+"""The service as an ASGI app: configuration → database → dispatcher (embedded, or the queue of
+many machines: :mod:`builder.service.dispatch`) → runtime (:mod:`builder.service.runtime`) → the
+public API (:mod:`builder.service.api`) and the routes for trainers' Cog servers
+(:mod:`builder.service.internal`). Starting it resumes unfinished work.
 """
 
 from __future__ import annotations
@@ -21,19 +22,16 @@ from builder.cog.client import describe_validation
 from builder.dashboard.routes import mount_dashboard
 from builder.service.api import public_router
 from builder.service.config import ALL_OWNERS, ServiceConfig
-from builder.service.database import Database, DatabaseUnavailable, Leases
-from builder.service.deliveries import LocalScheduler, Notifier
+from builder.service.database import Database, DatabaseUnavailable
+from builder.service.dispatch import Dispatcher, EmbeddedDispatcher, QueueDispatcher
 from builder.service.docs import mount_docs
 from builder.service.files import FileStore, files_router
 from builder.service.http import PageHeaders, fail
 from builder.service.internal import internal_router
-from builder.service.model_servers import ModelServers
 from builder.service.operations import operations_router
-from builder.service.pipeline import Pipeline, Worker
 from builder.service.prediction_api import prediction_router
-from builder.service.predictor import PredictionWorker, Predictor
 from builder.service.retention import Sweeper
-from builder.service.schemas import TrainerSchemas
+from builder.service.runtime import build_runtime
 from builder.service.training import TrainingRecord
 from dreambuild.errors import InputError
 
@@ -52,61 +50,25 @@ class Service:
         # which coglet's X-Prediction-Id header tells apart.
         self.upload_secret = self.db.setting("upload_secret", lambda: secrets.token_urlsafe(24))
         (config.data_dir / "cog-upload-url").write_text(self.cog_upload_url + "\n")
-        self.schemas = TrainerSchemas(config, self.db)
         self.queue = None  # the queue of external workers
-        self.worker: Worker | None = None  # the embedded worker
         if config.workers == "external":
-            from builder.service.jobs import apply_schema, create_queue_app, defer_delivery
+            from builder.service.jobs import apply_schema, create_queue_app
 
             apply_schema(config)
             self.queue = create_queue_app(config)
             self.queue.open()
-            self.notifier = Notifier(config, self.db, lambda delivery_id, at: defer_delivery(self.queue, delivery_id, at))
+            self.dispatch: Dispatcher = QueueDispatcher(self.queue, self.db)
         else:
             self._lock = _embedded_lock(config.data_dir)
-            self.scheduler = LocalScheduler()
-            self.notifier = Notifier(config, self.db, self.scheduler)
-            self.worker = Worker(Pipeline(config, self.db, self.schemas, self.notifier), config.max_concurrent)
+            self.dispatch = EmbeddedDispatcher(config)
         self.files = FileStore(config, self.db)
-        self.predictor = Predictor(
-            config,
-            self.db,
-            self.files,
-            self.notifier,
-            ModelServers(
-                config.builder_settings(), config.max_loaded_models, runner=config.model_runner, pools=config.model_urls, leases=Leases(self.db)
-            ),
-        )
-        self.predictions: PredictionWorker | None = None  # the embedded prediction worker
-        if self.worker is not None:
-            self.predictions = PredictionWorker(self.predictor, config.max_concurrent_predictions)
-            self.worker.pipeline.on_training_end = self.predictions.training_ended
+        # The API's process runs predictions and trainings itself only when embedded; it always
+        # records webhooks, shows predictions (and waits on them), and validates with the schemas.
+        self.runtime = build_runtime(config, self.db, self.dispatch.schedule_delivery, files=self.files)
+        self.dispatch.bind(self.runtime)
+        self.notifier, self.schemas, self.predictor = self.runtime.notifier, self.runtime.schemas, self.runtime.predictor
         self.sweeper = Sweeper(config, self.db)
         self.tokens = [(entry.token.encode(), entry.owners) for entry in config.tokens]
-
-    def submit(self, doc: TrainingRecord) -> None:
-        """Run the training: on the embedded worker, or queued for the external ones."""
-        if self.queue is not None:
-            from builder.service.jobs import defer_stage
-
-            try:
-                defer_stage(self.queue, doc)
-            except Exception as exc:  # recorded already: the workers' reconcile job queues it (an error would invite a duplicate)
-                log.warning("training %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"], type(exc).__name__, exc)
-        else:
-            self.worker.submit(doc["id"])
-
-    def submit_prediction(self, doc: dict) -> None:
-        """Run the prediction: on the embedded worker, or queued for the external ones."""
-        if self.queue is not None:
-            from builder.service.jobs import defer_prediction
-
-            try:
-                defer_prediction(self.queue, doc, self.db)
-            except Exception as exc:  # recorded already: the workers' reconcile job queues it
-                log.warning("prediction %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"], type(exc).__name__, exc)
-        else:
-            self.predictions.submit(doc["id"])
 
     def template_schema(self, template_version: str) -> dict | None:
         """A template's Cog schema (its versions'), once a build has published it."""
@@ -116,27 +78,15 @@ class Service:
     def start(self) -> None:
         self.schemas.warm()
         self.sweeper.start()
-        if self.worker is not None:
-            self.scheduler.start(self.notifier.attempt)
-            for delivery_id, at in self.notifier.pending():
-                self.scheduler(delivery_id, at)
-            resumed = self.worker.resume()
-            if resumed:
-                log.warning("resuming %d unfinished training(s): %s", len(resumed), ", ".join(resumed))
-            resumed = self.predictions.resume()
-            if resumed:
-                log.warning("resuming %d unfinished prediction(s): %s", len(resumed), ", ".join(resumed))
+        self.dispatch.start()
 
     def stop(self) -> None:
         self.sweeper.stop()
-        if self.worker is not None:
-            self.predictor.stop(self.config.shutdown_grace_seconds)  # their grace runs while trainings stop
-            self.worker.shutdown()
-            self.predictions.shutdown()
-            self.scheduler.stop()
-            os.close(self._lock)
+        self.dispatch.stop()
         if self.queue is not None:
             self.queue.close()
+        else:
+            os.close(self._lock)
 
     @property
     def cog_upload_url(self) -> str:

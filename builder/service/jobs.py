@@ -72,9 +72,7 @@ def conninfo(database_url: str) -> str:
 class WorkerState:
     """What a worker's jobs run with (set by ``dreambuild worker``; the API only defers)."""
 
-    pipeline: Any = None
-    notifier: Any = None
-    predictor: Any = None
+    runtime: Any = None  # its Runtime (builder.service.runtime)
     current: dict[str, str] = field(default_factory=dict)  # job id → the training or prediction it runs
     takers: dict[str, str] = field(default_factory=dict)  # job id → the procrastinate worker (a role) running it
     # Called when a job starts or ends: the worker then heartbeats at once, so that the API routes
@@ -100,57 +98,70 @@ class WorkerState:
             self.changed()
 
 
-def create_queue_app(config: ServiceConfig, state: WorkerState | None = None):
-    """The procrastinate app with dreambuild's tasks; ``state`` where jobs run."""
+# The tasks, at module level: each reads its worker's state (the runtime it runs on) from the
+# job's context, which ``dreambuild worker`` passes as procrastinate's additional context.
+
+
+def _state(context) -> WorkerState:
+    return context.additional_context["state"]
+
+
+async def advance(context, training_id: str) -> None:
+    """Run the training's current stage; queue the next one."""
+    state = _state(context)
+    with state.running(context, training_id):
+        following = await in_thread(state.runtime.pipeline.advance, training_id)
+    doc = state.runtime.pipeline.db.get_training(training_id)
+    if doc is not None and (following or (state.runtime.pipeline.stopping.is_set() and doc["stage"] != Stage.DONE)):
+        await defer_stage_async(context.app, doc)  # next stage, or the same one elsewhere (this worker is stopping)
+
+
+async def predict(context, prediction_id: str) -> None:
+    """Run a prediction on this worker's model servers (a prediction waiting for its training is
+    queued again when the training ends)."""
+    state = _state(context)
+    with state.running(context, prediction_id):
+        outcome = await in_thread(state.runtime.predictor.run, prediction_id)
+    if outcome == "again":  # this worker is stopping: another takes it (its lock waits for this job's end)
+        await defer_prediction_async(context.app, {"id": prediction_id})
+
+
+async def deliver(context, delivery_id: str) -> None:
+    await in_thread(_state(context).runtime.notifier.attempt, delivery_id)
+
+
+async def recover(context, timestamp: int) -> None:
+    """Jobs of dead workers back to their queues (the other workers take them). A job whose
+    procrastinate worker went silent while the dreambuild worker running it still beats (and
+    lists the job) is not dead: a database outage made procrastinate stop that worker, but the
+    job's thread ran on, and running it a second time would kill its trainer."""
+    from builder.service.database import Workers
+
+    live = await in_thread(Workers(_state(context).runtime.pipeline.db).live, STALLED_SECONDS)
+    running = {job for worker in live for job in worker.get("jobs", [])}
+    for job in await context.app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_SECONDS):
+        if str(job.id) in running:
+            continue
+        log.warning("job %s (%s %s) was on a worker that stopped answering: queued again", job.id, job.task_name, job.task_kwargs)
+        await context.app.job_manager.retry_job(job)
+
+
+async def reconcile(context, timestamp: int) -> None:
+    await reconcile_jobs(context.app, _state(context))
+
+
+def create_queue_app(config: ServiceConfig):
+    """The procrastinate app with dreambuild's tasks (their names are what queued jobs hold:
+    they stay the same across releases)."""
     import procrastinate
 
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(config.database_url), kwargs={"connect_timeout": 5}))
-    state = state or WorkerState()
-
-    @app.task(name="dreambuild.advance", pass_context=True)
-    async def advance(context, training_id: str) -> None:
-        """Run the training's current stage; queue the next one."""
-        with state.running(context, training_id):
-            following = await in_thread(state.pipeline.advance, training_id)
-        doc = state.pipeline.db.get_training(training_id)
-        if doc is not None and (following or (state.pipeline.stopping.is_set() and doc["stage"] != Stage.DONE)):
-            await defer_stage_async(app, doc)  # next stage, or the same one elsewhere (this worker is stopping)
-
-    @app.task(name="dreambuild.predict", pass_context=True)
-    async def predict(context, prediction_id: str) -> None:
-        """Run a prediction on this worker's model servers (a prediction waiting for its training
-        is queued again when the training ends)."""
-        with state.running(context, prediction_id):
-            outcome = await in_thread(state.predictor.run, prediction_id)
-        if outcome == "again":  # this worker is stopping: another takes it (its lock waits for this job's end)
-            await defer_prediction_async(app, {"id": prediction_id})
-
-    @app.task(name="dreambuild.deliver")
-    async def deliver(delivery_id: str) -> None:
-        await in_thread(state.notifier.attempt, delivery_id)
-
-    @app.periodic(cron="* * * * * */5", periodic_id="recover")
-    @app.task(name="dreambuild.recover", queue=MAINTENANCE)
-    async def recover(timestamp: int) -> None:
-        """Jobs of dead workers back to their queues (the other workers take them). A job whose
-        procrastinate worker went silent while the dreambuild worker running it still beats (and
-        lists the job) is not dead: a database outage made procrastinate stop that worker, but
-        the job's thread ran on, and running it a second time would kill its trainer."""
-        from builder.service.database import Workers
-
-        live = await in_thread(Workers(state.pipeline.db).live, STALLED_SECONDS)
-        running = {job for worker in live for job in worker.get("jobs", [])}
-        for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_SECONDS):
-            if str(job.id) in running:
-                continue
-            log.warning("job %s (%s %s) was on a worker that stopped answering: queued again", job.id, job.task_name, job.task_kwargs)
-            await app.job_manager.retry_job(job)
-
-    @app.periodic(cron="* * * * * */5", periodic_id="reconcile")
-    @app.task(name="dreambuild.reconcile", queue=MAINTENANCE)
-    async def reconcile(timestamp: int) -> None:
-        await reconcile_jobs(app, state)
-
+    app.task(name="dreambuild.advance", pass_context=True)(advance)
+    app.task(name="dreambuild.predict", pass_context=True)(predict)
+    app.task(name="dreambuild.deliver", pass_context=True)(deliver)
+    for periodic in (recover, reconcile):
+        task = app.task(name=f"dreambuild.{periodic.__name__}", queue=MAINTENANCE, pass_context=True)(periodic)
+        app.periodic(cron="* * * * * */5", periodic_id=periodic.__name__)(task)
     return app
 
 
@@ -231,7 +242,7 @@ def defer_delivery(app, delivery_id: str, at: float) -> None:
 
 async def reconcile_jobs(app, state: WorkerState) -> None:
     """Queue every unfinished training and pending delivery that has no job waiting or running."""
-    db = state.pipeline.db
+    db = state.runtime.pipeline.db
     rows = await app.connector.execute_query_all_async("SELECT lock FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock IS NOT NULL")
     locked = {row["lock"] for row in rows}
     now = time.time()
@@ -241,12 +252,12 @@ async def reconcile_jobs(app, state: WorkerState) -> None:
         if now - min((doc.get("stage_started") or {}).values(), default=now) < ORPHAN_SECONDS:
             continue  # just created: its API is queuing it now
         if doc["stage"] == Stage.WEBHOOK:
-            await in_thread(state.pipeline.advance, doc["id"])  # record its completed webhook, mark it done
+            await in_thread(state.runtime.pipeline.advance, doc["id"])  # record its completed webhook, mark it done
             continue
         log.warning("training %s (stage %s) had no job: queued", doc["id"], doc["stage"])
         await defer_stage_async(app, doc)
     await _reconcile_predictions(app, db)
-    for delivery_id, at in await in_thread(state.notifier.pending):
+    for delivery_id, at in await in_thread(state.runtime.notifier.pending):
         if f"webhook:{delivery_id}" not in locked and at < now - ORPHAN_SECONDS:
             await _delivery_job(app, delivery_id, now).defer_async(delivery_id=delivery_id)
 

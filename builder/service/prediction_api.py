@@ -201,7 +201,7 @@ def prediction_router(service: Service) -> APIRouter:  # noqa: C901
             cancel_after=cancel_after,
         )
         db.create_prediction(doc)
-        service.submit_prediction(doc)
+        service.dispatch.submit_prediction(doc)
         return doc
 
     async def create(version_ref: str | None, training_id: str | None, body, request: Request, token_owners: list[str], wait: int | None) -> Any:
@@ -211,7 +211,7 @@ def prediction_router(service: Service) -> APIRouter:  # noqa: C901
         doc = await run_in_threadpool(record, version_ref, training_id, body, token_owners, cancel_after)
         if seconds:  # what is left of the wait once recorded (at least a second)
             seconds = max(1.0, arrived + seconds - ANSWER_MARGIN - asyncio.get_running_loop().time())
-        if seconds and service.predictions is not None:  # embedded: woken when it ends, no thread held
+        if seconds and service.queue is None:  # embedded: woken when it ends, no thread held
             loop, ended = asyncio.get_running_loop(), asyncio.Event()
 
             def wake() -> None:

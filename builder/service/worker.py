@@ -19,8 +19,8 @@ import socket
 import uuid
 
 from builder.service.config import ServiceConfig
-from builder.service.database import Database, DatabaseUnavailable, Leases, Workers
-from builder.service.deliveries import Notifier
+from builder.service.database import Database, DatabaseUnavailable, Workers
+from builder.service.dispatch import QueueDispatcher
 from builder.service.jobs import (
     BUILD,
     HEARTBEAT_SECONDS,
@@ -31,14 +31,11 @@ from builder.service.jobs import (
     WorkerState,
     apply_schema,
     create_queue_app,
-    defer_delivery,
-    defer_prediction,
     in_thread,
     train_queue,
     worker_predict_queue,
 )
-from builder.service.pipeline import Pipeline
-from builder.service.schemas import TrainerSchemas
+from builder.service.runtime import build_runtime
 from dreambuild.errors import DreambuildError, InputError
 
 log = logging.getLogger(__name__)
@@ -116,33 +113,11 @@ async def _open(config: ServiceConfig) -> Database:
 async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | None, name: str, webhook_concurrency: int) -> None:  # noqa: C901
     db = await _open(config)
     state = WorkerState()
-    app = create_queue_app(config, state)
-    state.notifier = Notifier(config, db, lambda delivery_id, at: defer_delivery(app, delivery_id, at))
-    schemas = TrainerSchemas(config, db)
-    state.pipeline = Pipeline(config, db, schemas, state.notifier, local_files=False, gpu=gpu, worker=name)
-    if "predict" in queues:
-        from builder.service.files import FileStore
-        from builder.service.model_servers import ModelServers
-        from builder.service.predictor import Predictor
-
-        state.predictor = Predictor(
-            config,
-            db,
-            FileStore(config, db),
-            state.notifier,
-            ModelServers(
-                config.builder_settings(), config.max_loaded_models, gpu, runner=config.model_runner, pools=config.model_urls, leases=Leases(db)
-            ),
-            local_files=False,
-            worker=name,
-        )
-
-    def training_ended(training_id: str) -> None:
-        """Queue the predictions that waited for this training."""
-        for doc in db.predictions_waiting_for(training_id):
-            defer_prediction(app, doc)
-
-    state.pipeline.on_training_end = training_ended
+    app = create_queue_app(config)
+    dispatch = QueueDispatcher(app, db)
+    state.runtime = runtime = build_runtime(config, db, dispatch.schedule_delivery, worker=name, gpu=gpu, local_files=False)
+    dispatch.bind(runtime)
+    schemas = runtime.schemas
     if "train" in queues:  # publish the schemas an API without the trainers' code validates with
         for version in config.trainers:
             try:
@@ -160,6 +135,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
         "update_heartbeat_interval": HEARTBEAT_SECONDS,
         "stalled_worker_timeout": STALLED_SECONDS,
         "fetch_job_polling_interval": 1.0,
+        "additional_context": {"state": state},  # what the tasks run on (builder.service.jobs)
     }
 
     async def serve(role: str, queue_names: list[str]) -> None:
@@ -202,7 +178,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
                     "trainer_versions": [v for v in config.trainers if train_queue(v) in queues.get("train", [])],
                     "current": sorted(set(state.current.values())),
                     "jobs": sorted(state.current),
-                    "loaded": state.predictor.servers.loaded() if state.predictor else [],
+                    "loaded": runtime.predictor.servers.loaded(),
                 }
                 try:
                     await in_thread(workers.beat, worker_id, doc)
@@ -221,15 +197,13 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
             name,
             config.shutdown_grace_seconds,
         )
-        state.pipeline.stopping.set()
-        if state.predictor is not None:
-            state.predictor.stop(config.shutdown_grace_seconds)  # running predictions: their grace, then handed back
+        runtime.pipeline.stopping.set()
+        runtime.predictor.stop(config.shutdown_grace_seconds)  # running predictions: their grace, then handed back
         for task in runs:
             task.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
         await beating
-        if state.predictor is not None:
-            await in_thread(state.predictor.servers.stop_all)
+        await in_thread(runtime.predictor.servers.stop_all)
     try:
         workers.remove(worker_id)
     except DreambuildError:
