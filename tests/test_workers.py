@@ -196,7 +196,7 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
     import replicate
     from PIL import Image
 
-    from builder.service.database import Database, Workers
+    from builder.service.database import Database, Heartbeats
 
     api, workers = cluster
     url = upload(api, photos_zip(tmp_path / "photos.zip"))
@@ -215,7 +215,7 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
     try:
         # The worker heartbeats as soon as the first prediction ends: loaded, and idle.
         warm = wait_for(
-            lambda: [w["name"] for w in Workers(db).live(20) if version in (w.get("loaded") or []) and not w.get("current")], 30, "the heartbeat"
+            lambda: [w["name"] for w in Heartbeats(db).live(20) if version in (w.get("loaded") or []) and not w.get("current")], 30, "the heartbeat"
         )
         second = client.predictions.create(version=version, input=fast, wait=True)
         assert second.status == "succeeded" and "setup_time" not in second.metrics, second.metrics

@@ -169,11 +169,11 @@ def workers(
 ) -> None:
     """List the live workers: their GPU, trainer versions and current trainings."""
     from builder.service.config import load_config
-    from builder.service.database import Database, Workers
+    from builder.service.database import Database, Heartbeats
     from builder.service.jobs import STALLED_SECONDS
 
     settings = load_config(config)
-    live = Workers(Database(settings.database)).live(within=STALLED_SECONDS)
+    live = Heartbeats(Database(settings.database)).live(within=STALLED_SECONDS)
     if as_json:
         print(json.dumps(live, indent=2))
         return

@@ -536,8 +536,8 @@ class Leases:
         return {resource: holder for resource, holder in self.db._read(select(leases.c.resource, leases.c.holder))}
 
 
-class Workers:
-    """Workers seen: each writes what it runs and its current job every few seconds."""
+class Heartbeats:
+    """The workers' heartbeats: each worker writes what it runs and its current jobs every few seconds."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -554,6 +554,6 @@ class Workers:
             conn.execute(workers.delete().where(workers.c.id == worker_id))
 
     def live(self, within: float) -> list[dict[str, Any]]:
-        """Workers seen in the last ``within`` seconds, with ``last_seen``."""
+        """The workers seen in the last ``within`` seconds, with ``last_seen``."""
         rows = self.db._read(select(workers.c.doc, workers.c.last_seen).where(workers.c.last_seen > time.time() - within).order_by(workers.c.id))
         return [{**doc, "last_seen": last_seen} for doc, last_seen in rows]

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Protocol
 from builder.service.config import ServiceConfig
 from builder.service.database import Database
 from builder.service.deliveries import LocalScheduler
-from builder.service.pipeline import Worker
+from builder.service.pipeline import TrainingPool
 from builder.service.prediction import PredictionRecord
-from builder.service.predictor import PredictionWorker
+from builder.service.predictor import PredictionPool
 from builder.service.training import TrainingRecord
 
 if TYPE_CHECKING:
@@ -53,14 +53,14 @@ class EmbeddedDispatcher:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.scheduler = LocalScheduler()
-        self.trainings: Worker | None = None
-        self.predictions: PredictionWorker | None = None
+        self.trainings: TrainingPool | None = None
+        self.predictions: PredictionPool | None = None
         self.runtime: Runtime | None = None
 
     def bind(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.trainings = Worker(runtime.pipeline, self.config.max_concurrent)
-        self.predictions = PredictionWorker(runtime.predictor, self.config.max_concurrent_predictions)
+        self.trainings = TrainingPool(runtime.pipeline, self.config.max_concurrent)
+        self.predictions = PredictionPool(runtime.predictor, self.config.max_concurrent_predictions)
         runtime.pipeline.on_training_end = self.training_ended
 
     def submit_training(self, doc: TrainingRecord) -> None:

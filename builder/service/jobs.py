@@ -69,7 +69,7 @@ def conninfo(database_url: str) -> str:
 
 
 @dataclass
-class WorkerState:
+class JobState:
     """What a worker's jobs run with (set by ``dreambuild worker``; the API only defers)."""
 
     runtime: Any = None  # its Runtime (builder.service.runtime)
@@ -102,7 +102,7 @@ class WorkerState:
 # job's context, which ``dreambuild worker`` passes as procrastinate's additional context.
 
 
-def _state(context) -> WorkerState:
+def _state(context) -> JobState:
     return context.additional_context["state"]
 
 
@@ -135,9 +135,9 @@ async def recover(context, timestamp: int) -> None:
     procrastinate worker went silent while the dreambuild worker running it still beats (and
     lists the job) is not dead: a database outage made procrastinate stop that worker, but the
     job's thread ran on, and running it a second time would kill its trainer."""
-    from builder.service.database import Workers
+    from builder.service.database import Heartbeats
 
-    live = await in_thread(Workers(_state(context).runtime.pipeline.db).live, STALLED_SECONDS)
+    live = await in_thread(Heartbeats(_state(context).runtime.pipeline.db).live, STALLED_SECONDS)
     running = {job for worker in live for job in worker.get("jobs", [])}
     for job in await context.app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_SECONDS):
         if str(job.id) in running:
@@ -199,7 +199,7 @@ async def defer_stage_async(app, doc: dict) -> None:
 def prediction_queue(db, doc: dict) -> str:
     """The queue of a worker that has the version loaded and is idle, else the shared one: a warm
     model answers without setup (Replicate routes to warm models too)."""
-    from builder.service.database import Workers
+    from builder.service.database import Heartbeats
 
     if doc.get("version"):
         from sqlalchemy import text
@@ -212,7 +212,7 @@ def prediction_queue(db, doc: dict) -> str:
                     {"q": PREDICT + "-%"},
                 )
             }
-        for worker in Workers(db).live(STALLED_SECONDS / 2):
+        for worker in Heartbeats(db).live(STALLED_SECONDS / 2):
             queue = worker_predict_queue(worker["name"])
             if doc["version"] in (worker.get("loaded") or []) and not worker.get("current") and queue not in waiting:
                 return queue
@@ -240,7 +240,7 @@ def defer_delivery(app, delivery_id: str, at: float) -> None:
     _delivery_job(app, delivery_id, at).defer(delivery_id=delivery_id)
 
 
-async def reconcile_jobs(app, state: WorkerState) -> None:
+async def reconcile_jobs(app, state: JobState) -> None:
     """Queue every unfinished training and pending delivery that has no job waiting or running."""
     db = state.runtime.pipeline.db
     rows = await app.connector.execute_query_all_async("SELECT lock FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock IS NOT NULL")
@@ -265,10 +265,10 @@ async def reconcile_jobs(app, state: WorkerState) -> None:
 async def _reconcile_predictions(app, db) -> None:
     """Queue unfinished predictions that have no job (and are not waiting for a training), and
     move jobs waiting in the own queue of a worker that is gone to the shared queue."""
-    from builder.service.database import Workers
+    from builder.service.database import Heartbeats
     from builder.service.predictor import waiting_on
 
-    live = {w["name"] for w in await in_thread(Workers(db).live, STALLED_SECONDS)}
+    live = {w["name"] for w in await in_thread(Heartbeats(db).live, STALLED_SECONDS)}
     rows = await app.connector.execute_query_all_async(
         "SELECT id, lock, queue_name, status FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock LIKE 'prediction:%%'"
     )

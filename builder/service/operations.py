@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from builder.service.database import DatabaseUnavailable, Deliveries, Workers
+from builder.service.database import DatabaseUnavailable, Deliveries, Heartbeats
 from builder.service.schema import STAGES, Stage
 from builder.service.training import stage_seconds
 
@@ -110,7 +110,7 @@ class _Collector:
         from builder.service.jobs import STALLED_SECONDS
 
         seen = GaugeMetricFamily("dreambuild_workers", "Workers seen in the last 20 s.", labels=["role"])
-        live = Workers(db).live(within=STALLED_SECONDS)
+        live = Heartbeats(db).live(within=STALLED_SECONDS)
         for role in ("train", "build", "webhooks"):
             seen.add_metric([role], sum(1 for w in live if role in w["roles"]))
         yield seen

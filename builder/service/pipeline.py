@@ -408,9 +408,9 @@ def _file_name(url: str) -> str:
     return name if FILENAME.fullmatch(name) else "input"
 
 
-class Worker:
-    """The embedded mode's worker: runs trainings in this process, at most ``max_concurrent`` at
-    once, off the API's threads (the same stages a ``dreambuild worker`` runs as queue jobs)."""
+class TrainingPool:
+    """The embedded mode's trainings: run in this process, at most ``max_concurrent`` at once, off
+    the API's threads (the same stages a ``dreambuild worker`` runs as queue jobs)."""
 
     def __init__(self, pipeline: Pipeline, max_concurrent: int) -> None:
         self.pipeline = pipeline

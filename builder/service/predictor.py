@@ -414,9 +414,9 @@ def _peak_memory(server) -> dict:
     return {"peak_host_memory_bytes": peak} if peak else {}
 
 
-class PredictionWorker:
-    """The embedded mode's prediction worker: at most ``max_concurrent_predictions`` at once in
-    this process (a ``dreambuild worker`` runs the same :meth:`Predictor.run` as queue jobs)."""
+class PredictionPool:
+    """The embedded mode's predictions: at most ``max_concurrent_predictions`` at once in this
+    process (a ``dreambuild worker`` runs the same :meth:`Predictor.run` as queue jobs)."""
 
     def __init__(self, predictor: Predictor, concurrency: int) -> None:
         self.predictor = predictor

@@ -19,7 +19,7 @@ import socket
 import uuid
 
 from builder.service.config import ServiceConfig
-from builder.service.database import Database, DatabaseUnavailable, Workers
+from builder.service.database import Database, DatabaseUnavailable, Heartbeats
 from builder.service.dispatch import QueueDispatcher
 from builder.service.jobs import (
     BUILD,
@@ -28,7 +28,7 @@ from builder.service.jobs import (
     PREDICT,
     STALLED_SECONDS,
     WEBHOOKS,
-    WorkerState,
+    JobState,
     apply_schema,
     create_queue_app,
     in_thread,
@@ -112,7 +112,7 @@ async def _open(config: ServiceConfig) -> Database:
 
 async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | None, name: str, webhook_concurrency: int) -> None:  # noqa: C901
     db = await _open(config)
-    state = WorkerState()
+    state = JobState()
     app = create_queue_app(config)
     dispatch = QueueDispatcher(app, db)
     state.runtime = runtime = build_runtime(config, db, dispatch.schedule_delivery, worker=name, gpu=gpu, local_files=False)
@@ -125,7 +125,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
             except DreambuildError as exc:
                 log.warning("trainer version %s: %s", version, exc)
     worker_id = uuid.uuid4().hex[:12]
-    workers = Workers(db)
+    workers = Heartbeats(db)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
