@@ -33,7 +33,7 @@ import httpx  # noqa: E402
 from bench.service_scale import CLI, REPO, serve, start  # noqa: E402
 from builder.cog.server import free_port  # noqa: E402
 from builder.service.config import local_trainer_version  # noqa: E402
-from builder.service.database import Database, Heartbeats  # noqa: E402
+from builder.service.store.database import Database, Heartbeats  # noqa: E402
 from fixtures.services import start_postgres  # noqa: E402
 
 TOKEN = {"Authorization": "Bearer bench-token"}
@@ -87,7 +87,7 @@ def through_service(url: str, version: str) -> tuple[float, dict]:
 def alternating(url: str, version: dict, home: Path, n: int) -> tuple[list[float], list[float]]:
     """The baseline, the version's Cog server (as a worker starts it) called directly, and the
     service, in turns: noise on a shared machine hits both alike."""
-    from builder.service.model_servers import ModelServers
+    from builder.service.predictions.model_servers import ModelServers
     from builder.settings import BuilderSettings
 
     servers = ModelServers(BuilderSettings(home=home), 1)

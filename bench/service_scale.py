@@ -39,7 +39,7 @@ import yaml  # noqa: E402
 
 from builder.cog.server import free_port, write_schema  # noqa: E402
 from builder.service.config import local_trainer_version  # noqa: E402
-from builder.service.database import Database  # noqa: E402
+from builder.service.store.database import Database  # noqa: E402
 from fixtures.services import start_postgres  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "dreambuild")

@@ -83,7 +83,7 @@ def wait_done(service, prediction_id: str, timeout: float = 600) -> dict:
 
 def record_version(config: dict, model: str, version: str, image: str) -> None:
     """A version in a service's own database, as a build records it (for services that built nothing)."""
-    from builder.service.database import Database
+    from builder.service.store.database import Database
 
     db = Database(Path(config["data_dir"]) / "dreambuild.sqlite")
     try:
@@ -376,7 +376,7 @@ def test_the_docker_model_runner_fails_clearly_where_containers_cannot_run(tmp_p
 def test_a_pool_of_running_model_servers_serves_its_version(tmp_path, tiny_base, registry, templates, builder_settings, service, toy):
     """model_urls: Cog servers already running a version (other GPU boxes); each is leased by one
     prediction at a time, nothing is started or stopped, so no setup."""
-    from builder.service.model_servers import ModelServers
+    from builder.service.predictions.model_servers import ModelServers
 
     outside = ModelServers(builder_settings, 1)  # a Cog server of the version, started by someone else
     # ... with the schema known for the version (a cold start generates none): the server serves it.

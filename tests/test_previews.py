@@ -3,7 +3,7 @@ member's name that is not listed, at most PREVIEW_MAX_BYTES of one as decompress
 
 import pytest
 
-from builder.service import previews
+from builder.service.trainings import previews
 from dreambuild.errors import InputError
 from tests.helpers import image_bytes, make_zip
 

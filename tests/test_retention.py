@@ -3,8 +3,8 @@
 from datetime import datetime, timedelta, timezone
 
 from builder.service.config import ServiceConfig
-from builder.service.database import Database
-from builder.service.retention import sweep
+from builder.service.store.database import Database
+from builder.service.store.retention import sweep
 
 
 def _iso(moment: datetime) -> str:

@@ -8,7 +8,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from builder.service.database import Database, DatabaseUnavailable, Deliveries, metadata
+from builder.service.store.database import Database, DatabaseUnavailable, Deliveries, metadata
 
 
 def doc(i, owner="alice", status="starting", stage="queued"):

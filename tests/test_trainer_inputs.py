@@ -112,7 +112,7 @@ def test_the_checkouts_trainer_schema_is_generated_once_per_source(tmp_path, mon
     the sources: generated (a subprocess importing the trainer) only when they change."""
     import json
 
-    from builder.service.schemas import input_schema, local_schema
+    from builder.service.trainings.schemas import input_schema, local_schema
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     schema = local_schema("trainer/cog_model.py:Predictor")

@@ -11,10 +11,10 @@ from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSec
 
 from builder.egress import EgressPolicy
 from builder.service.config import ServiceConfig
-from builder.service.database import Database
-from builder.service.deliveries import LocalScheduler, Notifier
-from builder.service.training import new_training
-from builder.service.webhooks import attempt, backoff, new_secret
+from builder.service.store.database import Database
+from builder.service.trainings.record import new_training
+from builder.service.webhooks.attempt import attempt, backoff, new_secret
+from builder.service.webhooks.deliveries import LocalScheduler, Notifier
 from tests.webhook_receiver import start_receiver
 
 PAYLOAD = {"id": "t1", "status": "succeeded", "version": "sha256:" + "a" * 64, "metrics": {"predict_time": 1.5}}

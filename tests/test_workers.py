@@ -106,7 +106,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def record(api, training_id: str) -> dict:
     """The training as stored (what the API does not show: which worker ran it)."""
-    from builder.service.database import Database
+    from builder.service.store.database import Database
 
     db = Database(api.config["database_url"])
     try:
@@ -169,7 +169,7 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_training_completes_onc
 def test_a_long_training_is_not_taken_from_a_live_worker_and_cancel_reaches_it(tmp_path, cluster, receiver):
     """Longer than the stalled-worker timeout, a training stays with the worker that runs it (its
     heartbeats say it lives); a cancel reaches that worker within 5 s."""
-    from builder.service.jobs import STALLED_SECONDS
+    from builder.service.workers.jobs import STALLED_SECONDS
 
     api, _ = cluster
     url = upload(api, photos_zip(tmp_path / "photos.zip"))
@@ -196,7 +196,7 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
     import replicate
     from PIL import Image
 
-    from builder.service.database import Database, Heartbeats
+    from builder.service.store.database import Database, Heartbeats
 
     api, workers = cluster
     url = upload(api, photos_zip(tmp_path / "photos.zip"))
@@ -244,8 +244,8 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
 def test_a_training_recorded_by_an_api_that_died_before_queuing_it_still_runs(cluster, receiver):
     """The API commits the record, then queues its job: killed between the two, the training is in
     the database with no job. The workers' reconcile job queues it."""
-    from builder.service.database import Database
-    from builder.service.training import new_training
+    from builder.service.store.database import Database
+    from builder.service.trainings.record import new_training
     from tests.test_service import TRAIN_INPUT
 
     api, _ = cluster
@@ -532,7 +532,7 @@ def test_jobs_deferred_from_a_running_jobs_thread_all_arrive(pg_url, tmp_path):
     import asyncio
 
     from builder.service.config import ServiceConfig
-    from builder.service.jobs import apply_schema, create_queue_app, defer_delivery, in_thread
+    from builder.service.workers.jobs import apply_schema, create_queue_app, defer_delivery, in_thread
 
     config = ServiceConfig.model_validate({"database_url": pg_url, "workers": "external", "data_dir": str(tmp_path)})
     apply_schema(config)

@@ -155,7 +155,7 @@ def worker(
 ) -> None:
     """Run the pipeline's jobs from the queue (many machines: README, "Many machines")."""
     from builder.service.config import load_config
-    from builder.service.worker import run_worker
+    from builder.service.workers.worker import run_worker
 
     _logging(logging.WARNING, log_format)
     settings = load_config(config, data_dir=data_dir)
@@ -169,8 +169,8 @@ def workers(
 ) -> None:
     """List the live workers: their GPU, trainer versions and current trainings."""
     from builder.service.config import load_config
-    from builder.service.database import Database, Heartbeats
-    from builder.service.jobs import STALLED_SECONDS
+    from builder.service.store.database import Database, Heartbeats
+    from builder.service.workers.jobs import STALLED_SECONDS
 
     settings = load_config(config)
     live = Heartbeats(Database(settings.database)).live(within=STALLED_SECONDS)

@@ -101,7 +101,7 @@ def run_demo(out: Path, say=print) -> dict:
 
     from builder.cli.template_image import make_template_image
     from builder.service.config import TrainerEntry, local_trainer_version
-    from builder.service.schemas import local_schema
+    from builder.service.trainings.schemas import local_schema
 
     require_checkout("the demo")
     from fixtures.tiny_models import build_tiny_safety_checker, build_tiny_sd

@@ -1,7 +1,7 @@
 """The service as an ASGI app: configuration → database → dispatcher (embedded, or the queue of
 many machines: :mod:`builder.service.dispatch`) → runtime (:mod:`builder.service.runtime`) → the
-public API (:mod:`builder.service.api`) and the routes for trainers' Cog servers
-(:mod:`builder.service.internal`). Starting it resumes unfinished work.
+public API (:mod:`builder.service.http.api`) and the routes for trainers' Cog servers
+(:mod:`builder.service.http.internal`). Starting it resumes unfinished work.
 """
 
 from __future__ import annotations
@@ -20,19 +20,20 @@ from fastapi.responses import JSONResponse
 
 from builder.cog.client import describe_validation
 from builder.dashboard.routes import mount_dashboard
-from builder.service.api import public_router
 from builder.service.config import ALL_OWNERS, ServiceConfig
-from builder.service.database import Database, DatabaseUnavailable
 from builder.service.dispatch import Dispatcher, EmbeddedDispatcher, QueueDispatcher
-from builder.service.docs import mount_docs
-from builder.service.files import FileStore, files_router
-from builder.service.http import PageHeaders, fail
-from builder.service.internal import internal_router
-from builder.service.operations import operations_router
-from builder.service.prediction_api import prediction_router
-from builder.service.retention import Sweeper
+from builder.service.http.api import public_router
+from builder.service.http.common import PageHeaders, fail
+from builder.service.http.docs import mount_docs
+from builder.service.http.files import files_router
+from builder.service.http.internal import internal_router
+from builder.service.http.operations import operations_router
+from builder.service.http.predictions import prediction_router
 from builder.service.runtime import build_runtime
-from builder.service.training import TrainingRecord
+from builder.service.store.database import Database, DatabaseUnavailable
+from builder.service.store.files import FileStore
+from builder.service.store.retention import Sweeper
+from builder.service.trainings.record import TrainingRecord
 from dreambuild.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Service:
         (config.data_dir / "cog-upload-url").write_text(self.cog_upload_url + "\n")
         self.queue = None  # the queue of external workers
         if config.workers == "external":
-            from builder.service.jobs import apply_schema, create_queue_app
+            from builder.service.workers.jobs import apply_schema, create_queue_app
 
             apply_schema(config)
             self.queue = create_queue_app(config)

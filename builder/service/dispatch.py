@@ -1,6 +1,6 @@
 """Where recorded work goes: one interface, two implementations. Embedded (``dreambuild serve``
 alone): thread pools of this process and a local delivery scheduler. Many machines: procrastinate
-jobs in PostgreSQL (:mod:`builder.service.jobs`), run by ``dreambuild worker``.
+jobs in PostgreSQL (:mod:`builder.service.workers.jobs`), run by ``dreambuild worker``.
 
 record → :meth:`Dispatcher.submit_training` / :meth:`~Dispatcher.submit_prediction` → a
 pipeline or predictor of a :class:`~builder.service.runtime.Runtime` runs it; a webhook attempt →
@@ -16,12 +16,12 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from builder.service.config import ServiceConfig
-from builder.service.database import Database
-from builder.service.deliveries import LocalScheduler
-from builder.service.pipeline import TrainingPool
-from builder.service.prediction import PredictionRecord
-from builder.service.predictor import PredictionPool
-from builder.service.training import TrainingRecord
+from builder.service.predictions.predictor import PredictionPool
+from builder.service.predictions.record import PredictionRecord
+from builder.service.store.database import Database
+from builder.service.trainings.pipeline import TrainingPool
+from builder.service.trainings.record import TrainingRecord
+from builder.service.webhooks.deliveries import LocalScheduler
 
 if TYPE_CHECKING:
     from builder.service.runtime import Runtime
@@ -108,7 +108,7 @@ class QueueDispatcher:
         runtime.pipeline.on_training_end = self.training_ended
 
     def submit_training(self, doc: TrainingRecord) -> None:
-        from builder.service.jobs import defer_stage
+        from builder.service.workers.jobs import defer_stage
 
         try:
             defer_stage(self.app, doc)
@@ -116,7 +116,7 @@ class QueueDispatcher:
             log.warning("training %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"], type(exc).__name__, exc)
 
     def submit_prediction(self, doc: PredictionRecord) -> None:
-        from builder.service.jobs import defer_prediction
+        from builder.service.workers.jobs import defer_prediction
 
         try:
             defer_prediction(self.app, doc, self.db)
@@ -124,13 +124,13 @@ class QueueDispatcher:
             log.warning("prediction %s recorded but not queued (%s: %s): the workers queue it shortly", doc["id"], type(exc).__name__, exc)
 
     def schedule_delivery(self, delivery_id: str, at: float) -> None:
-        from builder.service.jobs import defer_delivery
+        from builder.service.workers.jobs import defer_delivery
 
         defer_delivery(self.app, delivery_id, at)
 
     def training_ended(self, training_id: str) -> None:
         """Queue the predictions that waited for this training (where their version is warm)."""
-        from builder.service.jobs import defer_prediction
+        from builder.service.workers.jobs import defer_prediction
 
         for doc in self.db.predictions_waiting_for(training_id):
             defer_prediction(self.app, doc, self.db)

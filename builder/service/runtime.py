@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from builder.service.config import ServiceConfig
-from builder.service.database import Database, Leases
-from builder.service.deliveries import Notifier, Schedule
-from builder.service.files import FileStore
-from builder.service.model_servers import ModelServers
-from builder.service.pipeline import Pipeline
-from builder.service.predictor import Predictor
-from builder.service.schemas import TrainerSchemas
+from builder.service.predictions.model_servers import ModelServers
+from builder.service.predictions.predictor import Predictor
+from builder.service.store.database import Database, Leases
+from builder.service.store.files import FileStore
+from builder.service.trainings.pipeline import Pipeline
+from builder.service.trainings.schemas import TrainerSchemas
+from builder.service.webhooks.deliveries import Notifier, Schedule
 
 
 @dataclass

@@ -26,7 +26,7 @@ UNFINISHED = (Status.STARTING, Status.PROCESSING)
 
 
 class Stage(StrEnum):
-    """A training's stage in the durable pipeline (:mod:`builder.service.pipeline`), in order."""
+    """A training's stage in the durable pipeline (:mod:`builder.service.trainings.pipeline`), in order."""
 
     QUEUED = "queued"
     TRAINING = "training"
@@ -51,7 +51,7 @@ EVENTS = tuple(WebhookEvent)
 
 
 class DeliveryState(StrEnum):
-    """Where a webhook's delivery stands (:mod:`builder.service.deliveries`)."""
+    """Where a webhook's delivery stands (:mod:`builder.service.webhooks.deliveries`)."""
 
     PENDING = "pending"  # to be attempted (again)
     DELIVERED = "delivered"

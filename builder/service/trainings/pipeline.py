@@ -3,10 +3,10 @@
 The training document's ``stage`` says where it is (queued, training, building, webhook, done);
 :meth:`Pipeline.advance` runs the stage it is at, so a restarted service, or another worker after
 one died, resumes every unfinished training where it stopped. The embedded worker runs the stages
-one after another; ``dreambuild worker`` runs each as a queue job (:mod:`builder.service.jobs`).
+one after another; ``dreambuild worker`` runs each as a queue job (:mod:`builder.service.workers.jobs`).
 Re-running a step is safe: the trainer runs again from scratch, the build of the same weights
 gives the same digest (versions are recorded once), and webhooks are recorded once under their
-id and sent by their own jobs (:mod:`builder.service.deliveries`).
+id and sent by their own jobs (:mod:`builder.service.webhooks.deliveries`).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from builder.cog.messages import log_error, prediction_error, without_host_paths
 from builder.egress import fetch
 from builder.image.build import Reporter, build_image, model_ref
 from builder.service.config import ServiceConfig
-from builder.service.database import Database, DatabaseUnavailable, Leases
-from builder.service.deliveries import Notifier
-from builder.service.http import FILENAME
-from builder.service.runners import TRAINER, clear_stale, start_run
+from builder.service.http.common import FILENAME
 from builder.service.schema import FINISHED, Stage, Status
-from builder.service.schemas import TrainerSchemas, file_inputs, model_schema
-from builder.service.training import TrainingRecord, now_iso
+from builder.service.store.database import Database, DatabaseUnavailable, Leases
+from builder.service.trainings.record import TrainingRecord, now_iso
+from builder.service.trainings.runners import TRAINER, clear_stale, start_run
+from builder.service.trainings.schemas import TrainerSchemas, file_inputs, model_schema
+from builder.service.webhooks.deliveries import Notifier
 from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)

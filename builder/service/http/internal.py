@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from builder.service.database import DatabaseUnavailable
-from builder.service.http import FILENAME, fail, stream_to
+from builder.service.http.common import FILENAME, fail, stream_to
 from builder.service.schema import FINISHED, Stage, Status
-from builder.service.training import TrainingRecord
+from builder.service.store.database import DatabaseUnavailable
+from builder.service.trainings.record import TrainingRecord
 
 if TYPE_CHECKING:
     from builder.service.app import Service

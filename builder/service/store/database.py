@@ -23,15 +23,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from builder.service.prediction import PredictionRecord
+from builder.service.predictions.record import PredictionRecord
 from builder.service.schema import FINISHED, UNFINISHED, DeliveryState, Stage, Status
-from builder.service.training import TrainingRecord
+from builder.service.trainings.record import TrainingRecord
 from dreambuild.errors import DreambuildError
 
 DOC = JSON().with_variant(JSONB(), "postgresql")
 metadata = MetaData()
 
-# The tables as the newest migration leaves them (builder/service/migrations/versions/): the
+# The tables as the newest migration leaves them (builder/service/store/migrations/versions/): the
 # migrations are the schema's history, these are what the code reads and writes.
 trainings = Table(
     "trainings",

@@ -4,7 +4,7 @@ versions unmodified.
 request → version (an id, ``owner/name:id``, ``owner/name`` for the latest, or a training whose
 version it waits for) → the token may use that model (else it is not found) → input checked
 against the version's Cog schema (422 naming the field; file inputs: this owner's files, or URLs
-the egress policy allows) → a prediction record → a worker (:mod:`builder.service.predictor`)
+the egress policy allows) → a prediction record → a worker (:mod:`builder.service.predictions.predictor`)
 → ``Prefer: wait``: the answer once it ends, or ``starting`` when the wait runs out.
 """
 
@@ -22,12 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
-from builder.service.http import CheckedJSONRoute, Cursor, Limit, check_http_url, fail
-from builder.service.prediction import new_prediction
-from builder.service.predictor import waiting_on
+from builder.service.http.common import CheckedJSONRoute, Cursor, Limit, check_http_url, fail
+from builder.service.predictions.predictor import waiting_on
+from builder.service.predictions.record import new_prediction
 from builder.service.schema import FINISHED, Status, WebhookEvent
-from builder.service.schemas import file_inputs, input_problems
-from builder.service.training import now_iso
+from builder.service.trainings.record import now_iso
+from builder.service.trainings.schemas import file_inputs, input_problems
 
 if TYPE_CHECKING:
     from builder.service.app import Service

@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from builder.service.config import ServiceConfig
-from builder.service.database import Database, Deliveries
 from builder.service.schema import DeliveryState, WebhookEvent
-from builder.service.training import TrainingRecord, now_iso, public_training
-from builder.service.webhooks import attempt, backoff, new_secret, secret_setting
+from builder.service.store.database import Database, Deliveries
+from builder.service.trainings.record import TrainingRecord, now_iso, public_training
+from builder.service.webhooks.attempt import attempt, backoff, new_secret, secret_setting
 
 log = logging.getLogger(__name__)
 Schedule = Callable[[str, float], None]  # (delivery id, epoch seconds to attempt it at)

@@ -18,9 +18,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from builder.service.config import ServiceConfig
-from builder.service.database import Database
 from builder.service.schema import FINISHED, Stage
-from builder.service.training import TrainingRecord, now_iso
+from builder.service.store.database import Database
+from builder.service.trainings.record import TrainingRecord, now_iso
 
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 300

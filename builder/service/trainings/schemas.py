@@ -27,7 +27,7 @@ from builder.cog.server import write_schema
 from builder.cog.unpack import SCHEMA_LABEL
 from builder.oci.resolve import resolve_image
 from builder.service.config import ServiceConfig, TrainerEntry
-from builder.service.database import Database
+from builder.service.store.database import Database
 from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)

@@ -135,7 +135,7 @@ async def recover(context, timestamp: int) -> None:
     procrastinate worker went silent while the dreambuild worker running it still beats (and
     lists the job) is not dead: a database outage made procrastinate stop that worker, but the
     job's thread ran on, and running it a second time would kill its trainer."""
-    from builder.service.database import Heartbeats
+    from builder.service.store.database import Heartbeats
 
     live = await in_thread(Heartbeats(_state(context).runtime.pipeline.db).live, STALLED_SECONDS)
     running = {job for worker in live for job in worker.get("jobs", [])}
@@ -199,7 +199,7 @@ async def defer_stage_async(app, doc: dict) -> None:
 def prediction_queue(db, doc: dict) -> str:
     """The queue of a worker that has the version loaded and is idle, else the shared one: a warm
     model answers without setup (Replicate routes to warm models too)."""
-    from builder.service.database import Heartbeats
+    from builder.service.store.database import Heartbeats
 
     if doc.get("version"):
         from sqlalchemy import text
@@ -265,8 +265,8 @@ async def reconcile_jobs(app, state: JobState) -> None:
 async def _reconcile_predictions(app, db) -> None:
     """Queue unfinished predictions that have no job (and are not waiting for a training), and
     move jobs waiting in the own queue of a worker that is gone to the shared queue."""
-    from builder.service.database import Heartbeats
-    from builder.service.predictor import waiting_on
+    from builder.service.predictions.predictor import waiting_on
+    from builder.service.store.database import Heartbeats
 
     live = {w["name"] for w in await in_thread(Heartbeats(db).live, STALLED_SECONDS)}
     rows = await app.connector.execute_query_all_async(
@@ -296,7 +296,7 @@ def apply_schema(config: ServiceConfig) -> None:
     """Create procrastinate's tables in the database once (under the migration lock)."""
     import psycopg
 
-    from builder.service.database import _LOCK_KEY
+    from builder.service.store.database import _LOCK_KEY
 
     with psycopg.connect(conninfo(config.database_url), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))

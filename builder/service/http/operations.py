@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from builder.service.database import DatabaseUnavailable, Deliveries, Heartbeats
 from builder.service.schema import STAGES, Stage
-from builder.service.training import stage_seconds
+from builder.service.store.database import DatabaseUnavailable, Deliveries, Heartbeats
+from builder.service.trainings.record import stage_seconds
 
 if TYPE_CHECKING:
     from builder.service.app import Service
@@ -43,7 +43,7 @@ def operations_router(service: Service) -> APIRouter:
             log.warning("readyz: %s (%s)", exc, exc.detail)
             problems["database"] = str(exc)
         if service.queue is not None and "database" not in problems:
-            from builder.service.jobs import queue_depths
+            from builder.service.workers.jobs import queue_depths
 
             try:
                 queue_depths(service.config)
@@ -86,7 +86,7 @@ class _Collector:
 
         depth = GaugeMetricFamily("dreambuild_queue_depth", "Jobs waiting, per queue.", labels=["queue"])
         if self.service.queue is not None:
-            from builder.service.jobs import queue_depths
+            from builder.service.workers.jobs import queue_depths
 
             for queue, count in sorted(queue_depths(self.service.config).items()):
                 depth.add_metric([queue], count)
@@ -107,7 +107,7 @@ class _Collector:
             deliveries.add_metric([outcome], count)
         yield deliveries
 
-        from builder.service.jobs import STALLED_SECONDS
+        from builder.service.workers.jobs import STALLED_SECONDS
 
         seen = GaugeMetricFamily("dreambuild_workers", "Workers seen in the last 20 s.", labels=["role"])
         live = Heartbeats(db).live(within=STALLED_SECONDS)

@@ -20,7 +20,7 @@ def now_iso() -> str:
 
 
 class WebhookDelivery(TypedDict):
-    """How the completed webhook went (:func:`builder.service.deliveries.outcome`)."""
+    """How the completed webhook went (:func:`builder.service.webhooks.deliveries.outcome`)."""
 
     ok: bool
     state: DeliveryState

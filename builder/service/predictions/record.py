@@ -2,8 +2,8 @@
 
 request → :func:`new_prediction` (status ``starting``; waiting for its training's version when it
 names a training) → a worker: ``processing`` (its model's Cog server warm, or started) → one of
-:data:`~builder.service.training.FINISHED`. Outputs are files of the service
-(:mod:`builder.service.files`), kept in the record as ``dreambuild-file:<id>`` and shown as signed,
+:data:`~builder.service.trainings.record.FINISHED`. Outputs are files of the service
+(:mod:`builder.service.store.files`), kept in the record as ``dreambuild-file:<id>`` and shown as signed,
 expiring download URLs, which work without the API token.
 """
 
@@ -15,7 +15,7 @@ import uuid
 from typing import Any, Callable, NotRequired, TypedDict
 
 from builder.service.schema import EVENTS, Status, WebhookEvent
-from builder.service.training import now_iso
+from builder.service.trainings.record import now_iso
 
 FILE_REF = "dreambuild-file:"
 

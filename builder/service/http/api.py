@@ -1,7 +1,7 @@
 """The public HTTP API (FastAPI; OpenAPI docs at /docs): the Replicate Dreambooth API, self-hosted.
 
 request → token (its owners) → :func:`validate` (model name, catalog, inputs) → a training
-record (:mod:`builder.service.training`) in the database → the worker. Every route needs
+record (:mod:`builder.service.trainings.record`) in the database → the worker. Every route needs
 ``Authorization: Bearer <token>``; a token may use only its owners' trainings and models
 (another owner's are 404, creating into one is 403). Upload URLs are unguessable capability
 URLs, like the peers' presigned URLs, so a trainer can download them without a token.
@@ -28,15 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS, catalog_listing
-from builder.service.database import DatabaseUnavailable
-from builder.service.http import FILENAME, CheckedJSONRoute, Cursor, Limit, check_http_url, fail, stream_to, user_content_headers
-from builder.service.prediction_api import public_version
-from builder.service.previews import media_type, read_image, zip_images
-from builder.service.retention import delete_training_files, delete_upload
+from builder.service.http.common import FILENAME, CheckedJSONRoute, Cursor, Limit, check_http_url, fail, stream_to, user_content_headers
+from builder.service.http.predictions import public_version
 from builder.service.schema import FINISHED, UNFINISHED, Stage, Status, WebhookEvent
-from builder.service.schemas import SchemaUnavailable, file_inputs, input_problems
-from builder.service.training import TrainingRecord, new_training, now_iso, public_training
-from builder.service.webhooks import new_secret, secret_setting
+from builder.service.store.database import DatabaseUnavailable
+from builder.service.store.retention import delete_training_files, delete_upload
+from builder.service.trainings.previews import media_type, read_image, zip_images
+from builder.service.trainings.record import TrainingRecord, new_training, now_iso, public_training
+from builder.service.trainings.schemas import SchemaUnavailable, file_inputs, input_problems
+from builder.service.webhooks.attempt import new_secret, secret_setting
 from dreambuild.errors import InputError
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Webhook delivery, signed with the Standard Webhooks scheme Replicate uses.
 
-One attempt at a time (:func:`attempt`); :mod:`builder.service.deliveries` records each and
+One attempt at a time (:func:`attempt`); :mod:`builder.service.webhooks.deliveries` records each and
 schedules the next. Headers ``webhook-id`` (stable per training and event, so receivers can deduplicate retries),
 ``webhook-timestamp`` and ``webhook-signature`` (``v1,<base64 HMAC-SHA256>`` of
 ``id.timestamp.body`` with the training owner's ``whsec_`` secret), which the ``replicate`` client's

@@ -19,9 +19,10 @@ import socket
 import uuid
 
 from builder.service.config import ServiceConfig
-from builder.service.database import Database, DatabaseUnavailable, Heartbeats
 from builder.service.dispatch import QueueDispatcher
-from builder.service.jobs import (
+from builder.service.runtime import build_runtime
+from builder.service.store.database import Database, DatabaseUnavailable, Heartbeats
+from builder.service.workers.jobs import (
     BUILD,
     HEARTBEAT_SECONDS,
     MAINTENANCE,
@@ -35,7 +36,6 @@ from builder.service.jobs import (
     train_queue,
     worker_predict_queue,
 )
-from builder.service.runtime import build_runtime
 from dreambuild.errors import DreambuildError, InputError
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
         "update_heartbeat_interval": HEARTBEAT_SECONDS,
         "stalled_worker_timeout": STALLED_SECONDS,
         "fetch_job_polling_interval": 1.0,
-        "additional_context": {"state": state},  # what the tasks run on (builder.service.jobs)
+        "additional_context": {"state": state},  # what the tasks run on (builder.service.workers.jobs)
     }
 
     async def serve(role: str, queue_names: list[str]) -> None:

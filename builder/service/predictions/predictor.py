@@ -1,6 +1,6 @@
 """Running one prediction on a worker: record → its version (or, for a prediction queued on a
 training, that training's new version once it exists) → the version's warm Cog server
-(:mod:`builder.service.model_servers`) → inputs made fetchable (the service's files as signed
+(:mod:`builder.service.predictions.model_servers`) → inputs made fetchable (the service's files as signed
 URLs; other URLs fetched here under the egress policy) → one Cog prediction, cancelable →
 outputs stored as files → the record finished → webhooks.
 
@@ -29,14 +29,14 @@ from builder.cog.client import CogError
 from builder.cog.messages import log_error, prediction_error, without_host_paths
 from builder.egress import fetch
 from builder.service.config import ServiceConfig
-from builder.service.database import Database
-from builder.service.deliveries import Notifier
-from builder.service.files import FileStore, safe_name
-from builder.service.model_servers import ModelServers
-from builder.service.prediction import FILE_REF, PredictionRecord, public_prediction
+from builder.service.predictions.model_servers import ModelServers
+from builder.service.predictions.record import FILE_REF, PredictionRecord, public_prediction
 from builder.service.schema import FINISHED, Status, WebhookEvent
-from builder.service.schemas import file_inputs
-from builder.service.training import TrainingRecord, now_iso
+from builder.service.store.database import Database
+from builder.service.store.files import FileStore, safe_name
+from builder.service.trainings.record import TrainingRecord, now_iso
+from builder.service.trainings.schemas import file_inputs
+from builder.service.webhooks.deliveries import Notifier
 from dreambuild.errors import DreambuildError
 
 log = logging.getLogger(__name__)

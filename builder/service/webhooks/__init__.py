@@ -1,0 +1,2 @@
+"""Webhooks: recorded, scheduled and retried deliveries (``deliveries``) → one signed attempt
+(``attempt``)."""
