@@ -18,7 +18,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -31,6 +31,7 @@ from builder.service.config import ALL_OWNERS, catalog_listing
 from builder.service.http.common import FILENAME, CheckedJSONRoute, Cursor, Limit, check_http_url, fail, stream_to, user_content_headers
 from builder.service.http.predictions import public_version
 from builder.service.schema import FINISHED, UNFINISHED, Stage, Status, WebhookEvent
+from builder.service.state import Service
 from builder.service.store.database import DatabaseUnavailable
 from builder.service.store.retention import delete_training_files, delete_upload
 from builder.service.trainings.previews import media_type, read_image, zip_images
@@ -38,9 +39,6 @@ from builder.service.trainings.record import TrainingRecord, new_training, now_i
 from builder.service.trainings.schemas import SchemaUnavailable, file_inputs, input_problems
 from builder.service.webhooks.attempt import new_secret, secret_setting
 from dreambuild.errors import InputError
-
-if TYPE_CHECKING:
-    from builder.service.app import Service
 
 
 class TrainingRequest(BaseModel):

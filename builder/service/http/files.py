@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
@@ -14,10 +13,8 @@ from starlette.datastructures import UploadFile
 
 from builder.service.config import ALL_OWNERS
 from builder.service.http.common import CheckedJSONRoute, fail, unstorable, user_content_headers
+from builder.service.state import Service
 from builder.service.store.files import CHUNK, public_file, safe_name
-
-if TYPE_CHECKING:
-    from builder.service.app import Service
 
 
 def files_router(service: Service) -> APIRouter:  # noqa: C901

@@ -13,19 +13,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from builder.service.http.common import FILENAME, fail, stream_to
 from builder.service.schema import FINISHED, Stage, Status
+from builder.service.state import Service
 from builder.service.store.database import DatabaseUnavailable
 from builder.service.trainings.record import TrainingRecord
-
-if TYPE_CHECKING:
-    from builder.service.app import Service
-
 
 DATABASE_WAIT_SECONDS = 60  # a trainer's callback waits out a database restart this long
 

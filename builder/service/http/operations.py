@@ -9,17 +9,14 @@ recent trainings, webhook deliveries by outcome, workers seen.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from builder.service.schema import STAGES, Stage
+from builder.service.state import Service
 from builder.service.store.database import DatabaseUnavailable, Deliveries, Heartbeats
 from builder.service.trainings.record import stage_seconds
-
-if TYPE_CHECKING:
-    from builder.service.app import Service
 
 BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200)
 RECENT = 1000  # stage durations: of the newest trainings, as the scrape must stay cheap

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -26,11 +26,9 @@ from builder.service.http.common import CheckedJSONRoute, Cursor, Limit, check_h
 from builder.service.predictions.predictor import waiting_on
 from builder.service.predictions.record import new_prediction
 from builder.service.schema import FINISHED, Status, WebhookEvent
+from builder.service.state import Service
 from builder.service.trainings.record import now_iso
 from builder.service.trainings.schemas import file_inputs, input_problems
-
-if TYPE_CHECKING:
-    from builder.service.app import Service
 
 MAX_WAIT = 60
 MAX_CANCEL_AFTER = 7 * 24 * 3600.0  # a week: longer than any prediction_timeout_minutes worth setting
