@@ -786,7 +786,7 @@ def test_lora_trainings_need_a_template_with_the_trainers_base_and_find_it_by_de
     from fastapi import HTTPException
 
     from builder.service.config import ServiceConfig
-    from builder.service.http.api import _check_lora_template, default_template
+    from builder.service.http.trainings import _check_lora_template, default_template
 
     aa, bb = "sha256:" + "a" * 64, "sha256:" + "b" * 64
     t, plain, tr = "1" * 64, "2" * 64, "3" * 64

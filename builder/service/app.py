@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from builder.cog.client import describe_validation
 from builder.dashboard.routes import mount_dashboard
 from builder.service.config import ServiceConfig
-from builder.service.http.api import public_router
+from builder.service.http import models, trainings, uploads, webhooks
 from builder.service.http.common import PageHeaders, fail
 from builder.service.http.docs import mount_docs
 from builder.service.http.files import files_router
@@ -114,7 +114,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(PageHeaders)
-    app.include_router(public_router(service))
+    for resource in (trainings, models, uploads, webhooks):  # the public API, a router per resource
+        app.include_router(resource.router)
     app.include_router(prediction_router(service))
     app.include_router(files_router(service))
     app.include_router(internal_router(service))

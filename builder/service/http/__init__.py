@@ -1,3 +1,4 @@
-"""The service's HTTP edge: request checks (``common``), the public routes (``api``: trainings,
-models, uploads, webhook secrets; ``predictions``: Replicate's predictions and models), the routes
-of trainers' and models' Cog servers (``internal``), operations (``operations``) and ``/docs``."""
+"""The service's HTTP edge: request checks (``common``), the routes' dependencies (``deps``), a
+router per resource of the public API (``trainings``, ``models``, ``uploads``, ``webhooks``,
+``predictions``, ``files``), the routes of trainers' and models' Cog servers (``internal``),
+operations (``operations``) and ``/docs``."""

@@ -23,6 +23,7 @@ from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
 from builder.service.http.common import CheckedJSONRoute, Cursor, Limit, check_http_url, fail
+from builder.service.http.models import public_version
 from builder.service.predictions.predictor import waiting_on
 from builder.service.predictions.record import new_prediction
 from builder.service.schema import FINISHED, Status, WebhookEvent
@@ -310,8 +311,3 @@ def prediction_router(service: Service) -> APIRouter:  # noqa: C901
         }
 
     return router
-
-
-def public_version(doc: dict) -> dict:
-    """A version as Replicate's clients read it (``openapi_schema`` and ``cog_version`` required)."""
-    return {**doc, "openapi_schema": doc.get("openapi_schema") or {}, "cog_version": doc.get("cog_version") or ""}
