@@ -17,13 +17,11 @@ from fastapi.responses import JSONResponse
 from builder.cog.client import describe_validation
 from builder.dashboard.routes import mount_dashboard
 from builder.service.config import ServiceConfig
-from builder.service.http import models, trainings, uploads, webhooks
+from builder.service.http import files, models, predictions, trainings, uploads, webhooks
 from builder.service.http.common import PageHeaders, fail
 from builder.service.http.docs import mount_docs
-from builder.service.http.files import files_router
 from builder.service.http.internal import internal_router
 from builder.service.http.operations import operations_router
-from builder.service.http.predictions import prediction_router
 from builder.service.state import Service
 from builder.service.store.database import DatabaseUnavailable
 
@@ -114,10 +112,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(PageHeaders)
-    for resource in (trainings, models, uploads, webhooks):  # the public API, a router per resource
+    for resource in (trainings, models, uploads, webhooks, predictions, files):  # the public API, a router per resource
         app.include_router(resource.router)
-    app.include_router(prediction_router(service))
-    app.include_router(files_router(service))
     app.include_router(internal_router(service))
     app.include_router(operations_router(service))
     return app

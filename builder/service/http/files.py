@@ -7,86 +7,85 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from builder.service.config import ALL_OWNERS
 from builder.service.http.common import CheckedJSONRoute, fail, unstorable, user_content_headers
-from builder.service.state import Service
+from builder.service.http.deps import Owners, ServiceDep
 from builder.service.store.files import CHUNK, public_file, safe_name
 
+router = APIRouter(tags=["files"], route_class=CheckedJSONRoute)
 
-def files_router(service: Service) -> APIRouter:  # noqa: C901
-    """``/v1/files``: upload, get, list, delete (API token), download (signed URL)."""
-    router = APIRouter(route_class=CheckedJSONRoute)
-    store = service.files
 
-    @router.post("/v1/files", status_code=201, summary="Upload a file for a prediction's input (multipart: content)")
-    async def create_file(request: Request, token_owners: list[str] = Depends(service.owners)) -> dict:
-        # The JavaScript client sends metadata as a second file part (a JSON blob); Python's as a field.
-        form = await request.form(max_files=2, max_fields=8)
-        content = form.get("content")
-        if not isinstance(content, UploadFile):
-            raise fail(422, "the upload needs a multipart field named content holding the file")
-        metadata = form.get("metadata")
-        if isinstance(metadata, UploadFile):
-            metadata = (await metadata.read(65537)).decode(errors="replace")
-            if len(metadata) > 65536:
-                raise fail(413, "metadata is over the limit of 65536 bytes")
-        try:
-            metadata = json.loads(metadata) if isinstance(metadata, str) and metadata else {}
-        except ValueError:
-            raise fail(422, "metadata must be a JSON object") from None
-        if not isinstance(metadata, dict):
-            raise fail(422, "metadata must be a JSON object")
-        filename = form.get("filename") if isinstance(form.get("filename"), str) else content.filename
-        content_type = form.get("type") if isinstance(form.get("type"), str) else content.content_type
-        if problem := unstorable({"metadata": metadata, "filename": filename, "type": content_type}):
-            raise fail(422, problem)
-        limit = service.config.max_upload_bytes
+@router.post("/v1/files", status_code=201, summary="Upload a file for a prediction's input (multipart: content)")
+async def create_file(service: ServiceDep, token_owners: Owners, request: Request) -> dict:
+    # The JavaScript client sends metadata as a second file part (a JSON blob); Python's as a field.
+    form = await request.form(max_files=2, max_fields=8)
+    content = form.get("content")
+    if not isinstance(content, UploadFile):
+        raise fail(422, "the upload needs a multipart field named content holding the file")
+    metadata = form.get("metadata")
+    if isinstance(metadata, UploadFile):
+        metadata = (await metadata.read(65537)).decode(errors="replace")
+        if len(metadata) > 65536:
+            raise fail(413, "metadata is over the limit of 65536 bytes")
+    try:
+        metadata = json.loads(metadata) if isinstance(metadata, str) and metadata else {}
+    except ValueError:
+        raise fail(422, "metadata must be a JSON object") from None
+    if not isinstance(metadata, dict):
+        raise fail(422, "metadata must be a JSON object")
+    filename = form.get("filename") if isinstance(form.get("filename"), str) else content.filename
+    content_type = form.get("type") if isinstance(form.get("type"), str) else content.content_type
+    if problem := unstorable({"metadata": metadata, "filename": filename, "type": content_type}):
+        raise fail(422, problem)
+    limit = service.config.max_upload_bytes
 
-        def write(handle) -> None:
-            size = 0
-            content.file.seek(0)
-            while chunk := content.file.read(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise fail(413, f"upload is over the limit of {limit} bytes")
-                handle.write(chunk)
+    def write(handle) -> None:
+        size = 0
+        content.file.seek(0)
+        while chunk := content.file.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise fail(413, f"upload is over the limit of {limit} bytes")
+            handle.write(chunk)
 
-        doc = store.add(token_owners[0], safe_name(filename), content_type or "application/octet-stream", write, metadata=metadata)
-        return public_file(store, doc)
+    doc = service.files.add(token_owners[0], safe_name(filename), content_type or "application/octet-stream", write, metadata=metadata)
+    return public_file(service.files, doc)
 
-    @router.get("/v1/files", summary="List your files, newest first")
-    def list_files(token_owners: list[str] = Depends(service.owners)) -> dict:
-        found = service.db.list_files(None if ALL_OWNERS in token_owners else token_owners)
-        return {"previous": None, "next": None, "results": [public_file(store, doc) for doc in found]}
 
-    @router.get("/v1/files/{file_id}", summary="Get a file's record")
-    def get_file(file_id: str, token_owners: list[str] = Depends(service.owners)) -> dict:
-        doc = store.get(file_id, token_owners)
-        if doc is None:
-            raise fail(404, f"file {file_id} not found")
-        return public_file(store, doc)
+@router.get("/v1/files", summary="List your files, newest first")
+def list_files(service: ServiceDep, token_owners: Owners) -> dict:
+    found = service.db.list_files(None if ALL_OWNERS in token_owners else token_owners)
+    return {"previous": None, "next": None, "results": [public_file(service.files, doc) for doc in found]}
 
-    @router.delete("/v1/files/{file_id}", status_code=204, summary="Delete a file")
-    def delete_file(file_id: str, token_owners: list[str] = Depends(service.owners)) -> None:
-        doc = store.get(file_id, token_owners)
-        if doc is None:
-            raise fail(404, f"file {file_id} not found")
-        store.delete(doc)
 
-    @router.get("/v1/files/{file_id}/download/{name}", summary="Download a file (signed, expiring URL: no token)")
-    def download(file_id: str, name: str, expires: str = "", signature: str = "") -> FileResponse:
-        doc = store.get(file_id)
-        if doc is None or doc["name"] != name or not store.check_signature(file_id, expires, signature):
-            raise fail(404, "file not found, or its download URL has expired")
-        path = Path(doc["path"])
-        if not path.is_file():
-            raise fail(404, "file not found, or its download URL has expired")
-        expiry = datetime.fromtimestamp(int(expires), timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")
-        kind, headers = user_content_headers(doc["content_type"], doc["name"])
-        return FileResponse(path, media_type=kind, headers={**headers, "Expires": expiry, "Cache-Control": "private"})
+@router.get("/v1/files/{file_id}", summary="Get a file's record")
+def get_file(service: ServiceDep, token_owners: Owners, file_id: str) -> dict:
+    doc = service.files.get(file_id, token_owners)
+    if doc is None:
+        raise fail(404, f"file {file_id} not found")
+    return public_file(service.files, doc)
 
-    return router
+
+@router.delete("/v1/files/{file_id}", status_code=204, summary="Delete a file")
+def delete_file(service: ServiceDep, token_owners: Owners, file_id: str) -> None:
+    doc = service.files.get(file_id, token_owners)
+    if doc is None:
+        raise fail(404, f"file {file_id} not found")
+    service.files.delete(doc)
+
+
+@router.get("/v1/files/{file_id}/download/{name}", summary="Download a file (signed, expiring URL: no token)")
+def download(service: ServiceDep, file_id: str, name: str, expires: str = "", signature: str = "") -> FileResponse:
+    doc = service.files.get(file_id)
+    if doc is None or doc["name"] != name or not service.files.check_signature(file_id, expires, signature):
+        raise fail(404, "file not found, or its download URL has expired")
+    path = Path(doc["path"])
+    if not path.is_file():
+        raise fail(404, "file not found, or its download URL has expired")
+    expiry = datetime.fromtimestamp(int(expires), timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    kind, headers = user_content_headers(doc["content_type"], doc["name"])
+    return FileResponse(path, media_type=kind, headers={**headers, "Expires": expiry, "Cache-Control": "private"})

@@ -58,3 +58,24 @@ def delete_version(service: ServiceDep, token_owners: Owners, owner: str, name: 
     if not digest or not service.may_use(token_owners, owner) or service.db.get_version(owner, name, digest) is None:
         raise fail(404, f"version {version_id} of {owner}/{name} not found")
     service.db.delete_version(owner, name, digest)
+
+
+@router.get("/v1/models/{owner}/{name}", summary="Get a model (with its latest version)")
+def get_model(service: ServiceDep, token_owners: Owners, owner: str, name: str) -> dict:
+    latest = service.db.latest_version(owner, name) if service.may_use(token_owners, owner) else None
+    if latest is None:
+        raise fail(404, f"model {owner}/{name} not found")
+    return {
+        "url": f"{service.config.base_url}/v1/models/{owner}/{name}",
+        "owner": owner,
+        "name": name,
+        "description": None,
+        "visibility": "private",
+        "github_url": None,
+        "paper_url": None,
+        "license_url": None,
+        "cover_image_url": None,
+        "default_example": None,
+        "run_count": sum(service.db.count_predictions(f"{owner}/{name}").values()),
+        "latest_version": public_version(latest),
+    }

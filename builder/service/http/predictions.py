@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,7 +23,7 @@ from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
 from builder.service.http.common import CheckedJSONRoute, Cursor, Limit, check_http_url, fail
-from builder.service.http.models import public_version
+from builder.service.http.deps import Owners, ServiceDep
 from builder.service.predictions.predictor import waiting_on
 from builder.service.predictions.record import new_prediction
 from builder.service.schema import FINISHED, Status, WebhookEvent
@@ -98,216 +98,195 @@ def parse_duration(text: str | None) -> float | None:
     return seconds
 
 
-def prediction_router(service: Service) -> APIRouter:  # noqa: C901
-    router = APIRouter(route_class=CheckedJSONRoute)
-    config, db, files = service.config, service.db, service.files
+router = APIRouter(tags=["predictions"], route_class=CheckedJSONRoute)
 
-    def find_version(reference: str, token_owners: list[str]) -> dict:
-        """The version a prediction names, if these owners may use it."""
-        model, _, version_id = reference.partition(":")
-        unknown = fail(422, f"version {reference!r} not found (or this token may not use it)")
-        if "/" in model:
-            if not is_model_name(model) or not service.may_use(token_owners, model.split("/")[0]):
-                raise unknown
-            owner, name = model.split("/")
-            if not version_id:
-                found = db.latest_version(owner, name)
-            else:
-                digest = normalize_digest(version_id)
-                found = db.get_version(owner, name, digest) if digest else None
-        else:
-            digest = normalize_digest(reference)
-            visible = [v for v in db.versions_with_id(digest) if service.may_use(token_owners, v["model"].split("/")[0])] if digest else []
-            if len({v["model"] for v in visible}) > 1:  # images built before they named their model
-                raise fail(
-                    422,
-                    f"version {reference!r} is in several of your models ({', '.join(sorted({v['model'] for v in visible}))}): "
-                    "name it as owner/name:version",
-                )
-            found = visible[0] if visible else None
-        if found is None:
+
+def _find_version(service: Service, reference: str, token_owners: list[str]) -> dict:
+    """The version a prediction names, if these owners may use it."""
+    model, _, version_id = reference.partition(":")
+    unknown = fail(422, f"version {reference!r} not found (or this token may not use it)")
+    if "/" in model:
+        if not is_model_name(model) or not service.may_use(token_owners, model.split("/")[0]):
             raise unknown
-        return found
-
-    def check_input(schema: dict | None, inputs: dict, token_owners: list[str]) -> None:
-        if schema:
-            problems = input_problems(schema, inputs)
-            if problems:
-                raise fail(422, "; ".join(problems))
-        # Without a schema (a version built before schemas were recorded) any input may be a file.
-        names = file_inputs(schema) & set(inputs) if schema else set(inputs)
-        for name in sorted(names):
-            values = inputs[name] if isinstance(inputs[name], list) else [inputs[name]]
-            for value in values:
-                check_file_value(name, value, token_owners, required=bool(schema))
-
-    def check_file_value(name: str, value: object, token_owners: list[str], *, required: bool) -> None:
-        """A file input: a data URL, a file of this token's owners, or a URL the egress policy allows."""
-        if value is None or (isinstance(value, str) and value.startswith("data:")):
-            return
-        file_id = files.file_id_of(value) if isinstance(value, str) else None
-        if file_id:
-            if files.get(file_id, token_owners) is None:
-                raise fail(422, f"input.{name}: file {file_id} not found")
-            return
-        if isinstance(value, str) and value.startswith(("http://", "https://")):
-            check_http_url(value, f"input.{name}")
-            try:
-                config.egress.check_static(value, f"input.{name}")
-            except EgressRefused as exc:
-                raise fail(422, str(exc)) from None
-        elif required:
-            raise fail(422, f"input.{name} must be a file: an http(s) URL, a data URL, or a file uploaded to /v1/files")
-
-    def check_webhook(url: str | None) -> None:
-        if url is not None:
-            check_http_url(url, "webhook")
-            try:
-                config.egress.check_static(url, "webhook")
-            except EgressRefused as exc:
-                raise fail(422, str(exc)) from None
-
-    def record(version_ref: str | None, training_id: str | None, body, token_owners: list[str], cancel_after: float | None) -> dict:
-        """Check the request, record the prediction and hand it to a worker (database and
-        schema work: run off the event loop)."""
-        webhook = body.webhook or body.webhook_completed
-        check_webhook(webhook)
-        if (version_ref is None) == (training_id is None):
-            raise fail(422, "name either a version or a training")
-        if training_id is not None:
-            training = db.get_training(training_id)
-            if training is None or not service.may_use(token_owners, training["owner"]):
-                raise fail(422, f"training {training_id!r} not found")
-            why = waiting_on({"training_id": training_id}, training)
-            if why not in (None, "wait"):
-                raise fail(422, f"cannot run on {why}")
-            version = db.get_version(*training["model"].split("/"), training["version"]) if why is None else None
-            schema = (version or {}).get("openapi_schema") or service.template_schema(training["template_version"])
-            model, version_id = training["model"], (version or {}).get("id")
+        owner, name = model.split("/")
+        if not version_id:
+            found = service.db.latest_version(owner, name)
         else:
-            version = find_version(version_ref, token_owners)
-            schema, model, version_id = version.get("openapi_schema"), version["model"], version["id"]
-        check_input(schema, body.input, token_owners)
-        events = body.webhook_events_filter or ([WebhookEvent.COMPLETED] if body.webhook_completed and not body.webhook else None)
-        doc = new_prediction(
-            owner=model.split("/")[0],
-            model=model,
-            version=version_id,
-            input=body.input,
-            training_id=training_id,
-            webhook=webhook,
-            events=events,
-            cancel_after=cancel_after,
-        )
-        db.create_prediction(doc)
-        service.dispatch.submit_prediction(doc)
-        return doc
+            digest = normalize_digest(version_id)
+            found = service.db.get_version(owner, name, digest) if digest else None
+    else:
+        digest = normalize_digest(reference)
+        visible = [v for v in service.db.versions_with_id(digest) if service.may_use(token_owners, v["model"].split("/")[0])] if digest else []
+        if len({v["model"] for v in visible}) > 1:  # images built before they named their model
+            raise fail(
+                422,
+                f"version {reference!r} is in several of your models ({', '.join(sorted({v['model'] for v in visible}))}): "
+                "name it as owner/name:version",
+            )
+        found = visible[0] if visible else None
+    if found is None:
+        raise unknown
+    return found
 
-    async def create(version_ref: str | None, training_id: str | None, body, request: Request, token_owners: list[str], wait: int | None) -> Any:
-        arrived = asyncio.get_running_loop().time()
-        seconds = parse_wait(request.headers.get("prefer"), wait)
-        cancel_after = parse_duration(request.headers.get("cancel-after"))
-        doc = await run_in_threadpool(record, version_ref, training_id, body, token_owners, cancel_after)
-        if seconds:  # what is left of the wait once recorded (at least a second)
-            seconds = max(1.0, arrived + seconds - ANSWER_MARGIN - asyncio.get_running_loop().time())
-        if seconds and service.queue is None:  # embedded: woken when it ends, no thread held
-            loop, ended = asyncio.get_running_loop(), asyncio.Event()
 
-            def wake() -> None:
-                loop.call_soon_threadsafe(ended.set)
+def _check_input(service: Service, schema: dict | None, inputs: dict, token_owners: list[str]) -> None:
+    if schema:
+        problems = input_problems(schema, inputs)
+        if problems:
+            raise fail(422, "; ".join(problems))
+    # Without a schema (a version built before schemas were recorded) any input may be a file.
+    names = file_inputs(schema) & set(inputs) if schema else set(inputs)
+    for name in sorted(names):
+        values = inputs[name] if isinstance(inputs[name], list) else [inputs[name]]
+        for value in values:
+            _check_file_value(service, name, value, token_owners, required=bool(schema))
 
-            service.predictor.on_finish(doc["id"], wake)
-            try:
-                doc = await run_in_threadpool(db.get_prediction, doc["id"])
-                if doc["status"] not in FINISHED:
-                    try:
-                        await asyncio.wait_for(ended.wait(), seconds)
-                    except TimeoutError:
-                        pass
-                    doc = await run_in_threadpool(db.get_prediction, doc["id"])
-            finally:
-                service.predictor.forget(doc["id"], wake)
-        elif seconds:
-            deadline, pause = asyncio.get_running_loop().time() + seconds, 0.01
-            while doc["status"] not in FINISHED and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(pause)
-                pause = min(0.25, pause * 1.5)  # often at first: most predictions are short
-                doc = await run_in_threadpool(db.get_prediction, doc["id"])
-        if seconds and doc["status"] not in FINISHED:
-            # What Replicate answers when the wait runs out: the clients then poll.
-            doc = {**doc, "status": Status.STARTING}
-        return service.predictor.public(doc)
 
-    @router.post("/v1/predictions", status_code=201, summary="Create a prediction (Replicate's route)")
-    async def create_prediction(
-        body: PredictionRequest, request: Request, wait: int | None = None, token_owners: list[str] = Depends(service.owners)
-    ) -> dict:
-        return await create(body.version, body.training, body, request, token_owners, wait)
+def _check_file_value(service: Service, name: str, value: object, token_owners: list[str], *, required: bool) -> None:
+    """A file input: a data URL, a file of this token's owners, or a URL the egress policy allows."""
+    if value is None or (isinstance(value, str) and value.startswith("data:")):
+        return
+    file_id = service.files.file_id_of(value) if isinstance(value, str) else None
+    if file_id:
+        if service.files.get(file_id, token_owners) is None:
+            raise fail(422, f"input.{name}: file {file_id} not found")
+        return
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        check_http_url(value, f"input.{name}")
+        try:
+            service.config.egress.check_static(value, f"input.{name}")
+        except EgressRefused as exc:
+            raise fail(422, str(exc)) from None
+    elif required:
+        raise fail(422, f"input.{name} must be a file: an http(s) URL, a data URL, or a file uploaded to /v1/files")
 
-    @router.post("/v1/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction on a model's latest version")
-    async def create_model_prediction(
-        owner: str,
-        name: str,
-        body: ModelPredictionRequest,
-        request: Request,
-        wait: int | None = None,
-        token_owners: list[str] = Depends(service.owners),
-    ) -> dict:
-        return await create(f"{owner}/{name}", None, body, request, token_owners, wait)
 
-    def prediction_for(prediction_id: str, token_owners: list[str]) -> dict:
-        doc = db.get_prediction(prediction_id)
-        if doc is None or not service.may_use(token_owners, doc["owner"]):
-            raise fail(404, f"prediction {prediction_id} not found")
-        return doc
+def _check_webhook(service: Service, url: str | None) -> None:
+    if url is not None:
+        check_http_url(url, "webhook")
+        try:
+            service.config.egress.check_static(url, "webhook")
+        except EgressRefused as exc:
+            raise fail(422, str(exc)) from None
 
-    @router.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
-    def get_prediction(prediction_id: str, token_owners: list[str] = Depends(service.owners)) -> dict:
-        return service.predictor.public(prediction_for(prediction_id, token_owners))
 
-    @router.get("/v1/predictions", summary="List predictions, newest first (filter: model=owner/name, status)")
-    def list_predictions(
-        cursor: Cursor = None,
-        limit: Limit = 50,
-        model: str | None = None,
-        status: Status | None = None,
-        token_owners: list[str] = Depends(service.owners),
-    ) -> dict:
-        limit = max(1, min(limit, 100))
-        owners_filter = None if ALL_OWNERS in token_owners else token_owners
-        page, after = db.list_predictions(owners_filter, model=model, status=status, before=cursor, limit=limit)
-        query = "".join(f"&{k}={v}" for k, v in (("model", model), ("status", status)) if v)
-        next_url = f"{config.base_url}/v1/predictions?cursor={after}&limit={limit}{query}" if after else None
-        return {"previous": None, "next": next_url, "results": [service.predictor.public(d) for d in page]}
+def _record(service: Service, version_ref: str | None, training_id: str | None, body, token_owners: list[str], cancel_after: float | None) -> dict:
+    """Check the request, record the prediction and hand it to a worker (database and
+    schema work: run off the event loop)."""
+    webhook = body.webhook or body.webhook_completed
+    _check_webhook(service, webhook)
+    if (version_ref is None) == (training_id is None):
+        raise fail(422, "name either a version or a training")
+    if training_id is not None:
+        training = service.db.get_training(training_id)
+        if training is None or not service.may_use(token_owners, training["owner"]):
+            raise fail(422, f"training {training_id!r} not found")
+        why = waiting_on({"training_id": training_id}, training)
+        if why not in (None, "wait"):
+            raise fail(422, f"cannot run on {why}")
+        version = service.db.get_version(*training["model"].split("/"), training["version"]) if why is None else None
+        schema = (version or {}).get("openapi_schema") or service.template_schema(training["template_version"])
+        model, version_id = training["model"], (version or {}).get("id")
+    else:
+        version = _find_version(service, version_ref, token_owners)
+        schema, model, version_id = version.get("openapi_schema"), version["model"], version["id"]
+    _check_input(service, schema, body.input, token_owners)
+    events = body.webhook_events_filter or ([WebhookEvent.COMPLETED] if body.webhook_completed and not body.webhook else None)
+    doc = new_prediction(
+        owner=model.split("/")[0],
+        model=model,
+        version=version_id,
+        input=body.input,
+        training_id=training_id,
+        webhook=webhook,
+        events=events,
+        cancel_after=cancel_after,
+    )
+    service.db.create_prediction(doc)
+    service.dispatch.submit_prediction(doc)
+    return doc
 
-    @router.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
-    def cancel_prediction(prediction_id: str, token_owners: list[str] = Depends(service.owners)) -> dict:
-        doc = prediction_for(prediction_id, token_owners)
-        if doc["status"] not in FINISHED:
-            changes: dict = {"cancel_requested": True}
-            if doc["status"] == Status.STARTING and not doc.get("version"):  # waiting for its training: nothing runs
-                changes.update(status=Status.CANCELED, completed_at=now_iso())
-            doc = db.update_prediction(prediction_id, **changes)
-        return service.predictor.public(doc)
 
-    @router.get("/v1/models/{owner}/{name}", summary="Get a model (with its latest version)")
-    def get_model(owner: str, name: str, token_owners: list[str] = Depends(service.owners)) -> dict:
-        latest = db.latest_version(owner, name) if service.may_use(token_owners, owner) else None
-        if latest is None:
-            raise fail(404, f"model {owner}/{name} not found")
-        return {
-            "url": f"{config.base_url}/v1/models/{owner}/{name}",
-            "owner": owner,
-            "name": name,
-            "description": None,
-            "visibility": "private",
-            "github_url": None,
-            "paper_url": None,
-            "license_url": None,
-            "cover_image_url": None,
-            "default_example": None,
-            "run_count": sum(db.count_predictions(f"{owner}/{name}").values()),
-            "latest_version": public_version(latest),
-        }
+async def _create(
+    service: Service, version_ref: str | None, training_id: str | None, body, request: Request, token_owners: list[str], wait: int | None
+) -> Any:
+    arrived = asyncio.get_running_loop().time()
+    seconds = parse_wait(request.headers.get("prefer"), wait)
+    cancel_after = parse_duration(request.headers.get("cancel-after"))
+    doc = await run_in_threadpool(_record, service, version_ref, training_id, body, token_owners, cancel_after)
+    if seconds:  # what is left of the wait once recorded (at least a second)
+        seconds = max(1.0, arrived + seconds - ANSWER_MARGIN - asyncio.get_running_loop().time())
+    if seconds and service.queue is None:  # embedded: woken when it ends, no thread held
+        loop, ended = asyncio.get_running_loop(), asyncio.Event()
 
-    return router
+        def wake() -> None:
+            loop.call_soon_threadsafe(ended.set)
+
+        service.predictor.on_finish(doc["id"], wake)
+        try:
+            doc = await run_in_threadpool(service.db.get_prediction, doc["id"])
+            if doc["status"] not in FINISHED:
+                try:
+                    await asyncio.wait_for(ended.wait(), seconds)
+                except TimeoutError:
+                    pass
+                doc = await run_in_threadpool(service.db.get_prediction, doc["id"])
+        finally:
+            service.predictor.forget(doc["id"], wake)
+    elif seconds:
+        deadline, pause = asyncio.get_running_loop().time() + seconds, 0.01
+        while doc["status"] not in FINISHED and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(0.25, pause * 1.5)  # often at first: most predictions are short
+            doc = await run_in_threadpool(service.db.get_prediction, doc["id"])
+    if seconds and doc["status"] not in FINISHED:
+        # What Replicate answers when the wait runs out: the clients then poll.
+        doc = {**doc, "status": Status.STARTING}
+    return service.predictor.public(doc)
+
+
+@router.post("/v1/predictions", status_code=201, summary="Create a prediction (Replicate's route)")
+async def create_prediction(service: ServiceDep, token_owners: Owners, body: PredictionRequest, request: Request, wait: int | None = None) -> dict:
+    return await _create(service, body.version, body.training, body, request, token_owners, wait)
+
+
+@router.post("/v1/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction on a model's latest version")
+async def create_model_prediction(
+    service: ServiceDep, token_owners: Owners, owner: str, name: str, body: ModelPredictionRequest, request: Request, wait: int | None = None
+) -> dict:
+    return await _create(service, f"{owner}/{name}", None, body, request, token_owners, wait)
+
+
+def _prediction_for(service: Service, prediction_id: str, token_owners: list[str]) -> dict:
+    doc = service.db.get_prediction(prediction_id)
+    if doc is None or not service.may_use(token_owners, doc["owner"]):
+        raise fail(404, f"prediction {prediction_id} not found")
+    return doc
+
+
+@router.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
+def get_prediction(service: ServiceDep, token_owners: Owners, prediction_id: str) -> dict:
+    return service.predictor.public(_prediction_for(service, prediction_id, token_owners))
+
+
+@router.get("/v1/predictions", summary="List predictions, newest first (filter: model=owner/name, status)")
+def list_predictions(
+    service: ServiceDep, token_owners: Owners, cursor: Cursor = None, limit: Limit = 50, model: str | None = None, status: Status | None = None
+) -> dict:
+    limit = max(1, min(limit, 100))
+    owners_filter = None if ALL_OWNERS in token_owners else token_owners
+    page, after = service.db.list_predictions(owners_filter, model=model, status=status, before=cursor, limit=limit)
+    query = "".join(f"&{k}={v}" for k, v in (("model", model), ("status", status)) if v)
+    next_url = f"{service.config.base_url}/v1/predictions?cursor={after}&limit={limit}{query}" if after else None
+    return {"previous": None, "next": next_url, "results": [service.predictor.public(d) for d in page]}
+
+
+@router.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
+def cancel_prediction(service: ServiceDep, token_owners: Owners, prediction_id: str) -> dict:
+    doc = _prediction_for(service, prediction_id, token_owners)
+    if doc["status"] not in FINISHED:
+        changes: dict = {"cancel_requested": True}
+        if doc["status"] == Status.STARTING and not doc.get("version"):  # waiting for its training: nothing runs
+            changes.update(status=Status.CANCELED, completed_at=now_iso())
+        doc = service.db.update_prediction(prediction_id, **changes)
+    return service.predictor.public(doc)
