@@ -410,7 +410,8 @@ def test_sigterm_lets_a_running_prediction_end_then_hands_the_next_back(tmp_path
     shutdown_grace_seconds although the service's listener is closed by then (its end comes back
     on the Cog request itself), and with no grace left one is handed back and runs again after
     the restart."""
-    config = service_config(tmp_path, tiny_base, registry, templates)
+    # A grace no loaded machine runs out of (CI's two busy cores made 60 steps take over 30 s).
+    config = service_config(tmp_path, tiny_base, registry, templates, shutdown_grace_seconds=300)
     other = Service(tmp_path, config).start()
     slow = {**FAST, "num_inference_steps": 60, "width": 128, "height": 128}
 
@@ -425,9 +426,9 @@ def test_sigterm_lets_a_running_prediction_end_then_hands_the_next_back(tmp_path
     try:
         record_version(config, "alice/toy", toy["version"], toy["image"])
         ended = running()
-        other.stop(timeout=60)  # the prediction's grace is 30 s, a loaded machine's stop a few more
+        other.stop(timeout=300)  # the stop waits for the running prediction
         log = (tmp_path / "service.log").read_text()
-        assert "1 running prediction(s) may end within 30s" in log and "handed back" not in log
+        assert "1 running prediction(s) may end within 300s" in log and "handed back" not in log
         other.config["shutdown_grace_seconds"] = 0
         other.start()
         done = prediction(other, ended)

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException, Query, Request, Response
 from fastapi.routing import APIRoute
 
+from builder.egress import EgressPolicy, EgressRefused
+
 # A list route's paging, checked where it enters (a cursor past SQLite's integers answered 500).
 Cursor = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="From a previous page's next.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Results per page.")]
@@ -92,6 +94,16 @@ def check_http_url(value: object, field: str) -> str:
         raise fail(422, problem + " (its port is not a number from 1 to 65535)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.port == 0:
         raise fail(422, problem)
+    return value
+
+
+def check_reachable(value: str, field: str, egress: EgressPolicy) -> str:
+    """``value`` if the egress policy lets the service reach it for a user (judged at creation,
+    as the fetch will judge it), else a 422 naming ``field`` and why."""
+    try:
+        egress.check_static(value, field)
+    except EgressRefused as exc:
+        raise fail(422, str(exc)) from None
     return value
 
 

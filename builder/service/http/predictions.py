@@ -19,10 +19,9 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from builder.egress import EgressRefused
 from builder.oci.references import is_model_name, normalize_digest
 from builder.service.config import ALL_OWNERS
-from builder.service.http.common import CheckedJSONRoute, Cursor, Limit, check_http_url, fail
+from builder.service.http.common import CheckedJSONRoute, Cursor, Limit, check_http_url, check_reachable, fail
 from builder.service.http.deps import Owners, ServiceDep
 from builder.service.predictions.predictor import waiting_on
 from builder.service.predictions.record import new_prediction
@@ -152,22 +151,14 @@ def _check_file_value(service: Service, name: str, value: object, token_owners: 
             raise fail(422, f"input.{name}: file {file_id} not found")
         return
     if isinstance(value, str) and value.startswith(("http://", "https://")):
-        check_http_url(value, f"input.{name}")
-        try:
-            service.config.egress.check_static(value, f"input.{name}")
-        except EgressRefused as exc:
-            raise fail(422, str(exc)) from None
+        check_reachable(check_http_url(value, f"input.{name}"), f"input.{name}", service.config.egress)
     elif required:
         raise fail(422, f"input.{name} must be a file: an http(s) URL, a data URL, or a file uploaded to /v1/files")
 
 
 def _check_webhook(service: Service, url: str | None) -> None:
     if url is not None:
-        check_http_url(url, "webhook")
-        try:
-            service.config.egress.check_static(url, "webhook")
-        except EgressRefused as exc:
-            raise fail(422, str(exc)) from None
+        check_reachable(check_http_url(url, "webhook"), "webhook", service.config.egress)
 
 
 def _record(service: Service, version_ref: str | None, training_id: str | None, body, token_owners: list[str], cancel_after: float | None) -> dict:

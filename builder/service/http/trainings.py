@@ -25,10 +25,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from builder.egress import EgressRefused
 from builder.oci.references import is_model_name
 from builder.service.config import ALL_OWNERS
-from builder.service.http.common import FILENAME, CheckedJSONRoute, Cursor, Limit, check_http_url, fail, user_content_headers
+from builder.service.http.common import FILENAME, CheckedJSONRoute, Cursor, Limit, check_http_url, check_reachable, fail, user_content_headers
 from builder.service.http.deps import Owners, ServiceDep
 from builder.service.schema import FINISHED, UNFINISHED, Stage, Status, WebhookEvent
 from builder.service.state import Service
@@ -90,8 +89,7 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
     else:
         template = default_template(config, trainer, body.input)
     if body.webhook_completed is not None:
-        check_http_url(body.webhook_completed, "webhook_completed")
-        _check_egress(config, body.webhook_completed, "webhook_completed")
+        check_reachable(check_http_url(body.webhook_completed, "webhook_completed"), "webhook_completed", config.egress)
     try:
         schema = service.schemas.get(trainer)
     except SchemaUnavailable as exc:
@@ -199,7 +197,7 @@ def _check_file_input(service: Service, name: str, value: object, owners: list[s
             raise fail(422, f"input.{name} {url!r} is not a file of this token's owners")
         return doc
     else:
-        _check_egress(service.config, url, f"input.{name}")
+        check_reachable(url, f"input.{name}", service.config.egress)
     return None
 
 
@@ -227,13 +225,6 @@ def _file_as_upload(service: Service, doc: dict, owners: list[str]) -> str:
         }
     )
     return f"{service.config.base_url}/v1/uploads/{upload_id}/{name}"
-
-
-def _check_egress(config, url: str, what: str) -> None:
-    try:
-        config.egress.check_static(url, what)
-    except EgressRefused as exc:
-        raise fail(422, str(exc)) from None
 
 
 def _record(config, body: TrainingRequest, events: list[str] | None = None) -> TrainingRecord:
