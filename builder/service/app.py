@@ -17,11 +17,9 @@ from fastapi.responses import JSONResponse
 from builder.cog.client import describe_validation
 from builder.dashboard.routes import mount_dashboard
 from builder.service.config import ServiceConfig
-from builder.service.http import files, models, predictions, trainings, uploads, webhooks
+from builder.service.http import files, internal, models, operations, predictions, trainings, uploads, webhooks
 from builder.service.http.common import PageHeaders, fail
 from builder.service.http.docs import mount_docs
-from builder.service.http.internal import internal_router
-from builder.service.http.operations import operations_router
 from builder.service.state import Service
 from builder.service.store.database import DatabaseUnavailable
 
@@ -114,6 +112,6 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.add_middleware(PageHeaders)
     for resource in (trainings, models, uploads, webhooks, predictions, files):  # the public API, a router per resource
         app.include_router(resource.router)
-    app.include_router(internal_router(service))
-    app.include_router(operations_router(service))
+    app.include_router(internal.router)
+    app.include_router(operations.router)
     return app

@@ -13,6 +13,7 @@ import logging
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
+from builder.service.http.deps import ServiceDep
 from builder.service.schema import STAGES, Stage
 from builder.service.state import Service
 from builder.service.store.database import DatabaseUnavailable, Deliveries, Heartbeats
@@ -24,48 +25,48 @@ RECENT = 1000  # stage durations: of the newest trainings, as the scrape must st
 log = logging.getLogger(__name__)
 
 
-def operations_router(service: Service) -> APIRouter:
-    router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False)
 
-    @router.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok"}
 
-    @router.get("/readyz")
-    def readyz() -> JSONResponse:
-        problems = {}
+@router.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(service: ServiceDep) -> JSONResponse:
+    problems = {}
+    try:
+        service.db.ping()
+    except DatabaseUnavailable as exc:  # no token is needed here: what failed goes to the log, not to the client
+        log.warning("readyz: %s (%s)", exc, exc.detail)
+        problems["database"] = str(exc)
+    if service.queue is not None and "database" not in problems:
+        from builder.service.workers.jobs import queue_depths
+
         try:
-            service.db.ping()
-        except DatabaseUnavailable as exc:  # no token is needed here: what failed goes to the log, not to the client
-            log.warning("readyz: %s (%s)", exc, exc.detail)
-            problems["database"] = str(exc)
-        if service.queue is not None and "database" not in problems:
-            from builder.service.workers.jobs import queue_depths
+            queue_depths(service.config)
+        except Exception as exc:  # psycopg's errors, a missing schema: all mean the queue is not usable
+            log.warning("readyz: the queue is unavailable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            problems["queue"] = "the queue is unavailable"
+    elif "database" in problems and service.queue is not None:
+        problems["queue"] = "the queue is unavailable: it lives in the database"
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})
 
-            try:
-                queue_depths(service.config)
-            except Exception as exc:  # psycopg's errors, a missing schema: all mean the queue is not usable
-                log.warning("readyz: the queue is unavailable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-                problems["queue"] = "the queue is unavailable"
-        elif "database" in problems and service.queue is not None:
-            problems["queue"] = "the queue is unavailable: it lives in the database"
-        if problems:
-            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
 
-    @router.get("/metrics")
-    def metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-        from prometheus_client.core import CollectorRegistry
+@router.get("/metrics")
+def metrics(service: ServiceDep) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client.core import CollectorRegistry
 
-        registry = CollectorRegistry()
-        registry.register(_Collector(service))
-        try:
-            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-        except DatabaseUnavailable as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=503)
-
-    return router
+    registry = CollectorRegistry()
+    registry.register(_Collector(service))
+    try:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    except DatabaseUnavailable as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 class _Collector:
