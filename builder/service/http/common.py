@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -17,11 +16,11 @@ from fastapi import HTTPException, Query, Request, Response
 from fastapi.routing import APIRoute
 
 from builder.egress import EgressPolicy, EgressRefused
+from builder.service.store.files import FILENAME
 
 # A list route's paging, checked where it enters (a cursor past SQLite's integers answered 500).
 Cursor = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="From a previous page's next.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Results per page.")]
-FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # an uploaded file's name, as stored (use fullmatch)
 
 
 def fail(status: int, detail: str) -> HTTPException:

@@ -18,11 +18,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from builder.service.http.common import FILENAME, fail, stream_to
+from builder.service.http.common import fail, stream_to
 from builder.service.http.deps import ServiceDep
 from builder.service.schema import FINISHED, Stage, Status
 from builder.service.state import Service
 from builder.service.store.database import DatabaseUnavailable
+from builder.service.store.files import FILENAME
 from builder.service.trainings.record import TrainingRecord
 
 DATABASE_WAIT_SECONDS = 60  # a trainer's callback waits out a database restart this long

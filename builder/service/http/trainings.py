@@ -4,8 +4,8 @@ model-scoped route), get, list, cancel, events, weights, images, webhook again, 
 request → token (its owners) → :func:`validate` (model name, catalog, inputs) → a training
 record (:mod:`builder.service.trainings.record`) in the database → the worker. Every route needs
 ``Authorization: Bearer <token>``; a token may use only its owners' trainings and models
-(another owner's are 404, creating into one is 403). Upload URLs are unguessable capability
-URLs, like the peers' presigned URLs, so a trainer can download them without a token.
+(another owner's are 404, creating into one is 403). A file input is an upload of the token's
+owners (:mod:`builder.service.http.uploads`), one of their files, or a URL the egress policy allows.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from builder.oci.references import is_model_name
 from builder.service.config import ALL_OWNERS
-from builder.service.http.common import FILENAME, CheckedJSONRoute, Cursor, Limit, check_http_url, check_reachable, fail, user_content_headers
+from builder.service.http.common import CheckedJSONRoute, Cursor, Limit, check_http_url, check_reachable, fail, user_content_headers
 from builder.service.http.deps import Owners, ServiceDep
 from builder.service.schema import FINISHED, UNFINISHED, Stage, Status, WebhookEvent
 from builder.service.state import Service
 from builder.service.store.database import DatabaseUnavailable
+from builder.service.store.files import FILENAME
 from builder.service.store.retention import delete_training_files
 from builder.service.trainings.previews import media_type, read_image, zip_images
 from builder.service.trainings.record import TrainingRecord, new_training, now_iso, public_training

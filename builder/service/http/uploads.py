@@ -9,8 +9,9 @@ import secrets
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from builder.service.http.common import FILENAME, CheckedJSONRoute, fail, stream_to, user_content_headers
+from builder.service.http.common import CheckedJSONRoute, fail, stream_to, user_content_headers
 from builder.service.http.deps import Owners, ServiceDep
+from builder.service.store.files import FILENAME
 from builder.service.store.retention import delete_upload
 from builder.service.trainings.record import now_iso
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import shutil
 import time
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder.service.config import ALL_OWNERS
-from builder.service.http.common import FILENAME
 from builder.service.trainings.record import now_iso
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from builder.service.store.database import Database
 
 CHUNK = 2**20
+FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a stored file's name (uploads, outputs) (use fullmatch)
 
 
 def files_root(config: ServiceConfig) -> Path:

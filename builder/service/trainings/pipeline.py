@@ -28,9 +28,9 @@ from builder.cog.messages import log_error, prediction_error, without_host_paths
 from builder.egress import fetch
 from builder.image.build import Reporter, build_image, model_ref
 from builder.service.config import ServiceConfig
-from builder.service.http.common import FILENAME
 from builder.service.schema import FINISHED, Stage, Status
 from builder.service.store.database import Database, DatabaseUnavailable, Leases
+from builder.service.store.files import FILENAME
 from builder.service.trainings.record import TrainingRecord, now_iso
 from builder.service.trainings.runners import TRAINER, clear_stale, start_run
 from builder.service.trainings.schemas import TrainerSchemas, file_inputs, model_schema
