@@ -33,7 +33,7 @@ import httpx  # noqa: E402
 from bench.service_scale import CLI, REPO, serve, start  # noqa: E402
 from builder.cog.server import free_port  # noqa: E402
 from builder.service.config import local_trainer_version  # noqa: E402
-from builder.service.store.database import Database, Heartbeats  # noqa: E402
+from builder.service.store.database import Database  # noqa: E402
 from fixtures.services import start_postgres  # noqa: E402
 
 TOKEN = {"Authorization": "Bearer bench-token"}
@@ -188,7 +188,7 @@ def main() -> None:
         }
         api, url = serve(home, config)
         db = Database(config["database_url"])
-        db.add_version("bench", "tiny", version)
+        db.versions.add("bench", "tiny", version)
         workers = []
         try:
             figures = {}
@@ -203,7 +203,7 @@ def main() -> None:
                 for _ in range(10):  # warm-up: until every worker has the version loaded
                     throughput(url, version["id"], 2 * count)
                     time.sleep(6)  # a heartbeat
-                    if sum(version["id"] in (w.get("loaded") or []) for w in Heartbeats(db).live(20)) >= count:
+                    if sum(version["id"] in (w.get("loaded") or []) for w in db.heartbeats.live(20)) >= count:
                         break
                 figures[count] = throughput(url, version["id"], args.batch)
             print(f"throughput, {args.batch} predictions at once (many machines, `dreambuild worker --roles predict`):")

@@ -157,14 +157,14 @@ def scheduling(url: str, db_target, count: int = 6) -> float:
         created = httpx.post(f"{url}/v1/trainings", json=request_body(), headers=TOKEN).json()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            started = db.get_training(created["id"]).get("stage_started") or {}
+            started = db.trainings.get(created["id"]).get("stage_started") or {}
             if "training" in started:
                 waits.append(started["training"] - started["queued"])
                 break
             time.sleep(0.01)
         httpx.post(f"{url}/v1/trainings/{created['id']}/cancel", headers=TOKEN)
         deadline = time.monotonic() + 60
-        while db.get_training(created["id"])["stage"] != "done" and time.monotonic() < deadline:
+        while db.trainings.get(created["id"])["stage"] != "done" and time.monotonic() < deadline:
             time.sleep(0.1)  # the next one on an idle queue, with the server's lease free
     db.close()
     return statistics.median(waits)
@@ -196,14 +196,14 @@ def recovery(root: Path, config: dict, tiny_base: Path) -> float:
         body["input"]["instance_data"] = upload
         created = httpx.post(f"{url}/v1/trainings", json=body, headers=TOKEN).json()
         deadline = time.monotonic() + 300
-        while not db.get_training(created["id"]).get("runner_pid"):
+        while not db.trainings.get(created["id"]).get("runner_pid"):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the training did not start: {db.get_training(created['id']).get('error')}")
+                raise RuntimeError(f"the training did not start: {db.trainings.get(created['id']).get('error')}")
             time.sleep(0.2)
-        first = db.get_training(created["id"])["worker"]
+        first = db.trainings.get(created["id"])["worker"]
         workers[first].send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        while db.get_training(created["id"]).get("worker") == first:
+        while db.trainings.get(created["id"]).get("worker") == first:
             time.sleep(0.1)
         taken = time.monotonic() - killed
         httpx.post(f"{url}/v1/trainings/{created['id']}/cancel", headers=TOKEN)

@@ -87,7 +87,7 @@ def record_version(config: dict, model: str, version: str, image: str) -> None:
 
     db = Database(Path(config["data_dir"]) / "dreambuild.sqlite")
     try:
-        db.add_version(*model.split("/"), {"id": version, "model": model, "image": image, "created_at": "2026-01-01T00:00:00Z"})
+        db.versions.add(*model.split("/"), {"id": version, "model": model, "image": image, "created_at": "2026-01-01T00:00:00Z"})
     finally:
         db.close()
 

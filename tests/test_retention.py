@@ -19,7 +19,7 @@ def test_the_sweep_deletes_what_expired(tmp_path):
         folder = tmp_path / "uploads" / upload_id
         folder.mkdir(parents=True)
         (folder / "photos.zip").write_bytes(b"PK")
-        db.add_upload(
+        db.uploads.add(
             {
                 "id": upload_id,
                 "owner": "alice",
@@ -33,7 +33,7 @@ def test_the_sweep_deletes_what_expired(tmp_path):
     for training_id, age, status in (("t-old", 49, "succeeded"), ("t-new", 2, "succeeded"), ("t-running", 99, "processing")):
         (config.files / training_id).mkdir(parents=True)
         (config.files / training_id / "output.zip").write_bytes(b"PK")
-        db.create_training(
+        db.trainings.create(
             {
                 "id": training_id,
                 "owner": "alice",
@@ -44,9 +44,9 @@ def test_the_sweep_deletes_what_expired(tmp_path):
             }
         )
     assert sweep(config, db, now) == {"uploads": 1, "trainings": 1, "files": 0, "orphans": 0}
-    assert [u["id"] for u in db.list_uploads()] == ["new"] and not (tmp_path / "uploads" / "old").exists()
+    assert [u["id"] for u in db.uploads.all()] == ["new"] and not (tmp_path / "uploads" / "old").exists()
     assert not (config.files / "t-old").exists() and (config.files / "t-new").exists() and (config.files / "t-running").exists()
-    old = db.get_training("t-old")
+    old = db.trainings.get("t-old")
     assert old["weights"] is None and old["files_deleted_at"]
     assert sweep(config, db, now) == {"uploads": 0, "trainings": 0, "files": 0, "orphans": 0}
     # No expiry configured: nothing is ever deleted by the sweep.
@@ -61,13 +61,13 @@ def test_the_sweep_deletes_prediction_files_and_marks_their_predictions(tmp_path
     folder = tmp_path / "prediction-files" / "f1"
     folder.mkdir(parents=True)
     (folder / "output-0.png").write_bytes(b"png")
-    db.create_prediction({"id": "p1", "owner": "alice", "model": "alice/toy", "status": "succeeded", "output": ["dreambuild-file:f1"]})
-    db.add_file({"id": "f1", "owner": "alice", "name": "output-0.png", "path": str(folder / "output-0.png"), "prediction_id": "p1"})
+    db.predictions.create({"id": "p1", "owner": "alice", "model": "alice/toy", "status": "succeeded", "output": ["dreambuild-file:f1"]})
+    db.files.add({"id": "f1", "owner": "alice", "name": "output-0.png", "path": str(folder / "output-0.png"), "prediction_id": "p1"})
     assert sweep(config, db, now + timedelta(hours=23)) == {"uploads": 0, "trainings": 0, "files": 0, "orphans": 0}
-    assert db.get_file("f1") and folder.exists()
+    assert db.files.get("f1") and folder.exists()
     assert sweep(config, db, now + timedelta(hours=25)) == {"uploads": 0, "trainings": 0, "files": 1, "orphans": 0}
-    assert db.get_file("f1") is None and not folder.exists()
-    assert db.get_prediction("p1")["data_removed"] and db.get_prediction("p1")["output"] is None
+    assert db.files.get("f1") is None and not folder.exists()
+    assert db.predictions.get("p1")["data_removed"] and db.predictions.get("p1")["output"] is None
 
 
 def test_the_sweep_deletes_folders_left_without_a_record_after_an_hour(tmp_path):
@@ -94,7 +94,7 @@ def test_the_sweep_deletes_folders_left_without_a_record_after_an_hour(tmp_path)
             os.utime(folder / "data.bin", (now.timestamp() - 7200, now.timestamp() - 7200))
         os.utime(folder, (now.timestamp() - 7200, now.timestamp() - 7200))
         folders[name] = folder
-    db.add_upload(
+    db.uploads.add(
         {
             "id": "kept-upload",
             "owner": "alice",
@@ -105,6 +105,6 @@ def test_the_sweep_deletes_folders_left_without_a_record_after_an_hour(tmp_path)
             "created_at": _iso(now),
         }
     )
-    db.add_file({"id": "keptfile", "owner": "alice", "name": "data.bin", "path": str(folders["keptfile"] / "data.bin")})
+    db.files.add({"id": "keptfile", "owner": "alice", "name": "data.bin", "path": str(folders["keptfile"] / "data.bin")})
     assert sweep(config, db, now) == {"uploads": 0, "trainings": 0, "files": 0, "orphans": 2}
     assert {name for name, folder in folders.items() if folder.exists()} == {"kept-upload", "keptfile", "writing"}

@@ -8,7 +8,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from builder.service.store.database import Database, DatabaseUnavailable, Deliveries, metadata
+from builder.service.store.database import Database, DatabaseUnavailable
+from builder.service.store.tables import metadata
 
 
 def doc(i, owner="alice", status="starting", stage="queued"):
@@ -18,85 +19,85 @@ def doc(i, owner="alice", status="starting", stage="queued"):
 def test_trainings_survive_reopening_and_page_newest_first(database_target):
     store = Database(database_target)
     for i in range(5):
-        store.create_training(doc(i, owner="alice" if i != 2 else "bob"))
-    store.update_training("t1", status="processing", stage="training", logs_append="step 1\n")
-    store.update_training("t1", logs_append="step 2\n")
+        store.trainings.create(doc(i, owner="alice" if i != 2 else "bob"))
+    store.trainings.update("t1", status="processing", stage="training", logs_append="step 1\n")
+    store.trainings.update("t1", logs_append="step 2\n")
     store.close()
     store = Database(database_target)
-    assert store.get_training("t1")["logs"] == "step 1\nstep 2\n" and store.get_training("t1")["status"] == "processing"
-    page, cursor = store.list_trainings(["alice"], limit=2)
+    assert store.trainings.get("t1")["logs"] == "step 1\nstep 2\n" and store.trainings.get("t1")["status"] == "processing"
+    page, cursor = store.trainings.page(["alice"], limit=2)
     assert [d["id"] for d in page] == ["t4", "t3"] and cursor is not None
-    page, cursor = store.list_trainings(["alice"], before=cursor, limit=2)
+    page, cursor = store.trainings.page(["alice"], before=cursor, limit=2)
     assert [d["id"] for d in page] == ["t1", "t0"] and cursor is None
-    assert store.list_trainings([], limit=2) == ([], None)
-    store.update_training("t0", status="succeeded", stage="done")
-    store.update_training("t3", status="failed", stage="webhook")  # failed, webhook not yet delivered
-    assert [d["id"] for d in store.unfinished_trainings()] == ["t1", "t2", "t3", "t4"]
-    assert store.count_trainings() == {"starting": 2, "processing": 1, "succeeded": 1, "failed": 1}
+    assert store.trainings.page([], limit=2) == ([], None)
+    store.trainings.update("t0", status="succeeded", stage="done")
+    store.trainings.update("t3", status="failed", stage="webhook")  # failed, webhook not yet delivered
+    assert [d["id"] for d in store.trainings.unfinished()] == ["t1", "t2", "t3", "t4"]
+    assert store.trainings.count() == {"starting": 2, "processing": 1, "succeeded": 1, "failed": 1}
     with pytest.raises(KeyError):
-        store.update_training("t9", status="failed")
-    Deliveries(store).add({"id": "t0-completed", "training_id": "t0", "status": "pending"}, next_attempt_at=0)
-    store.delete_training("t0")  # its deliveries (copies of the record) go with it
-    assert store.get_training("t0") is None and Deliveries(store).get("t0-completed") is None
+        store.trainings.update("t9", status="failed")
+    store.deliveries.add({"id": "t0-completed", "training_id": "t0", "status": "pending"}, next_attempt_at=0)
+    store.trainings.delete("t0")  # its deliveries (copies of the record) go with it
+    assert store.trainings.get("t0") is None and store.deliveries.get("t0-completed") is None
 
 
 def test_predictions_and_files_page_filter_and_finish(database_target):
     store = Database(database_target)
     for i in range(4):
-        store.create_prediction(
+        store.predictions.create(
             {"id": f"p{i}", "owner": "bob" if i == 1 else "alice", "model": "alice/a" if i % 2 == 0 else "alice/b", "status": "starting", "logs": ""}
         )
-    store.update_prediction("p2", status="succeeded", logs_append="done\n")
-    page, cursor = store.list_predictions(["alice"], limit=1)
+    store.predictions.update("p2", status="succeeded", logs_append="done\n")
+    page, cursor = store.predictions.page(["alice"], limit=1)
     assert [d["id"] for d in page] == ["p3"] and cursor is not None
-    assert [d["id"] for d in store.list_predictions(["alice"], model="alice/a")[0]] == ["p2", "p0"]
-    assert [d["id"] for d in store.list_predictions(None, status="succeeded")[0]] == ["p2"]
-    assert [d["id"] for d in store.unfinished_predictions()] == ["p0", "p1", "p3"]
-    assert store.count_predictions("alice/a") == {"starting": 1, "succeeded": 1}
-    assert store.get_prediction("p2")["logs"] == "done\n"
+    assert [d["id"] for d in store.predictions.page(["alice"], model="alice/a")[0]] == ["p2", "p0"]
+    assert [d["id"] for d in store.predictions.page(None, status="succeeded")[0]] == ["p2"]
+    assert [d["id"] for d in store.predictions.unfinished()] == ["p0", "p1", "p3"]
+    assert store.predictions.count("alice/a") == {"starting": 1, "succeeded": 1}
+    assert store.predictions.get("p2")["logs"] == "done\n"
     with pytest.raises(KeyError):
-        store.update_prediction("p9", status="failed")
-    store.add_file({"id": "f1", "owner": "alice", "name": "a.png"})
-    assert store.get_file("f1")["name"] == "a.png" and store.list_files(["bob"]) == []
-    store.delete_file("f1")
-    assert store.get_file("f1") is None
+        store.predictions.update("p9", status="failed")
+    store.files.add({"id": "f1", "owner": "alice", "name": "a.png"})
+    assert store.files.get("f1")["name"] == "a.png" and store.files.recent(["bob"]) == []
+    store.files.delete("f1")
+    assert store.files.get("f1") is None
 
 
 def test_concurrent_updates_lose_nothing(database_target):
     """Read-modify-write under a row lock: 4 threads × 25 appends each, every line kept."""
     store = Database(database_target)
-    store.create_training(doc(1))
+    store.trainings.create(doc(1))
 
     def append(n):
         for i in range(25):
-            store.update_training("t1", logs_append=f"{n}-{i}\n")
+            store.trainings.update("t1", logs_append=f"{n}-{i}\n")
 
     threads = [threading.Thread(target=append, args=(n,)) for n in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(store.get_training("t1")["logs"].split()) == sorted(f"{n}-{i}" for n in range(4) for i in range(25))
+    assert sorted(store.trainings.get("t1")["logs"].split()) == sorted(f"{n}-{i}" for n in range(4) for i in range(25))
 
 
 def test_versions_are_recorded_once(database_target):
     store = Database(database_target)
-    first = store.add_version("alice", "m", {"id": "sha256:1", "training_id": "t1"})
-    again = store.add_version("alice", "m", {"id": "sha256:1", "training_id": "t1-rerun"})
-    store.add_version("alice", "m", {"id": "sha256:2", "training_id": "t2"})
+    first = store.versions.add("alice", "m", {"id": "sha256:1", "training_id": "t1"})
+    again = store.versions.add("alice", "m", {"id": "sha256:1", "training_id": "t1-rerun"})
+    store.versions.add("alice", "m", {"id": "sha256:2", "training_id": "t2"})
     assert again == first
-    assert [v["id"] for v in store.list_versions("alice", "m")] == ["sha256:2", "sha256:1"]
-    assert store.get_version("alice", "m", "sha256:9") is None and store.list_versions("bob", "m") == []
+    assert [v["id"] for v in store.versions.of_model("alice", "m")] == ["sha256:2", "sha256:1"]
+    assert store.versions.get("alice", "m", "sha256:9") is None and store.versions.of_model("bob", "m") == []
 
 
 def test_settings_persist(database_target):
     store = Database(database_target)
-    secret = store.setting("webhook_secret", lambda: "whsec_abc")
-    store.set_setting("other", "1")
-    store.set_setting("other", "2")
+    secret = store.settings.get("webhook_secret", lambda: "whsec_abc")
+    store.settings.set("other", "1")
+    store.settings.set("other", "2")
     store.close()
     again = Database(database_target)
-    assert again.setting("webhook_secret", lambda: "other") == secret and again.setting("other", lambda: "x") == "2"
+    assert again.settings.get("webhook_secret", lambda: "other") == secret and again.settings.get("other", lambda: "x") == "2"
 
 
 def test_migrations_match_the_tables_the_code_uses(database_target):
@@ -128,10 +129,10 @@ def test_a_database_made_before_migrations_is_adopted_with_its_data(tmp_path):
     with sqlite3.connect(path) as conn:
         conn.executescript(PRE_MIGRATION_SCHEMA)
     store = Database(path)
-    assert store.get_training("old")["status"] == "succeeded"
-    assert store.setting("webhook_secret/alice", lambda: "new") == "whsec_kept"
-    store.update_training("old", logs_append="more\n")  # the TEXT documents of then read and write as JSON
-    assert store.get_training("old")["logs"] == "more\n"
+    assert store.trainings.get("old")["status"] == "succeeded"
+    assert store.settings.get("webhook_secret/alice", lambda: "new") == "whsec_kept"
+    store.trainings.update("old", logs_append="more\n")  # the TEXT documents of then read and write as JSON
+    assert store.trainings.get("old")["logs"] == "more\n"
     with store.engine.connect() as conn:  # and the later migrations ran
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
         assert conn.exec_driver_sql("SELECT count(*) FROM webhook_deliveries").scalar() == 0
@@ -142,10 +143,10 @@ def test_an_unreachable_database_is_a_clear_error(postgres, pg_url):
     postgres.stop()
     try:
         with pytest.raises(DatabaseUnavailable, match="the database is unavailable"):
-            store.get_training("t1")
+            store.trainings.get("t1")
         with pytest.raises(DatabaseUnavailable):
             store.ping()
     finally:
         postgres.start()
-    store.create_training(doc(1))  # back without a restart of the service: the pool reconnects
-    assert store.get_training("t1")["id"] == "t1"
+    store.trainings.create(doc(1))  # back without a restart of the service: the pool reconnects
+    assert store.trainings.get("t1")["id"] == "t1"

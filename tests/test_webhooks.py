@@ -82,18 +82,18 @@ def _notifier(tmp_path, receiver, **config):
         webhook=f"{receiver.url}/hook",
         events=["start", "completed"],
     )
-    db.create_training(doc)
+    db.trainings.create(doc)
     return notifier, scheduler, db, doc
 
 
 def _wait_state(db, training_id, state, timeout=20):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        shown = db.get_training(training_id).get("webhook_delivery")
+        shown = db.trainings.get(training_id).get("webhook_delivery")
         if shown and shown["state"] == state:
             return shown
         time.sleep(0.05)
-    raise AssertionError(f"delivery never {state}: {db.get_training(training_id).get('webhook_delivery')}")
+    raise AssertionError(f"delivery never {state}: {db.trainings.get(training_id).get('webhook_delivery')}")
 
 
 def test_a_delivery_is_retried_with_the_same_id_until_delivered_and_shown(tmp_path, receiver):
@@ -110,7 +110,7 @@ def test_a_delivery_is_retried_with_the_same_id_until_delivered_and_shown(tmp_pa
         time.sleep(0.3)
         assert len(receiver.received) == 5
         # Re-sent on request: a fresh series of attempts, the same id.
-        notifier.resend(db.get_training(doc["id"]))
+        notifier.resend(db.trainings.get(doc["id"]))
         _wait_state(db, doc["id"], "delivered")
         receiver.wait(6)
         assert len(receiver.received) == 6 and receiver.received[-1].headers["webhook-id"] == f"{doc['id']}-completed"

@@ -110,7 +110,7 @@ def record(api, training_id: str) -> dict:
 
     db = Database(api.config["database_url"])
     try:
-        return db.get_training(training_id)
+        return db.trainings.get(training_id)
     finally:
         db.close()
 
@@ -196,7 +196,7 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
     import replicate
     from PIL import Image
 
-    from builder.service.store.database import Database, Heartbeats
+    from builder.service.store.database import Database
 
     api, workers = cluster
     url = upload(api, photos_zip(tmp_path / "photos.zip"))
@@ -215,16 +215,16 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
     try:
         # The worker heartbeats as soon as the first prediction ends: loaded, and idle.
         warm = wait_for(
-            lambda: [w["name"] for w in Heartbeats(db).live(20) if version in (w.get("loaded") or []) and not w.get("current")], 30, "the heartbeat"
+            lambda: [w["name"] for w in db.heartbeats.live(20) if version in (w.get("loaded") or []) and not w.get("current")], 30, "the heartbeat"
         )
         second = client.predictions.create(version=version, input=fast, wait=True)
         assert second.status == "succeeded" and "setup_time" not in second.metrics, second.metrics
-        assert db.get_prediction(second.id)["worker"] == warm[0] == db.get_prediction(first.id)["worker"]
+        assert db.predictions.get(second.id)["worker"] == warm[0] == db.predictions.get(first.id)["worker"]
         # SIGTERM to the worker running a prediction (no grace here): handed back to the queue, the
         # other worker runs it to its end; nothing is lost.
         slow = client.predictions.create(version=version, input={**fast, "num_inference_steps": 60, "width": 128, "height": 128})
         running = wait_for(
-            lambda: (db.get_prediction(slow.id) or {}).get("worker") if db.get_prediction(slow.id)["status"] == "processing" else None,
+            lambda: (db.predictions.get(slow.id) or {}).get("worker") if db.predictions.get(slow.id)["status"] == "processing" else None,
             60,
             "the slow prediction to run",
         )
@@ -232,7 +232,7 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
         stopped.stop()
         assert f"prediction {slow.id} handed back by the shutdown" in stopped.log()
         slow.wait()
-        assert slow.status == "succeeded" and db.get_prediction(slow.id)["worker"] != running, slow.error
+        assert slow.status == "succeeded" and db.predictions.get(slow.id)["worker"] != running, slow.error
     finally:
         db.close()
         for worker in workers:
@@ -259,7 +259,7 @@ def test_a_training_recorded_by_an_api_that_died_before_queuing_it_still_runs(cl
     )
     doc["cancel_requested"] = True  # it need not train to show it is picked up: it ends canceled, with its webhook
     db = Database(api.config["database_url"])
-    db.create_training(doc)
+    db.trainings.create(doc)
     db.close()
     done = api.wait(doc["id"], timeout=120)
     assert done["status"] == "canceled"

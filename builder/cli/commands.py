@@ -169,11 +169,11 @@ def workers(
 ) -> None:
     """List the live workers: their GPU, trainer versions and current trainings."""
     from builder.service.config import load_config
-    from builder.service.store.database import Database, Heartbeats
+    from builder.service.store.database import Database
     from builder.service.workers.jobs import STALLED_SECONDS
 
     settings = load_config(config)
-    live = Heartbeats(Database(settings.database)).live(within=STALLED_SECONDS)
+    live = Database(settings.database).heartbeats.live(within=STALLED_SECONDS)
     if as_json:
         print(json.dumps(live, indent=2))
         return

@@ -132,7 +132,7 @@ class QueueDispatcher:
         """Queue the predictions that waited for this training (where their version is warm)."""
         from builder.service.workers.jobs import defer_prediction
 
-        for doc in self.db.predictions_waiting_for(training_id):
+        for doc in self.db.predictions.waiting_for(training_id):
             defer_prediction(self.app, doc, self.db)
 
     def start(self) -> None:

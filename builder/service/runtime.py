@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from builder.service.config import ServiceConfig
 from builder.service.predictions.model_servers import ModelServers
 from builder.service.predictions.predictor import Predictor
-from builder.service.store.database import Database, Leases
+from builder.service.store.database import Database
 from builder.service.store.files import FileStore
 from builder.service.trainings.pipeline import Pipeline
 from builder.service.trainings.schemas import TrainerSchemas
@@ -45,7 +45,7 @@ def build_runtime(
     notifier = Notifier(config, db, schedule)
     schemas = TrainerSchemas(config, db)
     servers = ModelServers(
-        config.builder_settings(), config.max_loaded_models, gpu, runner=config.model_runner, pools=config.model_urls, leases=Leases(db)
+        config.builder_settings(), config.max_loaded_models, gpu, runner=config.model_runner, pools=config.model_urls, leases=db.leases
     )
     return Runtime(
         notifier=notifier,

@@ -38,7 +38,7 @@ class Service:
         self.db = Database(config.database)
         # For Cog servers started by others (cog-http runner): one upload URL for all trainings,
         # which coglet's X-Prediction-Id header tells apart.
-        self.upload_secret = self.db.setting("upload_secret", lambda: secrets.token_urlsafe(24))
+        self.upload_secret = self.db.settings.get("upload_secret", lambda: secrets.token_urlsafe(24))
         (config.data_dir / "cog-upload-url").write_text(self.cog_upload_url + "\n")
         self.queue = None  # the queue of external workers
         if config.workers == "external":
@@ -62,7 +62,7 @@ class Service:
 
     def template_schema(self, template_version: str) -> dict | None:
         """A template's Cog schema (its versions'), once a build has published it."""
-        published = self.db.setting(f"model_schema/{template_version.removeprefix('sha256:')}", str)
+        published = self.db.settings.get(f"model_schema/{template_version.removeprefix('sha256:')}", str)
         return json.loads(published)["schema"] if published else None
 
     def start(self) -> None:
@@ -101,7 +101,7 @@ class Service:
 
     def training_for(self, training_id: str, owners: list[str]) -> TrainingRecord:
         """The training, if these owners may see it (else 404: others' trainings do not exist)."""
-        doc = self.db.get_training(training_id)
+        doc = self.db.trainings.get(training_id)
         if doc is None or not self.may_use(owners, doc["owner"]):
             raise fail(404, f"training {training_id} not found")
         return doc
@@ -111,7 +111,7 @@ class Service:
         upload made by a token whose owners these cover (another owner's upload is not there)."""
         tail = url.removeprefix(self.config.base_url + "/v1/uploads/")
         upload_id, _, name = tail.partition("/")
-        doc = self.db.get_upload(upload_id)
+        doc = self.db.uploads.get(upload_id)
         if not doc or doc["name"] != name or not Path(doc["path"]).is_file():
             return None
         if owners is not None and not all(self.may_use(owners, owner) for owner in doc.get("owners") or [doc["owner"]]):

@@ -58,7 +58,7 @@ async def create_file(service: ServiceDep, token_owners: Owners, request: Reques
 
 @router.get("/v1/files", summary="List your files, newest first")
 def list_files(service: ServiceDep, token_owners: Owners) -> dict:
-    found = service.db.list_files(None if ALL_OWNERS in token_owners else token_owners)
+    found = service.db.files.recent(None if ALL_OWNERS in token_owners else token_owners)
     return {"previous": None, "next": None, "results": [public_file(service.files, doc) for doc in found]}
 
 

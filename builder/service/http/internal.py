@@ -47,7 +47,7 @@ router = APIRouter(include_in_schema=False)
 
 
 def _training_for(service: Service, secret: str, training_id: str) -> TrainingRecord:
-    doc = service.db.get_training(training_id)
+    doc = service.db.trainings.get(training_id)
     if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret):
         raise fail(404, "not found")
     return doc
@@ -60,7 +60,7 @@ async def _receive_output(service: Service, training_id: str, filename: str, req
     folder.mkdir(parents=True, exist_ok=True)
     await stream_to(request, folder / filename, service.config.max_output_bytes, None)
     if filename == "output.zip":  # complete: the pipeline builds from it
-        await _through_outage(service.db.update_training, training_id, weights=filename)
+        await _through_outage(service.db.trainings.update, training_id, weights=filename)
     location = f"{service.config.base_url}/v1/trainings/{training_id}/weights"
     return JSONResponse({}, status_code=201, headers={"Location": location})
 
@@ -71,7 +71,7 @@ async def receive_shared_output(service: ServiceDep, secret: str, filename: str,
     if not secrets.compare_digest(secret, service.upload_secret):
         raise fail(404, "not found")
     training_id = request.headers.get("x-prediction-id", "")
-    doc = service.db.get_training(training_id)
+    doc = service.db.trainings.get(training_id)
     entry = service.config.trainers.get(doc["trainer_version"]) if doc else None
     # Only a training that a cog-http trainer is running now, and only once: whoever holds
     # this URL cannot replace another training's finished output.
@@ -131,7 +131,7 @@ def send_input(service: ServiceDep, secret: str, training_id: str, folder: str, 
 @router.put("/internal/{secret}/predictions/{prediction_id}/outputs/{filename}", status_code=201)
 async def receive_prediction_output(service: ServiceDep, secret: str, prediction_id: str, filename: str, request: Request) -> dict:
     """An output file of a prediction a worker runs, stored as a file of the prediction's owner."""
-    doc = service.db.get_prediction(prediction_id)
+    doc = service.db.predictions.get(prediction_id)
     if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret) or doc["status"] != Status.PROCESSING:
         raise fail(404, "not found")
     if not FILENAME.fullmatch(filename):
@@ -154,12 +154,12 @@ async def receive_prediction_output(service: ServiceDep, secret: str, prediction
 async def cog_prediction_update(service: ServiceDep, secret: str, prediction_id: str, request: Request) -> dict:
     """Cog's webhook for a prediction a worker runs: its logs (its end comes back to the worker
     on the prediction's own request)."""
-    doc = service.db.get_prediction(prediction_id)
+    doc = service.db.predictions.get(prediction_id)
     if doc is None or not secrets.compare_digest(doc.get("secret", ""), secret) or doc["status"] != Status.PROCESSING:
         raise fail(404, "not found")
     body = await request.json()
     # Only while it runs: a late webhook must not overwrite the logs its end recorded.
-    service.db.update_prediction(prediction_id, if_status=Status.PROCESSING, logs=body.get("logs") or "")
+    service.db.predictions.update(prediction_id, if_status=Status.PROCESSING, logs=body.get("logs") or "")
     service.predictor.notify(prediction_id)
     return {}
 
@@ -171,5 +171,5 @@ async def cog_update(service: ServiceDep, secret: str, training_id: str, request
     changes: dict[str, Any] = {"logs": body.get("logs") or ""}
     if body.get("status") in FINISHED:
         changes.update(cog_status=body["status"], cog_error=body.get("error"), cog_metrics=body.get("metrics") or {})
-    await _through_outage(service.db.update_training, training_id, **changes)
+    await _through_outage(service.db.trainings.update, training_id, **changes)
     return {}

@@ -23,8 +23,8 @@ router = APIRouter(tags=["models"], route_class=CheckedJSONRoute)
 def list_models(service: ServiceDep, token_owners: Owners) -> dict:
     owners_filter = None if ALL_OWNERS in token_owners else token_owners
     results = []
-    for owner, name in service.db.list_models(owners_filter):
-        latest = service.db.latest_version(owner, name)
+    for owner, name in service.db.versions.models(owners_filter):
+        latest = service.db.versions.latest(owner, name)
         results.append({"owner": owner, "name": name, "latest_version": public_version(latest) if latest else None})
     return {"previous": None, "next": None, "results": results}
 
@@ -38,13 +38,13 @@ def catalog(service: ServiceDep, token_owners: Owners) -> dict:
 def list_versions(service: ServiceDep, token_owners: Owners, owner: str, name: str) -> dict:
     if not service.may_use(token_owners, owner):
         raise fail(404, f"model {owner}/{name} not found")
-    return {"previous": None, "next": None, "results": service.db.list_versions(owner, name)}
+    return {"previous": None, "next": None, "results": service.db.versions.of_model(owner, name)}
 
 
 @router.get("/v1/models/{owner}/{name}/versions/{version_id}", summary="Get a built version")
 def get_version(service: ServiceDep, token_owners: Owners, owner: str, name: str, version_id: str) -> dict:
     digest = normalize_digest(version_id)
-    version = service.db.get_version(owner, name, digest) if digest else None
+    version = service.db.versions.get(owner, name, digest) if digest else None
     if version is None or not service.may_use(token_owners, owner):
         raise fail(404, f"version {version_id} of {owner}/{name} not found")
     return public_version(version)
@@ -55,14 +55,14 @@ def get_version(service: ServiceDep, token_owners: Owners, owner: str, name: str
 )
 def delete_version(service: ServiceDep, token_owners: Owners, owner: str, name: str, version_id: str) -> None:
     digest = normalize_digest(version_id)
-    if not digest or not service.may_use(token_owners, owner) or service.db.get_version(owner, name, digest) is None:
+    if not digest or not service.may_use(token_owners, owner) or service.db.versions.get(owner, name, digest) is None:
         raise fail(404, f"version {version_id} of {owner}/{name} not found")
-    service.db.delete_version(owner, name, digest)
+    service.db.versions.delete(owner, name, digest)
 
 
 @router.get("/v1/models/{owner}/{name}", summary="Get a model (with its latest version)")
 def get_model(service: ServiceDep, token_owners: Owners, owner: str, name: str) -> dict:
-    latest = service.db.latest_version(owner, name) if service.may_use(token_owners, owner) else None
+    latest = service.db.versions.latest(owner, name) if service.may_use(token_owners, owner) else None
     if latest is None:
         raise fail(404, f"model {owner}/{name} not found")
     return {
@@ -76,6 +76,6 @@ def get_model(service: ServiceDep, token_owners: Owners, owner: str, name: str) 
         "license_url": None,
         "cover_image_url": None,
         "default_example": None,
-        "run_count": sum(service.db.count_predictions(f"{owner}/{name}").values()),
+        "run_count": sum(service.db.predictions.count(f"{owner}/{name}").values()),
         "latest_version": public_version(latest),
     }

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from builder.service.http.deps import ServiceDep
 from builder.service.schema import STAGES, Stage
 from builder.service.state import Service
-from builder.service.store.database import DatabaseUnavailable, Deliveries, Heartbeats
+from builder.service.store.database import DatabaseUnavailable
 from builder.service.trainings.record import stage_seconds
 
 BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200)
@@ -78,7 +78,7 @@ class _Collector:
 
         db = self.service.db
         trainings = GaugeMetricFamily("dreambuild_trainings", "Trainings by status.", labels=["status"])
-        for status, count in sorted(db.count_trainings().items()):
+        for status, count in sorted(db.trainings.count().items()):
             trainings.add_metric([status], count)
         yield trainings
 
@@ -89,11 +89,11 @@ class _Collector:
             for queue, count in sorted(queue_depths(self.service.config).items()):
                 depth.add_metric([queue], count)
         else:  # the embedded worker's queue: trainings not yet started
-            depth.add_metric(["embedded"], sum(1 for d in db.unfinished_trainings() if d["stage"] == Stage.QUEUED))
+            depth.add_metric(["embedded"], sum(1 for d in db.trainings.unfinished() if d["stage"] == Stage.QUEUED))
         yield depth
 
         durations = HistogramMetricFamily("dreambuild_stage_seconds", f"Stage durations of the newest {RECENT} trainings.", labels=["stage"])
-        page, _ = db.list_trainings(None, limit=RECENT)
+        page, _ = db.trainings.page(None, limit=RECENT)
         for stage in STAGES[:-1]:
             values = [s[stage] for s in (stage_seconds(d) for d in page) if stage in s]
             buckets = [(str(b), sum(1 for v in values if v <= b)) for b in BUCKETS] + [("+Inf", len(values))]
@@ -101,14 +101,14 @@ class _Collector:
         yield durations
 
         deliveries = CounterMetricFamily("dreambuild_webhook_deliveries", "Webhook deliveries by outcome.", labels=["outcome"])
-        for outcome, count in sorted(Deliveries(db).count().items()):
+        for outcome, count in sorted(db.deliveries.count().items()):
             deliveries.add_metric([outcome], count)
         yield deliveries
 
         from builder.service.workers.jobs import STALLED_SECONDS
 
         seen = GaugeMetricFamily("dreambuild_workers", "Workers seen in the last 20 s.", labels=["role"])
-        live = Heartbeats(db).live(within=STALLED_SECONDS)
+        live = db.heartbeats.live(within=STALLED_SECONDS)
         for role in ("train", "build", "webhooks"):
             seen.add_metric([role], sum(1 for w in live if role in w["roles"]))
         yield seen

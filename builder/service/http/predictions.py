@@ -109,13 +109,13 @@ def _find_version(service: Service, reference: str, token_owners: list[str]) -> 
             raise unknown
         owner, name = model.split("/")
         if not version_id:
-            found = service.db.latest_version(owner, name)
+            found = service.db.versions.latest(owner, name)
         else:
             digest = normalize_digest(version_id)
-            found = service.db.get_version(owner, name, digest) if digest else None
+            found = service.db.versions.get(owner, name, digest) if digest else None
     else:
         digest = normalize_digest(reference)
-        visible = [v for v in service.db.versions_with_id(digest) if service.may_use(token_owners, v["model"].split("/")[0])] if digest else []
+        visible = [v for v in service.db.versions.with_id(digest) if service.may_use(token_owners, v["model"].split("/")[0])] if digest else []
         if len({v["model"] for v in visible}) > 1:  # images built before they named their model
             raise fail(
                 422,
@@ -169,13 +169,13 @@ def _record(service: Service, version_ref: str | None, training_id: str | None, 
     if (version_ref is None) == (training_id is None):
         raise fail(422, "name either a version or a training")
     if training_id is not None:
-        training = service.db.get_training(training_id)
+        training = service.db.trainings.get(training_id)
         if training is None or not service.may_use(token_owners, training["owner"]):
             raise fail(422, f"training {training_id!r} not found")
         why = waiting_on({"training_id": training_id}, training)
         if why not in (None, "wait"):
             raise fail(422, f"cannot run on {why}")
-        version = service.db.get_version(*training["model"].split("/"), training["version"]) if why is None else None
+        version = service.db.versions.get(*training["model"].split("/"), training["version"]) if why is None else None
         schema = (version or {}).get("openapi_schema") or service.template_schema(training["template_version"])
         model, version_id = training["model"], (version or {}).get("id")
     else:
@@ -193,7 +193,7 @@ def _record(service: Service, version_ref: str | None, training_id: str | None, 
         events=events,
         cancel_after=cancel_after,
     )
-    service.db.create_prediction(doc)
+    service.db.predictions.create(doc)
     service.dispatch.submit_prediction(doc)
     return doc
 
@@ -215,13 +215,13 @@ async def _create(
 
         service.predictor.on_finish(doc["id"], wake)
         try:
-            doc = await run_in_threadpool(service.db.get_prediction, doc["id"])
+            doc = await run_in_threadpool(service.db.predictions.get, doc["id"])
             if doc["status"] not in FINISHED:
                 try:
                     await asyncio.wait_for(ended.wait(), seconds)
                 except TimeoutError:
                     pass
-                doc = await run_in_threadpool(service.db.get_prediction, doc["id"])
+                doc = await run_in_threadpool(service.db.predictions.get, doc["id"])
         finally:
             service.predictor.forget(doc["id"], wake)
     elif seconds:
@@ -229,7 +229,7 @@ async def _create(
         while doc["status"] not in FINISHED and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(pause)
             pause = min(0.25, pause * 1.5)  # often at first: most predictions are short
-            doc = await run_in_threadpool(service.db.get_prediction, doc["id"])
+            doc = await run_in_threadpool(service.db.predictions.get, doc["id"])
     if seconds and doc["status"] not in FINISHED:
         # What Replicate answers when the wait runs out: the clients then poll.
         doc = {**doc, "status": Status.STARTING}
@@ -249,7 +249,7 @@ async def create_model_prediction(
 
 
 def _prediction_for(service: Service, prediction_id: str, token_owners: list[str]) -> dict:
-    doc = service.db.get_prediction(prediction_id)
+    doc = service.db.predictions.get(prediction_id)
     if doc is None or not service.may_use(token_owners, doc["owner"]):
         raise fail(404, f"prediction {prediction_id} not found")
     return doc
@@ -266,7 +266,7 @@ def list_predictions(
 ) -> dict:
     limit = max(1, min(limit, 100))
     owners_filter = None if ALL_OWNERS in token_owners else token_owners
-    page, after = service.db.list_predictions(owners_filter, model=model, status=status, before=cursor, limit=limit)
+    page, after = service.db.predictions.page(owners_filter, model=model, status=status, before=cursor, limit=limit)
     query = "".join(f"&{k}={v}" for k, v in (("model", model), ("status", status)) if v)
     next_url = f"{service.config.base_url}/v1/predictions?cursor={after}&limit={limit}{query}" if after else None
     return {"previous": None, "next": next_url, "results": [service.predictor.public(d) for d in page]}
@@ -279,5 +279,5 @@ def cancel_prediction(service: ServiceDep, token_owners: Owners, prediction_id: 
         changes: dict = {"cancel_requested": True}
         if doc["status"] == Status.STARTING and not doc.get("version"):  # waiting for its training: nothing runs
             changes.update(status=Status.CANCELED, completed_at=now_iso())
-        doc = service.db.update_prediction(prediction_id, **changes)
+        doc = service.db.predictions.update(prediction_id, **changes)
     return service.predictor.public(doc)

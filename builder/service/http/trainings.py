@@ -214,7 +214,7 @@ def _file_as_upload(service: Service, doc: dict, owners: list[str]) -> str:
         os.link(doc["path"], folder / name)
     except OSError:  # another filesystem
         shutil.copyfile(doc["path"], folder / name)
-    service.db.add_upload(
+    service.db.uploads.add(
         {
             "id": upload_id,
             "owner": doc["owner"],
@@ -252,7 +252,7 @@ async def _training_stream(service: Service, training_id: str, request: Request)
     last, quiet_since = None, time.monotonic()
     while not await request.is_disconnected():
         try:
-            doc = await asyncio.to_thread(service.db.get_training, training_id)
+            doc = await asyncio.to_thread(service.db.trainings.get, training_id)
         except DatabaseUnavailable as exc:  # a restart: the stream waits it out
             yield f"event: unavailable\ndata: {json.dumps(str(exc))}\n\n"
             await asyncio.sleep(2)
@@ -277,7 +277,7 @@ router = APIRouter(tags=["trainings"], route_class=CheckedJSONRoute)
 @router.post("/v1/trainings", status_code=201, summary="Create a training (the seed's payload)")
 def create_training(service: ServiceDep, token_owners: Owners, body: TrainingRequest, request: Request) -> dict:
     doc = _record(service.config, validate(service, body, token_owners))
-    service.db.create_training(doc)
+    service.db.trainings.create(doc)
     service.dispatch.submit_training(doc)
     return public_training(doc, service.config.base_url)
 
@@ -293,7 +293,7 @@ def create_replicate_training(
     seed = TrainingRequest(input=body.input, trainer_version=version_id, model=body.destination, webhook_completed=body.webhook)
     doc = _record(service.config, validate(service, seed, token_owners), events=body.webhook_events_filter or [WebhookEvent.COMPLETED])
     doc.update(api="replicate", trainer_model=f"{owner}/{name}")
-    service.db.create_training(doc)
+    service.db.trainings.create(doc)
     service.dispatch.submit_training(doc)
     return public_training(doc, service.config.base_url)
 
@@ -307,7 +307,7 @@ def get_training(service: ServiceDep, token_owners: Owners, training_id: str) ->
 def list_trainings(service: ServiceDep, token_owners: Owners, cursor: Cursor = None, limit: Limit = 50) -> dict:
     limit = max(1, min(limit, 100))
     owners_filter = None if ALL_OWNERS in token_owners else token_owners
-    page, after = service.db.list_trainings(owners_filter, before=cursor, limit=limit)
+    page, after = service.db.trainings.page(owners_filter, before=cursor, limit=limit)
     next_url = f"{service.config.base_url}/v1/trainings?cursor={after}&limit={limit}" if after else None
     return {"previous": None, "next": next_url, "results": [public_training(d, service.config.base_url) for d in page]}
 
@@ -319,7 +319,7 @@ def cancel_training(service: ServiceDep, token_owners: Owners, training_id: str)
         changes: dict = {"cancel_requested": True}
         if doc["stage"] == Stage.QUEUED:  # nothing runs yet: canceled now (the worker still sends its webhook)
             changes.update(status=Status.CANCELED, error="canceled", completed_at=now_iso())
-        doc = service.db.update_training(training_id, **changes)
+        doc = service.db.trainings.update(training_id, **changes)
     return public_training(doc, service.config.base_url)
 
 
@@ -332,7 +332,7 @@ def resend_webhook(service: ServiceDep, token_owners: Owners, training_id: str) 
         raise fail(
             409, f"training {training_id} has no completed webhook to send (it named no webhook_completed, or filtered the completed event out)"
         )
-    return public_training(service.db.get_training(training_id), service.config.base_url)
+    return public_training(service.db.trainings.get(training_id), service.config.base_url)
 
 
 @router.get("/v1/trainings/{training_id}/weights", summary="Download the training's output.zip")
@@ -388,7 +388,7 @@ def delete_training(service: ServiceDep, token_owners: Owners, training_id: str)
     if doc["status"] not in FINISHED or doc["stage"] != Stage.DONE:
         raise fail(409, f"training {training_id} has not ended: cancel it first")
     delete_training_files(service.config, service.db, doc)
-    service.db.delete_training(training_id)
+    service.db.trainings.delete(training_id)
 
 
 @router.get(

@@ -26,7 +26,7 @@ async def upload(service: ServiceDep, token_owners: Owners, filename: str, reque
     folder = service.config.data_dir / "uploads" / upload_id
     folder.mkdir(parents=True)
     size = await stream_to(request, folder / filename, service.config.max_upload_bytes, folder)
-    service.db.add_upload(
+    service.db.uploads.add(
         {
             "id": upload_id,
             "owner": token_owners[0],
@@ -42,7 +42,7 @@ async def upload(service: ServiceDep, token_owners: Owners, filename: str, reque
 
 @router.delete("/v1/uploads/{upload_id}", status_code=204, summary="Delete an upload (its file and record)")
 def delete_upload_route(service: ServiceDep, token_owners: Owners, upload_id: str) -> None:
-    doc = service.db.get_upload(upload_id)
+    doc = service.db.uploads.get(upload_id)
     if doc is None or not all(service.may_use(token_owners, o) for o in doc.get("owners") or [doc["owner"]]):
         raise fail(404, f"upload {upload_id} not found")
     delete_upload(service.config, service.db, upload_id)

@@ -26,11 +26,11 @@ def _secret_owner(service: Service, token_owners: list[str], owner: str | None) 
 
 @router.get("/v1/webhooks/default/secret", summary="The owner's webhook signing secret")
 def webhook_secret(service: ServiceDep, token_owners: Owners, owner: str | None = None) -> dict:
-    return {"key": service.db.setting(secret_setting(_secret_owner(service, token_owners, owner)), new_secret)}
+    return {"key": service.db.settings.get(secret_setting(_secret_owner(service, token_owners, owner)), new_secret)}
 
 
 @router.post("/v1/webhooks/default/secret/rotate", summary="Replace the owner's webhook signing secret")
 def rotate_webhook_secret(service: ServiceDep, token_owners: Owners, owner: str | None = None) -> dict:
     key = new_secret()
-    service.db.set_setting(secret_setting(_secret_owner(service, token_owners, owner)), key)
+    service.db.settings.set(secret_setting(_secret_owner(service, token_owners, owner)), key)
     return {"key": key}

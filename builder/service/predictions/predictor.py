@@ -118,7 +118,7 @@ class Predictor:
         worker)."""
         if self.stopping:
             return "again"
-        doc = self.db.get_prediction(prediction_id)
+        doc = self.db.predictions.get(prediction_id)
         if doc is None or doc["status"] in FINISHED:
             return None
         try:
@@ -127,7 +127,7 @@ class Predictor:
                 return "wait"
             doc = self._predict(doc)
         except Interrupted:
-            self.db.update_prediction(prediction_id, status=Status.STARTING, started_at=None, worker=None, logs="")
+            self.db.predictions.update(prediction_id, status=Status.STARTING, started_at=None, worker=None, logs="")
             log.warning(
                 "prediction %s handed back by the shutdown (not done after shutdown_grace_seconds=%g): it runs again from its inputs",
                 prediction_id,
@@ -160,7 +160,7 @@ class Predictor:
     def _finish(self, prediction_id: str, status: Status, error: str | None, **changes) -> PredictionRecord:
         # Errors are the user's to read: no path of this machine (temporary inputs, the layer cache, the model's files).
         error = without_host_paths(error) if error else error
-        doc = self.db.update_prediction(prediction_id, status=status, error=error, completed_at=now_iso(), **changes)
+        doc = self.db.predictions.update(prediction_id, status=status, error=error, completed_at=now_iso(), **changes)
         with self._guard:
             waiting = self._ended.pop(prediction_id, [])
         for wake in waiting:
@@ -190,17 +190,17 @@ class Predictor:
         self._check_cancel(doc)
         if doc.get("version"):
             return doc
-        training = self.db.get_training(doc["training_id"])
+        training = self.db.trainings.get(doc["training_id"])
         why = waiting_on(doc, training)
         if why == "wait":
             return None
         if why:
             raise PredictionFailed(why)
-        return self.db.update_prediction(doc["id"], version=training["version"], model=training["model"])
+        return self.db.predictions.update(doc["id"], version=training["version"], model=training["model"])
 
     def _predict(self, doc: PredictionRecord) -> PredictionRecord:
         owner, name = doc["model"].split("/")
-        version = self.db.get_version(owner, name, doc["version"])
+        version = self.db.versions.get(owner, name, doc["version"])
         if version is None:
             raise PredictionFailed(f"version {doc['version']} of {doc['model']} no longer exists")
         queued = time.time() - doc["created"]
@@ -212,7 +212,7 @@ class Predictor:
             raise PredictionFailed(f"model version {version['id']} could not start: {exc}") from None
         broken = False
         try:
-            doc = self.db.update_prediction(doc["id"], status=Status.PROCESSING, started_at=now_iso(), worker=self.worker)
+            doc = self.db.predictions.update(doc["id"], status=Status.PROCESSING, started_at=now_iso(), worker=self.worker)
             self._check_cancel(doc)
             self._event(doc, WebhookEvent.START)
             with tempfile.TemporaryDirectory(prefix="dreambuild-inputs-") as scratch:
@@ -245,7 +245,7 @@ class Predictor:
         if result.get("status") == Status.CANCELED:
             raise Canceled
         if result.get("status") != Status.SUCCEEDED:
-            self.db.update_prediction(doc["id"], logs=logs, metrics=metrics)
+            self.db.predictions.update(doc["id"], logs=logs, metrics=metrics)
             raise PredictionFailed(f"the model failed: {prediction_error(result.get('error'))}")
         output = self._store_outputs(doc, result.get("output"))
         doc = self._finish(doc["id"], Status.SUCCEEDED, None, output=output, logs=logs, metrics=metrics)
@@ -291,7 +291,7 @@ class Predictor:
             wait = min(POLL, wait * 1.5)
             if "result" in ended:
                 result = ended["result"]
-                logs = result.get("logs") or (self.db.get_prediction(doc["id"]) or doc).get("logs") or ""
+                logs = result.get("logs") or (self.db.predictions.get(doc["id"]) or doc).get("logs") or ""
                 return {**result, "logs": logs}
             if "error" in ended:
                 if not model.server.alive():
@@ -299,7 +299,7 @@ class Predictor:
                 if isinstance(ended["error"], CogError):  # refused the input, or unreachable
                     raise ended["error"]
                 raise ModelCrashed(f"the model's Cog server lost the prediction: {ended['error']}")
-            current = self.db.get_prediction(doc["id"]) or doc
+            current = self.db.predictions.get(doc["id"]) or doc
             if current.get("logs") != sent_logs and time.monotonic() - last_sent >= LOGS_INTERVAL:
                 # Best effort, one attempt each: the next one carries the logs again.
                 sent_logs, last_sent = current.get("logs"), time.monotonic()
@@ -437,14 +437,14 @@ class PredictionPool:
 
     def resume(self) -> list[str]:
         """Predictions left unfinished by the last process: run (or wait) again."""
-        ids = [doc["id"] for doc in self.predictor.db.unfinished_predictions()]
+        ids = [doc["id"] for doc in self.predictor.db.predictions.unfinished()]
         for prediction_id in ids:
             self.submit(prediction_id)
         return ids
 
     def training_ended(self, training_id: str) -> None:
         """Run the predictions that waited for this training."""
-        for doc in self.predictor.db.predictions_waiting_for(training_id):
+        for doc in self.predictor.db.predictions.waiting_for(training_id):
             self.submit(doc["id"])
 
     def shutdown(self) -> None:

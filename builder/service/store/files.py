@@ -63,7 +63,7 @@ class FileStore:
 
     def __init__(self, config: ServiceConfig, db: Database) -> None:
         self.config, self.db = config, db
-        self._secret = db.setting("file_url_secret", lambda: secrets.token_urlsafe(32)).encode()
+        self._secret = db.settings.get("file_url_secret", lambda: secrets.token_urlsafe(32)).encode()
 
     def add(
         self, owner: str, name: str, content_type: str, write, *, metadata: dict | None = None, prediction_id: str | None = None
@@ -77,7 +77,7 @@ class FileStore:
         try:  # a file is kept only with its record: a failed write or insert leaves nothing behind
             with open(path, "wb") as handle:
                 write(_Hashing(handle, digest))
-            return self.db.add_file(
+            return self.db.files.add(
                 {
                     "id": file_id,
                     "owner": owner,
@@ -102,14 +102,14 @@ class FileStore:
 
     def get(self, file_id: str, owners: list[str] | None = None) -> dict[str, Any] | None:
         """The file's record if it exists (and, with ``owners``, if they may see it)."""
-        doc = self.db.get_file(file_id) if FILENAME.fullmatch(file_id or "") else None
+        doc = self.db.files.get(file_id) if FILENAME.fullmatch(file_id or "") else None
         if doc is None or (owners is not None and ALL_OWNERS not in owners and doc["owner"] not in owners):
             return None
         return doc
 
     def delete(self, doc: dict[str, Any]) -> None:
         shutil.rmtree(Path(doc["path"]).parent, ignore_errors=True)
-        self.db.delete_file(doc["id"])
+        self.db.files.delete(doc["id"])
 
     def api_url(self, file_id: str) -> str:
         """The file's URL in the API (``urls.get``): what a prediction's input names."""
@@ -130,7 +130,7 @@ class FileStore:
     def signed_url(self, file_id: str, seconds: float | None = None) -> str:
         """A download URL that works without a token until it expires."""
         expires = int(time.time() + (seconds or self.config.file_url_seconds))
-        doc = self.db.get_file(file_id)
+        doc = self.db.files.get(file_id)
         name = doc["name"] if doc else "file"
         return f"{self.config.base_url}/v1/files/{file_id}/download/{name}?expires={expires}&signature={self._signature(file_id, expires)}"
 

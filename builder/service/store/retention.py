@@ -30,13 +30,13 @@ ORPHAN_SECONDS = 3600  # a folder younger than this may be a request still writi
 def delete_upload(config: ServiceConfig, db: Database, upload_id: str) -> None:
     """The upload's file, then its record (a crash between leaves a record whose file is gone: a 404)."""
     shutil.rmtree(config.data_dir / "uploads" / upload_id, ignore_errors=True)
-    db.delete_upload(upload_id)
+    db.uploads.delete(upload_id)
 
 
 def delete_training_files(config: ServiceConfig, db: Database, doc: TrainingRecord) -> TrainingRecord:
     """A finished training's files (output.zip); its record says when they went."""
     shutil.rmtree(config.files / doc["id"], ignore_errors=True)
-    return db.update_training(doc["id"], weights=None, files_deleted_at=now_iso())
+    return db.trainings.update(doc["id"], weights=None, files_deleted_at=now_iso())
 
 
 def _older(stamp: str | None, hours: float | None, now: datetime) -> bool:
@@ -48,12 +48,12 @@ def _older(stamp: str | None, hours: float | None, now: datetime) -> bool:
 def sweep(config: ServiceConfig, db: Database, now: datetime | None = None) -> dict[str, int]:
     """Delete what has expired; return how many uploads and trainings' files went."""
     now = now or datetime.now(timezone.utc)
-    uploads = [u for u in db.list_uploads() if _older(u.get("created_at"), config.upload_expiry_hours, now)]
+    uploads = [u for u in db.uploads.all() if _older(u.get("created_at"), config.upload_expiry_hours, now)]
     for upload in uploads:
         delete_upload(config, db, upload["id"])
     outputs = [
         d
-        for d in db.finished_trainings()
+        for d in db.trainings.finished()
         if d["status"] in FINISHED
         and d.get("stage") == Stage.DONE
         and not d.get("files_deleted_at")
@@ -61,16 +61,16 @@ def sweep(config: ServiceConfig, db: Database, now: datetime | None = None) -> d
     ]
     for doc in outputs:
         delete_training_files(config, db, doc)
-    expired = db.files_before((now - timedelta(hours=config.file_expiry_hours)).timestamp()) if config.file_expiry_hours is not None else []
+    expired = db.files.before((now - timedelta(hours=config.file_expiry_hours)).timestamp()) if config.file_expiry_hours is not None else []
     for doc in expired:
         shutil.rmtree(Path(doc["path"]).parent, ignore_errors=True)
-        db.delete_file(doc["id"])
+        db.files.delete(doc["id"])
         if doc.get("prediction_id"):
             try:
-                db.update_prediction(doc["prediction_id"], data_removed=True, output=None)
+                db.predictions.update(doc["prediction_id"], data_removed=True, output=None)
             except KeyError:
                 pass
-    orphans = _orphans(config.data_dir / "uploads", db.get_upload, now) + _orphans(config.data_dir / "prediction-files", db.get_file, now)
+    orphans = _orphans(config.data_dir / "uploads", db.uploads.get, now) + _orphans(config.data_dir / "prediction-files", db.files.get, now)
     for folder in orphans:
         shutil.rmtree(folder, ignore_errors=True)
     if uploads or outputs or expired or orphans:

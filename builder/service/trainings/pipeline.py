@@ -29,7 +29,7 @@ from builder.egress import fetch
 from builder.image.build import Reporter, build_image, model_ref
 from builder.service.config import ServiceConfig
 from builder.service.schema import FINISHED, Stage, Status
-from builder.service.store.database import Database, DatabaseUnavailable, Leases
+from builder.service.store.database import Database, DatabaseUnavailable
 from builder.service.store.files import FILENAME
 from builder.service.trainings.record import TrainingRecord, now_iso
 from builder.service.trainings.runners import TRAINER, clear_stale, start_run
@@ -79,7 +79,7 @@ class Pipeline:
     ) -> None:
         self.config, self.db, self.schemas, self.notifier = config, db, schemas, notifier
         self.local_files, self.gpu, self.worker = local_files, gpu, worker
-        self.leases = Leases(db)
+        self.leases = db.leases
         self.stopping = threading.Event()  # set at shutdown: running trainings stop and keep their stage
         # Called when a training has ended: predictions queued on it are run (or failed).
         self.on_training_end: Callable[[str], None] = lambda training_id: None
@@ -95,7 +95,7 @@ class Pipeline:
     def advance(self, training_id: str) -> Stage | None:
         """Run the stage the training is at; return the stage to run next (``building``), or
         None when nothing is left to run (done, or stopped by a shutdown: resumed where it is)."""
-        doc = self.db.get_training(training_id)
+        doc = self.db.trainings.get(training_id)
         if doc is None or doc["stage"] == Stage.DONE:
             return None
         try:
@@ -109,7 +109,7 @@ class Pipeline:
             log.warning(
                 "training %s stopped by the shutdown at stage %s; it resumes there at the next start (or on another worker)",
                 training_id,
-                self.db.get_training(training_id)["stage"],
+                self.db.trainings.get(training_id)["stage"],
             )
             return None
         except DatabaseUnavailable as exc:  # not the training's fault: it is queued again once the database is back
@@ -139,7 +139,7 @@ class Pipeline:
             self._check_stopping()
             if time.monotonic() - checked >= 1.0:  # the database at most once a second
                 checked = time.monotonic()
-                doc = self.db.get_training(training_id)
+                doc = self.db.trainings.get(training_id)
                 if doc is None or doc.get("cancel_requested"):
                     raise Canceled
 
@@ -149,14 +149,14 @@ class Pipeline:
         self.leases.release(training_id)
         # Errors are the user's to read: no path of this machine (the trainer's work directory, its temporary files).
         error = without_host_paths(error) if error else error
-        return self.db.update_training(training_id, status=status, error=error, stage=Stage.WEBHOOK, completed_at=now_iso())
+        return self.db.trainings.update(training_id, status=status, error=error, stage=Stage.WEBHOOK, completed_at=now_iso())
 
     def _complete(self, doc: TrainingRecord) -> None:
         """The training has ended: its completed webhook is recorded (and sent by its own job)."""
         # The trainer's copy of output.zip, its Cog project and the build context: kept elsewhere or done with.
         shutil.rmtree(self.config.data_dir / "work" / doc["id"], ignore_errors=True)
         self.notifier.event(doc, "completed")
-        self.db.update_training(doc["id"], stage=Stage.DONE)
+        self.db.trainings.update(doc["id"], stage=Stage.DONE)
         self.on_training_end(doc["id"])  # predictions queued on it run (or fail) now
 
     def _lease(self, entry, doc: TrainingRecord) -> tuple[str | None, float]:
@@ -169,7 +169,7 @@ class Pipeline:
             url = self.leases.acquire(entry.pool, doc["id"])
             if url or not entry.pool:
                 return url, round(time.monotonic() - started, 3)
-            if self.db.get_training(doc["id"]).get("cancel_requested"):
+            if self.db.trainings.get(doc["id"]).get("cancel_requested"):
                 raise Canceled
             self._check_stopping()
             time.sleep(POLL * 3)
@@ -181,7 +181,7 @@ class Pipeline:
         clear_stale(entry, doc["id"], doc.get("runner_pid"), doc.get("runner_host"))
         url, server_wait = self._lease(entry, doc)
         workdir = self.config.data_dir / "work" / doc["id"]
-        doc = self.db.update_training(
+        doc = self.db.trainings.update(
             doc["id"],
             stage=Stage.TRAINING,
             status=Status.PROCESSING,
@@ -212,7 +212,7 @@ class Pipeline:
             raise
         try:
             if run.pid:
-                self.db.update_training(doc["id"], runner_pid=run.pid, runner_host=socket.gethostname())
+                self.db.trainings.update(doc["id"], runner_pid=run.pid, runner_host=socket.gethostname())
             doc = self._watch(doc, entry, run, started)
         finally:
             run.stop()
@@ -228,7 +228,7 @@ class Pipeline:
             raise TrainerFailed("the trainer finished without uploading output.zip")
         predict_time = (doc.get("cog_metrics") or {}).get("predict_time") or round(time.monotonic() - started, 3)
         metrics = {"predict_time": predict_time, **({"trainer_wait_time": server_wait} if server_wait >= 1 else {})}
-        return self.db.update_training(doc["id"], stage=Stage.BUILDING, metrics=metrics, runner_pid=None)
+        return self.db.trainings.update(doc["id"], stage=Stage.BUILDING, metrics=metrics, runner_pid=None)
 
     def _watch(self, doc: TrainingRecord, entry, run, started: float) -> TrainingRecord:  # noqa: C901
         """Follow the trainer's prediction to its end: logs webhooks, cancel, shutdown, deadline
@@ -239,7 +239,7 @@ class Pipeline:
         down_since = None
         while True:
             try:
-                doc = self.db.get_training(doc["id"])
+                doc = self.db.trainings.get(doc["id"])
                 down_since = None
             except DatabaseUnavailable:  # a database restart does not end a training that runs on
                 down_since = down_since or time.monotonic()
@@ -325,7 +325,7 @@ class Pipeline:
         settings = self.config.builder_settings()
 
         def step(message: str) -> None:
-            if self.db.update_training(doc["id"], logs_append=f"build: {message}\n").get("cancel_requested"):
+            if self.db.trainings.update(doc["id"], logs_append=f"build: {message}\n").get("cancel_requested"):
                 raise Canceled  # between build steps; a version is recorded only after the build
             self._check_stopping()
 
@@ -345,7 +345,7 @@ class Pipeline:
         except DreambuildError as exc:  # predictions then leave input checks to the model's Cog server
             log.warning("training %s: the version's schema cannot be read: %s", doc["id"], exc)
             schema, cog_version = None, ""
-        self.db.add_version(
+        self.db.versions.add(
             owner,
             name,
             {
@@ -361,7 +361,7 @@ class Pipeline:
                 "cog_version": cog_version,
             },
         )
-        doc = self.db.update_training(
+        doc = self.db.trainings.update(
             doc["id"], stage=Stage.WEBHOOK, status=Status.SUCCEEDED, version=result.digest, image=result.image, completed_at=now_iso()
         )
         self.notifier.event(doc, "output")
@@ -434,7 +434,7 @@ class TrainingPool:
 
     def resume(self) -> list[str]:
         """Submit every unfinished training (after a restart); return their ids."""
-        ids = [doc["id"] for doc in self.pipeline.db.unfinished_trainings()]
+        ids = [doc["id"] for doc in self.pipeline.db.trainings.unfinished()]
         for training_id in ids:
             self.submit(training_id)
         return ids

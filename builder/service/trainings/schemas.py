@@ -71,7 +71,7 @@ class TrainerSchemas:
         """Published in the database, else cached on disk, else read (then published and cached)."""
         entry = self.config.trainers[version]
         key = f"trainer_schema/{version.removeprefix('sha256:')}"
-        published = self.db.setting(key, str) if self.db is not None else ""
+        published = self.db.settings.get(key, str) if self.db is not None else ""
         cached = self.config.data_dir / "schemas" / f"{version.removeprefix('sha256:')}.json"
         schema = json.loads(published) if published else None
         if schema is None:
@@ -87,7 +87,7 @@ class TrainerSchemas:
         if not isinstance(input_schema(schema), dict):
             raise SchemaUnavailable(f"trainer version {version} ({entry.name}) has a Cog schema without an Input")
         if self.db is not None and not published:  # for API replicas and workers that cannot read it themselves
-            self.db.set_setting(key, json.dumps(schema))
+            self.db.settings.set(key, json.dumps(schema))
         if not cached.is_file():
             _write_whole(cached, schema)
         return schema
@@ -157,7 +157,7 @@ def model_schema(image: str, settings, db: Database | None = None) -> tuple[dict
     digest = normalize_digest(image.rsplit("@", 1)[-1]) if "@" in image else None
     resolved = None if digest else resolve_image(image, settings, what="model image")
     key = f"model_schema/{(digest or resolved.manifest.digest).removeprefix('sha256:')}"
-    published = db.setting(key, str) if db is not None else ""
+    published = db.settings.get(key, str) if db is not None else ""
     if published:
         found = json.loads(published)
         return found["schema"], found["cog_version"]
@@ -180,7 +180,7 @@ def model_schema(image: str, settings, db: Database | None = None) -> tuple[dict
             schema = json.loads(write_schema(Path(project), predict=entry, code_root=unpacked.src).read_text())
         cog_version = cog_version or str((cog.get("build") or {}).get("sdk_version") or "")
     if db is not None:
-        db.set_setting(key, json.dumps({"schema": schema, "cog_version": cog_version}))
+        db.settings.set(key, json.dumps({"schema": schema, "cog_version": cog_version}))
     return schema, cog_version
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 from builder.service.config import ServiceConfig
 from builder.service.schema import DeliveryState, WebhookEvent
-from builder.service.store.database import Database, Deliveries
+from builder.service.store.database import Database
 from builder.service.trainings.record import TrainingRecord, now_iso, public_training
 from builder.service.webhooks.attempt import attempt, backoff, new_secret, secret_setting
 
@@ -35,7 +35,7 @@ class Notifier:
 
     def __init__(self, config: ServiceConfig, db: Database, schedule: Schedule) -> None:
         self.config, self.db, self.schedule = config, db, schedule
-        self.deliveries = Deliveries(db)
+        self.deliveries = db.deliveries
 
     def event(self, doc: TrainingRecord, event: str, webhook_id: str | None = None) -> dict | None:
         """Record and schedule ``event`` of the training, when it asked for that event."""
@@ -83,7 +83,7 @@ class Notifier:
         delivery = self.deliveries.get(delivery_id)
         if delivery is None or delivery["status"] != DeliveryState.PENDING:
             return delivery  # delivered, given up, or deleted with its training: a late job does nothing
-        secret = self.db.setting(secret_setting(delivery["owner"]), new_secret)  # the secret of now (rotations apply)
+        secret = self.db.settings.get(secret_setting(delivery["owner"]), new_secret)  # the secret of now (rotations apply)
         result = attempt(delivery["url"], delivery["payload"], secret=secret, webhook_id=delivery["id"], policy=self.config.egress)
         now = time.time()
         first = delivery.get("first_attempt_at") or now
@@ -115,7 +115,7 @@ class Notifier:
         return delivery
 
     def _show(self, delivery: dict) -> None:
-        update = self.db.update_prediction if delivery.get("kind") == "prediction" else self.db.update_training
+        update = self.db.predictions.update if delivery.get("kind") == "prediction" else self.db.trainings.update
         try:
             update(delivery["training_id"], webhook_delivery=outcome(delivery))
         except KeyError:

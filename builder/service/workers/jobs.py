@@ -111,7 +111,7 @@ async def advance(context, training_id: str) -> None:
     state = _state(context)
     with state.running(context, training_id):
         following = await in_thread(state.runtime.pipeline.advance, training_id)
-    doc = state.runtime.pipeline.db.get_training(training_id)
+    doc = state.runtime.pipeline.db.trainings.get(training_id)
     if doc is not None and (following or (state.runtime.pipeline.stopping.is_set() and doc["stage"] != Stage.DONE)):
         await defer_stage_async(context.app, doc)  # next stage, or the same one elsewhere (this worker is stopping)
 
@@ -135,9 +135,8 @@ async def recover(context, timestamp: int) -> None:
     procrastinate worker went silent while the dreambuild worker running it still beats (and
     lists the job) is not dead: a database outage made procrastinate stop that worker, but the
     job's thread ran on, and running it a second time would kill its trainer."""
-    from builder.service.store.database import Heartbeats
 
-    live = await in_thread(Heartbeats(_state(context).runtime.pipeline.db).live, STALLED_SECONDS)
+    live = await in_thread(_state(context).runtime.pipeline.db.heartbeats.live, STALLED_SECONDS)
     running = {job for worker in live for job in worker.get("jobs", [])}
     for job in await context.app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_SECONDS):
         if str(job.id) in running:
@@ -199,7 +198,6 @@ async def defer_stage_async(app, doc: dict) -> None:
 def prediction_queue(db, doc: dict) -> str:
     """The queue of a worker that has the version loaded and is idle, else the shared one: a warm
     model answers without setup (Replicate routes to warm models too)."""
-    from builder.service.store.database import Heartbeats
 
     if doc.get("version"):
         from sqlalchemy import text
@@ -212,7 +210,7 @@ def prediction_queue(db, doc: dict) -> str:
                     {"q": PREDICT + "-%"},
                 )
             }
-        for worker in Heartbeats(db).live(STALLED_SECONDS / 2):
+        for worker in db.heartbeats.live(STALLED_SECONDS / 2):
             queue = worker_predict_queue(worker["name"])
             if doc["version"] in (worker.get("loaded") or []) and not worker.get("current") and queue not in waiting:
                 return queue
@@ -246,7 +244,7 @@ async def reconcile_jobs(app, state: JobState) -> None:
     rows = await app.connector.execute_query_all_async("SELECT lock FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock IS NOT NULL")
     locked = {row["lock"] for row in rows}
     now = time.time()
-    for doc in await in_thread(db.unfinished_trainings):
+    for doc in await in_thread(db.trainings.unfinished):
         if f"training:{doc['id']}" in locked or (doc["status"] in FINISHED and doc["stage"] == Stage.DONE):
             continue
         if now - min((doc.get("stage_started") or {}).values(), default=now) < ORPHAN_SECONDS:
@@ -266,15 +264,14 @@ async def _reconcile_predictions(app, db) -> None:
     """Queue unfinished predictions that have no job (and are not waiting for a training), and
     move jobs waiting in the own queue of a worker that is gone to the shared queue."""
     from builder.service.predictions.predictor import waiting_on
-    from builder.service.store.database import Heartbeats
 
-    live = {w["name"] for w in await in_thread(Heartbeats(db).live, STALLED_SECONDS)}
+    live = {w["name"] for w in await in_thread(db.heartbeats.live, STALLED_SECONDS)}
     rows = await app.connector.execute_query_all_async(
         "SELECT id, lock, queue_name, status FROM procrastinate_jobs WHERE status IN ('todo', 'doing') AND lock LIKE 'prediction:%%'"
     )
     jobs = {row["lock"]: row for row in rows}
     now = time.time()
-    for doc in await in_thread(db.unfinished_predictions):
+    for doc in await in_thread(db.predictions.unfinished):
         job = jobs.get(f"prediction:{doc['id']}")
         orphaned = (
             job is not None
@@ -287,7 +284,7 @@ async def _reconcile_predictions(app, db) -> None:
             log.warning("prediction %s waited for a worker that is gone: queued for any worker", doc["id"])
         elif job is not None or now - doc.get("created", now) < ORPHAN_SECONDS:
             continue
-        if not doc.get("version") and waiting_on(doc, await in_thread(db.get_training, doc["training_id"])) == "wait":
+        if not doc.get("version") and waiting_on(doc, await in_thread(db.trainings.get, doc["training_id"])) == "wait":
             continue
         await defer_prediction_async(app, {"id": doc["id"]})
 
@@ -296,10 +293,10 @@ def apply_schema(config: ServiceConfig) -> None:
     """Create procrastinate's tables in the database once (under the migration lock)."""
     import psycopg
 
-    from builder.service.store.database import _LOCK_KEY
+    from builder.service.store.database import LOCK_KEY
 
     with psycopg.connect(conninfo(config.database_url), autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
             exists = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()[0]
             if not exists:
@@ -309,7 +306,7 @@ def apply_schema(config: ServiceConfig) -> None:
                 with app.open():
                     app.schema_manager.apply_schema()
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
 
 
 def queue_depths(config: ServiceConfig) -> dict[str, int]:

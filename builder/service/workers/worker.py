@@ -21,7 +21,7 @@ import uuid
 from builder.service.config import ServiceConfig
 from builder.service.dispatch import QueueDispatcher
 from builder.service.runtime import build_runtime
-from builder.service.store.database import Database, DatabaseUnavailable, Heartbeats
+from builder.service.store.database import Database, DatabaseUnavailable
 from builder.service.workers.jobs import (
     BUILD,
     HEARTBEAT_SECONDS,
@@ -125,7 +125,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
             except DreambuildError as exc:
                 log.warning("trainer version %s: %s", version, exc)
     worker_id = uuid.uuid4().hex[:12]
-    workers = Heartbeats(db)
+    workers = db.heartbeats
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

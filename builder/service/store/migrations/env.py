@@ -3,7 +3,7 @@ hands over (never from alembic.ini: the service owns its URL)."""
 
 from alembic import context
 
-from builder.service.store.database import metadata
+from builder.service.store.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=connection.dialect.name == "sqlite")
