@@ -849,6 +849,27 @@ def test_the_api_docs_render_offline_in_a_browser(tmp_path, service):
     assert "/v1/trainings" in dom and "Unable to render this definition" not in dom
 
 
+def test_the_api_docs_show_every_public_answer_s_shape(service):
+    """Every public operation documents what it answers: a named JSON shape (Training,
+    Prediction, Page of …), a file's bytes, an event stream or nothing (204) — never an empty
+    schema; the shapes name their Enum values."""
+    spec = httpx.get(f"{service.url}/openapi.json").json()
+    untyped = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            code, answer = next((c, a) for c, a in operation["responses"].items() if c.startswith("2"))
+            content = answer.get("content", {})
+            if code == "204" or path.endswith("/events") or "application/octet-stream" in content:
+                continue
+            if "$ref" not in content.get("application/json", {}).get("schema", {}):
+                untyped.append(f"{method.upper()} {path}")
+    assert not untyped, untyped
+    shapes = spec["components"]["schemas"]
+    assert {"Training", "Prediction", "Version", "Model", "File", "Upload", "Catalog", "Page_Training_"} <= set(shapes)
+    assert shapes["Status"]["enum"] == ["starting", "processing", "succeeded", "failed", "canceled"]
+    assert {"status", "urls", "output", "webhook_delivery"} <= set(shapes["Training"]["required"])
+
+
 def test_values_no_store_keeps_are_refused_at_entry_and_nothing_is_stored(tmp_path, service, receiver):
     """NaN, Infinity and NUL characters (PostgreSQL refuses them; a Cog server refuses non-finite
     numbers after acceptance), paging parameters out of range, a Cancel-After past any use: a 422

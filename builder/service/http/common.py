@@ -22,6 +22,14 @@ from builder.service.store.files import FILENAME
 Cursor = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="From a previous page's next.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Results per page.")]
 
+# A route that answers with a file's bytes, as /docs should show it (not as JSON).
+FILE_ANSWER: dict = {
+    "response_class": Response,
+    "responses": {
+        200: {"description": "The file's bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+}
+
 
 def fail(status: int, detail: str) -> HTTPException:
     """An HTTP error whose ``detail`` names the problem for the user."""

@@ -12,14 +12,15 @@ from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from builder.service.config import ALL_OWNERS
-from builder.service.http.common import CheckedJSONRoute, fail, unstorable, user_content_headers
+from builder.service.http.common import FILE_ANSWER, CheckedJSONRoute, fail, unstorable, user_content_headers
 from builder.service.http.deps import Owners, ServiceDep
+from builder.service.schema import File, Page
 from builder.service.store.files import CHUNK, public_file, safe_name
 
 router = APIRouter(tags=["files"], route_class=CheckedJSONRoute)
 
 
-@router.post("/v1/files", status_code=201, summary="Upload a file for a prediction's input (multipart: content)")
+@router.post("/v1/files", status_code=201, summary="Upload a file for a prediction's input (multipart: content)", response_model=File)
 async def create_file(service: ServiceDep, token_owners: Owners, request: Request) -> dict:
     # The JavaScript client sends metadata as a second file part (a JSON blob); Python's as a field.
     form = await request.form(max_files=2, max_fields=8)
@@ -56,13 +57,13 @@ async def create_file(service: ServiceDep, token_owners: Owners, request: Reques
     return public_file(service.files, doc)
 
 
-@router.get("/v1/files", summary="List your files, newest first")
+@router.get("/v1/files", summary="List your files, newest first", response_model=Page[File])
 def list_files(service: ServiceDep, token_owners: Owners) -> dict:
     found = service.db.files.recent(None if ALL_OWNERS in token_owners else token_owners)
     return {"previous": None, "next": None, "results": [public_file(service.files, doc) for doc in found]}
 
 
-@router.get("/v1/files/{file_id}", summary="Get a file's record")
+@router.get("/v1/files/{file_id}", summary="Get a file's record", response_model=File)
 def get_file(service: ServiceDep, token_owners: Owners, file_id: str) -> dict:
     doc = service.files.get(file_id, token_owners)
     if doc is None:
@@ -78,7 +79,7 @@ def delete_file(service: ServiceDep, token_owners: Owners, file_id: str) -> None
     service.files.delete(doc)
 
 
-@router.get("/v1/files/{file_id}/download/{name}", summary="Download a file (signed, expiring URL: no token)")
+@router.get("/v1/files/{file_id}/download/{name}", summary="Download a file (signed, expiring URL: no token)", **FILE_ANSWER)
 def download(service: ServiceDep, file_id: str, name: str, expires: str = "", signature: str = "") -> FileResponse:
     doc = service.files.get(file_id)
     if doc is None or doc["name"] != name or not service.files.check_signature(file_id, expires, signature):

@@ -9,17 +9,23 @@ from builder.oci.references import normalize_digest
 from builder.service.config import ALL_OWNERS, catalog_listing
 from builder.service.http.common import CheckedJSONRoute, fail
 from builder.service.http.deps import Owners, ServiceDep
+from builder.service.schema import Catalog, Model, ModelSummary, Page, Version
 
 
 def public_version(doc: dict) -> dict:
     """A version as Replicate's clients read it (``openapi_schema`` and ``cog_version`` required)."""
-    return {**doc, "openapi_schema": doc.get("openapi_schema") or {}, "cog_version": doc.get("cog_version") or ""}
+    known = ("model", "image", "notes", "training_id", "trainer_version", "template_version", "created_at")
+    return (
+        {"id": doc["id"]}
+        | {key: doc.get(key) for key in known}
+        | {"openapi_schema": doc.get("openapi_schema") or {}, "cog_version": doc.get("cog_version") or ""}
+    )
 
 
 router = APIRouter(tags=["models"], route_class=CheckedJSONRoute)
 
 
-@router.get("/v1/models", summary="List your models (those with a built version), the most recently built first")
+@router.get("/v1/models", summary="List your models (those with a built version), the most recently built first", response_model=Page[ModelSummary])
 def list_models(service: ServiceDep, token_owners: Owners) -> dict:
     owners_filter = None if ALL_OWNERS in token_owners else token_owners
     results = []
@@ -29,19 +35,19 @@ def list_models(service: ServiceDep, token_owners: Owners) -> dict:
     return {"previous": None, "next": None, "results": results}
 
 
-@router.get("/v1/catalog", summary="The trainers and templates a training may name (versions and names)")
+@router.get("/v1/catalog", summary="The trainers and templates a training may name (versions and names)", response_model=Catalog)
 def catalog(service: ServiceDep, token_owners: Owners) -> dict:
     return catalog_listing(service.config)
 
 
-@router.get("/v1/models/{owner}/{name}/versions", summary="List a model's built versions")
+@router.get("/v1/models/{owner}/{name}/versions", summary="List a model's built versions", response_model=Page[Version])
 def list_versions(service: ServiceDep, token_owners: Owners, owner: str, name: str) -> dict:
     if not service.may_use(token_owners, owner):
         raise fail(404, f"model {owner}/{name} not found")
-    return {"previous": None, "next": None, "results": service.db.versions.of_model(owner, name)}
+    return {"previous": None, "next": None, "results": [public_version(v) for v in service.db.versions.of_model(owner, name)]}
 
 
-@router.get("/v1/models/{owner}/{name}/versions/{version_id}", summary="Get a built version")
+@router.get("/v1/models/{owner}/{name}/versions/{version_id}", summary="Get a built version", response_model=Version)
 def get_version(service: ServiceDep, token_owners: Owners, owner: str, name: str, version_id: str) -> dict:
     digest = normalize_digest(version_id)
     version = service.db.versions.get(owner, name, digest) if digest else None
@@ -60,7 +66,7 @@ def delete_version(service: ServiceDep, token_owners: Owners, owner: str, name: 
     service.db.versions.delete(owner, name, digest)
 
 
-@router.get("/v1/models/{owner}/{name}", summary="Get a model (with its latest version)")
+@router.get("/v1/models/{owner}/{name}", summary="Get a model (with its latest version)", response_model=Model)
 def get_model(service: ServiceDep, token_owners: Owners, owner: str, name: str) -> dict:
     latest = service.db.versions.latest(owner, name) if service.may_use(token_owners, owner) else None
     if latest is None:

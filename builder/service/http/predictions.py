@@ -25,7 +25,7 @@ from builder.service.http.common import CheckedJSONRoute, Cursor, Limit, check_h
 from builder.service.http.deps import Owners, ServiceDep
 from builder.service.predictions.predictor import waiting_on
 from builder.service.predictions.record import new_prediction
-from builder.service.schema import FINISHED, Status, WebhookEvent
+from builder.service.schema import FINISHED, Page, Prediction, Status, WebhookEvent
 from builder.service.state import Service
 from builder.service.trainings.record import now_iso
 from builder.service.trainings.schemas import file_inputs, input_problems
@@ -236,12 +236,14 @@ async def _create(
     return service.predictor.public(doc)
 
 
-@router.post("/v1/predictions", status_code=201, summary="Create a prediction (Replicate's route)")
+@router.post("/v1/predictions", status_code=201, summary="Create a prediction (Replicate's route)", response_model=Prediction)
 async def create_prediction(service: ServiceDep, token_owners: Owners, body: PredictionRequest, request: Request, wait: int | None = None) -> dict:
     return await _create(service, body.version, body.training, body, request, token_owners, wait)
 
 
-@router.post("/v1/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction on a model's latest version")
+@router.post(
+    "/v1/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction on a model's latest version", response_model=Prediction
+)
 async def create_model_prediction(
     service: ServiceDep, token_owners: Owners, owner: str, name: str, body: ModelPredictionRequest, request: Request, wait: int | None = None
 ) -> dict:
@@ -255,12 +257,12 @@ def _prediction_for(service: Service, prediction_id: str, token_owners: list[str
     return doc
 
 
-@router.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
+@router.get("/v1/predictions/{prediction_id}", summary="Get a prediction", response_model=Prediction)
 def get_prediction(service: ServiceDep, token_owners: Owners, prediction_id: str) -> dict:
     return service.predictor.public(_prediction_for(service, prediction_id, token_owners))
 
 
-@router.get("/v1/predictions", summary="List predictions, newest first (filter: model=owner/name, status)")
+@router.get("/v1/predictions", summary="List predictions, newest first (filter: model=owner/name, status)", response_model=Page[Prediction])
 def list_predictions(
     service: ServiceDep, token_owners: Owners, cursor: Cursor = None, limit: Limit = 50, model: str | None = None, status: Status | None = None
 ) -> dict:
@@ -272,7 +274,7 @@ def list_predictions(
     return {"previous": None, "next": next_url, "results": [service.predictor.public(d) for d in page]}
 
 
-@router.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
+@router.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction", response_model=Prediction)
 def cancel_prediction(service: ServiceDep, token_owners: Owners, prediction_id: str) -> dict:
     doc = _prediction_for(service, prediction_id, token_owners)
     if doc["status"] not in FINISHED:

@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from builder.oci.references import is_model_name
 from builder.service.config import ALL_OWNERS
-from builder.service.http.common import CheckedJSONRoute, Cursor, Limit, check_http_url, check_reachable, fail, user_content_headers
+from builder.service.http.common import FILE_ANSWER, CheckedJSONRoute, Cursor, Limit, check_http_url, check_reachable, fail, user_content_headers
 from builder.service.http.deps import Owners, ServiceDep
-from builder.service.schema import FINISHED, UNFINISHED, Stage, Status, WebhookEvent
+from builder.service.schema import FINISHED, UNFINISHED, Page, Stage, Status, Training, TrainingImages, WebhookEvent
 from builder.service.state import Service
 from builder.service.store.database import DatabaseUnavailable
 from builder.service.store.files import FILENAME
@@ -274,7 +274,7 @@ async def _training_stream(service: Service, training_id: str, request: Request)
 router = APIRouter(tags=["trainings"], route_class=CheckedJSONRoute)
 
 
-@router.post("/v1/trainings", status_code=201, summary="Create a training (the seed's payload)")
+@router.post("/v1/trainings", status_code=201, summary="Create a training (the seed's payload)", response_model=Training)
 def create_training(service: ServiceDep, token_owners: Owners, body: TrainingRequest, request: Request) -> dict:
     doc = _record(service.config, validate(service, body, token_owners))
     service.db.trainings.create(doc)
@@ -286,6 +286,7 @@ def create_training(service: ServiceDep, token_owners: Owners, body: TrainingReq
     "/v1/models/{owner}/{name}/versions/{version_id}/trainings",
     status_code=201,
     summary="Create a training (Replicate's route, as the replicate client calls it)",
+    response_model=Training,
 )
 def create_replicate_training(
     service: ServiceDep, token_owners: Owners, owner: str, name: str, version_id: str, body: ReplicateTrainingRequest
@@ -298,12 +299,12 @@ def create_replicate_training(
     return public_training(doc, service.config.base_url)
 
 
-@router.get("/v1/trainings/{training_id}", summary="Get a training")
+@router.get("/v1/trainings/{training_id}", summary="Get a training", response_model=Training)
 def get_training(service: ServiceDep, token_owners: Owners, training_id: str) -> dict:
     return public_training(service.training_for(training_id, token_owners), service.config.base_url)
 
 
-@router.get("/v1/trainings", summary="List trainings, newest first")
+@router.get("/v1/trainings", summary="List trainings, newest first", response_model=Page[Training])
 def list_trainings(service: ServiceDep, token_owners: Owners, cursor: Cursor = None, limit: Limit = 50) -> dict:
     limit = max(1, min(limit, 100))
     owners_filter = None if ALL_OWNERS in token_owners else token_owners
@@ -312,7 +313,7 @@ def list_trainings(service: ServiceDep, token_owners: Owners, cursor: Cursor = N
     return {"previous": None, "next": next_url, "results": [public_training(d, service.config.base_url) for d in page]}
 
 
-@router.post("/v1/trainings/{training_id}/cancel", summary="Cancel a training")
+@router.post("/v1/trainings/{training_id}/cancel", summary="Cancel a training", response_model=Training)
 def cancel_training(service: ServiceDep, token_owners: Owners, training_id: str) -> dict:
     doc = service.training_for(training_id, token_owners)
     if doc["status"] in UNFINISHED:
@@ -323,7 +324,7 @@ def cancel_training(service: ServiceDep, token_owners: Owners, training_id: str)
     return public_training(doc, service.config.base_url)
 
 
-@router.post("/v1/trainings/{training_id}/webhook", summary="Send the finished training's completed webhook again")
+@router.post("/v1/trainings/{training_id}/webhook", summary="Send the finished training's completed webhook again", response_model=Training)
 def resend_webhook(service: ServiceDep, token_owners: Owners, training_id: str) -> dict:
     doc = service.training_for(training_id, token_owners)
     if doc["stage"] != Stage.DONE:
@@ -335,7 +336,7 @@ def resend_webhook(service: ServiceDep, token_owners: Owners, training_id: str) 
     return public_training(service.db.trainings.get(training_id), service.config.base_url)
 
 
-@router.get("/v1/trainings/{training_id}/weights", summary="Download the training's output.zip")
+@router.get("/v1/trainings/{training_id}/weights", summary="Download the training's output.zip", **FILE_ANSWER)
 def training_weights(service: ServiceDep, token_owners: Owners, training_id: str) -> FileResponse:
     doc = service.training_for(training_id, token_owners)
     path = service.config.files / training_id / "output.zip"
@@ -356,6 +357,7 @@ def _images_zip(service: Service, doc: TrainingRecord, source: str, token_owners
 @router.get(
     "/v1/trainings/{training_id}/images/{source}",
     summary="List a training's images: its photos (instance_data uploaded here) or the samples in its output.zip",
+    response_model=TrainingImages,
 )
 def training_images(service: ServiceDep, token_owners: Owners, training_id: str, source: Literal["photos", "samples"]) -> dict:
     doc = service.training_for(training_id, token_owners)
@@ -368,7 +370,7 @@ def training_images(service: ServiceDep, token_owners: Owners, training_id: str,
     return {"images": [{"name": name.removeprefix(under), "url": base + quote(name.removeprefix(under))} for name in names]}
 
 
-@router.get("/v1/trainings/{training_id}/images/{source}/{name:path}", summary="One of a training's images (see the list)")
+@router.get("/v1/trainings/{training_id}/images/{source}/{name:path}", summary="One of a training's images (see the list)", **FILE_ANSWER)
 def training_image(service: ServiceDep, token_owners: Owners, training_id: str, source: Literal["photos", "samples"], name: str) -> Response:
     doc = service.training_for(training_id, token_owners)
     path, under = _images_zip(service, doc, source, token_owners)

@@ -9,8 +9,9 @@ import secrets
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from builder.service.http.common import CheckedJSONRoute, fail, stream_to, user_content_headers
+from builder.service.http.common import FILE_ANSWER, CheckedJSONRoute, fail, stream_to, user_content_headers
 from builder.service.http.deps import Owners, ServiceDep
+from builder.service.schema import Upload
 from builder.service.store.files import FILENAME
 from builder.service.store.retention import delete_upload
 from builder.service.trainings.record import now_iso
@@ -18,7 +19,7 @@ from builder.service.trainings.record import now_iso
 router = APIRouter(tags=["uploads"], route_class=CheckedJSONRoute)
 
 
-@router.post("/v1/uploads/{filename}", status_code=201, summary="Upload a file (instance data zip); returns its URL")
+@router.post("/v1/uploads/{filename}", status_code=201, summary="Upload a file (instance data zip); returns its URL", response_model=Upload)
 async def upload(service: ServiceDep, token_owners: Owners, filename: str, request: Request) -> dict:
     if not FILENAME.fullmatch(filename):
         raise fail(422, f"file name {filename!r} must be letters, digits, '.', '_' or '-'")
@@ -48,7 +49,7 @@ def delete_upload_route(service: ServiceDep, token_owners: Owners, upload_id: st
     delete_upload(service.config, service.db, upload_id)
 
 
-@router.get("/v1/uploads/{upload_id}/{filename}", summary="Download an upload (capability URL, no token)")
+@router.get("/v1/uploads/{upload_id}/{filename}", summary="Download an upload (capability URL, no token)", **FILE_ANSWER)
 def download(service: ServiceDep, upload_id: str, filename: str) -> FileResponse:
     path = service.upload_path(f"{service.config.base_url}/v1/uploads/{upload_id}/{filename}")
     if path is None:

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from builder.service.config import ALL_OWNERS
 from builder.service.http.common import CheckedJSONRoute, fail
 from builder.service.http.deps import Owners, ServiceDep
+from builder.service.schema import WebhookSecret
 from builder.service.state import Service
 from builder.service.webhooks.attempt import new_secret, secret_setting
 
@@ -24,12 +25,12 @@ def _secret_owner(service: Service, token_owners: list[str], owner: str | None) 
     return owner
 
 
-@router.get("/v1/webhooks/default/secret", summary="The owner's webhook signing secret")
+@router.get("/v1/webhooks/default/secret", summary="The owner's webhook signing secret", response_model=WebhookSecret)
 def webhook_secret(service: ServiceDep, token_owners: Owners, owner: str | None = None) -> dict:
     return {"key": service.db.settings.get(secret_setting(_secret_owner(service, token_owners, owner)), new_secret)}
 
 
-@router.post("/v1/webhooks/default/secret/rotate", summary="Replace the owner's webhook signing secret")
+@router.post("/v1/webhooks/default/secret/rotate", summary="Replace the owner's webhook signing secret", response_model=WebhookSecret)
 def rotate_webhook_secret(service: ServiceDep, token_owners: Owners, owner: str | None = None) -> dict:
     key = new_secret()
     service.db.settings.set(secret_setting(_secret_owner(service, token_owners, owner)), key)
