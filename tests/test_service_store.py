@@ -106,7 +106,7 @@ def test_migrations_match_the_tables_the_code_uses(database_target):
     store = Database(database_target)
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
 
 
 PRE_MIGRATION_SCHEMA = """
@@ -119,7 +119,8 @@ CREATE TABLE versions (owner TEXT NOT NULL, name TEXT NOT NULL, id TEXT NOT NULL
 CREATE TABLE uploads (id TEXT PRIMARY KEY, owner TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT INTO trainings (id, owner, status, doc)
-VALUES ('old', 'alice', 'succeeded', '{"id": "old", "owner": "alice", "status": "succeeded", "stage": "done"}');
+VALUES ('old', 'alice', 'succeeded', '{"id": "old", "owner": "alice", "status": "succeeded", "stage": "done",
+                                         "webhook_completed": "https://example.com/hook"}');
 INSERT INTO settings (key, value) VALUES ('webhook_secret/alice', 'whsec_kept');
 """
 
@@ -130,11 +131,13 @@ def test_a_database_made_before_migrations_is_adopted_with_its_data(tmp_path):
         conn.executescript(PRE_MIGRATION_SCHEMA)
     store = Database(path)
     assert store.trainings.get("old")["status"] == "succeeded"
+    assert store.trainings.get("old")["webhook"] == "https://example.com/hook"  # 0004: one name, as predictions'
+    assert "webhook_completed" not in store.trainings.get("old")
     assert store.settings.get("webhook_secret/alice", lambda: "new") == "whsec_kept"
     store.trainings.update("old", logs_append="more\n")  # the TEXT documents of then read and write as JSON
     assert store.trainings.get("old")["logs"] == "more\n"
     with store.engine.connect() as conn:  # and the later migrations ran
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
         assert conn.exec_driver_sql("SELECT count(*) FROM webhook_deliveries").scalar() == 0
 
 

@@ -44,7 +44,7 @@ class TrainingRecord(TypedDict):
     template_version: str  # a key of the template catalog
     template_image: NotRequired[str | None]  # that template, pinned, as the catalog named it at creation (what the build uses)
     notes: str | None
-    webhook_completed: str | None
+    webhook: str | None  # the request's webhook_completed (the seed's name) or webhook (Replicate's)
     webhook_events_filter: list[str]
     created_at: str
     logs: str
@@ -92,7 +92,7 @@ def new_training(
         "template_version": template_version,
         "template_image": template_image,
         "notes": notes,
-        "webhook_completed": webhook,
+        "webhook": webhook,
         "webhook_events_filter": events or [WebhookEvent.COMPLETED],
         "created_at": now_iso(),
         "logs": "",
@@ -123,7 +123,7 @@ def public_training(doc: TrainingRecord, base_url: str) -> dict:
         "notes": doc.get("notes"),
         "trainer_version": doc["trainer_version"],
         "template_version": doc["template_version"],
-        "webhook_completed": doc.get("webhook_completed"),
+        "webhook_completed": doc.get("webhook"),
         "created_at": doc["created_at"],
         "started_at": doc.get("started_at"),
         "completed_at": doc.get("completed_at"),

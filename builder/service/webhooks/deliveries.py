@@ -39,9 +39,9 @@ class Notifier:
 
     def event(self, doc: TrainingRecord, event: str, webhook_id: str | None = None) -> dict | None:
         """Record and schedule ``event`` of the training, when it asked for that event."""
-        if not self._wanted(doc.get("webhook_completed"), doc.get("webhook_events_filter") or [WebhookEvent.COMPLETED], event):
+        if not self._wanted(doc.get("webhook"), doc.get("webhook_events_filter") or [WebhookEvent.COMPLETED], event):
             return None
-        return self._record(doc, event, doc["webhook_completed"], public_training(doc, self.config.base_url), webhook_id)
+        return self._record(doc, event, doc["webhook"], public_training(doc, self.config.base_url), webhook_id)
 
     def prediction_event(self, doc: dict, event: str, payload: dict, webhook_id: str | None = None) -> dict | None:
         """Record and schedule ``event`` of a prediction (``payload``: the prediction as the API
@@ -133,7 +133,7 @@ class Notifier:
             status=DeliveryState.PENDING,
             attempts=0,
             first_attempt_at=None,
-            url=doc.get("webhook_completed") or delivery["url"],
+            url=doc.get("webhook") or delivery["url"],
         )
         self._show(delivery)
         self.schedule(delivery["id"], time.time())
