@@ -13,24 +13,20 @@ import os
 import secrets
 from pathlib import Path
 
-from fastapi import Request
-
 from builder.service.config import ALL_OWNERS, ServiceConfig
 from builder.service.dispatch import Dispatcher, EmbeddedDispatcher, QueueDispatcher
-from builder.service.http.common import fail
 from builder.service.runtime import build_runtime
 from builder.service.store.database import Database
 from builder.service.store.files import FileStore
 from builder.service.store.retention import Sweeper
-from builder.service.trainings.record import TrainingRecord
 from dreambuild.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
 class Service:
-    """Shared state of one running service: configuration, database, secrets, the worker, and
-    who a request's token lets it see."""
+    """Shared state of one running service: configuration, database, secrets, the dispatcher and
+    runtime, and who a token acts for (the HTTP edge answers 401/404 from these)."""
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
@@ -83,28 +79,18 @@ class Service:
         """The ``--upload-url`` for Cog servers of cog-http trainers."""
         return f"{self.config.internal_base_url}/internal/{self.upload_secret}/files/"
 
-    def owners(self, request: Request) -> list[str]:
-        """The owners the request's API token may act for (401 without a known token)."""
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+    def token_owners(self, authorization: str) -> list[str] | None:
+        """The owners an ``Authorization`` header's API token may act for; None for no known token."""
+        scheme, _, token = authorization.partition(" ")
         given, found = token.strip().encode(), None
         for known, owners in self.tokens:  # every token compared, each in constant time
             if hmac.compare_digest(known, given):
                 found = owners
-        if scheme.lower() not in ("bearer", "token") or found is None:
-            raise fail(401, "missing or unknown API token: send Authorization: Bearer <token>")
-        return found
+        return found if scheme.lower() in ("bearer", "token") else None
 
     @staticmethod
     def may_use(owners: list[str], owner: str) -> bool:
         return ALL_OWNERS in owners or owner in owners
-
-    def training_for(self, training_id: str, owners: list[str]) -> TrainingRecord:
-        """The training, if these owners may see it (else 404: others' trainings do not exist)."""
-        doc = self.db.trainings.get(training_id)
-        if doc is None or not self.may_use(owners, doc["owner"]):
-            raise fail(404, f"training {training_id} not found")
-        return doc
 
     def upload_path(self, url: str, owners: list[str] | None = None) -> Path | None:
         """The file behind an upload URL of this service, or None; with ``owners``, only an

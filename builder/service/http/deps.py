@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from builder.service.http.common import fail
 from builder.service.state import Service
 
 
@@ -24,7 +25,10 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 
 def token_owners(request: Request, service: ServiceDep) -> list[str]:
     """The owners the request's token acts for (a token may use only its owners' resources)."""
-    return service.owners(request)
+    owners = service.token_owners(request.headers.get("authorization", ""))
+    if owners is None:
+        raise fail(401, "missing or unknown API token: send Authorization: Bearer <token>")
+    return owners
 
 
 Owners = Annotated[list[str], Depends(token_owners)]

@@ -271,6 +271,14 @@ async def _training_stream(service: Service, training_id: str, request: Request)
         await asyncio.sleep(EVENTS_POLL_SECONDS)
 
 
+def training_for(service: Service, training_id: str, owners: list[str]) -> TrainingRecord:
+    """The training, if these owners may see it (else 404: others' trainings do not exist)."""
+    doc = service.db.trainings.get(training_id)
+    if doc is None or not service.may_use(owners, doc["owner"]):
+        raise fail(404, f"training {training_id} not found")
+    return doc
+
+
 router = APIRouter(tags=["trainings"], route_class=CheckedJSONRoute)
 
 
@@ -301,7 +309,7 @@ def create_replicate_training(
 
 @router.get("/v1/trainings/{training_id}", summary="Get a training", response_model=Training)
 def get_training(service: ServiceDep, token_owners: Owners, training_id: str) -> dict:
-    return public_training(service.training_for(training_id, token_owners), service.config.base_url)
+    return public_training(training_for(service, training_id, token_owners), service.config.base_url)
 
 
 @router.get("/v1/trainings", summary="List trainings, newest first", response_model=Page[Training])
@@ -315,7 +323,7 @@ def list_trainings(service: ServiceDep, token_owners: Owners, cursor: Cursor = N
 
 @router.post("/v1/trainings/{training_id}/cancel", summary="Cancel a training", response_model=Training)
 def cancel_training(service: ServiceDep, token_owners: Owners, training_id: str) -> dict:
-    doc = service.training_for(training_id, token_owners)
+    doc = training_for(service, training_id, token_owners)
     if doc["status"] in UNFINISHED:
         changes: dict = {"cancel_requested": True}
         if doc["stage"] == Stage.QUEUED:  # nothing runs yet: canceled now (the worker still sends its webhook)
@@ -326,7 +334,7 @@ def cancel_training(service: ServiceDep, token_owners: Owners, training_id: str)
 
 @router.post("/v1/trainings/{training_id}/webhook", summary="Send the finished training's completed webhook again", response_model=Training)
 def resend_webhook(service: ServiceDep, token_owners: Owners, training_id: str) -> dict:
-    doc = service.training_for(training_id, token_owners)
+    doc = training_for(service, training_id, token_owners)
     if doc["stage"] != Stage.DONE:
         raise fail(409, f"training {training_id} has not ended: its completed webhook is not due yet")
     if service.notifier.resend(doc) is None:
@@ -338,7 +346,7 @@ def resend_webhook(service: ServiceDep, token_owners: Owners, training_id: str) 
 
 @router.get("/v1/trainings/{training_id}/weights", summary="Download the training's output.zip", **FILE_ANSWER)
 def training_weights(service: ServiceDep, token_owners: Owners, training_id: str) -> FileResponse:
-    doc = service.training_for(training_id, token_owners)
+    doc = training_for(service, training_id, token_owners)
     path = service.config.files / training_id / "output.zip"
     if not doc.get("weights") or not path.is_file():
         raise fail(404, f"training {training_id} has no weights")
@@ -360,7 +368,7 @@ def _images_zip(service: Service, doc: TrainingRecord, source: str, token_owners
     response_model=TrainingImages,
 )
 def training_images(service: ServiceDep, token_owners: Owners, training_id: str, source: Literal["photos", "samples"]) -> dict:
-    doc = service.training_for(training_id, token_owners)
+    doc = training_for(service, training_id, token_owners)
     path, under = _images_zip(service, doc, source, token_owners)
     try:
         names = zip_images(path, under) if path else []
@@ -372,7 +380,7 @@ def training_images(service: ServiceDep, token_owners: Owners, training_id: str,
 
 @router.get("/v1/trainings/{training_id}/images/{source}/{name:path}", summary="One of a training's images (see the list)", **FILE_ANSWER)
 def training_image(service: ServiceDep, token_owners: Owners, training_id: str, source: Literal["photos", "samples"], name: str) -> Response:
-    doc = service.training_for(training_id, token_owners)
+    doc = training_for(service, training_id, token_owners)
     path, under = _images_zip(service, doc, source, token_owners)
     try:
         data = read_image(path, under + name, under) if path else None
@@ -386,7 +394,7 @@ def training_image(service: ServiceDep, token_owners: Owners, training_id: str, 
 
 @router.delete("/v1/trainings/{training_id}", status_code=204, summary="Delete a finished training: its output.zip and its record")
 def delete_training(service: ServiceDep, token_owners: Owners, training_id: str) -> None:
-    doc = service.training_for(training_id, token_owners)
+    doc = training_for(service, training_id, token_owners)
     if doc["status"] not in FINISHED or doc["stage"] != Stage.DONE:
         raise fail(409, f"training {training_id} has not ended: cancel it first")
     delete_training_files(service.config, service.db, doc)
@@ -399,7 +407,7 @@ def delete_training(service: ServiceDep, token_owners: Owners, training_id: str)
     response_class=StreamingResponse,
 )
 async def training_events(service: ServiceDep, token_owners: Owners, training_id: str, request: Request) -> StreamingResponse:
-    service.training_for(training_id, token_owners)  # 404 for another owner's, before the stream starts
+    training_for(service, training_id, token_owners)  # 404 for another owner's, before the stream starts
     return StreamingResponse(
         _training_stream(service, training_id, request),
         media_type="text/event-stream",
