@@ -222,8 +222,9 @@ def flag_all_safety_checker(tmp_path_factory):
 TEMPLATE_CLASSES = {name: row.cog_class for name, row in CATALOG.items()}
 
 
-def start_template(tmp_path_factory, template, *, weights, controlnet=None, annotators=None, safety_checker=None, base=None):
-    """A template in the real Cog server; a missing path stands for weights not baked."""
+def start_template(tmp_path_factory, template, *, weights, controlnet=None, annotators=None, safety_checker=None, base=None, serve_base=False):
+    """A template in the real Cog server; a missing path stands for weights not baked;
+    ``serve_base``: its base loaded for LoRA versions named in each request's context."""
     project = tmp_path_factory.mktemp(f"template-{template}")
     missing = project / "not-baked"
     env = {
@@ -232,6 +233,7 @@ def start_template(tmp_path_factory, template, *, weights, controlnet=None, anno
         "DREAMBUILD_CONTROLNET": str(controlnet or missing),
         "DREAMBUILD_ANNOTATORS": str(annotators or missing),
         "DREAMBUILD_SAFETY_CHECKER": str(safety_checker or missing),
+        **({"DREAMBUILD_SERVE_BASE": "1"} if serve_base else {}),
     }
     return start_cog_server(f"templates/cog_models.py:{TEMPLATE_CLASSES[template]}", project, env=env)
 

@@ -748,7 +748,9 @@ def test_retention_routes_delete_uploads_trainings_and_versions(tmp_path, servic
 
 def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_factory, tmp_path, tiny_base, registry, templates, receiver):
     """lora_rank > 0 on a template whose catalog entry names the trainer's base: the adapters are
-    the model's one small layer, and the version runs through the predictions route."""
+    the model's one small layer, and the version runs through the predictions route — fast
+    booting: the first LoRA version starts the template's base server, and the next version of
+    that template (another model) runs on it at once, with no cold start, each its own images."""
     from dreambuild.layout import pipeline_digest
     from fixtures.services import buildah_template
 
@@ -772,15 +774,28 @@ def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_fa
         assert done["status"] == "succeeded", done["error"]
         raw = json.loads(skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{done['image']}"))
         assert raw["layers"][-1]["size"] < 300_000  # the adapters, not a pipeline
-        prediction = httpx.post(
-            f"{server.url}/v1/predictions",
-            headers={**ALICE, "Prefer": "wait=60"},
-            timeout=90,
-            json={"version": done["version"], "input": {"num_inference_steps": 2, "seed": 1, "disable_safety_check": True}},
-        )
-        body = prediction.json()
-        assert prediction.status_code == 201 and body["status"] == "succeeded", body
-        assert httpx.get(body["output"][0], headers=ALICE).content[:8] == b"\x89PNG\r\n\x1a\n"
+
+        def predict(version: str) -> tuple[dict, bytes]:
+            prediction = httpx.post(
+                f"{server.url}/v1/predictions",
+                headers={**ALICE, "Prefer": "wait=60"},
+                timeout=90,
+                json={"version": version, "input": {"num_inference_steps": 2, "seed": 1, "disable_safety_check": True}},
+            )
+            body = prediction.json()
+            assert prediction.status_code == 201 and body["status"] == "succeeded", body
+            return body["metrics"], httpx.get(body["output"][0], headers=ALICE).content
+
+        metrics, first = predict(done["version"])
+        assert first[:8] == b"\x89PNG\r\n\x1a\n" and "setup_time" in metrics  # the base server's cold start
+        request.update(model="alice/lora-two")
+        request["input"]["seed"] = 7
+        two = server.wait(httpx.post(f"{server.url}/v1/trainings", json=request, headers=ALICE).json()["id"])
+        assert two["status"] == "succeeded", two["error"]
+        metrics, second = predict(two["version"])
+        assert "setup_time" not in metrics and second != first  # on the warm base, with its own adapters
+        metrics, again = predict(done["version"])
+        assert "setup_time" not in metrics and again == first
     finally:
         server.stop()
 

@@ -293,3 +293,11 @@ def test_every_scheduler_runs_the_schemas_fewest_steps_on_every_shipped_config()
                 except Exception as exc:  # noqa: BLE001 - every failure is listed
                     failed.append(f"{config_name} {name} {steps}: {type(exc).__name__}: {str(exc)[:80]}")
     assert failed == []
+
+
+def test_the_service_names_a_version_s_weights_as_the_templates_read_them():
+    """The Cog context key is written twice on purpose (the service does not import the templates)."""
+    from builder.service.predictions.model_servers import VERSION_WEIGHTS as sent
+    from templates.inference.versions import VERSION_WEIGHTS as read
+
+    assert sent == read

@@ -381,6 +381,58 @@ def test_a_lora_output_runs_fused_into_the_baked_base(tmp_path_factory, tmp_path
     assert [p.read_bytes() for p in paths] == from_lora
 
 
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def test_lora_versions_run_on_their_templates_warm_base(tmp_path_factory, tiny_base, lora_output, loras, other_base, safety_checker):
+    """Fast boot: one server of the template, its base loaded, runs LoRA versions named in each
+    request's Cog context (never an input). A version's images match its own cold server's (fused)
+    within rounding; another version differs; switching back reuses the loaded adapters; a user's
+    LoRA still goes on top; without a version it is the plain base; a version of another base is refused."""
+    from templates.inference.generator import ImageGenerator
+    from templates.inference.locations import WeightLocations
+    from templates.inference.request import GenerationRequest
+    from tests.conftest import _lora_output
+
+    second = _lora_output(tmp_path_factory.mktemp("second-version"), tiny_base, loras["other"])
+    foreign = _lora_output(tmp_path_factory.mktemp("foreign-version"), other_base, loras["diffusers"])
+
+    def run(server, version=None, **inputs):
+        body = {"input": {k: v for k, v in {**FAST, **inputs}.items() if v is not None}}
+        if version is not None:
+            body["context"] = {"dreambuild_version_weights": str(version)}
+        status, answer = post(f"{server.url}/predictions", body)
+        assert status == 200, (status, answer)
+        return answer
+
+    with start_template(tmp_path_factory, "vanilla", weights=lora_output, base=tiny_base, safety_checker=safety_checker) as cold:
+        fused = outputs(predict(cold))  # the version's own image: its LoRA fused at setup
+        body = run(cold, second)
+        assert body["status"] == "failed" and "does not serve its base" in body["error"]
+    with start_template(tmp_path_factory, "vanilla", weights=None, base=tiny_base, safety_checker=safety_checker, serve_base=True) as warm:
+        assert warm.setup.get("status") == "succeeded" and "Fused" not in warm.logs()
+        first = outputs(run(warm, lora_output))  # no prompt: the version's instance prompt
+        # Fused x(W + BA) against unfused xW + (xB)A: float rounding only (fp32 here).
+        difference = np.abs(pixels(first[0]) - pixels(fused[0]))
+        assert difference.max() <= 2 and difference.mean() < 0.05, (difference.max(), difference.mean())
+        other = outputs(run(warm, second))
+        assert other != first
+        assert outputs(run(warm, lora_output)) == first  # back to the first version: the same image, its adapter still loaded
+        assert warm.logs().count("from the version's LoRA") == 2  # loaded once per version
+        on_top = outputs(run(warm, lora_output, lora_weights=lora_url(loras["kohya"])))
+        assert on_top != first
+        plain = outputs(run(warm, prompt=INSTANCE_PROMPT))
+        assert plain not in (first, other, on_top)
+        body = run(warm, foreign)
+        assert body["status"] == "failed" and "trained on base sha256:" in body["error"] and "this server serves base" in body["error"]
+    missing = tmp_path_factory.mktemp("none") / "none"
+    generator = ImageGenerator("vanilla", WeightLocations(tiny_base, missing, missing, missing))
+    generator.setup()
+    paths = generator.generate(GenerationRequest(prompt=INSTANCE_PROMPT, **FAST, disable_safety_check=True))
+    assert [p.read_bytes() for p in paths] == plain  # the plain base: no trace of the versions' adapters
+
+
 def test_a_lora_output_on_another_base_or_none_fails_every_prediction_clearly(tmp_path, lora_output, other_base):
     from templates.inference.generator import ImageGenerator
     from templates.inference.locations import WeightLocations

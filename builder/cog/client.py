@@ -112,13 +112,23 @@ class CogClient:
         self._accepted(status, body)
 
     def run_prediction(
-        self, prediction_id: str, inputs: dict, *, timeout: float = 3600, webhook: str | None = None, events: list[str] = EVENTS
+        self,
+        prediction_id: str,
+        inputs: dict,
+        *,
+        timeout: float = 3600,
+        webhook: str | None = None,
+        events: list[str] = EVENTS,
+        context: dict[str, str] | None = None,
     ) -> dict:
         """Run prediction ``prediction_id`` and wait for its end (another thread may
         :meth:`cancel` it by id); return Cog's response, whatever its status. With ``webhook``,
         Cog also sends the ``events`` there meanwhile (its logs, say): the end still comes back
-        on this request, so it arrives whether or not the webhook's receiver is listening."""
-        body = {"id": prediction_id, "input": inputs}
+        on this request, so it arrives whether or not the webhook's receiver is listening.
+        ``context``: Cog's per-prediction context (the model reads it, a user cannot set it)."""
+        body: dict = {"id": prediction_id, "input": inputs}
+        if context:
+            body["context"] = context
         if webhook:
             body.update(webhook=webhook, webhook_events_filter=events)
         status, body = self.request("PUT", f"/predictions/{prediction_id}", body, attempts=40, retry_delay=0.25, timeout=timeout)

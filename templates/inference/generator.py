@@ -1,10 +1,13 @@
 """The templates' predictor core: ``setup()`` loads every component once; ``generate()``
-turns one request into image files (request -> LoRA on top -> images -> safety check -> files)."""
+turns one request into image files (request -> the version's and the user's LoRAs -> images ->
+safety check -> files). A template serving its base runs many LoRA versions
+(:mod:`templates.inference.versions`)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -27,6 +30,9 @@ from templates.inference.prompts import PromptEncoder
 from templates.inference.request import GenerationRequest, denoising_steps, resolve_size
 from templates.inference.safety import SafetyChecker
 from templates.inference.schedulers import make_scheduler
+from templates.inference.versions import VERSION_WEIGHTS, BaseVersions, serving_base
+
+__all__ = ["VERSION_WEIGHTS", "ImageGenerator"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,7 @@ class ImageGenerator:
         self.no_weights: str | None = None
         self.no_controlnet: str | None = None
         self.instance_prompt: str | None = None
+        self.base_versions: BaseVersions | None = None  # serving the base: the LoRA versions it runs
         self._outputs: Path | None = None
 
     def setup(self) -> None:
@@ -92,11 +99,7 @@ class ImageGenerator:
             self.preprocessor = ControlPreprocessor.load(self.control_kind, loc.annotators, self.device.device)
             if self.preprocessor.problem:
                 log.warning("%s: predictions with a control_image fail.", self.preprocessor.problem)
-        pipeline, lora_output = loc.weights, None
-        if not (loc.weights / "model_index.json").is_file() and (loc.weights / LORA_WEIGHTS).is_file():
-            pipeline, lora_output, self.no_weights = loc.base, loc.weights / LORA_WEIGHTS, lora_base_problem(loc)
-        elif not (loc.weights / "model_index.json").is_file():
-            self.no_weights = template_message(loc.weights)
+        pipeline, lora_output = self._what_to_load(loc)
         if self.no_weights:
             log.warning(self.no_weights)
             return
@@ -117,9 +120,11 @@ class ImageGenerator:
                 log.warning("%s: predictions with a control_image fail.", self.no_controlnet)
         self.pipes = load_pipelines(pipeline, controlnet, self.device, compile_unet=compile_requested(), fuse=lora_output)
         self.prompts = PromptEncoder(self.pipes.base)
-        self.loras = LoraAdapters(self.pipes.base)
+        # Serving the base, versions' adapters stay loaded beside users' LoRAs: a larger cache.
+        cached = int(os.environ.get("DREAMBUILD_CACHED_ADAPTERS", "8" if self.base_versions else "4"))
+        self.loras = LoraAdapters(self.pipes.base, max_cached=cached)
         args = loc.weights / "args.json"
-        if args.is_file():
+        if args.is_file() and self.base_versions is None:
             self.instance_prompt = json.loads(args.read_text()).get("instance_prompt")
         log.info(
             "Setup finished in %.2f s: %s template, weights %s, native size %dpx, on %s.",
@@ -129,6 +134,22 @@ class ImageGenerator:
             self.pipes.native_size,
             self.device.describe(),
         )
+
+    def _what_to_load(self, loc: WeightLocations) -> tuple[Path, Path | None]:
+        """The pipeline to load and the LoRA output to fuse into it (None: nothing); sets
+        ``no_weights`` when there is nothing this template can run."""
+        if serving_base():  # the base alone: LoRA versions come with each prediction
+            if (loc.base / "model_index.json").is_file():
+                self.base_versions = BaseVersions(baked_pipeline_digest(loc.base))
+            else:
+                self.no_weights = f"DREAMBUILD_SERVE_BASE is set, and this template has no base baked at {loc.base}"
+            return loc.base, None
+        if not (loc.weights / "model_index.json").is_file() and (loc.weights / LORA_WEIGHTS).is_file():
+            self.no_weights = lora_base_problem(loc)
+            return loc.base, loc.weights / LORA_WEIGHTS
+        if not (loc.weights / "model_index.json").is_file():
+            self.no_weights = template_message(loc.weights)
+        return loc.weights, None
 
     def generate(self, request: GenerationRequest) -> list[Path]:
         """Run one request; returns image paths (the control image first when asked for)."""
@@ -140,7 +161,12 @@ class ImageGenerator:
                 raise InputError(f"control_image needs a ControlNet template; this is the {self.template} template")
             if self.no_controlnet:
                 raise InputError(self.no_controlnet)
-        prompt = request.prompt if request.prompt is not None else self.instance_prompt
+        version = None
+        if request.version_weights is not None:
+            if self.base_versions is None:
+                raise InputError("a version's weights were given, and this server does not serve its base (DREAMBUILD_SERVE_BASE)")
+            version = self.base_versions.resolve(request.version_weights)
+        prompt = request.prompt if request.prompt is not None else (version.instance_prompt if version else self.instance_prompt)
         if not prompt:
             raise InputError("prompt is empty and the weights' args.json has no instance_prompt to default to")
         width, height = resolve_size(request.width, request.height, self.pipes.native_size)
@@ -154,6 +180,7 @@ class ImageGenerator:
         loras = [
             (name, path, scale)
             for name, path, scale in (
+                ("the version's LoRA", version.adapters if version else None, 1.0),
                 ("lora_weights", request.lora_weights, request.lora_scale),
                 ("extra_lora", request.extra_lora, request.extra_lora_scale),
             )

@@ -41,6 +41,7 @@ class LoraAdapters:
         self.pipe = pipe
         self.max_cached = max_cached
         self._loaded: OrderedDict[str, str] = OrderedDict()  # digest -> adapter name
+        self._digests: OrderedDict[tuple[str, int, int], str] = OrderedDict()  # (file, size, mtime) -> digest
         self.active = False
 
     def activate(self, loras: list[tuple[str, Path, float]]) -> None:
@@ -63,8 +64,20 @@ class LoraAdapters:
             self.pipe.disable_lora()
             self.active = False
 
+    def _digest(self, path: Path) -> str:
+        """The file's sha256, hashed once while it is unchanged (a version's adapters, served by
+        its base, are the same file at every prediction)."""
+        stat = Path(path).stat()
+        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = file_digest(path)
+            while len(self._digests) > 64:
+                self._digests.popitem(last=False)
+        self._digests.move_to_end(key)
+        return self._digests[key]
+
     def _adapter(self, field: str, path: Path) -> str:
-        digest = file_digest(path)
+        digest = self._digest(path)
         if digest in self._loaded:
             self._loaded.move_to_end(digest)
             return self._loaded[digest]

@@ -52,6 +52,9 @@ class GenerationRequest:
     distance_threshold: float = 0.1
     # scribble
     scribble_from_photo: bool = False
+    # Not an input: a LoRA version's weights folder (its adapters and args.json), handed over by
+    # the worker in the Cog request's context when a template serves its base for many versions.
+    version_weights: Path | None = None
 
     @property
     def control_options(self) -> dict:

@@ -6,12 +6,22 @@ schema (setup: the pipeline loaded;
 kept for the next prediction on that version → stopped when ``max_loaded_models`` are loaded and
 another version is needed (the least recently used idle one), or when it crashed.
 
+A LoRA version (its image = a template that bakes a base + one layer of adapters) does not get a
+server of its own: it runs on its template's server, started once with the base loaded
+(``DREAMBUILD_SERVE_BASE=1``), which takes the version's adapters from this worker's layer cache
+for each prediction (the Cog request's context: :mod:`templates.inference.versions`). So a new
+fine-tune's first prediction costs loading its adapters (tens of milliseconds), not a cold start;
+every LoRA version of a template shares one slot of ``max_loaded_models``. (Local runner only: the
+docker runner and ``model_urls`` run each version's own image.)
+
 A server runs one prediction at a time (Cog's default concurrency); a second prediction of the
-same version waits for it.
+same version, or of another version on the same base, waits for it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -26,11 +36,16 @@ import yaml
 from builder.cog.client import CogClient, CogError
 from builder.cog.container import CogContainer, start_cog_container
 from builder.cog.server import CogServer, start_cog_server
-from builder.cog.unpack import unpack_src
+from builder.cog.unpack import UnpackedImage, unpack_src
+from builder.oci.manifest import LABEL_WEIGHTS
 from builder.settings import BuilderSettings
+from dreambuild.layout import LORA_WEIGHTS
 
 log = logging.getLogger(__name__)
 MODEL = "model's Cog server"
+# The Cog context key templates.inference.versions reads (a copy: the service does not import the
+# templates; tests/test_templates_inputs.py keeps the two equal).
+VERSION_WEIGHTS = "dreambuild_version_weights"
 
 
 @dataclass
@@ -46,11 +61,21 @@ class RunningServer:
         return ""
 
 
+@dataclass(frozen=True)
+class Served:
+    """How one version runs: on its own server (``key`` = the version), or, a LoRA version, on
+    its template's base server (``key`` = the template's layers) with its adapters in ``context``."""
+
+    key: str
+    image: UnpackedImage | None  # local runner: the version's image, unpacked
+    context: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class LoadedModel:
-    """One version's Cog server, warm."""
+    """One Cog server, warm: a version's own, or a template's base serving its LoRA versions."""
 
-    version: str
+    version: str  # the key it is loaded under (Served.key)
     server: CogServer | CogContainer | RunningServer
     setup_time: float  # seconds the cold start took (pull, unpack, setup)
     project: Path | None  # the local server's working directory
@@ -58,6 +83,8 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)  # held by the prediction running on it
     predictions: int = 0
     lease: str | None = None  # the holder of a model_urls server's lease
+    versions: set[str] = field(default_factory=set)  # the versions it has run
+    context: dict[str, str] = field(default_factory=dict)  # for the prediction holding it: the Cog request's context
 
     @property
     def client(self) -> CogClient:
@@ -81,11 +108,27 @@ class ModelServers:
         self._loaded: dict[str, LoadedModel] = {}
         self._guard = threading.Condition()
         self._starting: set[str] = set()
+        self._served: dict[str, Served] = {}  # version -> how it runs (read from its image once)
         self.evictions = 0
 
     def loaded(self) -> list[str]:
+        """The versions warm here: those with a server, and those run on a loaded base."""
         with self._guard:
-            return list(self._loaded)
+            return list(dict.fromkeys(v for key, model in self._loaded.items() for v in (key, *sorted(model.versions))))
+
+    def served(self, version: str, image: str) -> Served:
+        """How ``version`` runs here (cached: an image's layers never change)."""
+        if version not in self._served:
+            if self.runner != "local" or version in self.pools:
+                self._served[version] = Served(version, None)
+            else:
+                unpacked = unpack_src(image, self.settings)
+                weights = unpacked.src / "weights"
+                if (weights / LORA_WEIGHTS).is_file() and not (weights / "model_index.json").is_file():
+                    self._served[version] = Served(f"base:{template_key(unpacked)}", unpacked, {VERSION_WEIGHTS: str(weights)})
+                else:
+                    self._served[version] = Served(version, unpacked)
+        return self._served[version]
 
     def acquire(self, version: str, image: str, holder: str | None = None, schema: dict | None = None) -> tuple[LoadedModel, bool]:
         """The version's server, locked for one prediction; and whether it was started for it
@@ -101,25 +144,31 @@ class ModelServers:
             model = LoadedModel(version=version, server=RunningServer(leased.removeprefix("model:")), setup_time=0.0, project=None, lease=holder)
             model.lock.acquire()
             return model, False
+        served = self.served(version, image)
+        key = served.key
         with self._guard:
             while True:
-                model = self._loaded.get(version)
+                model = self._loaded.get(key)
                 if model is not None and model.lock.acquire(blocking=False):
                     model.last_used = time.monotonic()
+                    model.context = served.context
+                    model.versions.add(version)
                     return model, False
-                if model is None and version not in self._starting and self._make_room():
-                    self._starting.add(version)
+                if model is None and key not in self._starting and self._make_room():
+                    self._starting.add(key)
                     break
                 self._guard.wait(0.2)  # busy, starting elsewhere, or every slot busy
         try:
-            model = self._start(version, image, schema)
+            model = self._start(key, image, schema, served)
         finally:
             with self._guard:
-                self._starting.discard(version)
+                self._starting.discard(key)
                 self._guard.notify_all()
         model.lock.acquire()
+        model.context = served.context
+        model.versions.add(version)
         with self._guard:
-            self._loaded[version] = model
+            self._loaded[key] = model
         return model, True
 
     def release(self, model: LoadedModel, *, broken: bool = False) -> None:
@@ -156,19 +205,21 @@ class ModelServers:
         victim.lock.release()
         return True
 
-    def _start(self, version: str, image: str, schema: dict | None) -> LoadedModel:
+    def _start(self, version: str, image: str, schema: dict | None, served: Served) -> LoadedModel:
         started = time.monotonic()
         if self.runner == "docker":  # the image as it is (its own Python and CUDA), with only this worker's GPU
             container = start_cog_container(
                 image, name=f"dreambuild-model-{uuid.uuid4().hex[:12]}", gpus=[self.gpu] if self.gpu is not None else True, what="model image"
             )
             return LoadedModel(version=version, server=container, setup_time=round(time.monotonic() - started, 3), project=None)
-        unpacked = unpack_src(image, self.settings)
+        unpacked = served.image or unpack_src(image, self.settings)
         try:
             entry = yaml.safe_load((unpacked.src / "cog.yaml").read_text())["predict"]
         except (OSError, KeyError, TypeError, yaml.YAMLError):
             raise CogError(f"{unpacked.reference} is not a Cog model: /src/cog.yaml with a predict entry is missing") from None
         env = unpacked.env()
+        if served.context:  # a template's base, for every LoRA version of it (the first one's image holds the same layers)
+            env["DREAMBUILD_SERVE_BASE"] = "1"
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
         project = Path(tempfile.mkdtemp(prefix=f"dreambuild-model-{version.removeprefix('sha256:')[:12]}-"))
@@ -195,3 +246,13 @@ class ModelServers:
             models, self._loaded = list(self._loaded.values()), {}
         for model in models:
             self._stop(model)
+
+
+def template_key(image: UnpackedImage) -> str:
+    """What a LoRA version's image shares with every other version of its template: its layers
+    but the weights layer, and its environment (hashed)."""
+    config = image.config
+    weights = ((config.get("config") or {}).get("Labels") or {}).get(LABEL_WEIGHTS)
+    layers = [d for d in config.get("rootfs", {}).get("diff_ids", []) if d != weights]
+    env = (config.get("config") or {}).get("Env") or []
+    return hashlib.sha256(json.dumps([layers, env]).encode()).hexdigest()[:32]

@@ -269,6 +269,7 @@ class Predictor:
                     timeout=timeout + 60,
                     events=["logs"],
                     webhook=f"{self.config.internal_base_url}/internal/{doc['secret']}/predictions/{doc['id']}/cog",
+                    context=model.context,  # a LoRA version on its template's base: its adapters
                 )
             except Exception as exc:  # noqa: BLE001 - judged by the watching thread
                 ended["error"] = exc
