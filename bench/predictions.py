@@ -44,7 +44,8 @@ def p50(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def trained_version(url: str, root: Path, template: str) -> dict:
+def trained_version(url: str, root: Path, template: str, model: str = "bench/tiny", extra: dict | None = None) -> dict:
+    """A version of ``model`` trained by the service on the sample photos (``extra``: more trainer inputs)."""
     photos = root / "photos.zip"
     with zipfile.ZipFile(photos, "w") as archive:
         for path in sorted((REPO / "samples" / "subject").iterdir()):
@@ -58,10 +59,11 @@ def trained_version(url: str, root: Path, template: str) -> dict:
             "max_train_steps": 4,
             "resolution": 64,
             "with_prior_preservation": False,
+            **(extra or {}),
         },
         "trainer_version": local_trainer_version(),
         "template_version": template,
-        "model": "bench/tiny",
+        "model": model,
     }
     created = httpx.post(f"{url}/v1/trainings", json=body, headers=TOKEN, timeout=300)  # the first reads the trainer schema
     created.raise_for_status()
@@ -72,7 +74,7 @@ def trained_version(url: str, root: Path, template: str) -> dict:
         time.sleep(0.5)
     if training["status"] != "succeeded":
         raise RuntimeError(f"the benchmark's training failed: {training['error']}")
-    return httpx.get(f"{url}/v1/models/bench/tiny/versions/{training['version']}", headers=TOKEN).json()
+    return httpx.get(f"{url}/v1/models/{model}/versions/{training['version']}", headers=TOKEN).json()
 
 
 def through_service(url: str, version: str) -> tuple[float, dict]:

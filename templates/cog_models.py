@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a template never downloads at se
 from cog import BaseRunner, Input, Path, current_scope  # noqa: E402
 
 from dreambuild.logs import configure_logging  # noqa: E402
-from templates.inference.generator import VERSION_WEIGHTS, ImageGenerator  # noqa: E402
+from templates.inference.generator import VERSION_WEIGHTS, WEIGHTS, ImageGenerator  # noqa: E402
 from templates.inference.request import GenerationRequest  # noqa: E402
 
 # Literal lists: Cog reads choices from this file's source.
@@ -50,10 +50,11 @@ OUTPUT_FORMATS = ["png", "jpg", "webp"]
 def _generate(generator: ImageGenerator, inputs: dict) -> list[Path]:
     inputs.pop("self")
     scope = current_scope()  # inference_time, and peak_gpu_memory_bytes on CUDA: in the prediction's metrics
-    # A LoRA version run on its template's warm base: the worker names its weights in the
-    # request's context (never an input: a user cannot set it).
-    version_weights = (getattr(scope, "context", None) or {}).get(VERSION_WEIGHTS)
-    request = GenerationRequest(**inputs, version_weights=Path(version_weights) if version_weights else None)
+    # A LoRA version run on its template's warm base, or a server started ahead of its version:
+    # the worker names the weights in the request's context (never an input: no user can set it).
+    context = getattr(scope, "context", None) or {}
+    named = {key: Path(context[name]) for key, name in (("version_weights", VERSION_WEIGHTS), ("weights", WEIGHTS)) if context.get(name)}
+    request = GenerationRequest(**inputs, **named)
     paths = [Path(p) for p in generator.generate(request)]
     for name, value in generator.last_metrics.items():
         scope.record_metric(name, value)

@@ -465,3 +465,36 @@ def _children(pid: int) -> list[int]:
             found += kids
             pending += kids
     return found
+
+
+def test_a_server_started_ahead_takes_the_next_cold_start_of_its_template(service, toy):
+    """servers_ahead=1: once a full fine-tune's server has started, one more of its template waits
+    with no weights (in a free slot); the next cold start of a version of that template takes it,
+    and its first prediction loads only the weights — the same image a normal start gives."""
+    import uuid
+
+    from builder.service.config import ServiceConfig
+    from builder.service.predictions.model_servers import ModelServers
+
+    settings = ServiceConfig(**service.config).builder_settings()
+    servers = ModelServers(settings, 3, ahead=1)
+    inputs = {**FAST, "prompt": "a photo of a cjw toy"}
+    try:
+        model, cold = servers.acquire(toy["version"], toy["image"])
+        assert cold and model.context == {}
+        normal = model.client.run_prediction(uuid.uuid4().hex, inputs)
+        assert normal["status"] == "succeeded", normal.get("error")
+        servers.release(model, broken=True)  # gone: the version's next prediction needs a server again
+        deadline = time.monotonic() + 300
+        while servers.waiting() < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert servers.waiting() == 1, "no server was started ahead for the template"
+        model, cold = servers.acquire(toy["version"], toy["image"])
+        assert cold and model.setup_time == 0.0 and servers.waiting() == 0
+        assert set(model.context) == {"dreambuild_weights"}
+        ahead = model.client.run_prediction(uuid.uuid4().hex, inputs, context=model.context)
+        assert ahead["status"] == "succeeded", ahead.get("error")
+        assert ahead["metrics"]["weights_load_time"] > 0 and ahead["output"] == normal["output"]
+        servers.release(model)
+    finally:
+        servers.stop_all()

@@ -433,6 +433,36 @@ def test_lora_versions_run_on_their_templates_warm_base(tmp_path_factory, tiny_b
     assert [p.read_bytes() for p in paths] == plain  # the plain base: no trace of the versions' adapters
 
 
+def test_a_server_started_ahead_loads_the_weights_its_first_prediction_names(tmp_path_factory, vanilla_server, fine_tune, tiny_base, safety_checker):
+    """A full fine-tune's server started before its version is known (DREAMBUILD_WEIGHTS_LATER):
+    its first prediction names the weights in the Cog context and gets the same image as a server
+    set up with them; later ones run on them, and may not name others."""
+
+    def run(server, weights=None, **inputs):
+        body = {"input": {**FAST, "prompt": INSTANCE_PROMPT, **inputs}}
+        if weights is not None:
+            body["context"] = {"dreambuild_weights": str(weights)}
+        status, answer = post(f"{server.url}/predictions", body)
+        assert status == 200, (status, answer)
+        return answer
+
+    expected = outputs(predict(vanilla_server, prompt=INSTANCE_PROMPT))
+    project = tmp_path_factory.mktemp("ahead")
+    env = {"DREAMBUILD_WEIGHTS_LATER": "1", "DREAMBUILD_WEIGHTS": str(project / "not-yet"), "DREAMBUILD_SAFETY_CHECKER": str(safety_checker)}
+    from builder.cog.server import start_cog_server
+
+    with start_cog_server("templates/cog_models.py:Vanilla", project, env=env) as ahead:
+        assert ahead.setup.get("status") == "succeeded" and "Started ahead" in ahead.logs()
+        body = run(ahead)
+        assert body["status"] == "failed" and "started ahead of its weights" in body["error"]
+        body = run(ahead, fine_tune)
+        assert outputs(body) == expected and body["metrics"]["weights_load_time"] > 0
+        again = run(ahead)  # bound: no context needed now, and no second load
+        assert outputs(again) == expected and "weights_load_time" not in again["metrics"]
+        body = run(ahead, tiny_base)
+        assert body["status"] == "failed" and "runs the weights in" in body["error"]
+
+
 def test_a_lora_output_on_another_base_or_none_fails_every_prediction_clearly(tmp_path, lora_output, other_base):
     from templates.inference.generator import ImageGenerator
     from templates.inference.locations import WeightLocations

@@ -180,6 +180,15 @@ class ServiceConfig(_Strict):
         ge=1,
         description="Model versions a worker keeps loaded (warm Cog servers) for predictions; the least recently used one is stopped for another.",
     )
+    servers_ahead: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description=(
+            "Model servers per template a worker starts ahead, with no weights, once a full fine-tune of the template ran: "
+            "the next version's first prediction loads only its weights. Each takes a slot of max_loaded_models (local runner)."
+        ),
+    )
     max_concurrent_predictions: int = Field(1, ge=1, description="Predictions the embedded worker runs at once.")
     model_runner: Literal["local", "docker"] = Field(
         "local",

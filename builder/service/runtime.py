@@ -45,7 +45,13 @@ def build_runtime(
     notifier = Notifier(config, db, schedule)
     schemas = TrainerSchemas(config, db)
     servers = ModelServers(
-        config.builder_settings(), config.max_loaded_models, gpu, runner=config.model_runner, pools=config.model_urls, leases=db.leases
+        config.builder_settings(),
+        config.max_loaded_models,
+        gpu,
+        runner=config.model_runner,
+        pools=config.model_urls,
+        leases=db.leases,
+        ahead=config.servers_ahead,
     )
     return Runtime(
         notifier=notifier,

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,9 +31,9 @@ from templates.inference.prompts import PromptEncoder
 from templates.inference.request import GenerationRequest, denoising_steps, resolve_size
 from templates.inference.safety import SafetyChecker
 from templates.inference.schedulers import make_scheduler
-from templates.inference.versions import VERSION_WEIGHTS, BaseVersions, serving_base
+from templates.inference.versions import VERSION_WEIGHTS, WEIGHTS, BaseVersions, serving_base, weights_later
 
-__all__ = ["VERSION_WEIGHTS", "ImageGenerator"]
+__all__ = ["VERSION_WEIGHTS", "WEIGHTS", "ImageGenerator"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class ImageGenerator:
         self.no_controlnet: str | None = None
         self.instance_prompt: str | None = None
         self.base_versions: BaseVersions | None = None  # serving the base: the LoRA versions it runs
+        self.awaiting_weights = False  # started ahead (DREAMBUILD_WEIGHTS_LATER): its first prediction names them
+        self._weights_seconds: float | None = None  # how long loading them took (the first prediction's metric)
         self._outputs: Path | None = None
 
     def setup(self) -> None:
@@ -99,6 +102,17 @@ class ImageGenerator:
             self.preprocessor = ControlPreprocessor.load(self.control_kind, loc.annotators, self.device.device)
             if self.preprocessor.problem:
                 log.warning("%s: predictions with a control_image fail.", self.preprocessor.problem)
+        if weights_later():
+            self.awaiting_weights = True
+            log.info(
+                "Started ahead in %.2f s, %s template: its weights come with the first prediction.", time.perf_counter() - started, self.template
+            )
+            return
+        self._load_weights(started)
+
+    def _load_weights(self, started: float) -> None:
+        """The pipeline (a fine-tune, a LoRA output on the baked base, or the base alone), once."""
+        loc = self.locations
         pipeline, lora_output = self._what_to_load(loc)
         if self.no_weights:
             log.warning(self.no_weights)
@@ -151,8 +165,23 @@ class ImageGenerator:
             self.no_weights = template_message(loc.weights)
         return loc.weights, None
 
+    def bind(self, weights: Path | None) -> None:
+        """A server started ahead loads the weights its first prediction names; any later one
+        may only name the same."""
+        if self.awaiting_weights:
+            if weights is None:
+                raise TemplateWithoutWeightsError("this model server was started ahead of its weights, and no prediction has named them yet")
+            started = time.perf_counter()
+            self.locations = replace(self.locations, weights=weights)
+            self.awaiting_weights = False
+            self._load_weights(started)
+            self._weights_seconds = round(time.perf_counter() - started, 4)
+        elif weights is not None and weights.resolve() != self.locations.weights.resolve():
+            raise InputError(f"this model server runs the weights in {self.locations.weights}, not those in {weights}")
+
     def generate(self, request: GenerationRequest) -> list[Path]:
         """Run one request; returns image paths (the control image first when asked for)."""
+        self.bind(request.weights)
         if self.pipes is None:
             raise TemplateWithoutWeightsError(self.no_weights or "no weights loaded")
         mode = request.mode
@@ -191,6 +220,8 @@ class ImageGenerator:
             images, seconds = self._run(pipe, request, prompt, seed, kwargs)
         finally:
             self.loras.deactivate()
+        if self._weights_seconds is not None:  # this prediction loaded the weights of a server started ahead
+            self.last_metrics["weights_load_time"], self._weights_seconds = self._weights_seconds, None
         log.info(
             "Generated %d image(s), %s %dx%d, %d steps of %s in %.2f s.",
             len(images),

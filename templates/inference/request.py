@@ -55,6 +55,8 @@ class GenerationRequest:
     # Not an input: a LoRA version's weights folder (its adapters and args.json), handed over by
     # the worker in the Cog request's context when a template serves its base for many versions.
     version_weights: Path | None = None
+    # Not an input either: the weights a server started ahead of its version loads (the context's too).
+    weights: Path | None = None
 
     @property
     def control_options(self) -> dict:

@@ -3,7 +3,7 @@
 worker: a LoRA version's prediction → the template's server, started once with
 ``DREAMBUILD_SERVE_BASE=1`` (its baked base loaded, no fine-tune fused) → the version's weights
 folder (its ``pytorch_lora_weights.safetensors`` and ``args.json``, from the worker's layer cache)
-named in the Cog request's context → :meth:`BaseVersions.resolve` (checked against the base it
+named in the Cog request's context (``VERSION_WEIGHTS``) → :meth:`BaseVersions.resolve` (checked against the base it
 was trained on, once per folder) → an adapter of :class:`~templates.inference.loras.LoraAdapters`
 (loaded once, kept in its LRU, so switching back is free) with the user's LoRAs on top.
 
@@ -11,6 +11,12 @@ Served this way a version's adapters are not fused: a fused layer computes ``x(W
 unfused one ``xW + s(xB)A``; the two differ only by float rounding (fp32: the same PNG or a
 pixel off by one; fp16 on a GPU: a few levels in a few pixels — tests/test_templates_server.py
 holds the tolerance).
+
+A full fine-tune cannot share a base; its server can still be started ahead: a worker keeps one
+of its template's servers up with no weights (``DREAMBUILD_WEIGHTS_LATER=1``), and the first
+prediction of the next version of that template names its weights folder (``WEIGHTS``), which
+the server loads then — Cog runs ``setup()`` once, before any weights are known, so the load moves
+into that first prediction (``weights_load_time`` in its metrics).
 """
 
 from __future__ import annotations
@@ -24,11 +30,18 @@ from dreambuild.errors import InputError
 from dreambuild.layout import LORA_WEIGHTS
 
 VERSION_WEIGHTS = "dreambuild_version_weights"  # the Cog request context's key naming a version's weights folder
+WEIGHTS = "dreambuild_weights"  # the context's key naming the weights of a server started ahead (DREAMBUILD_WEIGHTS_LATER)
 
 
 def serving_base() -> bool:
     """``DREAMBUILD_SERVE_BASE=1``: load the template's baked base and run LoRA versions on it."""
     return os.environ.get("DREAMBUILD_SERVE_BASE", "") in ("1", "true", "yes")
+
+
+def weights_later() -> bool:
+    """``DREAMBUILD_WEIGHTS_LATER=1``: a server started ahead of its version (Python, torch and the
+    Cog server up, the safety checker loaded); its first prediction names the weights to load."""
+    return os.environ.get("DREAMBUILD_WEIGHTS_LATER", "") in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,12 @@ server of its own: it runs on its template's server, started once with the base 
 (``DREAMBUILD_SERVE_BASE=1``), which takes the version's adapters from this worker's layer cache
 for each prediction (the Cog request's context: :mod:`templates.inference.versions`). So a new
 fine-tune's first prediction costs loading its adapters (tens of milliseconds), not a cold start;
-every LoRA version of a template shares one slot of ``max_loaded_models``. (Local runner only: the
-docker runner and ``model_urls`` run each version's own image.)
+every LoRA version of a template shares one slot of ``max_loaded_models``. A full fine-tune cannot
+share a base, but its cold start can be mostly paid ahead: with ``servers_ahead`` > 0, after a
+version of a template starts, that many more servers of the template are started in the background
+with no weights (``DREAMBUILD_WEIGHTS_LATER=1``), each a slot of ``max_loaded_models``; the next
+version of the template takes one, and its first prediction names its weights to load (the Cog
+context again). (Local runner only: the docker runner and ``model_urls`` run each version's own image.)
 
 A server runs one prediction at a time (Cog's default concurrency); a second prediction of the
 same version, or of another version on the same base, waits for it.
@@ -28,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +49,9 @@ from dreambuild.layout import LORA_WEIGHTS
 log = logging.getLogger(__name__)
 MODEL = "model's Cog server"
 # The Cog context key templates.inference.versions reads (a copy: the service does not import the
-# templates; tests/test_templates_inputs.py keeps the two equal).
+# templates; tests/test_templates_inputs.py keeps the two equal). WEIGHTS: a server started ahead's.
 VERSION_WEIGHTS = "dreambuild_version_weights"
+WEIGHTS = "dreambuild_weights"
 
 
 @dataclass
@@ -69,6 +75,7 @@ class Served:
     key: str
     image: UnpackedImage | None  # local runner: the version's image, unpacked
     context: dict[str, str] = field(default_factory=dict)
+    template: str | None = None  # a full fine-tune's template (its layers but the weights): servers started ahead
 
 
 @dataclass
@@ -85,6 +92,7 @@ class LoadedModel:
     lease: str | None = None  # the holder of a model_urls server's lease
     versions: set[str] = field(default_factory=set)  # the versions it has run
     context: dict[str, str] = field(default_factory=dict)  # for the prediction holding it: the Cog request's context
+    bound: dict[str, str] = field(default_factory=dict)  # started ahead: the weights it was given, sent with each prediction
 
     @property
     def client(self) -> CogClient:
@@ -102,13 +110,19 @@ class ModelServers:
         runner: str = "local",
         pools: dict[str, list[str]] | None = None,
         leases=None,
+        ahead: int = 0,
     ) -> None:
-        self.settings, self.budget, self.gpu, self.runner = settings, budget, gpu, runner
+        self.settings, self.budget, self.gpu, self.runner, self.ahead = settings, budget, gpu, runner, ahead
         self.pools, self.leases = pools or {}, leases  # model_urls, leased through the database
         self._loaded: dict[str, LoadedModel] = {}
         self._guard = threading.Condition()
         self._starting: set[str] = set()
         self._served: dict[str, Served] = {}  # version -> how it runs (read from its image once)
+        self._waiting: dict[str, list[LoadedModel]] = {}  # template -> servers started ahead, idle
+        # One long-lived thread starts them: a Cog server dies with the thread that started it
+        # (PR_SET_PDEATHSIG), so never a short-lived one.
+        self._ahead_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-server-ahead")
+        self._closed = False
         self.evictions = 0
 
     def loaded(self) -> list[str]:
@@ -127,8 +141,13 @@ class ModelServers:
                 if (weights / LORA_WEIGHTS).is_file() and not (weights / "model_index.json").is_file():
                     self._served[version] = Served(f"base:{template_key(unpacked)}", unpacked, {VERSION_WEIGHTS: str(weights)})
                 else:
-                    self._served[version] = Served(version, unpacked)
+                    self._served[version] = Served(version, unpacked, template=template_key(unpacked))
         return self._served[version]
+
+    def waiting(self) -> int:
+        """Servers started ahead, waiting for a version."""
+        with self._guard:
+            return sum(len(models) for models in self._waiting.values())
 
     def acquire(self, version: str, image: str, holder: str | None = None, schema: dict | None = None) -> tuple[LoadedModel, bool]:
         """The version's server, locked for one prediction; and whether it was started for it
@@ -151,13 +170,27 @@ class ModelServers:
                 model = self._loaded.get(key)
                 if model is not None and model.lock.acquire(blocking=False):
                     model.last_used = time.monotonic()
-                    model.context = served.context
+                    model.context = {**served.context, **model.bound}
                     model.versions.add(version)
                     return model, False
+                if model is None and key not in self._starting and (ready := self._waiting.get(served.template or "")):
+                    model = ready.pop()  # started ahead: it loads this version's weights at its first prediction
+                    model.version, model.bound = key, {WEIGHTS: str(served.image.src / "weights")}
+                    model.setup_time = 0.0  # paid ahead; its first prediction reports weights_load_time
+                    model.lock.acquire()
+                    self._loaded[key] = model
+                    model.context, model.last_used = {**served.context, **model.bound}, time.monotonic()
+                    model.versions.add(version)
+                    log.info("model version %s runs on a server started ahead for its template", version)
+                    break
                 if model is None and key not in self._starting and self._make_room():
                     self._starting.add(key)
+                    model = None
                     break
                 self._guard.wait(0.2)  # busy, starting elsewhere, or every slot busy
+        if model is not None:
+            self._start_ahead(served, schema)
+            return model, True
         try:
             model = self._start(key, image, schema, served)
         finally:
@@ -169,7 +202,40 @@ class ModelServers:
         model.versions.add(version)
         with self._guard:
             self._loaded[key] = model
+        self._start_ahead(served, schema)
         return model, True
+
+    def _start_ahead(self, served: Served, schema: dict | None) -> None:
+        """Start servers of a full fine-tune's template in the background, up to ``ahead`` waiting,
+        in free slots only (never evicting a loaded version for one)."""
+        if not self.ahead or served.template is None:
+            return
+        with self._guard:
+            starting = f"ahead:{served.template}:{uuid.uuid4().hex[:8]}"
+            waiting = len(self._waiting.get(served.template, [])) + sum(s.startswith(f"ahead:{served.template}:") for s in self._starting)
+            if self._closed or waiting >= self.ahead or self._slots_used() >= self.budget:
+                return
+            self._starting.add(starting)
+
+        def start() -> None:
+            model = None
+            try:
+                model = self._start(starting, "", schema, served, ahead=True)
+            except Exception as exc:  # noqa: BLE001 - a server started ahead is an optimisation: the next cold start still works
+                log.warning("a model server started ahead for a template failed: %s", exc)
+            with self._guard:
+                self._starting.discard(starting)
+                if model is not None and not self._closed:
+                    self._waiting.setdefault(served.template, []).append(model)
+                    model = None
+                self._guard.notify_all()
+            if model is not None:
+                self._stop(model)
+
+        self._ahead_thread.submit(start)
+
+    def _slots_used(self) -> int:
+        return len(self._loaded) + len(self._starting) + sum(len(models) for models in self._waiting.values())
 
     def release(self, model: LoadedModel, *, broken: bool = False) -> None:
         """After a prediction; a ``broken`` server (crashed, or its prediction could not be
@@ -191,8 +257,12 @@ class ModelServers:
 
     def _make_room(self) -> bool:
         """With the guard held: True when one more version may load (an idle one evicted if needed)."""
-        if len(self._loaded) + len(self._starting) < self.budget:
+        if self._slots_used() < self.budget:
             return True
+        for template, models in self._waiting.items():  # a server started ahead is the cheapest to give up
+            if models:
+                self._stop(models.pop())
+                return True
         idle = [m for m in self._loaded.values() if not m.lock.locked()]
         if not idle:
             return False
@@ -205,7 +275,7 @@ class ModelServers:
         victim.lock.release()
         return True
 
-    def _start(self, version: str, image: str, schema: dict | None, served: Served) -> LoadedModel:
+    def _start(self, version: str, image: str, schema: dict | None, served: Served, *, ahead: bool = False) -> LoadedModel:
         started = time.monotonic()
         if self.runner == "docker":  # the image as it is (its own Python and CUDA), with only this worker's GPU
             container = start_cog_container(
@@ -220,6 +290,8 @@ class ModelServers:
         env = unpacked.env()
         if served.context:  # a template's base, for every LoRA version of it (the first one's image holds the same layers)
             env["DREAMBUILD_SERVE_BASE"] = "1"
+        if ahead:  # no weights yet: the next version of the template names them
+            env["DREAMBUILD_WEIGHTS_LATER"] = "1"
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
         project = Path(tempfile.mkdtemp(prefix=f"dreambuild-model-{version.removeprefix('sha256:')[:12]}-"))
@@ -243,7 +315,11 @@ class ModelServers:
 
     def stop_all(self) -> None:
         with self._guard:
+            self._closed = True
             models, self._loaded = list(self._loaded.values()), {}
+            models += [model for waiting in self._waiting.values() for model in waiting]
+            self._waiting = {}
+        self._ahead_thread.shutdown(wait=False, cancel_futures=True)
         for model in models:
             self._stop(model)
 
