@@ -554,3 +554,26 @@ def test_jobs_deferred_from_a_running_jobs_thread_all_arrive(pg_url, tmp_path):
         return [r for r in results if isinstance(r, BaseException)] + [rows[0]["n"]]
 
     assert asyncio.run(asyncio.wait_for(main(), 120)) == [80]
+
+
+def test_a_lora_version_goes_to_an_idle_worker_with_its_templates_base_warm(tmp_path, pg_url):
+    """Routing (fast boot): a LoRA version runs warm on any worker whose heartbeat names its
+    template's base loaded, so it is queued there; a full fine-tune of that template is not (it
+    needs its own server), nor is a LoRA version when that worker is busy."""
+    from builder.service.config import ServiceConfig
+    from builder.service.store.database import Database
+    from builder.service.workers.jobs import PREDICT, apply_schema, prediction_queue, worker_predict_queue
+
+    apply_schema(ServiceConfig(data_dir=tmp_path, database_url=pg_url, workers="external"))
+    db = Database(pg_url)
+    template = "1" * 64
+    db.versions.add("alice", "lora", {"id": "sha256:" + "a" * 64, "template_version": template, "lora": True})
+    db.versions.add("alice", "full", {"id": "sha256:" + "b" * 64, "template_version": template, "lora": False})
+    db.heartbeats.beat("w1", {"name": "w1", "loaded": ["sha256:" + "c" * 64], "bases": [template], "current": []})
+    db.heartbeats.beat("w2", {"name": "w2", "loaded": [], "bases": [], "current": []})
+    lora = {"id": "p1", "model": "alice/lora", "version": "sha256:" + "a" * 64}
+    assert prediction_queue(db, lora) == worker_predict_queue("w1")
+    assert prediction_queue(db, {"id": "p2", "model": "alice/full", "version": "sha256:" + "b" * 64}) == PREDICT
+    db.heartbeats.beat("w1", {"name": "w1", "loaded": [], "bases": [template], "current": ["a training"]})
+    assert prediction_queue(db, lora) == PREDICT
+    db.close()

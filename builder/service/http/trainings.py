@@ -35,7 +35,7 @@ from builder.service.store.database import DatabaseUnavailable
 from builder.service.store.files import FILENAME
 from builder.service.store.retention import delete_training_files
 from builder.service.trainings.previews import media_type, read_image, zip_images
-from builder.service.trainings.record import TrainingRecord, new_training, now_iso, public_training
+from builder.service.trainings.record import TrainingRecord, is_lora, new_training, now_iso, public_training
 from builder.service.trainings.schemas import SchemaUnavailable, file_inputs, input_problems
 from dreambuild.errors import InputError
 
@@ -98,7 +98,7 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
     problems = input_problems(schema, body.input)
     if problems:
         raise fail(422, "; ".join(problems))
-    if _is_lora(body.input):
+    if is_lora(body.input):
         _check_lora_template(config, trainer, template, body.input)
     inputs, files = dict(body.input), {}
     for name in sorted(file_inputs(schema) & set(inputs)):
@@ -113,10 +113,6 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
         ]
         inputs[name] = values if isinstance(inputs[name], list) else values[0]
     return body.model_copy(update={"trainer_version": trainer, "template_version": template, "input": inputs})
-
-
-def _is_lora(inputs: dict) -> bool:
-    return isinstance(inputs.get("lora_rank"), int) and inputs["lora_rank"] > 0
 
 
 def _default_trainer(config) -> str:
@@ -140,7 +136,7 @@ def default_template(config, trainer: str, inputs: dict) -> str:
         return chosen
     if len(templates) == 1:
         return next(iter(templates))
-    if _is_lora(inputs):
+    if is_lora(inputs):
         base = config.trainers[trainer].base_digest
         fits = [v for v, entry in templates.items() if entry.base_digest and base in (None, entry.base_digest)]
     else:

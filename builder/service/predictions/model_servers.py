@@ -93,6 +93,7 @@ class LoadedModel:
     versions: set[str] = field(default_factory=set)  # the versions it has run
     context: dict[str, str] = field(default_factory=dict)  # for the prediction holding it: the Cog request's context
     bound: dict[str, str] = field(default_factory=dict)  # started ahead: the weights it was given, sent with each prediction
+    template_version: str | None = None  # a base server: its template's catalog version (heartbeats name it)
 
     @property
     def client(self) -> CogClient:
@@ -130,6 +131,11 @@ class ModelServers:
         with self._guard:
             return list(dict.fromkeys(v for key, model in self._loaded.items() for v in (key, *sorted(model.versions))))
 
+    def bases(self) -> list[str]:
+        """The templates (catalog versions) whose base is loaded here: any LoRA version of them runs warm."""
+        with self._guard:
+            return sorted({m.template_version for key, m in self._loaded.items() if key.startswith("base:") and m.template_version})
+
     def served(self, version: str, image: str) -> Served:
         """How ``version`` runs here (cached: an image's layers never change)."""
         if version not in self._served:
@@ -149,7 +155,9 @@ class ModelServers:
         with self._guard:
             return sum(len(models) for models in self._waiting.values())
 
-    def acquire(self, version: str, image: str, holder: str | None = None, schema: dict | None = None) -> tuple[LoadedModel, bool]:
+    def acquire(
+        self, version: str, image: str, holder: str | None = None, schema: dict | None = None, template_version: str | None = None
+    ) -> tuple[LoadedModel, bool]:
         """The version's server, locked for one prediction; and whether it was started for it
         (a cold start). A version of ``model_urls`` gets one of its running servers, leased to
         ``holder`` (the prediction: a re-run of it gets its lease back), waited for while all are busy.
@@ -198,7 +206,7 @@ class ModelServers:
                 self._starting.discard(key)
                 self._guard.notify_all()
         model.lock.acquire()
-        model.context = served.context
+        model.context, model.template_version = served.context, template_version
         model.versions.add(version)
         with self._guard:
             self._loaded[key] = model

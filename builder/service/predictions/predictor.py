@@ -206,7 +206,11 @@ class Predictor:
         queued = time.time() - doc["created"]
         try:
             model, cold = self.servers.acquire(
-                version["id"], version["image"], holder=f"prediction:{doc['id']}", schema=version.get("openapi_schema") or None
+                version["id"],
+                version["image"],
+                holder=f"prediction:{doc['id']}",
+                schema=version.get("openapi_schema") or None,
+                template_version=version.get("template_version"),
             )
         except DreambuildError as exc:
             raise PredictionFailed(f"model version {version['id']} could not start: {exc}") from None

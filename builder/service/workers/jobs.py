@@ -196,10 +196,13 @@ async def defer_stage_async(app, doc: dict) -> None:
 
 
 def prediction_queue(db, doc: dict) -> str:
-    """The queue of a worker that has the version loaded and is idle, else the shared one: a warm
-    model answers without setup (Replicate routes to warm models too)."""
+    """The queue of a worker that has the version loaded, or a LoRA version's base, and is idle,
+    else the shared one: a warm model answers without setup (Replicate routes to warm models too)."""
 
     if doc.get("version"):
+        owner, _, name = (doc.get("model") or "").partition("/")
+        version = db.versions.get(owner, name, doc["version"]) if name else None
+        base = version.get("template_version") if version and version.get("lora") else None
         from sqlalchemy import text
 
         with db.engine.connect() as conn:  # a worker already sent work is not idle, whatever its last heartbeat said
@@ -212,7 +215,8 @@ def prediction_queue(db, doc: dict) -> str:
             }
         for worker in db.heartbeats.live(STALLED_SECONDS / 2):
             queue = worker_predict_queue(worker["name"])
-            if doc["version"] in (worker.get("loaded") or []) and not worker.get("current") and queue not in waiting:
+            warm = doc["version"] in (worker.get("loaded") or []) or (base is not None and base in (worker.get("bases") or []))
+            if warm and not worker.get("current") and queue not in waiting:
                 return queue
     return PREDICT
 

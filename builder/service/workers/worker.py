@@ -179,6 +179,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
                     "current": sorted(set(state.current.values())),
                     "jobs": sorted(state.current),
                     "loaded": runtime.predictor.servers.loaded(),
+                    "bases": runtime.predictor.servers.bases(),
                 }
                 try:
                     await in_thread(workers.beat, worker_id, doc)
