@@ -60,6 +60,7 @@ LONGEST_FIRST = (
     "test_templates_server.py",
     "test_templates_controlnet.py",
     "test_dashboard.py",
+    "test_templates_compiled.py",
 )
 
 

@@ -23,6 +23,7 @@ from dreambuild.images import load_rgb
 from dreambuild.layout import LORA_WEIGHTS, baked_pipeline_digest, check_diffusers_layout, is_sdxl
 from templates.inference.catalog import TEMPLATES
 from templates.inference.control import ControlPreprocessor
+from templates.inference.fused import FusedLoras
 from templates.inference.locations import WeightLocations
 from templates.inference.loras import LoraAdapters
 from templates.inference.outputs import write_images
@@ -136,7 +137,10 @@ class ImageGenerator:
         self.prompts = PromptEncoder(self.pipes.base)
         # Serving the base, versions' adapters stay loaded beside users' LoRAs: a larger cache.
         cached = int(os.environ.get("DREAMBUILD_CACHED_ADAPTERS", "8" if self.base_versions else "4"))
-        self.loras = LoraAdapters(self.pipes.base, max_cached=cached)
+        if self.pipes.raw_unet is not None:  # compiled: LoRAs are fused in place, never recompiling
+            self.loras: LoraAdapters | FusedLoras = FusedLoras(self.pipes.base, self.pipes.raw_unet)
+        else:
+            self.loras = LoraAdapters(self.pipes.base, max_cached=cached)
         args = loc.weights / "args.json"
         if args.is_file() and self.base_versions is None:
             self.instance_prompt = json.loads(args.read_text()).get("instance_prompt")

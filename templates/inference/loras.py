@@ -34,6 +34,40 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+_DIGESTS: OrderedDict[tuple[str, int, int], str] = OrderedDict()  # (file, size, mtime) -> sha256
+
+
+def digest_of(path: Path) -> str:
+    """The file's sha256, hashed once while it is unchanged (a version's adapters, served by its
+    base, are the same file at every prediction)."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(path)
+        while len(_DIGESTS) > 64:
+            _DIGESTS.popitem(last=False)
+    _DIGESTS.move_to_end(key)
+    return _DIGESTS[key]
+
+
+def load_adapter(pipe: Any, field: str, path: Path, name: str) -> None:
+    """Load the LoRA file ``path`` (input ``field``) into ``pipe`` as adapter ``name``; any
+    refusal is an :class:`InputError` naming the input (the caller removes what was half loaded)."""
+    check_lora(field, path)
+    try:
+        with _quiet_loading(), tempfile.TemporaryDirectory(prefix="dreambuild-lora-") as tmp:
+            # By path, not as tensors: diffusers then reads the file's LoRA metadata (alpha,
+            # when it is not the rank). The name makes it read safetensors, never a pickle.
+            (Path(tmp) / "lora.safetensors").symlink_to(Path(path).resolve())
+            pipe.load_lora_weights(tmp, weight_name="lora.safetensors", adapter_name=name, use_safetensors=True)
+    except Exception as exc:  # noqa: BLE001 - any refusal by the loader is about the file
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise InputError(f"{field} cannot be applied to this model: {' '.join(line.strip() for line in lines[:2])}{more}") from None
+    if not any(name in names for names in pipe.get_list_adapters().values()):
+        raise InputError(f"{field} has no weights for this model's layers (is it a LoRA for another base model?)")
+
+
 class LoraAdapters:
     """The LoRA adapters loaded into one pipeline's UNet and text encoder, by content digest."""
 
@@ -41,7 +75,6 @@ class LoraAdapters:
         self.pipe = pipe
         self.max_cached = max_cached
         self._loaded: OrderedDict[str, str] = OrderedDict()  # digest -> adapter name
-        self._digests: OrderedDict[tuple[str, int, int], str] = OrderedDict()  # (file, size, mtime) -> digest
         self.active = False
 
     def activate(self, loras: list[tuple[str, Path, float]]) -> None:
@@ -64,39 +97,17 @@ class LoraAdapters:
             self.pipe.disable_lora()
             self.active = False
 
-    def _digest(self, path: Path) -> str:
-        """The file's sha256, hashed once while it is unchanged (a version's adapters, served by
-        its base, are the same file at every prediction)."""
-        stat = Path(path).stat()
-        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in self._digests:
-            self._digests[key] = file_digest(path)
-            while len(self._digests) > 64:
-                self._digests.popitem(last=False)
-        self._digests.move_to_end(key)
-        return self._digests[key]
-
     def _adapter(self, field: str, path: Path) -> str:
-        digest = self._digest(path)
+        digest = digest_of(path)
         if digest in self._loaded:
             self._loaded.move_to_end(digest)
             return self._loaded[digest]
         name = f"lora_{digest[:16]}"
-        check_lora(field, path)
         try:
-            with _quiet_loading(), tempfile.TemporaryDirectory(prefix="dreambuild-lora-") as tmp:
-                # By path, not as tensors: diffusers then reads the file's LoRA metadata (alpha,
-                # when it is not the rank). The name makes it read safetensors, never a pickle.
-                (Path(tmp) / "lora.safetensors").symlink_to(Path(path).resolve())
-                self.pipe.load_lora_weights(tmp, weight_name="lora.safetensors", adapter_name=name, use_safetensors=True)
-        except Exception as exc:  # noqa: BLE001 - any refusal by the loader is about the file
+            load_adapter(self.pipe, field, path, name)
+        except InputError:
             self._forget(name)
-            lines = str(exc).strip().splitlines() or [type(exc).__name__]
-            more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
-            raise InputError(f"{field} cannot be applied to this model: {' '.join(line.strip() for line in lines[:2])}{more}") from None
-        if not any(name in names for names in self.pipe.get_list_adapters().values()):
-            self._forget(name)
-            raise InputError(f"{field} has no weights for this model's layers (is it a LoRA for another base model?)")
+            raise
         self._loaded[digest] = name
         while len(self._loaded) > self.max_cached:
             _, old = self._loaded.popitem(last=False)

@@ -39,6 +39,7 @@ class Pipelines:
     base: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline (txt2img)
     by_mode: dict[str, Any] = field(default_factory=dict)
     xl: bool = False  # SDXL: two text encoders, pooled embeddings
+    raw_unet: Any = None  # compiled: the UNet module under the compiled one (LoRAs are fused into it in place)
 
     @property
     def native_size(self) -> int:
@@ -66,10 +67,17 @@ def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, com
         ).to(device.device)
     if fuse is not None:  # before compiling: the compiled UNet must be the fused one
         fuse_lora(base, fuse)
-    if device.device.type == "cuda" and compile_unet:
-        # channels_last pays off with inductor's kernels; eager SDPA runs measured slower with it.
-        base.unet.to(memory_format=torch.channels_last)
+    raw_unet = None
+    if compile_unet:
+        # Inference only: loading a LoRA later (peft) would turn requires_grad off, and the
+        # compiled graph, guarded on it, would recompile.
+        for component in base.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.requires_grad_(False)
+        if device.device.type == "cuda":  # channels_last pays off with inductor's kernels; eager SDPA runs measured slower with it
+            base.unet.to(memory_format=torch.channels_last)
         mode = os.environ.get("DREAMBUILD_TORCH_COMPILE_MODE", "default")
+        raw_unet = base.unet
         base.unet = torch.compile(base.unet, mode=mode, fullgraph=True)
     # from_pipe casts the new pipeline, shared components included, to fp32 unless told the
     # dtype (diffusers 0.42): always pass it, or every mode silently runs in fp32.
@@ -90,7 +98,7 @@ def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, com
         by_mode["controlnet-inpaint"] = diffusers.StableDiffusionControlNetInpaintPipeline.from_pipe(base, **same)
     for pipe in by_mode.values():
         pipe.set_progress_bar_config(disable=True)
-    return Pipelines(base=base, by_mode=by_mode, xl=xl)
+    return Pipelines(base=base, by_mode=by_mode, xl=xl, raw_unet=raw_unet)
 
 
 def fuse_lora(pipe, path: Path) -> None:
@@ -110,7 +118,7 @@ def load_controlnet(path: Path, device: Device) -> Any:
 
 
 def compile_requested() -> bool:
-    """``DREAMBUILD_TORCH_COMPILE=1`` compiles the UNet (CUDA only): faster steps, but the first
-    prediction pays the compilation (``DREAMBUILD_TORCH_COMPILE_MODE``: inductor's default mode
+    """``DREAMBUILD_TORCH_COMPILE=1`` compiles the UNet (meant for CUDA; the CPU compiles too,
+    slowly): faster steps, but the first prediction pays the compilation (``DREAMBUILD_TORCH_COMPILE_MODE``: inductor's default mode
     compiles in about a minute; max-autotune took over five on an H200)."""
     return os.environ.get("DREAMBUILD_TORCH_COMPILE", "") in ("1", "true", "yes")

@@ -5,7 +5,8 @@ worker: a LoRA version's prediction → the template's server, started once with
 folder (its ``pytorch_lora_weights.safetensors`` and ``args.json``, from the worker's layer cache)
 named in the Cog request's context (``VERSION_WEIGHTS``) → :meth:`BaseVersions.resolve` (checked against the base it
 was trained on, once per folder) → an adapter of :class:`~templates.inference.loras.LoraAdapters`
-(loaded once, kept in its LRU, so switching back is free) with the user's LoRAs on top.
+(loaded once, kept in its LRU, so switching back is free) with the user's LoRAs on top — or,
+with a compiled UNet, fused in place (:mod:`templates.inference.fused`: nothing recompiles).
 
 Served this way a version's adapters are not fused: a fused layer computes ``x(W + sBA)``, an
 unfused one ``xW + s(xB)A``; the two differ only by float rounding (fp32: the same PNG or a
