@@ -481,7 +481,7 @@ def test_a_server_started_ahead_takes_the_next_cold_start_of_its_template(servic
     inputs = {**FAST, "prompt": "a photo of a cjw toy"}
     try:
         model, cold = servers.acquire(toy["version"], toy["image"])
-        assert cold and model.context == {}
+        assert cold and model.context == {} and model.boot == "cold"
         normal = model.client.run_prediction(uuid.uuid4().hex, inputs)
         assert normal["status"] == "succeeded", normal.get("error")
         servers.release(model, broken=True)  # gone: the version's next prediction needs a server again
@@ -490,7 +490,7 @@ def test_a_server_started_ahead_takes_the_next_cold_start_of_its_template(servic
             time.sleep(0.5)
         assert servers.waiting() == 1, "no server was started ahead for the template"
         model, cold = servers.acquire(toy["version"], toy["image"])
-        assert cold and model.setup_time == 0.0 and servers.waiting() == 0
+        assert cold and model.boot == "pre-started" and servers.waiting() == 0
         assert set(model.context) == {"dreambuild_weights"}
         ahead = model.client.run_prediction(uuid.uuid4().hex, inputs, context=model.context)
         assert ahead["status"] == "succeeded", ahead.get("error")

@@ -787,15 +787,16 @@ def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_fa
             return body["metrics"], httpx.get(body["output"][0], headers=ALICE).content
 
         metrics, first = predict(done["version"])
-        assert first[:8] == b"\x89PNG\r\n\x1a\n" and "setup_time" in metrics  # the base server's cold start
+        assert first[:8] == b"\x89PNG\r\n\x1a\n" and "setup_time" in metrics and metrics["boot"] == "cold"  # the base server's start
         request.update(model="alice/lora-two")
         request["input"]["seed"] = 7
         two = server.wait(httpx.post(f"{server.url}/v1/trainings", json=request, headers=ALICE).json()["id"])
         assert two["status"] == "succeeded", two["error"]
         metrics, second = predict(two["version"])
         assert "setup_time" not in metrics and second != first  # on the warm base, with its own adapters
+        assert metrics["boot"] == "adapter load" and metrics["adapter_load_time"] > 0
         metrics, again = predict(done["version"])
-        assert "setup_time" not in metrics and again == first
+        assert "setup_time" not in metrics and again == first and metrics["boot"] == "warm"  # its adapters still loaded
     finally:
         server.stop()
 

@@ -17,6 +17,7 @@ the weights its LoRAs touch (the attention projections) and a fuse per switch (m
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,15 @@ class FusedLoras:
         self.pipe, self.raw_unet = pipe, raw_unet
         self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (parameter, its value before fusing)
         self._fused: tuple[tuple[str, float], ...] = ()  # (sha256, scale) of what is fused now
+        self.load_seconds = 0.0  # spent loading and fusing in the last activate (0: fused already)
 
     def activate(self, loras: list[tuple[str, Path, float]]) -> None:
         """Fuse ``loras`` ((input name, file, scale) each) unless they are fused already; none: the plain weights."""
         wanted = tuple(sorted((digest_of(path), float(scale)) for _, path, scale in loras))
+        self.load_seconds = 0.0
         if wanted == self._fused:
             return
+        started = time.perf_counter()
         self._restore()
         if not loras:
             return
@@ -62,6 +66,7 @@ class FusedLoras:
         finally:
             self.pipe.unet = compiled
         self._fused = wanted
+        self.load_seconds = time.perf_counter() - started
         log.info("LoRA fused: %s.", ", ".join(f"{field} x{scale:g}" for field, _, scale in loras))
 
     def deactivate(self) -> None:

@@ -224,8 +224,7 @@ class ImageGenerator:
             images, seconds = self._run(pipe, request, prompt, seed, kwargs)
         finally:
             self.loras.deactivate()
-        if self._weights_seconds is not None:  # this prediction loaded the weights of a server started ahead
-            self.last_metrics["weights_load_time"], self._weights_seconds = self._weights_seconds, None
+        self._loading_metrics()
         log.info(
             "Generated %d image(s), %s %dx%d, %d steps of %s in %.2f s.",
             len(images),
@@ -244,6 +243,13 @@ class ImageGenerator:
             shutil.rmtree(self._outputs, ignore_errors=True)
         self._outputs = Path(tempfile.mkdtemp(prefix="dreambuild-outputs-"))
         return write_images(images, self._outputs, request.output_format, request.output_quality)
+
+    def _loading_metrics(self) -> None:
+        """What this prediction loaded besides generating: LoRAs, or a server started ahead's weights."""
+        if self.loras.load_seconds:  # a version's or a user's LoRA, not loaded before
+            self.last_metrics["adapter_load_time"] = round(self.loras.load_seconds, 4)
+        if self._weights_seconds is not None:
+            self.last_metrics["weights_load_time"], self._weights_seconds = self._weights_seconds, None
 
     def _run(self, pipe, request: GenerationRequest, prompt: str, seed: int, kwargs: dict) -> tuple[list[Image.Image], float]:
         embeds = self.prompts.pipeline_kwargs(prompt, request.negative_prompt, request.prompt_syntax)

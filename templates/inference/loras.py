@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import tempfile
+import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -76,11 +77,13 @@ class LoraAdapters:
         self.max_cached = max_cached
         self._loaded: OrderedDict[str, str] = OrderedDict()  # digest -> adapter name
         self.active = False
+        self.load_seconds = 0.0  # spent loading adapters in the last activate (0: all were loaded already)
 
     def activate(self, loras: list[tuple[str, Path, float]]) -> None:
         """Apply ``loras`` ((input name, file, scale) each) for the next generation; none: the
         plain model. Two inputs naming the same file add their scales."""
         self.deactivate()
+        self.load_seconds = 0.0
         scales: dict[str, float] = {}
         for field, path, scale in loras:
             name = self._adapter(field, path)
@@ -103,11 +106,13 @@ class LoraAdapters:
             self._loaded.move_to_end(digest)
             return self._loaded[digest]
         name = f"lora_{digest[:16]}"
+        started = time.perf_counter()
         try:
             load_adapter(self.pipe, field, path, name)
         except InputError:
             self._forget(name)
             raise
+        self.load_seconds += time.perf_counter() - started
         self._loaded[digest] = name
         while len(self._loaded) > self.max_cached:
             _, old = self._loaded.popitem(last=False)

@@ -35,6 +35,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -48,6 +49,7 @@ from dreambuild.layout import LORA_WEIGHTS
 
 log = logging.getLogger(__name__)
 MODEL = "model's Cog server"
+Boot = Literal["cold", "pre-started", "warm"]  # the model's own word for a prediction's start: predictions add "adapter load"
 # The Cog context key templates.inference.versions reads (a copy: the service does not import the
 # templates; tests/test_templates_inputs.py keeps the two equal). WEIGHTS: a server started ahead's.
 VERSION_WEIGHTS = "dreambuild_version_weights"
@@ -94,6 +96,7 @@ class LoadedModel:
     context: dict[str, str] = field(default_factory=dict)  # for the prediction holding it: the Cog request's context
     bound: dict[str, str] = field(default_factory=dict)  # started ahead: the weights it was given, sent with each prediction
     template_version: str | None = None  # a base server: its template's catalog version (heartbeats name it)
+    boot: Boot = "warm"  # how the prediction holding it got it
 
     @property
     def client(self) -> CogClient:
@@ -177,14 +180,14 @@ class ModelServers:
             while True:
                 model = self._loaded.get(key)
                 if model is not None and model.lock.acquire(blocking=False):
-                    model.last_used = time.monotonic()
+                    model.last_used, model.boot = time.monotonic(), "warm"
                     model.context = {**served.context, **model.bound}
                     model.versions.add(version)
                     return model, False
                 if model is None and key not in self._starting and (ready := self._waiting.get(served.template or "")):
                     model = ready.pop()  # started ahead: it loads this version's weights at its first prediction
                     model.version, model.bound = key, {WEIGHTS: str(served.image.src / "weights")}
-                    model.setup_time = 0.0  # paid ahead; its first prediction reports weights_load_time
+                    model.setup_time, model.boot = 0.0, "pre-started"  # paid ahead; its first prediction reports weights_load_time
                     model.lock.acquire()
                     self._loaded[key] = model
                     model.context, model.last_used = {**served.context, **model.bound}, time.monotonic()
@@ -206,7 +209,7 @@ class ModelServers:
                 self._starting.discard(key)
                 self._guard.notify_all()
         model.lock.acquire()
-        model.context, model.template_version = served.context, template_version
+        model.context, model.template_version, model.boot = served.context, template_version, "cold"
         model.versions.add(version)
         with self._guard:
             self._loaded[key] = model

@@ -205,7 +205,7 @@ class Predictor:
             raise PredictionFailed(f"version {doc['version']} of {doc['model']} no longer exists")
         queued = time.time() - doc["created"]
         try:
-            model, cold = self.servers.acquire(
+            model, _ = self.servers.acquire(
                 version["id"],
                 version["image"],
                 holder=f"prediction:{doc['id']}",
@@ -242,7 +242,10 @@ class Predictor:
             **reported,
             "predict_time": reported.get("predict_time"),
             "queue_time": round(queued, 3),
-            **({"setup_time": model.setup_time} if cold else {}),
+            **({"setup_time": model.setup_time} if model.boot == "cold" else {}),
+            # cold (a server started), pre-started (one started ahead loaded the weights), adapter
+            # load (a warm base loaded the version's adapters), warm
+            "boot": "adapter load" if model.boot == "warm" and "adapter_load_time" in reported else model.boot,
             **_peak_memory(model.server),
         }
         logs = result.get("logs") or ""
