@@ -258,10 +258,10 @@ def test_the_readmes_curl_examples(own_service):
         rest = rest[end:].strip()
     training, waited, with_file, queued = answers
     assert training["model"] == "yourusername/yourmodel" and training["input"]["instance_data"].startswith(f"{url}/v1/uploads/")
-    assert waited["status"] == "succeeded" and waited["model"] == "alice/toy" and waited["output"][0].startswith(f"{url}/v1/files/")
     assert with_file["model"] == "alice/toy" and queued["model"] == "yourusername/yourmodel" and "detail" not in with_file
     headers = {"Authorization": f"Bearer {own_service['token']}"}
-    for prediction in (with_file, queued):
+
+    def finished(prediction: dict) -> dict:
         deadline = time.monotonic() + 300
         while (doc := httpx.get(f"{url}/v1/predictions/{prediction['id']}", headers=headers).json())["status"] not in (
             "succeeded",
@@ -270,3 +270,12 @@ def test_the_readmes_curl_examples(own_service):
         ) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert doc["status"] == "succeeded", doc.get("error")
+        return doc
+
+    # Prefer: wait answers the finished prediction, or (as the README says) `starting` when its
+    # wait runs out first: here a cold start beside a training on two busy cores may take longer.
+    assert waited["model"] == "alice/toy" and waited["status"] in ("succeeded", "starting"), waited
+    waited = waited if waited["status"] == "succeeded" else finished(waited)
+    assert waited["output"][0].startswith(f"{url}/v1/files/")
+    for prediction in (with_file, queued):
+        finished(prediction)

@@ -3,6 +3,7 @@ running the repo's trainer, the real registry and a real webhook receiver."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -797,6 +798,13 @@ def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_fa
         assert metrics["boot"] == "adapter load" and metrics["adapter_load_time"] > 0
         metrics, again = predict(done["version"])
         assert "setup_time" not in metrics and again == first and metrics["boot"] == "warm"  # its adapters still loaded
+        # The base server killed while idle: the next prediction gets a new one (not an error).
+        from tests.test_predictions import _children
+
+        (base,) = [pid for pid in _children(server.proc.pid) if b"cog.server.http" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        os.killpg(base, signal.SIGKILL)
+        metrics, after = predict(two["version"])
+        assert after == second and metrics["boot"] == "cold"
     finally:
         server.stop()
 

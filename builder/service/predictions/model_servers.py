@@ -179,12 +179,20 @@ class ModelServers:
         with self._guard:
             while True:
                 model = self._loaded.get(key)
+                if model is not None and isinstance(model.server, CogServer) and not model.lock.locked() and not model.server.alive():
+                    log.warning("the model server of %s stopped while idle: starting another", key)
+                    del self._loaded[key]  # died while idle (killed, out of memory): not handed to a prediction
+                    self._stop(model)
+                    model = None
                 if model is not None and model.lock.acquire(blocking=False):
                     model.last_used, model.boot = time.monotonic(), "warm"
                     model.context = {**served.context, **model.bound}
                     model.versions.add(version)
                     return model, False
-                if model is None and key not in self._starting and (ready := self._waiting.get(served.template or "")):
+                ready = self._waiting.get(served.template or "") or []
+                while ready and not ready[-1].server.alive():  # died while waiting
+                    self._stop(ready.pop())
+                if model is None and key not in self._starting and ready:
                     model = ready.pop()  # started ahead: it loads this version's weights at its first prediction
                     model.version, model.bound = key, {WEIGHTS: str(served.image.src / "weights")}
                     model.setup_time, model.boot = 0.0, "pre-started"  # paid ahead; its first prediction reports weights_load_time
