@@ -79,3 +79,49 @@ def test_a_container_gets_only_the_gpus_it_is_given():
     (own,) = _gpu_request(["2"])
     assert own["DeviceIDs"] == ["2"] and own["Capabilities"] == [["gpu"]] and own.get("Count") in (None, 0)
     assert _gpu_request(False) is None
+
+
+SLOW_SETUP = """
+import time
+
+from cog import BasePredictor
+
+
+class Slow(BasePredictor):
+    def setup(self) -> None:
+        time.sleep(3600)
+
+    def predict(self, text: str) -> str:
+        return text
+"""
+
+
+def _working_in(folder) -> list[int]:
+    """Processes whose working directory is under ``folder`` (a Cog server and its worker)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(folder)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_stopping_a_server_whose_setup_has_not_ended_leaves_no_process(tmp_path):
+    """A server stopped while its worker is still in setup (a canceled training's trainer loading
+    its base): the worker goes too, not only the server (coglet's worker outlived it, with its memory)."""
+    import time
+
+    import pytest
+
+    from builder.cog.client import CogError
+
+    (tmp_path / "code" / "slow.py").parent.mkdir()
+    (tmp_path / "code" / "slow.py").write_text(SLOW_SETUP)
+    with pytest.raises(CogError):
+        start_cog_server("slow.py:Slow", tmp_path / "project", code_root=tmp_path / "code", timeout=15)
+    deadline = time.monotonic() + 10
+    while _working_in(tmp_path / "project") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _working_in(tmp_path / "project") == []

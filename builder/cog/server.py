@@ -79,17 +79,20 @@ class CogServer:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, then after ``timeout`` SIGKILL for the server's whole session (its
-        predictor worker too)."""
+        predictor worker too). The session is killed even when the server exits in time: coglet
+        leaves a worker still in its ``setup()`` running (a canceled training's trainer kept its
+        memory, and its GPU's, until setup ended)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    self.process.kill()
-                self.process.wait()
+                pass
+        try:  # the session is the server's own (start_new_session): nothing else is in it
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            self.process.kill()
+        self.process.wait()
 
     def __enter__(self) -> "CogServer":
         return self
