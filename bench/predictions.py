@@ -89,10 +89,11 @@ def through_service(url: str, version: str) -> tuple[float, dict]:
 def alternating(url: str, version: dict, home: Path, n: int) -> tuple[list[float], list[float]]:
     """The baseline, the version's Cog server (as a worker starts it) called directly, and the
     service, in turns: noise on a shared machine hits both alike."""
+    from builder.service.predictions.memory import Memory
     from builder.service.predictions.model_servers import ModelServers
     from builder.settings import BuilderSettings
 
-    servers = ModelServers(BuilderSettings(home=home), 1)
+    servers = ModelServers(BuilderSettings(home=home), Memory(1))
     model, _ = servers.acquire(version["id"], version["image"])
     try:
         client = model.client

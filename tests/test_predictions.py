@@ -1,6 +1,6 @@
 """Hosted predictions: versions built by trainings of the service (`dreambuild serve`, embedded
 worker) run through Replicate's routes, driven by the official `replicate` Python client, with
-real Cog model servers kept warm (a budget of one loaded model) and a real webhook receiver."""
+real Cog model servers kept warm (a memory budget of one loaded model) and a real webhook receiver."""
 
 import io
 import json
@@ -34,7 +34,7 @@ def receiver():
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_base, registry, templates):
     root = tmp_path_factory.mktemp("predictions")
-    config = service_config(root, tiny_base, registry, templates, max_upload_bytes=2 * 2**20, max_loaded_models=1, max_concurrent=2)
+    config = service_config(root, tiny_base, registry, templates, max_upload_bytes=2 * 2**20, model_memory=1, max_concurrent=2)
     server = Service(root, config).start()
     yield server
     server.stop()
@@ -376,9 +376,10 @@ def test_the_docker_model_runner_fails_clearly_where_containers_cannot_run(tmp_p
 def test_a_pool_of_running_model_servers_serves_its_version(tmp_path, tiny_base, registry, templates, builder_settings, service, toy):
     """model_urls: Cog servers already running a version (other GPU boxes); each is leased by one
     prediction at a time, nothing is started or stopped, so no setup."""
+    from builder.service.predictions.memory import Memory
     from builder.service.predictions.model_servers import ModelServers
 
-    outside = ModelServers(builder_settings, 1)  # a Cog server of the version, started by someone else
+    outside = ModelServers(builder_settings, Memory(1))  # a Cog server of the version, started by someone else
     # ... with the schema known for the version (a cold start generates none): the server serves it.
     known = httpx.get(f"{service.url}/v1/models/alice/toy/versions/{toy['version']}", headers=ALICE).json()["openapi_schema"]
     known["components"]["schemas"]["Input"]["properties"]["prompt"]["description"] = "the version's stored schema"
@@ -474,10 +475,11 @@ def test_a_server_started_ahead_takes_the_next_cold_start_of_its_template(servic
     import uuid
 
     from builder.service.config import ServiceConfig
+    from builder.service.predictions.memory import budget
     from builder.service.predictions.model_servers import ModelServers
 
     settings = ServiceConfig(**service.config).builder_settings()
-    servers = ModelServers(settings, 3, ahead=1)
+    servers = ModelServers(settings, budget(None, None, None), ahead=1)  # half the machine: room for one ahead
     inputs = {**FAST, "prompt": "a photo of a cjw toy"}
     try:
         model, cold = servers.acquire(toy["version"], toy["image"])
@@ -498,3 +500,52 @@ def test_a_server_started_ahead_takes_the_next_cold_start_of_its_template(servic
         servers.release(model)
     finally:
         servers.stop_all()
+
+
+def test_the_memory_budget_is_bytes_measured_from_the_servers(service, toy, caplog):
+    """model_memory: each server's resident memory is measured; two servers load side by side
+    while they fit, and the least recently used idle one is stopped (logged, with its bytes) when
+    the next would not fit. Two version ids of one image: two servers."""
+    import logging
+    import uuid
+
+    from builder.service.config import ServiceConfig
+    from builder.service.predictions.memory import Memory
+    from builder.service.predictions.model_servers import ModelServers
+
+    settings = ServiceConfig(**service.config).builder_settings()
+    servers = ModelServers(settings, Memory(2**50))
+    inputs = {**FAST, "prompt": "a photo of a cjw toy"}
+    try:
+        first, cold = servers.acquire("sha256:" + "a" * 64, toy["image"])
+        assert cold and first.client.run_prediction(uuid.uuid4().hex, inputs)["status"] == "succeeded"
+        servers.release(first)
+        size = first.memory
+        assert size.host > 100 * 2**20 and size.device == 0  # a Python process with torch and the pipeline, on the CPU
+        servers.budget = Memory(int(size.host * 2.5))  # room for two
+        second, cold = servers.acquire("sha256:" + "b" * 64, toy["image"])
+        servers.release(second)
+        assert cold and servers.evictions == 0 and len(servers.loaded()) == 2
+        assert servers.used().host == first.memory.host + second.memory.host
+        servers.budget = Memory(int(size.host * 1.5))  # room for one: the next start stops the least recently used
+        second, _ = servers.acquire("sha256:" + "b" * 64, toy["image"])
+        servers.release(second, broken=True)  # gone: its next prediction starts it again
+        with caplog.at_level(logging.INFO, logger="builder.service.predictions.model_servers"):
+            second, cold = servers.acquire("sha256:" + "b" * 64, toy["image"])
+        servers.release(second)
+        assert cold and servers.evictions == 1 and servers.loaded() == ["sha256:" + "b" * 64]
+        assert not first.server.alive()
+        assert any("unloading model version sha256:aaaa" in r.message and "GiB" in r.message for r in caplog.records)
+    finally:
+        servers.stop_all()
+
+
+def test_the_old_count_budget_is_refused_with_its_replacement(service):
+    from pydantic import ValidationError
+
+    from builder.service.config import ServiceConfig, config_errors
+
+    with pytest.raises(ValidationError) as caught:
+        ServiceConfig(**{**service.config, "max_loaded_models": 2})
+    assert "max_loaded_models: replaced by model_memory: a budget in bytes" in config_errors(caught.value)
+    assert ServiceConfig(**{**service.config, "model_memory": "12GiB"}).model_memory == 12 * 2**30

@@ -751,13 +751,16 @@ def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_fa
     """lora_rank > 0 on a template whose catalog entry names the trainer's base: the adapters are
     the model's one small layer, and the version runs through the predictions route — fast
     booting: the first LoRA version starts the template's base server, and the next version of
-    that template (another model) runs on it at once, with no cold start, each its own images."""
+    that template (another model) runs on it at once, with no cold start, each its own images.
+    Then 20 LoRA versions in turn on a memory budget of one server: no cold start after the
+    first; and (the service restarted with servers_ahead: 1) a full fine-tune's first
+    prediction on a server started ahead, loading only its weights."""
     from dreambuild.layout import pipeline_digest
     from fixtures.services import buildah_template
 
     digest = buildah_template(tmp_path_factory.mktemp("buildah-base"), registry, "dreambuild/vanilla-sd-tiny", baked={"base": tiny_base})
     root = tmp_path_factory.mktemp("service-lora")
-    config = service_config(root, tiny_base, registry, templates)
+    config = service_config(root, tiny_base, registry, templates, model_memory=1)  # one server at a time
     config["templates"][digest.removeprefix("sha256:")] = {
         "name": "vanilla-sd-tiny",
         "repository": f"{registry.host}/dreambuild/vanilla-sd-tiny",
@@ -805,8 +808,96 @@ def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_fa
         os.killpg(base, signal.SIGKILL)
         metrics, after = predict(two["version"])
         assert after == second and metrics["boot"] == "cold"
+
+        def model_servers() -> list[int]:
+            return [pid for pid in _children(server.proc.pid) if b"cog.server.http" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+        # 20 LoRA versions in turn, twice, on a budget of one server: one base runs them all.
+        template = f"{registry.host}/dreambuild/vanilla-sd-tiny@{digest}"
+        weights = unzipped(httpx.get(done["output"]["weights"], headers=ALICE).content, tmp_path / "lora")
+        versions = [done["version"], two["version"]]
+        versions += [
+            built_version(server, template, scaled_lora(weights, tmp_path / f"lora-{i}", 1 + (i + 1) / 10), f"alice/lora-{i}") for i in range(18)
+        ]
+        before, images = model_servers(), set()
+        for version in versions * 2:
+            metrics, image = predict(version)
+            assert metrics["boot"] in ("adapter load", "warm") and "setup_time" not in metrics, metrics
+            images.add(image)
+        assert model_servers() == before and len(images) == 20  # no process started; each version its own image
     finally:
         server.stop()
+    # A full fine-tune's first prediction on a server started ahead (servers_ahead: 1, memory for it).
+    server = Service(root, {**config, "model_memory": None, "servers_ahead": 1}).start()
+    try:
+        full = [
+            built_version(server, template, fine_tune(tiny_base, tmp_path / name, factor), f"alice/{name}")
+            for name, factor in (("full-a", 1.0), ("full-b", 1.05))
+        ]
+        metrics, first = predict(full[0])
+        assert metrics["boot"] == "cold" and "setup_time" in metrics
+        deadline = time.monotonic() + 300
+        while "model version ahead:" not in (root / "service.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)  # until the server started ahead is up
+        assert len(model_servers()) == 2
+        metrics, other = predict(full[1])
+        assert metrics["boot"] == "pre-started" and "setup_time" not in metrics and metrics["weights_load_time"] > 0, metrics
+        assert other != first and other[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.stop()
+
+
+def unzipped(data: bytes, dest: Path) -> Path:
+    import io
+    import zipfile
+
+    zipfile.ZipFile(io.BytesIO(data)).extractall(dest)
+    return dest
+
+
+def scaled_lora(weights: Path, dest: Path, factor: float) -> Path:
+    """Another fine-tune of the same base: a LoRA training's output with its up-projections scaled."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from dreambuild.layout import LORA_WEIGHTS
+
+    shutil.copytree(weights, dest)
+    with safe_open(dest / LORA_WEIGHTS, "pt") as lora:
+        tensors = {k: lora.get_tensor(k) * (factor if ".up." in k else 1) for k in lora.keys()}
+        metadata = lora.metadata()
+    assert any(".up." in k for k in tensors), sorted(tensors)[:4]
+    save_file(tensors, dest / LORA_WEIGHTS, metadata=metadata)
+    return dest
+
+
+def fine_tune(pipeline: Path, dest: Path, factor: float) -> Path:
+    """A full fine-tune's output: the pipeline with its UNet's weights scaled, and the args.json
+    whose instance prompt its predictions default to."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(pipeline, dest)
+    (unet,) = (dest / "unet").glob("*.safetensors")
+    save_file({k: v * factor for k, v in load_file(unet).items()}, unet)
+    (dest / "args.json").write_text(json.dumps({"instance_prompt": "a photo of a cjw toy"}))
+    return dest
+
+
+def built_version(server: "Service", template: str, weights: Path, model: str) -> str:
+    """A version of ``model`` built from ``weights`` on ``template`` and recorded in the service,
+    as a training's build stage does (for versions no training needs to make)."""
+    from builder.image.build import build_image, model_ref
+    from builder.service.config import ServiceConfig
+    from tests.test_predictions import record_version
+
+    settings = ServiceConfig(**server.config).builder_settings()
+    result = build_image(weights, template, model_ref(model, settings), settings=settings)
+    record_version(server.config, model, result.digest, result.image)
+    return result.digest
 
 
 def test_lora_trainings_need_a_template_with_the_trainers_base_and_find_it_by_default(tmp_path):

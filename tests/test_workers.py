@@ -217,6 +217,9 @@ def test_predictions_run_on_the_workers_and_go_where_their_model_is_warm(tmp_pat
         warm = wait_for(
             lambda: [w["name"] for w in db.heartbeats.live(20) if version in (w.get("loaded") or []) and not w.get("current")], 30, "the heartbeat"
         )
+        (beat,) = [w for w in db.heartbeats.live(20) if w["name"] == warm[0]]
+        held = beat["model_memory"]  # the model servers' memory, measured, against the budget (half the machine)
+        assert 100 * 2**20 < held["host"] < held["host_budget"] and held["gpu"] == held["gpu_budget"] == 0, held
         second = client.predictions.create(version=version, input=fast, wait=True)
         assert second.status == "succeeded" and "setup_time" not in second.metrics, second.metrics
         assert db.predictions.get(second.id)["worker"] == warm[0] == db.predictions.get(first.id)["worker"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from builder.checkout import REPO_ROOT, has_checkout
 from builder.cog.unpack import BASE_LABEL
@@ -175,10 +175,17 @@ class ServiceConfig(_Strict):
     webhook_backoff_max: float = Field(600.0, description="The longest wait between two attempts of a webhook.")
     webhook_retry_hours: float = Field(24.0, description="A webhook is retried this long before it is given up.")
     webhook_attempts: int | None = Field(None, description="At most this many attempts (none: as many as fit in webhook_retry_hours).")
-    max_loaded_models: int = Field(
-        1,
-        ge=1,
-        description="Model versions a worker keeps loaded (warm Cog servers) for predictions; the least recently used one is stopped for another.",
+    model_memory: ByteSize | None = Field(
+        None,
+        description=(
+            "Host memory a worker's model servers may hold together (e.g. 24GiB): their processes' resident memory, measured "
+            "after each start and prediction (weights, adapters, servers started ahead). The least recently used idle one is "
+            "stopped to make room for another (logged). Default: half of the machine's memory."
+        ),
+    )
+    model_gpu_memory: ByteSize | None = Field(
+        None,
+        description="The same for GPU memory (measured through NVML: the gpu extra). Default: 90% of the worker's GPU; none without a GPU.",
     )
     servers_ahead: int = Field(
         0,
@@ -186,7 +193,7 @@ class ServiceConfig(_Strict):
         le=8,
         description=(
             "Model servers per template a worker starts ahead, with no weights, once a full fine-tune of the template ran: "
-            "the next version's first prediction loads only its weights. Each takes a slot of max_loaded_models (local runner)."
+            "the next version's first prediction loads only its weights. Started in free model_memory only, and counted in it (local runner)."
         ),
     )
     max_concurrent_predictions: int = Field(1, ge=1, description="Predictions the embedded worker runs at once.")
@@ -366,12 +373,17 @@ def catalog_listing(config: ServiceConfig) -> dict:
     }
 
 
+REPLACED = {"max_loaded_models": "replaced by model_memory: a budget in bytes (e.g. 24GiB), not a count of loaded models"}
+
+
 def config_errors(exc: ValidationError) -> str:
     """Pydantic's errors as ``key.path: message`` lines; an unknown key names the nearest valid one."""
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"])
-        if error["type"] == "extra_forbidden":
+        if error["type"] == "extra_forbidden" and str(error["loc"][-1]) in REPLACED:
+            lines.append(f"{where}: {REPLACED[str(error['loc'][-1])]}")
+        elif error["type"] == "extra_forbidden":
             known = _keys_at(error["loc"][:-1])
             near = difflib.get_close_matches(str(error["loc"][-1]), known, n=1, cutoff=0.6)
             hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(known)}"

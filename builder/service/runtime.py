@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from builder.service.config import ServiceConfig
+from builder.service.predictions.memory import budget as memory_budget
 from builder.service.predictions.model_servers import ModelServers
 from builder.service.predictions.predictor import Predictor
 from builder.service.store.database import Database
@@ -46,7 +47,7 @@ def build_runtime(
     schemas = TrainerSchemas(config, db)
     servers = ModelServers(
         config.builder_settings(),
-        config.max_loaded_models,
+        memory_budget(config.model_memory, config.model_gpu_memory, gpu),
         gpu,
         runner=config.model_runner,
         pools=config.model_urls,

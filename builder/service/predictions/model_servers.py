@@ -3,18 +3,24 @@
 every version of a template) → a local Cog server started once, with the version's stored Cog
 schema (setup: the pipeline loaded;
 ``model_runner: docker``: the image itself as a container, with only the worker's GPU) →
-kept for the next prediction on that version → stopped when ``max_loaded_models`` are loaded and
-another version is needed (the least recently used idle one), or when it crashed.
+kept for the next prediction on that version → stopped when another version needs its memory
+(the least recently used idle one), or when it crashed. The budget is in bytes
+(:mod:`.memory`: ``model_memory`` on the host, ``model_gpu_memory`` on the GPU): each server's
+memory is measured once it started and after each prediction (adapters loaded count), a server
+about to start is counted at what it (or another of its template) measured before, and idle
+servers are stopped, least recently used first, until the new one fits (one always may start
+on a worker that holds nothing).
 
 A LoRA version (its image = a template that bakes a base + one layer of adapters) does not get a
 server of its own: it runs on its template's server, started once with the base loaded
 (``DREAMBUILD_SERVE_BASE=1``), which takes the version's adapters from this worker's layer cache
 for each prediction (the Cog request's context: :mod:`templates.inference.versions`). So a new
 fine-tune's first prediction costs loading its adapters (tens of milliseconds), not a cold start;
-every LoRA version of a template shares one slot of ``max_loaded_models``. A full fine-tune cannot
+every LoRA version of a template shares its memory. A full fine-tune cannot
 share a base, but its cold start can be mostly paid ahead: with ``servers_ahead`` > 0, after a
 version of a template starts, that many more servers of the template are started in the background
-with no weights (``DREAMBUILD_WEIGHTS_LATER=1``), each a slot of ``max_loaded_models``; the next
+with no weights (``DREAMBUILD_WEIGHTS_LATER=1``), in free memory only (the first given up for
+room; counted at their own size: the Python stack, no weights); the next
 version of the template takes one, and its first prediction names its weights to load (the Cog
 context again). (Local runner only: the docker runner and ``model_urls`` run each version's own image.)
 
@@ -44,6 +50,7 @@ from builder.cog.container import CogContainer, start_cog_container
 from builder.cog.server import CogServer, start_cog_server
 from builder.cog.unpack import UnpackedImage, unpack_src
 from builder.oci.manifest import LABEL_WEIGHTS
+from builder.service.predictions.memory import Memory, container_memory, resident
 from builder.settings import BuilderSettings
 from dreambuild.layout import LORA_WEIGHTS
 
@@ -97,6 +104,9 @@ class LoadedModel:
     bound: dict[str, str] = field(default_factory=dict)  # started ahead: the weights it was given, sent with each prediction
     template_version: str | None = None  # a base server: its template's catalog version (heartbeats name it)
     boot: Boot = "warm"  # how the prediction holding it got it
+    memory: Memory = field(default_factory=Memory)  # measured after its start and after each prediction
+    sizes: tuple[str, ...] = ()  # the names its measure estimates others by (its key, its template)
+    over_budget: bool = False  # alone more than the budget (said once)
 
     @property
     def client(self) -> CogClient:
@@ -104,12 +114,12 @@ class LoadedModel:
 
 
 class ModelServers:
-    """At most ``budget`` loaded versions; :meth:`acquire` a version's server, then :meth:`release` it."""
+    """Loaded versions within ``budget`` bytes; :meth:`acquire` a version's server, then :meth:`release` it."""
 
     def __init__(
         self,
         settings: BuilderSettings,
-        budget: int,
+        budget: Memory,
         gpu: str | None = None,
         runner: str = "local",
         pools: dict[str, list[str]] | None = None,
@@ -120,7 +130,8 @@ class ModelServers:
         self.pools, self.leases = pools or {}, leases  # model_urls, leased through the database
         self._loaded: dict[str, LoadedModel] = {}
         self._guard = threading.Condition()
-        self._starting: set[str] = set()
+        self._starting: dict[str, Memory] = {}  # servers starting, at their estimated size
+        self._sizes: dict[str, Memory] = {}  # a key's or a template's last measured size
         self._served: dict[str, Served] = {}  # version -> how it runs (read from its image once)
         self._waiting: dict[str, list[LoadedModel]] = {}  # template -> servers started ahead, idle
         # One long-lived thread starts them: a Cog server dies with the thread that started it
@@ -195,6 +206,7 @@ class ModelServers:
                 if model is None and key not in self._starting and ready:
                     model = ready.pop()  # started ahead: it loads this version's weights at its first prediction
                     model.version, model.bound = key, {WEIGHTS: str(served.image.src / "weights")}
+                    model.sizes = (key, served.template)
                     model.setup_time, model.boot = 0.0, "pre-started"  # paid ahead; its first prediction reports weights_load_time
                     model.lock.acquire()
                     self._loaded[key] = model
@@ -202,9 +214,8 @@ class ModelServers:
                     model.versions.add(version)
                     log.info("model version %s runs on a server started ahead for its template", version)
                     break
-                if model is None and key not in self._starting and self._make_room():
-                    self._starting.add(key)
-                    model = None
+                if model is None and key not in self._starting and self._make_room(need := self._estimate(key, served.template)):
+                    self._starting[key] = need
                     break
                 self._guard.wait(0.2)  # busy, starting elsewhere, or every slot busy
         if model is not None:
@@ -214,11 +225,13 @@ class ModelServers:
             model = self._start(key, image, schema, served)
         finally:
             with self._guard:
-                self._starting.discard(key)
+                self._starting.pop(key, None)
                 self._guard.notify_all()
         model.lock.acquire()
         model.context, model.template_version, model.boot = served.context, template_version, "cold"
+        model.sizes = (key, served.template) if served.template else (key,)
         model.versions.add(version)
+        self._measure(model)
         with self._guard:
             self._loaded[key] = model
         self._start_ahead(served, schema)
@@ -226,24 +239,27 @@ class ModelServers:
 
     def _start_ahead(self, served: Served, schema: dict | None) -> None:
         """Start servers of a full fine-tune's template in the background, up to ``ahead`` waiting,
-        in free slots only (never evicting a loaded version for one)."""
+        in free memory only (never evicting a loaded version for one)."""
         if not self.ahead or served.template is None:
             return
         with self._guard:
             starting = f"ahead:{served.template}:{uuid.uuid4().hex[:8]}"
             waiting = len(self._waiting.get(served.template, [])) + sum(s.startswith(f"ahead:{served.template}:") for s in self._starting)
-            if self._closed or waiting >= self.ahead or self._slots_used() >= self.budget:
+            need = self._estimate(f"ahead:{served.template}")
+            if self._closed or waiting >= self.ahead or not (self.used() + need).within(self.budget):
                 return
-            self._starting.add(starting)
+            self._starting[starting] = need
 
         def start() -> None:
             model = None
             try:
                 model = self._start(starting, "", schema, served, ahead=True)
+                model.sizes = (f"ahead:{served.template}",)
+                self._measure(model)
             except Exception as exc:  # noqa: BLE001 - a server started ahead is an optimisation: the next cold start still works
                 log.warning("a model server started ahead for a template failed: %s", exc)
             with self._guard:
-                self._starting.discard(starting)
+                self._starting.pop(starting, None)
                 if model is not None and not self._closed:
                     self._waiting.setdefault(served.template, []).append(model)
                     model = None
@@ -253,8 +269,37 @@ class ModelServers:
 
         self._ahead_thread.submit(start)
 
-    def _slots_used(self) -> int:
-        return len(self._loaded) + len(self._starting) + sum(len(models) for models in self._waiting.values())
+    def used(self) -> Memory:
+        """What the servers hold: loaded, waiting, and starting (at their estimate)."""
+        with self._guard:
+            servers = [*self._loaded.values(), *(m for models in self._waiting.values() for m in models)]
+            return sum((m.memory for m in servers), sum(self._starting.values(), Memory()))
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held and allowed, host and GPU (the heartbeat's ``model_memory``)."""
+        used = self.used()
+        return {"host": used.host, "host_budget": self.budget.host, "gpu": used.device, "gpu_budget": self.budget.device}
+
+    def _estimate(self, *names: str | None) -> Memory:
+        """A server about to start: as it (or its template) measured before, else the largest seen."""
+        for name in names:
+            if name in self._sizes:
+                return self._sizes[name]
+        return max(self._sizes.values(), key=lambda m: (m.device, m.host), default=Memory())
+
+    def _measure(self, model: LoadedModel) -> None:
+        if isinstance(model.server, CogServer):
+            memory = resident(model.server.process.pid)
+        elif isinstance(model.server, CogContainer):
+            memory = container_memory(model.server.container)
+        else:
+            return  # someone else's server (model_urls): not this worker's memory
+        with self._guard:
+            model.memory = memory
+            self._sizes.update(dict.fromkeys(model.sizes, memory))
+        if not memory.within(self.budget) and not model.over_budget:
+            model.over_budget = True
+            log.warning("model server %s alone holds %s, more than the budget of %s: it runs, alone", model.version, memory, self.budget)
 
     def release(self, model: LoadedModel, *, broken: bool = False) -> None:
         """After a prediction; a ``broken`` server (crashed, or its prediction could not be
@@ -270,29 +315,41 @@ class ModelServers:
                 if self._loaded.get(model.version) is model:
                     del self._loaded[model.version]
             self._stop(model)
+        else:
+            self._measure(model)  # adapters or weights it loaded for this prediction count now
         model.lock.release()
         with self._guard:
             self._guard.notify_all()
 
-    def _make_room(self) -> bool:
-        """With the guard held: True when one more version may load (an idle one evicted if needed)."""
-        if self._slots_used() < self.budget:
-            return True
-        for template, models in self._waiting.items():  # a server started ahead is the cheapest to give up
-            if models:
-                self._stop(models.pop())
+    def _make_room(self, need: Memory) -> bool:
+        """With the guard held: True when a server of ``need`` bytes may start now, idle ones
+        stopped for it if needed (least recently used first; servers started ahead before any)."""
+        while True:
+            waiting = [m for models in self._waiting.values() for m in models]
+            if not (self._loaded or self._starting or waiting) or (self.used() + need).within(self.budget):
                 return True
-        idle = [m for m in self._loaded.values() if not m.lock.locked()]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda m: m.last_used)
-        victim.lock.acquire()
-        del self._loaded[victim.version]
-        self.evictions += 1
-        log.info("unloading model version %s (least recently used) to load another", victim.version)
-        self._stop(victim)
-        victim.lock.release()
-        return True
+            if waiting:  # a server started ahead is the cheapest to give up
+                victim = next(models for models in self._waiting.values() if models).pop()
+                log.info("stopping a server started ahead (%s) to make room for %s", victim.memory, need)
+                self._stop(victim)
+                continue
+            idle = [m for m in self._loaded.values() if not m.lock.locked()]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda m: m.last_used)
+            victim.lock.acquire()
+            del self._loaded[victim.version]
+            self.evictions += 1
+            log.info(
+                "unloading model version %s (least recently used, %s) to make room for another (%s; %s used of %s)",
+                victim.version,
+                victim.memory,
+                need,
+                self.used() + victim.memory,
+                self.budget,
+            )
+            self._stop(victim)
+            victim.lock.release()
 
     def _start(self, version: str, image: str, schema: dict | None, served: Served, *, ahead: bool = False) -> LoadedModel:
         started = time.monotonic()

@@ -29,6 +29,7 @@ from builder.cog.client import CogError
 from builder.cog.messages import log_error, prediction_error, without_host_paths
 from builder.egress import fetch
 from builder.service.config import ServiceConfig
+from builder.service.predictions.memory import peak_host
 from builder.service.predictions.model_servers import ModelServers
 from builder.service.predictions.record import FILE_REF, PredictionRecord, public_prediction
 from builder.service.schema import FINISHED, Status, WebhookEvent
@@ -403,22 +404,7 @@ def _peak_memory(server) -> dict:
     """Peak resident memory of a local model server's processes (the server and its children:
     the predictor); a container's is the engine's to tell."""
     process = getattr(server, "process", None)
-    if process is None:
-        return {}
-    peak, pending, seen = 0, [process.pid], set()
-    while pending:
-        pid = pending.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
+    peak = peak_host(process.pid) if process is not None else 0
     return {"peak_host_memory_bytes": peak} if peak else {}
 
 

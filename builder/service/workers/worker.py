@@ -180,6 +180,7 @@ async def _main(config: ServiceConfig, queues: dict[str, list[str]], gpu: str | 
                     "jobs": sorted(state.current),
                     "loaded": runtime.predictor.servers.loaded(),
                     "bases": runtime.predictor.servers.bases(),
+                    "model_memory": runtime.predictor.servers.memory(),
                 }
                 try:
                     await in_thread(workers.beat, worker_id, doc)
