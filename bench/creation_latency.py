@@ -72,7 +72,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="dreambuild-bench-creation-"))
     home = root / "embedded"
     template, config = embedded_config(root, home)
-    config.update(max_concurrent=2, upload_expiry_hours=None)
+    config.update(max_concurrent=2, upload_expiry_hours=None, servers_ahead=0)
     config["trainers"][IDLE_TRAINER] = {"name": "absent", "runner": "cog-http", "urls": ["http://127.0.0.1:9"], "health_seconds": 1}
     schemas = home / "data" / "schemas"
     api, url = None, None

@@ -17,12 +17,13 @@ server of its own: it runs on its template's server, started once with the base 
 for each prediction (the Cog request's context: :mod:`templates.inference.versions`). So a new
 fine-tune's first prediction costs loading its adapters (tens of milliseconds), not a cold start;
 every LoRA version of a template shares its memory. A full fine-tune cannot
-share a base, but its cold start can be mostly paid ahead: with ``servers_ahead`` > 0, after a
-version of a template starts, that many more servers of the template are started in the background
-with no weights (``DREAMBUILD_WEIGHTS_LATER=1``), in free memory only (the first given up for
-room; counted at their own size: the Python stack, no weights); the next
-version of the template takes one, and its first prediction names its weights to load (the Cog
-context again). (Local runner only: the docker runner and ``model_urls`` run each version's own image.)
+share a base, but its cold start can be mostly paid ahead: with ``servers_ahead`` > 0, once a
+version of a template has started and its first prediction ended (a Python stack starting beside
+it would slow it), that many more servers of the template are started in the background with no
+weights (``DREAMBUILD_WEIGHTS_LATER=1``), in free memory only (the first given up for room;
+counted at their own measured size: the Python stack, no weights); the next version of the
+template takes one, and its first prediction names its weights to load (the Cog context again).
+(Local runner only: the docker runner and ``model_urls`` run each version's own image.)
 
 A server runs one prediction at a time (Cog's default concurrency); a second prediction of the
 same version, or of another version on the same base, waits for it.
@@ -107,6 +108,7 @@ class LoadedModel:
     memory: Memory = field(default_factory=Memory)  # measured after its start and after each prediction
     sizes: tuple[str, ...] = ()  # the names its measure estimates others by (its key, its template)
     over_budget: bool = False  # alone more than the budget (said once)
+    then_ahead: tuple | None = None  # (Served, schema): servers of its template to start ahead once its prediction ended
 
     @property
     def client(self) -> CogClient:
@@ -219,7 +221,7 @@ class ModelServers:
                     break
                 self._guard.wait(0.2)  # busy, starting elsewhere, or every slot busy
         if model is not None:
-            self._start_ahead(served, schema)
+            model.then_ahead = (served, schema)
             return model, True
         try:
             model = self._start(key, image, schema, served)
@@ -234,7 +236,7 @@ class ModelServers:
         self._measure(model)
         with self._guard:
             self._loaded[key] = model
-        self._start_ahead(served, schema)
+        model.then_ahead = (served, schema)
         return model, True
 
     def _start_ahead(self, served: Served, schema: dict | None) -> None:
@@ -317,6 +319,10 @@ class ModelServers:
             self._stop(model)
         else:
             self._measure(model)  # adapters or weights it loaded for this prediction count now
+        if model.then_ahead is not None:
+            # After the prediction, not beside it: a Python stack starting competes for its CPU.
+            self._start_ahead(*model.then_ahead)
+            model.then_ahead = None
         model.lock.release()
         with self._guard:
             self._guard.notify_all()
