@@ -825,6 +825,26 @@ def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_fa
             assert metrics["boot"] in ("adapter load", "warm") and "setup_time" not in metrics, metrics
             images.add(image)
         assert model_servers() == before and len(images) == 20  # no process started; each version its own image
+        # Both official clients, each on a LoRA version never run: on the warm base, its adapters loaded.
+        from PIL import Image
+        from replicate import Client
+
+        scaled = [scaled_lora(weights, tmp_path / f"lora-client-{i}", 3.0 + i) for i in range(2)]
+        py, js = (built_version(server, template, folder, f"alice/lora-{name}") for folder, name in zip(scaled, ("py", "js")))
+        output = Client(api_token="tok-alice", base_url=server.url).run(
+            f"alice/lora-py:{py}", input={"num_inference_steps": 2, "seed": 1, "disable_safety_check": True}
+        )
+        assert httpx.get(str(output[0])).content[:4] == b"\x89PNG"
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "in.png")
+        node = subprocess.run(
+            ["node", str(Path(__file__).parent / "js" / "run_model.mjs"), server.url, "tok-alice", f"alice/lora-js:{js}", str(tmp_path / "in.png")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert node.returncode == 0 and json.loads(node.stdout.strip().splitlines()[-1])["outputs"][0]["png"], node.stderr
+        ran = {p["version"]: p for p in httpx.get(f"{server.url}/v1/predictions", headers=ALICE).json()["results"][:2]}
+        assert {ran[py]["metrics"]["boot"], ran[js]["metrics"]["boot"]} == {"adapter load"} and model_servers() == before
     finally:
         server.stop()
     # A full fine-tune's first prediction on a server started ahead (servers_ahead: 1, memory for it).

@@ -476,6 +476,30 @@ def test_a_lora_output_on_another_base_or_none_fails_every_prediction_clearly(tm
             generator.generate(GenerationRequest(prompt="a cjw toy", num_inference_steps=2, disable_safety_check=True))
 
 
+def test_weights_a_server_started_ahead_cannot_load_fail_each_prediction_clearly(tmp_path, tiny_base, monkeypatch):
+    """A server started ahead is bound to the weights its first prediction names; when they cannot
+    be loaded, that prediction and every later one say why (not a bare "no weights loaded")."""
+    import shutil
+
+    from templates.inference.generator import ImageGenerator
+    from templates.inference.locations import WeightLocations
+    from templates.inference.request import GenerationRequest
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_base, broken)
+    (unet,) = (broken / "unet").glob("*.safetensors")
+    unet.write_bytes(unet.read_bytes()[:100])  # cut short
+    monkeypatch.setenv("DREAMBUILD_WEIGHTS_LATER", "1")
+    missing = tmp_path / "none"
+    generator = ImageGenerator("vanilla", WeightLocations(missing, missing, missing, missing))
+    generator.setup()
+    request = GenerationRequest(prompt="a cjw toy", num_inference_steps=2, disable_safety_check=True, weights=broken)
+    with pytest.raises(Exception):
+        generator.generate(request)
+    with pytest.raises(Exception, match=re.escape(f"the weights in {broken} could not be loaded")):
+        generator.generate(GenerationRequest(prompt="a cjw toy", num_inference_steps=2, disable_safety_check=True))
+
+
 def test_a_template_reads_its_bases_baked_digest(tmp_path, lora_output, tiny_base):
     """Setup compares the LoRA's base with the digest baked beside the base (base.digest, written
     at image build time), not with a hash of the base: a planted digest is what it reports."""

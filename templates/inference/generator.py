@@ -177,8 +177,12 @@ class ImageGenerator:
                 raise TemplateWithoutWeightsError("this model server was started ahead of its weights, and no prediction has named them yet")
             started = time.perf_counter()
             self.locations = replace(self.locations, weights=weights)
-            self.awaiting_weights = False
-            self._load_weights(started)
+            self.awaiting_weights = False  # bound for good: a load that fails is this server's answer from now on
+            try:
+                self._load_weights(started)
+            except Exception as exc:
+                self.no_weights = f"the weights in {weights} could not be loaded: {type(exc).__name__}: {exc}"
+                raise
             self._weights_seconds = round(time.perf_counter() - started, 4)
         elif weights is not None and weights.resolve() != self.locations.weights.resolve():
             raise InputError(f"this model server runs the weights in {self.locations.weights}, not those in {weights}")

@@ -178,7 +178,8 @@ class ModelServers:
         (a cold start). A version of ``model_urls`` gets one of its running servers, leased to
         ``holder`` (the prediction: a re-run of it gets its lease back), waited for while all are busy.
         ``schema``: the version's Cog schema, known since it was built (a cold start then
-        generates none)."""
+        generates none); ``template_version``: its template's catalog version (a base server
+        started for it is reported under it in the heartbeat's ``bases``)."""
         if version in self.pools:
             resources = [f"model:{url}" for url in self.pools[version]]
             holder = holder or uuid.uuid4().hex
