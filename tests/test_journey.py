@@ -279,3 +279,105 @@ def test_the_readmes_curl_examples(own_service):
     assert waited["output"][0].startswith(f"{url}/v1/files/")
     for prediction in (with_file, queued):
         finished(prediction)
+
+
+MANY_MACHINES = "### Many machines (`dreambuild worker`, PostgreSQL)"
+
+
+def test_many_machines_as_written(checkout, registry, tiny_base, safety_checker, tmp_path):
+    """The README's many-machines configuration and commands as written: `dreambuild serve`, two
+    GPU workers and a CPU one (each its own --data-dir and --name), `dreambuild workers`, then a
+    user's training and prediction through them. The
+    only changes: the hosts (db, api, registry) are this test's PostgreSQL, a free loopback port
+    and the test registry; /var/lib/dreambuild is ./var; the trainer version is the one
+    `dreambuild catalog --local` prints, as the configuration's comment says, and its base the
+    tiny model; serve gets that free port; train and run get tiny sizes."""
+    from fixtures.services import start_postgres
+
+    root = checkout["root"]
+    assert checkout["demo"].returncode == 0, "./dev demo failed: its environment is the journey's"
+    env = {**checkout["env"], "VIRTUAL_ENV": str(root / ".venv"), "PATH": f"{root / '.venv' / 'bin'}:{checkout['env']['PATH']}"}
+    section = (REPO_ROOT / "README.md").read_text()
+    section = section[section.index(MANY_MACHINES) :]
+    config = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    local = subprocess.run(["dreambuild", "catalog", "--local"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    (trainer,) = re.findall(r"([0-9a-f]{64})  dreambooth \(this checkout\)", local.stdout)
+    (shown,) = re.findall(r"^  ([0-9a-f]{64}):\s+# a trainer version", config, re.M)
+    postgres, port, procs = start_postgres(), free_port(), []
+    work = tmp_path / "box"
+    work.mkdir()
+    try:
+        for before, after in (
+            ("postgresql://dreambuild:secret@db:5432/dreambuild", postgres.create_database("journey")),
+            ("api:8000", f"127.0.0.1:{port}"),
+            ("registry:5000", registry.host),
+            ("/models/sd15", str(tiny_base)),
+            (shown, trainer),
+        ):
+            assert before in config, before
+            config = config.replace(before, after)
+        (work / "service.yaml").write_text(config + f"port: {port}\n")
+        # What the configuration's comment says pushed the template its template_repositories read.
+        pushed = subprocess.run(
+            [
+                "dreambuild",
+                "templates",
+                "add",
+                "vanilla",
+                "--bake",
+                f"safety-checker={safety_checker}",
+                "--to",
+                f"{registry.host}/dreambuild/vanilla",
+            ],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert pushed.returncode == 0, pushed.stderr
+        commands = [[word.replace("/var/lib/dreambuild/", "var/") for word in command] for command in readme_commands(MANY_MACHINES)]
+        assert commands[0] == ["dreambuild", "serve", "--config", "service.yaml"], commands
+        names = [command[command.index("--name") + 1] for command in commands if "--name" in command]
+        photos_zip(work / "photos.zip")  # the user's photos
+        timings = {}
+        for command in commands:
+            if command[:2] in (["dreambuild", "serve"], ["dreambuild", "worker"]):  # long-running: in the background
+                log = open(work / f"{command[1]}-{len(procs)}.log", "w")
+                procs.append(subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                if command[1] == "serve":
+                    _wait_ready(f"http://127.0.0.1:{port}", procs[-1], open(log.name))
+            elif command[0] == "export":
+                env.update(word.replace("api:8000", f"127.0.0.1:{port}").split("=", 1) for word in command[1:])
+            elif command[:2] == ["dreambuild", "workers"]:
+                _wait_listed(command, names, work, env)
+            else:
+                command = [trainer if word == shown else word for word in command] + TINY.get(command[1], [])
+                started = time.monotonic()
+                done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+                timings[command[1]] = time.monotonic() - started
+                assert done.returncode == 0, f"{shlex.join(command)}: {done.stdout[-2000:]} {done.stderr[-3000:]}"
+                if command[1] == "train":  # built on a CPU worker, pushed to the registry
+                    assert done.stdout.strip().splitlines()[-1].startswith(f"{registry.host}/alice/toy@sha256:"), done.stdout
+        assert set(timings) == {"train", "run"} and Image.open(work / "out" / "output-0.png").size == (64, 64)
+        print("journey, many machines: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    finally:
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(procs):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        postgres.stop()
+
+
+def _wait_listed(command: list[str], names: list[str], cwd: Path, env: dict) -> None:
+    """Until ``dreambuild workers`` lists every worker (each heartbeats once it is up)."""
+    deadline = time.monotonic() + 180
+    while True:
+        listed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+        if listed.returncode == 0 and all(name in listed.stdout for name in names) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert listed.returncode == 0 and all(name in listed.stdout for name in names), listed.stdout + listed.stderr
