@@ -711,6 +711,36 @@ def test_embedded_defaults_need_no_configuration(tmp_path, registry, templates):
         proc.wait(20)
 
 
+def test_users_get_public_urls_while_trainers_and_model_servers_use_the_internal_one(tmp_path, tiny_base, registry, templates, receiver):
+    """public_url names a host nothing here can reach, internal_url the service: the trainer's
+    upload, its file inputs, the model server's logs go to internal_url (else the training or the
+    prediction would fail), while every URL a user gets, in answers and webhooks, is public."""
+    public = "http://dreambuild.invalid:8000"
+    config = service_config(tmp_path, tiny_base, registry, templates)
+    config.update(public_url=public, internal_url=f"http://127.0.0.1:{config['port']}")
+    server = Service(tmp_path, config).start()
+    try:
+        url = upload(server, photos_zip(tmp_path / "photos.zip"))
+        created = httpx.post(f"{server.url}/v1/trainings", json=seed_request(server, receiver, url, model="alice/inside"), headers=ALICE)
+        assert created.status_code == 201, created.text
+        done = server.wait(created.json()["id"])
+        assert done["status"] == "succeeded", done["error"]
+        hook = json.loads(hooks_for(receiver, done["id"])[0].body)
+        assert all(u.startswith(public + "/") for u in (url, done["urls"]["get"], done["output"]["weights"], hook["urls"]["get"]))
+        inputs = {"num_inference_steps": 2, "width": 64, "height": 64, "seed": 1, "disable_safety_check": True}
+        answer = httpx.post(f"{server.url}/v1/predictions", headers=ALICE, json={"version": done["version"], "input": inputs}).json()
+        assert answer["urls"]["get"].startswith(public + "/")
+        deadline = time.monotonic() + 300
+        while answer["status"] not in ("succeeded", "failed", "canceled") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            answer = httpx.get(answer["urls"]["get"].replace(public, server.url), headers=ALICE).json()
+        assert answer["status"] == "succeeded", answer
+        (output,) = answer["output"]
+        assert output.startswith(public + "/") and httpx.get(output.replace(public, server.url)).content[:4] == b"\x89PNG"
+    finally:
+        server.stop()
+
+
 def test_registry_down_fails_the_build_with_a_webhook(tmp_path, service, receiver, registry):
     service.config["registry"] = f"127.0.0.1:{free_port()}"  # nothing listens there
     try:
