@@ -4,7 +4,9 @@ the checkout, with relative paths and the default directories.
 copy of the checkout → ``./dev demo`` (creates .venv, runs the demo) → the README's "Your own
 service, step by step" block, line by line (``dreambuild serve`` with no configuration, ``train``
 without version ids, ``run``, ``predictions list``) → the official Python and JavaScript
-clients' train-then-run against that service, each with its default settings.
+clients' train-then-run against that service, each with its default settings → the trainings
+service's and the predictions' curl and CLI blocks → the many-machines configuration and
+commands (PostgreSQL, ``dreambuild serve``, three workers, a user's train and run).
 
 The only changes to what the README says: the two hub downloads are replaced by tiny local models
 at the paths they write, ``serve`` gets a free port (``DREAMBUILD_URL`` tells the client commands),
@@ -279,6 +281,14 @@ def test_the_readmes_curl_examples(own_service):
     assert waited["output"][0].startswith(f"{url}/v1/files/")
     for prediction in (with_file, queued):
         finished(prediction)
+    # The section's CLI block: run with an image file, then the list (its `get|cancel ID` is the syntax line).
+    section = text[text.index("### Predictions") :]
+    block = re.findall(r"```bash\n(.*?)```", section[: section.index("### Many machines")], re.S)[1]
+    run, listing = (shlex.split(line.split(";")[0], comments=True) for line in block.splitlines())
+    for command in (run + TINY["run"], listing):
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, f"{shlex.join(command)}: {done.stderr[-2000:]}"
+    assert Image.open(root / "out" / "output-0.png").size == (64, 64) and "succeeded" in done.stdout.splitlines()[0]
 
 
 MANY_MACHINES = "### Many machines (`dreambuild worker`, PostgreSQL)"
