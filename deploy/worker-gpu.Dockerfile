@@ -26,7 +26,8 @@ COPY trainer trainer
 COPY templates templates
 COPY cog.yaml cog.yaml
 RUN uv sync --frozen --extra trainer --extra gpu --extra templates --extra builder --python /usr/local/bin/python3.11
-RUN if [ "$FETCH_WEIGHTS" = 1 ]; then HF_HUB_OFFLINE=0 python -m trainer.fetch_base_model --dest base-model; fi
+RUN if [ "$FETCH_WEIGHTS" = 1 ]; then HF_HUB_OFFLINE=0 python -m trainer.fetch_base_model --dest base-model \
+    && HF_HUB_OFFLINE=0 python -m trainer.fetch_eval_models --dest eval-models; fi
 RUN useradd --system --uid 10001 --home-dir /var/lib/dreambuild --create-home dreambuild
 USER dreambuild
 ENV HF_HUB_OFFLINE=1

@@ -94,18 +94,28 @@ def trainer_workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("trainer-work")
 
 
-def _trainer_server(tmp_path_factory, tiny_base, workdir, train):
+@pytest.fixture(scope="session")
+def eval_models(tmp_path_factory):
+    """Tiny random likeness models (DINO and CLIP), where trainer.fetch_eval_models writes them."""
+    from fixtures.tiny_models import build_tiny_eval_models
+
+    return built(tmp_path_factory, "eval-models", build_tiny_eval_models)
+
+
+def _trainer_server(tmp_path_factory, tiny_base, workdir, train, eval_models=None):
     project = tmp_path_factory.mktemp("trainer-train" if train else "trainer-predict")
     env = {"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(workdir)}
+    if eval_models is not None:
+        env["DREAMBUILD_EVAL_MODELS"] = str(eval_models)
     server = start_cog_server("trainer/cog_model.py:" + ("train" if train else "Predictor"), project, train=train, env=env)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")  # one test module uses it: its memory is freed after it
-def trainer_predict_server(tmp_path_factory, tiny_base, trainer_workdir):
-    """The trainer in the real Cog HTTP server, predict mode, with Cog's schema."""
-    yield from _trainer_server(tmp_path_factory, tiny_base, trainer_workdir, train=False)
+def trainer_predict_server(tmp_path_factory, tiny_base, trainer_workdir, eval_models):
+    """The trainer in the real Cog HTTP server, predict mode, with Cog's schema (and the likeness models)."""
+    yield from _trainer_server(tmp_path_factory, tiny_base, trainer_workdir, train=False, eval_models=eval_models)
 
 
 @pytest.fixture(scope="module")  # one test module uses it: its memory is freed after it
@@ -381,12 +391,15 @@ def database_target(request, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_base, registry, templates):
-    """`dreambuild serve` with the tiny trainer, the vanilla template and tokens for alice and bob
-    (tests/test_service.py's service_config), one per test module that uses it."""
+def service(tmp_path_factory, tiny_base, registry, templates, eval_models):
+    """`dreambuild serve` with the tiny trainer (and its likeness models), the vanilla template and
+    tokens for alice and bob (tests/test_service.py's service_config), one per test module that uses it."""
+    from builder.service.config import local_trainer_version
     from tests.test_service import Service, service_config
 
     root = tmp_path_factory.mktemp("service")
-    server = Service(root, service_config(root, tiny_base, registry, templates)).start()
+    config = service_config(root, tiny_base, registry, templates)
+    config["trainers"][local_trainer_version()]["env"]["DREAMBUILD_EVAL_MODELS"] = str(eval_models)
+    server = Service(root, config).start()
     yield server
     server.stop()

@@ -182,6 +182,36 @@ def test_the_seed_request_trains_builds_pushes_and_calls_the_webhook(tmp_path, s
     assert not (Path(service.config["data_dir"]) / "work" / created["id"]).exists()
 
 
+def test_a_training_s_likeness_is_in_its_answer_its_webhook_and_the_cli(tmp_path, service, receiver):
+    """measure_likeness: the scores of metrics.json (output.zip) in the training's metrics.likeness,
+    the same in the completed webhook and in `dreambuild trainings get`."""
+    import io
+    import zipfile
+
+    url = upload(service, photos_zip(tmp_path / "photos.zip"))
+    request = seed_request(service, receiver, url, model="alice/likeness")
+    request["input"].update(measure_likeness=True, validation_steps=2, save_infer_steps=2)
+    created = httpx.post(f"{service.url}/v1/trainings", json=request, headers=ALICE)
+    assert created.status_code == 201, created.text
+    done = service.wait(created.json()["id"])
+    assert done["status"] == "succeeded", done["error"]
+    likeness = done["metrics"]["likeness"]
+    archive = zipfile.ZipFile(io.BytesIO(httpx.get(done["output"]["weights"], headers=ALICE).content))
+    written = json.loads(archive.read("metrics.json"))["likeness"]
+    assert likeness["steps"] == written["steps"] and [e["step"] for e in likeness["steps"]] == [0, 2, 4]
+    assert likeness["final"] == written["final"] and likeness["models"] == written["models"] and likeness["evaluation_seconds"] > 0
+    hook = json.loads(hooks_for(receiver, done["id"])[0].body)
+    assert hook["metrics"]["likeness"] == likeness
+    shown = subprocess.run(
+        [CLI, "trainings", "get", done["id"]],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DREAMBUILD_URL": service.url, "DREAMBUILD_TOKEN": "tok-alice"},
+        timeout=60,
+    )
+    assert shown.returncode == 0 and json.loads(shown.stdout)["metrics"]["likeness"] == likeness, shown.stderr
+
+
 def test_tokens_see_only_their_owners(service, receiver):
     listed = httpx.get(f"{service.url}/v1/trainings", headers=ALICE).json()["results"]
     assert listed, "the seed test ran first"

@@ -264,6 +264,39 @@ def test_validation_samples_are_taken_during_training(trainer_predict_server, ph
     assert "Validation: 1 sample(s) of 'a photo of a cjw toy' at step 4." in body["logs"]
 
 
+def test_likeness_is_scored_before_training_at_each_validation_step_and_at_the_end(trainer_predict_server, photos, tmp_path):
+    """measure_likeness: DINO, CLIP-I, CLIP-T and prior drift of the base (step 0), every
+    validation_steps and of the result, in metrics.json, each a cosine similarity (within [-1, 1]);
+    prior drift is 1 for the base itself."""
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, lora_rank=2, measure_likeness=True, validation_steps=3, save_infer_steps=2)
+    assert body["status"] == "succeeded", body.get("error")
+    _, weights = output_dir(body, tmp_path)
+    likeness = json.loads((weights / "metrics.json").read_text())["likeness"]
+    assert [entry["step"] for entry in likeness["steps"]] == [0, 3, 6] and likeness["final"] == likeness["steps"][-1]
+    for entry in likeness["steps"]:
+        assert set(entry) == {"step", "dino", "clip_i", "clip_t", "prior_drift"}
+        assert all(-1.0 <= entry[k] <= 1.0 for k in ("dino", "clip_i", "clip_t", "prior_drift")), entry
+    assert likeness["steps"][0]["prior_drift"] == 1.0  # the base against itself
+    assert likeness["steps"][-1] != likeness["steps"][0]  # the trained model scores otherwise than its base
+    assert set(likeness["models"]) == {"dino", "clip"} and all(m["digest"].startswith("sha256:") for m in likeness["models"].values())
+    assert (
+        likeness["prompts"]["subject"][0] == "a photo of a cjw toy in the jungle"
+        and likeness["prompts"]["clip_t"][0] == "a photo of a toy in the jungle"
+    )
+    assert likeness["evaluation_seconds"] > 0 and "Likeness at step 6:" in body["logs"]
+
+
+def test_likeness_without_its_models_fails_before_training(tmp_path, tiny_base, monkeypatch):
+    monkeypatch.setenv("DREAMBUILD_BASE_MODEL", str(tiny_base))
+    monkeypatch.setenv("DREAMBUILD_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.setenv("DREAMBUILD_EVAL_MODELS", str(tmp_path / "none"))
+    from dreambuild.errors import InputError
+    from trainer.job import run_job
+
+    with pytest.raises(InputError, match="measure_likeness needs the evaluation models.*trainer.fetch_eval_models"):
+        run_job({**QUICK, "measure_likeness": True}, photos_zip(tmp_path / "photos.zip"))
+
+
 def test_sdxl_lora_and_full_fine_tunes(trainer_predict_server, tiny_sdxl, tiny_base, photos, tmp_path):
     """An SDXL base (as ckpt_base): LoRA adapters on the UNet and both text encoders, validation
     samples from the SDXL pipeline, the base's native size by default; and a full fine-tune."""

@@ -93,6 +93,7 @@ class TrainingArgs:
     n_save_sample: int = 1
     save_guidance_scale: float = 7.5
     save_infer_steps: int = 50
+    measure_likeness: bool = False  # DINO / CLIP-I / CLIP-T / prior drift into metrics.json (trainer.likeness)
 
     @classmethod
     def from_inputs(cls, values: dict[str, Any]) -> "TrainingArgs":

@@ -134,6 +134,10 @@ class Predictor(BaseRunner):
         n_save_sample: int = Input(description="Number of sample images.", default=1, ge=1, le=64),
         save_guidance_scale: float = Input(description="Guidance scale of the sample images.", default=7.5, ge=0.0, le=50.0),
         save_infer_steps: int = Input(description="Denoising steps of the sample images.", default=50, ge=1, le=500),
+        measure_likeness: bool = Input(
+            description="Score how well the model learned the subject (DreamBooth's DINO, CLIP-I and CLIP-T, and prior drift) before training, every validation_steps and at the end, into metrics.json; needs the evaluation models baked (python -m trainer.fetch_eval_models).",
+            default=False,
+        ),
     ) -> Path:
         """Train DreamBooth and return output.zip (the fine-tuned diffusers pipeline and args.json)."""
         inputs = dict(locals())
@@ -233,6 +237,10 @@ def train(
     n_save_sample: int = Input(description="Number of sample images.", default=1, ge=1, le=64),
     save_guidance_scale: float = Input(description="Guidance scale of the sample images.", default=7.5, ge=0.0, le=50.0),
     save_infer_steps: int = Input(description="Denoising steps of the sample images.", default=50, ge=1, le=500),
+    measure_likeness: bool = Input(
+        description="Score how well the model learned the subject (DreamBooth's DINO, CLIP-I and CLIP-T, and prior drift) before training, every validation_steps and at the end, into metrics.json; needs the evaluation models baked (python -m trainer.fetch_eval_models).",
+        default=False,
+    ),
 ) -> TrainingOutput:
     """Train DreamBooth; ``weights`` is output.zip, the same archive the prediction returns."""
     configure_logging()

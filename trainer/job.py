@@ -30,6 +30,7 @@ from trainer.checkpoints import Checkpoints, checkpoints_root, training_key
 from trainer.class_images import generate_class_images
 from trainer.device import plan_device
 from trainer.images import IMAGE_SUFFIXES, PHOTO_LIMITS, find_images, load_all, read_captions
+from trainer.likeness import EvalPrompts, Evaluation, Scorer, eval_models_dir
 from trainer.loop import train_dreambooth
 
 log = logging.getLogger(__name__)
@@ -172,8 +173,18 @@ def _run(  # noqa: C901
             len(captions),
         )
     samples = work / "samples"
+    likeness = _likeness(args, instance_images, plan) if args.measure_likeness else None
     result = train_dreambooth(
-        args, base, instance_images, class_images, plan, captions=captions, checkpoints=checkpoints, samples=samples, vae_dir=vae
+        args,
+        base,
+        instance_images,
+        class_images,
+        plan,
+        captions=captions,
+        checkpoints=checkpoints,
+        samples=samples,
+        vae_dir=vae,
+        likeness=likeness,
     )
     weights = work / "weights"
     saved_dtype = torch.float16 if plan.mixed_precision != "no" else torch.float32  # templates run fp16 on GPUs
@@ -186,6 +197,8 @@ def _run(  # noqa: C901
         result.pipeline.to(dtype=saved_dtype)
         result.pipeline.save_pretrained(weights, safe_serialization=True)
     (weights / "args.json").write_text(json.dumps(recorded, indent=2))
+    if likeness is not None:
+        (weights / "metrics.json").write_text(json.dumps({"likeness": likeness.report()}, indent=2))
     if samples.is_dir():  # validation samples taken during training
         shutil.move(samples, weights / "samples")
     if args.save_sample_prompt:
@@ -202,6 +215,16 @@ def _run(  # noqa: C901
         class_images=len(class_images) if args.with_prior_preservation else 0,
         generated_class_images=generated,
     )
+
+
+def _likeness(args: TrainingArgs, photos: list, plan) -> Evaluation:
+    """The likeness evaluations of this training (models loaded, the photos embedded once);
+    a missing model fails the training before its first step."""
+    scorer = Scorer.load(eval_models_dir(), plan.device)
+    scorer.set_real(photos)
+    prompts = EvalPrompts.build(args.instance_prompt, args.class_prompt)
+    seed = args.seed if args.seed is not None else 0
+    return Evaluation(scorer, prompts, seed=seed, steps=args.save_infer_steps, guidance=args.save_guidance_scale)
 
 
 def save_lora(weights: Path, lora: dict, metadata: dict, dtype: torch.dtype, args: TrainingArgs, xl: bool = False) -> None:

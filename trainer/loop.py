@@ -32,6 +32,7 @@ from dreambuild.layout import is_sdxl
 from trainer.args import TrainingArgs
 from trainer.checkpoints import Checkpoints
 from trainer.device import DevicePlan
+from trainer.likeness import Evaluation
 from trainer.progress import StepLogger
 from trainer.text import TextEncoders, sdxl_time_ids
 
@@ -111,13 +112,16 @@ def train_dreambooth(  # noqa: C901
     checkpoints: Checkpoints | None = None,
     samples: Path | None = None,
     vae_dir: Path | None = None,
+    likeness: Evaluation | None = None,
 ) -> TrainResult:
     """Run ``args.max_train_steps`` optimizer steps and return the fine-tuned pipeline.
 
     ``captions[i]`` is instance image i's prompt (a .txt beside it); None: the instance prompt.
     With ``checkpoints``, the state is saved every ``checkpoints.every`` steps, and a newer saved
     state of the same training is resumed from. With ``args.validation_prompt``, sample images of
-    the model as it is are written to ``samples`` every ``args.validation_steps`` steps.
+    the model as it is are written to ``samples`` every ``args.validation_steps`` steps. With
+    ``likeness``, the model is scored before the first step (the base: the baseline, and prior
+    drift's reference), every ``args.validation_steps`` steps and at the end.
     """
     prior = args.with_prior_preservation
     # Accelerate keeps one process-wide state, fixed by the first Accelerator; a Cog server runs
@@ -241,6 +245,8 @@ def train_dreambooth(  # noqa: C901
 
     step = 0
     resumed = checkpoints.latest() if checkpoints else None
+    if likeness is not None:  # before a resumed state is loaded: always the base's scores
+        _evaluate(likeness, assemble(), 0, accelerator, [])
     if resumed and resumed[0] < args.max_train_steps:
         accelerator.load_state(str(resumed[1]))
         step = resumed[0]
@@ -313,8 +319,11 @@ def train_dreambooth(  # noqa: C901
                     progress.update(step, loss=loss_value, lr=float(lr_scheduler.get_last_lr()[0]))
                 if checkpoints and checkpoints.due(step, args.max_train_steps):
                     checkpoints.save(accelerator, step)
-                if args.validation_prompt and samples is not None and step % args.validation_steps == 0 and step < args.max_train_steps:
-                    validation_samples(args, step, samples, accelerator, assemble())
+                if step % args.validation_steps == 0 and step < args.max_train_steps:
+                    if args.validation_prompt and samples is not None:
+                        validation_samples(args, step, samples, accelerator, assemble())
+                    if likeness is not None:
+                        _evaluate(likeness, assemble(), step, accelerator, [])
                     for model in trained:
                         model.train()
                 if step >= args.max_train_steps:
@@ -322,6 +331,8 @@ def train_dreambooth(  # noqa: C901
     seconds = time.monotonic() - started
     accelerator.wait_for_everyone()
     pipeline = assemble()
+    if likeness is not None:
+        _evaluate(likeness, pipeline, step, accelerator, [])
     lora = metadata = None
     if args.lora:
         from peft import get_peft_model_state_dict
@@ -335,9 +346,8 @@ def train_dreambooth(  # noqa: C901
     return TrainResult(pipeline=pipeline, steps=step, seconds=seconds, final_loss=loss_value, lora=lora, lora_metadata=metadata if lora else None)
 
 
-@torch.no_grad()
-def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, pipe) -> None:
-    """Images of ``args.validation_prompt`` from the model as it is at ``step``: how training goes."""
+def _for_inference(pipe) -> None:
+    """A pipeline of the models in training, ready to sample: eval mode, DDIM."""
     from diffusers import DDIMScheduler
 
     for name in ("unet", "text_encoder", "text_encoder_2"):
@@ -345,6 +355,19 @@ def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, pi
             getattr(pipe, name).eval()
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+
+
+def _evaluate(likeness: Evaluation, pipe, step: int, accelerator, train_again: list) -> None:
+    _for_inference(pipe)
+    likeness(pipe, step, accelerator.autocast)
+    for model in train_again:
+        model.train()
+
+
+@torch.no_grad()
+def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, pipe) -> None:
+    """Images of ``args.validation_prompt`` from the model as it is at ``step``: how training goes."""
+    _for_inference(pipe)
     generator = torch.Generator("cpu").manual_seed(args.seed if args.seed is not None else 0)
     with accelerator.autocast():
         images = pipe(

@@ -31,6 +31,7 @@ from builder.service.config import ServiceConfig
 from builder.service.schema import FINISHED, Stage, Status
 from builder.service.store.database import Database, DatabaseUnavailable
 from builder.service.store.files import FILENAME
+from builder.service.trainings.metrics import read_likeness
 from builder.service.trainings.record import TrainingRecord, is_lora, now_iso
 from builder.service.trainings.runners import TRAINER, clear_stale, start_run
 from builder.service.trainings.schemas import TrainerSchemas, file_inputs, model_schema
@@ -330,8 +331,12 @@ class Pipeline:
             self._check_stopping()
 
         reporter = Reporter(step=step)
+        weights = self._weights(doc)
+        likeness = read_likeness(weights)
+        if likeness is not None:  # measure_likeness: the scores, for the answer and the completed webhook
+            doc = self.db.trainings.update(doc["id"], metrics={**(doc.get("metrics") or {}), "likeness": likeness})
         result = build_image(
-            self._weights(doc),
+            weights,
             template,
             model_ref(doc["model"], settings),
             notes=doc.get("notes") or "",
