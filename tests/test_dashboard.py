@@ -312,3 +312,40 @@ def test_a_tenants_page_never_runs_in_a_signed_in_tab(browser, service):
         browser.get(url)
         time.sleep(1)  # a script that runs has had its time
         assert "PWNED" not in browser.title and "PWNED" not in browser.page_source, (name, browser.title)
+
+
+def test_a_trainings_likeness_is_charted_beside_its_samples(browser, service, tmp_path):
+    """measure_likeness: the training page draws each score over the steps (an SVG line each) and
+    lists the same numbers; keep_best's step is marked."""
+    from tests.helpers import photos_zip
+    from tests.test_service import TRAIN_INPUT
+
+    url = service.url
+    catalog = httpx.get(f"{url}/v1/catalog", headers=ALICE).json()
+    uploaded = httpx.post(f"{url}/v1/uploads/photos.zip", content=photos_zip(tmp_path / "photos.zip").read_bytes(), headers=ALICE).json()
+    extra = {"measure_likeness": True, "keep_best": True, "validation_steps": 2, "save_infer_steps": 2}
+    created = httpx.post(
+        f"{url}/v1/trainings",
+        headers=ALICE,
+        json={
+            "input": {**TRAIN_INPUT, "instance_data": uploaded["url"], **extra},
+            "model": "alice/charted",
+            "trainer_version": catalog["trainers"][0]["version"],
+            "template_version": catalog["templates"][0]["version"],
+        },
+    ).json()
+    done = service.wait(created["id"])
+    assert done["status"] == "succeeded", done["error"]
+    likeness = done["metrics"]["likeness"]
+    sign_in(browser, url, "tok-alice")
+    wait_until(browser, lambda d: d.find_element("id", "trainings"), 20, "the trainings list")
+    browser.get(f"{url}/#/trainings/{created['id']}")
+    wait_until(browser, lambda d: d.find_elements("css selector", "#likeness-chart polyline"), 30, "the likeness chart")
+    lines = browser.find_elements("css selector", "#likeness-chart polyline")
+    assert sorted(line.get_attribute("data-score") for line in lines) == ["clip_i", "clip_t", "dino", "prior_drift"]
+    assert all(len(line.get_attribute("points").split()) == len(likeness["steps"]) for line in lines)
+    rows = browser.find_elements("css selector", "#likeness-table tbody tr")
+    assert [row.find_elements("tag name", "td")[0].text for row in rows] == [str(e["step"]) for e in likeness["steps"]]
+    assert rows[-1].find_elements("tag name", "td")[1].text == f"{likeness['final']['dino']:.3f}"
+    kept = [row.find_elements("tag name", "td")[0].text for row in rows if "kept" in row.get_attribute("class")]
+    assert kept == ([str(likeness["kept_step"])] if likeness["kept_step"] is not None else []), likeness

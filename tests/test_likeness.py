@@ -80,3 +80,48 @@ def test_the_service_keeps_a_checked_copy_of_metrics_json(tmp_path):
 )
 def test_a_bad_metrics_json_is_left_out_and_fails_nothing(tmp_path, metrics):
     assert read_likeness(_zip(tmp_path / "bad.zip", metrics, zipfile.ZIP_DEFLATED)) is None
+
+
+def test_keep_best_ships_the_weights_of_the_best_evaluation(tmp_path, tiny_base, eval_models, monkeypatch):
+    """Scores forced into a known order (DINO 0.9 at step 2 but CLIP-T under the floor, 0.5 at step
+    4, 0.2 at 6): keep_best ships step 4's adapters — the same tensors a 4-step training writes."""
+    from safetensors.torch import load_file
+
+    from dreambuild.archives import extract_zip
+    from tests.helpers import photos_zip
+    from trainer.job import run_job
+
+    monkeypatch.setenv("DREAMBUILD_BASE_MODEL", str(tiny_base))
+    monkeypatch.setenv("DREAMBUILD_EVAL_MODELS", str(eval_models))
+    forced = {0: (0.1, 0.30), 2: (0.9, 0.10), 4: (0.5, 0.29), 6: (0.2, 0.30)}  # step: (dino, clip_t)
+
+    def score(self, step, subject, texts, klass):
+        dino, clip_t = forced[step]
+        self.history.append({"step": step, "dino": dino, "clip_i": 0.5, "clip_t": clip_t})
+        return self.history[-1]
+
+    monkeypatch.setattr(Scorer, "score", score)
+    photos = photos_zip(tmp_path / "photos.zip")
+    inputs = {
+        "instance_prompt": "a photo of a cjw toy",
+        "class_prompt": "a photo of a toy",
+        "with_prior_preservation": False,
+        "resolution": 64,
+        "seed": 0,
+        "lora_rank": 2,
+        "learning_rate": 1e-3,
+    }
+    outputs = {}
+    for name, extra in (
+        ("best", {"max_train_steps": 6, "measure_likeness": True, "keep_best": True, "validation_steps": 2, "save_infer_steps": 1}),
+        ("four", {"max_train_steps": 4}),
+    ):
+        monkeypatch.setenv("DREAMBUILD_WORKDIR", str(tmp_path / f"work-{name}"))
+        result = run_job({**inputs, **extra}, photos)
+        outputs[name] = extract_zip(result.archive, tmp_path / name, label="output.zip")
+    kept = json.loads((tmp_path / "best" / "metrics.json").read_text())["likeness"]
+    assert kept["kept_step"] == 4 and [e["step"] for e in kept["steps"]] == [0, 2, 4, 6]
+    best, four = (load_file(tmp_path / name / "pytorch_lora_weights.safetensors") for name in ("best", "four"))
+    assert best.keys() == four.keys() and all(torch.equal(best[k], four[k]) for k in best)
+    with pytest.raises(Exception, match="keep_best picks among likeness evaluations"):
+        run_job({**inputs, "max_train_steps": 2, "keep_best": True}, photos)

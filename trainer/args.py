@@ -94,6 +94,7 @@ class TrainingArgs:
     save_guidance_scale: float = 7.5
     save_infer_steps: int = 50
     measure_likeness: bool = False  # DINO / CLIP-I / CLIP-T / prior drift into metrics.json (trainer.likeness)
+    keep_best: bool = False  # ship the evaluation with the best subject fidelity that holds prompt fidelity
 
     @classmethod
     def from_inputs(cls, values: dict[str, Any]) -> "TrainingArgs":
@@ -131,6 +132,8 @@ class TrainingArgs:
             raise InputError(f"resolution must be a multiple of 8, got {self.resolution}")
         if self.token_string is not None and (not self.token_string.strip() or any(c.isspace() for c in self.token_string.strip())):
             raise InputError(f"token_string must be one word without spaces, got {self.token_string!r}")
+        if self.keep_best and not self.measure_likeness:
+            raise InputError("keep_best picks among likeness evaluations: set measure_likeness too")
         for name in ("learning_rate", "lora_lr", "text_encoder_lr", "lora_alpha"):
             value = getattr(self, name)
             if value is not None and value <= 0:

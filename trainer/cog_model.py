@@ -138,6 +138,10 @@ class Predictor(BaseRunner):
             description="Score how well the model learned the subject (DreamBooth's DINO, CLIP-I and CLIP-T, and prior drift) before training, every validation_steps and at the end, into metrics.json; needs the evaluation models baked (python -m trainer.fetch_eval_models).",
             default=False,
         ),
+        keep_best: bool = Input(
+            description="Ship the model as it was at the likeness evaluation with the best subject fidelity (DINO) whose prompt fidelity (CLIP-T) holds 90% of the base's, rather than the last step's (needs measure_likeness; metrics.json says which step).",
+            default=False,
+        ),
     ) -> Path:
         """Train DreamBooth and return output.zip (the fine-tuned diffusers pipeline and args.json)."""
         inputs = dict(locals())
@@ -239,6 +243,10 @@ def train(
     save_infer_steps: int = Input(description="Denoising steps of the sample images.", default=50, ge=1, le=500),
     measure_likeness: bool = Input(
         description="Score how well the model learned the subject (DreamBooth's DINO, CLIP-I and CLIP-T, and prior drift) before training, every validation_steps and at the end, into metrics.json; needs the evaluation models baked (python -m trainer.fetch_eval_models).",
+        default=False,
+    ),
+    keep_best: bool = Input(
+        description="Ship the model as it was at the likeness evaluation with the best subject fidelity (DINO) whose prompt fidelity (CLIP-T) holds 90% of the base's, rather than the last step's (needs measure_likeness; metrics.json says which step).",
         default=False,
     ),
 ) -> TrainingOutput:

@@ -224,7 +224,7 @@ def _likeness(args: TrainingArgs, photos: list, plan) -> Evaluation:
     scorer.set_real(photos)
     prompts = EvalPrompts.build(args.instance_prompt, args.class_prompt)
     seed = args.seed if args.seed is not None else 0
-    return Evaluation(scorer, prompts, seed=seed, steps=args.save_infer_steps, guidance=args.save_guidance_scale)
+    return Evaluation(scorer, prompts, seed=seed, steps=args.save_infer_steps, guidance=args.save_guidance_scale, keep_best=args.keep_best)
 
 
 def save_lora(weights: Path, lora: dict, metadata: dict, dtype: torch.dtype, args: TrainingArgs, xl: bool = False) -> None:

@@ -37,6 +37,9 @@ CLIP_REPO = "openai/clip-vit-base-patch32"
 # instance prompt for generation and to the class prompt for CLIP-T.
 CONTEXTS = ("in the jungle", "on a beach", "in the snow", "on top of a wooden floor")
 SCORES = ("dino", "clip_i", "clip_t", "prior_drift")
+# keep_best: an evaluation qualifies while its CLIP-T is within 10% of the base's (a fine-tune
+# that stopped following prompts is not the best one, however like the subject its images are).
+PROMPT_FLOOR = 0.9
 
 
 def eval_models_dir() -> Path:
@@ -180,6 +183,9 @@ class Evaluation:
     seed: int
     steps: int  # denoising steps of the evaluation's images
     guidance: float
+    keep_best: bool = False
+    kept: dict | None = None  # keep_best: the evaluation whose weights are kept
+    kept_weights: list[torch.Tensor] | None = None  # its trainable parameters, on the CPU
 
     @torch.no_grad()
     def __call__(self, pipe, step: int, autocast) -> dict:
@@ -200,5 +206,37 @@ class Evaluation:
         log.info("Likeness at step %d: %s.", step, ", ".join(f"{k} {scores[k]}" for k in SCORES if k in scores))
         return scores
 
+    def consider(self, scores: dict, trainable: list[torch.Tensor]) -> None:
+        """keep_best: keep a copy of the trainable weights when this evaluation is the best so far
+        (the highest DINO among those whose CLIP-T holds PROMPT_FLOOR of the base's; a later one
+        wins a tie). The base (step 0) sets the floor and is never kept."""
+        if not self.keep_best or scores["step"] == 0:
+            return
+        base = self.scorer.history[0]["clip_t"]
+        if scores["clip_t"] < base - (1 - PROMPT_FLOOR) * abs(base):
+            return
+        if self.kept is None or scores["dino"] >= self.kept["dino"]:
+            self.kept = scores
+            self.kept_weights = [p.detach().to("cpu", copy=True) for p in trainable]
+
+    @torch.no_grad()
+    def restore(self, trainable: list[torch.Tensor], last_step: int) -> bool:
+        """keep_best, after the last evaluation: put the kept weights back when an earlier step
+        won; True when it did."""
+        if not self.keep_best:
+            return False
+        if self.kept is None:
+            log.warning("keep_best: no evaluation held the prompt-fidelity floor; the last step's model is shipped.")
+            return False
+        if self.kept["step"] == last_step:
+            return False
+        for param, saved in zip(trainable, self.kept_weights):
+            param.copy_(saved.to(param.device, param.dtype))
+        log.info("keep_best: shipping the model of step %d (DINO %s), not of step %d.", self.kept["step"], self.kept["dino"], last_step)
+        return True
+
     def report(self) -> dict:
-        return self.scorer.report(self.prompts)
+        report = self.scorer.report(self.prompts)
+        if self.keep_best:
+            report["kept_step"] = self.kept["step"] if self.kept else None
+        return report

@@ -246,7 +246,7 @@ def train_dreambooth(  # noqa: C901
     step = 0
     resumed = checkpoints.latest() if checkpoints else None
     if likeness is not None:  # before a resumed state is loaded: always the base's scores
-        _evaluate(likeness, assemble(), 0, accelerator, [])
+        _evaluate(likeness, assemble(), 0, accelerator, trainable)
     if resumed and resumed[0] < args.max_train_steps:
         accelerator.load_state(str(resumed[1]))
         step = resumed[0]
@@ -323,7 +323,7 @@ def train_dreambooth(  # noqa: C901
                     if args.validation_prompt and samples is not None:
                         validation_samples(args, step, samples, accelerator, assemble())
                     if likeness is not None:
-                        _evaluate(likeness, assemble(), step, accelerator, [])
+                        _evaluate(likeness, assemble(), step, accelerator, trainable)
                     for model in trained:
                         model.train()
                 if step >= args.max_train_steps:
@@ -332,7 +332,9 @@ def train_dreambooth(  # noqa: C901
     accelerator.wait_for_everyone()
     pipeline = assemble()
     if likeness is not None:
-        _evaluate(likeness, pipeline, step, accelerator, [])
+        _evaluate(likeness, pipeline, step, accelerator, trainable)
+        if likeness.restore(trainable, step):  # keep_best: an earlier evaluation won
+            pipeline = assemble()
     lora = metadata = None
     if args.lora:
         from peft import get_peft_model_state_dict
@@ -357,11 +359,9 @@ def _for_inference(pipe) -> None:
     pipe.set_progress_bar_config(disable=True)
 
 
-def _evaluate(likeness: Evaluation, pipe, step: int, accelerator, train_again: list) -> None:
+def _evaluate(likeness: Evaluation, pipe, step: int, accelerator, trainable: list) -> None:
     _for_inference(pipe)
-    likeness(pipe, step, accelerator.autocast)
-    for model in train_again:
-        model.train()
+    likeness.consider(likeness(pipe, step, accelerator.autocast), trainable)
 
 
 @torch.no_grad()

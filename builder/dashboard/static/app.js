@@ -183,11 +183,13 @@ async function trainingView(id) {
   });
   const photos = h("div", { className: "gallery", id: "photos" });
   const samples = h("div", { className: "gallery", id: "samples" }, h("p", { className: "muted" }, "When the training ends."));
+  const likeness = h("div", { id: "likeness" }, h("p", { className: "muted" }, "When the training ends."));
   let samplesShown = false;
   function show(doc) {
     if (doc.status === "succeeded" && !samplesShown) {
       samplesShown = true;
       showImages(id, "samples", samples, "No samples: set validation_prompt or save_sample_prompt when training.");
+      likeness.replaceChildren(likenessChart((doc.metrics || {}).likeness));
     }
     const delivery = doc.webhook_delivery;
     summary.replaceChildren(h("dl", {},
@@ -212,8 +214,48 @@ async function trainingView(id) {
                              () => current.stage !== "done"));
   showImages(id, "photos", photos, "No photos to show: instance_data was not uploaded to this service.");
   view.append(h("h1", {}, `Training ${shortId(id)}`), summary, cancel, h("h2", {}, "Photos"), photos,
-              h("h2", {}, "Samples"), samples, h("h2", {}, "Logs"), logs);
+              h("h2", {}, "Samples"), samples, h("h2", {}, "Likeness"), likeness, h("h2", {}, "Logs"), logs);
   return view;
+}
+
+// The likeness scores over the steps (metrics.likeness: measure_likeness): an SVG line per score,
+// drawn from numbers only, and the same numbers in a table.
+const SCORES = [["dino", "DINO", "#0b63ce"], ["clip_i", "CLIP-I", "#1e8e3e"], ["clip_t", "CLIP-T", "#c5221f"], ["prior_drift", "prior drift", "#6e6e73"]];
+
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) el.setAttribute(key, String(value));
+  el.append(...children);
+  return el;
+}
+
+function likenessChart(likeness) {
+  const steps = (likeness && likeness.steps) || [];
+  if (!steps.length) return h("p", { className: "muted" }, "Not measured: set measure_likeness when training.");
+  const [width, height, pad] = [520, 220, 36];
+  const last = Math.max(1, ...steps.map((e) => e.step));
+  const x = (step) => pad + ((width - 2 * pad) * step) / last;
+  const y = (value) => height - pad - (height - 2 * pad) * Math.max(0, Math.min(1, value));  // cosines: 0 to 1 shown
+  const chart = svg("svg", { id: "likeness-chart", viewBox: `0 0 ${width} ${height}`, width, height, role: "img" },
+    svg("title", {}, "Likeness scores over the training's steps"),
+    svg("line", { x1: pad, y1: y(0), x2: width - pad, y2: y(0), stroke: "#d2d2d7" }),
+    svg("line", { x1: pad, y1: y(1), x2: width - pad, y2: y(1), stroke: "#d2d2d7" }),
+    svg("text", { x: 4, y: y(1) + 4, "font-size": 11, fill: "#6e6e73" }, "1"),
+    svg("text", { x: 4, y: y(0) + 4, "font-size": 11, fill: "#6e6e73" }, "0"),
+    svg("text", { x: width - pad, y: height - 8, "font-size": 11, fill: "#6e6e73", "text-anchor": "end" }, `step ${last}`));
+  SCORES.forEach(([key, label, colour], i) => {
+    const points = steps.filter((e) => typeof e[key] === "number");
+    if (!points.length) return;
+    chart.append(svg("polyline", { "data-score": key, fill: "none", stroke: colour, "stroke-width": 2, points: points.map((e) => `${x(e.step)},${y(e[key])}`).join(" ") }),
+                 svg("text", { x: pad + 110 * i, y: 14, "font-size": 12, fill: colour }, label));
+  });
+  const kept = likeness.kept_step;
+  const rows = steps.map((e) => h("tr", { className: e.step === kept ? "kept" : "" }, h("td", {}, e.step),
+    ...SCORES.map(([key]) => h("td", {}, typeof e[key] === "number" ? e[key].toFixed(3) : "—"))));
+  return h("div", {}, chart,
+    h("table", { id: "likeness-table" }, h("thead", {}, h("tr", {}, h("th", {}, "Step"), ...SCORES.map(([, label]) => h("th", {}, label)))), h("tbody", {}, rows)),
+    h("p", { className: "help" }, `DreamBooth's measures: DINO and CLIP-I, subject fidelity (generated vs your photos); CLIP-T, prompt fidelity; prior drift, the class against the base's. Evaluation took ${seconds(likeness.evaluation_seconds)}.`,
+      kept !== undefined && kept !== null ? ` keep_best shipped step ${kept}.` : ""));
 }
 
 // A training's images (they need the token, which an <img> cannot send: fetched, shown as blobs).

@@ -67,7 +67,11 @@ def _checked(likeness: Any) -> dict[str, Any]:
         raise ValueError(f"evaluation_seconds {seconds!r}")
     evaluations = [_evaluation(entry) for entry in steps]
     models = {key: {"name": _text(m["name"]), "digest": _text(m["digest"])} for key, m in likeness["models"].items() if key in ("dino", "clip")}
+    kept = likeness.get("kept_step")
+    if kept is not None and kept not in [e["step"] for e in evaluations]:
+        raise ValueError(f"kept_step {kept!r} is none of the evaluated steps")
     return {
+        **({"kept_step": kept} if "kept_step" in likeness else {}),
         "final": evaluations[-1] if evaluations else None,
         "steps": evaluations,
         "models": models,
