@@ -744,7 +744,8 @@ def test_embedded_defaults_need_no_configuration(tmp_path, registry, templates):
 def test_users_get_public_urls_while_trainers_and_model_servers_use_the_internal_one(tmp_path, tiny_base, registry, templates, receiver):
     """public_url names a host nothing here can reach, internal_url the service: the trainer's
     upload, its file inputs, the model server's logs go to internal_url (else the training or the
-    prediction would fail), while every URL a user gets, in answers and webhooks, is public."""
+    prediction would fail), while every URL a user gets, in answers and webhooks, is public. Then,
+    internal_url pointing nowhere: the training fails saying the trainer may not reach it."""
     public = "http://dreambuild.invalid:8000"
     config = service_config(tmp_path, tiny_base, registry, templates)
     config.update(public_url=public, internal_url=f"http://127.0.0.1:{config['port']}")
@@ -767,6 +768,15 @@ def test_users_get_public_urls_while_trainers_and_model_servers_use_the_internal
         assert answer["status"] == "succeeded", answer
         (output,) = answer["output"]
         assert output.startswith(public + "/") and httpx.get(output.replace(public, server.url)).content[:4] == b"\x89PNG"
+    finally:
+        server.stop()
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    config["trainers"][local_trainer_version()]["health_seconds"] = 1
+    server = Service(tmp_path, {**config, "internal_url": nowhere}).start()
+    try:
+        request = seed_request(server, receiver, upload(server, photos_zip(tmp_path / "photos.zip")), model="alice/lost")
+        failed = server.wait(httpx.post(f"{server.url}/v1/trainings", json=request, headers=ALICE).json()["id"])
+        assert failed["status"] == "failed" and f"cannot reach this service at {nowhere} (internal_url)" in failed["error"], failed["error"]
     finally:
         server.stop()
 

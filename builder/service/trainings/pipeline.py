@@ -278,7 +278,10 @@ class Pipeline:
                 if unreachable >= 3:
                     raise CogError(f"the {TRAINER} at {run.client.base_url} stopped answering health checks")
                 if idle >= 2:  # twice in a row: a final webhook in flight has had its time
-                    raise CogError(f"the {TRAINER} at {run.client.base_url} is idle but never reported the training's end (restarted?)")
+                    raise CogError(
+                        f"the {TRAINER} at {run.client.base_url} is idle but never reported the training's end: it restarted, "
+                        f"or it cannot reach this service at {self.config.internal_base_url} (internal_url) to report"
+                    )
             time.sleep(POLL)
 
     def _fetch_inputs(self, doc: TrainingRecord, scratch: Path) -> dict:
