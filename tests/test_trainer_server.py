@@ -299,7 +299,8 @@ def test_likeness_without_its_models_fails_before_training(tmp_path, tiny_base, 
 
 def test_sdxl_lora_and_full_fine_tunes(trainer_predict_server, tiny_sdxl, tiny_base, photos, tmp_path):
     """An SDXL base (as ckpt_base): LoRA adapters on the UNet and both text encoders, validation
-    samples from the SDXL pipeline, the base's native size by default; and a full fine-tune."""
+    samples and likeness scores from the SDXL pipeline, the base's native size by default; and a
+    full fine-tune."""
     import numpy as np
     from diffusers import StableDiffusionXLPipeline
 
@@ -320,12 +321,15 @@ def test_sdxl_lora_and_full_fine_tunes(trainer_predict_server, tiny_sdxl, tiny_b
         validation_prompt="a photo of a cjw toy",
         validation_steps=3,
         save_infer_steps=2,
+        measure_likeness=True,
     )
     assert body["status"] == "succeeded", body.get("error")
     assert "resolution: 64 (the base's native size)" in body["logs"]
     archive, weights = output_dir(body, tmp_path)
     with zipfile.ZipFile(archive) as zf:
-        assert set(zf.namelist()) == {"pytorch_lora_weights.safetensors", "lora_kohya.safetensors", "args.json", "samples/step-3-0.png"}
+        names = {"pytorch_lora_weights.safetensors", "lora_kohya.safetensors", "args.json", "metrics.json", "samples/step-3-0.png"}
+        assert set(zf.namelist()) == names
+    assert [e["step"] for e in json.loads((weights / "metrics.json").read_text())["likeness"]["steps"]] == [0, 3, 6]
     assert json.loads((weights / "args.json").read_text())["base_digest"] == pipeline_digest(tiny_sdxl)
     assert any(k.startswith("lora_te2_") for k in load_file(weights / "lora_kohya.safetensors"))
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, local_files_only=True)
