@@ -74,6 +74,7 @@ def test_the_service_keeps_a_checked_copy_of_metrics_json(tmp_path):
         json.dumps({"likeness": {**GOOD["likeness"], "steps": [{"step": 0, "dino": "0.5"}]}}).encode(),
         json.dumps({"likeness": {**GOOD["likeness"], "steps": [{"step": 0}] * 5000}}).encode(),
         json.dumps({"likeness": {**GOOD["likeness"], "evaluation_seconds": float("nan")}}).encode(),
+        json.dumps({"likeness": {**GOOD["likeness"], "models": ["dino"]}}).encode(),  # a list where a mapping belongs
         b"not json",
         b'{"likeness": ' + b" " * (MAX_BYTES + 10) + b"{}}",  # larger than the bound, however it is compressed
     ],

@@ -34,7 +34,7 @@ def read_likeness(archive: Path) -> dict[str, Any] | None:
         if len(data) > MAX_BYTES:
             raise ValueError(f"larger than {MAX_BYTES} bytes")
         return _checked(json.loads(data)["likeness"])
-    except (OSError, zipfile.BadZipFile, ValueError, KeyError, TypeError) as exc:
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError, TypeError, AttributeError) as exc:  # any shape it may have
         log.warning("%s: metrics.json left out: %s", archive, exc)
         return None
 
