@@ -24,6 +24,8 @@ TEMPLATE_NAMES = (
     "vanilla",
     "vanilla-sd15",
     "vanilla-sdxl",
+    "vanilla-flux",
+    "vanilla-flux-schnell",
     "controlnet-canny",
     "controlnet-pose",
     "controlnet-depth",

@@ -113,6 +113,54 @@ class Vanilla(BaseRunner):
         return _generate(self.generator, dict(locals()))
 
 
+class Flux(BaseRunner):
+    """FLUX.1 (dev or schnell, by the base baked): txt2img; img2img with `image`; inpainting with
+    `image` and `mask`; LoRA on top."""
+
+    def setup(self) -> None:
+        configure_logging()
+        self.generator = ImageGenerator("vanilla-flux")
+        self.generator.setup()
+
+    def run(
+        self,
+        prompt: Optional[str] = Input(
+            description="Prompt, in plain words (T5 reads up to 512 tokens on dev, 256 on schnell; no weighting syntax). Defaults to the instance prompt the model was trained with.",
+            default=None,
+        ),
+        image: Optional[Path] = Input(description="Initial image for img2img, or for inpainting with mask; resized to width x height.", default=None),
+        mask: Optional[Path] = Input(description="Inpainting mask for image: white pixels are repainted, black pixels are kept.", default=None),
+        width: Optional[int] = Input(
+            description="Output width in pixels, a multiple of 16. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        height: Optional[int] = Input(
+            description="Output height in pixels, a multiple of 16. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
+        num_inference_steps: Optional[int] = Input(
+            description="Number of denoising steps. Empty: 28 on FLUX.1-dev, 4 on FLUX.1-schnell.", default=None, ge=1, le=100
+        ),
+        guidance: Optional[float] = Input(
+            description="Guidance of FLUX.1-dev's guidance embedding (schnell has none and ignores it). Empty: 3.5.", default=None, ge=0.0, le=20.0
+        ),
+        prompt_strength: float = Input(
+            description="How much img2img and inpainting change image: 1.0 replaces it entirely.", default=0.8, ge=0.0, le=1.0
+        ),
+        seed: Optional[int] = Input(description="Random seed; image i uses seed + i. Random when empty (the seed is logged).", default=None),
+        lora_weights: Optional[Path] = Input(
+            description="A LoRA to apply on top (.safetensors, diffusers/peft or kohya/A1111 keys): a URL or a file.", default=None
+        ),
+        lora_scale: float = Input(description="Strength of lora_weights: 0 leaves the model as it is.", default=1.0, ge=-1.0, le=3.0),
+        extra_lora: Optional[Path] = Input(description="A second LoRA to combine with lora_weights (.safetensors).", default=None),
+        extra_lora_scale: float = Input(description="Strength of extra_lora.", default=1.0, ge=-1.0, le=3.0),
+        output_format: str = Input(description="Format of the output images.", default="png", choices=OUTPUT_FORMATS),
+        output_quality: int = Input(description="Quality of jpg and webp outputs, 0 to 100 (png is lossless).", default=80, ge=0, le=100),
+        disable_safety_check: bool = Input(description="Skip the safety checker, which otherwise leaves out images it flags.", default=False),
+    ) -> list[Path]:
+        """Generate images with the FLUX model."""
+        return _generate(self.generator, dict(locals()))
+
+
 class ControlNetCanny(BaseRunner):
     """Everything Vanilla does, plus ControlNet guidance from Canny edges of `control_image`."""
 

@@ -90,6 +90,22 @@ def tiny_sdxl(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory):
+    """A tiny random FLUX.1-dev pipeline (guidance-distilled transformer, CLIP and T5, 16-channel VAE)."""
+    from fixtures.tiny_models import build_tiny_flux
+
+    return built(tmp_path_factory, "tiny-flux", build_tiny_flux)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell(tmp_path_factory):
+    """A tiny random FLUX.1-schnell pipeline (no guidance embedding, 256 T5 tokens)."""
+    from fixtures.tiny_models import build_tiny_flux
+
+    return built(tmp_path_factory, "tiny-flux-schnell", build_tiny_flux, schnell=True, seed=1)
+
+
+@pytest.fixture(scope="session")
 def trainer_workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("trainer-work")
 
@@ -214,6 +230,15 @@ def sdxl_lora_output(tmp_path_factory, tiny_sdxl):
 
     root = tmp_path_factory.mktemp("sdxl-lora-output")
     return _lora_output(root, tiny_sdxl, build_tiny_lora(tmp_path_factory.mktemp("sdxl-lora") / "a.safetensors", tiny_sdxl))
+
+
+@pytest.fixture(scope="session")
+def flux_lora_output(tmp_path_factory, tiny_flux):
+    """A FLUX LoRA training's output for the tiny FLUX.1-dev base (transformer and CLIP adapters)."""
+    from fixtures.tiny_models import build_tiny_lora
+
+    root = tmp_path_factory.mktemp("flux-lora-output")
+    return _lora_output(root, tiny_flux, build_tiny_lora(tmp_path_factory.mktemp("flux-lora") / "a.safetensors", tiny_flux))
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,8 @@ COMPILE_STEP = "python -c \"import compileall,sysconfig;compileall.compile_dir(s
 def _run_steps(config: dict) -> tuple[list[str], list[str]]:
     """A template's `run` steps after the bytecode step: its downloads, and the step that writes its base's digest."""
     assert config["build"]["run"][0] == COMPILE_STEP
-    steps = config["build"]["run"][1:]
+    # A step with a build secret (FLUX.1-dev's Hugging Face token) is a mapping: its command counts.
+    steps = [step["command"] if isinstance(step, dict) else step for step in config["build"]["run"][1:]]
     digests = [line for line in steps if line.startswith("python -c ") and "base.digest" in line]
     assert len(digests) <= 1 and steps[-len(digests) or len(steps) :] == digests, "the digest step comes last"
     return [line for line in steps if line not in digests], digests
@@ -158,10 +159,10 @@ def test_template_cog_yaml_is_valid_and_points_at_its_class(name):
     for spec in row.annotators:
         assert any(d == spec or d.startswith(spec + " --include") for d in downloads), spec
     if row.base:  # the files the trainer's base takes, so that a LoRA's base digest matches
-        from trainer.fetch_base_model import ALLOW, DEFAULT_REPO, IGNORE, SDXL_REPO
+        from trainer.fetch_base_model import ALLOW, DEFAULT_REPO, FLUX_DEV_REPO, FLUX_SCHNELL_REPO, IGNORE, SDXL_REPO
 
         (line,) = [d for d in downloads if d.startswith(row.base + " ")]
-        assert row.base in (DEFAULT_REPO, SDXL_REPO) and env["DREAMBUILD_BASE"] == "/opt/dreambuild/base"
+        assert row.base in (DEFAULT_REPO, SDXL_REPO, FLUX_DEV_REPO, FLUX_SCHNELL_REPO) and env["DREAMBUILD_BASE"] == "/opt/dreambuild/base"
         assert re.findall(r'--include "([^"]+)"', line) == ALLOW and re.findall(r'--exclude "([^"]+)"', line) == IGNORE
 
 
@@ -178,6 +179,11 @@ def test_template_bake_steps_are_valid_hf_commands(name, tmp_path):
     hf = Path(sys.executable).parent / "hf"
     for line in _run_steps(config)[0]:
         words = shlex.split(line)
+        if words[1].startswith("HF_TOKEN_PATH="):  # a gated base: the token comes as a build secret
+            assert words[1] == "HF_TOKEN_PATH=/run/secrets/hf_token", line
+            (secret,) = [s for s in config["build"]["run"] if isinstance(s, dict)]
+            assert secret["mounts"] == [{"type": "secret", "id": "hf_token", "target": "/run/secrets/hf_token"}]
+            words = [words[0], *words[2:]]
         assert words[0] == "HF_HUB_OFFLINE=0" and words[1:3] == ["hf", "download"], line
         args = [a if a != words[words.index("--local-dir") + 1] else str(tmp_path / "out") for a in words[3:]]
         done = subprocess.run([str(hf), "download", *args], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

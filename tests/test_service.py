@@ -937,6 +937,77 @@ def test_a_lora_training_builds_on_a_template_with_its_base_and_runs(tmp_path_fa
         server.stop()
 
 
+def test_a_flux_lora_training_builds_on_the_flux_template_and_runs(tmp_path_factory, tmp_path, tiny_base, tiny_flux, registry, templates, receiver):
+    """base_model flux-dev through the API: the trainer's FLUX base chosen by name, checked
+    against the FLUX template's base at creation (an SD training on it is a 422), trained as a
+    LoRA, built into the vanilla-flux template in one small layer, and run through the predictions
+    route and both official clients; FLUX's inputs are the template's schema (no negative_prompt)."""
+    from dreambuild.layout import pipeline_digest
+    from fixtures.services import buildah_template
+
+    digest = buildah_template(
+        tmp_path_factory.mktemp("buildah-flux"), registry, "dreambuild/vanilla-flux-tiny", baked={"base": tiny_flux}, template="vanilla-flux"
+    )
+    version = digest.removeprefix("sha256:")
+    root = tmp_path_factory.mktemp("service-flux")
+    config = service_config(root, tiny_base, registry, templates)
+    config["templates"][version] = {
+        "name": "vanilla-flux",
+        "repository": f"{registry.host}/dreambuild/vanilla-flux-tiny",
+        "base_digest": pipeline_digest(tiny_flux),
+    }
+    trainer = config["trainers"][local_trainer_version()]
+    trainer["env"]["DREAMBUILD_BASE_MODELS"] = f"flux-dev={tiny_flux}"
+    trainer.update(base_digest=pipeline_digest(tiny_base), base_digests={"flux-dev": pipeline_digest(tiny_flux)})
+    server = Service(root, config).start()
+    try:
+        url = upload(server, photos_zip(tmp_path / "photos.zip"))
+        request = seed_request(server, receiver, url, template_version=version, model="alice/flux-toy")
+        request["input"].update(lora_rank=4, lora_lr=5e-2)
+        refused = httpx.post(f"{server.url}/v1/trainings", json=request, headers=ALICE)  # the SD base on the FLUX template
+        assert refused.status_code == 422 and "the trainer's base is" in refused.text and "'vanilla-flux' bakes" in refused.text
+        request["input"]["base_model"] = "flux-dev"
+        response = httpx.post(f"{server.url}/v1/trainings", json=request, headers=ALICE)
+        assert response.status_code == 201, response.text
+        done = server.wait(response.json()["id"])
+        assert done["status"] == "succeeded", done["error"]
+        raw = json.loads(skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{done['image']}"))
+        assert raw["layers"][-1]["size"] < 300_000  # the adapters, not a pipeline
+        inputs = {"num_inference_steps": 2, "width": 64, "height": 64, "seed": 1, "disable_safety_check": True}
+        prediction = httpx.post(
+            f"{server.url}/v1/predictions", headers={**ALICE, "Prefer": "wait=60"}, timeout=90, json={"version": done["version"], "input": inputs}
+        )
+        body = prediction.json()
+        assert prediction.status_code == 201 and body["status"] == "succeeded", body
+        assert httpx.get(body["output"][0], headers=ALICE).content[:8] == b"\x89PNG\r\n\x1a\n"
+        wrong = httpx.post(
+            f"{server.url}/v1/predictions", headers=ALICE, json={"version": done["version"], "input": {**inputs, "negative_prompt": "x"}}
+        )
+        assert wrong.status_code == 422 and "negative_prompt" in wrong.text
+        from PIL import Image
+        from replicate import Client
+
+        output = Client(api_token="tok-alice", base_url=server.url).run(f"alice/flux-toy:{done['version']}", input=inputs)
+        assert httpx.get(str(output[0])).content[:4] == b"\x89PNG"
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "in.png")
+        node = subprocess.run(
+            [
+                "node",
+                str(Path(__file__).parent / "js" / "run_model.mjs"),
+                server.url,
+                "tok-alice",
+                f"alice/flux-toy:{done['version']}",
+                str(tmp_path / "in.png"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert node.returncode == 0 and json.loads(node.stdout.strip().splitlines()[-1])["outputs"][0]["png"], node.stderr
+    finally:
+        server.stop()
+
+
 def unzipped(data: bytes, dest: Path) -> Path:
     import io
     import zipfile
@@ -993,7 +1064,7 @@ def built_version(server: "Service", template: str, weights: Path, model: str) -
 def test_lora_trainings_need_a_template_with_the_trainers_base_and_find_it_by_default(tmp_path):
     from fastapi import HTTPException
 
-    from builder.service.config import ServiceConfig
+    from builder.service.config import ServiceConfig, TemplateEntry
     from builder.service.http.trainings import _check_lora_template, default_template
 
     aa, bb = "sha256:" + "a" * 64, "sha256:" + "b" * 64
@@ -1015,6 +1086,15 @@ def test_lora_trainings_need_a_template_with_the_trainers_base_and_find_it_by_de
         default_template(config, tr, {"lora_rank": 4})
     config.trainers[tr].base_digest = aa
     _check_lora_template(config, tr, t, {"lora_rank": 4})
+    assert default_template(config, tr, {"lora_rank": 4}) == t
+    # A base chosen by name (base_model: flux-dev) is checked against its own digest, and finds its template.
+    cc, flux = "sha256:" + "c" * 64, "4" * 64
+    config.templates[flux] = TemplateEntry(name="vanilla-flux", repository="r/flux", base_digest=cc)
+    config.trainers[tr].base_digests = {"flux-dev": cc}
+    with pytest.raises(HTTPException, match=f"base_model 'flux-dev' is {cc}, and template 'vanilla-sd15' bakes {aa}"):
+        _check_lora_template(config, tr, t, {"lora_rank": 4, "base_model": "flux-dev"})
+    _check_lora_template(config, tr, flux, {"lora_rank": 4, "base_model": "flux-dev"})
+    assert default_template(config, tr, {"lora_rank": 4, "base_model": "flux-dev"}) == flux
     assert default_template(config, tr, {"lora_rank": 4}) == t
     config.default_template_version = "sha256:" + plain  # the operator's choice wins
     assert default_template(config, tr, {"lora_rank": 4}) == plain

@@ -369,14 +369,14 @@ def test_sdxl_lora_and_full_fine_tunes(trainer_predict_server, tiny_sdxl, tiny_b
 
 
 @pytest.fixture(scope="module")
-def catalog_trainer(tmp_path_factory, tiny_base, tiny_sdxl, other_base, trainer_workdir):
+def catalog_trainer(tmp_path_factory, tiny_base, tiny_sdxl, tiny_flux, tiny_flux_schnell, other_base, trainer_workdir):
     """The trainer with a catalog of bases and VAEs by name, as a trainer image bakes them."""
     from builder.cog.server import start_cog_server
 
     env = {
         "DREAMBUILD_BASE_MODEL": str(tiny_base),
         "DREAMBUILD_WORKDIR": str(trainer_workdir),
-        "DREAMBUILD_BASE_MODELS": f"tiny={tiny_base},tinyxl={tiny_sdxl}",
+        "DREAMBUILD_BASE_MODELS": f"tiny={tiny_base},tinyxl={tiny_sdxl},flux-dev={tiny_flux},flux-schnell={tiny_flux_schnell}",
         "DREAMBUILD_VAES": f"other={other_base / 'vae'}",
     }
     server = start_cog_server("trainer/cog_model.py:Predictor", tmp_path_factory.mktemp("trainer-catalog"), env=env)
@@ -393,11 +393,128 @@ def test_bases_and_vaes_are_chosen_by_name(catalog_trainer, tiny_sdxl, other_bas
     assert json.loads((weights / "args.json").read_text())["base_model"] == "tinyxl"
     assert same(tensors(weights, "vae"), tensors(other_base, "vae"))  # the chosen VAE, not the base's
     for inputs, message in (
-        ({"base_model": "sd3"}, "base_model 'sd3' is not baked in this trainer; known: tiny, tinyxl"),
+        ({"base_model": "sd3"}, "base_model 'sd3' is not baked in this trainer; known: flux-dev, flux-schnell, tiny, tinyxl"),
         ({"vae": "fancy"}, "vae 'fancy' is not baked in this trainer; known: other"),
     ):
         failed = predict(catalog_trainer, tmp_path, instance_data=photos, **inputs)
         assert failed["status"] == "failed" and message in failed["error"]
+
+
+def _flux_photos(tmp_path) -> str:
+    """The sample photos and one twice as wide as it is high (the aspect-ratio buckets' case)."""
+    from PIL import Image
+
+    wide = Image.new("RGB", (256, 128))
+    wide.paste(Image.open(Path(__file__).parents[1] / "samples" / "subject" / "toy-1.jpg").resize((128, 128)), (64, 0))
+    buffer = __import__("io").BytesIO()
+    wide.save(buffer, "PNG")
+    return data_url(photos_zip(tmp_path / "flux-photos.zip", extra={"photos/wide.png": buffer.getvalue()}))
+
+
+FLUX = {"base_model": "flux-dev", "lora_rank": 4, "lora_lr": 5e-2, "resolution": 64, "train_text_encoder": False}
+
+
+def test_flux_lora_trains_adapters_that_change_the_output(catalog_trainer, tiny_flux, tmp_path):
+    """A FLUX.1-dev LoRA DreamBooth in the real Cog server: adapters only (diffusers' file and a
+    kohya-keyed copy that diffusers' converter reads as the same adapters), the base's digest,
+    validation samples from the FLUX pipeline, a wide photo kept wide in its own bucket."""
+    import numpy as np
+    from diffusers import FluxPipeline
+
+    from dreambuild.layout import pipeline_digest
+
+    body = predict(
+        catalog_trainer,
+        tmp_path,
+        instance_data=_flux_photos(tmp_path),
+        **FLUX,
+        validation_prompt="a photo of a cjw toy",
+        validation_steps=3,
+        save_infer_steps=2,
+    )
+    assert body["status"] == "succeeded", body.get("error")
+    assert "7 instance image(s) in 2 bucket(s) (64x64, 80x48)" in body["logs"]
+    archive, weights = output_dir(body, tmp_path)
+    with zipfile.ZipFile(archive) as zf:
+        assert set(zf.namelist()) == {"pytorch_lora_weights.safetensors", "lora_kohya.safetensors", "args.json", "samples/step-3-0.png"}
+    args = json.loads((weights / "args.json").read_text())
+    assert args["base_digest"] == pipeline_digest(tiny_flux) and args["base_model"] == "flux-dev"
+    adapters = load_file(weights / "pytorch_lora_weights.safetensors")
+    assert adapters and all(k.startswith("transformer.") for k in adapters)
+    assert any(".single_transformer_blocks." in k for k in adapters) and any(".transformer_blocks.0.attn.to_out.0." in k for k in adapters)
+    kohya = load_file(weights / "lora_kohya.safetensors")
+    assert all(k.startswith("lora_transformer_") for k in kohya)
+    read = FluxPipeline.lora_state_dict(str(weights / "lora_kohya.safetensors"))
+    assert read.keys() == adapters.keys() and all(torch.allclose(read[k].float(), adapters[k].float()) for k in adapters)
+
+    pipe = FluxPipeline.from_pretrained(tiny_flux, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def image():
+        generator = torch.Generator().manual_seed(0)
+        return pipe("a photo of a cjw toy", height=64, width=64, num_inference_steps=2, generator=generator, output_type="np").images
+
+    plain = image()
+    pipe.load_lora_weights(weights, weight_name="pytorch_lora_weights.safetensors")
+    assert not np.array_equal(image(), plain)
+
+
+def test_flux_schnell_and_a_trained_clip(catalog_trainer, tiny_flux_schnell, photos, tmp_path):
+    """schnell (no guidance embedding) trains too; with train_text_encoder, CLIP gets adapters and T5 none."""
+    body = predict(
+        catalog_trainer, tmp_path, instance_data=photos, **{**FLUX, "base_model": "flux-schnell", "train_text_encoder": True}, max_train_steps=2
+    )
+    assert body["status"] == "succeeded", body.get("error")
+    _, weights = output_dir(body, tmp_path)
+    adapters = load_file(weights / "pytorch_lora_weights.safetensors")
+    assert {k.split(".")[0] for k in adapters} == {"transformer", "text_encoder"}
+    assert any(k.startswith("lora_te1_") for k in load_file(weights / "lora_kohya.safetensors"))
+
+
+def test_a_flux_re_run_resumes_from_the_last_checkpoint(catalog_trainer, trainer_workdir, tmp_path):
+    """As for SD: interrupted after a checkpoint, the same FLUX training continues at the saved
+    step, with the batches of its buckets in the order the whole run had, and ends with its adapters."""
+    import threading
+    import time
+
+    client = catalog_trainer.client
+    steps = 60
+    inputs = {**QUICK, **FLUX, "instance_data": _flux_photos(tmp_path), "max_train_steps": steps, "checkpointing_steps": 4, "train_batch_size": 2}
+    root = trainer_workdir / "dreambuild-checkpoints"
+    whole = predict(catalog_trainer, tmp_path, **inputs)
+    assert whole["status"] == "succeeded" and "Resuming" not in whole["logs"], whole.get("error")
+    first: dict = {}
+    thread = threading.Thread(target=lambda: first.update(client.run_prediction("flux-checkpointed", inputs)))
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not list(root.glob("*/step-*")) and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.05)
+    client.cancel("flux-checkpointed")
+    thread.join(120)
+    assert first.get("status") == "canceled", first.get("status")
+    (saved,) = root.glob("*/step-*")
+    step = int(saved.name.removeprefix("step-"))
+    body = predict(catalog_trainer, tmp_path, **inputs)
+    assert body["status"] == "succeeded", body.get("error")
+    resumed = int(body["logs"].split("Resuming from the checkpoint at step ")[1].split(" ")[0])
+    assert resumed >= step and f"step {steps}/{steps}" in body["logs"] and f"step 1/{steps}" not in body["logs"]
+    for name, run in (("resumed", body), ("whole", whole)):
+        (tmp_path / name).mkdir()
+        output_dir(run, tmp_path / name)
+    assert same(*(load_file(tmp_path / name / "weights" / "pytorch_lora_weights.safetensors") for name in ("resumed", "whole")))
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({"lora_rank": 0}, "FLUX bases train LoRA adapters only: set lora_rank > 0"),
+        ({"resolution": 72}, "resolution must be a multiple of 16 for FLUX bases"),
+        ({"measure_likeness": True}, "measure_likeness is not available for FLUX bases yet"),
+    ],
+)
+def test_what_flux_cannot_do_is_refused(catalog_trainer, photos, tmp_path, inputs, message):
+    body = predict(catalog_trainer, tmp_path, instance_data=photos, **{**FLUX, **inputs})
+    assert body["status"] == "failed" and message in body["error"], body.get("error")
 
 
 def test_full_fine_tune_outputs_are_unchanged_by_lora_inputs(trainer_predict_server, photos, tmp_path):

@@ -1,7 +1,8 @@
-"""DreamBooth trainer: fine-tunes a Stable Diffusion 1.x/2.x diffusers pipeline and returns
-``output.zip`` (the ``save_pretrained`` pipeline plus ``args.json``).
+"""DreamBooth trainer: fine-tunes a Stable Diffusion 1.x/2.x or SDXL diffusers pipeline (whole, or
+LoRA adapters), or trains a FLUX.1 LoRA, and returns ``output.zip`` (the ``save_pretrained``
+pipeline or the adapters, plus ``args.json``).
 
-Data flow: ``predict.py`` (Cog entry points) -> ``job.py`` (inputs -> work directory ->
+Data flow: ``cog_model.py`` (Cog entry points) -> ``job.py`` (inputs -> work directory ->
 archive) -> ``images.py`` (photos) -> ``class_images.py`` (prior preservation) -> ``loop.py``
-(the optimisation) -> ``archive.py`` (output.zip).
+(the SD/SDXL optimisation) or ``flux.py`` (FLUX, photos in ``buckets.py``) -> ``archive.py`` (output.zip).
 """

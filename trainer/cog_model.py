@@ -45,7 +45,7 @@ class Predictor(BaseRunner):
         ),
         class_data: Optional[Path] = Input(description="Optional zip of class images for prior preservation.", default=None),
         base_model: Optional[str] = Input(
-            description="A base baked in the trainer, by name (sd15, sdxl where baked); empty: the default base. ckpt_base overrides it.",
+            description="A base baked in the trainer, by name (sd15, sdxl, flux-dev, flux-schnell where baked; FLUX bases train LoRA only, lora_rank > 0); empty: the default base. ckpt_base overrides it.",
             default=None,
         ),
         vae: Optional[str] = Input(
@@ -66,7 +66,7 @@ class Predictor(BaseRunner):
         prior_loss_weight: float = Input(description="Weight of the prior-preservation loss.", default=1.0, ge=0.0),
         seed: Optional[int] = Input(description="Random seed for reproducible training; random when empty.", default=1337),
         resolution: Optional[int] = Input(
-            description="Training resolution in pixels (multiple of 8); photos are resized and cropped to it. Empty: the base's native size (512 for SD 1.5, 1024 for SDXL).",
+            description="Training resolution in pixels (multiple of 8; of 16 for FLUX); photos are resized and cropped to it (FLUX: to the size of about resolution² pixels nearest their aspect ratio). Empty: the base's native size (512 for SD 1.5, 1024 for SDXL and FLUX).",
             default=None,
             ge=64,
             le=2048,
@@ -117,7 +117,9 @@ class Predictor(BaseRunner):
         adam_epsilon: float = Input(description="Adam epsilon.", default=1e-8, ge=0.0, le=1.0),
         max_grad_norm: float = Input(description="Gradient clipping norm.", default=1.0, ge=0.0),
         mixed_precision: str = Input(
-            description="Mixed precision on CUDA (full precision on the CPU).", default="fp16", choices=["no", "fp16", "bf16"]
+            description="Mixed precision on CUDA (full precision on the CPU); FLUX takes fp16 as bf16.",
+            default="fp16",
+            choices=["no", "fp16", "bf16"],
         ),
         ckpt_base: Optional[Path] = Input(
             description="Optional zip of a diffusers pipeline to start from instead of the built-in base.", default=None
@@ -160,7 +162,8 @@ def train(
     ),
     class_data: Optional[Path] = Input(description="Optional zip of class images for prior preservation.", default=None),
     base_model: Optional[str] = Input(
-        description="A base baked in the trainer, by name (sd15, sdxl where baked); empty: the default base. ckpt_base overrides it.", default=None
+        description="A base baked in the trainer, by name (sd15, sdxl, flux-dev, flux-schnell where baked; FLUX bases train LoRA only, lora_rank > 0); empty: the default base. ckpt_base overrides it.",
+        default=None,
     ),
     vae: Optional[str] = Input(
         description="An alternative VAE baked in the trainer, by name (e.g. sdxl-fp16-fix); empty: the base's own.", default=None
@@ -180,7 +183,7 @@ def train(
     prior_loss_weight: float = Input(description="Weight of the prior-preservation loss.", default=1.0, ge=0.0),
     seed: Optional[int] = Input(description="Random seed for reproducible training; random when empty.", default=1337),
     resolution: Optional[int] = Input(
-        description="Training resolution in pixels (multiple of 8); photos are resized and cropped to it. Empty: the base's native size (512 for SD 1.5, 1024 for SDXL).",
+        description="Training resolution in pixels (multiple of 8; of 16 for FLUX); photos are resized and cropped to it (FLUX: to the size of about resolution² pixels nearest their aspect ratio). Empty: the base's native size (512 for SD 1.5, 1024 for SDXL and FLUX).",
         default=None,
         ge=64,
         le=2048,
@@ -227,7 +230,9 @@ def train(
     adam_weight_decay: float = Input(description="AdamW weight decay.", default=1e-2, ge=0.0, le=1.0),
     adam_epsilon: float = Input(description="Adam epsilon.", default=1e-8, ge=0.0, le=1.0),
     max_grad_norm: float = Input(description="Gradient clipping norm.", default=1.0, ge=0.0),
-    mixed_precision: str = Input(description="Mixed precision on CUDA (full precision on the CPU).", default="fp16", choices=["no", "fp16", "bf16"]),
+    mixed_precision: str = Input(
+        description="Mixed precision on CUDA (full precision on the CPU); FLUX takes fp16 as bf16.", default="fp16", choices=["no", "fp16", "bf16"]
+    ),
     ckpt_base: Optional[Path] = Input(description="Optional zip of a diffusers pipeline to start from instead of the built-in base.", default=None),
     validation_prompt: Optional[str] = Input(
         description="If set, sample images of this prompt are generated every validation_steps during training (n_save_sample images, save_infer_steps steps) and stored under samples/ as step-<N>-<i>.png.",

@@ -23,12 +23,13 @@ import torch
 
 from dreambuild.archives import ArchiveLimits, extract_zip
 from dreambuild.errors import ImageDataError, InputError, ModelLayoutError
-from dreambuild.layout import baked_pipeline_digest, check_diffusers_layout, is_sdxl, locate_pipeline_root, native_size
+from dreambuild.layout import baked_pipeline_digest, check_diffusers_layout, family, locate_pipeline_root, native_size, t5_sequence_length
 from trainer.archive import write_weights_zip
 from trainer.args import TrainingArgs
 from trainer.checkpoints import Checkpoints, checkpoints_root, training_key
 from trainer.class_images import generate_class_images
 from trainer.device import plan_device
+from trainer.flux import check_flux_args, train_flux_lora
 from trainer.images import IMAGE_SUFFIXES, PHOTO_LIMITS, find_images, load_all, read_captions
 from trainer.likeness import EvalPrompts, Evaluation, Scorer, eval_models_dir
 from trainer.loop import train_dreambooth
@@ -69,8 +70,10 @@ def _catalog(variable: str, defaults: dict[str, Path]) -> dict[str, Path]:
 
 def base_models() -> dict[str, Path]:
     """The bases baked in the trainer image, by name (Tiyaro's ``model``): ``$DREAMBUILD_BASE_MODELS``,
-    else ``sd15`` (the default base) and ``sdxl`` (``/src/base-model-sdxl``) where baked."""
-    return _catalog("DREAMBUILD_BASE_MODELS", {"sd15": base_model_dir(), "sdxl": Path(DEFAULT_BASE_MODEL + "-sdxl")})
+    else ``sd15`` (the default base), ``sdxl``, ``flux-dev`` and ``flux-schnell``
+    (``/src/base-model-<name>``) where baked."""
+    baked = {name: Path(f"{DEFAULT_BASE_MODEL}-{name}") for name in ("sdxl", "flux-dev", "flux-schnell")}
+    return _catalog("DREAMBUILD_BASE_MODELS", {"sd15": base_model_dir(), **baked})
 
 
 def vaes() -> dict[str, Path]:
@@ -122,6 +125,12 @@ def _run(  # noqa: C901
     args: TrainingArgs, work: Path, instance_data: Path, class_data: Path | None, ckpt_base: Path | None, checkpoints: Checkpoints | None = None
 ) -> JobResult:
     base = _resolve_base(work, ckpt_base, args.base_model)
+    kind = family(base)
+    if kind == "flux":
+        check_flux_args(args)
+        if args.mixed_precision == "fp16":  # the trainer's default; FLUX's T5 and transformer overflow in fp16
+            log.info("FLUX base: mixed_precision fp16 is taken as bf16 (FLUX.1 overflows in fp16; Black Forest Labs and diffusers train it in bf16).")
+            args.mixed_precision = "bf16"
     vae = None
     if args.vae is not None:
         if args.vae not in vaes():
@@ -161,7 +170,9 @@ def _run(  # noqa: C901
         missing = args.num_class_images - len(class_images)
         if missing > 0:
             log.info("Prior preservation: generating %d class image(s) for %r.", missing, args.class_prompt)
-            class_images += generate_class_images(base, args.class_prompt, missing, args.sample_batch_size, work / "generated_class", plan, args.seed)
+            class_images += generate_class_images(
+                base, args.class_prompt, missing, args.sample_batch_size, work / "generated_class", plan, args.seed, args.resolution
+            )
             generated = missing
         if not class_images:
             raise ImageDataError("with_prior_preservation needs class images: set num_class_images > 0 or supply class_data")
@@ -174,7 +185,9 @@ def _run(  # noqa: C901
         )
     samples = work / "samples"
     likeness = _likeness(args, instance_images, plan) if args.measure_likeness else None
-    result = train_dreambooth(
+    train = train_flux_lora if kind == "flux" else train_dreambooth
+    extra = {} if kind == "flux" else {"vae_dir": vae, "likeness": likeness}
+    result = train(
         args,
         base,
         instance_images,
@@ -183,14 +196,15 @@ def _run(  # noqa: C901
         captions=captions,
         checkpoints=checkpoints,
         samples=samples,
-        vae_dir=vae,
-        likeness=likeness,
+        **extra,
     )
     weights = work / "weights"
     saved_dtype = torch.float16 if plan.mixed_precision != "no" else torch.float32  # templates run fp16 on GPUs
+    if kind == "flux":
+        saved_dtype = plan.weight_dtype  # bf16 under mixed precision: FLUX runs in bf16
     recorded = {**args.to_json(), "base_model": "ckpt_base" if ckpt_base else (args.base_model or str(base))}
     if result.lora is not None:
-        save_lora(weights, result.lora, result.lora_metadata or {}, saved_dtype, args, xl=is_sdxl(base))
+        save_lora(weights, result.lora, result.lora_metadata or {}, saved_dtype, args, kind)
         # A LoRA runs only on the base it was trained on: templates compare this digest with theirs.
         recorded["base_digest"] = baked_pipeline_digest(base)
     else:
@@ -202,7 +216,8 @@ def _run(  # noqa: C901
     if samples.is_dir():  # validation samples taken during training
         shutil.move(samples, weights / "samples")
     if args.save_sample_prompt:
-        _save_samples(result.pipeline, args, plan, weights / "samples")
+        size = {"height": args.resolution, "width": args.resolution, "max_sequence_length": t5_sequence_length(base)} if kind == "flux" else {}
+        _save_samples(result.pipeline, args, plan, weights / "samples", **size)
     archive = write_weights_zip(weights, work / "output.zip")
     log.info("Wrote %s (%.1f MB) after %d steps in %.1fs.", archive.name, archive.stat().st_size / 1e6, result.steps, result.seconds)
     return JobResult(
@@ -227,22 +242,28 @@ def _likeness(args: TrainingArgs, photos: list, plan) -> Evaluation:
     return Evaluation(scorer, prompts, seed=seed, steps=args.save_infer_steps, guidance=args.save_guidance_scale, keep_best=args.keep_best)
 
 
-def save_lora(weights: Path, lora: dict, metadata: dict, dtype: torch.dtype, args: TrainingArgs, xl: bool = False) -> None:
+def save_lora(weights: Path, lora: dict, metadata: dict, dtype: torch.dtype, args: TrainingArgs, kind: str = "sd") -> None:
     """The adapters as diffusers writes LoRAs (``pytorch_lora_weights.safetensors``, loadable by
     ``load_lora_weights``, alpha in its metadata) and a kohya/A1111 copy (``lora_kohya.safetensors``)
-    for other tools."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    for other tools. FLUX's kohya copy names the transformer's modules as diffusers does
+    (``lora_transformer_…``, which diffusers' and ComfyUI's loaders read), not by Black Forest
+    Labs' fused-qkv names: the adapters were trained on separate q, k and v."""
+    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
     cast = {name: {k: v.to(dtype).contiguous() for k, v in state.items()} for name, state in lora.items()}
-    layers = {f"{name}_lora_layers": convert_state_dict_to_diffusers(state) for name, state in cast.items()}
+    # SD and SDXL in diffusers' own keys (lora.down/lora.up); FLUX in peft's (lora_A/lora_B), as
+    # diffusers' FLUX scripts, ai-toolkit and ComfyUI write them.
+    keys = (lambda state: state) if kind == "flux" else convert_state_dict_to_diffusers
+    layers = {f"{name}_lora_layers": keys(state) for name, state in cast.items()}
     layers.update({f"{name}_lora_adapter_metadata": meta for name, meta in metadata.items()})
     if not any(name.endswith("_2") for name in cast):
         layers.setdefault("text_encoder_lora_layers", None)
-    pipeline = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    pipeline = {"flux": FluxPipeline, "sdxl": StableDiffusionXLPipeline}.get(kind, StableDiffusionPipeline)
     pipeline.save_lora_weights(weights, **layers, safe_serialization=True)
-    kohya = convert_state_dict_to_kohya({f"{name}.{k}": v for name, state in cast.items() for k, v in state.items()})
+    prefix = {"transformer": "lora_transformer"}  # the converter knows unet and the text encoders by name
+    kohya = convert_state_dict_to_kohya({f"{prefix.get(name, name)}.{k}": v for name, state in cast.items() for k, v in state.items()})
     alpha = float(args.lora_alpha or args.lora_rank)  # diffusers writes alpha = rank; keep the trained one
     kohya = {k: torch.tensor(alpha) if k.endswith(".alpha") else v for k, v in kohya.items()}
     save_file(kohya, weights / "lora_kohya.safetensors")
@@ -274,10 +295,10 @@ def _resolve_base(work: Path, ckpt_base: Path | None, name: str | None = None) -
     return base
 
 
-def _save_samples(pipeline, args: TrainingArgs, plan, out: Path) -> None:
+def _save_samples(pipeline, args: TrainingArgs, plan, out: Path, **extra) -> None:
     out.mkdir(exist_ok=True)
     pipeline.to(plan.device)
-    if plan.inference_dtype != torch.float32:
+    if plan.inference_dtype != torch.float32 and getattr(pipeline, "unet", None) is not None:  # FLUX stays in bf16
         pipeline.to(dtype=plan.inference_dtype)
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(args.seed if args.seed is not None else 0)
@@ -289,6 +310,7 @@ def _save_samples(pipeline, args: TrainingArgs, plan, out: Path) -> None:
             guidance_scale=args.save_guidance_scale,
             num_inference_steps=args.save_infer_steps,
             generator=generator,
+            **extra,
         ).images
     for i, image in enumerate(images):
         image.save(out / f"sample-{i}.png")

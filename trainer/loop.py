@@ -124,18 +124,7 @@ def train_dreambooth(  # noqa: C901
     drift's reference), every ``args.validation_steps`` steps and at the end.
     """
     prior = args.with_prior_preservation
-    # Accelerate keeps one process-wide state, fixed by the first Accelerator; a Cog server runs
-    # many trainings in one worker process, each with its own mixed precision. Found on an H200:
-    # the second job with another precision failed. Clearing it is the only way accelerate offers.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=plan.mixed_precision,
-        cpu=plan.device.type == "cpu",
-    )
-    if args.seed is not None:
-        set_seed(args.seed)
+    accelerator = new_accelerator(args, plan)
 
     xl = is_sdxl(base)
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=True)
@@ -172,18 +161,7 @@ def train_dreambooth(  # noqa: C901
     if args.train_text_encoder:
         groups.append({"params": [p for m in encoders.models for p in m.parameters() if p.requires_grad], "lr": text_lr})
     trainable = [p for group in groups for p in group["params"]]
-    optimizer_cls = torch.optim.AdamW
-    if plan.use_8bit_adam:
-        import bitsandbytes as bnb
-
-        optimizer_cls = bnb.optim.AdamW8bit
-    optimizer = optimizer_cls(groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-    )
+    optimizer, lr_scheduler = make_optimizer(groups, args, plan, accelerator)
     dataset = PhotoDataset(instance, klass if prior else [], args.resolution, args.center_crop)
     batches_per_epoch = math.ceil(len(dataset) / args.train_batch_size)
 
@@ -304,21 +282,10 @@ def train_dreambooth(  # noqa: C901
                     loss = loss + args.prior_loss_weight * F.mse_loss(prior_pred.float(), prior_target.float())
                 else:
                     loss = F.mse_loss(model_pred.float(), target.float())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                apply_gradients(accelerator, loss, trainable, optimizer, lr_scheduler, args.max_grad_norm)
             if accelerator.sync_gradients:
                 step += 1
-                if progress.due(step):  # the only host sync of the loop
-                    loss_value = loss.detach().item()
-                    if not math.isfinite(loss_value):
-                        raise FloatingPointError(f"training diverged by step {step} (loss {loss_value}); lower the learning rate")
-                    progress.update(step, loss=loss_value, lr=float(lr_scheduler.get_last_lr()[0]))
-                if checkpoints and checkpoints.due(step, args.max_train_steps):
-                    checkpoints.save(accelerator, step)
+                loss_value = step_done(step, loss, loss_value, progress, lr_scheduler, accelerator, checkpoints, args.max_train_steps)
                 if step % args.validation_steps == 0 and step < args.max_train_steps:
                     if args.validation_prompt and samples is not None:
                         validation_samples(args, step, samples, accelerator, assemble())
@@ -348,14 +315,83 @@ def train_dreambooth(  # noqa: C901
     return TrainResult(pipeline=pipeline, steps=step, seconds=seconds, final_loss=loss_value, lora=lora, lora_metadata=metadata if lora else None)
 
 
+def new_accelerator(args: TrainingArgs, plan: DevicePlan) -> Accelerator:
+    """This training's Accelerator (and its seed). Accelerate keeps one process-wide state, fixed
+    by the first Accelerator; a Cog server runs many trainings in one worker process, each with its
+    own mixed precision. Found on an H200: the second job with another precision failed. Clearing
+    it is the only way accelerate offers."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=plan.mixed_precision,
+        cpu=plan.device.type == "cpu",
+    )
+    if args.seed is not None:
+        set_seed(args.seed)
+    return accelerator
+
+
+def make_optimizer(groups: list[dict], args: TrainingArgs, plan: DevicePlan, accelerator: Accelerator) -> tuple:
+    """AdamW (bitsandbytes' 8-bit one where the plan allows) over ``groups`` and its learning-rate schedule."""
+    optimizer_cls = torch.optim.AdamW
+    if plan.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        optimizer_cls = bnb.optim.AdamW8bit
+    lr = groups[0]["lr"]
+    optimizer = optimizer_cls(groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    return optimizer, lr_scheduler
+
+
+def apply_gradients(accelerator: Accelerator, loss: torch.Tensor, trainable: list, optimizer, lr_scheduler, max_grad_norm: float) -> None:
+    """Backpropagate ``loss``; step the optimizer and the schedule (gradients clipped when they sync)."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def step_done(
+    step: int,
+    loss: torch.Tensor,
+    last: float,
+    progress: StepLogger,
+    lr_scheduler,
+    accelerator: Accelerator,
+    checkpoints: Checkpoints | None,
+    total: int,
+) -> float:
+    """After optimizer step ``step``: a progress line when one is due (the loop's only host sync:
+    a read every step stalls a GPU; a diverged loss fails the training there) and a checkpoint
+    when one is due. Returns the loss last read."""
+    if progress.due(step):
+        last = loss.detach().item()
+        if not math.isfinite(last):
+            raise FloatingPointError(f"training diverged by step {step} (loss {last}); lower the learning rate")
+        progress.update(step, loss=last, lr=float(lr_scheduler.get_last_lr()[0]))
+    if checkpoints and checkpoints.due(step, total):
+        checkpoints.save(accelerator, step)
+    return last
+
+
 def _for_inference(pipe) -> None:
     """A pipeline of the models in training, ready to sample: eval mode, DDIM."""
     from diffusers import DDIMScheduler
 
-    for name in ("unet", "text_encoder", "text_encoder_2"):
+    for name in ("unet", "transformer", "text_encoder", "text_encoder_2"):
         if getattr(pipe, name, None) is not None:
             getattr(pipe, name).eval()
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if getattr(pipe, "unet", None) is not None:  # FLUX keeps its flow-matching sampler
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
 
 
@@ -365,8 +401,9 @@ def _evaluate(likeness: Evaluation, pipe, step: int, accelerator, trainable: lis
 
 
 @torch.no_grad()
-def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, pipe) -> None:
-    """Images of ``args.validation_prompt`` from the model as it is at ``step``: how training goes."""
+def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, pipe, **extra) -> None:
+    """Images of ``args.validation_prompt`` from the model as it is at ``step``: how training goes.
+    ``extra``: more of the pipeline's arguments (FLUX: the size and T5 prompt length)."""
     _for_inference(pipe)
     generator = torch.Generator("cpu").manual_seed(args.seed if args.seed is not None else 0)
     with accelerator.autocast():
@@ -377,6 +414,7 @@ def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, pi
             num_inference_steps=args.save_infer_steps,
             guidance_scale=args.save_guidance_scale,
             generator=generator,
+            **extra,
         ).images
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):

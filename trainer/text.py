@@ -56,3 +56,45 @@ def sdxl_time_ids(resolution: int, batch: int, device: torch.device, dtype: torc
     are resized to the training resolution before cropping, so original = target and the crop
     starts at 0, 0 (diffusers' scripts with center crops)."""
     return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device, dtype=dtype).repeat(batch, 1)
+
+
+@dataclass
+class FluxEncoders:
+    """FLUX.1's prompt encoders: CLIP ViT-L's pooled output (the transformer's global conditioning)
+    and T5's hidden states (its text tokens), as diffusers' ``train_dreambooth_lora_flux.py``
+    encodes them. T5 (4.7B parameters in FLUX.1) is used once: every training prompt is encoded
+    up front, then it is freed (:meth:`free_t5`)."""
+
+    clip_tokenizer: object
+    clip: torch.nn.Module
+    t5_tokenizer: object
+    t5: torch.nn.Module | None
+    sequence_length: int  # T5 tokens: 512 for dev, 256 for schnell
+
+    @classmethod
+    def load(cls, base: Path, sequence_length: int, t5_dtype: torch.dtype, device: torch.device) -> "FluxEncoders":
+        from transformers import T5EncoderModel
+
+        clip_tokenizer = AutoTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=True)
+        t5_tokenizer = AutoTokenizer.from_pretrained(base, subfolder="tokenizer_2", local_files_only=True)
+        clip = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", local_files_only=True)
+        t5 = T5EncoderModel.from_pretrained(base, subfolder="text_encoder_2", dtype=t5_dtype, local_files_only=True).to(device)
+        t5.requires_grad_(False)
+        return cls(clip_tokenizer, clip, t5_tokenizer, t5, sequence_length)
+
+    def clip_ids(self, text: str, device: torch.device) -> torch.Tensor:
+        return self.clip_tokenizer(text, truncation=True, padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
+
+    def pooled(self, ids: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """CLIP's pooled embedding of ``ids``; ``model`` replaces the loaded CLIP (its accelerate wrapper)."""
+        return (model or self.clip)(ids, output_hidden_states=False).pooler_output
+
+    @torch.no_grad()
+    def t5_states(self, text: str) -> torch.Tensor:
+        tokens = self.t5_tokenizer(text, truncation=True, padding="max_length", max_length=self.sequence_length, return_tensors="pt")
+        return self.t5(tokens.input_ids.to(self.t5.device))[0]
+
+    def free_t5(self) -> None:
+        self.t5 = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

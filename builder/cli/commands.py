@@ -372,6 +372,8 @@ def catalog(
     print("trainers:" if listing["trainers"] else "trainers: none")
     for t in listing["trainers"]:
         print(f"  {t['version']}  {t['name']}  runner {t.get('runner', '?')}" + (f"  base {t['base_digest']}" if t.get("base_digest") else ""))
+        for name, digest in (t.get("base_digests") or {}).items():
+            print(f"    base_model {name}: {digest}")
     print("templates:" if listing["templates"] else "templates: none (add one: dreambuild templates add vanilla)")
     for t in listing["templates"]:
         print(

@@ -77,7 +77,40 @@ class TrainerEntry(_Strict):
         "training is refused at creation on a template whose base differs.",
     )
 
+    base_digests: dict[str, str] = Field(
+        default_factory=dict,
+        description="The bases baked in the trainer by name (its base_model input: sdxl, flux-dev, …) and their "
+        "pipeline_digest: a LoRA training naming one is refused at creation on a template whose base differs.",
+    )
+
     _digest = field_validator("base_digest")(_base_digest)
+
+    @field_validator("base_digests")
+    @classmethod
+    def _digests(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: _base_digest(digest) for name, digest in value.items()}
+
+    def base_of(self, inputs: dict) -> str | None:
+        """The digest of the base a training with ``inputs`` starts from, when known: the one its
+        ``base_model`` names, else the trainer's default base."""
+        named = inputs.get("base_model")
+        return self.base_digests.get(named) if named else self.base_digest
+
+    def local_bases(self) -> dict[str, Path]:
+        """local runner: the bases by name (``DREAMBUILD_BASE_MODELS``, as trainer.job reads it)."""
+        value = self.env.get("DREAMBUILD_BASE_MODELS") or os.environ.get("DREAMBUILD_BASE_MODELS", "")
+        pairs = [item.split("=", 1) for item in value.split(",") if "=" in item]
+        return {name.strip(): Path(path.strip()).expanduser().absolute() for name, path in pairs}
+
+    def read_local_digests(self) -> None:
+        """local runner: the digests its bases' folders were baked with (``base.digest`` beside
+        each, as trainer.fetch_base_model writes them), where the configuration names none."""
+        base = self.local_base()
+        if self.base_digest is None and digest_file(base).is_file():
+            self.base_digest = baked_pipeline_digest(base)
+        for name, path in self.local_bases().items():
+            if name not in self.base_digests and digest_file(path).is_file():
+                self.base_digests[name] = baked_pipeline_digest(path)
 
     def local_base(self) -> Path:
         """local runner: the base pipeline the trainer fine-tunes by default: ``env:``'s
@@ -350,9 +383,8 @@ def load_config(path: Path | None = None, **overrides) -> ServiceConfig:
     if not config.trainers and has_checkout():  # installed from a wheel, there is no local trainer to offer
         config.trainers[local_trainer_version()] = TrainerEntry(name="dreambooth (this checkout)")
     for entry in config.trainers.values():
-        base = entry.local_base()
-        if entry.runner == "local" and entry.base_digest is None and digest_file(base).is_file():
-            entry.base_digest = baked_pipeline_digest(base)  # recorded beside it by trainer.fetch_base_model
+        if entry.runner == "local":
+            entry.read_local_digests()
     if not config.templates and not config.template_repositories and config.workers == "embedded":  # a layout is one machine's
         config._templates_from_layout = True
         config.template_catalog()
@@ -363,7 +395,7 @@ def catalog_listing(config: ServiceConfig) -> dict:
     """The catalog as ``GET /v1/catalog`` and ``dreambuild catalog`` show it."""
     return {
         "trainers": [
-            {"version": version, "name": entry.name, "runner": entry.runner, "base_digest": entry.base_digest}
+            {"version": version, "name": entry.name, "runner": entry.runner, "base_digest": entry.base_digest, "base_digests": entry.base_digests}
             for version, entry in config.trainers.items()
         ],
         "templates": [

@@ -215,6 +215,7 @@ class CatalogTrainer(BaseModel):
     name: str
     runner: str
     base_digest: str | None
+    base_digests: dict[str, str] = Field(default_factory=dict, description="The bases it bakes by name (its base_model input) and their digests")
 
 
 class CatalogTemplate(BaseModel):

@@ -21,6 +21,7 @@ class Template:
     inputs: tuple[str, ...] = ()  # its own inputs, beyond the shared and the ControlNet ones
     guide: str = ""  # what guides the output, for descriptions and the README
     base: str | None = None  # a base pipeline its image bakes (Hugging Face repo): LoRA outputs apply to it
+    family: str = "sd"  # what it runs (dreambuild.layout.family): sd (1.x/2.x and SDXL) or flux
 
 
 TEMPLATES: dict[str, Template] = {
@@ -30,6 +31,9 @@ TEMPLATES: dict[str, Template] = {
         # vanilla with a base baked in, the trainer's own (base_model sd15 / sdxl): it builds LoRA outputs too.
         Template("vanilla-sd15", "Vanilla", base="stable-diffusion-v1-5/stable-diffusion-v1-5"),
         Template("vanilla-sdxl", "Vanilla", base="stabilityai/stable-diffusion-xl-base-1.0"),
+        # FLUX.1 with its base baked (the trainer's flux-dev / flux-schnell): LoRA outputs, and the base alone.
+        Template("vanilla-flux", "Flux", base="black-forest-labs/FLUX.1-dev", family="flux"),
+        Template("vanilla-flux-schnell", "Flux", base="black-forest-labs/FLUX.1-schnell", family="flux"),
         Template(
             "controlnet-canny",
             "ControlNetCanny",
@@ -124,9 +128,16 @@ SHARED_INPUTS = (
     "output_quality",
 )
 CONTROLNET_INPUTS = ("control_image", "control_preprocess", "controlnet_conditioning_scale", "return_control_image")
+# FLUX's: no negative prompt, prompt weighting or sampler choice (one flow-matching sampler; T5
+# reads long prompts), and `guidance` for its guidance embedding, as Replicate's FLUX models name it.
+FLUX_INPUTS = tuple(
+    "guidance" if name == "guidance_scale" else name for name in SHARED_INPUTS if name not in ("negative_prompt", "prompt_syntax", "scheduler")
+)
 
 
 def template_inputs(template: Template) -> tuple[str, ...]:
     """All the inputs of ``template``'s Cog class."""
+    if template.family == "flux":
+        return FLUX_INPUTS + template.inputs
     control = CONTROLNET_INPUTS if template.preprocessor else ()
     return SHARED_INPUTS + control + template.inputs

@@ -20,7 +20,7 @@ from PIL import Image
 
 from dreambuild.errors import InputError, NSFWContentError, TemplateWithoutWeightsError
 from dreambuild.images import load_rgb
-from dreambuild.layout import LORA_WEIGHTS, baked_pipeline_digest, check_diffusers_layout, is_sdxl
+from dreambuild.layout import LORA_WEIGHTS, baked_pipeline_digest, check_diffusers_layout, family
 from templates.inference.catalog import TEMPLATES
 from templates.inference.control import ControlPreprocessor
 from templates.inference.fused import FusedLoras
@@ -119,7 +119,15 @@ class ImageGenerator:
             log.warning(self.no_weights)
             return
         check_diffusers_layout(pipeline, f"weights in {pipeline}")
-        if self.control_kind and is_sdxl(pipeline):
+        if (family(pipeline) == "flux") != (TEMPLATES[self.template].family == "flux"):
+            runs = "FLUX.1 on the vanilla-flux templates" if TEMPLATES[self.template].family == "flux" else "Stable Diffusion and SDXL"
+            self.no_weights = (
+                f"the weights in {pipeline} are a {'FLUX.1' if family(pipeline) == 'flux' else 'Stable Diffusion'} pipeline, "
+                f"and the {self.template} template runs {runs}: build them on a template of their family"
+            )
+            log.warning(self.no_weights)
+            return
+        if self.control_kind and family(pipeline) == "sdxl":
             self.no_weights = (
                 f"the weights in {pipeline} are an SDXL pipeline, and the {self.template} template's ControlNet is "
                 "for SD 1.x: build SDXL fine-tunes on the vanilla template"
@@ -134,7 +142,7 @@ class ImageGenerator:
                 self.no_controlnet = f"ControlNet weights not found at {loc.controlnet} (set DREAMBUILD_CONTROLNET)"
                 log.warning("%s: predictions with a control_image fail.", self.no_controlnet)
         self.pipes = load_pipelines(pipeline, controlnet, self.device, compile_unet=compile_requested(), fuse=lora_output)
-        self.prompts = PromptEncoder(self.pipes.base)
+        self.prompts = None if self.pipes.flux else PromptEncoder(self.pipes.base)
         # Serving the base, versions' adapters stay loaded beside users' LoRAs: a larger cache.
         cached = int(os.environ.get("DREAMBUILD_CACHED_ADAPTERS", "8" if self.base_versions else "4"))
         if self.pipes.raw_unet is not None:  # compiled: LoRAs are fused in place, never recompiling
@@ -206,12 +214,14 @@ class ImageGenerator:
         prompt = request.prompt if request.prompt is not None else (version.instance_prompt if version else self.instance_prompt)
         if not prompt:
             raise InputError("prompt is empty and the weights' args.json has no instance_prompt to default to")
-        width, height = resolve_size(request.width, request.height, self.pipes.native_size)
+        request = self._flux_defaults(request)
+        width, height = resolve_size(request.width, request.height, self.pipes.native_size, block=16 if self.pipes.flux else 8)
         if request.image is not None:
             denoising_steps(request.num_inference_steps, request.prompt_strength)
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         pipe = self.pipes.by_mode[mode]
-        pipe.scheduler = make_scheduler(request.scheduler, self.pipes.base.scheduler.config, seed)
+        if not self.pipes.flux:  # FLUX keeps its one flow-matching sampler
+            pipe.scheduler = make_scheduler(request.scheduler, self.pipes.base.scheduler.config, seed)
         kwargs, control = self._images(request, mode, (width, height))
         log.info("Using seed: %d (image i uses seed + i)", seed)
         loras = [
@@ -236,7 +246,7 @@ class ImageGenerator:
             width,
             height,
             request.num_inference_steps,
-            request.scheduler,
+            "flow matching" if self.pipes.flux else request.scheduler,
             seconds,
         )
         if not request.disable_safety_check:
@@ -248,6 +258,14 @@ class ImageGenerator:
         self._outputs = Path(tempfile.mkdtemp(prefix="dreambuild-outputs-"))
         return write_images(images, self._outputs, request.output_format, request.output_quality)
 
+    def _flux_defaults(self, request: GenerationRequest) -> GenerationRequest:
+        """FLUX's steps and guidance where the request left them empty: dev 28 steps at guidance
+        3.5 (Black Forest Labs' defaults), schnell 4 (it has no guidance embedding)."""
+        if not self.pipes.flux:
+            return request
+        steps = request.num_inference_steps or (28 if self.pipes.guidance_embeds else 4)
+        return replace(request, num_inference_steps=steps, guidance_scale=3.5 if request.guidance is None else request.guidance)
+
     def _loading_metrics(self) -> None:
         """What this prediction loaded besides generating: LoRAs, or a server started ahead's weights."""
         if self.loras.load_seconds:  # a version's or a user's LoRA, not loaded before
@@ -256,7 +274,10 @@ class ImageGenerator:
             self.last_metrics["weights_load_time"], self._weights_seconds = self._weights_seconds, None
 
     def _run(self, pipe, request: GenerationRequest, prompt: str, seed: int, kwargs: dict) -> tuple[list[Image.Image], float]:
-        embeds = self.prompts.pipeline_kwargs(prompt, request.negative_prompt, request.prompt_syntax)
+        if self.prompts is None:  # FLUX: T5 reads the prompt as it is
+            embeds = {"prompt": prompt, "max_sequence_length": self.pipes.t5_tokens}
+        else:
+            embeds = self.prompts.pipeline_kwargs(prompt, request.negative_prompt, request.prompt_syntax)
         if str(self.device.device).startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
@@ -290,9 +311,9 @@ class ImageGenerator:
             else:  # the user's own depth map, skeleton or edges, used as they are
                 control = source.resize(size, Image.Resampling.BILINEAR)
         base = mode.removeprefix("controlnet-")
-        if base == "txt2img":
+        if base == "txt2img" or self.pipes.flux:  # FLUX's img2img too: it would draw its 1024 px default, not image's size
             kwargs.update(width=width, height=height)
-        else:
+        if base != "txt2img":
             kwargs.update(image=init, strength=request.prompt_strength)
         if base == "inpaint":
             kwargs.update(mask_image=mask, width=width, height=height)

@@ -1,5 +1,6 @@
-"""The fine-tuned pipeline (SD 1.x/2.x or SDXL), loaded once, and every mode's pipeline built
-from it with ``from_pipe`` (the same UNet, VAE and text encoders; no second copy in memory)."""
+"""The fine-tuned pipeline (SD 1.x/2.x, SDXL or FLUX.1), loaded once, and every mode's pipeline
+built from it with ``from_pipe`` (the same UNet or transformer, VAE and text encoders; no second
+copy in memory)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dreambuild.layout import is_sdxl
+from dreambuild.layout import family, native_size, t5_sequence_length
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,18 @@ class Device:
 
 @dataclass
 class Pipelines:
-    base: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline (txt2img)
+    base: Any  # StableDiffusionPipeline, StableDiffusionXLPipeline or FluxPipeline (txt2img)
     by_mode: dict[str, Any] = field(default_factory=dict)
     xl: bool = False  # SDXL: two text encoders, pooled embeddings
     raw_unet: Any = None  # compiled: the UNet module under the compiled one (LoRAs are fused into it in place)
+    native_size: int = 512  # the size it was trained at (dreambuild.layout.native_size)
+    flux: bool = False  # FLUX.1: plain prompts (T5 up to t5_tokens), one flow-matching sampler, guidance embedding
+    t5_tokens: int = 0  # FLUX's T5 prompt length (512 dev, 256 schnell)
 
     @property
-    def native_size(self) -> int:
-        return self.base.unet.config.sample_size * self.base.vae_scale_factor
+    def guidance_embeds(self) -> bool:
+        """FLUX.1-dev (guidance-distilled) rather than schnell."""
+        return self.flux and bool(self.base.transformer.config.guidance_embeds)
 
 
 def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, compile_unet: bool = False, fuse: Path | None = None) -> Pipelines:
@@ -55,7 +60,10 @@ def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, com
     """
     import diffusers
 
-    xl = is_sdxl(weights)
+    kind = family(weights)
+    if kind == "flux":
+        return _load_flux(weights, device, fuse)
+    xl = kind == "sdxl"
     if xl:
         # SDXL has no safety_checker component; its VAE runs in fp32 where fp16 overflows
         # (the pipeline's own force_upcast), so nothing else to set here.
@@ -82,11 +90,11 @@ def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, com
     # from_pipe casts the new pipeline, shared components included, to fp32 unless told the
     # dtype (diffusers 0.42): always pass it, or every mode silently runs in fp32.
     same = {"dtype": device.dtype}
-    family = "StableDiffusionXL" if xl else "StableDiffusion"
+    prefix = "StableDiffusionXL" if xl else "StableDiffusion"
     by_mode = {
         "txt2img": base,
-        "img2img": getattr(diffusers, f"{family}Img2ImgPipeline").from_pipe(base, **same),
-        "inpaint": getattr(diffusers, f"{family}InpaintPipeline").from_pipe(base, **same),
+        "img2img": getattr(diffusers, f"{prefix}Img2ImgPipeline").from_pipe(base, **same),
+        "inpaint": getattr(diffusers, f"{prefix}InpaintPipeline").from_pipe(base, **same),
     }
     if controlnet is not None:
         if xl:
@@ -98,7 +106,28 @@ def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, com
         by_mode["controlnet-inpaint"] = diffusers.StableDiffusionControlNetInpaintPipeline.from_pipe(base, **same)
     for pipe in by_mode.values():
         pipe.set_progress_bar_config(disable=True)
-    return Pipelines(base=base, by_mode=by_mode, xl=xl, raw_unet=raw_unet)
+    return Pipelines(base=base, by_mode=by_mode, xl=xl, raw_unet=raw_unet, native_size=native_size(weights))
+
+
+def _load_flux(weights: Path, device: Device, fuse: Path | None) -> Pipelines:
+    """FLUX.1 and its img2img and inpainting pipelines, in bf16 on CUDA (fp16 overflows in its
+    T5 and transformer; Black Forest Labs run it in bf16), fp32 on the CPU."""
+    import diffusers
+
+    dtype = torch.bfloat16 if device.device.type == "cuda" else device.dtype
+    base = diffusers.FluxPipeline.from_pretrained(weights, dtype=dtype, local_files_only=True).to(device.device)
+    if fuse is not None:
+        fuse_lora(base, fuse)
+    if compile_requested():
+        log.warning("DREAMBUILD_TORCH_COMPILE: FLUX templates run uncompiled for now (the UNet path compiles SD and SDXL only).")
+    by_mode = {
+        "txt2img": base,
+        "img2img": diffusers.FluxImg2ImgPipeline.from_pipe(base, dtype=dtype),
+        "inpaint": diffusers.FluxInpaintPipeline.from_pipe(base, dtype=dtype),
+    }
+    for pipe in by_mode.values():
+        pipe.set_progress_bar_config(disable=True)
+    return Pipelines(base=base, by_mode=by_mode, native_size=native_size(weights), flux=True, t5_tokens=t5_sequence_length(weights))
 
 
 def fuse_lora(pipe, path: Path) -> None:

@@ -27,6 +27,7 @@ class GenerationRequest:
     num_outputs: int = 1
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
+    guidance: float | None = None  # FLUX's guidance embedding (dev); None: the template's default
     prompt_strength: float = 0.8
     scheduler: str = "DDIM"
     seed: int | None = None
@@ -73,13 +74,15 @@ class GenerationRequest:
         return f"controlnet-{base}" if self.control_image is not None else base
 
 
-def resolve_size(width: int | None, height: int | None, native: int, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """Output size: the model's native size where not given; multiples of 8 within the pixel limit."""
+def resolve_size(width: int | None, height: int | None, native: int, max_pixels: int = MAX_PIXELS, block: int = 8) -> tuple[int, int]:
+    """Output size: the model's native size where not given; multiples of ``block`` (8 for Stable
+    Diffusion's VAE; 16 for FLUX, whose latents are packed 2x2) within the pixel limit."""
     width = native if width is None else width
     height = native if height is None else height
+    why = "Stable Diffusion's VAE works in 8-pixel blocks" if block == 8 else "FLUX's VAE and latent packing work in 16-pixel blocks"
     for name, value in (("width", width), ("height", height)):
-        if value < 8 or value % 8:
-            raise InputError(f"{name}={value} is not a positive multiple of 8 (Stable Diffusion's VAE works in 8-pixel blocks)")
+        if value < block or value % block:
+            raise InputError(f"{name}={value} is not a positive multiple of {block} ({why})")
     if width * height > max_pixels:
         raise InputError(f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}; ask for a smaller size")
     return width, height

@@ -137,7 +137,7 @@ def default_template(config, trainer: str, inputs: dict) -> str:
     if len(templates) == 1:
         return next(iter(templates))
     if is_lora(inputs):
-        base = config.trainers[trainer].base_digest
+        base = config.trainers[trainer].base_of(inputs)
         fits = [v for v, entry in templates.items() if entry.base_digest and base in (None, entry.base_digest)]
     else:
         fits = [v for v, entry in templates.items() if entry.name == "vanilla"]
@@ -165,11 +165,12 @@ def _check_lora_template(config, trainer: str, template: str, inputs: dict) -> N
             "has no base baked in to apply them to (no base_digest in the catalog): use lora_rank 0, or a "
             "template with the trainer's base",
         )
-    trained_on = config.trainers[trainer].base_digest
+    trained_on = config.trainers[trainer].base_of(inputs)
     if trained_on and not inputs.get("ckpt_base") and trained_on != entry.base_digest:
+        named = f"base_model {inputs['base_model']!r}" if inputs.get("base_model") else "the trainer's base"
         raise fail(
             422,
-            f"input.lora_rank={rank}: the trainer's base is {trained_on}, and template "
+            f"input.lora_rank={rank}: {named} is {trained_on}, and template "
             f"{entry.name!r} bakes {entry.base_digest}; a LoRA runs only on the base it was trained on",
         )
 
