@@ -122,3 +122,16 @@ def test_the_checkouts_trainer_schema_is_generated_once_per_source(tmp_path, mon
     assert local_schema("trainer/cog_model.py:Predictor")["info"]["title"] == "read from the cache"
     with pytest.raises(Exception, match="trainer/cog_model.py:Nope"):  # another reference is another key
         local_schema("trainer/cog_model.py:Nope")
+
+
+def test_replicate_s_flux_trainer_names_are_aliases():
+    """trigger_word, steps and batch_size (Replicate's FLUX trainer) set token_string,
+    max_train_steps and train_batch_size; the same input given twice with two values is refused."""
+    args = TrainingArgs.from_inputs({**BASE, "instance_prompt": "a photo of TOK", "trigger_word": "TOK", "steps": 500, "batch_size": 2})
+    assert (args.token_string, args.max_train_steps, args.train_batch_size) == ("TOK", 500, 2)
+    same = TrainingArgs.from_inputs({**BASE, "max_train_steps": 500, "steps": 500})
+    assert same.max_train_steps == 500
+    with pytest.raises(InputError, match=r"steps \(500\) and max_train_steps \(300\) are the same input under two names; give one"):
+        TrainingArgs.from_inputs({**BASE, "max_train_steps": 300, "steps": 500})
+    with pytest.raises(InputError, match="instance_prompt does not contain token_string 'TOK'"):
+        args.check_token("a photo of a toy", "instance_prompt")

@@ -460,12 +460,13 @@ def test_flux_lora_trains_adapters_that_change_the_output(catalog_trainer, tiny_
 
 
 def test_flux_schnell_and_a_trained_clip(catalog_trainer, tiny_flux_schnell, photos, tmp_path):
-    """schnell (no guidance embedding) trains too; with train_text_encoder, CLIP gets adapters and T5 none."""
-    body = predict(
-        catalog_trainer, tmp_path, instance_data=photos, **{**FLUX, "base_model": "flux-schnell", "train_text_encoder": True}, max_train_steps=2
-    )
+    """schnell (no guidance embedding) trains too; with train_text_encoder, CLIP gets adapters and T5
+    none. Replicate's FLUX trainer's input names work: steps, trigger_word."""
+    inputs = {**FLUX, "base_model": "flux-schnell", "train_text_encoder": True}
+    body = predict(catalog_trainer, tmp_path, instance_data=photos, **inputs, max_train_steps=None, steps=2, trigger_word="cjw")
     assert body["status"] == "succeeded", body.get("error")
     _, weights = output_dir(body, tmp_path)
+    assert "step 2/2" in body["logs"] and json.loads((weights / "args.json").read_text())["token_string"] == "cjw"
     adapters = load_file(weights / "pytorch_lora_weights.safetensors")
     assert {k.split(".")[0] for k in adapters} == {"transformer", "text_encoder"}
     assert any(k.startswith("lora_te1_") for k in load_file(weights / "lora_kohya.safetensors"))

@@ -24,8 +24,10 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "prior_loss_weight": (0.0, None),
     "resolution": (64, 2048),
     "train_batch_size": (1, 64),
+    "batch_size": (1, 64),
     "sample_batch_size": (1, 64),
     "max_train_steps": (1, 100_000),
+    "steps": (1, 100_000),
     "checkpointing_steps": (0, 100_000),
     "gradient_accumulation_steps": (1, 1024),
     "learning_rate": (0.0, 1.0),
@@ -45,6 +47,9 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "validation_steps": (1, 100_000),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": MIXED_PRECISION}
+# Replicate's FLUX trainer's names (ostris/flux-dev-lora-trainer) for inputs this trainer names as
+# diffusers' scripts do: either may be given; the alias, when set, is the value.
+ALIASES = {"trigger_word": "token_string", "steps": "max_train_steps", "batch_size": "train_batch_size"}
 
 
 @dataclass
@@ -57,6 +62,7 @@ class TrainingArgs:
     vae: str | None = None  # an alternative VAE baked in the trainer, by name
     caption_prefix: str | None = None  # before every caption (a .txt beside an image), e.g. "a photo of cjw,"
     token_string: str | None = None  # the subject's trigger word (cog-sdxl's name): in every training prompt
+    trigger_word: str | None = None  # Replicate's FLUX trainer's name for token_string
     num_class_images: int = 50
     with_prior_preservation: bool = True
     prior_loss_weight: float = 1.0
@@ -65,8 +71,10 @@ class TrainingArgs:
     center_crop: bool = False
     train_text_encoder: bool = True
     train_batch_size: int = 1
+    batch_size: int | None = None  # Replicate's FLUX trainer's name for train_batch_size
     sample_batch_size: int = 4
     max_train_steps: int = 2000
+    steps: int | None = None  # Replicate's FLUX trainer's name for max_train_steps
     checkpointing_steps: int = 0  # 0: none; else the state every N steps, which a re-run resumes from
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
@@ -113,8 +121,21 @@ class TrainingArgs:
             if not str(kwargs.get(required, "")).strip():
                 raise InputError(f"{required} is required and must not be empty")
         args = cls(**kwargs)
+        args._apply_aliases()
         args.validate()
         return args
+
+    def _apply_aliases(self) -> None:
+        """Replicate's names (``ALIASES``) set ours; both set to different values is an error."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for alias, name in ALIASES.items():
+            value = getattr(self, alias)
+            if value is None:
+                continue
+            current = getattr(self, name)
+            if current != defaults[name] and current != value:
+                raise InputError(f"{alias} ({value!r}) and {name} ({current!r}) are the same input under two names; give one")
+            setattr(self, name, value)
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first invalid argument."""

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 NOT_IN_KEY = frozenset(
     {
         "max_train_steps",
+        "steps",
         "checkpointing_steps",
         "save_sample_prompt",
         "save_sample_negative_prompt",

@@ -59,6 +59,7 @@ class Predictor(BaseRunner):
             description="The word that names the subject (its trigger word, e.g. TOK or cjw): every training prompt (instance_prompt, each caption after caption_prefix) must contain it; recorded in args.json for the model's users.",
             default=None,
         ),
+        trigger_word: Optional[str] = Input(description="Replicate's FLUX trainer's name for token_string: either may be given.", default=None),
         num_class_images: int = Input(
             description="Class images used for prior preservation; missing ones are generated from class_prompt.", default=50, ge=0, le=10000
         ),
@@ -74,8 +75,14 @@ class Predictor(BaseRunner):
         center_crop: bool = Input(description="Center-crop photos instead of random crops.", default=False),
         train_text_encoder: bool = Input(description="Also fine-tune the text encoder.", default=True),
         train_batch_size: int = Input(description="Photos per training step.", default=1, ge=1, le=64),
+        batch_size: Optional[int] = Input(
+            description="Replicate's FLUX trainer's name for train_batch_size: either may be given.", default=None, ge=1, le=64
+        ),
         sample_batch_size: int = Input(description="Batch size when generating class images.", default=4, ge=1, le=64),
         max_train_steps: int = Input(description="Number of optimizer steps.", default=2000, ge=1, le=100000),
+        steps: Optional[int] = Input(
+            description="Replicate's FLUX trainer's name for max_train_steps: either may be given.", default=None, ge=1, le=100000
+        ),
         checkpointing_steps: int = Input(
             description="Save the training state every N steps (0: never); running the same training again (same inputs and files) resumes from the newest one. Removed when the training completes.",
             default=0,
@@ -176,6 +183,7 @@ def train(
         description="The word that names the subject (its trigger word, e.g. TOK or cjw): every training prompt (instance_prompt, each caption after caption_prefix) must contain it; recorded in args.json for the model's users.",
         default=None,
     ),
+    trigger_word: Optional[str] = Input(description="Replicate's FLUX trainer's name for token_string: either may be given.", default=None),
     num_class_images: int = Input(
         description="Class images used for prior preservation; missing ones are generated from class_prompt.", default=50, ge=0, le=10000
     ),
@@ -191,8 +199,14 @@ def train(
     center_crop: bool = Input(description="Center-crop photos instead of random crops.", default=False),
     train_text_encoder: bool = Input(description="Also fine-tune the text encoder.", default=True),
     train_batch_size: int = Input(description="Photos per training step.", default=1, ge=1, le=64),
+    batch_size: Optional[int] = Input(
+        description="Replicate's FLUX trainer's name for train_batch_size: either may be given.", default=None, ge=1, le=64
+    ),
     sample_batch_size: int = Input(description="Batch size when generating class images.", default=4, ge=1, le=64),
     max_train_steps: int = Input(description="Number of optimizer steps.", default=2000, ge=1, le=100000),
+    steps: Optional[int] = Input(
+        description="Replicate's FLUX trainer's name for max_train_steps: either may be given.", default=None, ge=1, le=100000
+    ),
     checkpointing_steps: int = Input(
         description="Save the training state every N steps (0: never); running the same training again (same inputs and files) resumes from the newest one. Removed when the training completes.",
         default=0,
