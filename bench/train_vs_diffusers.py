@@ -1,21 +1,24 @@
 """dreambuild's trainer beside diffusers' own DreamBooth scripts: steps/s and peak GPU memory on
 the same device, same shapes and settings, in one run.
 
-    python bench/train_vs_diffusers.py [--pairs sd15-full,sd15-lora,sdxl-lora] [--steps 40] [--batch 1]
+    python bench/train_vs_diffusers.py [--pairs sd15-full,sd15-lora,sdxl-lora,flux-lora] [--steps 40] [--batch 1]
         [--precision fp16] [--adam8bit] [--no-text-encoder] [--resolution PX]
     python bench/train_vs_diffusers.py --shape tiny --resolution 64 --steps 8 --precision no  # the harness, on a CPU
 
 Baselines (the named ratio's denominator): diffusers' ``train_dreambooth.py``,
-``train_dreambooth_lora.py`` and ``train_dreambooth_lora_sdxl.py``, vendored unchanged in
-``bench/baselines/diffusers`` (see its README for the commit), run against the installed
-diffusers. Both sides get: random weights with SD 1.5's and SDXL's exact layer shapes
-(``fixtures.tiny_models``, shapes ``sd15`` / ``sdxl``; ``--shape tiny`` for a CPU), the sample
+``train_dreambooth_lora.py``, ``train_dreambooth_lora_sdxl.py`` and
+``train_dreambooth_lora_flux.py``, vendored unchanged in ``bench/baselines/diffusers`` (see its
+README for the commit), run against the installed diffusers. Both sides get: random weights with
+SD 1.5's, SDXL's and FLUX.1-dev's exact layer shapes (``fixtures.tiny_models``, shapes ``sd15`` /
+``sdxl`` / ``flux-dev``, FLUX's built in bf16; ``--shape tiny`` for a CPU), the sample
 subject photos, the resolution (default: the base's native size), batch size, mixed precision
 and optimizer (torch AdamW, or bitsandbytes AdamW8bit with ``--adam8bit``), constant learning
 rate (5e-6 full, 1e-4 LoRA), LoRA rank 4 on the attention projections, text encoder trained
 (LoRA: its adapters) unless ``--no-text-encoder``, no prior preservation, no checkpoints, no
-validation, seed 0. Each run is its own process timed by ``bench/step_clock.py`` (steps after
-``--warmup``, peak memory during training). Goal (issue 16): ours >= 1.2x their steps/s at <=
+validation, seed 0. FLUX (LoRA only) runs in bf16 where fp16 is asked (FLUX.1 overflows in fp16;
+our trainer does the same), with the same LoRA layers (ours, given to theirs as ``--lora_layers``) and their T5
+prompt length (512). Each run is its own process timed by ``bench/step_clock.py`` (steps after
+``--warmup``, peak memory during training). Goal (issues 16, 29): ours >= 1.2x their steps/s at <=
 their peak memory.
 """
 
@@ -40,19 +43,24 @@ PAIRS = {  # name: (base shape family, their script, LoRA)
     "sd15-full": ("sd", "train_dreambooth.py", False),
     "sd15-lora": ("sd", "train_dreambooth_lora.py", True),
     "sdxl-lora": ("sdxl", "train_dreambooth_lora_sdxl.py", True),
+    "flux-lora": ("flux", "train_dreambooth_lora_flux.py", True),
 }
 PROMPT = "a photo of sks toy"
 
 
 def build_base(family: str, shape: str, dest: Path, cuda: bool) -> Path:
-    from fixtures.tiny_models import build_sd, build_sdxl
+    import torch
+
+    from fixtures.tiny_models import build_flux, build_sd, build_sdxl
 
     if dest.is_dir():
         return dest
     started = time.perf_counter()
-    shape = shape if shape == "tiny" else ("sd15" if family == "sd" else "sdxl")
-    build = build_sd if family == "sd" else build_sdxl
-    build(dest, shape=shape, device="cuda" if cuda else "cpu")
+    shape = shape if shape == "tiny" else {"sd": "sd15", "sdxl": "sdxl", "flux": "flux-dev"}[family]
+    build = {"sd": build_sd, "sdxl": build_sdxl, "flux": build_flux}[family]
+    # FLUX.1-dev's 12B transformer and T5-XXL: written in bf16 (fp32 would be 64 GB on disk).
+    dtype = torch.bfloat16 if family == "flux" and shape != "tiny" else None
+    build(dest, shape=shape, device="cuda" if cuda else "cpu", dtype=dtype)
     print(f"{shape} random base built in {time.perf_counter() - started:.0f}s", flush=True)
     return dest
 
@@ -89,6 +97,10 @@ def their_command(script: str, base: Path, photos: Path, out: Path, opts: argpar
     ]
     if lora:
         command += ["--rank", "4"]
+    if "flux" in script:  # the layers ours trains (its default adds the feed-forwards)
+        from trainer.flux import FLUX_LORA_TARGETS
+
+        command += ["--lora_layers", ",".join(FLUX_LORA_TARGETS)]
     if opts.text_encoder:
         command += ["--train_text_encoder"]
     if opts.adam8bit:
@@ -167,6 +179,7 @@ def main() -> None:
             family, script, lora = PAIRS[name]
             base = build_base(family, opts.shape, root / f"base-{family}", cuda)
             resolution = opts.resolution or native_size(base)
+            pair_opts = argparse.Namespace(**{**vars(opts), "precision": "bf16" if family == "flux" and opts.precision == "fp16" else opts.precision})
             env = {
                 **os.environ,
                 "HF_HUB_OFFLINE": "1",
@@ -179,9 +192,9 @@ def main() -> None:
                 print(f"{name}: {side} ...", flush=True)
                 out, log = root / f"{name}-{side}.json", root / f"{name}-{side}.log"
                 if side == "diffusers":
-                    run_args = ["--", *their_command(script, base, photos, root / f"{name}-out", opts, lora, resolution)]
+                    run_args = ["--", *their_command(script, base, photos, root / f"{name}-out", pair_opts, lora, resolution)]
                 else:
-                    (root / f"{name}-inputs.json").write_text(json.dumps(our_inputs(opts, lora, resolution)))
+                    (root / f"{name}-inputs.json").write_text(json.dumps(our_inputs(pair_opts, lora, resolution)))
                     run_args = ["--trainer", str(root / f"{name}-inputs.json"), str(root / "photos.zip")]
                 results[side] = timed_run(run_args, out, env, opts, log)
                 shutil.rmtree(root / "work", ignore_errors=True)

@@ -442,6 +442,7 @@ def test_flux_lora_trains_adapters_that_change_the_output(catalog_trainer, tiny_
     adapters = load_file(weights / "pytorch_lora_weights.safetensors")
     assert adapters and all(k.startswith("transformer.") for k in adapters)
     assert any(".single_transformer_blocks." in k for k in adapters) and any(".transformer_blocks.0.attn.to_out.0." in k for k in adapters)
+    assert any(".attn.add_q_proj." in k for k in adapters) and any(".attn.to_add_out." in k for k in adapters)  # the text stream's attention
     kohya = load_file(weights / "lora_kohya.safetensors")
     assert all(k.startswith("lora_transformer_") for k in kohya)
     read = FluxPipeline.lora_state_dict(str(weights / "lora_kohya.safetensors"))

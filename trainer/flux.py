@@ -7,7 +7,8 @@ photos -> buckets -> VAE latents ((x - shift) * scale) -> noise at a sampled sig
 
 The objective of diffusers' ``examples/dreambooth/train_dreambooth_lora_flux.py``: sigmas sampled
 uniformly (its default weighting scheme "none"), guidance 3.5 fed to dev's guidance embedding,
-LoRA on every attention's to_q/to_k/to_v/to_out.0 (double- and single-stream blocks). Memory:
+LoRA on the attention of its default layers (every attention's projections, the text stream's
+too). Memory:
 every prompt's T5 states are computed once and T5 is freed before the first step (T5-XXL is 9 GB
 in bf16); validation samples load it again from disk. Checkpoints, validation samples and the
 data order are the SD trainer's (:mod:`trainer.loop`).
@@ -45,6 +46,20 @@ from trainer.text import FluxEncoders
 log = logging.getLogger(__name__)
 
 TRAIN_GUIDANCE = 3.5  # diffusers' --guidance_scale default: dev's guidance embedding while training
+# The attention block of diffusers' default --lora_layers: every attention's projections (the
+# single-stream blocks' too, by suffix) and the text stream's. Not its feed-forwards: a kohya-keyed
+# copy of those does not load back in diffusers (its converter maps only attention keys by
+# diffusers' names; tested), and the issue asks for attention.
+FLUX_LORA_TARGETS = [
+    "attn.to_k",
+    "attn.to_q",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_k_proj",
+    "attn.add_q_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+]
 
 
 def check_flux_args(args: TrainingArgs) -> None:
@@ -99,7 +114,7 @@ def train_flux_lora(  # noqa: C901
 
     vae.requires_grad_(False)
     encoders.clip.requires_grad_(False)
-    add_lora_adapters(transformer, [encoders.clip] if args.train_text_encoder else [], args, weight_dtype)
+    add_lora_adapters(transformer, [encoders.clip] if args.train_text_encoder else [], args, weight_dtype, FLUX_LORA_TARGETS)
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
         if args.train_text_encoder:

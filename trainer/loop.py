@@ -422,15 +422,15 @@ def validation_samples(args: TrainingArgs, step: int, out: Path, accelerator, pi
     log.info("Validation: %d sample(s) of %r at step %d.", len(images), args.validation_prompt, step)
 
 
-def add_lora_adapters(unet, text_encoders: list, args: TrainingArgs, weight_dtype: torch.dtype) -> None:
-    """Freeze ``unet`` and ``text_encoders`` and add trainable LoRA adapters to them. The
-    frozen base is cast to ``weight_dtype`` (half the memory under mixed precision); the adapters
-    stay in fp32, as diffusers' LoRA scripts keep them."""
+def add_lora_adapters(unet, text_encoders: list, args: TrainingArgs, weight_dtype: torch.dtype, targets: list[str] = UNET_LORA_TARGETS) -> None:
+    """Freeze ``unet`` (or FLUX's transformer, with its ``targets``) and ``text_encoders`` and add
+    trainable LoRA adapters to them. The frozen base is cast to ``weight_dtype`` (half the memory
+    under mixed precision); the adapters stay in fp32, as diffusers' LoRA scripts keep them."""
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
     alpha = args.lora_alpha or args.lora_rank
-    models = [(unet, UNET_LORA_TARGETS)] + [(model, TEXT_LORA_TARGETS) for model in text_encoders]
+    models = [(unet, targets)] + [(model, TEXT_LORA_TARGETS) for model in text_encoders]
     for model, targets in models:
         model.requires_grad_(False)
         if weight_dtype != torch.float32:
