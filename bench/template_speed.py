@@ -15,6 +15,13 @@ Baselines, printed as ratios in the same run:
     python bench/template_speed.py                       # SD-1.5 shape, 512px, 50 steps
     python bench/template_speed.py --shape tiny --size 64 --steps 20   # a quick CPU run
     python bench/template_speed.py --controlnet          # + the controlnet-canny template
+    python bench/template_speed.py --shape flux-dev --size 1024 --steps 28 --compile   # FLUX.1-dev's shape, bf16
+    python bench/template_speed.py --shape flux-tiny --size 64 --steps 4               # the FLUX harness on a CPU
+
+FLUX (the vanilla-flux template): plain diffusers ``FluxPipeline`` in bf16 (guidance 3.5, 512 T5
+tokens) beside the template core and, with ``--compile``, its compiled transformer; published
+anchors (CUDA, 1024x1024, 28 steps): PyTorch's 2026 diffusers devlog on an H100, 6.7 s plain and
+4.5 s compiled; Replicate's FLUX.1-dev (fp8 + compile) 3.03 s end to end.
 """
 
 from __future__ import annotations
@@ -32,12 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from fixtures.tiny_models import build_sd, build_tiny_controlnet  # noqa: E402
+from fixtures.tiny_models import build_flux, build_sd, build_tiny_controlnet  # noqa: E402
 from templates.inference.generator import ImageGenerator  # noqa: E402
 from templates.inference.locations import WeightLocations  # noqa: E402
 from templates.inference.request import GenerationRequest  # noqa: E402
 
 PUBLISHED = {"fal.ai A100 SDPA": 1.60, "fal.ai A100 SDPA+compile+channels_last": 1.06}
+PUBLISHED_FLUX = {"PyTorch devlog H100 plain": 6.7, "PyTorch devlog H100 compiled": 4.5, "Replicate fp8+compile": 3.03}
 PROMPT = "a photo of a cjw toy on a beach, golden hour, detailed"
 
 
@@ -71,17 +79,24 @@ def time_images(run, device: torch.device, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def bench_plain_diffusers(weights: Path, device: torch.device, dtype: torch.dtype, size: int, steps: int, repeats: int) -> dict:
-    from diffusers import StableDiffusionPipeline
+def bench_plain_diffusers(weights: Path, device: torch.device, dtype: torch.dtype, size: int, steps: int, repeats: int, flux: bool = False) -> dict:
+    from diffusers import FluxPipeline, StableDiffusionPipeline
 
     reset_peak(device)
     started = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(weights, dtype=dtype, safety_checker=None, local_files_only=True).to(device)
+    if flux:  # as its model card calls it
+        pipe = FluxPipeline.from_pretrained(weights, dtype=dtype, local_files_only=True).to(device)
+        extra = {"guidance_scale": 3.5, "max_sequence_length": 512}
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(weights, dtype=dtype, safety_checker=None, local_files_only=True).to(device)
+        extra = {}
     sync(device)
     setup = time.perf_counter() - started
     pipe.set_progress_bar_config(disable=True)
     seconds = time_images(
-        lambda: pipe(PROMPT, width=size, height=size, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(0)), device, repeats
+        lambda: pipe(PROMPT, width=size, height=size, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(0), **extra),
+        device,
+        repeats,
     )
     result = {"setup_s": setup, "s_per_image": seconds, "peak_gib": peak_memory_gib(device)}
     pipe = None  # freed before the cache is emptied
@@ -124,7 +139,8 @@ def bench_template(
     os.environ["DREAMBUILD_TORCH_COMPILE"] = "1" if compile_unet else "0"
     reset_peak(device)
     missing = weights.parent / "not-baked"
-    template = "controlnet-canny" if controlnet else "vanilla"
+    flux = (weights / "transformer").is_dir()
+    template = "controlnet-canny" if controlnet else "vanilla-flux" if flux else "vanilla"
     generator = ImageGenerator(template, WeightLocations(weights, controlnet or missing, missing, missing))
     started = time.perf_counter()
     generator.setup()
@@ -138,6 +154,7 @@ def bench_template(
         seed=0,
         disable_safety_check=True,
         control_image=control_photo(size) if controlnet else None,
+        guidance=3.5 if flux else None,
     )
     first = time.perf_counter()
     generator.generate(request)  # includes compilation when compiling
@@ -152,7 +169,7 @@ def bench_template(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="sd15", choices=["sd15", "tiny"])
+    parser.add_argument("--shape", default="sd15", choices=["sd15", "tiny", "flux-dev", "flux-tiny"])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
@@ -164,11 +181,15 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    flux = ns.shape.startswith("flux")
+    dtype = (torch.bfloat16 if flux else torch.float16) if device.type == "cuda" else torch.float32
     weights = ns.cache / f"{ns.shape}-random-{str(dtype).removeprefix('torch.')}"
     if not (weights / "model_index.json").is_file():
         started = time.perf_counter()
-        build_sd(weights, shape=ns.shape, dtype=dtype, device=device.type)
+        if flux:
+            build_flux(weights, shape=ns.shape.removeprefix("flux-") if ns.shape == "flux-tiny" else "flux-dev", dtype=dtype, device=device.type)
+        else:
+            build_sd(weights, shape=ns.shape, dtype=dtype, device=device.type)
         print(f"generated {ns.shape}-shaped random weights in {time.perf_counter() - started:.1f} s: {weights}")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(
@@ -189,7 +210,7 @@ def main() -> None:
             flush=True,
         )
 
-    record("plain diffusers (in-run baseline)", bench_plain_diffusers(weights, device, dtype, ns.size, ns.steps, ns.repeats))
+    record("plain diffusers (in-run baseline)", bench_plain_diffusers(weights, device, dtype, ns.size, ns.steps, ns.repeats, flux))
     record("dreambuild template core", bench_template(weights, device, ns.size, ns.steps, ns.repeats, compile_unet=False))
     read, total = read_seconds(weights)
     setup = rows["dreambuild template core"]["setup_s"]
@@ -207,9 +228,12 @@ def main() -> None:
         row = bench_template(weights, device, ns.size, ns.steps, ns.repeats, compile_unet=True)
         record("dreambuild template core + torch.compile", row)
         print(f"  (torch.compile: first image {row['first_image_s']:.1f} s, compilation included)")
-    if device.type == "cuda" and ns.shape == "sd15" and ns.size == 512 and ns.steps == 50:
+    published = PUBLISHED if ns.shape == "sd15" and ns.size == 512 and ns.steps == 50 else None
+    if ns.shape == "flux-dev" and ns.size == 1024 and ns.steps == 28:
+        published = PUBLISHED_FLUX
+    if device.type == "cuda" and published:
         for label, row in rows.items():
-            ratios = ", ".join(f"{base / row['s_per_image']:.2f}x {name}" for name, base in PUBLISHED.items())
+            ratios = ", ".join(f"{base / row['s_per_image']:.2f}x {name}" for name, base in published.items())
             print(f"{label}: {ratios}  (>1 is faster than the published figure)")
     if ns.json:
         ns.json.write_text(json.dumps({"device": name, "args": {k: str(v) for k, v in vars(ns).items()}, "rows": rows}, indent=2))

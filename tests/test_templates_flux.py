@@ -90,3 +90,40 @@ def test_a_template_of_another_family_refuses_the_weights(tiny_flux, lora_output
         generator = _generator(template, weights, base, tmp_path)
         with pytest.raises(Exception, match=message):
             generator.generate(GenerationRequest(prompt="a toy", **SMALL))
+
+
+def test_a_compiled_flux_base_switches_versions_and_loras_without_recompiling(tmp_path, monkeypatch, tiny_flux, flux_lora_output):
+    """DREAMBUILD_TORCH_COMPILE=1 compiles FLUX's transformer: LoRA versions and a user's LoRA are
+    fused in place (templates/inference/fused.py), nothing recompiles, and the images are the eager
+    server's up to float rounding."""
+    import torch
+
+    from fixtures.tiny_models import build_tiny_lora
+    from templates.inference.fused import FusedLoras
+    from templates.inference.request import GenerationRequest
+    from tests.conftest import _lora_output
+    from tests.test_templates_compiled import close
+
+    second = _lora_output(tmp_path, tiny_flux, build_tiny_lora(tmp_path / "b" / "b.safetensors", tiny_flux, seed=1))
+
+    def run(generator, **inputs) -> list[bytes]:
+        request = GenerationRequest(prompt=INSTANCE_PROMPT, disable_safety_check=True, seed=42, **SMALL, **inputs)
+        return [path.read_bytes() for path in generator.generate(request)]
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # any recompilation fails the test
+    monkeypatch.setenv("DREAMBUILD_SERVE_BASE", "1")
+    monkeypatch.setenv("DREAMBUILD_TORCH_COMPILE", "1")
+    try:
+        compiled = _generator("vanilla-flux", tmp_path / "none", tiny_flux, tmp_path)
+        assert isinstance(compiled.loras, FusedLoras)
+        plain = run(compiled)  # compiles
+        first = run(compiled, version_weights=flux_lora_output)
+        other = run(compiled, version_weights=second)
+        again = run(compiled, version_weights=flux_lora_output)
+    finally:
+        torch._dynamo.reset()
+    assert again == first and len({plain[0], first[0], other[0]}) == 3
+    monkeypatch.delenv("DREAMBUILD_TORCH_COMPILE")
+    monkeypatch.delenv("DREAMBUILD_SERVE_BASE")
+    assert close(first, run(_generator("vanilla-flux", flux_lora_output, tiny_flux, tmp_path)))

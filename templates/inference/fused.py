@@ -1,5 +1,5 @@
-"""LoRAs on a compiled UNet (``DREAMBUILD_TORCH_COMPILE=1``): fused into the weights in place, so
-switching them never recompiles.
+"""LoRAs on a compiled UNet or FLUX transformer (``DREAMBUILD_TORCH_COMPILE=1``): fused into the
+weights in place, so switching them never recompiles.
 
 the LoRAs a prediction asks for (a version's, lora_weights, extra_lora) → the same as the last
 prediction's: nothing to do → else the weights the last ones changed restored from exact copies →
@@ -32,8 +32,8 @@ class FusedLoras:
     """The LoRAs fused into one compiled pipeline's weights; the same interface as
     :class:`~templates.inference.loras.LoraAdapters`."""
 
-    def __init__(self, pipe: Any, raw_unet: Any) -> None:
-        self.pipe, self.raw_unet = pipe, raw_unet
+    def __init__(self, pipe: Any, raw_denoiser: Any, name: str = "unet") -> None:
+        self.pipe, self.raw_denoiser, self.name = pipe, raw_denoiser, name  # name: unet, or FLUX's transformer
         self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (parameter, its value before fusing)
         self._fused: tuple[tuple[str, float], ...] = ()  # (sha256, scale) of what is fused now
         self.load_seconds = 0.0  # spent loading and fusing in the last activate (0: fused already)
@@ -48,7 +48,8 @@ class FusedLoras:
         self._restore()
         if not loras:
             return
-        compiled, self.pipe.unet = self.pipe.unet, self.raw_unet  # loaders and fusing work on the module itself
+        compiled = getattr(self.pipe, self.name)
+        setattr(self.pipe, self.name, self.raw_denoiser)  # loaders and fusing work on the module itself
         try:
             names = [f"fused_{i}" for i in range(len(loras))]
             for name, (field, path, _) in zip(names, loras):
@@ -64,7 +65,7 @@ class FusedLoras:
         else:
             self.pipe.unload_lora_weights()
         finally:
-            self.pipe.unet = compiled
+            setattr(self.pipe, self.name, compiled)
         self._fused = wanted
         self.load_seconds = time.perf_counter() - started
         log.info("LoRA fused: %s.", ", ".join(f"{field} x{scale:g}" for field, _, scale in loras))
@@ -75,7 +76,7 @@ class FusedLoras:
     def _save_targets(self) -> None:
         from peft.tuners.lora import LoraLayer
 
-        for component in (self.pipe.unet, getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "text_encoder_2", None)):
+        for component in (getattr(self.pipe, self.name), getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "text_encoder_2", None)):
             for module in component.modules() if component is not None else ():
                 if isinstance(module, LoraLayer):
                     for parameter in (module.base_layer.weight, getattr(module.base_layer, "bias", None)):

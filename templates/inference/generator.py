@@ -145,8 +145,8 @@ class ImageGenerator:
         self.prompts = None if self.pipes.flux else PromptEncoder(self.pipes.base)
         # Serving the base, versions' adapters stay loaded beside users' LoRAs: a larger cache.
         cached = int(os.environ.get("DREAMBUILD_CACHED_ADAPTERS", "8" if self.base_versions else "4"))
-        if self.pipes.raw_unet is not None:  # compiled: LoRAs are fused in place, never recompiling
-            self.loras: LoraAdapters | FusedLoras = FusedLoras(self.pipes.base, self.pipes.raw_unet)
+        if self.pipes.raw_denoiser is not None:  # compiled: LoRAs are fused in place, never recompiling
+            self.loras: LoraAdapters | FusedLoras = FusedLoras(self.pipes.base, self.pipes.raw_denoiser, "transformer" if self.pipes.flux else "unet")
         else:
             self.loras = LoraAdapters(self.pipes.base, max_cached=cached)
         args = loc.weights / "args.json"

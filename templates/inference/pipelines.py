@@ -40,7 +40,7 @@ class Pipelines:
     base: Any  # StableDiffusionPipeline, StableDiffusionXLPipeline or FluxPipeline (txt2img)
     by_mode: dict[str, Any] = field(default_factory=dict)
     xl: bool = False  # SDXL: two text encoders, pooled embeddings
-    raw_unet: Any = None  # compiled: the UNet module under the compiled one (LoRAs are fused into it in place)
+    raw_denoiser: Any = None  # compiled: the UNet (FLUX: transformer) module under the compiled one (LoRAs are fused into it in place)
     native_size: int = 512  # the size it was trained at (dreambuild.layout.native_size)
     flux: bool = False  # FLUX.1: plain prompts (T5 up to t5_tokens), one flow-matching sampler, guidance embedding
     t5_tokens: int = 0  # FLUX's T5 prompt length (512 dev, 256 schnell)
@@ -62,7 +62,7 @@ def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, com
 
     kind = family(weights)
     if kind == "flux":
-        return _load_flux(weights, device, fuse)
+        return _load_flux(weights, device, fuse, compile_unet)
     xl = kind == "sdxl"
     if xl:
         # SDXL has no safety_checker component; its VAE runs in fp32 where fp16 overflows
@@ -75,18 +75,7 @@ def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, com
         ).to(device.device)
     if fuse is not None:  # before compiling: the compiled UNet must be the fused one
         fuse_lora(base, fuse)
-    raw_unet = None
-    if compile_unet:
-        # Inference only: loading a LoRA later (peft) would turn requires_grad off, and the
-        # compiled graph, guarded on it, would recompile.
-        for component in base.components.values():
-            if isinstance(component, torch.nn.Module):
-                component.requires_grad_(False)
-        if device.device.type == "cuda":  # channels_last pays off with inductor's kernels; eager SDPA runs measured slower with it
-            base.unet.to(memory_format=torch.channels_last)
-        mode = os.environ.get("DREAMBUILD_TORCH_COMPILE_MODE", "default")
-        raw_unet = base.unet
-        base.unet = torch.compile(base.unet, mode=mode, fullgraph=True)
+    raw_denoiser = _compile(base, "unet", device) if compile_unet else None
     # from_pipe casts the new pipeline, shared components included, to fp32 unless told the
     # dtype (diffusers 0.42): always pass it, or every mode silently runs in fp32.
     same = {"dtype": device.dtype}
@@ -106,20 +95,34 @@ def load_pipelines(weights: Path, controlnet: Any | None, device: Device, *, com
         by_mode["controlnet-inpaint"] = diffusers.StableDiffusionControlNetInpaintPipeline.from_pipe(base, **same)
     for pipe in by_mode.values():
         pipe.set_progress_bar_config(disable=True)
-    return Pipelines(base=base, by_mode=by_mode, xl=xl, raw_unet=raw_unet, native_size=native_size(weights))
+    return Pipelines(base=base, by_mode=by_mode, xl=xl, raw_denoiser=raw_denoiser, native_size=native_size(weights))
 
 
-def _load_flux(weights: Path, device: Device, fuse: Path | None) -> Pipelines:
+def _compile(base, name: str, device: Device) -> Any:
+    """Compile the pipeline's denoiser (``unet`` or FLUX's ``transformer``) in place; return the
+    module under it, into which LoRAs are fused."""
+    # Inference only: loading a LoRA later (peft) would turn requires_grad off, and the
+    # compiled graph, guarded on it, would recompile.
+    for component in base.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(False)
+    raw = getattr(base, name)
+    if name == "unet" and device.device.type == "cuda":  # channels_last pays off with inductor's kernels; eager SDPA runs measured slower with it
+        raw.to(memory_format=torch.channels_last)
+    setattr(base, name, torch.compile(raw, mode=os.environ.get("DREAMBUILD_TORCH_COMPILE_MODE", "default"), fullgraph=True))
+    return raw
+
+
+def _load_flux(weights: Path, device: Device, fuse: Path | None, compile_transformer: bool) -> Pipelines:
     """FLUX.1 and its img2img and inpainting pipelines, in bf16 on CUDA (fp16 overflows in its
     T5 and transformer; Black Forest Labs run it in bf16), fp32 on the CPU."""
     import diffusers
 
     dtype = torch.bfloat16 if device.device.type == "cuda" else device.dtype
     base = diffusers.FluxPipeline.from_pretrained(weights, dtype=dtype, local_files_only=True).to(device.device)
-    if fuse is not None:
+    if fuse is not None:  # before compiling, as for SD
         fuse_lora(base, fuse)
-    if compile_requested():
-        log.warning("DREAMBUILD_TORCH_COMPILE: FLUX templates run uncompiled for now (the UNet path compiles SD and SDXL only).")
+    raw_denoiser = _compile(base, "transformer", device) if compile_transformer else None
     by_mode = {
         "txt2img": base,
         "img2img": diffusers.FluxImg2ImgPipeline.from_pipe(base, dtype=dtype),
@@ -127,7 +130,9 @@ def _load_flux(weights: Path, device: Device, fuse: Path | None) -> Pipelines:
     }
     for pipe in by_mode.values():
         pipe.set_progress_bar_config(disable=True)
-    return Pipelines(base=base, by_mode=by_mode, native_size=native_size(weights), flux=True, t5_tokens=t5_sequence_length(weights))
+    return Pipelines(
+        base=base, by_mode=by_mode, raw_denoiser=raw_denoiser, native_size=native_size(weights), flux=True, t5_tokens=t5_sequence_length(weights)
+    )
 
 
 def fuse_lora(pipe, path: Path) -> None:
