@@ -979,7 +979,20 @@ def test_a_flux_lora_training_builds_on_the_flux_template_and_runs(tmp_path_fact
         )
         body = prediction.json()
         assert prediction.status_code == 201 and body["status"] == "succeeded", body
-        assert httpx.get(body["output"][0], headers=ALICE).content[:8] == b"\x89PNG\r\n\x1a\n"
+        first = httpx.get(body["output"][0], headers=ALICE).content
+        assert first[:8] == b"\x89PNG\r\n\x1a\n" and body["metrics"]["boot"] == "cold"
+        # Another FLUX LoRA version runs on the warm FLUX base at once: its adapters loaded, no new server.
+        from fixtures.tiny_models import build_tiny_lora
+        from tests.conftest import _lora_output
+
+        (tmp_path / "other").mkdir()
+        other = _lora_output(tmp_path / "other", tiny_flux, build_tiny_lora(tmp_path / "other-lora" / "a.safetensors", tiny_flux, seed=5))
+        second = built_version(server, f"{registry.host}/dreambuild/vanilla-flux-tiny@{digest}", other, "alice/flux-two")
+        again = httpx.post(
+            f"{server.url}/v1/predictions", headers={**ALICE, "Prefer": "wait=60"}, timeout=90, json={"version": second, "input": inputs}
+        ).json()
+        assert again["status"] == "succeeded" and again["metrics"]["boot"] == "adapter load", again
+        assert httpx.get(again["output"][0], headers=ALICE).content != first
         wrong = httpx.post(
             f"{server.url}/v1/predictions", headers=ALICE, json={"version": done["version"], "input": {**inputs, "negative_prompt": "x"}}
         )

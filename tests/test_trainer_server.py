@@ -461,11 +461,13 @@ def test_flux_lora_trains_adapters_that_change_the_output(catalog_trainer, tiny_
 
 
 def test_flux_schnell_and_a_trained_clip(catalog_trainer, tiny_flux_schnell, photos, tmp_path):
-    """schnell (no guidance embedding) trains too; with train_text_encoder, CLIP gets adapters and T5
-    none. Replicate's FLUX trainer's input names work: steps, trigger_word."""
-    inputs = {**FLUX, "base_model": "flux-schnell", "train_text_encoder": True}
+    """schnell (no guidance embedding) trains too, with prior preservation (its class images drawn
+    by the schnell base at the training resolution); with train_text_encoder, CLIP gets adapters and
+    T5 none. Replicate's FLUX trainer's input names work: steps, trigger_word."""
+    inputs = {**FLUX, "base_model": "flux-schnell", "train_text_encoder": True, "with_prior_preservation": True, "num_class_images": 2}
     body = predict(catalog_trainer, tmp_path, instance_data=photos, **inputs, max_train_steps=None, steps=2, trigger_word="cjw")
     assert body["status"] == "succeeded", body.get("error")
+    assert "generating 2 class image(s)" in body["logs"] and "2 class image(s), batch 1" in body["logs"]
     _, weights = output_dir(body, tmp_path)
     assert "step 2/2" in body["logs"] and json.loads((weights / "args.json").read_text())["token_string"] == "cjw"
     adapters = load_file(weights / "pytorch_lora_weights.safetensors")
