@@ -23,3 +23,45 @@ def test_a_job_after_one_with_another_precision(tmp_path, tiny_base, monkeypatch
     }
     result = run_job(inputs, photos_zip(tmp_path / "photos.zip"))
     assert result.steps == 2 and result.archive.is_file()
+
+
+def test_a_lora_checkpoint_holds_the_adapters_and_resumes_to_the_same_weights(tmp_path, tiny_base, monkeypatch, caplog):
+    """An SD LoRA training's checkpoint is its adapters (and optimizer state), not the UNet and text
+    encoder around them; the same training run again resumes from it and ends with the adapters of
+    the run that was never interrupted."""
+    import zipfile
+
+    from safetensors.torch import load
+
+    from trainer.checkpoints import Checkpoints
+    from trainer.job import run_job
+
+    monkeypatch.setenv("DREAMBUILD_BASE_MODEL", str(tiny_base))
+    monkeypatch.setenv("DREAMBUILD_WORKDIR", str(tmp_path / "work"))
+    inputs = {
+        "instance_prompt": "a photo of a cjw toy",
+        "class_prompt": "a photo of a toy",
+        "with_prior_preservation": False,
+        "max_train_steps": 4,
+        "checkpointing_steps": 2,
+        "resolution": 64,
+        "seed": 0,
+        "lora_rank": 4,
+        "lora_lr": 5e-2,
+    }
+    photos = photos_zip(tmp_path / "photos.zip")
+
+    def adapters(result) -> dict:
+        with zipfile.ZipFile(result.archive) as zf:
+            return load(zf.read("pytorch_lora_weights.safetensors"))
+
+    whole = adapters(run_job(inputs, photos))
+    monkeypatch.setattr(Checkpoints, "clear", lambda self: None)  # as if the run had stopped after its step-2 checkpoint
+    run_job(inputs, photos)
+    (saved,) = (tmp_path / "work" / "dreambuild-checkpoints").glob("*/step-2")
+    files = {p.name for p in saved.iterdir()}
+    assert {"adapters-0.safetensors", "adapters-1.safetensors"} <= files and not any(n.startswith("model") for n in files)  # UNet, text encoder
+    with caplog.at_level("INFO"):
+        resumed = adapters(run_job(inputs, photos))
+    assert "Resuming from the checkpoint at step 2 of 4" in caplog.text
+    assert resumed.keys() == whole.keys() and all((resumed[k] == whole[k]).all() for k in whole)

@@ -369,7 +369,7 @@ def test_sdxl_lora_and_full_fine_tunes(trainer_predict_server, tiny_sdxl, tiny_b
 
 
 @pytest.fixture(scope="module")
-def catalog_trainer(tmp_path_factory, tiny_base, tiny_sdxl, tiny_flux, tiny_flux_schnell, other_base, trainer_workdir):
+def catalog_trainer(tmp_path_factory, tiny_base, tiny_sdxl, tiny_flux, tiny_flux_schnell, other_base, trainer_workdir, eval_models):
     """The trainer with a catalog of bases and VAEs by name, as a trainer image bakes them."""
     from builder.cog.server import start_cog_server
 
@@ -378,6 +378,7 @@ def catalog_trainer(tmp_path_factory, tiny_base, tiny_sdxl, tiny_flux, tiny_flux
         "DREAMBUILD_WORKDIR": str(trainer_workdir),
         "DREAMBUILD_BASE_MODELS": f"tiny={tiny_base},tinyxl={tiny_sdxl},flux-dev={tiny_flux},flux-schnell={tiny_flux_schnell}",
         "DREAMBUILD_VAES": f"other={other_base / 'vae'}",
+        "DREAMBUILD_EVAL_MODELS": str(eval_models),
     }
     server = start_cog_server("trainer/cog_model.py:Predictor", tmp_path_factory.mktemp("trainer-catalog"), env=env)
     yield server
@@ -417,7 +418,8 @@ FLUX = {"base_model": "flux-dev", "lora_rank": 4, "lora_lr": 5e-2, "resolution":
 def test_flux_lora_trains_adapters_that_change_the_output(catalog_trainer, tiny_flux, tmp_path):
     """A FLUX.1-dev LoRA DreamBooth in the real Cog server: adapters only (diffusers' file and a
     kohya-keyed copy that diffusers' converter reads as the same adapters), the base's digest,
-    validation samples from the FLUX pipeline, a wide photo kept wide in its own bucket."""
+    validation samples and likeness scores from the FLUX pipeline, a wide photo kept wide in its
+    own bucket."""
     import numpy as np
     from diffusers import FluxPipeline
 
@@ -431,12 +433,16 @@ def test_flux_lora_trains_adapters_that_change_the_output(catalog_trainer, tiny_
         validation_prompt="a photo of a cjw toy",
         validation_steps=3,
         save_infer_steps=2,
+        measure_likeness=True,
     )
     assert body["status"] == "succeeded", body.get("error")
     assert "7 instance image(s) in 2 bucket(s) (64x64, 80x48)" in body["logs"]
     archive, weights = output_dir(body, tmp_path)
     with zipfile.ZipFile(archive) as zf:
-        assert set(zf.namelist()) == {"pytorch_lora_weights.safetensors", "lora_kohya.safetensors", "args.json", "samples/step-3-0.png"}
+        names = {"pytorch_lora_weights.safetensors", "lora_kohya.safetensors", "args.json", "metrics.json", "samples/step-3-0.png"}
+        assert set(zf.namelist()) == names
+    likeness = json.loads((weights / "metrics.json").read_text())["likeness"]
+    assert [e["step"] for e in likeness["steps"]] == [0, 3, 6] and likeness["steps"][0]["prior_drift"] == 1.0
     args = json.loads((weights / "args.json").read_text())
     assert args["base_digest"] == pipeline_digest(tiny_flux) and args["base_model"] == "flux-dev"
     adapters = load_file(weights / "pytorch_lora_weights.safetensors")
@@ -498,6 +504,8 @@ def test_a_flux_re_run_resumes_from_the_last_checkpoint(catalog_trainer, trainer
     assert first.get("status") == "canceled", first.get("status")
     (saved,) = root.glob("*/step-*")
     step = int(saved.name.removeprefix("step-"))
+    files = {p.name for p in saved.iterdir()}
+    assert "adapters-0.safetensors" in files and not any(name.startswith("model") for name in files)  # not the transformer around them
     body = predict(catalog_trainer, tmp_path, **inputs)
     assert body["status"] == "succeeded", body.get("error")
     resumed = int(body["logs"].split("Resuming from the checkpoint at step ")[1].split(" ")[0])
@@ -513,7 +521,6 @@ def test_a_flux_re_run_resumes_from_the_last_checkpoint(catalog_trainer, trainer
     [
         ({"lora_rank": 0}, "FLUX bases train LoRA adapters only: set lora_rank > 0"),
         ({"resolution": 72}, "resolution must be a multiple of 16 for FLUX bases"),
-        ({"measure_likeness": True}, "measure_likeness is not available for FLUX bases yet"),
     ],
 )
 def test_what_flux_cannot_do_is_refused(catalog_trainer, photos, tmp_path, inputs, message):

@@ -27,11 +27,13 @@ from dreambuild.errors import InputError
 from dreambuild.layout import t5_sequence_length
 from trainer.args import TrainingArgs
 from trainer.buckets import BucketedPhotos, bucket_batches
-from trainer.checkpoints import Checkpoints
+from trainer.checkpoints import Checkpoints, adapters_only
 from trainer.device import DevicePlan
+from trainer.likeness import Evaluation
 from trainer.loop import (
     TrainResult,
     _collate,
+    _evaluate,
     add_lora_adapters,
     apply_gradients,
     epoch_order,
@@ -66,8 +68,6 @@ def check_flux_args(args: TrainingArgs) -> None:
     """What a FLUX training cannot do, refused before anything loads."""
     if not args.lora:
         raise InputError("FLUX bases train LoRA adapters only: set lora_rank > 0 (e.g. 16); a full fine-tune of the 12B transformer is not offered")
-    if args.measure_likeness:
-        raise InputError("measure_likeness is not available for FLUX bases yet; leave it off")
     if args.vae is not None:
         raise InputError("vae replaces an SD/SDXL VAE; FLUX bases keep their own 16-channel VAE")
     if args.resolution is not None and args.resolution % 16:
@@ -84,6 +84,7 @@ def train_flux_lora(  # noqa: C901
     captions: list[str | None] | None = None,
     checkpoints: Checkpoints | None = None,
     samples: Path | None = None,
+    likeness: Evaluation | None = None,
 ) -> TrainResult:
     """Run ``args.max_train_steps`` optimizer steps of LoRA on the FLUX pipeline at ``base``.
     Arguments as :func:`trainer.loop.train_dreambooth`; the result's pipeline is None unless
@@ -129,6 +130,7 @@ def train_flux_lora(  # noqa: C901
     optimizer, lr_scheduler = make_optimizer(groups, args, plan, accelerator)
 
     clip = encoders.clip
+    adapters_only(accelerator)  # checkpoints: the adapters, not the 24 GB transformer around them
     if args.train_text_encoder:
         transformer, clip, optimizer, lr_scheduler = accelerator.prepare(transformer, clip, optimizer, lr_scheduler)
     else:
@@ -175,6 +177,8 @@ def train_flux_lora(  # noqa: C901
     sample_size = {"height": args.resolution, "width": args.resolution, "max_sequence_length": sequence_length}
     step = 0
     resumed = checkpoints.latest() if checkpoints else None
+    if likeness is not None:  # before a resumed state is loaded: always the base's scores
+        _evaluate(likeness, assemble(), 0, accelerator, trainable)
     if resumed and resumed[0] < args.max_train_steps:
         accelerator.load_state(str(resumed[1]))
         step = resumed[0]
@@ -242,19 +246,25 @@ def train_flux_lora(  # noqa: C901
             if accelerator.sync_gradients:
                 step += 1
                 loss_value = step_done(step, loss, loss_value, progress, lr_scheduler, accelerator, checkpoints, args.max_train_steps)
-                if step % args.validation_steps == 0 and step < args.max_train_steps and args.validation_prompt and samples is not None:
-                    validation_samples(args, step, samples, accelerator, assemble(), **sample_size)
+                if step % args.validation_steps == 0 and step < args.max_train_steps:
+                    if args.validation_prompt and samples is not None:
+                        validation_samples(args, step, samples, accelerator, assemble(), **sample_size)
+                    if likeness is not None:
+                        _evaluate(likeness, assemble(), step, accelerator, trainable)
                     for model in trained:
                         model.train()
                 if step >= args.max_train_steps:
                     break
     seconds = time.monotonic() - started
     accelerator.wait_for_everyone()
+    pipeline = assemble() if args.save_sample_prompt or likeness is not None else None
+    if likeness is not None:
+        _evaluate(likeness, pipeline, step, accelerator, trainable)
+        likeness.restore(trainable, step)  # keep_best: an earlier evaluation's adapters, in place
     models = {"transformer": accelerator.unwrap_model(transformer)}
     if args.train_text_encoder:
         models["text_encoder"] = accelerator.unwrap_model(clip)
     lora = {name: get_peft_model_state_dict(model) for name, model in models.items()}
     metadata = {name: model.peft_config["default"].to_dict() for name, model in models.items()}
-    pipeline = assemble() if args.save_sample_prompt else None
     accelerator.free_memory()
     return TrainResult(pipeline=pipeline, steps=step, seconds=seconds, final_loss=loss_value, lora=lora, lora_metadata=metadata)

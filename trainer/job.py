@@ -184,9 +184,10 @@ def _run(  # noqa: C901
             len(captions),
         )
     samples = work / "samples"
-    likeness = _likeness(args, instance_images, plan) if args.measure_likeness else None
+    flux_size = {"height": args.resolution, "width": args.resolution, "max_sequence_length": t5_sequence_length(base)} if kind == "flux" else {}
+    likeness = _likeness(args, instance_images, plan, flux_size) if args.measure_likeness else None
     train = train_flux_lora if kind == "flux" else train_dreambooth
-    extra = {} if kind == "flux" else {"vae_dir": vae, "likeness": likeness}
+    extra = {"likeness": likeness} if kind == "flux" else {"vae_dir": vae, "likeness": likeness}
     result = train(
         args,
         base,
@@ -216,8 +217,7 @@ def _run(  # noqa: C901
     if samples.is_dir():  # validation samples taken during training
         shutil.move(samples, weights / "samples")
     if args.save_sample_prompt:
-        size = {"height": args.resolution, "width": args.resolution, "max_sequence_length": t5_sequence_length(base)} if kind == "flux" else {}
-        _save_samples(result.pipeline, args, plan, weights / "samples", **size)
+        _save_samples(result.pipeline, args, plan, weights / "samples", **flux_size)
     archive = write_weights_zip(weights, work / "output.zip")
     log.info("Wrote %s (%.1f MB) after %d steps in %.1fs.", archive.name, archive.stat().st_size / 1e6, result.steps, result.seconds)
     return JobResult(
@@ -232,14 +232,17 @@ def _run(  # noqa: C901
     )
 
 
-def _likeness(args: TrainingArgs, photos: list, plan) -> Evaluation:
+def _likeness(args: TrainingArgs, photos: list, plan, extra: dict) -> Evaluation:
     """The likeness evaluations of this training (models loaded, the photos embedded once);
-    a missing model fails the training before its first step."""
+    a missing model fails the training before its first step. ``extra``: more of the pipeline's
+    arguments (FLUX: the size and T5 prompt length)."""
     scorer = Scorer.load(eval_models_dir(), plan.device)
     scorer.set_real(photos)
     prompts = EvalPrompts.build(args.instance_prompt, args.class_prompt)
     seed = args.seed if args.seed is not None else 0
-    return Evaluation(scorer, prompts, seed=seed, steps=args.save_infer_steps, guidance=args.save_guidance_scale, keep_best=args.keep_best)
+    return Evaluation(
+        scorer, prompts, seed=seed, steps=args.save_infer_steps, guidance=args.save_guidance_scale, keep_best=args.keep_best, extra=extra
+    )
 
 
 def save_lora(weights: Path, lora: dict, metadata: dict, dtype: torch.dtype, args: TrainingArgs, kind: str = "sd") -> None:

@@ -184,6 +184,7 @@ class Evaluation:
     steps: int  # denoising steps of the evaluation's images
     guidance: float
     keep_best: bool = False
+    extra: dict = field(default_factory=dict)  # more of the pipeline's arguments (FLUX: the size, the T5 prompt length)
     kept: dict | None = None  # keep_best: the evaluation whose weights are kept
     kept_weights: list[torch.Tensor] | None = None  # its trainable parameters, on the CPU
 
@@ -197,7 +198,7 @@ class Evaluation:
         def images(prompts: list[str]) -> list[Image.Image]:
             generator = [torch.Generator("cpu").manual_seed(self.seed + i) for i in range(len(prompts))]
             with autocast():
-                return pipe(prompts, num_inference_steps=self.steps, guidance_scale=self.guidance, generator=generator).images
+                return pipe(prompts, num_inference_steps=self.steps, guidance_scale=self.guidance, generator=generator, **self.extra).images
 
         subject = images(self.prompts.subject)
         klass = images([self.prompts.klass] * 2) if self.prompts.klass else None

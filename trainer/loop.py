@@ -30,7 +30,7 @@ from torchvision import transforms
 
 from dreambuild.layout import is_sdxl
 from trainer.args import TrainingArgs
-from trainer.checkpoints import Checkpoints
+from trainer.checkpoints import Checkpoints, adapters_only
 from trainer.device import DevicePlan
 from trainer.likeness import Evaluation
 from trainer.progress import StepLogger
@@ -166,6 +166,8 @@ def train_dreambooth(  # noqa: C901
     batches_per_epoch = math.ceil(len(dataset) / args.train_batch_size)
 
     text_models = list(encoders.models)  # accelerate's wrappers of them when they train
+    if args.lora:
+        adapters_only(accelerator)  # checkpoints: the adapters, not the UNet and text encoders around them
     if args.train_text_encoder:
         unet, *text_models, optimizer, lr_scheduler = accelerator.prepare(unet, *text_models, optimizer, lr_scheduler)
     else:
