@@ -18,6 +18,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# A copy of trainer.job.NAMED_BASES (tests/test_trainer_inputs.py keeps them equal): the trainer's
+# bases besides its default, each in a folder beside it named <default>-<name> (./base-model-flux-dev).
+NAMED_BASES = ("sdxl", "flux-dev", "flux-schnell")
+# The base each base-baking template bakes by default in `dreambuild templates add`: None the
+# trainer's default base (./base-model), else one of NAMED_BASES.
+TEMPLATE_BASES = {"vanilla-sd15": None, "vanilla-sdxl": "sdxl", "vanilla-flux": "flux-dev", "vanilla-flux-schnell": "flux-schnell"}
+
 # A copy of templates/inference/catalog.py's names (the host side does not import the Cog models'
 # sources; tests/test_templates_inputs.py keeps the two equal).
 TEMPLATE_NAMES = (

@@ -291,6 +291,31 @@ def test_the_readmes_curl_examples(own_service):
     assert Image.open(root / "out" / "output-0.png").size == (64, 64) and "succeeded" in done.stdout.splitlines()[0]
 
 
+FLUX_BLOCK = "### FLUX.1 on the same service"
+
+
+def test_flux_on_the_same_service_as_written(own_service, tiny_flux_schnell):
+    """The FLUX block, as written, on the step-by-step block's service: the base fetched (a tiny
+    FLUX.1-schnell at that path, its digest beside it) while the service runs, its template added,
+    a FLUX LoRA trained by base_model with Replicate's input names, then run."""
+    root, env = own_service["root"], own_service["env"]
+    results = {}
+    for command in readme_commands(FLUX_BLOCK):
+        if command[:3] == ["python", "-m", "trainer.fetch_base_model"]:
+            dest = root / command[command.index("--dest") + 1]
+            _link_tree(tiny_flux_schnell, dest)
+            write_pipeline_digest(dest)
+            continue
+        extra = {"train": ["-i", "resolution=64", "-i", "with_prior_preservation=false"], "run": TINY["run"]}.get(command[1], [])
+        args = ["steps=2" if word == "steps=1000" else word for word in command] + extra
+        done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, f"{shlex.join(args)}: {done.stderr[-3000:]}"
+        results[command[1]] = done
+    assert "base-model-flux-schnell (the local trainer's base_model flux-schnell)" in results["templates"].stderr
+    assert results["train"].stdout.strip().splitlines()[-1].startswith(f"oci:{root / '.dreambuild' / 'images'}:alice/flux-toy@sha256:")
+    assert Image.open(root / "out-flux" / "output-0.png").size == (64, 64)
+
+
 MANY_MACHINES = "### Many machines (`dreambuild worker`, PostgreSQL)"
 
 

@@ -135,3 +135,15 @@ def test_replicate_s_flux_trainer_names_are_aliases():
         TrainingArgs.from_inputs({**BASE, "max_train_steps": 300, "steps": 500})
     with pytest.raises(InputError, match="instance_prompt does not contain token_string 'TOK'"):
         args.check_token("a photo of a toy", "instance_prompt")
+
+
+def test_the_service_knows_the_trainer_s_named_bases():
+    """builder/settings.py's copies (the API side imports no trainer code): the bases' names, and
+    the base each base-baking template of the catalog bakes."""
+    from builder.settings import NAMED_BASES, TEMPLATE_BASES
+    from templates.inference.catalog import TEMPLATES
+    from trainer import job
+
+    assert NAMED_BASES == job.NAMED_BASES
+    assert set(TEMPLATE_BASES) == {name for name, row in TEMPLATES.items() if row.base}
+    assert set(TEMPLATE_BASES.values()) - {None} <= set(NAMED_BASES)

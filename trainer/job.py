@@ -68,12 +68,17 @@ def _catalog(variable: str, defaults: dict[str, Path]) -> dict[str, Path]:
     return {name: path for name, path in defaults.items() if path.is_dir()}
 
 
+# The bases besides the default one, by name; each baked beside it as ``<default>-<name>`` (the
+# trainer image's /src/base-model-sdxl, a checkout's ./base-model-flux-dev: where
+# ``python -m trainer.fetch_base_model --dest`` writes them). builder/settings.py keeps a copy.
+NAMED_BASES = ("sdxl", "flux-dev", "flux-schnell")
+
+
 def base_models() -> dict[str, Path]:
     """The bases baked in the trainer image, by name (Tiyaro's ``model``): ``$DREAMBUILD_BASE_MODELS``,
-    else ``sd15`` (the default base), ``sdxl``, ``flux-dev`` and ``flux-schnell``
-    (``/src/base-model-<name>``) where baked."""
-    baked = {name: Path(f"{DEFAULT_BASE_MODEL}-{name}") for name in ("sdxl", "flux-dev", "flux-schnell")}
-    return _catalog("DREAMBUILD_BASE_MODELS", {"sd15": base_model_dir(), **baked})
+    else ``sd15`` (the default base) and each of ``NAMED_BASES`` found beside it."""
+    default = base_model_dir()
+    return _catalog("DREAMBUILD_BASE_MODELS", {"sd15": default, **{name: default.with_name(f"{default.name}-{name}") for name in NAMED_BASES}})
 
 
 def vaes() -> dict[str, Path]:

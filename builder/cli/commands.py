@@ -294,6 +294,7 @@ def templates_add(
     from builder.checkout import REPO_ROOT, require_checkout
     from builder.cli.template_image import make_template_image, pull_template, push_template, template_env
     from builder.service.config import load_config
+    from builder.settings import TEMPLATE_BASES
 
     settings = load_config(config, data_dir=data_dir)
     if "/" in template:  # an image reference: a template built and pushed with Cog
@@ -313,9 +314,13 @@ def templates_add(
             fail(f"--bake {pair!r} is not KEY=DIR")
         baked[key] = Path(directory).expanduser().absolute()
     env = template_env(template) if (REPO_ROOT / "templates" / template / "cog.yaml").is_file() else []
-    if "DREAMBUILD_BASE=/opt/dreambuild/base" in env and "base" not in baked and (REPO_ROOT / "base-model").is_dir():
-        baked["base"] = REPO_ROOT / "base-model"  # where `python -m trainer.fetch_base_model` put the trainer's base
-        err.print(f"base: {baked['base']} (the local trainer's default)", highlight=False)
+    if "DREAMBUILD_BASE=/opt/dreambuild/base" in env and "base" not in baked:
+        # Where `python -m trainer.fetch_base_model [--dest base-model-<name>]` put the trainer's base of this template.
+        named = TEMPLATE_BASES.get(template)
+        default = REPO_ROOT / ("base-model" if named is None else f"base-model-{named}")
+        if default.is_dir():
+            baked["base"] = default
+            err.print(f"base: {default} (the local trainer's {'default' if named is None else 'base_model ' + named})", highlight=False)
     version = make_template_image(settings.layout, template, baked=baked)
     if to:
         push_template(settings.layout, template, to, settings.builder_settings())

@@ -28,7 +28,7 @@ from builder.cog.unpack import BASE_LABEL
 from builder.egress import EgressPolicy
 from builder.oci.layout import OciLayout
 from builder.oci.references import LayoutRef, normalize_digest, parse_image_ref
-from builder.settings import BuilderSettings
+from builder.settings import NAMED_BASES, BuilderSettings
 from dreambuild.errors import DreambuildError, InputError
 from dreambuild.layout import baked_pipeline_digest, digest_file
 
@@ -92,15 +92,22 @@ class TrainerEntry(_Strict):
 
     def base_of(self, inputs: dict) -> str | None:
         """The digest of the base a training with ``inputs`` starts from, when known: the one its
-        ``base_model`` names, else the trainer's default base."""
+        ``base_model`` names, else the trainer's default base. A local trainer's bases are looked
+        for again when unknown (one fetched while the service runs counts at once)."""
         named = inputs.get("base_model")
+        if self.runner == "local" and (named not in self.base_digests if named else self.base_digest is None):
+            self.read_local_digests()
         return self.base_digests.get(named) if named else self.base_digest
 
     def local_bases(self) -> dict[str, Path]:
-        """local runner: the bases by name (``DREAMBUILD_BASE_MODELS``, as trainer.job reads it)."""
+        """local runner: the bases by name, as trainer.job finds them: ``DREAMBUILD_BASE_MODELS``,
+        else each named base beside the default one (``./base-model-flux-dev``)."""
         value = self.env.get("DREAMBUILD_BASE_MODELS") or os.environ.get("DREAMBUILD_BASE_MODELS", "")
         pairs = [item.split("=", 1) for item in value.split(",") if "=" in item]
-        return {name.strip(): Path(path.strip()).expanduser().absolute() for name, path in pairs}
+        if pairs:
+            return {name.strip(): Path(path.strip()).expanduser().absolute() for name, path in pairs}
+        default = self.local_base()
+        return {name: default.with_name(f"{default.name}-{name}") for name in NAMED_BASES}
 
     def read_local_digests(self) -> None:
         """local runner: the digests its bases' folders were baked with (``base.digest`` beside
