@@ -126,6 +126,8 @@ def setup_lines(settings) -> list[str]:
                 if (base / "model_index.json").is_file()
                 else " MISSING: `python -m trainer.fetch_base_model` writes SD 1.5 there, or set DREAMBUILD_BASE_MODEL (README, 'Your own service')"
             )
+            named = [f"{name} ({path})" for name, path in entry.local_bases().items() if (path / "model_index.json").is_file()]
+            line += f"; base_model {', '.join(named)}" if named else ""
         lines.append(line)
     templates = settings.template_catalog()
     lines += [
