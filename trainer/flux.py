@@ -98,7 +98,8 @@ def train_flux_lora(  # noqa: C901
     weight_dtype = plan.weight_dtype
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=True)
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
-    transformer = FluxTransformer2DModel.from_pretrained(base, subfolder="transformer", local_files_only=True)
+    # In the frozen base's dtype from the start: FLUX.1's transformer is 48 GB of host memory in fp32.
+    transformer = FluxTransformer2DModel.from_pretrained(base, subfolder="transformer", dtype=weight_dtype, local_files_only=True)
     sequence_length = t5_sequence_length(base)
     encoders = FluxEncoders.load(base, sequence_length, weight_dtype, accelerator.device)
 
