@@ -93,21 +93,18 @@ def is_sdxl(root: Path) -> bool:
     return "XL" in json.loads((root / "model_index.json").read_text()).get("_class_name", "")
 
 
-def is_flux(root: Path) -> bool:
-    """Whether the pipeline at ``root`` is FLUX.1 (a rectified-flow transformer, CLIP and T5 encoders)."""
-    return json.loads((root / "model_index.json").read_text()).get("_class_name", "") == "FluxPipeline"
-
-
 def family(root: Path) -> str:
-    """The base family of the pipeline at ``root``: ``sd`` (1.x/2.x), ``sdxl`` or ``flux``; a LoRA
-    of one runs on no other."""
-    return "flux" if is_flux(root) else "sdxl" if is_sdxl(root) else "sd"
+    """The base family of the pipeline at ``root`` (by its model_index.json's class name): ``sd``
+    (1.x/2.x), ``sdxl`` or ``flux`` (FLUX.1: a rectified-flow transformer, CLIP and T5 encoders);
+    a LoRA of one runs on no other."""
+    name = json.loads((root / "model_index.json").read_text()).get("_class_name", "")
+    return "flux" if name == "FluxPipeline" else "sdxl" if "XL" in name else "sd"
 
 
 def native_size(root: Path) -> int:
     """The pipeline's native image size: its UNet's sample size times the VAE's 8x (512 for
     SD 1.5, 768 for SD 2.x-768, 1024 for SDXL); FLUX's VAE names it (1024)."""
-    if is_flux(root):
+    if family(root) == "flux":
         return int(json.loads((root / "vae" / "config.json").read_text())["sample_size"])
     return int(json.loads((root / "unet" / "config.json").read_text())["sample_size"]) * 8
 

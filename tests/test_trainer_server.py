@@ -1,5 +1,6 @@
 """The trainer end to end in the real Cog HTTP server (coglet) on CPU with the tiny base."""
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -407,7 +408,7 @@ def _flux_photos(tmp_path) -> str:
 
     wide = Image.new("RGB", (256, 128))
     wide.paste(Image.open(Path(__file__).parents[1] / "samples" / "subject" / "toy-1.jpg").resize((128, 128)), (64, 0))
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     wide.save(buffer, "PNG")
     return data_url(photos_zip(tmp_path / "flux-photos.zip", extra={"photos/wide.png": buffer.getvalue()}))
 
@@ -521,6 +522,7 @@ def test_a_flux_re_run_resumes_from_the_last_checkpoint(catalog_trainer, trainer
     [
         ({"lora_rank": 0}, "FLUX bases train LoRA adapters only: set lora_rank > 0"),
         ({"resolution": 72}, "resolution must be a multiple of 16 for FLUX bases"),
+        ({"vae": "other"}, "FLUX bases keep their own 16-channel VAE"),
     ],
 )
 def test_what_flux_cannot_do_is_refused(catalog_trainer, photos, tmp_path, inputs, message):

@@ -25,14 +25,15 @@ def generate_class_images(
     them at their native size; FLUX at ``resolution`` (the training's), with its T5 prompt length.
     """
     extra = {}
-    if family(base) == "flux":
+    kind = family(base)
+    if kind == "flux":
         # FLUX.1 overflows in fp16: bf16 on a GPU.
         dtype = torch.bfloat16 if plan.device.type == "cuda" else plan.inference_dtype
         pipe = FluxPipeline.from_pretrained(base, dtype=dtype, local_files_only=True).to(plan.device)
         extra = {"max_sequence_length": t5_sequence_length(base)}
         if resolution:
             extra.update(height=resolution, width=resolution)
-    elif family(base) == "sdxl":
+    elif kind == "sdxl":
         pipe = StableDiffusionXLPipeline.from_pretrained(base, dtype=plan.inference_dtype, local_files_only=True).to(plan.device)
     else:
         pipe = StableDiffusionPipeline.from_pretrained(

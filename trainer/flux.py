@@ -144,7 +144,10 @@ def train_flux_lora(  # noqa: C901
             pooled_frozen = {text: encoders.pooled(ids, clip) for text, ids in clip_ids.items()}
 
     dataset = BucketedPhotos(instance, klass if prior else [], args.resolution, args.center_crop)
-    epoch_batches = lambda epoch: bucket_batches(epoch_order(len(dataset), args.seed, epoch), dataset, args.train_batch_size)  # noqa: E731
+
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        return bucket_batches(epoch_order(len(dataset), args.seed, epoch), dataset, args.train_batch_size)
+
     batches_per_epoch = len(epoch_batches(0))  # the same every epoch: per bucket, its items over the batch size
     shift, scale = vae.config.shift_factor, vae.config.scaling_factor
     vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)

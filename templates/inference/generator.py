@@ -119,15 +119,16 @@ class ImageGenerator:
             log.warning(self.no_weights)
             return
         check_diffusers_layout(pipeline, f"weights in {pipeline}")
-        if (family(pipeline) == "flux") != (TEMPLATES[self.template].family == "flux"):
-            runs = "FLUX.1 on the vanilla-flux templates" if TEMPLATES[self.template].family == "flux" else "Stable Diffusion and SDXL"
+        kind, flux_template = family(pipeline), TEMPLATES[self.template].family == "flux"
+        if (kind == "flux") != flux_template:
+            runs = "FLUX.1 on the vanilla-flux templates" if flux_template else "Stable Diffusion and SDXL"
             self.no_weights = (
-                f"the weights in {pipeline} are a {'FLUX.1' if family(pipeline) == 'flux' else 'Stable Diffusion'} pipeline, "
+                f"the weights in {pipeline} are a {'FLUX.1' if kind == 'flux' else 'Stable Diffusion'} pipeline, "
                 f"and the {self.template} template runs {runs}: build them on a template of their family"
             )
             log.warning(self.no_weights)
             return
-        if self.control_kind and family(pipeline) == "sdxl":
+        if self.control_kind and kind == "sdxl":
             self.no_weights = (
                 f"the weights in {pipeline} are an SDXL pipeline, and the {self.template} template's ControlNet is "
                 "for SD 1.x: build SDXL fine-tunes on the vanilla template"
