@@ -37,21 +37,22 @@ def test_a_compiled_base_switches_versions_and_loras_without_recompiling(tmp_pat
 
     on_top = {"lora_weights": loras["kohya"], "lora_scale": 0.7}
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # any recompilation fails the test
     monkeypatch.setenv("DREAMBUILD_SERVE_BASE", "1")
     monkeypatch.setenv("DREAMBUILD_TORCH_COMPILE", "1")
-    try:
-        compiled = ImageGenerator("vanilla", WeightLocations(missing, missing, missing, missing, base=tiny_base))
-        compiled.setup()
-        assert isinstance(compiled.loras, FusedLoras)
-        plain = run(compiled)  # compiles
-        first = run(compiled, version_weights=lora_output)
-        other = run(compiled, version_weights=second)
-        again = run(compiled, version_weights=lora_output)
-        stacked = run(compiled, version_weights=lora_output, **on_top)
-        plain_again = run(compiled)
-    finally:
-        torch._dynamo.reset()
+    # torch's own patch: pytest's monkeypatch deletes a config module's value on undo, hiding it from later tests
+    with torch._dynamo.config.patch(error_on_recompile=True):  # any recompilation fails the test
+        try:
+            compiled = ImageGenerator("vanilla", WeightLocations(missing, missing, missing, missing, base=tiny_base))
+            compiled.setup()
+            assert isinstance(compiled.loras, FusedLoras)
+            plain = run(compiled)  # compiles
+            first = run(compiled, version_weights=lora_output)
+            other = run(compiled, version_weights=second)
+            again = run(compiled, version_weights=lora_output)
+            stacked = run(compiled, version_weights=lora_output, **on_top)
+            plain_again = run(compiled)
+        finally:
+            torch._dynamo.reset()
     assert again == first and plain_again == plain  # restored exactly: fused values come and go without drift
     assert len({plain[0], first[0], other[0], stacked[0]}) == 4
     # The same images as the eager paths: the version's own server (fused at setup), and its

@@ -111,18 +111,19 @@ def test_a_compiled_flux_base_switches_versions_and_loras_without_recompiling(tm
         return [path.read_bytes() for path in generator.generate(request)]
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # any recompilation fails the test
     monkeypatch.setenv("DREAMBUILD_SERVE_BASE", "1")
     monkeypatch.setenv("DREAMBUILD_TORCH_COMPILE", "1")
-    try:
-        compiled = _generator("vanilla-flux", tmp_path / "none", tiny_flux, tmp_path)
-        assert isinstance(compiled.loras, FusedLoras)
-        plain = run(compiled)  # compiles
-        first = run(compiled, version_weights=flux_lora_output)
-        other = run(compiled, version_weights=second)
-        again = run(compiled, version_weights=flux_lora_output)
-    finally:
-        torch._dynamo.reset()
+    # torch's own patch: pytest's monkeypatch deletes a config module's value on undo, hiding it from later tests
+    with torch._dynamo.config.patch(error_on_recompile=True):  # any recompilation fails the test
+        try:
+            compiled = _generator("vanilla-flux", tmp_path / "none", tiny_flux, tmp_path)
+            assert isinstance(compiled.loras, FusedLoras)
+            plain = run(compiled)  # compiles
+            first = run(compiled, version_weights=flux_lora_output)
+            other = run(compiled, version_weights=second)
+            again = run(compiled, version_weights=flux_lora_output)
+        finally:
+            torch._dynamo.reset()
     assert again == first and len({plain[0], first[0], other[0]}) == 3
     monkeypatch.delenv("DREAMBUILD_TORCH_COMPILE")
     monkeypatch.delenv("DREAMBUILD_SERVE_BASE")
