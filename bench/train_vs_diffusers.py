@@ -2,7 +2,7 @@
 the same device, same shapes and settings, in one run.
 
     python bench/train_vs_diffusers.py [--pairs sd15-full,sd15-lora,sdxl-lora,flux-lora] [--steps 40] [--batch 1]
-        [--precision fp16] [--adam8bit] [--no-text-encoder] [--resolution PX]
+        [--precision fp16] [--adam8bit] [--no-text-encoder] [--resolution PX] [--quantize-base int8]
     python bench/train_vs_diffusers.py --shape tiny --resolution 64 --steps 8 --precision no  # the harness, on a CPU
 
 Baselines (the named ratio's denominator): diffusers' ``train_dreambooth.py``,
@@ -19,7 +19,9 @@ validation, seed 0. FLUX (LoRA only) runs in bf16 where fp16 is asked (FLUX.1 ov
 our trainer does the same), with the same LoRA layers (ours, given to theirs as ``--lora_layers``) and their T5
 prompt length (512). Each run is its own process timed by ``bench/step_clock.py`` (steps after
 ``--warmup``, peak memory during training). Goal (issues 16, 29): ours >= 1.2x their steps/s at <=
-their peak memory.
+their peak memory. ``--quantize-base int8|fp8`` trains ours on the 8-bit FLUX base (the
+quantize_base input; FLUX pairs only): diffusers' FLUX.1 script has no such mode, so the ratios
+then say what the 8-bit base saves in memory and costs in speed against the bf16 baseline.
 """
 
 from __future__ import annotations
@@ -108,8 +110,9 @@ def their_command(script: str, base: Path, photos: Path, out: Path, opts: argpar
     return command
 
 
-def our_inputs(opts: argparse.Namespace, lora: bool, resolution: int) -> dict:
+def our_inputs(opts: argparse.Namespace, lora: bool, resolution: int, family: str) -> dict:
     return {
+        **({"quantize_base": opts.quantize_base} if family == "flux" else {}),
         "instance_prompt": PROMPT,
         "class_prompt": "a photo of a toy",
         "with_prior_preservation": False,
@@ -159,6 +162,7 @@ def main() -> None:
     parser.add_argument("--adam8bit", action="store_true")
     parser.add_argument("--no-text-encoder", dest="text_encoder", action="store_false")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--quantize-base", choices=["no", "int8", "fp8"], default="no", help="ours, FLUX pairs: the 8-bit base")
     opts = parser.parse_args()
     import torch
 
@@ -194,7 +198,7 @@ def main() -> None:
                 if side == "diffusers":
                     run_args = ["--", *their_command(script, base, photos, root / f"{name}-out", pair_opts, lora, resolution)]
                 else:
-                    (root / f"{name}-inputs.json").write_text(json.dumps(our_inputs(pair_opts, lora, resolution)))
+                    (root / f"{name}-inputs.json").write_text(json.dumps(our_inputs(pair_opts, lora, resolution, family)))
                     run_args = ["--trainer", str(root / f"{name}-inputs.json"), str(root / "photos.zip")]
                 results[side] = timed_run(run_args, out, env, opts, log)
                 shutil.rmtree(root / "work", ignore_errors=True)
@@ -206,7 +210,8 @@ def main() -> None:
     print(
         f"\n{device}, torch {torch.__version__}; {opts.steps} steps ({opts.warmup} warm-up), batch {opts.batch}, "
         f"{opts.precision}{' + AdamW8bit' if opts.adam8bit else ' + AdamW'}, text encoder "
-        f"{'trained' if opts.text_encoder else 'frozen'}, shapes {opts.shape}\n"
+        f"{'trained' if opts.text_encoder else 'frozen'}, shapes {opts.shape}"
+        f"{f', ours with quantize_base {opts.quantize_base}' if opts.quantize_base != 'no' else ''}\n"
     )
     print(f"{'pair':10} {'px':>5} {'diffusers st/s':>15} {'ours st/s':>10} {'speed':>7} {'diffusers GiB':>14} {'ours GiB':>9} {'memory':>7}")
     for name, resolution, results in rows:

@@ -55,6 +55,7 @@ BASE = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a
         ({"with_prior_preservation": "yes"}, "with_prior_preservation must be of type bool"),
         ({"lr_scheduler": "exponential"}, "lr_scheduler must be one of linear, cosine"),
         ({"mixed_precision": "fp8"}, "mixed_precision must be one of no, fp16, bf16"),
+        ({"quantize_base": "int4"}, "quantize_base must be one of no, int8, fp8"),
         ({"instance_prompt": "  "}, "instance_prompt is required"),
         ({"bogus": 1}, "unknown training input"),
         ({"lora_rank": 300}, "lora_rank must be between 0 and 256, got 300"),

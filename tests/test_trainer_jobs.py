@@ -1,5 +1,6 @@
 """Several trainings in one process, as a Cog server's worker runs them."""
 
+import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
@@ -65,3 +66,33 @@ def test_a_lora_checkpoint_holds_the_adapters_and_resumes_to_the_same_weights(tm
         resumed = adapters(run_job(inputs, photos))
     assert "Resuming from the checkpoint at step 2 of 4" in caplog.text
     assert resumed.keys() == whole.keys() and all((resumed[k] == whole[k]).all() for k in whole)
+
+
+def test_a_flux_lora_trains_on_a_quantised_base(tiny_flux):
+    """quantize_base int8 / fp8: the frozen transformer's linear weights are torchao's 8-bit tensors
+    while training (peft's torchao LoRA layers around them), the adapters stay in full precision, and
+    they are not the adapters trained on the unquantised base: the 8-bit weights are what ran."""
+    from PIL import Image
+
+    from tests.helpers import SAMPLE_PHOTOS
+    from trainer.args import TrainingArgs
+    from trainer.device import plan_device
+    from trainer.flux import train_flux_lora
+
+    photos = [Image.open(path).convert("RGB") for path in SAMPLE_PHOTOS[:2]]
+    plan = plan_device("no", False)
+    inputs = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "with_prior_preservation": False}
+    inputs |= {"lora_rank": 4, "lora_lr": 5e-2, "resolution": 64, "max_train_steps": 2, "seed": 0, "train_text_encoder": False}
+    adapters, weights = {}, {}
+    for quantize in ("no", "int8", "fp8"):
+        args = TrainingArgs.from_inputs({**inputs, "quantize_base": quantize, "save_sample_prompt": "a cjw toy"})
+        result = train_flux_lora(args, tiny_flux, photos, [], plan)
+        adapters[quantize] = result.lora["transformer"]
+        to_q = result.pipeline.transformer.transformer_blocks[0].attn.to_q
+        weights[quantize] = type(to_q.base_layer.weight).__name__
+        assert all(v.dtype == torch.float32 for v in adapters[quantize].values())
+        assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapters[quantize].items())  # trained
+    assert weights == {"no": "Parameter", "int8": "Int8Tensor", "fp8": "Float8Tensor"}
+    assert adapters["no"].keys() == adapters["int8"].keys() == adapters["fp8"].keys()
+    for a, b in (("no", "int8"), ("no", "fp8"), ("int8", "fp8")):
+        assert any(not torch.equal(adapters[a][k], adapters[b][k]) for k in adapters[a]), (a, b)

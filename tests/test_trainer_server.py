@@ -470,13 +470,18 @@ def test_flux_lora_trains_adapters_that_change_the_output(catalog_trainer, tiny_
 def test_flux_schnell_and_a_trained_clip(catalog_trainer, tiny_flux_schnell, photos, tmp_path):
     """schnell (no guidance embedding) trains too, with prior preservation (its class images drawn
     by the schnell base at the training resolution); with train_text_encoder, CLIP gets adapters and
-    T5 none. Replicate's FLUX trainer's input names work: steps, trigger_word."""
+    T5 none. Replicate's FLUX trainer's input names work: steps, trigger_word. quantize_base fp8
+    reaches the trainer through Cog's schema (its effect: test_trainer_jobs)."""
     inputs = {**FLUX, "base_model": "flux-schnell", "train_text_encoder": True, "with_prior_preservation": True, "num_class_images": 2}
-    body = predict(catalog_trainer, tmp_path, instance_data=photos, **inputs, max_train_steps=None, steps=2, trigger_word="cjw")
+    body = predict(catalog_trainer, tmp_path, instance_data=photos, **inputs, max_train_steps=None, steps=2, trigger_word="cjw", quantize_base="fp8")
     assert body["status"] == "succeeded", body.get("error")
-    assert "generating 2 class image(s)" in body["logs"] and "2 class image(s), batch 1" in body["logs"]
+    assert (
+        "generating 2 class image(s)" in body["logs"]
+        and "2 class image(s), batch 1, lr 0.05, prior preservation, base weights fp8 (torchao)" in body["logs"]
+    )
     _, weights = output_dir(body, tmp_path)
-    assert "step 2/2" in body["logs"] and json.loads((weights / "args.json").read_text())["token_string"] == "cjw"
+    args = json.loads((weights / "args.json").read_text())
+    assert "step 2/2" in body["logs"] and args["token_string"] == "cjw" and args["quantize_base"] == "fp8"
     adapters = load_file(weights / "pytorch_lora_weights.safetensors")
     assert {k.split(".")[0] for k in adapters} == {"transformer", "text_encoder"}
     assert any(k.startswith("lora_te1_") for k in load_file(weights / "lora_kohya.safetensors"))
@@ -626,6 +631,12 @@ def test_bad_ckpt_base_fails_with_a_clear_error(trainer_predict_server, photos, 
     assert "ckpt_base is not a diffusers pipeline: model_index.json is missing" in body["error"]
 
 
+def test_quantize_base_is_refused_for_an_sd_base(trainer_predict_server, photos, tmp_path):
+    body = predict(trainer_predict_server, tmp_path, instance_data=photos, lora_rank=4, quantize_base="int8")
+    assert body["status"] == "failed"
+    assert "quantize_base quantises a FLUX base's transformer; this SD base trains unquantised" in body["error"]
+
+
 def test_resolution_not_multiple_of_8_fails(trainer_predict_server, photos, tmp_path):
     body = predict(trainer_predict_server, tmp_path, instance_data=photos, resolution=100)
     assert body["status"] == "failed"
@@ -638,6 +649,7 @@ def test_resolution_not_multiple_of_8_fails(trainer_predict_server, photos, tmp_
         ({"max_train_steps": 0}, "0 is less than the minimum of 1"),
         ({"max_train_steps": "many"}, 'is not of type "integer"'),
         ({"lr_scheduler": "exponential"}, "is not one of"),
+        ({"quantize_base": "int4"}, "is not one of"),
     ],
 )
 def test_schema_rejects_out_of_range_and_mistyped_inputs(trainer_predict_server, photos, inputs, message):

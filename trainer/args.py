@@ -17,6 +17,7 @@ from dreambuild.errors import InputError
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+QUANTIZE_BASE = ("no", "int8", "fp8")  # a FLUX LoRA's frozen transformer: torchao weight-only (trainer.flux)
 
 # Inclusive (min, max) bounds; None means unbounded on that side.
 RANGES: dict[str, tuple[float | None, float | None]] = {
@@ -46,7 +47,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "save_infer_steps": (1, 500),
     "validation_steps": (1, 100_000),
 }
-CHOICES: dict[str, tuple[str, ...]] = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": MIXED_PRECISION}
+CHOICES: dict[str, tuple[str, ...]] = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": MIXED_PRECISION, "quantize_base": QUANTIZE_BASE}
 # Replicate's FLUX trainer's names (ostris/flux-dev-lora-trainer) for inputs this trainer names as
 # diffusers' scripts do: either may be given; the alias, when set, is the value.
 ALIASES = {"trigger_word": "token_string", "steps": "max_train_steps", "batch_size": "train_batch_size"}
@@ -94,6 +95,7 @@ class TrainingArgs:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     mixed_precision: str = "fp16"
+    quantize_base: str = "no"  # FLUX LoRA: the frozen transformer's weights in int8 or fp8 (half bf16's memory)
     validation_prompt: str | None = None  # sample images of it every validation_steps, into samples/
     validation_steps: int = 100
     save_sample_prompt: str | None = None

@@ -128,6 +128,11 @@ class Predictor(BaseRunner):
             default="fp16",
             choices=["no", "fp16", "bf16"],
         ),
+        quantize_base: str = Input(
+            description="FLUX LoRA only: hold the frozen transformer's weights in 8 bits (torchao weight-only int8 or fp8: about 12 GB instead of 24 for FLUX.1), the adapters in full precision; no leaves it in bf16.",
+            default="no",
+            choices=["no", "int8", "fp8"],
+        ),
         ckpt_base: Optional[Path] = Input(
             description="Optional zip of a diffusers pipeline to start from instead of the built-in base.", default=None
         ),
@@ -246,6 +251,11 @@ def train(
     max_grad_norm: float = Input(description="Gradient clipping norm.", default=1.0, ge=0.0),
     mixed_precision: str = Input(
         description="Mixed precision on CUDA (full precision on the CPU); FLUX takes fp16 as bf16.", default="fp16", choices=["no", "fp16", "bf16"]
+    ),
+    quantize_base: str = Input(
+        description="FLUX LoRA only: hold the frozen transformer's weights in 8 bits (torchao weight-only int8 or fp8: about 12 GB instead of 24 for FLUX.1), the adapters in full precision; no leaves it in bf16.",
+        default="no",
+        choices=["no", "int8", "fp8"],
     ),
     ckpt_base: Optional[Path] = Input(description="Optional zip of a diffusers pipeline to start from instead of the built-in base.", default=None),
     validation_prompt: Optional[str] = Input(

@@ -8,9 +8,10 @@ photos -> buckets -> VAE latents ((x - shift) * scale) -> noise at a sampled sig
 The objective of diffusers' ``examples/dreambooth/train_dreambooth_lora_flux.py``: sigmas sampled
 uniformly (its default weighting scheme "none"), guidance 3.5 fed to dev's guidance embedding,
 LoRA on the attention of its default layers (every attention's projections, the text stream's
-too). Memory:
-every prompt's T5 states are computed once and T5 is freed before the first step (T5-XXL is 9 GB
-in bf16); validation samples load it again from disk. Checkpoints, validation samples and the
+too). Memory: every prompt's T5 states are computed once and T5 is freed before the first step
+(T5-XXL is 9 GB in bf16); validation samples load it again from disk. ``quantize_base`` holds the
+frozen transformer's linear weights in int8 or fp8 (torchao weight-only, as diffusers' newer LoRA
+scripts offer torchao beside bitsandbytes): half its 24 GB, the adapters in full precision. Checkpoints, validation samples and the
 data order are the SD trainer's (:mod:`trainer.loop`).
 """
 
@@ -64,6 +65,19 @@ FLUX_LORA_TARGETS = [
 ]
 
 
+def base_quantization(name: str):
+    """diffusers' torchao config for ``quantize_base`` (None for "no"). torchao rather than
+    bitsandbytes: diffusers' bitsandbytes quantizer refuses to load without CUDA, so a CPU could not
+    run (or test) the same path; torchao's int8 and fp8 weight tensors run on both, and peft wraps
+    them with its torchao LoRA layer."""
+    if name == "no":
+        return None
+    from diffusers import TorchAoConfig
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+
+    return TorchAoConfig({"int8": Int8WeightOnlyConfig, "fp8": Float8WeightOnlyConfig}[name]())
+
+
 def check_flux_args(args: TrainingArgs) -> None:
     """What a FLUX training cannot do, refused before anything loads."""
     if not args.lora:
@@ -99,7 +113,9 @@ def train_flux_lora(  # noqa: C901
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=True)
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
     # In the frozen base's dtype from the start: FLUX.1's transformer is 48 GB of host memory in fp32.
-    transformer = FluxTransformer2DModel.from_pretrained(base, subfolder="transformer", dtype=weight_dtype, local_files_only=True)
+    transformer = FluxTransformer2DModel.from_pretrained(
+        base, subfolder="transformer", dtype=weight_dtype, quantization_config=base_quantization(args.quantize_base), local_files_only=True
+    )
     sequence_length = t5_sequence_length(base)
     encoders = FluxEncoders.load(base, sequence_length, weight_dtype, accelerator.device)
 
@@ -164,7 +180,7 @@ def train_flux_lora(  # noqa: C901
         len(dataset.klass),
         args.train_batch_size,
         groups[0]["lr"],
-        ", prior preservation" if prior else "",
+        (", prior preservation" if prior else "") + (f", base weights {args.quantize_base} (torchao)" if args.quantize_base != "no" else ""),
     )
 
     def assemble():

@@ -136,6 +136,8 @@ def _run(  # noqa: C901
         if args.mixed_precision == "fp16":  # the trainer's default; FLUX's T5 and transformer overflow in fp16
             log.info("FLUX base: mixed_precision fp16 is taken as bf16 (FLUX.1 overflows in fp16; Black Forest Labs and diffusers train it in bf16).")
             args.mixed_precision = "bf16"
+    elif args.quantize_base != "no":
+        raise InputError(f"quantize_base quantises a FLUX base's transformer; this {kind.upper()} base trains unquantised (set quantize_base to no)")
     vae = None
     if args.vae is not None:
         if args.vae not in vaes():
