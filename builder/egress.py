@@ -19,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from builder.tls import tls_context
 from dreambuild.errors import InputError
 
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "metadata.google.internal")
@@ -137,7 +138,7 @@ def fetch(url: str, dest: Path, *, policy: EgressPolicy | None, what: str, max_b
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part")
     try:
-        with httpx.Client(follow_redirects=False, timeout=httpx.Timeout(timeout, read=300)) as client:
+        with httpx.Client(follow_redirects=False, timeout=httpx.Timeout(timeout, read=300), verify=tls_context()) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 target, headers, extensions = pinned(url, policy.check(url, what)) if policy is not None else (url, {}, {})
                 with client.stream("GET", target, headers=headers, extensions=extensions) as response:

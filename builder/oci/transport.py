@@ -10,12 +10,9 @@ go-containerregistry's ``remote`` sits on its ``transport``.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
-import os
 import re
-import ssl
 import threading
 import time
 from contextlib import contextmanager
@@ -25,6 +22,7 @@ from urllib.parse import urljoin
 import httpx
 
 from builder.oci.credentials import Credentials, lookup_credentials
+from builder.tls import tls_context
 from dreambuild.errors import ImageNotFoundError, RegistryAuthError, RegistryError, RegistryUnavailableError
 
 log = logging.getLogger(__name__)
@@ -65,17 +63,6 @@ def _describe(exc: httpx.HTTPError) -> str:
     return text
 
 
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default TLS context, made once per process and CA setting: loading the CA bundle
-    takes ~40 ms, which was a third of a LoRA build's time (a build opens two clients)."""
-    return _tls_context_for(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-
-
-@functools.cache
-def _tls_context_for(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
-    return httpx.create_ssl_context()
-
-
 class Transport:
     """Authorized, retried requests to one registry host."""
 
@@ -95,7 +82,7 @@ class Transport:
         self.credentials = credentials if credentials is not None else lookup_credentials(registry)
         self.retries = retries
         self.backoff = backoff
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout, read=max(timeout, 600)), verify=_tls_context())
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout, read=max(timeout, 600)), verify=tls_context())
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._tokens: dict[frozenset[str], str] = {}
         self._lock = threading.Lock()

@@ -22,6 +22,7 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 from builder.egress import EgressPolicy, EgressRefused, pinned
+from builder.tls import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def attempt(url: str, payload: dict, *, secret: str, webhook_id: str, timeout: f
     try:
         # Sent to the address checked now: the name may resolve elsewhere than at the last attempt.
         target, pin, extensions = pinned(url, policy.check(url, "webhook")) if policy is not None else (url, {}, {})
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        with httpx.Client(timeout=timeout, follow_redirects=False, verify=tls_context()) as client:
             response = client.post(target, content=body.encode(), headers={**signed_headers(secret, webhook_id, body), **pin}, extensions=extensions)
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         return Attempt(False, None, f"{type(exc).__name__}: {exc}", final=True)
