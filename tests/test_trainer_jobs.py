@@ -1,5 +1,6 @@
 """Several trainings in one process, as a Cog server's worker runs them."""
 
+import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -96,3 +97,41 @@ def test_a_flux_lora_trains_on_a_quantised_base(tiny_flux):
     assert adapters["no"].keys() == adapters["int8"].keys() == adapters["fp8"].keys()
     for a, b in (("no", "int8"), ("no", "fp8"), ("int8", "fp8")):
         assert any(not torch.equal(adapters[a][k], adapters[b][k]) for k in adapters[a]), (a, b)
+
+
+@pytest.mark.parametrize(
+    "base, inputs",
+    [("tiny_base", {}), ("tiny_base", {"lora_rank": 4}), ("tiny_flux", {"lora_rank": 4, "quantize_base": "int8", "train_text_encoder": False})],
+    ids=["sd-full", "sd-lora", "flux-lora-int8"],
+)
+def test_jobs_under_a_gpu_s_mixed_precision(request, tmp_path, monkeypatch, base, inputs):
+    """The plan a GPU gets (bf16 autocast, samples in half precision), run on the CPU, which has
+    bf16 autocast too: paths CI otherwise never takes. Validation samples, the training, and the
+    samples after it (they failed: the trained models' forwards keep accelerate's fp32-output
+    wrapper, whose latents reached a half-precision VAE outside autocast); a quantised FLUX base
+    under mixed precision (it failed: a quantised model cannot be cast to the weight dtype)."""
+    import zipfile
+
+    from trainer.device import DevicePlan
+    from trainer.job import run_job
+
+    monkeypatch.setenv("DREAMBUILD_BASE_MODEL", str(request.getfixturevalue(base)))
+    monkeypatch.setenv("DREAMBUILD_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.setattr("trainer.job.plan_device", lambda precision, adam: DevicePlan(torch.device("cpu"), precision, False))
+    monkeypatch.setattr(DevicePlan, "inference_dtype", property(lambda plan: plan.weight_dtype))  # CUDA's: half precision
+    job = {
+        "instance_prompt": "a photo of a cjw toy",
+        "class_prompt": "a photo of a toy",
+        "with_prior_preservation": False,
+        "max_train_steps": 2,
+        "resolution": 64,
+        "seed": 0,
+        "mixed_precision": "bf16",
+        "validation_prompt": "a cjw toy",
+        "validation_steps": 1,
+        "save_sample_prompt": "a cjw toy",
+        "save_infer_steps": 2,
+    }
+    result = run_job({**job, **inputs}, photos_zip(tmp_path / "photos.zip"))
+    with zipfile.ZipFile(result.archive) as zf:
+        assert {"samples/step-1-0.png", "samples/sample-0.png"} <= set(zf.namelist())

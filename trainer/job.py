@@ -312,7 +312,10 @@ def _save_samples(pipeline, args: TrainingArgs, plan, out: Path, **extra) -> Non
         pipeline.to(dtype=plan.inference_dtype)
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(args.seed if args.seed is not None else 0)
-    with torch.inference_mode():
+    # Under training's autocast, as validation samples are: the trained models' forwards still carry
+    # accelerate's mixed-precision wrapper, whose fp32 outputs would reach a half-precision VAE.
+    autocast = torch.autocast(plan.device.type, dtype=plan.weight_dtype, enabled=plan.mixed_precision != "no")
+    with torch.inference_mode(), autocast:
         images = pipeline(
             args.save_sample_prompt,
             negative_prompt=args.save_sample_negative_prompt,

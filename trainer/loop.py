@@ -435,7 +435,7 @@ def add_lora_adapters(unet, text_encoders: list, args: TrainingArgs, weight_dtyp
     models = [(unet, targets)] + [(model, TEXT_LORA_TARGETS) for model in text_encoders]
     for model, targets in models:
         model.requires_grad_(False)
-        if weight_dtype != torch.float32:
+        if weight_dtype != torch.float32 and model.dtype != weight_dtype:  # FLUX's is loaded in it (a quantised one cannot be cast)
             model.to(dtype=weight_dtype)
         model.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets))
     cast_training_params([model for model, _ in models], dtype=torch.float32)
