@@ -7,6 +7,16 @@ from accelerate.state import AcceleratorState
 
 from tests.helpers import photos_zip
 
+# Two steps on the tiny base at 64 px, no class images.
+SMALL = {
+    "instance_prompt": "a photo of a cjw toy",
+    "class_prompt": "a photo of a toy",
+    "with_prior_preservation": False,
+    "max_train_steps": 2,
+    "resolution": 64,
+    "seed": 0,
+}
+
 
 def test_a_job_after_one_with_another_precision(tmp_path, tiny_base, monkeypatch):
     monkeypatch.setenv("DREAMBUILD_BASE_MODEL", str(tiny_base))
@@ -15,15 +25,7 @@ def test_a_job_after_one_with_another_precision(tmp_path, tiny_base, monkeypatch
 
     AcceleratorState._reset_state(reset_partial_state=True)  # whatever another test of this process left
     Accelerator(mixed_precision="bf16", cpu=True)  # what an earlier job in this process left behind
-    inputs = {
-        "instance_prompt": "a photo of a cjw toy",
-        "class_prompt": "a photo of a toy",
-        "with_prior_preservation": False,
-        "max_train_steps": 2,
-        "resolution": 64,
-        "seed": 0,
-    }
-    result = run_job(inputs, photos_zip(tmp_path / "photos.zip"))
+    result = run_job(SMALL, photos_zip(tmp_path / "photos.zip"))
     assert result.steps == 2 and result.archive.is_file()
 
 
@@ -40,17 +42,7 @@ def test_a_lora_checkpoint_holds_the_adapters_and_resumes_to_the_same_weights(tm
 
     monkeypatch.setenv("DREAMBUILD_BASE_MODEL", str(tiny_base))
     monkeypatch.setenv("DREAMBUILD_WORKDIR", str(tmp_path / "work"))
-    inputs = {
-        "instance_prompt": "a photo of a cjw toy",
-        "class_prompt": "a photo of a toy",
-        "with_prior_preservation": False,
-        "max_train_steps": 4,
-        "checkpointing_steps": 2,
-        "resolution": 64,
-        "seed": 0,
-        "lora_rank": 4,
-        "lora_lr": 5e-2,
-    }
+    inputs = {**SMALL, "max_train_steps": 4, "checkpointing_steps": 2, "lora_rank": 4, "lora_lr": 5e-2}
     photos = photos_zip(tmp_path / "photos.zip")
 
     def adapters(result) -> dict:
@@ -82,8 +74,7 @@ def test_a_flux_lora_trains_on_a_quantised_base(tiny_flux):
 
     photos = [Image.open(path).convert("RGB") for path in SAMPLE_PHOTOS[:2]]
     plan = plan_device("no", False)
-    inputs = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a toy", "with_prior_preservation": False}
-    inputs |= {"lora_rank": 4, "lora_lr": 5e-2, "resolution": 64, "max_train_steps": 2, "seed": 0, "train_text_encoder": False}
+    inputs = {**SMALL, "lora_rank": 4, "lora_lr": 5e-2, "train_text_encoder": False}
     adapters, weights = {}, {}
     for quantize in ("no", "int8", "fp8"):
         args = TrainingArgs.from_inputs({**inputs, "quantize_base": quantize, "save_sample_prompt": "a cjw toy"})
@@ -120,12 +111,7 @@ def test_jobs_under_a_gpu_s_mixed_precision(request, tmp_path, monkeypatch, base
     monkeypatch.setattr("trainer.job.plan_device", lambda precision, adam: DevicePlan(torch.device("cpu"), precision, False))
     monkeypatch.setattr(DevicePlan, "inference_dtype", property(lambda plan: plan.weight_dtype))  # CUDA's: half precision
     job = {
-        "instance_prompt": "a photo of a cjw toy",
-        "class_prompt": "a photo of a toy",
-        "with_prior_preservation": False,
-        "max_train_steps": 2,
-        "resolution": 64,
-        "seed": 0,
+        **SMALL,
         "mixed_precision": "bf16",
         "validation_prompt": "a cjw toy",
         "validation_steps": 1,
