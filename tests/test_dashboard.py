@@ -87,6 +87,23 @@ def test_train_watch_and_try_a_model_in_the_browser(browser, service, tmp_path):
     curl = text_of(driver, "#curl")
     assert f"curl -X POST {url}/v1/trainings" in curl and '"model": "alice/dash"' in curl and '"max_train_steps": 4' in curl
     assert "tok-alice" not in curl and "$DREAMBUILD_API_TOKEN" in curl
+    # A LoRA is offered only on templates baking the chosen base: this catalog's template bakes none.
+    from selenium.webdriver.support.ui import Select
+
+    catalog = httpx.get(f"{url}/v1/catalog", headers=ALICE).json()
+    bases = Select(driver.find_element("id", "base_model")).options
+    assert [o.text for o in bases] == ["its default base", *sorted(catalog["trainers"][0]["base_digests"])]
+    full = [o.get_attribute("value") for o in Select(driver.find_element("id", "template")).options]
+    assert full == [t["version"] for t in catalog["templates"] if "full" in t["builds"]] and full
+    rank = driver.find_element("id", "lora_rank")
+    rank.clear()
+    rank.send_keys("4")
+    assert not Select(driver.find_element("id", "template")).options and "No template bakes this base" in text_of(driver, "#no-template")
+    assert '"lora_rank": 4' in text_of(driver, "#curl")
+    rank.clear()
+    rank.send_keys("0")
+    assert [o.get_attribute("value") for o in Select(driver.find_element("id", "template")).options] == full
+    assert "lora_rank" not in text_of(driver, "#curl") and not text_of(driver, "#no-template")
     driver.find_element("id", "start").click()
     wait_until(driver, lambda d: "#/trainings/" in d.current_url, 60, "the new training's page")
     training_id = driver.current_url.rsplit("/", 1)[1]

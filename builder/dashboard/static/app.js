@@ -312,10 +312,35 @@ async function newTrainingView() {
     instance_prompt: h("input", { type: "text", id: "instance_prompt", value: "a photo of a cjw person", required: true }),
     class_prompt: h("input", { type: "text", id: "class_prompt", value: "a photo of a person", required: true }),
     max_train_steps: h("input", { type: "number", id: "max_train_steps", value: 2000, min: 1 }),
+    lora_rank: h("input", { type: "number", id: "lora_rank", value: 0, min: 0, max: 256 }),
   };
   const prior = h("input", { type: "checkbox", id: "with_prior_preservation", checked: true });
   const trainer = h("select", { id: "trainer" }, catalog.trainers.map((t) => h("option", { value: t.version }, t.name)));
-  const template = h("select", { id: "template" }, catalog.templates.map((t) => h("option", { value: t.version }, t.name)));
+  const base = h("select", { id: "base_model" });
+  const template = h("select", { id: "template" });
+  const noTemplate = h("p", { className: "help", id: "no-template" });
+  // The bases the chosen trainer bakes (its base_model input), and the templates that can build
+  // what is trained: a LoRA only on a template baking the same base (by digest), as the API checks.
+  function updateBases() {
+    const chosen = catalog.trainers.find((t) => t.version === trainer.value) || { base_digests: {} };
+    base.replaceChildren(h("option", { value: "" }, "its default base"),
+      ...Object.keys(chosen.base_digests || {}).sort().map((name) => h("option", { value: name }, name)));
+    updateTemplates();
+  }
+  function updateTemplates() {
+    const chosen = catalog.trainers.find((t) => t.version === trainer.value) || { base_digests: {} };
+    const digest = base.value ? (chosen.base_digests || {})[base.value] : chosen.base_digest;
+    const lora = Number(inputs.lora_rank.value) > 0;
+    const fits = catalog.templates.filter((t) => lora ? t.builds.includes("lora") && t.base_digest === digest : t.builds.includes("full"));
+    template.replaceChildren(...fits.map((t) => h("option", { value: t.version }, t.name)));
+    noTemplate.textContent = fits.length ? "" : lora
+      ? "No template bakes this base, so no LoRA of it can be built here: an operator adds one (dreambuild templates add)."
+      : "No template builds full fine-tunes here.";
+  }
+  trainer.addEventListener("change", updateBases);
+  base.addEventListener("change", updateTemplates);
+  inputs.lora_rank.addEventListener("input", updateTemplates);
+  updateBases();
   const model = h("input", { type: "text", id: "model", placeholder: "owner/name", required: true });
   const webhook = h("input", { type: "url", id: "webhook", placeholder: "https://example.com/hook (optional)" });
   const bar = h("progress", { id: "upload-progress", max: 1, value: 0 });
@@ -330,6 +355,8 @@ async function newTrainingView() {
                instance_data: instanceData },
       model: model.value, trainer_version: trainer.value, template_version: template.value,
     };
+    if (base.value) body.input.base_model = base.value;
+    if (Number(inputs.lora_rank.value) > 0) body.input.lora_rank = Number(inputs.lora_rank.value);
     if (webhook.value) body.webhook_completed = webhook.value;
     return body;
   }
@@ -345,7 +372,11 @@ async function newTrainingView() {
     field("max_train_steps", "Steps", inputs.max_train_steps),
     field("with_prior_preservation", "Prior preservation", prior, "Also train on generated images of the class, so that the "
           + "model keeps knowing the class (slower; recommended for people)."),
-    field("trainer", "Trainer", trainer), field("template", "Template", template),
+    field("trainer", "Trainer", trainer),
+    field("base_model", "Base model", base, "What is trained: the trainer's default base or another it bakes (e.g. sdxl, flux-dev)."),
+    field("lora_rank", "LoRA rank", inputs.lora_rank, "0: a full fine-tune; above 0: LoRA DreamBooth, small adapters of this rank "
+          + "(e.g. 16) on a template baking the base. FLUX bases train LoRA only."),
+    field("template", "Template", template), noTemplate,
     field("model", "Destination model", model, "owner/name: the new version is pushed there."),
     field("webhook", "Webhook URL", webhook, "Called with the training when it completes."),
     h("p", {}, h("button", { className: "primary", type: "submit", id: "start" }, "Start training")), problem);
