@@ -10,9 +10,10 @@ uniformly (its default weighting scheme "none"), guidance 3.5 fed to dev's guida
 LoRA on the attention of its default layers (every attention's projections, the text stream's
 too). Memory: every prompt's T5 states are computed once and T5 is freed before the first step
 (T5-XXL is 9 GB in bf16); validation samples load it again from disk. ``quantize_base`` holds the
-frozen transformer's linear weights in int8 or fp8 (torchao weight-only, as diffusers' newer LoRA
-scripts offer torchao beside bitsandbytes): half its 24 GB, the adapters in full precision. Checkpoints, validation samples and the
-data order are the SD trainer's (:mod:`trainer.loop`).
+frozen transformer's linear weights in int8 or fp8 (torchao weight-only; diffusers' newer LoRA
+scripts quantise with bitsandbytes: :func:`base_quantization` says why not): half its 24 GB, the
+adapters in full precision. Checkpoints, validation samples and the data order are the SD
+trainer's (:mod:`trainer.loop`).
 """
 
 from __future__ import annotations
