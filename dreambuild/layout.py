@@ -88,11 +88,6 @@ def check_diffusers_listing(index_json: bytes, files: Iterable[str], label: str)
     return index
 
 
-def is_sdxl(root: Path) -> bool:
-    """Whether the pipeline at ``root`` is SDXL (by its model_index.json's class name)."""
-    return "XL" in json.loads((root / "model_index.json").read_text()).get("_class_name", "")
-
-
 def family(root: Path) -> str:
     """The base family of the pipeline at ``root`` (by its model_index.json's class name): ``sd``
     (1.x/2.x), ``sdxl`` or ``flux`` (FLUX.1: a rectified-flow transformer, CLIP and T5 encoders);

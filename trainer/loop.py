@@ -28,7 +28,7 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 from torchvision import transforms
 
-from dreambuild.layout import is_sdxl
+from dreambuild.layout import family
 from trainer.args import TrainingArgs
 from trainer.checkpoints import Checkpoints, adapters_only
 from trainer.device import DevicePlan
@@ -126,7 +126,7 @@ def train_dreambooth(  # noqa: C901
     prior = args.with_prior_preservation
     accelerator = new_accelerator(args, plan)
 
-    xl = is_sdxl(base)
+    xl = family(base) == "sdxl"
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=True)
     encoders = TextEncoders.load(base, xl)
     # An alternative VAE (e.g. the fp16-safe SDXL one) replaces the base's, in training and output.

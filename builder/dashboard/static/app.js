@@ -321,14 +321,14 @@ async function newTrainingView() {
   const noTemplate = h("p", { className: "help", id: "no-template" });
   // The bases the chosen trainer bakes (its base_model input), and the templates that can build
   // what is trained: a LoRA only on a template baking the same base (by digest), as the API checks.
+  const chosenTrainer = () => catalog.trainers.find((t) => t.version === trainer.value) || { base_digests: {} };
   function updateBases() {
-    const chosen = catalog.trainers.find((t) => t.version === trainer.value) || { base_digests: {} };
     base.replaceChildren(h("option", { value: "" }, "its default base"),
-      ...Object.keys(chosen.base_digests || {}).sort().map((name) => h("option", { value: name }, name)));
+      ...Object.keys(chosenTrainer().base_digests || {}).sort().map((name) => h("option", { value: name }, name)));
     updateTemplates();
   }
   function updateTemplates() {
-    const chosen = catalog.trainers.find((t) => t.version === trainer.value) || { base_digests: {} };
+    const chosen = chosenTrainer();
     const digest = base.value ? (chosen.base_digests || {})[base.value] : chosen.base_digest;
     const lora = Number(inputs.lora_rank.value) > 0;
     const fits = catalog.templates.filter((t) => lora ? t.builds.includes("lora") && t.base_digest === digest : t.builds.includes("full"));
