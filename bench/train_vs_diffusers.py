@@ -2,7 +2,7 @@
 the same device, same shapes and settings, in one run.
 
     python bench/train_vs_diffusers.py [--pairs sd15-full,sd15-lora,sdxl-lora,flux-lora] [--steps 40] [--batch 1]
-        [--precision fp16] [--adam8bit] [--no-text-encoder] [--resolution PX] [--quantize-base int8]
+        [--precision fp16] [--adam8bit] [--no-text-encoder] [--resolution PX] [--quantize-base int8] [--cache DIR]
     python bench/train_vs_diffusers.py --shape tiny --resolution 64 --steps 8 --precision no  # the harness, on a CPU
 
 Baselines (the named ratio's denominator): diffusers' ``train_dreambooth.py``,
@@ -50,20 +50,24 @@ PAIRS = {  # name: (base shape family, their script, LoRA)
 PROMPT = "a photo of sks toy"
 
 
-def build_base(family: str, shape: str, dest: Path, cuda: bool) -> Path:
+def build_base(family: str, shape: str, cache: Path, cuda: bool) -> Path:
+    """The random base of ``family`` at ``shape``, built once into ``cache`` and named as
+    bench/template_speed.py names its bases (``--cache`` shares one FLUX base: 34 GB)."""
     import torch
 
     from fixtures.tiny_models import build_flux, build_sd, build_sdxl
 
-    if dest.is_dir():
-        return dest
-    started = time.perf_counter()
     shape = shape if shape == "tiny" else {"sd": "sd15", "sdxl": "sdxl", "flux": "flux-dev"}[family]
-    build = {"sd": build_sd, "sdxl": build_sdxl, "flux": build_flux}[family]
     # FLUX.1-dev's 12B transformer and T5-XXL: written in bf16 (fp32 would be 64 GB on disk).
     dtype = torch.bfloat16 if family == "flux" and shape != "tiny" else None
+    name = shape if shape != "tiny" else {"sd": "tiny", "sdxl": "sdxl-tiny", "flux": "flux-tiny"}[family]
+    dest = cache / f"{name}-random-{str(dtype or torch.float32).removeprefix('torch.')}"
+    if (dest / "model_index.json").is_file():
+        return dest
+    started = time.perf_counter()
+    build = {"sd": build_sd, "sdxl": build_sdxl, "flux": build_flux}[family]
     build(dest, shape=shape, device="cuda" if cuda else "cpu", dtype=dtype)
-    print(f"{shape} random base built in {time.perf_counter() - started:.0f}s", flush=True)
+    print(f"{name} random base built in {time.perf_counter() - started:.0f}s: {dest}", flush=True)
     return dest
 
 
@@ -162,6 +166,7 @@ def main() -> None:
     parser.add_argument("--adam8bit", action="store_true")
     parser.add_argument("--no-text-encoder", dest="text_encoder", action="store_false")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--cache", type=Path, default=None, help="keep the random bases here between runs (default: built per run)")
     parser.add_argument("--quantize-base", choices=["no", "int8", "fp8"], default="no", help="ours, FLUX pairs: the 8-bit base")
     opts = parser.parse_args()
     import torch
@@ -181,7 +186,7 @@ def main() -> None:
     try:
         for name in opts.pairs.split(","):
             family, script, lora = PAIRS[name]
-            base = build_base(family, opts.shape, root / f"base-{family}", cuda)
+            base = build_base(family, opts.shape, opts.cache or root, cuda)
             resolution = opts.resolution or native_size(base)
             pair_opts = argparse.Namespace(**{**vars(opts), "precision": "bf16" if family == "flux" and opts.precision == "fp16" else opts.precision})
             env = {
@@ -189,7 +194,7 @@ def main() -> None:
                 "HF_HUB_OFFLINE": "1",
                 "DREAMBUILD_BASE_MODEL": str(base),
                 "DREAMBUILD_WORKDIR": str(root / "work"),
-                "PYTHONPATH": str(REPO),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),  # a device's carried packages too
             }
             results = {}
             for side in ("diffusers", "dreambuild"):

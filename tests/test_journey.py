@@ -294,11 +294,15 @@ def test_the_readmes_curl_examples(own_service):
 FLUX_BLOCK = "### FLUX.1 on the same service"
 
 
-def test_flux_on_the_same_service_as_written(own_service, tiny_flux_schnell):
+def test_flux_on_the_same_service_as_written(own_service, tiny_flux_schnell, tmp_path):
     """The FLUX block, as written, on the step-by-step block's service: the base fetched (a tiny
     FLUX.1-schnell at that path, its digest beside it) while the service runs, its template added,
-    a FLUX LoRA trained by base_model with Replicate's input names, then run."""
-    root, env = own_service["root"], own_service["env"]
+    a FLUX LoRA trained by base_model with Replicate's input names, then run. Then the version
+    through the API and both official clients: one small layer over the template, FLUX's inputs
+    the template's schema (no negative_prompt), and the SD base refused on the FLUX template."""
+    from builder.oci.layout import OciLayout
+
+    root, env, url = own_service["root"], own_service["env"], own_service["url"]
     results = {}
     for command in readme_commands(FLUX_BLOCK):
         if command[:3] == ["python", "-m", "trainer.fetch_base_model"]:
@@ -312,8 +316,56 @@ def test_flux_on_the_same_service_as_written(own_service, tiny_flux_schnell):
         assert done.returncode == 0 and "Traceback" not in done.stderr, f"{shlex.join(args)}: {done.stderr[-3000:]}"
         results[command[1]] = done
     assert "base-model-flux-schnell (the local trainer's base_model flux-schnell)" in results["templates"].stderr
-    assert results["train"].stdout.strip().splitlines()[-1].startswith(f"oci:{root / '.dreambuild' / 'images'}:alice/flux-toy@sha256:")
+    image = results["train"].stdout.strip().splitlines()[-1]
+    assert image.startswith(f"oci:{root / '.dreambuild' / 'images'}:alice/flux-toy@sha256:"), image
     assert Image.open(root / "out-flux" / "output-0.png").size == (64, 64)
+
+    layout = OciLayout(root / ".dreambuild" / "images")
+    layers = layout.manifest(image.rsplit("@", 1)[1]).json["layers"]
+    assert layers[-1]["size"] < 300_000  # the adapters, not a pipeline
+    headers = {"Authorization": f"Bearer {own_service['token']}"}
+    version = httpx.get(f"{url}/v1/models/alice/flux-toy", headers=headers).json()["latest_version"]["id"]
+    inputs = {"num_inference_steps": 2, "width": 64, "height": 64, "seed": 1, "disable_safety_check": True}
+    wrong = httpx.post(f"{url}/v1/predictions", headers=headers, json={"version": version, "input": {**inputs, "negative_prompt": "x"}})
+    assert wrong.status_code == 422 and "negative_prompt" in wrong.text
+    output = replicate.Client(api_token=own_service["token"], base_url=url).run(f"alice/flux-toy:{version}", input=inputs)
+    assert httpx.get(str(output[0])).content[:4] == b"\x89PNG"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "in.png")
+    node = subprocess.run(
+        ["node", str(REPO_ROOT / "tests" / "js" / "run_model.mjs"), url, own_service["token"], f"alice/flux-toy:{version}", str(tmp_path / "in.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert node.returncode == 0 and json.loads(node.stdout.strip().splitlines()[-1])["outputs"][0]["png"], node.stderr
+    # A training of the trainer's default (SD) base on the FLUX template: refused at creation.
+    catalog = httpx.get(f"{url}/v1/catalog", headers=headers).json()
+    flux_template = next(t["version"] for t in catalog["templates"] if t["name"] == "vanilla-flux-schnell")
+    refused = subprocess.run(
+        [
+            "dreambuild",
+            "train",
+            "--template-version",
+            flux_template,
+            "-i",
+            "lora_rank=4",
+            "-i",
+            "instance_prompt=a photo of cjw toy",
+            "-i",
+            "class_prompt=a photo of a toy",
+            "-i",
+            "instance_data=@photos.zip",
+            "--model",
+            "alice/wrong",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0 and "the trainer's base is" in refused.stderr and "'vanilla-flux-schnell' bakes" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 MANY_MACHINES = "### Many machines (`dreambuild worker`, PostgreSQL)"

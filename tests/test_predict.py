@@ -65,20 +65,20 @@ def test_predict_runs_a_built_image_without_docker(tmp_path, registry, templates
     assert Path(again.stdout.split()[0]).read_bytes() == png.read_bytes()
 
 
-@pytest.mark.parametrize("base", ["sd15", "sdxl"])
-def test_a_lora_output_builds_in_one_small_layer_and_runs(request, base, tmp_path, tmp_path_factory, registry, templates, builder_settings):
-    """A LoRA training's output (SD 1.5, SDXL) on a template with its base baked in: one layer of
-    the adapters' size, run by `dreambuild predict`, unlike the base; a template without a base
-    refuses it."""
+def test_a_lora_output_builds_in_one_small_layer_and_runs(
+    tmp_path, tmp_path_factory, registry, templates, builder_settings, tiny_sdxl, sdxl_lora_output
+):
+    """A LoRA training's output on a template with its base baked in: one layer of the adapters'
+    size, run by `dreambuild predict`, unlike the base; a template without a base refuses it.
+    SDXL here; an SD 1.5 LoRA takes the same steps through the service in
+    test_service.py::test_a_lora_training_builds_on_a_template_with_its_base_and_runs."""
     from dreambuild.errors import InputError
     from fixtures.services import buildah_template
 
-    base_dir = request.getfixturevalue("tiny_base" if base == "sd15" else "tiny_sdxl")
-    lora_output = request.getfixturevalue("lora_output" if base == "sd15" else "sdxl_lora_output")
-    name = f"dreambuild/vanilla-{base}-tiny"
+    base_dir, lora_output, name = tiny_sdxl, sdxl_lora_output, "dreambuild/vanilla-sdxl-tiny"
     digest = buildah_template(tmp_path_factory.mktemp("buildah-base"), registry, name, baked={"base": base_dir})
     template = f"{registry.host}/{name}@{digest}"
-    built = build_image(lora_output, template, f"{registry.host}/alice/lora-{base}", settings=builder_settings)
+    built = build_image(lora_output, template, f"{registry.host}/alice/lora-sdxl", settings=builder_settings)
     adapters = sum(p.stat().st_size for p in lora_output.iterdir())
     raw = json.loads(
         subprocess.run(

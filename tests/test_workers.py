@@ -427,19 +427,27 @@ def test_postgresql_down_is_503_and_queued_work_survives_its_restart(tmp_path, c
     assert [h.headers["webhook-id"] for h in hooks_for(receiver, created["id"])] == [f"{created['id']}-completed"]
 
 
-def test_a_pool_of_two_cog_http_servers_runs_two_trainings_at_once_without_409(tmp_path, tiny_base, registry, templates, receiver):
-    """The README's old example (max_concurrent: 2, one cog-http server) answered every second
-    training 409; with a pool, each training leases a server of its own and a third waits."""
+def test_cog_http_trainers_a_pool_of_two_servers_then_runner_deadlines(tmp_path, tiny_base, registry, templates, receiver):
+    """cog-http trainers on two trainer servers and one service. A pool: the README's old example
+    (max_concurrent: 2, one cog-http server) answered every second training 409; with a pool,
+    each training leases a server of its own and a third waits. Then deadlines, on the same
+    servers: a trainer that never finishes fails at timeout_minutes; one whose server stops
+    answering fails at the health checks — neither holds its slot (nor its server) forever."""
     from builder.cog.server import start_cog_server
 
     template_repo, template_digest = templates["docker"].split("@")
-    version = "d" * 64
+    pooled, slow, gone = "d" * 64, "a1" * 32, "b2" * 32
+    nowhere = ["http://127.0.0.1:9"]
     config = {
         "data_dir": str(tmp_path / "data"),
         "port": free_port(),
         "registry": registry.host,
         "max_concurrent": 3,
-        "trainers": {version: {"name": "remote", "runner": "cog-http", "urls": []}},
+        "trainers": {
+            pooled: {"name": "remote", "runner": "cog-http", "urls": nowhere},
+            slow: {"name": "slow", "runner": "cog-http", "urls": nowhere, "timeout_minutes": 0.25},
+            gone: {"name": "gone", "runner": "cog-http", "urls": nowhere, "health_seconds": 1},
+        },
         "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
         "tokens": [{"token": "tok-alice", "owners": ["alice"]}],
         "egress_allow": ["127.0.0.1"],
@@ -447,17 +455,18 @@ def test_a_pool_of_two_cog_http_servers_runs_two_trainings_at_once_without_409(t
     api = Service(tmp_path, config)
     servers = []
     try:
-        # The servers need the service's upload URL: start it once to learn it, then with the pool.
-        api.config["trainers"][version]["urls"] = ["http://127.0.0.1:9"]
+        # The servers need the service's upload URL: start it once to learn it, then with the servers.
         api.start_without_schemas()
         upload_url = (tmp_path / "data" / "cog-upload-url").read_text().strip()
         api.stop()
         env = {"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(tmp_path / "work")}
         servers = [start_cog_server("trainer/cog_model.py:Predictor", tmp_path / f"gpu-{n}", upload_url=upload_url, env=env) for n in range(2)]
-        api.config["trainers"][version]["urls"] = [s.url for s in servers]
+        api.config["trainers"][pooled]["urls"] = [s.url for s in servers]
+        api.config["trainers"][slow]["urls"] = [servers[0].url]
+        api.config["trainers"][gone]["urls"] = [servers[1].url]
         api.start()
         url = upload(api, photos_zip(tmp_path / "photos.zip"))
-        request = seed_request(api, receiver, url, trainer_version=version, model="alice/pooled")
+        request = seed_request(api, receiver, url, trainer_version=pooled, model="alice/pooled")
         request["input"]["max_train_steps"] = 30
         created = [httpx.post(f"{api.url}/v1/trainings", json=request, headers=ALICE).json() for _ in range(3)]
         # Two train at once, each on its own server; the third waits for one to be free.
@@ -472,53 +481,17 @@ def test_a_pool_of_two_cog_http_servers_runs_two_trainings_at_once_without_409(t
         assert sum("trainer_wait_time" in d["metrics"] for d in done) == 1
         # (An HTTP 409 as a word: the logs' digests and ids hold "409" by chance.)
         assert not any(re.search(r"\b409\b", d["logs"]) or "busy" in d["logs"] for d in done)
-    finally:
-        api.stop()
-        for server in servers:
-            server.stop()
 
-
-def test_runner_deadlines_fail_a_training_that_hangs_or_whose_server_goes(tmp_path, tiny_base, registry, templates, receiver):
-    """A trainer that never finishes fails at timeout_minutes; one whose server stops answering
-    fails at the health checks — neither holds its slot (nor its pool server) forever."""
-    from builder.cog.server import start_cog_server
-
-    template_repo, template_digest = templates["docker"].split("@")
-    slow, gone = "a1" * 32, "b2" * 32
-    config = {
-        "data_dir": str(tmp_path / "data"),
-        "port": free_port(),
-        "registry": registry.host,
-        "max_concurrent": 2,
-        "trainers": {
-            slow: {"name": "slow", "runner": "cog-http", "urls": ["http://127.0.0.1:9"], "timeout_minutes": 0.25},
-            gone: {"name": "gone", "runner": "cog-http", "urls": ["http://127.0.0.1:9"], "health_seconds": 1},
-        },
-        "templates": {template_digest.removeprefix("sha256:"): {"name": "vanilla", "repository": template_repo}},
-        "tokens": [{"token": "tok-alice", "owners": ["alice"]}],
-        "egress_allow": ["127.0.0.1"],
-    }
-    api = Service(tmp_path, config)
-    api.start_without_schemas()
-    upload_url = (tmp_path / "data" / "cog-upload-url").read_text().strip()
-    api.stop()
-    env = {"DREAMBUILD_BASE_MODEL": str(tiny_base), "DREAMBUILD_WORKDIR": str(tmp_path / "work")}
-    servers = [start_cog_server("trainer/cog_model.py:Predictor", tmp_path / f"box-{n}", upload_url=upload_url, env=env) for n in range(2)]
-    try:
-        api.config["trainers"][slow]["urls"] = [servers[0].url]
-        api.config["trainers"][gone]["urls"] = [servers[1].url]
-        api.start()
-        url = upload(api, photos_zip(tmp_path / "photos.zip"))
-        created = {}
+        deadlines = {}
         for version in (slow, gone):
             request = seed_request(api, receiver, url, trainer_version=version, model=f"alice/deadline-{version[:2]}")
             request["input"]["max_train_steps"] = 5000
-            created[version] = httpx.post(f"{api.url}/v1/trainings", json=request, headers=ALICE).json()
-        wait_for(lambda: "Training" in httpx.get(created[gone]["urls"]["get"], headers=ALICE).json()["logs"], 180, "training")
+            deadlines[version] = httpx.post(f"{api.url}/v1/trainings", json=request, headers=ALICE).json()
+        wait_for(lambda: "Training" in httpx.get(deadlines[gone]["urls"]["get"], headers=ALICE).json()["logs"], 180, "training")
         servers[1].stop()  # the GPU box goes away mid-training
-        failed = api.wait(created[gone]["id"], timeout=120)
+        failed = api.wait(deadlines[gone]["id"], timeout=120)
         assert failed["status"] == "failed" and "stopped answering health checks" in failed["error"], failed["error"]
-        timed_out = api.wait(created[slow]["id"], timeout=180)
+        timed_out = api.wait(deadlines[slow]["id"], timeout=180)
         assert timed_out["status"] == "failed" and "did not finish within timeout_minutes=0.25" in timed_out["error"]
     finally:
         api.stop()
