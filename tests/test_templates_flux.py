@@ -1,11 +1,14 @@
 """The FLUX templates (vanilla-flux, vanilla-flux-schnell) in the real Cog HTTP server on CPU with
-the tiny FLUX bases: a LoRA training's output fused into its base, the per-variant defaults, the
-three modes, LoRA on top, the schema's FLUX inputs, and what is refused."""
+the tiny FLUX bases: a LoRA training's output fused into its base, or run on a server of the base
+(fast boot), the per-variant defaults, the three modes, LoRA on top, the schema's FLUX inputs, and
+what is refused."""
 
+import numpy as np
 import pytest
 
 from tests.conftest import INSTANCE_PROMPT, start_template
-from tests.test_templates_server import lora_url, mask_png, outputs, png_url, predict, shapes_png, size_of
+from tests.helpers import post
+from tests.test_templates_server import lora_url, mask_png, outputs, pixels, png_url, predict, shapes_png, size_of
 
 SMALL = {"width": 64, "height": 64, "num_inference_steps": 2}
 
@@ -19,8 +22,9 @@ def flux_server(tmp_path_factory, flux_lora_output, tiny_flux, safety_checker):
 
 @pytest.fixture(scope="module")
 def flux_base_server(tmp_path_factory, tiny_flux, safety_checker):
-    """vanilla-flux running the base alone (its pipeline as the weights)."""
-    with start_template(tmp_path_factory, "vanilla-flux", weights=tiny_flux, safety_checker=safety_checker) as server:
+    """vanilla-flux serving its base (fast boot): the plain base, or a LoRA version named in a
+    request's Cog context."""
+    with start_template(tmp_path_factory, "vanilla-flux", weights=None, base=tiny_flux, safety_checker=safety_checker, serve_base=True) as server:
         yield server
 
 
@@ -39,6 +43,16 @@ def test_a_flux_lora_output_runs_fused_into_its_base(flux_server, flux_base_serv
     assert on_top != plain and outputs(predict(flux_base_server, prompt=INSTANCE_PROMPT, **SMALL))[0] == plain  # no trace left
     guided = outputs(predict(flux_base_server, prompt=INSTANCE_PROMPT, guidance=7.0, **SMALL))[0]
     assert guided != plain  # dev's guidance embedding reads it
+    # Fast boot: the version named in the Cog context runs on the base's server, unfused x W + (x B) A
+    # against its own server's fused x (W + B A): float rounding only; the plain base after it, untouched.
+    status, body = post(
+        f"{flux_base_server.url}/predictions",
+        {"input": {"prompt": INSTANCE_PROMPT, "seed": 42, **SMALL}, "context": {"dreambuild_version_weights": str(flux_lora_output)}},
+    )
+    assert status == 200, body
+    difference = np.abs(pixels(outputs(body)[0]) - pixels(lora))
+    assert difference.max() <= 2 and difference.mean() < 0.05, (difference.max(), difference.mean())
+    assert outputs(predict(flux_base_server, prompt=INSTANCE_PROMPT, **SMALL))[0] == plain
 
 
 def test_img2img_and_inpainting_keep_the_requested_size(flux_server):

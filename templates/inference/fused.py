@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from templates.inference.loras import _quiet_loading, digest_of, load_adapter
+from templates.inference.loras import _quiet_loading, digest_of, load_adapter, lora_components
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class FusedLoras:
             self._save_targets()
             with _quiet_loading():
                 self.pipe.set_adapters(names, adapter_weights=[scale for _, _, scale in loras])
-                self.pipe.fuse_lora(adapter_names=names)
+                self.pipe.fuse_lora(components=lora_components(self.pipe), adapter_names=names)
         except BaseException:
             self.pipe.unload_lora_weights()
             self._restore()

@@ -69,6 +69,13 @@ def load_adapter(pipe: Any, field: str, path: Path, name: str) -> None:
         raise InputError(f"{field} has no weights for this model's layers (is it a LoRA for another base model?)")
 
 
+def lora_components(pipe: Any) -> list[str]:
+    """Every component of ``pipe`` a LoRA may adapt, for ``fuse_lora(components=...)``: diffusers
+    fuses FLUX's transformer alone by default, so a FLUX LoRA's text-encoder adapters would be
+    dropped by the unload that follows."""
+    return [name for name in pipe._lora_loadable_modules if getattr(pipe, name, None) is not None]
+
+
 class LoraAdapters:
     """The LoRA adapters loaded into one pipeline's UNet and text encoder, by content digest."""
 
