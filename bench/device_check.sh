@@ -53,7 +53,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 { nvidia-smi -L 2>/dev/null || echo "no GPU"; python3 -c 'import sys, torch, diffusers, transformers, peft, torchao; print(sys.version.split()[0], *(f"{m.__name__} {m.__version__}" for m in (torch, diffusers, transformers, peft, torchao)))'; } 2>&1 | tee "$OUT/device.txt"
 
 CACHE=.dreambuild/cache
-declare -A ESTIMATE=([flux512]=200 [likeness]=120 [fluxtpl]=200 [flux1024]=220 [fluxint8]=180 [sd]=300)
+declare -A ESTIMATE=([flux512]=200 [likeness]=120 [fluxtpl]=280 [flux1024]=220 [fluxint8]=180 [sd]=300)   # seconds, guessed: none has run on a GPU yet
 declare -A COMMAND=(
   [flux512]="python3 bench/train_vs_diffusers.py --pairs flux-lora --precision bf16 --resolution 512 --no-text-encoder --steps 20 --warmup 5 --cache $CACHE"
   [likeness]="python3 bench/likeness_cost.py --shape sd15 --steps 100 --validation-steps 50"
