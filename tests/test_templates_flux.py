@@ -106,6 +106,16 @@ def test_a_template_of_another_family_refuses_the_weights(tiny_flux, lora_output
             generator.generate(GenerationRequest(prompt="a toy", **SMALL))
 
 
+def test_a_lora_layer_left_unfused_is_an_error_not_dropped(tiny_flux, flux_lora_output, tmp_path, monkeypatch):
+    """Fusing names every component a LoRA adapts; were one left out (diffusers fuses FLUX's
+    transformer alone by default), its adapters would be unloaded unfused: an error instead."""
+    import templates.inference.loras as loras
+
+    monkeypatch.setattr(loras, "lora_components", lambda pipe: ["transformer"])
+    with pytest.raises(RuntimeError, match=r"LoRA layers left unfused: text_encoder\."):
+        _generator("vanilla-flux", flux_lora_output, tiny_flux, tmp_path)
+
+
 def test_a_compiled_flux_base_switches_versions_and_loras_without_recompiling(tmp_path, monkeypatch, tiny_flux, flux_lora_output):
     """DREAMBUILD_TORCH_COMPILE=1 compiles FLUX's transformer: LoRA versions and a user's LoRA are
     fused in place (templates/inference/fused.py), nothing recompiles, and the images are the eager

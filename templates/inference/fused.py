@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from templates.inference.loras import _quiet_loading, digest_of, load_adapter, lora_components
+from templates.inference.loras import _quiet_loading, digest_of, fuse_adapters, load_adapter
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,11 @@ class FusedLoras:
             self._save_targets()
             with _quiet_loading():
                 self.pipe.set_adapters(names, adapter_weights=[scale for _, _, scale in loras])
-                self.pipe.fuse_lora(components=lora_components(self.pipe), adapter_names=names)
+                fuse_adapters(self.pipe, names)  # the adapter layers removed too
         except BaseException:
             self.pipe.unload_lora_weights()
             self._restore()
             raise
-        else:
-            self.pipe.unload_lora_weights()
         finally:
             setattr(self.pipe, self.name, compiled)
         self._fused = wanted

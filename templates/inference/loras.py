@@ -70,10 +70,28 @@ def load_adapter(pipe: Any, field: str, path: Path, name: str) -> None:
 
 
 def lora_components(pipe: Any) -> list[str]:
-    """Every component of ``pipe`` a LoRA may adapt, for ``fuse_lora(components=...)``: diffusers
-    fuses FLUX's transformer alone by default, so a FLUX LoRA's text-encoder adapters would be
-    dropped by the unload that follows."""
+    """Every component of ``pipe`` a LoRA may adapt, for ``fuse_lora(components=...)``."""
     return [name for name in pipe._lora_loadable_modules if getattr(pipe, name, None) is not None]
+
+
+def fuse_adapters(pipe: Any, names: list[str], lora_scale: float = 1.0) -> None:
+    """Fuse the loaded adapters ``names`` into the weights of every component they adapt, then
+    remove the adapter layers. diffusers fuses FLUX's transformer alone unless told, and the unload
+    would then drop a FLUX LoRA's text-encoder adapters unfused: so the components are named, and
+    a layer of these adapters still unfused is an error, never dropped."""
+    from peft.tuners.lora import LoraLayer
+
+    pipe.fuse_lora(components=lora_components(pipe), adapter_names=names, lora_scale=lora_scale)
+    left = [
+        f"{component}.{path}"
+        for component in pipe._lora_loadable_modules  # all, not only those named: what the fuse skipped
+        if (model := getattr(pipe, component, None)) is not None
+        for path, module in model.named_modules()
+        if isinstance(module, LoraLayer) and set(names) & set(module.lora_A) - set(module.merged_adapters)
+    ]
+    if left:
+        raise RuntimeError(f"LoRA layers left unfused: {', '.join(left[:3])}{f' (and {len(left) - 3} more)' if len(left) > 3 else ''}")
+    pipe.unload_lora_weights()
 
 
 class LoraAdapters:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from dreambuild.layout import family, native_size, t5_sequence_length
-from templates.inference.loras import lora_components
+from templates.inference.loras import fuse_adapters
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,7 @@ def fuse_lora(pipe, path: Path) -> None:
     layers removed, so predictions run at the base's speed (LoRA on top still works)."""
     started = time.perf_counter()
     pipe.load_lora_weights(path.parent, weight_name=path.name, adapter_name="fine-tune", use_safetensors=True)
-    pipe.fuse_lora(components=lora_components(pipe), adapter_names=["fine-tune"], lora_scale=1.0)
-    pipe.unload_lora_weights()
+    fuse_adapters(pipe, ["fine-tune"])
     log.info("Fused the fine-tune's LoRA %s into the base in %.2f s.", path, time.perf_counter() - started)
 
 
