@@ -45,7 +45,7 @@ checks=("$@"); [ ${#checks[@]} -gt 0 ] || checks=(flux512 likeness fluxtpl flux1
 OUT=${OUT:-$PWD/device-out}; mkdir -p "$OUT"
 deadline=$((SECONDS + budget))
 
-if [ -d .whl ]; then
+if [ -d .whl ] && [ -z "${DEVICE_CHECK_TINY:-}" ]; then   # a CPU dry run uses this environment as it is
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
   export PYTHONPATH=/tmp/site
 fi
@@ -62,15 +62,14 @@ declare -A COMMAND=(
   [fluxint8]="python3 bench/train_vs_diffusers.py --pairs flux-lora --precision bf16 --resolution 512 --no-text-encoder --steps 20 --warmup 5 --quantize-base int8 --cache $CACHE"
   [sd]="python3 bench/train_vs_diffusers.py --pairs sd15-full,sd15-lora,sdxl-lora --precision fp16 --steps 30 --warmup 10 --cache $CACHE"
 )
-# On a CPU: the same commands on tiny shapes (a later option wins in argparse).
-declare -A TINY=(
-  [flux512]="--shape tiny --resolution 64 --steps 4 --warmup 1 --precision no"
-  [likeness]="--shape tiny --resolution 64 --steps 4 --validation-steps 2 --infer-steps 2 --precision no"
-  [fluxtpl]="--shape flux-tiny --size 64 --steps 2 --repeats 1"
-  [flux1024]="--shape tiny --resolution 64 --steps 4 --warmup 1 --precision no"
-  [fluxint8]="--shape tiny --resolution 64 --steps 4 --warmup 1 --precision no"
-  [sd]="--shape tiny --resolution 64 --steps 4 --warmup 1 --precision no"
-)
+# On a CPU: each bench on tiny shapes (a later option wins in argparse).
+tiny_options() {
+  case "$1" in
+    *train_vs_diffusers.py*) echo "--shape tiny --resolution 64 --steps 4 --warmup 1 --precision no" ;;
+    *likeness_cost.py*) echo "--shape tiny --resolution 64 --steps 4 --validation-steps 2 --infer-steps 2 --precision no" ;;
+    *template_speed.py*) echo "--shape flux-tiny --size 64 --steps 2 --repeats 1" ;;
+  esac
+}
 for check in "${checks[@]}"; do
   [ -n "${COMMAND[$check]:-}" ] || { echo "device_check: no check named $check" | tee -a "$OUT/summary.txt"; continue; }
   left=$((deadline - SECONDS))
@@ -80,7 +79,7 @@ for check in "${checks[@]}"; do
   fi
   echo "== $check: ${COMMAND[$check]}" | tee -a "$OUT/summary.txt"
   started=$SECONDS
-  command="${COMMAND[$check]}"; [ -z "${DEVICE_CHECK_TINY:-}" ] || command+=" ${TINY[$check]}"
+  command="${COMMAND[$check]}"; [ -z "${DEVICE_CHECK_TINY:-}" ] || command+=" $(tiny_options "$command")"
   timeout --kill-after=10 "$left" $command >"$OUT/$check.log" 2>&1
   code=$?
   # Each bench ends with its table: the summary keeps the table, the log keeps everything.

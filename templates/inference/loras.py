@@ -74,14 +74,14 @@ def lora_components(pipe: Any) -> list[str]:
     return [name for name in pipe._lora_loadable_modules if getattr(pipe, name, None) is not None]
 
 
-def fuse_adapters(pipe: Any, names: list[str], lora_scale: float = 1.0) -> None:
+def fuse_adapters(pipe: Any, names: list[str]) -> None:
     """Fuse the loaded adapters ``names`` into the weights of every component they adapt, then
     remove the adapter layers. diffusers fuses FLUX's transformer alone unless told, and the unload
     would then drop a FLUX LoRA's text-encoder adapters unfused: so the components are named, and
     a layer of these adapters still unfused is an error, never dropped."""
     from peft.tuners.lora import LoraLayer
 
-    pipe.fuse_lora(components=lora_components(pipe), adapter_names=names, lora_scale=lora_scale)
+    pipe.fuse_lora(components=lora_components(pipe), adapter_names=names)
     left = [
         f"{component}.{path}"
         for component in pipe._lora_loadable_modules  # all, not only those named: what the fuse skipped
