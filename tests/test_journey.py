@@ -294,12 +294,20 @@ def test_the_readmes_curl_examples(own_service):
 FLUX_BLOCK = "### FLUX.1 on the same service"
 
 
-def test_flux_on_the_same_service_as_written(own_service, tiny_flux_schnell, tmp_path):
+def readme_python(heading: str) -> str:
+    """The first Python block after ``heading`` in the README."""
+    text = (REPO_ROOT / "README.md").read_text()
+    return re.search(r"```python\n(.*?)```", text[text.index(heading) :], re.S).group(1)
+
+
+def test_flux_on_the_same_service_as_written(own_service, tiny_flux_schnell, tmp_path, monkeypatch):
     """The FLUX block, as written, on the step-by-step block's service: the base fetched (a tiny
     FLUX.1-schnell at that path, its digest beside it) while the service runs, its template added,
-    a FLUX LoRA trained by base_model with Replicate's input names, then run. Then the version
-    through the API and both official clients: one small layer over the template, FLUX's inputs
-    the template's schema (no negative_prompt), and the SD base refused on the FLUX template."""
+    a FLUX LoRA trained by base_model with Replicate's FLUX trainer's request (input_images,
+    trigger_word, steps: its defaults), then run. Then Replicate's guide as the README's Python
+    block writes it (models.create, trainings.create with a file handle, run); the version through
+    the API and the JS client: one small layer over the template, FLUX's inputs the template's
+    schema (no negative_prompt), and the SD base refused on the FLUX template."""
     from builder.oci.layout import OciLayout
 
     root, env, url = own_service["root"], own_service["env"], own_service["url"]
@@ -310,7 +318,7 @@ def test_flux_on_the_same_service_as_written(own_service, tiny_flux_schnell, tmp
             _link_tree(tiny_flux_schnell, dest)
             write_pipeline_digest(dest)
             continue
-        extra = {"train": ["-i", "resolution=64", "-i", "with_prior_preservation=false"], "run": TINY["run"]}.get(command[1], [])
+        extra = {"train": ["-i", "resolution=64"], "run": TINY["run"]}.get(command[1], [])
         args = ["steps=2" if word == "steps=1000" else word for word in command] + extra
         done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0 and "Traceback" not in done.stderr, f"{shlex.join(args)}: {done.stderr[-3000:]}"
@@ -325,11 +333,31 @@ def test_flux_on_the_same_service_as_written(own_service, tiny_flux_schnell, tmp
     assert layers[-1]["size"] < 300_000  # the adapters, not a pipeline
     headers = {"Authorization": f"Bearer {own_service['token']}"}
     version = httpx.get(f"{url}/v1/models/alice/flux-toy", headers=headers).json()["latest_version"]["id"]
+    trained = next(t for t in httpx.get(f"{url}/v1/trainings", headers=headers).json()["results"] if t["model"] == "alice/flux-toy")
+    assert "No class_prompt: training without prior preservation" in trained["logs"], trained["logs"][-3000:]
+    assert "of FLUX LoRA rank 16 " in trained["logs"], trained["logs"][-3000:]  # Replicate's FLUX trainer's default rank
     inputs = {"num_inference_steps": 2, "width": 64, "height": 64, "seed": 1, "disable_safety_check": True}
     wrong = httpx.post(f"{url}/v1/predictions", headers=headers, json={"version": version, "input": {**inputs, "negative_prompt": "x"}})
     assert wrong.status_code == 422 and "negative_prompt" in wrong.text
-    output = replicate.Client(api_token=own_service["token"], base_url=url).run(f"alice/flux-toy:{version}", input=inputs)
-    assert httpx.get(str(output[0])).content[:4] == b"\x89PNG"
+    trainer = httpx.get(f"{url}/v1/catalog", headers=headers).json()["trainers"][0]["version"]
+    guide = readme_python(FLUX_BLOCK)
+    tiny = {
+        '"steps": 1000': '"steps": 2, "resolution": 64',
+        "time.sleep(5)": "time.sleep(1)",
+        '{"prompt": "a photo of cjw on a beach"}': f"{{'prompt': 'cjw', **{inputs}}}",
+    }
+    for written, changed in {"http://127.0.0.1:8000": url, **tiny}.items():
+        assert written in guide, written
+        guide = guide.replace(written, changed)
+    monkeypatch.chdir(root)  # open("photos.zip"), as the user's shell would
+    scope = {"TOKEN": own_service["token"], "TRAINER_VERSION": trainer}
+    exec(compile(guide, "README.md (FLUX, Python)", "exec"), scope)
+    assert scope["training"].status == "succeeded", scope["training"].error
+    assert scope["training"].output["version"].startswith("alice/flux-cjw:sha256:")
+    assert scope["training"].input["input_images"].startswith(f"{url}/v1/uploads/")  # the client's file handle, as an upload
+    assert httpx.get(str(scope["output"][0])).content[:4] == b"\x89PNG"
+    created = httpx.get(f"{url}/v1/models/alice/flux-cjw", headers=headers).json()
+    assert created["hardware"] == "gpu-h100" and created["latest_version"]["id"] == scope["training"].output["version"].split(":", 1)[1]
     Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "in.png")
     node = subprocess.run(
         ["node", str(REPO_ROOT / "tests" / "js" / "run_model.mjs"), url, own_service["token"], f"alice/flux-toy:{version}", str(tmp_path / "in.png")],

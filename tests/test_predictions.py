@@ -110,6 +110,33 @@ def test_replicate_run_with_a_file_input_on_a_trained_version(tmp_path, service,
     assert version.id == toy["version"] and "image" in version.openapi_schema["components"]["schemas"]["Input"]["properties"]
 
 
+def test_models_create_get_list_and_delete_as_replicates_client_calls_them(service, toy):
+    """models.create (what Replicate's guides call before a training), get, list and delete, with
+    the official client; a model made by a training is listed beside it; another owner's is 404."""
+    api = client(service)
+    created = api.models.create(owner="alice", name="made-first", visibility="public", hardware="gpu-t4", description="cjw, later")
+    assert (created.owner, created.name, created.visibility, created.latest_version) == ("alice", "made-first", "public", None)
+    assert api.models.get("alice/made-first").description == "cjw, later"
+    listed = {f"{m.owner}/{m.name}": m for m in api.models.list().results}  # every result a full model, as the client parses it
+    assert listed["alice/toy"].latest_version.id == toy["version"] and listed["alice/made-first"].run_count == 0
+    with pytest.raises(ReplicateError, match="already exists"):
+        api.models.create(owner="alice", name="toy", visibility="private", hardware="cpu")  # a training made it
+    with pytest.raises(ReplicateError, match="may not create models of owner 'bob'"):
+        api.models.create(owner="bob", name="x", visibility="private", hardware="cpu")
+    body = {"owner": "alice", "name": "y", "visibility": "private", "hardware": "cpu"}
+    bad = httpx.post(f"{service.url}/v1/models", headers=ALICE, json={**body, "name": "Bad Name"})
+    assert bad.status_code == 422 and "lowercase" in bad.text
+    script = httpx.post(f"{service.url}/v1/models", headers=ALICE, json={**body, "cover_image_url": "javascript:alert(1)"})
+    assert script.status_code == 422 and "cover_image_url" in script.text
+    assert httpx.get(f"{service.url}/v1/models/alice/made-first", headers=BOB).status_code == 404
+    assert "alice/made-first" not in {f"{m['owner']}/{m['name']}" for m in httpx.get(f"{service.url}/v1/models", headers=BOB).json()["results"]}
+    with pytest.raises(ReplicateError, match="has versions"):
+        api.models.delete("alice/toy")
+    assert httpx.delete(f"{service.url}/v1/models/alice/made-first", headers=BOB).status_code == 404
+    api.models.delete("alice/made-first")
+    assert httpx.get(f"{service.url}/v1/models/alice/made-first", headers=ALICE).status_code == 404
+
+
 def test_the_javascript_client_runs_a_version_with_a_file_input(tmp_path, service, toy):
     """The npm `replicate` package (tests/js, installed by ./dev test) with the machine's node."""
     script = Path(__file__).parent / "js" / "run_model.mjs"

@@ -260,7 +260,7 @@ VALID = {**TRAIN_INPUT, "instance_data": "https://example.com/p.zip"}
         ({"input": {**VALID, "learning_rat": 1}}, 422, "input.learning_rat: unknown input"),
         ({"input": {**VALID, "lr_scheduler": "fast"}}, 422, "input.lr_scheduler: 'fast' is not one of"),
         ({"input": {**VALID, "seed": "x"}}, 422, "input.seed: 'x' is not of type 'integer'"),
-        ({"input": TRAIN_INPUT}, 422, "input.instance_data: required"),
+        ({"input": TRAIN_INPUT}, 422, "input.instance_data: required (or input_images)"),
         ({"notes": "x" * 70000}, 413, "over the limit"),
     ],
 )
@@ -731,7 +731,7 @@ def test_embedded_defaults_need_no_configuration(tmp_path, registry, templates):
         response = httpx.post(
             f"{url}/v1/trainings", json={**body, "template_version": template_version}, headers=headers, timeout=300
         )  # the first request waits while the trainer's schema is read
-        assert response.status_code == 422 and "input.instance_prompt: required" in response.json()["detail"]  # its schema too
+        assert response.status_code == 422 and "input.instance_prompt: required (or trigger_word" in response.json()["detail"]  # its schema too
         body["input"] = {**TRAIN_INPUT, "instance_data": "https://example.com/photos.zip"}
         response = httpx.post(f"{url}/v1/trainings", json={**body, "template_version": template_version}, headers=headers)
         assert response.status_code == 201, response.text
@@ -1025,6 +1025,11 @@ def test_lora_trainings_need_a_template_with_the_trainers_base_and_find_it_by_de
     _check_lora_template(config, tr, flux, {"lora_rank": 4, "base_model": "flux-dev"})
     assert default_template(config, tr, {"lora_rank": 4, "base_model": "flux-dev"}) == flux
     assert default_template(config, tr, {"lora_rank": 4}) == t
+    # lora_rank left empty is the trainer's default: 16 on a FLUX base (LoRA only), 0 (a full fine-tune) otherwise.
+    trainer = config.trainers[tr]
+    assert trainer.trains_lora({"base_model": "flux-dev"}) and default_template(config, tr, {"base_model": "flux-dev"}) == flux
+    assert not trainer.trains_lora({"base_model": "flux-dev", "lora_rank": 0}) and not trainer.trains_lora({})
+    assert not trainer.trains_lora({"base_model": "flux-dev", "ckpt_base": "https://example.com/base.zip"})  # its own base, unknown here
     config.default_template_version = "sha256:" + plain  # the operator's choice wins
     assert default_template(config, tr, {"lora_rank": 4}) == plain
     config.default_template_version = "9" * 64  # one the catalog lacks: a 422, not a 500 further on

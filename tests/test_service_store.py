@@ -106,7 +106,7 @@ def test_migrations_match_the_tables_the_code_uses(database_target):
     store = Database(database_target)
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0005"
 
 
 PRE_MIGRATION_SCHEMA = """
@@ -137,7 +137,7 @@ def test_a_database_made_before_migrations_is_adopted_with_its_data(tmp_path):
     store.trainings.update("old", logs_append="more\n")  # the TEXT documents of then read and write as JSON
     assert store.trainings.get("old")["logs"] == "more\n"
     with store.engine.connect() as conn:  # and the later migrations ran
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0005"
         assert conn.exec_driver_sql("SELECT count(*) FROM webhook_deliveries").scalar() == 0
 
 

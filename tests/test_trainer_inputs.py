@@ -9,7 +9,7 @@ from cog import _inspector
 from dreambuild.errors import InputError
 from trainer.args import CHOICES, RANGES, TrainingArgs
 
-FILE_INPUTS = {"instance_data", "class_data", "ckpt_base"}
+FILE_INPUTS = {"instance_data", "input_images", "class_data", "ckpt_base"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,8 @@ BASE = {"instance_prompt": "a photo of a cjw toy", "class_prompt": "a photo of a
         ({"lr_scheduler": "exponential"}, "lr_scheduler must be one of linear, cosine"),
         ({"mixed_precision": "fp8"}, "mixed_precision must be one of no, fp16, bf16"),
         ({"quantize_base": "int4"}, "quantize_base must be one of no, int8, fp8"),
-        ({"instance_prompt": "  "}, "instance_prompt is required"),
+        ({"instance_prompt": "  "}, "instance_prompt is required .* or trigger_word alone"),
+        ({"class_prompt": None, "with_prior_preservation": True}, "with_prior_preservation needs class_prompt"),
         ({"bogus": 1}, "unknown training input"),
         ({"lora_rank": 300}, "lora_rank must be between 0 and 256, got 300"),
         ({"lora_lr": 0}, "lora_lr must be greater than 0"),
@@ -79,11 +80,53 @@ def test_valid_arguments_keep_types():
     assert args.to_json()["instance_prompt"] == BASE["instance_prompt"]
 
 
-def test_lora_inputs_default_to_the_full_fine_tune():
+def test_lora_inputs_default_to_the_full_fine_tune_and_to_rank_16_on_flux():
     args = TrainingArgs.from_inputs(BASE)
+    args.resolve_for("sd")
     assert args.lora_rank == 0 and not args.lora and args.lora_alpha is None and args.text_encoder_lr is None
+    assert args.learning_rate == 1e-6
     lora = TrainingArgs.from_inputs({**BASE, "lora_rank": 16, "lora_alpha": None})
     assert lora.lora and lora.lora_alpha is None
+    flux = TrainingArgs.from_inputs(BASE)
+    flux.resolve_for("flux")  # FLUX trains LoRA only: an empty rank is Replicate's FLUX trainer's default
+    assert flux.lora_rank == 16 and flux.lora_lr == 1e-4
+    explicit = TrainingArgs.from_inputs({**BASE, "lora_rank": 0})
+    explicit.resolve_for("flux")
+    assert explicit.lora_rank == 0  # refused by the FLUX trainer (check_flux_args), not overridden
+
+
+@pytest.mark.parametrize(
+    "given, lora_lr",
+    [({}, 1e-4), ({"learning_rate": 4e-4}, 4e-4), ({"lora_lr": 5e-2}, 5e-2), ({"learning_rate": 4e-4, "lora_lr": 5e-2}, 5e-2)],
+)
+def test_a_lora_learns_at_lora_lr_else_learning_rate(given, lora_lr):
+    """Replicate's FLUX trainer names the adapters' rate learning_rate (diffusers' LoRA scripts
+    too): a LoRA training takes it when lora_lr, the more specific name, is empty."""
+    args = TrainingArgs.from_inputs({**BASE, "lora_rank": 4, **given})
+    args.resolve_for("sd")
+    assert args.lora_lr == lora_lr
+
+
+def test_replicates_flux_request_needs_only_the_trigger_word():
+    """Replicate's FLUX trainer's request ({input_images, trigger_word, steps}): the trigger word
+    is the prompt, and without class_prompt there is no prior preservation."""
+    args = TrainingArgs.from_inputs({"trigger_word": "TOK", "steps": 1000})
+    assert args.instance_prompt == "TOK" and args.token_string == "TOK" and args.max_train_steps == 1000
+    assert args.class_prompt is None and args.with_prior_preservation is False
+    assert TrainingArgs.from_inputs(BASE).with_prior_preservation is True  # the seed's request: as before
+    assert TrainingArgs.from_inputs({**BASE, "with_prior_preservation": False}).with_prior_preservation is False
+    with pytest.raises(InputError, match="instance_prompt is required"):
+        TrainingArgs.from_inputs({"steps": 1000})
+
+
+def test_the_photos_under_either_name_and_not_both(tmp_path):
+    from trainer.job import photos_zip
+
+    assert photos_zip(tmp_path / "a.zip", None) == photos_zip(None, tmp_path / "a.zip") == tmp_path / "a.zip"
+    with pytest.raises(InputError, match="instance_data is required"):
+        photos_zip(None, None)
+    with pytest.raises(InputError, match="same input .* under two names"):
+        photos_zip(tmp_path / "a.zip", tmp_path / "b.zip")
 
 
 def test_progress_is_due_on_the_first_and_last_step_and_then_by_interval(monkeypatch):

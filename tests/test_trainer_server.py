@@ -525,7 +525,7 @@ def test_a_flux_re_run_resumes_from_the_last_checkpoint(catalog_trainer, trainer
 @pytest.mark.parametrize(
     "inputs, message",
     [
-        ({"lora_rank": 0}, "FLUX bases train LoRA adapters only: set lora_rank > 0"),
+        ({"lora_rank": 0}, "FLUX bases train LoRA adapters only: lora_rank 0 asks for a full fine-tune"),
         ({"resolution": 72}, "resolution must be a multiple of 16 for FLUX bases"),
         ({"vae": "other"}, "FLUX bases keep their own 16-channel VAE"),
     ],

@@ -49,23 +49,29 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 }
 CHOICES: dict[str, tuple[str, ...]] = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": MIXED_PRECISION, "quantize_base": QUANTIZE_BASE}
 # Replicate's FLUX trainer's names (ostris/flux-dev-lora-trainer) for inputs this trainer names as
-# diffusers' scripts do: either may be given; the alias, when set, is the value.
+# diffusers' scripts do: either may be given; the alias, when set, is the value. (Its
+# ``input_images`` is ``instance_data``'s: files are resolved by trainer.job.photos_zip.)
 ALIASES = {"trigger_word": "token_string", "steps": "max_train_steps", "batch_size": "train_batch_size"}
+FLUX_LORA_RANK = 16  # lora_rank left empty on a FLUX base (LoRA only): Replicate's FLUX trainer's default
+FULL_LEARNING_RATE = 1e-6  # learning_rate left empty in a full fine-tune (the seed's trainer)
+LORA_LEARNING_RATE = 1e-4  # the adapters' rate when neither lora_lr nor learning_rate is given (diffusers' LoRA scripts)
 
 
 @dataclass
 class TrainingArgs:
     """Every hyper-parameter of one DreamBooth run; saved to ``args.json`` in the archive."""
 
-    instance_prompt: str
-    class_prompt: str
+    # Empty instance_prompt: the trigger word alone (as Replicate's FLUX trainer captions a photo
+    # without one); empty class_prompt: no prior preservation. Resolved by from_inputs.
+    instance_prompt: str | None = None
+    class_prompt: str | None = None
     base_model: str | None = None  # a base baked in the trainer, by name (sd15, sdxl); None: the default
     vae: str | None = None  # an alternative VAE baked in the trainer, by name
     caption_prefix: str | None = None  # before every caption (a .txt beside an image), e.g. "a photo of cjw,"
     token_string: str | None = None  # the subject's trigger word (cog-sdxl's name): in every training prompt
     trigger_word: str | None = None  # Replicate's FLUX trainer's name for token_string
     num_class_images: int = 50
-    with_prior_preservation: bool = True
+    with_prior_preservation: bool | None = None  # None: on when class_prompt is given
     prior_loss_weight: float = 1.0
     seed: int | None = 1337
     resolution: int | None = None  # None: the base's native size (512 SD 1.5, 1024 SDXL), set by the job
@@ -79,11 +85,12 @@ class TrainingArgs:
     checkpointing_steps: int = 0  # 0: none; else the state every N steps, which a re-run resumes from
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
-    learning_rate: float = 1e-6
-    # LoRA DreamBooth: 0 keeps the full fine-tune (the seed's trainer); > 0 trains peft adapters.
-    lora_rank: int = 0
+    learning_rate: float | None = None  # the full fine-tune's rate, and a LoRA's when lora_lr is empty (resolve_for)
+    # LoRA DreamBooth: 0 keeps the full fine-tune (the seed's trainer); > 0 trains peft adapters;
+    # None: FLUX_LORA_RANK on a FLUX base, else 0 (resolve_for, once the base is known).
+    lora_rank: int | None = None
     lora_alpha: float | None = None  # None: equal to lora_rank (diffusers' LoRA scripts)
-    lora_lr: float = 1e-4  # diffusers' train_dreambooth_lora.py default
+    lora_lr: float | None = None  # the adapters' rate; None: learning_rate, else LORA_LEARNING_RATE
     text_encoder_lr: float | None = None  # None: the UNet's rate
     scale_lr: bool = False
     lr_scheduler: str = "constant"
@@ -119,13 +126,38 @@ class TrainingArgs:
             for name, value in values.items()
             if value is not None or "None" in fields[name].type
         }
-        for required in ("instance_prompt", "class_prompt"):
-            if not str(kwargs.get(required, "")).strip():
-                raise InputError(f"{required} is required and must not be empty")
         args = cls(**kwargs)
         args._apply_aliases()
+        args._resolve_prompts()
         args.validate()
         return args
+
+    def _resolve_prompts(self) -> None:
+        """An empty instance_prompt is the trigger word; prior preservation follows class_prompt."""
+        for name in ("instance_prompt", "class_prompt"):
+            if not (getattr(self, name) or "").strip():
+                setattr(self, name, None)
+        if self.instance_prompt is None:
+            if not (self.token_string or "").strip():
+                raise InputError(
+                    "instance_prompt is required (e.g. 'a photo of a cjw person'), or trigger_word alone "
+                    "(then every photo without a caption is prompted by the trigger word, as Replicate's FLUX trainer does)"
+                )
+            self.instance_prompt = self.token_string.strip()
+        if self.with_prior_preservation is None:
+            self.with_prior_preservation = self.class_prompt is not None
+        elif self.with_prior_preservation and self.class_prompt is None:
+            raise InputError("with_prior_preservation needs class_prompt (e.g. 'a photo of a person'): the class the subject belongs to")
+
+    def resolve_for(self, family: str) -> None:
+        """The defaults that depend on the base (``dreambuild.layout.family``): the LoRA rank (a
+        FLUX base trains LoRA only) and the learning rate of what trains."""
+        if self.lora_rank is None:
+            self.lora_rank = FLUX_LORA_RANK if family == "flux" else 0
+        if self.lora:
+            self.lora_lr = self.lora_lr or self.learning_rate or LORA_LEARNING_RATE
+        else:
+            self.learning_rate = self.learning_rate or FULL_LEARNING_RATE
 
     def _apply_aliases(self) -> None:
         """Replicate's names (``ALIASES``) set ours; both set to different values is an error."""
@@ -170,7 +202,7 @@ class TrainingArgs:
 
     @property
     def lora(self) -> bool:
-        return self.lora_rank > 0
+        return (self.lora_rank or 0) > 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -38,14 +38,22 @@ class Predictor(BaseRunner):
 
     def run(
         self,
-        instance_prompt: str = Input(description="Prompt with an identifier naming the subject, e.g. 'a photo of a cjw person'."),
-        class_prompt: str = Input(description="Prompt naming the subject's class without the identifier, e.g. 'a photo of a person'."),
-        instance_data: Path = Input(
-            description="Zip of 5-30 subject photos (any depth). Images under a top-level dataset_class/ folder are class images."
+        instance_prompt: Optional[str] = Input(
+            description="Prompt with an identifier naming the subject, e.g. 'a photo of a cjw person'; empty: the trigger word alone (trigger_word or token_string is then required).",
+            default=None,
         ),
+        class_prompt: Optional[str] = Input(
+            description="Prompt naming the subject's class without the identifier, e.g. 'a photo of a person'; empty: no prior preservation.",
+            default=None,
+        ),
+        instance_data: Optional[Path] = Input(
+            description="Zip of 5-30 subject photos (any depth). Images under a top-level dataset_class/ folder are class images. Required (or input_images).",
+            default=None,
+        ),
+        input_images: Optional[Path] = Input(description="Replicate's FLUX trainer's name for instance_data: either may be given.", default=None),
         class_data: Optional[Path] = Input(description="Optional zip of class images for prior preservation.", default=None),
         base_model: Optional[str] = Input(
-            description="A base baked in the trainer, by name (sd15, sdxl, flux-dev, flux-schnell where baked; FLUX bases train LoRA only, lora_rank > 0); empty: the default base. ckpt_base overrides it.",
+            description="A base baked in the trainer, by name (sd15, sdxl, flux-dev, flux-schnell where baked; FLUX bases train LoRA only: lora_rank empty or above 0); empty: the default base. ckpt_base overrides it.",
             default=None,
         ),
         vae: Optional[str] = Input(
@@ -63,7 +71,9 @@ class Predictor(BaseRunner):
         num_class_images: int = Input(
             description="Class images used for prior preservation; missing ones are generated from class_prompt.", default=50, ge=0, le=10000
         ),
-        with_prior_preservation: bool = Input(description="Add the prior-preservation loss on class images.", default=True),
+        with_prior_preservation: Optional[bool] = Input(
+            description="Add the prior-preservation loss on class images (needs class_prompt); empty: on when class_prompt is given.", default=None
+        ),
         prior_loss_weight: float = Input(description="Weight of the prior-preservation loss.", default=1.0, ge=0.0),
         seed: Optional[int] = Input(description="Random seed for reproducible training; random when empty.", default=1337),
         resolution: Optional[int] = Input(
@@ -91,18 +101,26 @@ class Predictor(BaseRunner):
         ),
         gradient_accumulation_steps: int = Input(description="Batches accumulated per optimizer step.", default=1, ge=1, le=1024),
         gradient_checkpointing: bool = Input(description="Trade compute for memory with gradient checkpointing.", default=False),
-        learning_rate: float = Input(description="Initial learning rate (after warmup).", default=1e-6, ge=0.0, le=1.0),
-        lora_rank: int = Input(
-            description="LoRA rank: 0 fine-tunes the whole UNet (and text encoder); above 0 trains LoRA adapters of this rank instead: an output of a few MB (pytorch_lora_weights.safetensors).",
-            default=0,
+        learning_rate: Optional[float] = Input(
+            description="Initial learning rate (after warmup); in a LoRA training the adapters' when lora_lr is empty (Replicate's FLUX trainer's name). Empty: 1e-6 for a full fine-tune.",
+            default=None,
+            ge=0.0,
+            le=1.0,
+        ),
+        lora_rank: Optional[int] = Input(
+            description="LoRA rank: 0 fine-tunes the whole UNet (and text encoder); above 0 trains LoRA adapters of this rank instead: an output of a few MB (pytorch_lora_weights.safetensors). Empty: 16 on a FLUX base (LoRA only, Replicate's FLUX trainer's default), else 0.",
+            default=None,
             ge=0,
             le=256,
         ),
         lora_alpha: Optional[float] = Input(
             description="LoRA alpha (adapters are scaled by alpha / rank); empty: equal to lora_rank.", default=None, ge=0.0
         ),
-        lora_lr: float = Input(
-            description="Learning rate of the LoRA adapters when lora_rank > 0 (learning_rate is the full fine-tune's).", default=1e-4, ge=0.0, le=1.0
+        lora_lr: Optional[float] = Input(
+            description="Learning rate of the LoRA adapters when lora_rank > 0; empty: learning_rate if given, else 1e-4.",
+            default=None,
+            ge=0.0,
+            le=1.0,
         ),
         text_encoder_lr: Optional[float] = Input(
             description="Learning rate of the text encoder (of its LoRA adapters when lora_rank > 0); empty: the UNet's.",
@@ -160,21 +178,29 @@ class Predictor(BaseRunner):
         """Train DreamBooth and return output.zip (the fine-tuned diffusers pipeline and args.json)."""
         inputs = dict(locals())
         del inputs["self"]
-        files = {name: inputs.pop(name) for name in ("instance_data", "class_data", "ckpt_base")}
+        files = {name: inputs.pop(name) for name in ("instance_data", "input_images", "class_data", "ckpt_base")}
         result = run_job(inputs, **files)
         _record(result)
         return Path(result.archive)
 
 
 def train(
-    instance_prompt: str = Input(description="Prompt with an identifier naming the subject, e.g. 'a photo of a cjw person'."),
-    class_prompt: str = Input(description="Prompt naming the subject's class without the identifier, e.g. 'a photo of a person'."),
-    instance_data: Path = Input(
-        description="Zip of 5-30 subject photos (any depth). Images under a top-level dataset_class/ folder are class images."
+    instance_prompt: Optional[str] = Input(
+        description="Prompt with an identifier naming the subject, e.g. 'a photo of a cjw person'; empty: the trigger word alone (trigger_word or token_string is then required).",
+        default=None,
     ),
+    class_prompt: Optional[str] = Input(
+        description="Prompt naming the subject's class without the identifier, e.g. 'a photo of a person'; empty: no prior preservation.",
+        default=None,
+    ),
+    instance_data: Optional[Path] = Input(
+        description="Zip of 5-30 subject photos (any depth). Images under a top-level dataset_class/ folder are class images. Required (or input_images).",
+        default=None,
+    ),
+    input_images: Optional[Path] = Input(description="Replicate's FLUX trainer's name for instance_data: either may be given.", default=None),
     class_data: Optional[Path] = Input(description="Optional zip of class images for prior preservation.", default=None),
     base_model: Optional[str] = Input(
-        description="A base baked in the trainer, by name (sd15, sdxl, flux-dev, flux-schnell where baked; FLUX bases train LoRA only, lora_rank > 0); empty: the default base. ckpt_base overrides it.",
+        description="A base baked in the trainer, by name (sd15, sdxl, flux-dev, flux-schnell where baked; FLUX bases train LoRA only: lora_rank empty or above 0); empty: the default base. ckpt_base overrides it.",
         default=None,
     ),
     vae: Optional[str] = Input(
@@ -192,7 +218,9 @@ def train(
     num_class_images: int = Input(
         description="Class images used for prior preservation; missing ones are generated from class_prompt.", default=50, ge=0, le=10000
     ),
-    with_prior_preservation: bool = Input(description="Add the prior-preservation loss on class images.", default=True),
+    with_prior_preservation: Optional[bool] = Input(
+        description="Add the prior-preservation loss on class images (needs class_prompt); empty: on when class_prompt is given.", default=None
+    ),
     prior_loss_weight: float = Input(description="Weight of the prior-preservation loss.", default=1.0, ge=0.0),
     seed: Optional[int] = Input(description="Random seed for reproducible training; random when empty.", default=1337),
     resolution: Optional[int] = Input(
@@ -220,18 +248,26 @@ def train(
     ),
     gradient_accumulation_steps: int = Input(description="Batches accumulated per optimizer step.", default=1, ge=1, le=1024),
     gradient_checkpointing: bool = Input(description="Trade compute for memory with gradient checkpointing.", default=False),
-    learning_rate: float = Input(description="Initial learning rate (after warmup).", default=1e-6, ge=0.0, le=1.0),
-    lora_rank: int = Input(
-        description="LoRA rank: 0 fine-tunes the whole UNet (and text encoder); above 0 trains LoRA adapters of this rank instead: an output of a few MB (pytorch_lora_weights.safetensors).",
-        default=0,
+    learning_rate: Optional[float] = Input(
+        description="Initial learning rate (after warmup); in a LoRA training the adapters' when lora_lr is empty (Replicate's FLUX trainer's name). Empty: 1e-6 for a full fine-tune.",
+        default=None,
+        ge=0.0,
+        le=1.0,
+    ),
+    lora_rank: Optional[int] = Input(
+        description="LoRA rank: 0 fine-tunes the whole UNet (and text encoder); above 0 trains LoRA adapters of this rank instead: an output of a few MB (pytorch_lora_weights.safetensors). Empty: 16 on a FLUX base (LoRA only, Replicate's FLUX trainer's default), else 0.",
+        default=None,
         ge=0,
         le=256,
     ),
     lora_alpha: Optional[float] = Input(
         description="LoRA alpha (adapters are scaled by alpha / rank); empty: equal to lora_rank.", default=None, ge=0.0
     ),
-    lora_lr: float = Input(
-        description="Learning rate of the LoRA adapters when lora_rank > 0 (learning_rate is the full fine-tune's).", default=1e-4, ge=0.0, le=1.0
+    lora_lr: Optional[float] = Input(
+        description="Learning rate of the LoRA adapters when lora_rank > 0; empty: learning_rate if given, else 1e-4.",
+        default=None,
+        ge=0.0,
+        le=1.0,
     ),
     text_encoder_lr: Optional[float] = Input(
         description="Learning rate of the text encoder (of its LoRA adapters when lora_rank > 0); empty: the UNet's.", default=None, ge=0.0, le=1.0
@@ -282,7 +318,7 @@ def train(
     """Train DreamBooth; ``weights`` is output.zip, the same archive the prediction returns."""
     configure_logging()
     inputs = dict(locals())
-    files = {name: inputs.pop(name) for name in ("instance_data", "class_data", "ckpt_base")}
+    files = {name: inputs.pop(name) for name in ("instance_data", "input_images", "class_data", "ckpt_base")}
     result = run_job(inputs, **files)
     _record(result)
     return TrainingOutput(weights=Path(result.archive))

@@ -82,7 +82,10 @@ def base_quantization(name: str):
 def check_flux_args(args: TrainingArgs) -> None:
     """What a FLUX training cannot do, refused before anything loads."""
     if not args.lora:
-        raise InputError("FLUX bases train LoRA adapters only: set lora_rank > 0 (e.g. 16); a full fine-tune of the 12B transformer is not offered")
+        raise InputError(
+            "FLUX bases train LoRA adapters only: lora_rank 0 asks for a full fine-tune of the 12B transformer, which is not offered; "
+            "leave lora_rank empty (16) or set it above 0"
+        )
     if args.vae is not None:
         raise InputError("vae replaces an SD/SDXL VAE; FLUX bases keep their own 16-channel VAE")
     if args.resolution is not None and args.resolution % 16:

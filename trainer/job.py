@@ -99,10 +99,27 @@ def new_workdir() -> Path:
     return _previous_workdir
 
 
-def run_job(inputs: dict[str, Any], instance_data: Path, class_data: Path | None = None, ckpt_base: Path | None = None) -> JobResult:
+def photos_zip(instance_data: Path | None, input_images: Path | None) -> Path:
+    """The subject's photos: ``instance_data``, or ``input_images`` (Replicate's FLUX trainer's
+    name for it); exactly one."""
+    if instance_data is not None and input_images is not None:
+        raise InputError("input_images and instance_data are the same input (the subject's photos) under two names; give one")
+    if instance_data is None and input_images is None:
+        raise InputError("instance_data is required: a zip of the subject's photos (input_images, Replicate's FLUX trainer's name, works too)")
+    return Path(instance_data if instance_data is not None else input_images)
+
+
+def run_job(
+    inputs: dict[str, Any],
+    instance_data: Path | None = None,
+    class_data: Path | None = None,
+    ckpt_base: Path | None = None,
+    input_images: Path | None = None,
+) -> JobResult:
     """Validate, train and package. Raises a :class:`~dreambuild.errors.DreambuildError` on bad input."""
     started = time.monotonic()
     args = TrainingArgs.from_inputs(inputs)
+    instance_data = photos_zip(instance_data, input_images)
     checkpoints = None
     if args.checkpointing_steps:
         files = {"instance_data": Path(instance_data), "class_data": class_data and Path(class_data), "ckpt_base": ckpt_base and Path(ckpt_base)}
@@ -131,6 +148,7 @@ def _run(  # noqa: C901
 ) -> JobResult:
     base = _resolve_base(work, ckpt_base, args.base_model)
     kind = family(base)
+    args.resolve_for(kind)
     if kind == "flux":
         check_flux_args(args)
         if args.mixed_precision == "fp16":  # the trainer's default; FLUX's T5 and transformer overflow in fp16
@@ -166,6 +184,8 @@ def _run(  # noqa: C901
         for (_, name), caption in zip(photos.instance, captions):
             args.check_token(caption or args.instance_prompt, f"the caption of {name}" if caption else "instance_prompt")
     if not args.with_prior_preservation:
+        if args.class_prompt is None:
+            log.info("No class_prompt: training without prior preservation (class_prompt turns DreamBooth's prior-preservation loss on).")
         if class_files:
             log.info("with_prior_preservation is off: ignoring %d supplied class image(s).", len(class_files))
         class_files = []

@@ -182,7 +182,7 @@ def train_dreambooth(  # noqa: C901
             return args.class_prompt
         return (captions[index] if captions and captions[index] else None) or args.instance_prompt
 
-    prompts = sorted({prompt(("instance", i)) for i in range(len(instance))} | {args.class_prompt})
+    prompts = sorted({prompt(("instance", i)) for i in range(len(instance))} | ({args.class_prompt} if prior else set()))
     prompt_ids = {text: encoders.ids(text, accelerator.device) for text in prompts}
     frozen_embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     if not args.train_text_encoder:

@@ -39,6 +39,7 @@ class BuildResult:
     weights_uploaded: bool
     tag: str | None = None
     steps: list[str] = field(default_factory=list)
+    weights_kind: str = "pipeline"  # or "lora": adapters a template's baked base runs
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -198,6 +199,7 @@ def build_image(
             weights_uploaded=uploaded,
             tag=tag,
             steps=steps,
+            weights_kind=source.kind,
         )
     finally:
         if source is not None:

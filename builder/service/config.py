@@ -30,7 +30,7 @@ from builder.oci.layout import OciLayout
 from builder.oci.references import LayoutRef, normalize_digest, parse_image_ref
 from builder.settings import NAMED_BASES, BuilderSettings
 from dreambuild.errors import DreambuildError, InputError
-from dreambuild.layout import baked_pipeline_digest, digest_file
+from dreambuild.layout import baked_pipeline_digest, digest_file, family
 
 ALL_OWNERS = "*"
 log = logging.getLogger(__name__)
@@ -98,6 +98,24 @@ class TrainerEntry(_Strict):
         if self.runner == "local" and (named not in self.base_digests if named else self.base_digest is None):
             self.read_local_digests()
         return self.base_digests.get(named) if named else self.base_digest
+
+    def trains_lora(self, inputs: dict) -> bool:
+        """Whether a training with ``inputs`` trains LoRA adapters, as the trainer decides it:
+        ``lora_rank`` > 0, or ``lora_rank`` left empty on a FLUX base (trainer.args: 16 there,
+        since FLUX trains LoRA only). The base is FLUX when its folder says so (a local
+        trainer), else when ``base_model`` names one (``flux-dev``, ``flux-schnell``); a
+        ``ckpt_base`` is unknown until the trainer opens it (taken as not FLUX)."""
+        rank = inputs.get("lora_rank")
+        if rank is not None:
+            return isinstance(rank, int) and rank > 0
+        if inputs.get("ckpt_base"):
+            return False
+        named = inputs.get("base_model")
+        if self.runner == "local":
+            folder = self.local_bases().get(named) if named else self.local_base()
+            if folder is not None and (folder / "model_index.json").is_file():
+                return family(folder) == "flux"
+        return isinstance(named, str) and named.startswith("flux")
 
     def local_bases(self) -> dict[str, Path]:
         """local runner: the bases by name, as trainer.job finds them: ``DREAMBUILD_BASE_MODELS``,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Status(StrEnum):
@@ -150,27 +150,48 @@ class Version(BaseModel):
     cog_version: str
 
 
-class ModelSummary(BaseModel):
-    owner: str
-    name: str
-    latest_version: Version | None
+class Visibility(StrEnum):
+    """Who may see a model on Replicate; recorded and shown here, where only its owner's tokens reach it."""
+
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
+class ModelCreate(BaseModel):
+    """Replicate's ``POST /v1/models`` body (``replicate.models.create``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    owner: str = Field(..., description="One of this token's owners.")
+    name: str = Field(..., description="Lowercase letters and digits, with '.', '_' or '-' between them.")
+    visibility: Visibility
+    hardware: str = Field(
+        ..., max_length=100, description="Replicate's hardware SKU (e.g. gpu-t4): recorded; dreambuild's workers decide where a model runs."
+    )
+    description: str | None = Field(None, max_length=10_000)
+    github_url: str | None = Field(None, max_length=2048)
+    paper_url: str | None = Field(None, max_length=2048)
+    license_url: str | None = Field(None, max_length=2048)
+    cover_image_url: str | None = Field(None, max_length=2048)
 
 
 class Model(BaseModel):
-    """A model, with Replicate's fields (those dreambuild has no use for are null)."""
+    """A model, with Replicate's fields (those dreambuild has no use for are null): one created by
+    ``POST /v1/models`` keeps what it was created with; one made by a training is private."""
 
     url: str
     owner: str
     name: str
     description: str | None
-    visibility: Literal["private"]
+    visibility: Visibility
+    hardware: str | None
     github_url: str | None
     paper_url: str | None
     license_url: str | None
     cover_image_url: str | None
     default_example: Any
     run_count: int
-    latest_version: Version
+    latest_version: Version | None
 
 
 class FileUrls(BaseModel):

@@ -35,8 +35,8 @@ from builder.service.store.database import DatabaseUnavailable
 from builder.service.store.files import FILENAME
 from builder.service.store.retention import delete_training_files
 from builder.service.trainings.previews import media_type, read_image, zip_images
-from builder.service.trainings.record import TrainingRecord, is_lora, new_training, now_iso, public_training
-from builder.service.trainings.schemas import SchemaUnavailable, file_inputs, input_problems
+from builder.service.trainings.record import TrainingRecord, new_training, now_iso, public_training
+from builder.service.trainings.schemas import SchemaUnavailable, file_inputs, input_problems, missing_alternatives
 from dreambuild.errors import InputError
 
 
@@ -95,10 +95,10 @@ def validate(service: Service, body: TrainingRequest, owners: list[str]) -> Trai
         schema = service.schemas.get(trainer)
     except SchemaUnavailable as exc:
         raise fail(503, f"{exc}; nothing was stored, try again when the trainer is reachable") from None
-    problems = input_problems(schema, body.input)
+    problems = input_problems(schema, body.input) + missing_alternatives(schema, body.input)
     if problems:
         raise fail(422, "; ".join(problems))
-    if is_lora(body.input):
+    if config.trainers[trainer].trains_lora(body.input):
         _check_lora_template(config, trainer, template, body.input)
     inputs, files = dict(body.input), {}
     for name in sorted(file_inputs(schema) & set(inputs)):
@@ -136,7 +136,7 @@ def default_template(config, trainer: str, inputs: dict) -> str:
         return chosen
     if len(templates) == 1:
         return next(iter(templates))
-    if is_lora(inputs):
+    if config.trainers[trainer].trains_lora(inputs):
         base = config.trainers[trainer].base_of(inputs)
         fits = [v for v, entry in templates.items() if entry.base_digest and base in (None, entry.base_digest)]
     else:
@@ -157,7 +157,7 @@ def _check_lora_template(config, trainer: str, template: str, inputs: dict) -> N
     """A LoRA training's output builds only on a template with its base baked in: refused before
     any work when the catalog says the template has no base, or another than the trainer's."""
     entry = config.template_catalog()[template]
-    rank = inputs["lora_rank"]
+    rank = inputs.get("lora_rank") or "(empty: 16 on a FLUX base)"
     if entry.base_digest is None:
         raise fail(
             422,
@@ -354,14 +354,15 @@ def training_weights(service: ServiceDep, token_owners: Owners, training_id: str
 def _images_zip(service: Service, doc: TrainingRecord, source: str, token_owners: list[str]) -> tuple[Path | None, str]:
     """The zip holding a training's images of ``source``, and the folder they are in."""
     if source == "photos":  # only an upload to this service (an outside URL is not fetched for a preview)
-        return service.upload_path(str(doc["input"].get("instance_data") or ""), token_owners), ""
+        photos = doc["input"].get("instance_data") or doc["input"].get("input_images")  # Replicate's FLUX trainer's name
+        return service.upload_path(str(photos or ""), token_owners), ""
     path = service.config.files / doc["id"] / "output.zip"
     return (path if doc.get("weights") and path.is_file() else None), "samples/"
 
 
 @router.get(
     "/v1/trainings/{training_id}/images/{source}",
-    summary="List a training's images: its photos (instance_data uploaded here) or the samples in its output.zip",
+    summary="List a training's images: its photos (instance_data or input_images uploaded here) or the samples in its output.zip",
     response_model=TrainingImages,
 )
 def training_images(service: ServiceDep, token_owners: Owners, training_id: str, source: Literal["photos", "samples"]) -> dict:

@@ -2,7 +2,7 @@
 
 open → ``alembic upgrade head`` (under an advisory lock on PostgreSQL, so replicas starting
 together migrate once) → one transaction per change, through one object per record type:
-``db.trainings``, ``db.predictions``, ``db.versions``, ``db.uploads``, ``db.files``,
+``db.trainings``, ``db.predictions``, ``db.versions``, ``db.models``, ``db.uploads``, ``db.files``,
 ``db.settings``, ``db.deliveries``, ``db.leases``, ``db.heartbeats`` (a module each, beside this
 one; the tables are in :mod:`builder.service.store.tables`). A crash loses nothing committed.
 """
@@ -24,6 +24,7 @@ from builder.service.store.deliveries import Deliveries
 from builder.service.store.file_records import FileRecords
 from builder.service.store.heartbeats import Heartbeats
 from builder.service.store.leases import Leases
+from builder.service.store.models import Models
 from builder.service.store.predictions import Predictions
 from builder.service.store.settings import Settings
 from builder.service.store.trainings import Trainings
@@ -100,6 +101,7 @@ class Database:
         self.trainings = Trainings(self)
         self.predictions = Predictions(self)
         self.versions = Versions(self)
+        self.models = Models(self)
         self.uploads = Uploads(self)
         self.files = FileRecords(self)
         self.settings = Settings(self)

@@ -30,6 +30,14 @@ versions = Table(
     Column("seq", Integer, nullable=False),
     Column("doc", DOC, nullable=False),
 )
+models = Table(  # a model's settings, from Replicate's POST /v1/models (a model may have versions without one)
+    "models",
+    metadata,
+    Column("owner", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("doc", DOC, nullable=False),
+)
 uploads = Table(
     "uploads",
     metadata,

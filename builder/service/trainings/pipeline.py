@@ -32,7 +32,7 @@ from builder.service.schema import FINISHED, Stage, Status
 from builder.service.store.database import Database, DatabaseUnavailable
 from builder.service.store.files import FILENAME
 from builder.service.trainings.metrics import read_likeness
-from builder.service.trainings.record import TrainingRecord, is_lora, now_iso
+from builder.service.trainings.record import TrainingRecord, now_iso
 from builder.service.trainings.runners import TRAINER, clear_stale, start_run
 from builder.service.trainings.schemas import TrainerSchemas, file_inputs, model_schema
 from builder.service.webhooks.deliveries import Notifier
@@ -364,7 +364,7 @@ class Pipeline:
                 "training_id": doc["id"],
                 "trainer_version": doc["trainer_version"],
                 "template_version": doc["template_version"],
-                "lora": is_lora(doc["input"]),  # served by its template's base (workers route it where that is warm)
+                "lora": result.weights_kind == "lora",  # served by its template's base (workers route it where that is warm)
                 "created_at": now_iso(),
                 "openapi_schema": schema,
                 "cog_version": cog_version,

@@ -101,11 +101,6 @@ def new_training(
     }
 
 
-def is_lora(inputs: dict[str, Any]) -> bool:
-    """Whether a training's inputs train LoRA adapters (lora_rank > 0), not a full fine-tune."""
-    return isinstance(inputs.get("lora_rank"), int) and inputs["lora_rank"] > 0
-
-
 def stage_seconds(doc: TrainingRecord) -> dict[str, float]:
     """How long each finished stage took (a resumed stage counts from its last start)."""
     started = doc.get("stage_started") or {}

@@ -6,7 +6,7 @@ without the trainer's code reads what a worker published) and cached as
 ``cog build`` would, once per source for every data directory; ``cog-http``: the server's ``/openapi.json``;
 ``docker``: the image's ``run.cog.openapi_schema`` label, read from its registry without pulling)
 → at creation: unknown keys, JSON types, ranges, choices and required inputs (422 naming the
-field) → file inputs (Cog ``Path``: ``format: uri``), which must be http(s) URLs. The local runner
+field; of an input with two names, one) → file inputs (Cog ``Path``: ``format: uri``), which must be http(s) URLs. The local runner
 hands the cached schema to its Cog server instead of generating it again for every training.
 """
 
@@ -215,6 +215,21 @@ def input_problems(schema: dict, inputs: dict[str, Any]) -> list[str]:
         field = ".".join(str(p) for p in error.absolute_path)
         problems.append(f"input.{field}: {_message(error)}")
     return problems
+
+
+# Inputs a trainer takes under two names (the seed's and Replicate's FLUX trainer's), so its
+# schema cannot mark either required: one of each group is, where the schema has the whole group.
+ONE_OF = (("instance_data", "input_images"), ("instance_prompt", "trigger_word", "token_string"))
+
+
+def missing_alternatives(schema: dict, inputs: dict[str, Any]) -> list[str]:
+    """``input.<name>: required (or …)`` for each :data:`ONE_OF` group none of whose inputs is given."""
+    properties = (input_schema(schema) or {}).get("properties") or {}
+    return [
+        f"input.{group[0]}: required (or {' or '.join(group[1:])})"
+        for group in ONE_OF
+        if all(name in properties for name in group) and all(inputs.get(name) in (None, "") for name in group)
+    ]
 
 
 @functools.lru_cache(maxsize=64)
