@@ -90,6 +90,16 @@ def test_versions_are_recorded_once(database_target):
     assert store.versions.get("alice", "m", "sha256:9") is None and store.versions.of_model("bob", "m") == []
 
 
+def test_models_are_created_once_and_listed_newest_first(database_target):
+    store = Database(database_target)
+    assert store.models.create("alice", "a", {"visibility": "private"}) and store.models.create("bob", "b", {"visibility": "public"})
+    assert not store.models.create("alice", "a", {"visibility": "public"})  # the first record stays
+    assert store.models.get("alice", "a") == {"visibility": "private"} and store.models.get("alice", "b") is None
+    assert store.models.names(None) == [("bob", "b"), ("alice", "a")] and store.models.names(["alice"]) == [("alice", "a")]
+    store.models.delete("alice", "a")
+    assert store.models.get("alice", "a") is None and store.models.create("alice", "a", {"visibility": "public"})
+
+
 def test_settings_persist(database_target):
     store = Database(database_target)
     secret = store.settings.get("webhook_secret", lambda: "whsec_abc")

@@ -23,8 +23,8 @@ class Models:
         """Record a new model; False when ``owner/name`` already has a record (nothing changes)."""
         with self.db.transaction() as conn:
             seq = conn.execute(select(func.coalesce(func.max(models.c.seq), 0) + 1)).scalar_one()
-            done = conn.execute(self.db.insert(models).values(owner=owner, name=name, seq=seq, doc=doc).on_conflict_do_nothing())
-            return done.rowcount == 1
+            insert = self.db.insert(models).values(owner=owner, name=name, seq=seq, doc=doc).on_conflict_do_nothing()
+            return conn.execute(insert.returning(models.c.name)).first() is not None  # a row only when inserted
 
     def get(self, owner: str, name: str) -> dict[str, Any] | None:
         rows = self.db.read(select(models.c.doc).where((models.c.owner == owner) & (models.c.name == name)))
