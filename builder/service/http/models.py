@@ -67,8 +67,9 @@ def list_models(service: ServiceDep, token_owners: Owners) -> dict:
 
 @router.post("/v1/models", status_code=201, summary="Create a model (Replicate's models.create), before its first training", response_model=Model)
 def create_model(service: ServiceDep, token_owners: Owners, body: ModelCreate) -> dict:
-    if not is_model_name(f"{body.owner}/{body.name}"):
-        raise fail(422, f"model {body.owner}/{body.name!r} must be owner/name: lowercase letters and digits, with '.', '_' or '-' between them")
+    model = f"{body.owner}/{body.name}"
+    if not is_model_name(model):
+        raise fail(422, f"model {model!r} must be owner/name: lowercase letters and digits, with '.', '_' or '-' between them")
     if not service.may_use(token_owners, body.owner):
         raise fail(403, f"this token may not create models of owner {body.owner!r}")
     for key in URL_FIELDS:
@@ -76,7 +77,7 @@ def create_model(service: ServiceDep, token_owners: Owners, body: ModelCreate) -
             check_http_url(getattr(body, key), key)
     exists = service.db.versions.latest(body.owner, body.name) is not None
     if exists or not service.db.models.create(body.owner, body.name, body.model_dump(mode="json", exclude={"owner", "name"})):
-        raise fail(409, f"model {body.owner}/{body.name} already exists")
+        raise fail(409, f"model {model} already exists")
     return public_model(service, body.owner, body.name)
 
 
