@@ -45,6 +45,7 @@ SCHEDULERS = [
 ]
 PROMPT_SYNTAXES = ["auto", "compel", "a1111"]
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
+ASPECT_RATIOS = ["1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21"]  # request.ASPECT_RATIOS
 
 
 def _generate(generator: ImageGenerator, inputs: dict) -> list[Path]:
@@ -135,6 +136,11 @@ class Flux(BaseRunner):
         ),
         height: Optional[int] = Input(
             description="Output height in pixels, a multiple of 16. Defaults to the model's native size.", default=None, ge=64, le=2048
+        ),
+        aspect_ratio: str = Input(
+            description="Width:height of the output when width and height are both empty, at about the native size's pixel count (16:9: 1360x768 on FLUX.1).",
+            default="1:1",
+            choices=ASPECT_RATIOS,
         ),
         num_outputs: int = Input(description="Number of images to generate.", default=1, ge=1, le=10),
         num_inference_steps: Optional[int] = Input(

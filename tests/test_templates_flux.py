@@ -55,17 +55,19 @@ def test_a_flux_lora_output_runs_fused_into_its_base(flux_server, flux_base_serv
     assert outputs(predict(flux_base_server, prompt=INSTANCE_PROMPT, **SMALL))[0] == plain
 
 
-def test_img2img_and_inpainting_keep_the_requested_size(flux_server):
+def test_img2img_and_inpainting_keep_the_requested_size_and_txt2img_takes_an_aspect_ratio(flux_server):
     img2img = outputs(predict(flux_server, image=png_url(shapes_png((96, 64))), width=96, height=64, num_inference_steps=4))
     inpaint = outputs(predict(flux_server, image=png_url(shapes_png()), mask=png_url(mask_png()), **{**SMALL, "num_inference_steps": 4}))
     assert size_of(img2img[0]) == (96, 64) and size_of(inpaint[0]) == (64, 64)
+    wide = outputs(predict(flux_server, aspect_ratio="16:9", num_inference_steps=2))  # Replicate's FLUX models' input
+    assert size_of(wide[0]) == (80, 48)  # about the tiny base's 64² pixels at 16:9, in 16-pixel blocks
 
 
 def test_the_schema_has_flux_s_inputs(flux_server):
     import httpx
 
     inputs = httpx.get(f"{flux_server.url}/openapi.json").json()["components"]["schemas"]["Input"]["properties"]
-    assert {"guidance", "prompt", "image", "mask", "lora_weights"} <= set(inputs)
+    assert {"guidance", "prompt", "image", "mask", "lora_weights", "aspect_ratio"} <= set(inputs)
     assert not {"negative_prompt", "scheduler", "prompt_syntax", "guidance_scale"} & set(inputs)
 
 

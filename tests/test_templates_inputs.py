@@ -14,7 +14,7 @@ from templates.inference.catalog import CONTROLNET_INPUTS, SHARED_INPUTS, TEMPLA
 from templates.inference.control import ANNOTATOR_FILES, ControlPreprocessor
 from templates.inference.outputs import write_images
 from templates.inference.prompts import PromptEncoder, a1111_weights, detect_syntax, to_compel
-from templates.inference.request import GenerationRequest, denoising_steps, resolve_size
+from templates.inference.request import ASPECT_RATIOS, GenerationRequest, denoising_steps, resolve_size
 from templates.inference.schedulers import SCHEDULERS, make_scheduler
 
 CLASSES = {name: getattr(predict, row.cog_class) for name, row in TEMPLATES.items()}
@@ -75,6 +75,13 @@ def test_scheduler_choices_are_the_supported_schedulers():
 def test_sizes_default_to_native_and_are_checked():
     assert resolve_size(None, None, 512) == (512, 512)
     assert resolve_size(768, None, 512) == (768, 512)
+    # FLUX's aspect_ratio, with both sides empty: about native² pixels, never more, in 16-pixel blocks.
+    sizes = {ratio: resolve_size(None, None, 1024, block=16, aspect_ratio=ratio) for ratio in ASPECT_RATIOS}
+    assert sizes["1:1"] == (1024, 1024) and sizes["16:9"] == (1360, 768) and sizes["9:16"] == (768, 1360)
+    for ratio, (width, height) in sizes.items():
+        w, h = (int(side) for side in ratio.split(":"))
+        assert width % 16 == height % 16 == 0 and 0.9 * 1024**2 < width * height <= 1024**2 and abs(width / height - w / h) < 0.06, ratio
+    assert resolve_size(512, 512, 1024, block=16, aspect_ratio="16:9") == (512, 512)  # sides given win
     with pytest.raises(InputError, match="width=513 is not a positive multiple of 8"):
         resolve_size(513, 512, 512)
     with pytest.raises(InputError, match="over the limit of 1000"):
@@ -97,6 +104,7 @@ def test_modes_and_step_checks():
 def test_choices_are_the_supported_ones():
     assert predict.PROMPT_SYNTAXES == ["auto", "compel", "a1111"]
     assert predict.OUTPUT_FORMATS == ["png", "jpg", "webp"]
+    assert tuple(predict.ASPECT_RATIOS) == ASPECT_RATIOS
     # A1111's sampler names, as the SD-Dockerized API lists them, where diffusers has the sampler.
     for name in (
         "Euler a",

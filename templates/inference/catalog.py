@@ -129,10 +129,11 @@ SHARED_INPUTS = (
 )
 CONTROLNET_INPUTS = ("control_image", "control_preprocess", "controlnet_conditioning_scale", "return_control_image")
 # FLUX's: no negative prompt, prompt weighting or sampler choice (one flow-matching sampler; T5
-# reads long prompts), and `guidance` for its guidance embedding, as Replicate's FLUX models name it.
+# reads long prompts), `guidance` for its guidance embedding, as Replicate's FLUX models name it,
+# and their `aspect_ratio`.
 FLUX_INPUTS = tuple(
     "guidance" if name == "guidance_scale" else name for name in SHARED_INPUTS if name not in ("negative_prompt", "prompt_syntax", "scheduler")
-)
+) + ("aspect_ratio",)
 
 
 def template_inputs(template: Template) -> tuple[str, ...]:

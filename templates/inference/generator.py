@@ -216,7 +216,9 @@ class ImageGenerator:
         if not prompt:
             raise InputError("prompt is empty and the weights' args.json has no instance_prompt to default to")
         request = self._flux_defaults(request)
-        width, height = resolve_size(request.width, request.height, self.pipes.native_size, block=16 if self.pipes.flux else 8)
+        width, height = resolve_size(
+            request.width, request.height, self.pipes.native_size, block=16 if self.pipes.flux else 8, aspect_ratio=request.aspect_ratio
+        )
         if request.image is not None:
             denoising_steps(request.num_inference_steps, request.prompt_strength)
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)

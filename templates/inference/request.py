@@ -24,6 +24,7 @@ class GenerationRequest:
     control_image: Path | None = None
     width: int | None = None
     height: int | None = None
+    aspect_ratio: str = "1:1"  # FLUX: the size where width and height are both empty (resolve_size)
     num_outputs: int = 1
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
@@ -74,9 +75,23 @@ class GenerationRequest:
         return f"controlnet-{base}" if self.control_image is not None else base
 
 
-def resolve_size(width: int | None, height: int | None, native: int, max_pixels: int = MAX_PIXELS, block: int = 8) -> tuple[int, int]:
+# Replicate's FLUX models' aspect ratios (width:height).
+ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
+
+
+def resolve_size(
+    width: int | None, height: int | None, native: int, max_pixels: int = MAX_PIXELS, block: int = 8, aspect_ratio: str = "1:1"
+) -> tuple[int, int]:
     """Output size: the model's native size where not given; multiples of ``block`` (8 for Stable
-    Diffusion's VAE; 16 for FLUX, whose latents are packed 2x2) within the pixel limit."""
+    Diffusion's VAE; 16 for FLUX, whose latents are packed 2x2) within the pixel limit. With both
+    sides empty, ``aspect_ratio`` shapes the native pixel count (at most native²): each side
+    rounded down to ``block``, so 16:9 at 1024 is 1360x768."""
+    if width is None and height is None and aspect_ratio != "1:1":
+        if aspect_ratio not in ASPECT_RATIOS:
+            raise InputError(f"aspect_ratio {aspect_ratio!r} is not one of {', '.join(ASPECT_RATIOS)}")
+        w, h = (int(side) for side in aspect_ratio.split(":"))
+        width = int(native * (w / h) ** 0.5) // block * block
+        height = int(native * (h / w) ** 0.5) // block * block
     width = native if width is None else width
     height = native if height is None else height
     why = "Stable Diffusion's VAE works in 8-pixel blocks" if block == 8 else "FLUX's VAE and latent packing work in 16-pixel blocks"
