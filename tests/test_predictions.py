@@ -128,6 +128,7 @@ def test_models_create_get_list_and_delete_as_replicates_client_calls_them(servi
     assert bad.status_code == 422 and "lowercase" in bad.text
     script = httpx.post(f"{service.url}/v1/models", headers=ALICE, json={**body, "cover_image_url": "javascript:alert(1)"})
     assert script.status_code == 422 and "cover_image_url" in script.text
+    assert httpx.get(f"{service.url}/v1/models/alice/y", headers=ALICE).status_code == 404  # neither refusal made a model
     assert httpx.get(f"{service.url}/v1/models/alice/made-first", headers=BOB).status_code == 404
     assert "alice/made-first" not in {f"{m['owner']}/{m['name']}" for m in httpx.get(f"{service.url}/v1/models", headers=BOB).json()["results"]}
     with pytest.raises(ReplicateError, match="has versions"):

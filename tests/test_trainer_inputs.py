@@ -120,13 +120,13 @@ def test_replicates_flux_request_needs_only_the_trigger_word():
 
 
 def test_the_photos_under_either_name_and_not_both(tmp_path):
-    from trainer.job import photos_zip
+    from trainer.job import subject_photos
 
-    assert photos_zip(tmp_path / "a.zip", None) == photos_zip(None, tmp_path / "a.zip") == tmp_path / "a.zip"
+    assert subject_photos(tmp_path / "a.zip", None) == subject_photos(None, tmp_path / "a.zip") == tmp_path / "a.zip"
     with pytest.raises(InputError, match="instance_data is required"):
-        photos_zip(None, None)
+        subject_photos(None, None)
     with pytest.raises(InputError, match="same input .* under two names"):
-        photos_zip(tmp_path / "a.zip", tmp_path / "b.zip")
+        subject_photos(tmp_path / "a.zip", tmp_path / "b.zip")
 
 
 def test_progress_is_due_on_the_first_and_last_step_and_then_by_interval(monkeypatch):

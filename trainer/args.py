@@ -50,7 +50,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 CHOICES: dict[str, tuple[str, ...]] = {"lr_scheduler": LR_SCHEDULERS, "mixed_precision": MIXED_PRECISION, "quantize_base": QUANTIZE_BASE}
 # Replicate's FLUX trainer's names (ostris/flux-dev-lora-trainer) for inputs this trainer names as
 # diffusers' scripts do: either may be given; the alias, when set, is the value. (Its
-# ``input_images`` is ``instance_data``'s: files are resolved by trainer.job.photos_zip.)
+# ``input_images`` is ``instance_data``'s: files are resolved by trainer.job.subject_photos.)
 ALIASES = {"trigger_word": "token_string", "steps": "max_train_steps", "batch_size": "train_batch_size"}
 FLUX_LORA_RANK = 16  # lora_rank left empty on a FLUX base (LoRA only): Replicate's FLUX trainer's default
 FULL_LEARNING_RATE = 1e-6  # learning_rate left empty in a full fine-tune (the seed's trainer)

@@ -99,7 +99,7 @@ def new_workdir() -> Path:
     return _previous_workdir
 
 
-def photos_zip(instance_data: Path | None, input_images: Path | None) -> Path:
+def subject_photos(instance_data: Path | None, input_images: Path | None) -> Path:
     """The subject's photos: ``instance_data``, or ``input_images`` (Replicate's FLUX trainer's
     name for it); exactly one."""
     if instance_data is not None and input_images is not None:
@@ -119,7 +119,7 @@ def run_job(
     """Validate, train and package. Raises a :class:`~dreambuild.errors.DreambuildError` on bad input."""
     started = time.monotonic()
     args = TrainingArgs.from_inputs(inputs)
-    instance_data = photos_zip(instance_data, input_images)
+    instance_data = subject_photos(instance_data, input_images)
     checkpoints = None
     if args.checkpointing_steps:
         files = {"instance_data": Path(instance_data), "class_data": class_data and Path(class_data), "ckpt_base": ckpt_base and Path(ckpt_base)}

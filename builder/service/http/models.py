@@ -122,8 +122,10 @@ def get_model(service: ServiceDep, token_owners: Owners, owner: str, name: str) 
 
 @router.delete("/v1/models/{owner}/{name}", status_code=204, summary="Delete a model that has no versions (Replicate's rule)")
 def delete_model(service: ServiceDep, token_owners: Owners, owner: str, name: str) -> None:
-    if not service.may_use(token_owners, owner) or public_model(service, owner, name) is None:
+    mine = service.may_use(token_owners, owner)
+    has_versions = mine and service.db.versions.latest(owner, name) is not None
+    if not has_versions and (not mine or service.db.models.get(owner, name) is None):
         raise fail(404, f"model {owner}/{name} not found")
-    if service.db.versions.latest(owner, name) is not None:
+    if has_versions:
         raise fail(409, f"model {owner}/{name} has versions: delete them first (DELETE /v1/models/{owner}/{name}/versions/{{id}})")
     service.db.models.delete(owner, name)
